@@ -404,3 +404,18 @@ def test_openais_other_video_routes_are_a_clear_404(server, mock):
     for route in ("edits", "extensions", "characters"):
         status, _, raw = server.request("POST", f"/v1/videos/{route}", {"prompt": "x"}, headers=auth)
         assert status == 404 and "not served through Stockyard" in json.loads(raw)["error"]["message"], raw
+
+
+def test_a_dated_snapshot_is_priced_as_its_model_and_an_unpriced_size_is_refused_under_a_budget(server, mock):
+    """sora-2-2025-10-06 bills at sora-2's rate; a size the price table has no price for cannot be held,
+    so a budgeted key is refused it (403 ``model_not_priced``) before the provider is asked."""
+    secret, name = new_key(server, budget_usd="10", budget_period="total")
+    status, _, raw = make(server, secret, {"prompt": "dated", "model": "sora-2-2025-10-06", "seconds": 8})
+    assert status == 200, raw
+    assert poll(server.openai(secret), json.loads(raw)["id"]).status == "completed"
+    (bill,) = bills(server, name)
+    assert bill["cost_uc"] == 8 * SORA_UC and bill["model"] == "sora-2-2025-10-06"
+    before = len(mock.requests)
+    status, _, raw = make(server, secret, {"prompt": "wide", "model": "sora-2-pro", "size": "1920x1080"})
+    assert status == 403 and json.loads(raw)["error"]["code"] == "model_not_priced", raw
+    assert len(mock.requests) == before
