@@ -419,3 +419,24 @@ def test_a_dated_snapshot_is_priced_as_its_model_and_an_unpriced_size_is_refused
     status, _, raw = make(server, secret, {"prompt": "wide", "model": "sora-2-pro", "size": "1920x1080"})
     assert status == 403 and json.loads(raw)["error"]["code"] == "model_not_priced", raw
     assert len(mock.requests) == before
+
+
+def test_a_videos_hold_outlives_a_restart(pyz_path, cache_home, mock, tmp_path):
+    """What a running video holds is in the database with it (``owned_objects.held_uc``), so a restart
+    loads it again; billing it after the restart (a failed job: nothing) replaces the hold."""
+    env = mock_env(cache_home, mock, STOCKYARD_ADMIN_KEY=ADMIN, STOCKYARD_BATCH_POLL="off")
+    srv = ServerProcess(pyz_path, tmp_path / "stockyard.db", env).start()
+    try:
+        secret, _ = new_key(srv, budget_usd="0.40", budget_period="total")
+        status, _, raw = make(srv, secret, {"prompt": f"held over {VIDEO_FAIL}"})
+        assert status == 200, raw
+        assert make(srv, secret, {"prompt": "no room"})[0] == 429
+    finally:
+        srv.stop()
+    srv = ServerProcess(pyz_path, tmp_path / "stockyard.db", env).start()
+    try:
+        assert make(srv, secret, {"prompt": "no room"})[0] == 429  # the hold, loaded again
+        assert poll(srv.openai(secret), json.loads(raw)["id"]).status == "failed"  # billed 0: the hold goes
+        assert make(srv, secret, {"prompt": "room again"})[0] == 200
+    finally:
+        srv.stop()
