@@ -187,6 +187,7 @@ class VideosAPI(ProviderCalls):
         if answer.status < 300 and req.method == "DELETE":
             self.ownership.forget(video_id)
         elif answer.status < 300 and isinstance(doc, dict):
+            ctx.model = doc.get("model") if isinstance(doc.get("model"), str) else None  # the trace's
             self._seen(ctx, provider, doc)
         self._send(reply, ctx, answer)
 

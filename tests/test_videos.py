@@ -102,6 +102,7 @@ def test_the_sdk_makes_polls_lists_downloads_and_deletes_a_video(server, mock):
     assert create["endpoint"] == "videos.create" and create["model"] == "sora-2"
     assert (create["cost_uc"], create["cost_status"]) == (0, "exact")
     endpoints = {r["endpoint"] for r in rows}
+    assert {r["model"] for r in rows if r["endpoint"] == "videos.retrieve" and r["status"] == 200} == {"sora-2"}
     assert {"videos.retrieve", "videos.list", "videos.content", "videos.delete"} <= endpoints
     assert sum(r["cost_uc"] or 0 for r in rows) == 8 * SORA_UC  # a 404 has no cost
 
