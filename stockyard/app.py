@@ -17,7 +17,7 @@ import threading
 import time
 from typing import Any, Iterator, Mapping
 
-from . import __version__, audit, background, containers_api, message_batches
+from . import __version__, audit, background, containers_api, message_batches, videos_api
 from .anthropic_files import AnthropicFiles
 from .auth import Gatekeeper
 from .background import BackgroundResponses
@@ -202,6 +202,10 @@ class App:
         self.containers = ContainersAPI(self.path, ownership)
         self.anthropic_files = AnthropicFiles(self.path, ownership)  # Anthropic's Files API (beta)
         self.vector_stores = VectorStoresAPI(self.path, ownership)
+        video_budget = functools.partial(self.check_batch_budget, what="video", param="model")
+        self.videos = videos_api.VideosAPI(
+            self.path, ownership, video_budget, self.store, self.metrics, self.batch_spend
+        )
         self.cached_contents = CachedContents(self.path, ownership, self.budgeted)  # Gemini's context caches
         self.gemini_files = GeminiFiles(self.path, ownership, UploadSessions(self.store))  # Gemini's Files API
         self.message_batches = MessageBatches(
@@ -218,6 +222,7 @@ class App:
             "batch": self.files.look_at_batch,
             message_batches.KIND: self.message_batches.look_at_batch,
             background.KIND: self.background.look,
+            videos_api.KIND: self.videos.look,
         }
         self.batch_watch = BatchWatch(
             self.store, looks, self.registry, ring, settings.batch_poll_s, ownership.expire_holds
@@ -250,7 +255,9 @@ class App:
         """Whether a budget counts this key's batches."""
         return bool(self._batch_budgets(ctx))
 
-    def check_batch_budget(self, ctx: RequestContext, worst: int | None) -> BatchHold:
+    def check_batch_budget(
+        self, ctx: RequestContext, worst: int | None, what: str = "batch", param: str = "input_file_id"
+    ) -> BatchHold:
         """A key (or its project) whose budget is used up starts no batch (429), nor one naming a
         model without a price (403 ``model_not_priced``; ``worst`` None), nor one whose worst case
         (``worst``, µ¢) does not fit beside what is spent and what requests in flight hold.
@@ -259,14 +266,14 @@ class App:
         (``held_uc``), makes it spend — so every request and batch after it sees it, across
         restarts too (``budgets.ledger_spend_uc``) — until the batch is billed, when its real cost
         replaces it (:meth:`batch_spend`). ``end(False)`` gives the reservation back. Not when the
-        budget module is off for the key."""
+        budget module is off for the key. ``what`` (a batch, a video) and ``param`` name it in the refusals."""
         budgets = self._batch_budgets(ctx)
         if budgets and worst is None:
             raise ProxyError(
                 403,
-                "the batch names a model with no price, so the budget on this key cannot be enforced; "
+                f"the {what} names a model with no price, so the budget on this key cannot be enforced; "
                 "an operator can add one with `stockyard prices set`",
-                param="input_file_id",
+                param=param,
                 code="model_not_priced",
             )
         if budgets and worst:
@@ -292,7 +299,7 @@ class App:
         raise ProxyError(
             429,
             f"budget exceeded: the {budget.describe()} is used up ({format_usd(spent, 2)} spent); "
-            "a batch can start once it is raised or its period ends",
+            f"a {what} can start once it is raised or its period ends",
             code="budget_exceeded",
             type="budget_exceeded",
             headers=headers,

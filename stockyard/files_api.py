@@ -110,6 +110,28 @@ def endpoint_name(method: str, path: str) -> str:
     return f"{collection}.{'delete' if method == 'DELETE' else 'retrieve'}"
 
 
+def id_action_route(pattern: re.Pattern[str], path: str) -> tuple[str | None, str] | None:
+    """(object id or None, action or ``""``) of a path ``pattern`` (its two groups) matches, or None."""
+    match = pattern.match(path)
+    if match is None:
+        return None
+    object_id, action = match.groups()
+    return object_id, action or ""
+
+
+def id_action_endpoint(name: str, method: str, found: tuple[str | None, str] | None) -> str:
+    """The trace's endpoint for an :func:`id_action_route`: ``name.create``, ``name.list``,
+    ``name.retrieve``, ``name.delete``, or ``name.{action}``."""
+    if found is None:
+        return name
+    object_id, action = found
+    if action:
+        return f"{name}.{action[1:]}"
+    if object_id is None:
+        return f"{name}.{'create' if method == 'POST' else 'list'}"
+    return f"{name}.{'delete' if method == 'DELETE' else 'retrieve'}"
+
+
 ALLOWED_METHODS = {
     ("files", False, ""): ("GET", "POST"),
     ("files", True, ""): ("GET", "DELETE"),
@@ -125,6 +147,7 @@ NOT_FOUND = {
     "batch": "No batch found with id '{}'.",
     "container": "Container with id '{}' not found.",
     "vector_store": "No vector store found with id '{}'.",
+    "video": "Video with id '{}' not found.",
 }
 
 
@@ -641,6 +664,8 @@ class ProviderCalls:
 
     ownership: Ownership  # set by each subclass: who owns the objects it creates
     serves = "files and batches"  # what its objects are, in the refusals of choose_provider
+    creates = "batch"  # what ``_create_upstream`` makes, in what a lost create says
+    fresh_creates = False  # ``_create_upstream`` on a new connection, never sent twice (``Pool.request``)
 
     def __init__(self, path: RequestPath) -> None:
         self._path = path
@@ -772,9 +797,11 @@ class ProviderCalls:
         length: int | None = None,
         extra: dict[str, str] | None = None,
         base: str | None = None,
+        fresh: bool = False,
     ) -> tuple[Answer, UpstreamResponse]:
         """Send one call to the provider, its answer still unread; the trace learns the provider.
-        ``extra``: headers of the call's own; ``base``: another base URL at the provider (an upload's)."""
+        ``extra``: headers of the call's own; ``base``: another base URL at the provider (an upload's);
+        ``fresh``: on a new connection, never sent twice (``Pool.request``)."""
         if provider.key_error:
             raise ProxyError(
                 503,
@@ -794,7 +821,7 @@ class ProviderCalls:
         target = self._target(provider, rest, query)
         try:
             sent = body if body is None or isinstance(body, bytes) else cast(BinaryIO, body)  # a spooled upload
-            resp = self._path.pool.request(base or provider.base_url, method, target, headers, sent)
+            resp = self._path.pool.request(base or provider.base_url, method, target, headers, sent, fresh=fresh)
         except UpstreamError as exc:
             raise exc.answer(provider.name, scrub.text) from None
         got = {k: scrub.text(v) for k, v in resp.headers.items()}  # a header may echo the key
@@ -846,9 +873,11 @@ class ProviderCalls:
         query: dict[str, str] | None = None,
         content_type: str = "application/json",
         length: int | None = None,
+        fresh: bool = False,
     ) -> tuple[Answer, Any]:
         """A call whose answer is JSON: (the answer read whole, its parsed body or None)."""
-        answer = self._read(ctx, *self._request(ctx, provider, method, rest, body, query, content_type, length))
+        sent = self._request(ctx, provider, method, rest, body, query, content_type, length, fresh=fresh)
+        answer = self._read(ctx, *sent)
         try:
             return answer, json.loads(answer.data)
         except ValueError:
@@ -859,10 +888,12 @@ class ProviderCalls:
         ctx: RequestContext,
         provider: Provider,
         rest: str,
-        body: bytes,
+        body: bytes | RawIOBase,
         kind: str,
         hold: BatchHold,
         made: Callable[[], list[dict]] | None = None,
+        content_type: str = "application/json",
+        length: int | None = None,
     ) -> tuple[Answer, dict | None]:
         """Create a batch at the provider and record it as this key's, with what it holds
         (``hold.held_uc``), then end the hold (spent until the batch is billed, or given back
@@ -874,7 +905,10 @@ class ProviderCalls:
         claimed = False
         try:
             try:
-                answer, doc = self._call(ctx, provider, "POST", rest, body)
+                fresh = self.fresh_creates
+                answer, doc = self._call(
+                    ctx, provider, "POST", rest, body, content_type=content_type, length=length, fresh=fresh
+                )
             except ProxyError as exc:
                 if exc.status not in (502, 504) and exc.code != SHUTDOWN_CODE:  # answered: no batch was made
                     raise
@@ -913,7 +947,8 @@ class ProviderCalls:
         if len(free) == 1 and self.ownership.claim(free[0]["id"], kind, owner_of(ctx), provider.name, hold):
             doc = free[0]
             log.warning(
-                "a batch create at provider %r was lost (%s); found it there: %s",
+                "a %s create at provider %r was lost (%s); found it there: %s",
+                self.creates,
                 provider.name,
                 failure.code,
                 doc["id"],
@@ -925,9 +960,12 @@ class ProviderCalls:
         failure.headers["x-should-retry"] = "false"
         if failure.code == SHUTDOWN_CODE:  # its own text says to send the request again
             failure.message = "the server shut down before the provider answered"
-        failure.message += "; the batch may have been created at the provider: do not send it again before checking"
+        failure.message += (
+            f"; the {self.creates} may have been created at the provider: do not send it again before checking"
+        )
         log.error(
-            "a batch create at provider %r got no answer (%s): it may run there unowned and unbilled",
+            "a %s create at provider %r got no answer (%s): it may run there unowned and unbilled",
+            self.creates,
             provider.name,
             failure.code,
         )
@@ -1041,14 +1079,21 @@ class ProviderCalls:
         reply.send(answer.status, answer.data, answer.headers.get("content-type", "application/json"), headers)
 
     def _relay(
-        self, reply: Reply, ctx: RequestContext, provider: Provider, rest: str, tap: LineTap | None = None
+        self,
+        reply: Reply,
+        ctx: RequestContext,
+        provider: Provider,
+        rest: str,
+        tap: LineTap | None = None,
+        query: dict[str, str] | None = None,
     ) -> None:
         """A file's content, relayed chunk by chunk as it arrives (never held whole); the trace
         keeps its size, not its bytes. ``tap`` reads each chunk before it goes on (JSONL results
         whose lines name objects to claim), and the end before the stream's end. A failure once the
         answer began cuts it: the connection closes without the chunked end, so no client takes a part
-        for the whole (the provider's, here; any other, by ``Handler._cut``: one log line, no traceback)."""
-        answer, resp = self._request(ctx, provider, "GET", rest)
+        for the whole (the provider's, here; any other, by ``Handler._cut``: one log line, no traceback).
+        ``query``: the provider's own parameters (a video's ``variant``)."""
+        answer, resp = self._request(ctx, provider, "GET", rest, query=query)
         if answer.status >= 400:
             return self._send(reply, ctx, self._read(ctx, answer, resp))
         headers = {"x-stockyard-trace-id": ctx.trace_id, **passed_headers(answer.headers)}

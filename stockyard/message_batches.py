@@ -49,6 +49,8 @@ from .files_api import (
     LineTap,
     Ownership,
     ProviderCalls,
+    id_action_endpoint,
+    id_action_route,
     id_page_query,
     owner_of,
 )
@@ -82,24 +84,12 @@ ALLOWED_METHODS = {
 
 def route_of(path: str) -> tuple[str | None, str] | None:
     """(batch id or None, action) for a message batches path, or None."""
-    match = PATH.match(path)
-    if match is None:
-        return None
-    batch_id, action = match.groups()
-    return batch_id, action or ""
+    return id_action_route(PATH, path)
 
 
 def endpoint_name(method: str, path: str) -> str:
     """The trace's endpoint: ``message_batches.create``, ``…results``, ``…cancel``, …"""
-    found = route_of(path)
-    if found is None:
-        return "message_batches"
-    batch_id, action = found
-    if action:
-        return f"message_batches.{action[1:]}"
-    if batch_id is None:
-        return f"message_batches.{'create' if method == 'POST' else 'list'}"
-    return f"message_batches.{'delete' if method == 'DELETE' else 'retrieve'}"
+    return id_action_endpoint("message_batches", method, route_of(path))
 
 
 def not_found(batch_id: str) -> ProxyError:

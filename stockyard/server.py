@@ -39,6 +39,7 @@ from . import (
     proxy,
     responses_socket,
     vector_stores_api,
+    videos_api,
     websocket,
 )
 from . import ui as console
@@ -1006,6 +1007,7 @@ class Handler(BaseHTTPRequestHandler):
             (files_api, app.files),  # /v1/containers[/{id}[/files[/{file_id}[/content]]]],
             (containers_api, app.containers),  # /v1/vector_stores[/{id}[/search|/files…|/file_batches…]]
             (vector_stores_api, app.vector_stores),
+            (videos_api, app.videos),  # /v1/videos[/{id}[/content|/remix]]
         ):
             if api.route_of(path) is not None:
                 ctx = RequestContext(api.endpoint_name(method, path), OPENAI, self._client_ip(), self._headers_dict())

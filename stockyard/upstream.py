@@ -598,8 +598,13 @@ class Pool:
         body: bytes | BinaryIO | None,
         read_timeout: float | None = None,
         cancel: Cancel | None = None,
+        fresh: bool = False,
     ) -> UpstreamResponse:
         """Send one request; retries once only if a reused connection was stale.
+
+        ``fresh``: on a new connection, never retried. A reused connection that closes before the
+        answer may have been stale, or the provider may have done the work and lost the answer; a
+        create that must not run twice (a video: the provider bills each) takes no such chance.
 
         ``body`` may be a seekable file-like object (a spooled upload, ``multipart.Encoded``):
         it is sent in blocks, with the Content-Length the caller put in ``headers``, and
@@ -617,7 +622,7 @@ class Pool:
         key = Origin.parse(base_url)
         timeout = self.read_timeout if read_timeout is None else read_timeout
         full_path = key.prefix + path
-        conn = self._take(key)
+        conn = None if fresh else self._take(key)
         reused = conn is not None
         while True:
             if conn is None:

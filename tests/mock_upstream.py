@@ -1,6 +1,7 @@
 """A mock LLM provider server for Stockyard's tests and benchmarks.
 
-It speaks the wire formats of OpenAI (chat, completions, embeddings, models, files, batches),
+It speaks the wire formats of OpenAI (chat, completions, embeddings, models, files, batches, videos:
+Sora jobs that move on one step a retrieve, and fail for a prompt holding `VIDEO_FAIL`),
 Anthropic (messages, count_tokens, message batches, models, and the Files API (beta) for a call
 carrying `anthropic-version`: uploads are not downloadable, a code execution tool writes a file
 its result names (`bash_code_execution_tool_result`; the legacy `code_execution_20250522` tool's
@@ -2225,6 +2226,138 @@ def _vector_stores(call: Call, scripted: Reply | None) -> Reply:
         return Reply(json=batch)
 
 
+# --------------------------------------------------------------------------- OpenAI videos (Sora)
+
+
+class VideosState:
+    """What the mock Videos API keeps: video jobs and their assets' bytes.
+
+    A job moves on one step at each retrieve of it, as a running job would between two polls:
+    ``queued`` when made, ``in_progress`` at the first retrieve, then ``completed`` — or ``failed``
+    (``moderation_blocked``) when its prompt holds ``VIDEO_FAIL``. A list shows the jobs as they are."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.videos: dict[str, dict] = {}
+        self.clock = itertools.count(1)
+
+    def add(self, prompt: str, model: str, seconds: str, size: str, source: str | None = None) -> dict:
+        """A new queued job (caller holds the lock)."""
+        tick = next(self.clock)
+        video = {
+            "id": f"video_mock{tick:06d}",
+            "object": "video",
+            "created_at": CREATED + tick,
+            "completed_at": None,
+            "expires_at": None,
+            "error": None,
+            "model": model,
+            "progress": 0,
+            "prompt": prompt,
+            "remixed_from_video_id": source,
+            "seconds": seconds,
+            "size": size,
+            "status": "queued",
+        }
+        self.videos[video["id"]] = video
+        return video
+
+    def advance(self, video: dict) -> None:
+        """One step of a job's life (caller holds the lock), on a retrieve."""
+        now = CREATED + next(self.clock)
+        if video["status"] == "queued":
+            video.update(status="in_progress", progress=50)
+        elif video["status"] == "in_progress" and VIDEO_FAIL in (video["prompt"] or ""):
+            blocked = {"code": "moderation_blocked", "message": "Your request was blocked by our moderation system."}
+            video.update(status="failed", error=blocked)
+        elif video["status"] == "in_progress":
+            video.update(status="completed", progress=100, completed_at=now, expires_at=now + 86400)
+
+
+VIDEOS = VideosState()
+VIDEOS_PATH = re.compile(r"^/v1/videos(?:/([A-Za-z0-9_-]+)(/content|/remix)?)?$")
+VIDEO_MODELS = {"sora-2": ("720x1280", "1280x720"), "sora-2-pro": ("720x1280", "1280x720", "1024x1792", "1792x1024")}
+VIDEO_SECONDS = ("4", "8", "12")
+VIDEO_FAIL = "[fail]"  # a prompt holding this fails at the provider (moderation)
+VIDEO_BYTES = 3 * 1024 * 1024 + 17  # an MP4's size: bigger than any buffer a relay would hold
+VIDEO_ASSETS = {"video": "video/mp4", "thumbnail": "image/webp", "spritesheet": "image/jpeg"}
+
+
+def video_asset(video_id: str, variant: str) -> bytes:
+    """The bytes of a completed video's asset: the same for the same video and variant."""
+    seed = hashlib.sha256(f"{video_id}/{variant}".encode()).digest()
+    size = VIDEO_BYTES if variant == "video" else 4096
+    return (seed * (size // len(seed) + 1))[:size]
+
+
+def video_not_found(video_id: str) -> Reply:
+    return openai_error(404, f"Video with id '{video_id}' not found.")
+
+
+def _video_terms(fields: dict) -> tuple[str, str, str] | Reply:
+    """(model, seconds, size) of a create with OpenAI's defaults, or its 400."""
+    model = fields.get("model") or "sora-2"
+    seconds, size = str(fields.get("seconds") or "4"), fields.get("size") or "720x1280"
+    base = re.sub(r"-\d{4}-\d{2}-\d{2}$", "", model) if isinstance(model, str) else None
+    if base not in VIDEO_MODELS:
+        return openai_error(400, f"Invalid value for 'model': {model!r}.")
+    if seconds not in VIDEO_SECONDS:
+        return openai_error(400, f"Invalid value for 'seconds': {seconds!r}; supported values are 4, 8 and 12.")
+    if size not in VIDEO_MODELS[base]:
+        return openai_error(400, f"Invalid value for 'size': {size!r} is not supported by {model}.")
+    return model, seconds, size
+
+
+def _videos(call: Call, scripted: Reply | None) -> Reply:
+    """POST/GET /v1/videos, GET/DELETE …/{id}, GET …/{id}/content?variant=, POST …/{id}/remix."""
+    if scripted is not None and scripted.status >= 400:
+        return openai_error(scripted.status)
+    req = call.req
+    video_id, action = VIDEOS_PATH.match(req.path).groups()
+    with VIDEOS.lock:
+        if video_id is None and req.method == "POST":
+            if req.headers.get("content-type", "").startswith("multipart/form-data"):
+                fields, files = multipart_form(req)
+                if any(name != "input_reference" for name, _, _ in files):
+                    return openai_error(400, "Unexpected file field.")
+            else:
+                fields = call.body
+            prompt = fields.get("prompt")
+            if not isinstance(prompt, str) or not prompt:
+                return openai_error(400, "Missing required parameter: 'prompt'.")
+            terms = _video_terms(fields)
+            if isinstance(terms, Reply):
+                return terms
+            return Reply(json=dict(VIDEOS.add(prompt, *terms)))
+        if video_id is None and req.method == "GET":
+            asc = req.query.get("order") == "asc"
+            items = sorted(VIDEOS.videos.values(), key=lambda v: v["created_at"], reverse=not asc)
+            return Reply(json=_page([dict(v) for v in items], req.query, 20))
+        video = VIDEOS.videos.get(video_id)
+        if video is None:
+            return video_not_found(video_id)
+        if action == "/content":
+            variant = req.query.get("variant") or "video"
+            if variant not in VIDEO_ASSETS:
+                return openai_error(400, f"Invalid value for 'variant': {variant!r}.")
+            if video["status"] != "completed":
+                return openai_error(400, f"Video '{video_id}' is not completed.")
+            return Reply(body=video_asset(video_id, variant), headers={"content-type": VIDEO_ASSETS[variant]})
+        if action == "/remix":
+            prompt = call.body.get("prompt")
+            if not isinstance(prompt, str) or not prompt:
+                return openai_error(400, "Missing required parameter: 'prompt'.")
+            if video["status"] != "completed":
+                return openai_error(400, f"Video '{video_id}' is not completed: only a completed video can be remixed.")
+            made = VIDEOS.add(prompt, video["model"], video["seconds"], video["size"], source=video_id)
+            return Reply(json=dict(made))
+        if req.method == "DELETE":
+            del VIDEOS.videos[video_id]
+            return Reply(json={"id": video_id, "object": "video.deleted", "deleted": True})
+        VIDEOS.advance(video)
+        return Reply(json=dict(video))
+
+
 # --------------------------------------------------------------------------- Anthropic message batches
 
 
@@ -3308,6 +3441,8 @@ def find_route(method: str, path: str) -> Route | None:
         return _files_or_anthropic_files
     if CONTAINERS_PATH.match(path):
         return _containers
+    if VIDEOS_PATH.match(path):
+        return _videos
     if VECTOR_STORES_PATH.match(path):
         return _vector_stores
     if CACHED_CONTENTS_PATH.match(path):
