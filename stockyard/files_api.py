@@ -665,7 +665,6 @@ class ProviderCalls:
     ownership: Ownership  # set by each subclass: who owns the objects it creates
     serves = "files and batches"  # what its objects are, in the refusals of choose_provider
     creates = "batch"  # what ``_create_upstream`` makes, in what a lost create says
-    fresh_creates = False  # ``_create_upstream`` on a new connection, never sent twice (``Pool.request``)
 
     def __init__(self, path: RequestPath) -> None:
         self._path = path
@@ -797,11 +796,9 @@ class ProviderCalls:
         length: int | None = None,
         extra: dict[str, str] | None = None,
         base: str | None = None,
-        fresh: bool = False,
     ) -> tuple[Answer, UpstreamResponse]:
         """Send one call to the provider, its answer still unread; the trace learns the provider.
-        ``extra``: headers of the call's own; ``base``: another base URL at the provider (an upload's);
-        ``fresh``: on a new connection, never sent twice (``Pool.request``)."""
+        ``extra``: headers of the call's own; ``base``: another base URL at the provider (an upload's)."""
         if provider.key_error:
             raise ProxyError(
                 503,
@@ -821,7 +818,7 @@ class ProviderCalls:
         target = self._target(provider, rest, query)
         try:
             sent = body if body is None or isinstance(body, bytes) else cast(BinaryIO, body)  # a spooled upload
-            resp = self._path.pool.request(base or provider.base_url, method, target, headers, sent, fresh=fresh)
+            resp = self._path.pool.request(base or provider.base_url, method, target, headers, sent)
         except UpstreamError as exc:
             raise exc.answer(provider.name, scrub.text) from None
         got = {k: scrub.text(v) for k, v in resp.headers.items()}  # a header may echo the key
@@ -873,10 +870,9 @@ class ProviderCalls:
         query: dict[str, str] | None = None,
         content_type: str = "application/json",
         length: int | None = None,
-        fresh: bool = False,
     ) -> tuple[Answer, Any]:
         """A call whose answer is JSON: (the answer read whole, its parsed body or None)."""
-        sent = self._request(ctx, provider, method, rest, body, query, content_type, length, fresh=fresh)
+        sent = self._request(ctx, provider, method, rest, body, query, content_type, length)
         answer = self._read(ctx, *sent)
         try:
             return answer, json.loads(answer.data)
@@ -905,10 +901,7 @@ class ProviderCalls:
         claimed = False
         try:
             try:
-                fresh = self.fresh_creates
-                answer, doc = self._call(
-                    ctx, provider, "POST", rest, body, content_type=content_type, length=length, fresh=fresh
-                )
+                answer, doc = self._call(ctx, provider, "POST", rest, body, content_type=content_type, length=length)
             except ProxyError as exc:
                 if exc.status not in (502, 504) and exc.code != SHUTDOWN_CODE:  # answered: no batch was made
                     raise

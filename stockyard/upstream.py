@@ -2,7 +2,11 @@
 
 An idle connection the provider closed is seen before it is used (its end of stream is
 readable) and dropped. One closed in the instant between still fails before any byte of the
-answer arrives, and only then is the request sent once more on a fresh connection.
+answer arrives, and only then is the request sent once more on a fresh connection — if the
+provider cannot have acted on it: it broke before the whole request was written, or the
+request is one HTTP lets be sent twice (GET, HEAD, PUT, DELETE, OPTIONS). A POST written whole
+is never sent again here: the provider may have done the work (a completion, a batch, a video)
+and lost only the answer; the caller sees the reset (a create looks for what it made).
 Connections go back to the pool only when their response was read to the end.
 """
 
@@ -32,6 +36,15 @@ def _readable(sock: socket.socket) -> bool:
     poller = select.poll()
     poller.register(sock, select.POLLIN)
     return bool(poller.poll(0))
+
+
+REPLAYABLE = frozenset(("GET", "HEAD", "PUT", "DELETE", "OPTIONS"))  # idempotent (RFC 9110 9.2.2)
+
+
+def _may_resend(method: str, cancel: "Cancel") -> bool:
+    """Whether a request that broke on a reused connection before any answer may go again on a
+    new one: the provider did not get all of it, or sending it twice does what once does."""
+    return not cancel.written or method.upper() in REPLAYABLE
 
 
 _STALE = (
@@ -598,13 +611,9 @@ class Pool:
         body: bytes | BinaryIO | None,
         read_timeout: float | None = None,
         cancel: Cancel | None = None,
-        fresh: bool = False,
     ) -> UpstreamResponse:
-        """Send one request; retries once only if a reused connection was stale.
-
-        ``fresh``: on a new connection, never retried. A reused connection that closes before the
-        answer may have been stale, or the provider may have done the work and lost the answer; a
-        create that must not run twice (a video: the provider bills each) takes no such chance.
+        """Send one request; retries once only if a reused connection was stale and the request
+        can go twice (:func:`_may_resend`: a POST the provider read whole is not sent again).
 
         ``body`` may be a seekable file-like object (a spooled upload, ``multipart.Encoded``):
         it is sent in blocks, with the Content-Length the caller put in ``headers``, and
@@ -622,7 +631,7 @@ class Pool:
         key = Origin.parse(base_url)
         timeout = self.read_timeout if read_timeout is None else read_timeout
         full_path = key.prefix + path
-        conn = None if fresh else self._take(key)
+        conn = self._take(key)
         reused = conn is not None
         while True:
             if conn is None:
@@ -639,7 +648,7 @@ class Pool:
             except _STALE as exc:
                 conn.close()
                 self._check_cancelled(cancel, exc)
-                if reused:
+                if reused and _may_resend(method, cancel):
                     conn, reused = None, False
                     continue
                 raise UpstreamError("reset", f"{key.host}:{key.port} closed the connection without answering") from exc

@@ -135,7 +135,6 @@ class VideosAPI(ProviderCalls):
 
     serves = "videos"
     creates = "video"
-    fresh_creates = True  # a create sent twice is two videos billed: a lost answer is looked for instead
 
     def __init__(
         self,
