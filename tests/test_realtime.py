@@ -1,0 +1,271 @@
+"""OpenAI's Realtime API (``ws://…/v1/realtime?model=…``) through a real Stockyard process: the
+official SDK's ``client.realtime.connect()`` relayed to the mock upstream's Realtime WebSocket, each
+``response.done`` billed to the µ¢ at the model's text, audio and cached rates (computed here from
+the usage the client itself received, at the prices OpenAI publishes), budgets refused at the upgrade
+and ending a session that uses them up, the provider key kept from the client, and bad input
+closed with the right code over a raw socket."""
+
+from __future__ import annotations
+
+import base64
+import json
+import socket
+import struct
+from fractions import Fraction
+
+import pytest
+from conftest import OPENAI_KEY, ServerProcess, mock_env, wait_for
+from mock_upstream import RT_AUDIO_BYTES, TEXT, Reply
+from test_responses_websocket import KEY, Raw
+
+ADMIN = "admin-key-for-realtime-tests-0123456789"
+MAX_MESSAGE = 256 * 1024
+# OpenAI's prices, USD per 1M tokens (developers.openai.com/api/docs/models/gpt-realtime, -mini):
+# (text in, cached text, text out, audio in, cached audio, audio out)
+RATES = {
+    "gpt-realtime": ("4.00", "0.40", "16.00", "32.00", "0.40", "64.00"),
+    "gpt-realtime-mini": ("0.60", "0.06", "2.40", "10.00", "0.30", "20.00"),
+}
+
+
+def expected_uc(model: str, usage: dict) -> int:
+    """The cost in µ¢ of one response's usage (as the client saw it), rounded half up once."""
+    t_in, t_cached, t_out, a_in, a_cached, a_out = (Fraction(r) for r in RATES[model])
+    details, out = usage["input_token_details"], usage["output_token_details"]
+    cached = details["cached_tokens_details"]
+    usd = (
+        (details["text_tokens"] - cached["text_tokens"]) * t_in
+        + cached["text_tokens"] * t_cached
+        + (details["audio_tokens"] - cached["audio_tokens"]) * a_in
+        + cached["audio_tokens"] * a_cached
+        + out["text_tokens"] * t_out
+        + out["audio_tokens"] * a_out
+    ) / 1_000_000
+    exact = usd * 10**8
+    return int(exact + Fraction(1, 2))
+
+
+@pytest.fixture(scope="module")
+def server(pyz_path, cache_home, mock, tmp_path_factory):
+    env = mock_env(cache_home, mock, STOCKYARD_MAX_BODY_BYTES=str(MAX_MESSAGE))
+    env["STOCKYARD_ADMIN_KEY"] = ADMIN
+    srv = ServerProcess(pyz_path, tmp_path_factory.mktemp("realtime") / "stockyard.db", env).start()
+    srv.keys.update(
+        srv.create_keys(
+            {
+                "alice": [],
+                "budgeted": ["--budget-usd", "0.01", "--budget-period", "day"],
+                "minionly": ["--models", "gpt-realtime-mini"],
+            }
+        )
+    )
+    yield srv
+    srv.stop()
+
+
+def until(connection, kind: str) -> list:
+    """The SDK connection's events up to the first of ``kind`` (or an error)."""
+    events = [connection.recv()]
+    while events[-1].type not in (kind, "error"):
+        events.append(connection.recv())
+    return events
+
+
+def traces(server: ServerProcess, key: str, count: int) -> list[dict]:
+    """The realtime traces of ``key`` (a name), oldest first, once ``count`` are committed."""
+    key_id = server.db_rows("SELECT id FROM client_keys WHERE name = ?", (key,))[0]["id"]
+    sql = "SELECT * FROM traces WHERE endpoint = 'realtime' AND key_id = ? ORDER BY ts_ms, id"
+
+    def committed() -> list[dict] | None:
+        rows = server.db_rows(sql, (key_id,))
+        return rows if len(rows) >= count else None
+
+    return wait_for(committed, 10, "traces")
+
+
+def pcm(seconds: float) -> str:
+    """Silence as pcm16 at 24 kHz, base64: what input_audio_buffer.append carries."""
+    return base64.b64encode(b"\0" * int(seconds * 10 * RT_AUDIO_BYTES)).decode()
+
+
+# -- the official SDK -----------------------------------------------------------------------------
+
+
+def test_sdk_text_and_audio_responses_billed_exactly(server, mock):
+    """A text response, then an audio one after appended audio (the second reads cached text and
+    audio): each is one trace whose cost is the usage the client saw at the published rates; the
+    provider was sent its key, which no event the client got carries."""
+    client = server.openai("alice")
+    with client.realtime.connect(model="gpt-realtime") as conn:
+        created = conn.recv()
+        assert created.type == "session.created" and created.session.model == "gpt-realtime"
+        conn.session.update(session={"type": "realtime", "output_modalities": ["text"], "instructions": "Be brief."})
+        until(conn, "session.updated")
+        conn.conversation.item.create(
+            item={"type": "message", "role": "user", "content": [{"type": "input_text", "text": "Say hello"}]}
+        )
+        conn.response.create()
+        events = until(conn, "response.done")
+        text = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+        assert text == TEXT
+        first = events[-1].response.usage.model_dump()
+        conn.input_audio_buffer.append(audio=pcm(1.5))
+        conn.input_audio_buffer.commit()
+        conn.response.create(response={"output_modalities": ["audio"]})
+        events = until(conn, "response.done")
+        assert any(e.type == "response.output_audio.delta" for e in events)
+        second = events[-1].response.usage.model_dump()
+        seen = json.dumps([e.model_dump() for e in events])
+    assert second["input_token_details"]["audio_tokens"] == 15
+    assert second["input_token_details"]["cached_tokens_details"]["text_tokens"] == 64
+    assert second["output_token_details"]["audio_tokens"] == 300
+    rows = traces(server, "alice", 2)
+    assert [r["cost_uc"] for r in rows] == [expected_uc("gpt-realtime", first), expected_uc("gpt-realtime", second)]
+    assert all(r["cost_status"] == "exact" and r["model"] == "gpt-realtime" and r["status"] == 200 for r in rows)
+    assert rows[1]["prompt_tokens"] == second["input_tokens"]
+    assert rows[1]["completion_tokens"] == second["output_tokens"]
+    assert rows[1]["cached_tokens"] == second["input_token_details"]["cached_tokens"]
+    upstream = mock.last("/realtime")
+    assert upstream.headers["authorization"] == f"Bearer {OPENAI_KEY}"
+    assert upstream.query == {"model": "gpt-realtime"}
+    assert OPENAI_KEY not in seen and OPENAI_KEY not in server.log
+    line = wait_for(lambda: next((x for x in server.log_lines if "WS /v1/realtime" in x), None), 10, "the log line")
+    assert "gpt-realtime responses=2 cost=$0.0" in line
+
+
+def test_mini_audio_cached_at_its_own_rate(server):
+    """gpt-realtime-mini caches audio ($0.30) dearer than text ($0.06): both rates apply."""
+    client = server.openai("alice")
+    with client.realtime.connect(model="gpt-realtime-mini") as conn:
+        conn.recv()
+        conn.input_audio_buffer.append(audio=pcm(2))
+        conn.input_audio_buffer.commit()
+        conn.response.create(response={"output_modalities": ["audio"]})
+        until(conn, "response.done")
+        conn.response.create(response={"output_modalities": ["text"]})
+        usage = until(conn, "response.done")[-1].response.usage.model_dump()
+    assert usage["input_token_details"]["cached_tokens_details"]["audio_tokens"] == 20
+    rows = [r for r in traces(server, "alice", 4) if r["model"] == "gpt-realtime-mini"]
+    assert expected_uc("gpt-realtime-mini", usage) in [r["cost_uc"] for r in rows]
+
+
+# -- budgets, allow-lists, refusals at the upgrade --------------------------------------------------
+
+
+def upgrade(server: ServerProcess, key: str | None, path: str = "/v1/realtime?model=gpt-realtime") -> Raw:
+    """A raw handshake on ``path`` with ``key`` (a name; None: no key): its status and head read."""
+    return Raw(server, server.secret(key) if key else None, path=path)
+
+
+def refusal(raw: Raw) -> dict:
+    """The JSON error body of a refused handshake."""
+    lines = raw.head.split("\r\n")
+    length = int(next(line.split(":")[1] for line in lines if line.lower().startswith("content-length")))
+    while len(raw.buf) < length:
+        raw.buf += raw.sock.recv(65536)
+    raw.sock.close()
+    return json.loads(raw.buf[:length])
+
+
+def test_budget_used_up_mid_session_ends_it_then_refuses_the_upgrade(server):
+    """A $0.01 budget: the audio response (~2 cents) is billed whole and ends the session with an
+    ``error`` event and close 1008; the next upgrade is a 429 in OpenAI's shape; another key goes on."""
+    raw = upgrade(server, "budgeted")
+    assert raw.status == 101
+    assert raw.event()["type"] == "session.created"
+    raw.send_json({"type": "response.create", "response": {"output_modalities": ["audio"]}})
+    events = []
+    while not events or events[-1]["type"] != "error":
+        events.append(raw.event())
+    assert events[-2]["type"] == "response.done"
+    assert events[-1]["error"]["code"] == "budget_exceeded"
+    assert raw.close_code() == 1008
+    raw.close()
+    (row,) = traces(server, "budgeted", 1)
+    assert row["cost_uc"] == expected_uc("gpt-realtime", events[-2]["response"]["usage"]) > 1_000_000
+    again = upgrade(server, "budgeted")
+    assert again.status == 429
+    error = refusal(again)["error"]
+    assert error["code"] == "budget_exceeded" and "budget" in error["message"]
+    ok = upgrade(server, "alice")
+    assert ok.status == 101
+    ok.close()
+
+
+def test_key_allow_list_and_unknown_model_refused_at_upgrade(server):
+    """A key limited to gpt-realtime-mini may not open gpt-realtime (403); no model is a 400."""
+    refused = upgrade(server, "minionly")
+    assert refused.status == 403, refused.head
+    assert refusal(refused)["error"]["type"]
+    missing = upgrade(server, "alice", "/v1/realtime")
+    assert missing.status == 400
+    assert refusal(missing)["error"]["code"] == "missing_model"
+    keyless = upgrade(server, None)
+    assert keyless.status == 401
+    refusal(keyless)
+
+
+def test_client_secrets_refused_with_the_reason(server):
+    """An ephemeral key would let a browser talk to OpenAI unmetered: a 403 saying so."""
+    status, _, body = server.request("POST", "/v1/realtime/client_secrets", {}, server.auth("alice"))
+    assert status == 403
+    error = json.loads(body)["error"]
+    assert error["code"] == "unsupported_endpoint" and "meter" in error["message"]
+
+
+def test_provider_refusal_relayed_without_its_key(server, mock):
+    """The provider refusing the handshake (its 401 naming the key) is a 502 to the client, scrubbed."""
+    message = f"Incorrect API key provided: {OPENAI_KEY}."
+    mock.enqueue(Reply(status=401, json={"error": {"message": message, "type": "invalid_request_error"}}))
+    raw = upgrade(server, "alice")
+    assert raw.status == 502
+    error = refusal(raw)["error"]
+    assert "refused the session" in error["message"] and OPENAI_KEY not in error["message"]
+
+
+# -- bad input, a provider that drops ----------------------------------------------------------------
+
+
+def test_non_json_message_closes_1007(server):
+    raw = upgrade(server, "alice")
+    assert raw.event()["type"] == "session.created"
+    raw.send_frame(0x1, b"this is not json")
+    error = raw.event()
+    assert error["type"] == "error" and error["error"]["code"] == "invalid_json"
+    assert raw.close_code() == 1007
+    raw.close()
+
+
+def test_message_over_the_limit_closes_1009(server):
+    raw = upgrade(server, "alice")
+    assert raw.event()["type"] == "session.created"
+    raw.send_frame(0x1, b"x" * (MAX_MESSAGE + 1))
+    assert raw.close_code() == 1009
+    raw.close()
+
+
+def test_provider_drop_bills_what_was_done_and_closes_1014(server):
+    """The provider's connection ends mid-session: the response done before it is billed, the
+    client gets close 1014 (bad gateway), never a hang."""
+    raw = upgrade(server, "alice")
+    assert raw.event()["type"] == "session.created"
+    raw.send_json({"type": "response.create", "response": {"output_modalities": ["text"]}})
+    done = raw.until("response.done")[-1]
+    raw.send_json({"type": "mock.drop"})
+    assert raw.close_code() == 1014
+    raw.close()
+    key_id = server.db_rows("SELECT id FROM client_keys WHERE name = 'alice'")[0]["id"]
+    sql = "SELECT cost_uc FROM traces WHERE endpoint = 'realtime' AND key_id = ? AND ts_ms >= 0"
+    wanted = expected_uc("gpt-realtime", done["response"]["usage"])
+    wait_for(lambda: wanted in [r["cost_uc"] for r in server.db_rows(sql, (key_id,))], 10, "the billed response")
+
+
+def test_session_update_to_another_model_refused(server):
+    raw = upgrade(server, "alice", "/v1/realtime?model=gpt-realtime-mini")
+    assert raw.event()["type"] == "session.created"
+    raw.send_json({"type": "session.update", "session": {"type": "realtime", "model": "gpt-realtime"}})
+    error = raw.event()
+    assert error["type"] == "error" and error["error"]["code"] == "model_change_not_allowed"
+    raw.send_frame(0x8, struct.pack("!H", 1000))
+    assert raw.close_code() == 1000
+    raw.close()
