@@ -36,12 +36,13 @@ from urllib.parse import parse_qsl, urlencode
 
 from . import attribution
 from . import websocket as ws
-from .budgets import scopes_of
+from .budgets import Budget, scopes_of
 from .context import RequestContext, Route
 from .errors import RESPONSES, ClientGone, ProxyError, described
 from .httpio import json_bytes
 from .logbuffer import access, printable
 from .modules.early import check_early
+from .modules.userlimits import UserLimitsModule
 from .pricing import Usage, cost_microcents, format_usd
 from .providers.openai import auth_headers
 from .responses_socket import Arriving, Connection
@@ -148,7 +149,7 @@ def admit(app: App, ctx: RequestContext) -> Upstream:
             code="unsupported_model",
         )
     check_early(chain, ctx)
-    if app.budgets_of(ctx) and app.path.pricer.price_of(ctx.route, model) is None:
+    if session_budgets(app, ctx) and app.path.pricer.price_of(ctx.route, model) is None:
         raise ProxyError(
             403,
             f"model {model!r} has no price, so the budget on this key cannot be enforced; an operator "
@@ -157,6 +158,15 @@ def admit(app: App, ctx: RequestContext) -> Upstream:
             code="model_not_priced",
         )
     return connect(app, ctx, provider, upstream_model)
+
+
+def session_budgets(app: App, ctx: RequestContext) -> list[Budget]:
+    """Every budget a session's responses spend: the key's and its project's (where the budget
+    module runs for the key) and its end user's (``userlimits``, where it runs)."""
+    found = app.budgets_of(ctx)
+    module = app.path.chain().module("userlimits", ctx)
+    user = module.budget_of(ctx) if isinstance(module, UserLimitsModule) else None
+    return [*found, user] if user is not None else found
 
 
 def connect(app: App, ctx: RequestContext, provider: Provider, model: str) -> Upstream:
@@ -273,7 +283,8 @@ class Relay:
         self.cost_uc = 0
         self.priced = True
         self.close_code: int | None = None
-        self._budgets = app.budgets_of(ctx)
+        self._budgets = session_budgets(app, ctx)
+        self._scopes = {*(scopes_of(ctx.key) if ctx.key is not None else ()), *(b.scope for b in self._budgets)}
         self._response_started: dict[str, float] = {}
 
     def run(self) -> None:
@@ -502,8 +513,8 @@ class Relay:
         self.responses += 1
         self.cost_uc += cost or 0
         self.priced = self.priced and cost is not None
-        if self._budgets and base.key is not None:
-            app.ledger.settle(None, cost or 0, scopes_of(base.key), ctx.ts_ms)
+        if self._budgets:
+            app.ledger.settle(None, cost or 0, self._scopes, ctx.ts_ms)
 
     def _budget_left(self) -> bool:
         """After a response's spend: a budget used up ends the session (its ``error`` event, 1008)."""

@@ -16,9 +16,9 @@ from fractions import Fraction
 import pytest
 from conftest import OPENAI_KEY, ServerProcess, mock_env, wait_for
 from mock_upstream import RT_AUDIO_BYTES, TEXT, Reply
+from module_helpers import ADMIN_KEY, put_module
 from test_responses_websocket import KEY, Raw
 
-ADMIN = "admin-key-for-realtime-tests-0123456789"
 MAX_MESSAGE = 256 * 1024
 # OpenAI's prices, USD per 1M tokens (developers.openai.com/api/docs/models/gpt-realtime, -mini):
 # (text in, cached text, text out, audio in, cached audio, audio out)
@@ -48,7 +48,7 @@ def expected_uc(model: str, usage: dict) -> int:
 @pytest.fixture(scope="module")
 def server(pyz_path, cache_home, mock, tmp_path_factory):
     env = mock_env(cache_home, mock, STOCKYARD_MAX_BODY_BYTES=str(MAX_MESSAGE))
-    env["STOCKYARD_ADMIN_KEY"] = ADMIN
+    env["STOCKYARD_ADMIN_KEY"] = ADMIN_KEY
     srv = ServerProcess(pyz_path, tmp_path_factory.mktemp("realtime") / "stockyard.db", env).start()
     srv.keys.update(
         srv.create_keys(
@@ -152,9 +152,21 @@ def test_mini_audio_cached_at_its_own_rate(server):
 # -- budgets, allow-lists, refusals at the upgrade --------------------------------------------------
 
 
-def upgrade(server: ServerProcess, key: str | None, path: str = "/v1/realtime?model=gpt-realtime") -> Raw:
-    """A raw handshake on ``path`` with ``key`` (a name; None: no key): its status and head read."""
-    return Raw(server, server.secret(key) if key else None, path=path)
+def upgrade(
+    server: ServerProcess, key: str | None, path: str = "/v1/realtime?model=gpt-realtime", extra: str = ""
+) -> Raw:
+    """A raw handshake on ``path`` with ``key`` (a name; None: no key) and ``extra`` header lines:
+    its status and head read."""
+    return Raw(server, server.secret(key) if key else None, extra, path)
+
+
+def audio_until_error(raw: Raw) -> list[dict]:
+    """An audio response asked on ``raw``: its events to the ``error`` that ends the session."""
+    raw.send_json({"type": "response.create", "response": {"output_modalities": ["audio"]}})
+    events = [raw.event()]
+    while events[-1]["type"] != "error":
+        events.append(raw.event())
+    return events
 
 
 def refusal(raw: Raw) -> dict:
@@ -173,10 +185,7 @@ def test_budget_used_up_mid_session_ends_it_then_refuses_the_upgrade(server):
     raw = upgrade(server, "budgeted")
     assert raw.status == 101
     assert raw.event()["type"] == "session.created"
-    raw.send_json({"type": "response.create", "response": {"output_modalities": ["audio"]}})
-    events = []
-    while not events or events[-1]["type"] != "error":
-        events.append(raw.event())
+    events = audio_until_error(raw)
     assert events[-2]["type"] == "response.done"
     assert events[-1]["error"]["code"] == "budget_exceeded"
     assert raw.close_code() == 1008
@@ -269,3 +278,54 @@ def test_session_update_to_another_model_refused(server):
     raw.send_frame(0x8, struct.pack("!H", 1000))
     assert raw.close_code() == 1000
     raw.close()
+
+
+def test_end_user_budget_ends_the_session_then_refuses_the_upgrade(server):
+    """``userlimits``' budget for an end user (x-stockyard-user) is spent by each response as the
+    key's is: used up, the session ends (1008) and the user's next upgrade is a 429; another user's is not."""
+    put_module(server, "userlimits", {"budget_usd": "0.01", "budget_period": "day"})
+    try:
+        raw = upgrade(server, "alice", extra="x-stockyard-user: carol\r\n")
+        assert raw.status == 101 and raw.event()["type"] == "session.created"
+        events = audio_until_error(raw)
+        assert events[-2]["type"] == "response.done" and events[-1]["error"]["code"] == "budget_exceeded"
+        assert raw.close_code() == 1008
+        raw.close()
+        again = upgrade(server, "alice", extra="x-stockyard-user: carol\r\n")
+        assert again.status == 429, again.head
+        refusal(again)
+        other = upgrade(server, "alice", extra="x-stockyard-user: dave\r\n")
+        assert other.status == 101
+        other.close()
+    finally:
+        put_module(server, "userlimits", {}, enabled=False)
+
+
+def test_guard_deny_list_refused_at_upgrade(server):
+    put_module(server, "guard", {"deny_models": ["gpt-realtime-mini"]})
+    try:
+        refused = upgrade(server, "alice", "/v1/realtime?model=gpt-realtime-mini")
+        assert refused.status == 403
+        assert refusal(refused)["error"]["code"] == "model_not_allowed"
+        allowed = upgrade(server, "alice")
+        assert allowed.status == 101
+        allowed.close()
+    finally:
+        put_module(server, "guard", {}, enabled=False)
+
+
+def test_browser_key_as_subprotocol(server):
+    """A browser's key in ``Sec-WebSocket-Protocol`` (``openai-insecure-api-key.<key>``) is accepted,
+    and ``realtime`` agreed."""
+    secret = server.secret("alice")
+    raw = Raw(
+        server,
+        None,
+        f"Sec-WebSocket-Protocol: realtime, openai-insecure-api-key.{secret}\r\n",
+        "/v1/realtime?model=gpt-realtime",
+    )
+    assert raw.status == 101, raw.head
+    assert "sec-websocket-protocol: realtime" in raw.head.lower()
+    assert raw.event()["type"] == "session.created"
+    raw.close()
+    assert secret not in server.log
