@@ -28,6 +28,7 @@ import json
 import logging
 import select
 import socket
+import ssl
 import threading
 import time
 from dataclasses import dataclass
@@ -192,7 +193,7 @@ def connect(app: App, ctx: RequestContext, provider: Provider, model: str) -> Up
             raise ProxyError(
                 502, f"provider {provider.name!r} answered the WebSocket handshake wrongly", code="upstream_protocol"
             )
-        sock.settimeout(None)
+        sock.settimeout(app.settings.idle_timeout_s)  # a write to a provider that does not read: bounded
         return Upstream(provider, model, sock, rest)
     except OSError as exc:
         sock.close()
@@ -259,6 +260,16 @@ def _refusal(app: App, provider: Provider, status: int, body: bytes) -> ProxyErr
     )
 
 
+def readable(sock: socket.socket, timeout: float) -> bool:
+    """Whether ``sock`` has bytes to read within ``timeout`` seconds: TLS may hold some decrypted
+    already (``pending``), which the descriptor's poll does not see."""
+    if isinstance(sock, ssl.SSLSocket) and sock.pending():
+        return True
+    poll = select.poll()
+    poll.register(sock, select.POLLIN)
+    return bool(poll.poll(timeout * 1000))
+
+
 def error_event(code: str, message: str, kind: str = "invalid_request_error") -> bytes:
     """A Realtime ``error`` event (``RealtimeErrorEvent``)."""
     error = {"type": kind, "code": code, "message": message, "param": None, "event_id": None}
@@ -278,6 +289,7 @@ class Relay:
         self._draining = draining
         self._opened = self._active = time.monotonic()
         self._ended = threading.Event()
+        self._end_lock = threading.Lock()
         self._arriving = Arriving(app)
         self.responses = 0
         self.cost_uc = 0
@@ -305,8 +317,9 @@ class Relay:
 
     def _end(self, code: int, reason: str, provider_code: int = ws.NORMAL) -> None:
         """Close both sides (each once); the readers see the sockets end."""
-        if self.close_code is None:
-            self.close_code = code
+        with self._end_lock:
+            if self.close_code is None:
+                self.close_code = code
         self.client.close(code, reason)
         self.provider.close(provider_code, reason)
         self._ended.set()
@@ -442,6 +455,9 @@ class Relay:
                         return
             if self._ended.is_set():
                 return
+            if not readable(sock, POLL_S):
+                data = b""
+                continue
             try:
                 data = sock.recv(65536)
             except OSError:
