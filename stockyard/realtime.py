@@ -3,7 +3,7 @@
 Before the upgrade (:func:`admit`, on the handshake's thread; a refusal is the HTTP answer in
 OpenAI's shape, never a socket): the client key (its model allow-list), guard's model lists, the
 key's rate limits and budget (``modules.early``: nothing counted or held; under a budget the
-model must have a price), and the provider — an OpenAI-kind one, reached over a WebSocket of its
+model must have a price), and the provider — an OpenAI or Azure one, reached over a WebSocket of its
 own with the provider's key (its refusal is relayed, scrubbed). Then :class:`Relay` moves every
 text message both ways unchanged, one thread a direction, a message whole at a time (at most
 ``STOCKYARD_MAX_BODY_BYTES``; close 1009), nothing queued (a write blocks on a peer that does not
@@ -45,6 +45,7 @@ from .logbuffer import access, printable
 from .modules.early import check_early
 from .modules.userlimits import UserLimitsModule
 from .pricing import Usage, cost_microcents, format_usd
+from .providers import AZURE_API_VERSION
 from .providers.openai import auth_headers
 from .responses_socket import Arriving, Connection
 from .upstream import Cancel, Origin, UpstreamError
@@ -57,7 +58,7 @@ log = logging.getLogger("stockyard.server")
 
 PATH = "/v1/realtime"
 ENDPOINT = "realtime"
-KINDS = ("openai",)  # provider kinds whose Realtime API is relayed
+KINDS = ("openai", "azure")  # provider kinds whose Realtime API is relayed
 SUBPROTOCOL = "realtime"
 KEY_PROTOCOL = "openai-insecure-api-key."  # a browser's key, as a WebSocket subprotocol
 # The provider headers a client's handshake passes on (the beta interface is asked by header)
@@ -145,7 +146,8 @@ def admit(app: App, ctx: RequestContext) -> Upstream:
     if provider.kind not in KINDS:
         raise ProxyError(
             400,
-            f"the Realtime API is relayed to OpenAI providers only; {model!r} routes to a {provider.kind} provider",
+            f"the Realtime API is relayed to OpenAI and Azure providers only; {model!r} routes to a "
+            f"{provider.kind} provider",
             param="model",
             code="unsupported_model",
         )
@@ -173,8 +175,8 @@ def session_budgets(app: App, ctx: RequestContext) -> list[Budget]:
 def connect(app: App, ctx: RequestContext, provider: Provider, model: str) -> Upstream:
     """The provider's WebSocket, opened with its key; its refusal as the client's error (scrubbed)."""
     origin = Origin.parse(provider.base_url)
-    target = f"{origin.prefix}/realtime?{urlencode({'model': model})}"
-    headers = {**auth_headers(provider), "User-Agent": "stockyard"}
+    target, headers = provider_target(origin, provider, model)
+    headers["User-Agent"] = "stockyard"
     headers.update({name: ctx.headers[name] for name in PASSED_HEADERS if name in ctx.headers})
     pool = app.path.pool
     try:
@@ -201,6 +203,17 @@ def connect(app: App, ctx: RequestContext, provider: Provider, model: str) -> Up
     except BaseException:
         sock.close()
         raise
+
+
+def provider_target(origin: Origin, provider: Provider, model: str) -> tuple[str, dict[str, str]]:
+    """Where the provider's Realtime WebSocket is, and the header with its key: OpenAI's
+    ``…/realtime?model=…`` with a bearer key; Azure's as the SDK's AzureOpenAI opens it,
+    ``/openai/realtime?api-version=…&deployment=…`` with ``api-key``."""
+    if provider.kind != "azure":
+        return f"{origin.prefix}/realtime?{urlencode({'model': model})}", auth_headers(provider)
+    base = origin.prefix if origin.prefix.endswith("/openai") else f"{origin.prefix}/openai"
+    query = urlencode({"api-version": provider.api_version or AZURE_API_VERSION, "deployment": model})
+    return f"{base}/realtime?{query}", {"api-key": provider.api_key} if provider.api_key else {}
 
 
 def _read_head(sock: socket.socket) -> tuple[bytes, bytes]:

@@ -3652,7 +3652,7 @@ class RealtimeSession:
 
     def __init__(self, sock: socket.socket, rfile: Any, req: Recorded, mock: "MockUpstream") -> None:
         self.sock, self.rfile, self.req, self.mock = sock, rfile, req, mock
-        self.model = req.query.get("model", "")
+        self.model = req.query.get("model") or req.query.get("deployment", "")  # OpenAI's, or Azure's
         self.session: dict[str, Any] = {
             "type": "realtime",
             "object": "realtime.session",
