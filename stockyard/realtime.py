@@ -43,6 +43,7 @@ from .errors import RESPONSES, ClientGone, ProxyError, described
 from .httpio import json_bytes
 from .logbuffer import access, printable
 from .modules.early import check_early
+from .modules.ratelimit import RateLimitModule
 from .modules.userlimits import UserLimitsModule
 from .pricing import Usage, cost_microcents, format_usd
 from .providers import AZURE_API_VERSION
@@ -539,6 +540,9 @@ class Relay:
         a.response_id = ident[:256] or None
         a.response_body, a.response_bytes = bytearray(data), len(data)
         app.tracer.finish(ctx)
+        limits = app.path.chain().module("ratelimit", base)
+        if isinstance(limits, RateLimitModule):
+            limits.count_used(base, usage.prompt_tokens + usage.completion_tokens)
         self.responses += 1
         self.cost_uc += cost or 0
         self.priced = self.priced and cost is not None

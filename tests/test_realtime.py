@@ -56,9 +56,12 @@ def server(pyz_path, cache_home, mock, tmp_path_factory):
                 "alice": [],
                 "budgeted": ["--budget-usd", "0.01", "--budget-period", "day"],
                 "minionly": ["--models", "gpt-realtime-mini"],
+                "onerpm": ["--rpm", "1"],
             }
         )
     )
+    for name in srv.keys:  # the server reads new keys on its next look at the key ring
+        wait_for(lambda key=name: srv.request("GET", "/v1/models", headers=srv.auth(key))[0] == 200, 10, name)
     yield srv
     srv.stop()
 
@@ -329,3 +332,18 @@ def test_browser_key_as_subprotocol(server):
     assert raw.event()["type"] == "session.created"
     raw.close()
     assert secret not in server.log
+
+
+def test_each_response_counts_against_the_keys_rpm(server):
+    """A key with rpm 1: its session's response is one request in its window, so its next upgrade
+    within the minute is a 429 (rate_limit_exceeded), with Retry-After."""
+    raw = upgrade(server, "onerpm")
+    assert raw.status == 101 and raw.event()["type"] == "session.created"
+    raw.send_json({"type": "response.create", "response": {"output_modalities": ["text"]}})
+    assert raw.until("response.done")[-1]["type"] == "response.done"
+    raw.close()
+    traces(server, "onerpm", 1)
+    again = upgrade(server, "onerpm")
+    assert again.status == 429, again.head
+    assert "retry-after" in again.head.lower()
+    refusal(again)
