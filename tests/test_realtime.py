@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import signal
 import socket
 import struct
 from fractions import Fraction
@@ -347,3 +348,17 @@ def test_each_response_counts_against_the_keys_rpm(server):
     assert again.status == 429, again.head
     assert "retry-after" in again.head.lower()
     refusal(again)
+
+
+def test_drain_closes_the_session_1001(pyz_path, cache_home, mock, tmp_path):
+    """SIGTERM: an open session is closed with 1001 (going away) and the server exits."""
+    srv = ServerProcess(pyz_path, tmp_path / "drain.db", mock_env(cache_home, mock)).start()
+    try:
+        raw = upgrade(srv, None)
+        assert raw.status == 101 and raw.event()["type"] == "session.created"
+        srv.proc.send_signal(signal.SIGTERM)
+        assert raw.close_code() == 1001
+        raw.close()
+        assert srv.stop() == 0
+    finally:
+        srv.stop()
