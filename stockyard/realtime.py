@@ -42,7 +42,9 @@ from .context import RequestContext, Route
 from .errors import RESPONSES, ClientGone, ProxyError, described
 from .httpio import json_bytes
 from .logbuffer import access, printable
+from .modules.alias import Alias
 from .modules.early import check_early
+from .modules.guard import Guard
 from .modules.ratelimit import RateLimitModule
 from .modules.userlimits import UserLimitsModule
 from .pricing import Usage, cost_microcents, format_usd
@@ -64,6 +66,7 @@ SUBPROTOCOL = "realtime"
 KEY_PROTOCOL = "openai-insecure-api-key."  # a browser's key, as a WebSocket subprotocol
 # The provider headers a client's handshake passes on (the beta interface is asked by header)
 PASSED_HEADERS = ("openai-beta",)
+POLICY = (("alias", Alias), ("guard", Guard))  # run before the route, as in the chain
 HEAD_LIMIT = 64 * 1024  # the provider's handshake answer: its head, and an error body
 POLL_S = 1.0
 CLOSE_WAIT_S = 1.0
@@ -137,12 +140,23 @@ def admit(app: App, ctx: RequestContext) -> Upstream:
     app.gate.authenticate(ctx)  # again, with the model: the key's allow-list
     attribution.attribute(ctx)
     chain = app.path.chain()
-    guard = chain.module("guard", ctx)
-    if guard is not None:
-        guard.before(ctx)  # type: ignore[attr-defined]
-    provider, upstream_model = app.registry().resolve(model)
+    for name, kind in POLICY:  # the modules that decide the model, as for any request
+        module = chain.module(name, ctx)
+        if isinstance(module, kind):
+            module.before(ctx)
+    routed = ctx.routed_model or model
+    deployed = app.models().get(routed)
+    if deployed is not None and deployed.deployments:
+        raise ProxyError(
+            400,
+            f"{routed!r} is served by deployments, which a Realtime session does not choose among; "
+            "name a provider/model",
+            param="model",
+            code="unsupported_model",
+        )
+    provider, upstream_model = app.registry().resolve(routed)
     if ctx.model_policy is not None:
-        ctx.model_policy(provider.name, upstream_model, model)
+        ctx.model_policy(provider.name, upstream_model, routed)
     ctx.route = Route(provider, upstream_model)
     if provider.kind not in KINDS:
         raise ProxyError(

@@ -17,7 +17,7 @@ from fractions import Fraction
 import pytest
 from conftest import OPENAI_KEY, ServerProcess, mock_env, wait_for
 from mock_upstream import RT_AUDIO_BYTES, TEXT, Reply
-from module_helpers import ADMIN_KEY, put_module
+from module_helpers import ADMIN_KEY, api, put_module
 from test_responses_websocket import KEY, Raw
 
 MAX_MESSAGE = 256 * 1024
@@ -362,3 +362,36 @@ def test_drain_closes_the_session_1001(pyz_path, cache_home, mock, tmp_path):
         assert srv.stop() == 0
     finally:
         srv.stop()
+
+
+def test_alias_routes_the_session(server, mock):
+    """``alias``: a session opened for an alias goes to its target, billed at the target's price."""
+    put_module(server, "alias", {"aliases": {"voice": "gpt-realtime-mini"}})
+    try:
+        raw = upgrade(server, "alice", "/v1/realtime?model=voice")
+        assert raw.status == 101, raw.head
+        assert raw.event()["type"] == "session.created"
+        raw.send_json({"type": "response.create", "response": {"output_modalities": ["text"]}})
+        done = raw.until("response.done")[-1]
+        raw.close()
+    finally:
+        put_module(server, "alias", {}, enabled=False)
+    assert mock.last("/realtime").query == {"model": "gpt-realtime-mini"}
+    wanted = expected_uc("gpt-realtime-mini", done["response"]["usage"])
+    sql = "SELECT cost_uc FROM traces WHERE endpoint = 'realtime' AND model = 'voice'"
+    wait_for(lambda: [r["cost_uc"] for r in server.db_rows(sql)] == [wanted], 10, "the aliased response")
+
+
+def test_model_served_by_deployments_is_refused(server):
+    """A session names a provider/model: a name served by deployments is a 400 saying so, not sent
+    to whichever provider the bare name would reach."""
+    deployment = {"name": "a", "provider": "openai", "model": "gpt-realtime"}
+    status, view = api(server, "POST", "/api/models/voice-pool/deployments", deployment)
+    assert status == 201, view
+    try:
+        refused = upgrade(server, "alice", "/v1/realtime?model=voice-pool")
+        assert refused.status == 400
+        error = refusal(refused)["error"]
+        assert error["code"] == "unsupported_model" and "deployments" in error["message"]
+    finally:
+        api(server, "DELETE", "/api/models/voice-pool")
