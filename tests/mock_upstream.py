@@ -3704,6 +3704,11 @@ class RealtimeSession:
             self.send("session.updated", session=self.session)
         elif kind == "input_audio_buffer.append":
             self.audio += len(base64.b64decode(event.get("audio", "")))
+            if self.server_vad() and self.audio >= 10 * RT_AUDIO_BYTES:  # a second of speech, then silence
+                self.send("input_audio_buffer.speech_started", audio_start_ms=0, item_id="item_vad")
+                self.send("input_audio_buffer.speech_stopped", audio_end_ms=1000, item_id="item_vad")
+                self.event({"type": "input_audio_buffer.commit"})
+                self.respond({})  # the server's own response: no response.create asked for it
         elif kind == "input_audio_buffer.commit":
             self.committed_audio += -(-self.audio // RT_AUDIO_BYTES)
             self.audio = 0
@@ -3721,6 +3726,12 @@ class RealtimeSession:
             message = f"Invalid value: '{kind}'. Supported values are: 'session.update', 'response.create', …"
             self.send("error", error={"type": "invalid_request_error", "code": "invalid_value", "message": message})
         return True
+
+    def server_vad(self) -> bool:
+        """The session asks the server to detect turns (``audio.input.turn_detection``)."""
+        audio = self.session.get("audio")
+        detection = ((audio or {}).get("input") or {}).get("turn_detection") if isinstance(audio, dict) else None
+        return isinstance(detection, dict) and detection.get("type") == "server_vad"
 
     def usage(self, audio_out: int) -> dict:
         text_in = RT_TEXT_TOKENS + self.texts

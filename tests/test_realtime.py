@@ -395,3 +395,28 @@ def test_model_served_by_deployments_is_refused(server):
         assert error["code"] == "unsupported_model" and "deployments" in error["message"]
     finally:
         api(server, "DELETE", "/api/models/voice-pool")
+
+
+def test_server_vad_responses_billed_and_ending_a_budget(server):
+    """With server VAD the provider answers speech on its own, with no response.create to hold: its
+    response is billed from its response.done as any is, and the one that uses the budget up ends
+    the session (1008)."""
+    key = server.create_keys({"vad": ["--budget-usd", "0.01", "--budget-period", "day"]})["vad"]
+    server.keys["vad"] = key
+    wait_for(lambda: server.request("GET", "/v1/models", headers=server.auth("vad"))[0] == 200, 10, "the key")
+    raw = upgrade(server, "vad")
+    assert raw.event()["type"] == "session.created"
+    vad = {"audio": {"input": {"turn_detection": {"type": "server_vad"}}}, "type": "realtime"}
+    raw.send_json({"type": "session.update", "session": vad})
+    assert raw.event()["type"] == "session.updated"
+    raw.send_json({"type": "input_audio_buffer.append", "audio": pcm(1)})
+    events = [raw.event()]
+    while events[-1]["type"] != "error":
+        events.append(raw.event())
+    kinds = [e["type"] for e in events]
+    assert "input_audio_buffer.speech_stopped" in kinds and "response.create" not in kinds
+    assert kinds[-2:] == ["response.done", "error"] and events[-1]["error"]["code"] == "budget_exceeded"
+    assert raw.close_code() == 1008
+    raw.close()
+    (row,) = traces(server, "vad", 1)
+    assert row["cost_uc"] == expected_uc("gpt-realtime", events[-2]["response"]["usage"])
