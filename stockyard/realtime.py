@@ -351,11 +351,10 @@ class Relay:
         self.client.close(code, reason)
         self.provider.close(provider_code, reason)
         self._ended.set()
-        for sock in (self.upstream.sock,):
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+        try:  # the provider's reader sees its socket end at once
+            self.upstream.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
 
     # -- the client's frames ---------------------------------------------------------------------
     def _from_client(self) -> None:
@@ -364,18 +363,24 @@ class Relay:
         poll = select.poll()
         poll.register(self.client.sock, select.POLLIN)
         data = self._buffered
+        message_since: float | None = None  # a message began and has not ended: it must, as an HTTP body must
         while not self._ended.is_set():
             if data:
+                progress = reader.progress
                 try:
                     frames = reader.feed(data)
                 except ws.Fault as fault:
                     self._end(fault.code, fault.reason)
                     return
-                if reader.progress:
+                if reader.progress != progress:  # pings and pongs alone are not activity
                     self._active = time.monotonic()
                 for got in frames:
                     if not self._client_frame(got):
                         return
+            message_since = (message_since or time.monotonic()) if reader.in_message else None
+            if message_since is not None and time.monotonic() - message_since >= settings.request_read_timeout_s:
+                self._end(ws.POLICY, "a message must arrive whole within STOCKYARD_REQUEST_READ_TIMEOUT")
+                return
             if self._limit_reached():
                 return
             if settings.websocket_ping_interval_s:

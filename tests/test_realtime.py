@@ -12,6 +12,7 @@ import json
 import signal
 import socket
 import struct
+import time
 from fractions import Fraction
 
 import pytest
@@ -420,3 +421,37 @@ def test_server_vad_responses_billed_and_ending_a_budget(server):
     raw.close()
     (row,) = traces(server, "vad", 1)
     assert row["cost_uc"] == expected_uc("gpt-realtime", events[-2]["response"]["usage"])
+
+
+@pytest.fixture(scope="module")
+def quick(pyz_path, cache_home, mock, tmp_path_factory):
+    """A server whose limits come quickly: a message must arrive whole within 1 s, a session
+    with no data frame either way closes after 2 s."""
+    env = mock_env(cache_home, mock, STOCKYARD_REQUEST_READ_TIMEOUT="1", STOCKYARD_WEBSOCKET_IDLE_TIMEOUT="2")
+    srv = ServerProcess(pyz_path, tmp_path_factory.mktemp("quick") / "stockyard.db", env).start()
+    yield srv
+    srv.stop()
+
+
+def test_message_never_finished_closes_1008(quick):
+    raw = upgrade(quick, None)
+    assert raw.event()["type"] == "session.created"
+    raw.send_frame(0x1, b'{"type": "input_audio', fin=False)
+    assert raw.close_code() == 1008
+    raw.close()
+
+
+def test_pings_alone_do_not_keep_a_session_open(quick):
+    """Idle: the client's pings are answered but are not activity; the session closes (1000)."""
+    raw = upgrade(quick, None)
+    assert raw.event()["type"] == "session.created"
+    raw.send_json({"type": "input_audio_buffer.append", "audio": pcm(0.1)})  # a data frame first
+    started = time.monotonic()
+    code = None
+    while code is None and time.monotonic() - started < 8:
+        raw.send_frame(0x9, b"hi")
+        opcode, payload = raw.frame()
+        if opcode == 0x8:
+            code = struct.unpack("!H", payload[:2])[0]
+    assert code == 1000
+    raw.close()
