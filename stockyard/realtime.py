@@ -17,7 +17,9 @@ model's text, audio and cached rates (``pricing.Usage.from_realtime``), one trac
 used up the session ends (an ``error`` event ``budget_exceeded``, close 1008): with server VAD the
 provider starts responses on its own, so nothing can be held before one; a budget stops the
 session after the response that used it up, never inside it. A session cut (either side leaving)
-has billed every ``response.done`` that arrived. The session ends with one access-log line.
+has billed every ``response.done`` that arrived; when the client leaves (or a drain ends it) with
+responses running, they are cancelled at the provider and their ``response.done`` awaited a moment
+(:meth:`Relay._wind_down`), so what they used is billed too. The session ends with one access-log line.
 Limits as the Responses WebSocket's: ``STOCKYARD_WEBSOCKET_IDLE_TIMEOUT`` without a data frame
 either way (close 1000), ``STOCKYARD_WEBSOCKET_LIFETIME`` (1000), a drain (1001).
 """
@@ -70,6 +72,7 @@ POLICY = (("alias", Alias), ("guard", Guard))  # run before the route, as in the
 HEAD_LIMIT = 64 * 1024  # the provider's handshake answer: its head, and an error body
 POLL_S = 1.0
 CLOSE_WAIT_S = 1.0
+CANCEL_WAIT_S = 5.0  # the client gone: how long a cancelled response's response.done is awaited
 DONE = b'"response.done"'  # in JSON only as the event's type: a string holding it escapes its quotes
 # Routes under /v1/realtime that give a browser a way to OpenAI around Stockyard: refused
 UNMETERED = {
@@ -325,7 +328,9 @@ class Relay:
         self.close_code: int | None = None
         self._budgets = session_budgets(app, ctx)
         self._scopes = {*(scopes_of(ctx.key) if ctx.key is not None else ()), *(b.scope for b in self._budgets)}
-        self._response_started: dict[str, float] = {}
+        self._response_started: dict[str, float] = {}  # responses running: their response.created's time
+        self._winding = False  # the client left: running responses are being cancelled and billed
+        self._settled = threading.Event()  # set once no response runs (the provider's reader, or its end)
 
     def run(self) -> None:
         """Relay until either side ends, then close both and log the session."""
@@ -393,8 +398,24 @@ class Relay:
             except OSError:
                 data = b""
             if not data:
-                self._end(ws.GOING_AWAY, "the client left", ws.NORMAL)
+                self._wind_down(ws.GOING_AWAY, "the client left")
                 return
+
+    def _wind_down(self, code: int, reason: str, provider_code: int = ws.NORMAL) -> None:
+        """The client left (or closed): responses still running are cancelled at the provider and
+        their ``response.done`` (with what they used, which OpenAI bills) awaited up to
+        ``CANCEL_WAIT_S``, so they are billed too; then both sides close."""
+        running = list(self._response_started)
+        if running:
+            self._winding = True
+            self.client.close(code, reason)
+            for ident in running:
+                try:
+                    self.provider.send(ws.TEXT, json_bytes({"type": "response.cancel", "response_id": ident}))
+                except ClientGone:
+                    break
+            self._settled.wait(CANCEL_WAIT_S)
+        self._end(code, reason, provider_code)
 
     def _client_frame(self, got: ws.Frame) -> bool:
         """One frame from the client: False once the session ends."""
@@ -406,7 +427,7 @@ class Relay:
             except ws.Fault as fault:
                 self._end(fault.code, fault.reason)
                 return False
-            self._end(ws.NORMAL, reason, code or ws.NORMAL)
+            self._wind_down(ws.NORMAL, reason, code or ws.NORMAL)
             return False
         elif got.opcode == ws.TEXT:
             held = self._arriving.take()
@@ -446,8 +467,8 @@ class Relay:
         """The drain, the lifetime and the idle timeout: the session closed if one is reached."""
         settings = self.app.settings
         now = time.monotonic()
-        if self._draining():
-            self._end(ws.GOING_AWAY, "server shutting down", ws.GOING_AWAY)
+        if self._draining():  # responses running are cancelled and billed, as when the client leaves
+            self._wind_down(ws.GOING_AWAY, "server shutting down", ws.GOING_AWAY)
         elif now - self._opened >= settings.websocket_lifetime_s:
             message = f"the session reached its limit of {settings.websocket_lifetime_s:g} s; open a new one"
             self._send_client(ws.TEXT, error_event("session_expired", message))
@@ -462,7 +483,8 @@ class Relay:
         try:
             self.client.send(opcode, payload)
         except ClientGone:
-            self._end(ws.GOING_AWAY, "the client left")
+            if not self._winding:  # the client gone while responses wind down: they are still billed
+                self._end(ws.GOING_AWAY, "the client left")
 
     # -- the provider's frames -------------------------------------------------------------------
     def _from_provider(self) -> None:
@@ -471,6 +493,8 @@ class Relay:
         except Exception as exc:  # a bug: one line, both sides closed
             log.error("websocket %s: reading the provider failed (%s); closed", PATH, described(exc))
             self._end(ws.INTERNAL, "internal error")
+        finally:
+            self._settled.set()
 
     def _read_provider(self) -> None:
         reader = ws.FrameReader(self.app.settings.max_body_bytes, masked=False)
@@ -538,6 +562,8 @@ class Relay:
         if event.get("type") != "response.done":
             return True
         self._bill(response, ident, data)
+        if not self._response_started:
+            self._settled.set()
         return self._budget_left()
 
     def _bill(self, response: dict, ident: str, data: bytes) -> None:

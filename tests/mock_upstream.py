@@ -3667,6 +3667,8 @@ class RealtimeSession:
         self.cached_audio = 0  # of them, those an earlier response read
         self.texts = 0  # text tokens of the conversation's items
         self.responses = 0
+        self.held: tuple | None = None  # a response begun and held until response.cancel (metadata mock: hold)
+        self.received_cancel = False
 
     def run(self) -> None:
         accept = base64.b64encode(
@@ -3722,6 +3724,9 @@ class RealtimeSession:
             self.send("conversation.item.done", previous_item_id=None, item=item)
         elif kind == "response.create":
             self.respond(event.get("response") or {})
+        elif kind == "response.cancel" and self.held is not None:
+            self.received_cancel = True
+            self.finish(*self.held, status="cancelled")
         else:
             message = f"Invalid value: '{kind}'. Supported values are: 'session.update', 'response.create', …"
             self.send("error", error={"type": "invalid_request_error", "code": "invalid_value", "message": message})
@@ -3773,13 +3778,23 @@ class RealtimeSession:
         else:
             for piece in TEXT_PIECES:
                 self.send("response.output_text.delta", **where, delta=piece)
+            if (asked.get("metadata") or {}).get("mock") == "hold":  # the rest waits for response.cancel
+                self.held = (response, item, [], False)
+                return
             self.send("response.output_text.done", **where, text=TEXT)
             content = [{"type": "output_text", "text": TEXT}]
-        self.send("response.output_item.done", response_id=ident, output_index=0, item={**item, "content": content})
-        done = {**response, "status": "completed", "output": [{**item, "content": content}]}
+        self.finish(response, item, content, audio)
+
+    def finish(self, response: dict, item: dict, content: list, audio: bool, status: str = "completed") -> None:
+        """A response's last events: its item done, then ``response.done`` with its usage."""
+        self.held = None
+        finished = {**item, "content": content}
+        self.send("response.output_item.done", response_id=response["id"], output_index=0, item=finished)
+        done = {**response, "status": status, "output": [{**item, "content": content}]}
         done["usage"] = self.usage(RT_OUTPUT_AUDIO if audio else 0)
         self.cached_audio = self.committed_audio
         self.send("response.done", response=done)
+        self.mock.realtime_done.append(done)
 
 
 # --------------------------------------------------------------------------- public server
@@ -3811,6 +3826,7 @@ class MockUpstream:
         self._replies: collections.deque[Reply] = collections.deque()
         self._counter = itertools.count(1)
         self._signed: dict[tuple[str, str], str] = {}  # Gemini 3 function calls answered, and their signatures
+        self.realtime_done: list[dict] = []  # every Realtime response.done sent, oldest first
 
     # -- lifecycle
 

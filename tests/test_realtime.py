@@ -455,3 +455,21 @@ def test_pings_alone_do_not_keep_a_session_open(quick):
             code = struct.unpack("!H", payload[:2])[0]
     assert code == 1000
     raw.close()
+
+
+def test_client_leaving_mid_response_cancels_and_bills_it(server, mock):
+    """The client leaves while a response runs: Stockyard cancels it at the provider and waits a
+    moment for its response.done (status cancelled, with what it used), which it bills."""
+    raw = upgrade(server, "alice")
+    assert raw.event()["type"] == "session.created"
+    ident = "resp_mock_1"
+    held = {"output_modalities": ["text"], "metadata": {"mock": "hold"}}
+    raw.send_json({"type": "response.create", "response": held})
+    assert raw.until("response.output_text.delta")[0]["type"] == "response.created"
+    raw.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    raw.close()  # gone, mid-response
+    done = wait_for(lambda: next((d for d in mock.realtime_done if d["status"] == "cancelled"), None), 10, "the cancel")
+    assert done["id"] == ident
+    wanted = expected_uc("gpt-realtime", done["usage"])
+    sql = "SELECT cost_uc FROM traces WHERE endpoint = 'realtime' AND cost_uc = ?"
+    wait_for(lambda: server.db_rows(sql, (wanted,)), 10, "the cancelled response billed")
