@@ -1226,7 +1226,7 @@ class Handler(BaseHTTPRequestHandler):
             return
         server = self.server
         app = server.app
-        with self._websocket_held(ctx):
+        with self._websocket_held(ctx, fallback=None):
             try:
                 upstream = realtime.admit(app, ctx)
             except ProxyError as exc:
@@ -1265,13 +1265,14 @@ class Handler(BaseHTTPRequestHandler):
         return ctx if self._key_accepted(ctx) else None
 
     @contextmanager
-    def _websocket_held(self, ctx: RequestContext) -> Iterator[None]:
-        """One of ``STOCKYARD_WEBSOCKET_MAX_CONNECTIONS`` held while the socket is open (a 426 beyond)."""
+    def _websocket_held(self, ctx: RequestContext, fallback: str | None = "POST /v1/responses") -> Iterator[None]:
+        """One of ``STOCKYARD_WEBSOCKET_MAX_CONNECTIONS`` held while the socket is open (beyond: a 426
+        naming the HTTP ``fallback``, or, with none, the cap's own 503 or 429)."""
         server = self.server
         holder = ctx.key_id if ctx.key is not None else None  # open mode: held to the whole only
         refused = server.app.websockets.take(holder)
         if refused is not None:
-            self._refuse_websocket_at_cap(refused)
+            self._refuse_websocket_at_cap(refused, fallback)
         try:
             yield
         finally:
@@ -1292,10 +1293,11 @@ class Handler(BaseHTTPRequestHandler):
         self._status = 101
         self._trace_note = " websocket"
 
-    def _refuse_websocket_at_cap(self, refused: int) -> NoReturn:
+    def _refuse_websocket_at_cap(self, refused: int, fallback: str | None = "POST /v1/responses") -> NoReturn:
         """The whole cap (``refused`` 503) or the key's share of it (429) is held: a 426, after which
         Codex goes on over HTTP ``POST /v1/responses`` at once (after a 503 or a 429 it retries the
-        socket first). No Upgrade is offered: the client is to stay on HTTP, which has its own limits."""
+        socket first). No Upgrade is offered: the client is to stay on HTTP, which has its own limits.
+        With no HTTP ``fallback`` (the Realtime API) the 503 or 429 itself, to try again later."""
         server = self.server
         server.app.metrics.count("websocket_connections_refused_total")
         caps = server.app.websockets
@@ -1305,7 +1307,10 @@ class Handler(BaseHTTPRequestHandler):
             if refused == 503
             else f"this key has its share of WebSocket connections open ({caps.per_sender} of {caps.total})"
         )
-        raise ProxyError(426, f"{held}; go on over HTTP (POST /v1/responses)", code="too_many_websockets")
+        if fallback is None:
+            again = {"Retry-After": "1"}
+            raise ProxyError(refused, f"{held}; try again shortly", code="too_many_websockets", headers=again)
+        raise ProxyError(426, f"{held}; go on over HTTP ({fallback})", code="too_many_websockets")
 
     def _buffered_bytes(self) -> bytes:
         """What ``rfile`` read past the handshake's head (a client that did not wait for the 101),

@@ -473,3 +473,19 @@ def test_client_leaving_mid_response_cancels_and_bills_it(server, mock):
     wanted = expected_uc("gpt-realtime", done["usage"])
     sql = "SELECT cost_uc FROM traces WHERE endpoint = 'realtime' AND cost_uc = ?"
     wait_for(lambda: server.db_rows(sql, (wanted,)), 10, "the cancelled response billed")
+
+
+def test_past_the_websocket_cap_a_503_not_a_426(pyz_path, cache_home, mock, tmp_path):
+    """Realtime has no HTTP to go on with: past STOCKYARD_WEBSOCKET_MAX_CONNECTIONS the handshake is
+    the cap's own 503 with Retry-After (not the Responses WebSocket's 426)."""
+    env = mock_env(cache_home, mock, STOCKYARD_WEBSOCKET_MAX_CONNECTIONS="1")
+    srv = ServerProcess(pyz_path, tmp_path / "cap.db", env).start()
+    try:
+        first = upgrade(srv, None)
+        assert first.status == 101 and first.event()["type"] == "session.created"
+        second = upgrade(srv, None)
+        assert second.status == 503 and "retry-after: 1" in second.head.lower()
+        assert refusal(second)["error"]["code"] == "too_many_websockets"
+        first.close()
+    finally:
+        srv.stop()
