@@ -69,6 +69,10 @@ KEY_PROTOCOL = "openai-insecure-api-key."  # a browser's key, as a WebSocket sub
 # The provider headers a client's handshake passes on (the beta interface is asked by header)
 PASSED_HEADERS = ("openai-beta",)
 POLICY = (("alias", Alias), ("guard", Guard))  # run before the route, as in the chain
+LIMITS: tuple[tuple[str, type[RateLimitModule] | type[UserLimitsModule]], ...] = (
+    ("ratelimit", RateLimitModule),
+    ("userlimits", UserLimitsModule),
+)
 HEAD_LIMIT = 64 * 1024  # the provider's handshake answer: its head, and an error body
 POLL_S = 1.0
 CLOSE_WAIT_S = 1.0
@@ -585,9 +589,11 @@ class Relay:
         a.response_id = ident[:256] or None
         a.response_body, a.response_bytes = bytearray(data), len(data)
         app.tracer.finish(ctx)
-        limits = app.path.chain().module("ratelimit", base)
-        if isinstance(limits, RateLimitModule):
-            limits.count_used(base, usage.prompt_tokens + usage.completion_tokens)
+        chain, used = app.path.chain(), usage.prompt_tokens + usage.completion_tokens
+        for name, kind in LIMITS:  # the key's and the end user's rpm/tpm windows
+            module = chain.module(name, base)
+            if isinstance(module, kind):
+                module.count_used(base, used)
         self.responses += 1
         self.cost_uc += cost or 0
         self.priced = self.priced and cost is not None

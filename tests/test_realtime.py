@@ -489,3 +489,26 @@ def test_past_the_websocket_cap_a_503_not_a_426(pyz_path, cache_home, mock, tmp_
         first.close()
     finally:
         srv.stop()
+
+
+def test_each_response_counts_against_an_end_users_rpm(server):
+    """``userlimits`` rpm 1: an end user's session response is counted in its window, so its next
+    upgrade within the minute is a 429; another end user's is not."""
+    put_module(server, "userlimits", {"rpm": 1})
+    try:
+        raw = upgrade(server, "alice", extra="x-stockyard-user: erin\r\n")
+        assert raw.status == 101 and raw.event()["type"] == "session.created"
+        raw.send_json({"type": "response.create", "response": {"output_modalities": ["text"]}})
+        assert raw.until("response.done")[-1]["type"] == "response.done"
+        raw.close()
+        key_id = server.db_rows("SELECT id FROM client_keys WHERE name = 'alice'")[0]["id"]
+        sql = "SELECT id FROM traces WHERE endpoint = 'realtime' AND key_id = ? AND end_user = 'erin'"
+        wait_for(lambda: server.db_rows(sql, (key_id,)), 10, "erin's response")
+        again = upgrade(server, "alice", extra="x-stockyard-user: erin\r\n")
+        assert again.status == 429, again.head
+        refusal(again)
+        other = upgrade(server, "alice", extra="x-stockyard-user: frank\r\n")
+        assert other.status == 101
+        other.close()
+    finally:
+        put_module(server, "userlimits", {}, enabled=False)

@@ -154,6 +154,20 @@ class UserLimitsModule(Module):
         if used_up is not None:
             raise used_up.error()
 
+    def count_used(self, ctx: RequestContext, tokens: int) -> None:
+        """A request that has run already (a Realtime response) counted in its end user's rpm/tpm
+        window with the ``tokens`` it used, as ``RateLimitModule.count_used`` counts it for the key."""
+        user = ctx.end_user
+        if user is None or ctx.endpoint in FREE_ENDPOINTS:
+            return
+        limits: UserLimits = self.options(ctx)
+        if not (limits.rpm or limits.tpm):
+            return
+        window = f"{limits.within}|{user}"
+        entry = self.limiter.admit(window, None, None, 0)  # no limits given: counted, never refused
+        if limits.tpm and tokens:
+            self.limiter.correct(window, entry, tokens)
+
     def budget_of(self, ctx: RequestContext) -> Budget | None:
         """The end user's budget a request counts against (None: it names no end user, or its
         options set no budget): for work billed after the fact, a Realtime session's responses."""
