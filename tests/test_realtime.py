@@ -56,6 +56,7 @@ def server(pyz_path, cache_home, mock, tmp_path_factory):
         srv.create_keys(
             {
                 "alice": [],
+                "sdk": [],
                 "budgeted": ["--budget-usd", "0.01", "--budget-period", "day"],
                 "minionly": ["--models", "gpt-realtime-mini"],
                 "onerpm": ["--rpm", "1"],
@@ -100,7 +101,7 @@ def test_sdk_text_and_audio_responses_billed_exactly(server, mock):
     """A text response, then an audio one after appended audio (the second reads cached text and
     audio): each is one trace whose cost is the usage the client saw at the published rates; the
     provider was sent its key, which no event the client got carries."""
-    client = server.openai("alice")
+    client = server.openai("sdk")
     with client.realtime.connect(model="gpt-realtime") as conn:
         created = conn.recv()
         assert created.type == "session.created" and created.session.model == "gpt-realtime"
@@ -124,7 +125,7 @@ def test_sdk_text_and_audio_responses_billed_exactly(server, mock):
     assert second["input_token_details"]["audio_tokens"] == 15
     assert second["input_token_details"]["cached_tokens_details"]["text_tokens"] == 64
     assert second["output_token_details"]["audio_tokens"] == 300
-    rows = traces(server, "alice", 2)
+    rows = traces(server, "sdk", 2)
     assert [r["cost_uc"] for r in rows] == [expected_uc("gpt-realtime", first), expected_uc("gpt-realtime", second)]
     assert all(r["cost_status"] == "exact" and r["model"] == "gpt-realtime" and r["status"] == 200 for r in rows)
     assert rows[1]["prompt_tokens"] == second["input_tokens"]
@@ -134,8 +135,9 @@ def test_sdk_text_and_audio_responses_billed_exactly(server, mock):
     assert upstream.headers["authorization"] == f"Bearer {OPENAI_KEY}"
     assert upstream.query == {"model": "gpt-realtime"}
     assert OPENAI_KEY not in seen and OPENAI_KEY not in server.log
-    line = wait_for(lambda: next((x for x in server.log_lines if "WS /v1/realtime" in x), None), 10, "the log line")
-    assert "gpt-realtime responses=2 cost=$0.0" in line
+    ended = "gpt-realtime responses=2 cost=$0.0"  # the session's line: its model, responses and cost
+    line = wait_for(lambda: next((x for x in server.log_lines if ended in x), None), 10, "the log line")
+    assert "WS /v1/realtime 1000 " in line
 
 
 def test_mini_audio_cached_at_its_own_rate(server):
@@ -150,8 +152,9 @@ def test_mini_audio_cached_at_its_own_rate(server):
         conn.response.create(response={"output_modalities": ["text"]})
         usage = until(conn, "response.done")[-1].response.usage.model_dump()
     assert usage["input_token_details"]["cached_tokens_details"]["audio_tokens"] == 20
-    rows = [r for r in traces(server, "alice", 4) if r["model"] == "gpt-realtime-mini"]
-    assert expected_uc("gpt-realtime-mini", usage) in [r["cost_uc"] for r in rows]
+    wanted = expected_uc("gpt-realtime-mini", usage)
+    sql = "SELECT cost_uc FROM traces WHERE endpoint = 'realtime' AND model = 'gpt-realtime-mini' AND cost_uc = ?"
+    wait_for(lambda: server.db_rows(sql, (wanted,)), 10, "the cached-audio response billed")
 
 
 # -- budgets, allow-lists, refusals at the upgrade --------------------------------------------------
