@@ -243,9 +243,9 @@ class App:
         self._watcher = threading.Thread(target=self._watch_config, name="stockyard-config", daemon=True)
         self._watcher.start()
 
-    def _batch_budgets(self, ctx: RequestContext) -> list[Budget]:
-        """The budgets that count this key's batches: its own and its project's, where the budget
-        module runs for the key (none without a key)."""
+    def budgets_of(self, ctx: RequestContext) -> list[Budget]:
+        """The budgets that count this key's batches and Realtime sessions (spent after the fact):
+        its own and its project's, where the budget module runs for the key (none without a key)."""
         key = ctx.key
         if key is None or not self._chain.runs("budget", ctx):
             return []
@@ -253,7 +253,7 @@ class App:
 
     def budgeted(self, ctx: RequestContext) -> bool:
         """Whether a budget counts this key's batches."""
-        return bool(self._batch_budgets(ctx))
+        return bool(self.budgets_of(ctx))
 
     def check_batch_budget(
         self, ctx: RequestContext, worst: int | None, what: str = "batch", param: str = "input_file_id"
@@ -267,7 +267,7 @@ class App:
         restarts too (``budgets.ledger_spend_uc``) — until the batch is billed, when its real cost
         replaces it (:meth:`batch_spend`). ``end(False)`` gives the reservation back. Not when the
         budget module is off for the key. ``what`` (a batch, a video) and ``param`` name it in the refusals."""
-        budgets = self._batch_budgets(ctx)
+        budgets = self.budgets_of(ctx)
         if budgets and worst is None:
             raise ProxyError(
                 403,

@@ -188,7 +188,9 @@ MAX_SEARCHES = 10**6  # searches one answer is billed for at most (an absurd cou
 TOKEN_COUNTS = ("max_output_tokens", "image_input_tokens")
 # A rate only prices.json gives (an override prices the model without it): a long-lived cache
 # write where its price is not Anthropic's twice the input rate (OpenAI's 12-hour writes).
-SHIPPED_RATES = ("cache_write_long",)
+# A cached audio or image input token's rate, where it is not the cached text rate (the Realtime
+# models': gpt-realtime-mini caches audio at $0.30 and text at $0.06 per 1M).
+SHIPPED_RATES = ("cache_write_long", "media_cached_input")
 
 
 def _check_counts(obj: object) -> None:
@@ -245,6 +247,7 @@ class Price:
     long_context_above: int | None = None
     long_context: Price | None = None
     cache_write_long: int | None = None  # see long_cache_write_rate
+    media_cached_input: int | None = None  # cached audio or image input (None: the cached input rate)
     # A price change announced with its date (an introductory price that ends): from
     # ``changes_on_ms`` (UTC) on, ``changed`` is the price. See :meth:`current`.
     changes_on_ms: int | None = None
@@ -298,6 +301,7 @@ class Price:
             long_context_above=above,
             long_context=tier,
             cache_write_long=parse_usd_per_m(rates["cache_write_long"]) if "cache_write_long" in rates else None,
+            media_cached_input=parse_usd_per_m(rates["media_cached_input"]) if "media_cached_input" in rates else None,
             **_change(rates),
             modes=parse_modes(rates.get("modes")),
         )
@@ -489,6 +493,7 @@ class Usage:
     # WEB_SEARCH_UC each, Perplexity's request and search-query fees as its usage.cost states them.
     fees_uc: int = 0
     media_output_tokens: int = 0  # output tokens that are images or audio (part of completion_tokens)
+    media_cached_tokens: int = 0  # cache reads that are audio or images (part of cached_tokens; Realtime)
 
     def __post_init__(self) -> None:
         _check_counts(self)
@@ -535,6 +540,30 @@ class Usage:
             media_tokens=min(media, prompt),
             fees_uc=stated_fees(u.get("cost")),
             media_output_tokens=min(drawn, completion),
+        )
+
+    @classmethod
+    def from_realtime(cls, usage: Mapping[str, Any] | None) -> Usage:
+        """A Realtime ``response.done``'s usage: ``input_token_details`` counts text, audio and image
+        tokens, cached ones included, and ``cached_tokens_details`` the cached ones by modality;
+        ``output_token_details`` text and audio. Audio and image input is ``media`` (its uncached
+        part in ``media_tokens``, its cached part in ``media_cached_tokens``), audio output
+        ``media_output_tokens``."""
+        u = usage if isinstance(usage, Mapping) else {}
+        prompt, completion = _count(u, "input_tokens"), _count(u, "output_tokens")
+        details = u.get("input_token_details")
+        cached_details = details.get("cached_tokens_details") if isinstance(details, Mapping) else None
+        cached = min(_count(details, "cached_tokens"), prompt)
+        media = _count(details, "audio_tokens") + _count(details, "image_tokens")
+        media_cached = min(_count(cached_details, "audio_tokens") + _count(cached_details, "image_tokens"), cached)
+        audio_out = _count(u.get("output_token_details"), "audio_tokens")
+        return cls(
+            prompt_tokens=prompt,
+            completion_tokens=completion,
+            cached_tokens=cached,
+            media_tokens=min(max(0, media - media_cached), prompt - cached),
+            media_cached_tokens=media_cached,
+            media_output_tokens=min(audio_out, completion),
         )
 
     @classmethod
@@ -653,10 +682,13 @@ def cost_numerator(price: Price, usage: Usage) -> int:
     reasoning_rate = price.output if price.reasoning is None else price.reasoning
     media_rate = price.input if price.media_input is None else price.media_input
     media_output_rate = price.output if price.media_output is None else price.media_output
+    media_cached = min(usage.media_cached_tokens, usage.cached_tokens)
+    media_cached_rate = price.cached_input if price.media_cached_input is None else price.media_cached_input
     return (
         uncached * price.input
         + media * media_rate
-        + usage.cached_tokens * price.cached_input
+        + (usage.cached_tokens - media_cached) * price.cached_input
+        + media_cached * media_cached_rate
         + (usage.cache_write_tokens - usage.cache_write_long_tokens) * price.cache_write
         + usage.cache_write_long_tokens * long_cache_write_rate(price)
         + text_output * price.output

@@ -93,8 +93,9 @@ class Connection:
     """The socket after the upgrade: frames written whole under one lock (the turn's events and
     the reader's pongs and refusals), and the state both threads read."""
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, encode: Callable[[int, bytes], bytes] = ws.frame) -> None:
         self.sock = sock
+        self._encode = encode  # how a frame is written: a server's (unmasked), or a client's (ws.client_frame)
         self._lock = threading.Lock()
         self.closed = False  # a close frame went out, or the socket failed: nothing more is written
         self.last_sent = time.monotonic()  # when a frame last went out (the 101 just did): pings wait for quiet
@@ -132,7 +133,7 @@ class Connection:
             if self.closed:
                 raise ClientGone()
             try:
-                self.sock.sendall(ws.frame(opcode, payload))
+                self.sock.sendall(self._encode(opcode, payload))
             except OSError as exc:
                 self.closed = True
                 raise ClientGone() from exc
@@ -146,7 +147,7 @@ class Connection:
             return
         try:
             if not self.closed:
-                self.sock.sendall(ws.frame(ws.PING, b""))
+                self.sock.sendall(self._encode(ws.PING, b""))
                 self.last_sent = time.monotonic()
         except OSError:
             self.closed = True
@@ -160,7 +161,7 @@ class Connection:
                 return
             self.closed = True
             try:
-                self.sock.sendall(ws.close_frame(code, reason))
+                self.sock.sendall(self._encode(ws.CLOSE, ws.close_payload(code, reason)))
             except OSError:
                 pass
 
@@ -170,6 +171,35 @@ class Connection:
         on_gone = self.on_gone
         if on_gone is not None:
             on_gone()
+
+
+class Arriving:
+    """The client's message arriving: its bytes so far (as its frames announce them), and those of
+    them held in ``App.bodies`` (once past ``BODY_UNCOUNTED_BYTES``, as an HTTP body's), given back
+    by whoever takes them (:meth:`take`) once the message is done with."""
+
+    def __init__(self, app: App) -> None:
+        self.app = app
+        self.size = self.held = 0
+
+    def room(self, size: int) -> bool:
+        """A data frame of ``size`` bytes begins (the reader asks before its payload is read): the
+        message it joins is counted with the request bodies once past ``BODY_UNCOUNTED_BYTES``,
+        waiting for room as an HTTP body does (``App.hold_body``); False: none came (closed 1013)."""
+        self.size += size
+        more = self.size - self.held if self.size > BODY_UNCOUNTED_BYTES else 0
+        if more:
+            try:
+                self.app.hold_body(more, self.held)
+            except ProxyError:
+                return False
+            self.held += more
+        return True
+
+    def take(self) -> int:
+        """The message ended (or never will): the bytes it holds, for the taker to give back."""
+        held, self.size, self.held = self.held, 0, 0
+        return held
 
 
 class SocketReply:
@@ -257,10 +287,8 @@ class Session:
         self.ctx = ctx  # the handshake's: its headers, address and query make each turn's
         self._draining = draining
         self._buffered = buffered  # bytes read past the handshake's head
-        self._reader = ws.FrameReader(app.settings.max_body_bytes, self._room)
-        # the message arriving: its bytes so far (as its frames announce them), and those of them held in
-        # App.bodies (once past BODY_UNCOUNTED_BYTES, as an HTTP body's), given back when its turn ends
-        self._arriving = self._arriving_held = 0
+        self._arriving = Arriving(app)
+        self._reader = ws.FrameReader(app.settings.max_body_bytes, self._arriving.room)
         self._turns: queue.Queue[tuple[str, int] | None] = queue.Queue()  # (text, bytes held) of each turn
         self._recent: Recent | None = None
         # responses this connection's turns stored with no key (open mode): its key's once it is known
@@ -298,8 +326,7 @@ class Session:
             self.conn.close(ws.INTERNAL, "internal error")
         finally:
             self.conn.gone()
-            self.app.bodies.give(self._arriving_held)  # a message begun, never ended
-            self._arriving_held = 0
+            self.app.bodies.give(self._arriving.take())  # a message begun, never ended
             self._turns.put(None)
 
     def _read_frames(self) -> None:
@@ -375,25 +402,11 @@ class Session:
             return POLL_S
         return min(POLL_S, max(PING_CHECK_S, self.conn.last_sent + interval - time.monotonic()))
 
-    def _room(self, size: int) -> bool:
-        """A data frame of ``size`` bytes begins (the reader asks before its payload is read): the
-        message it joins is counted with the request bodies once past ``BODY_UNCOUNTED_BYTES``,
-        waiting for room as an HTTP body does (``App.hold_body``); False: none came (closed 1013)."""
-        self._arriving += size
-        more = self._arriving - self._arriving_held if self._arriving > BODY_UNCOUNTED_BYTES else 0
-        if more:
-            try:
-                self.app.hold_body(more, self._arriving_held)
-            except ProxyError:
-                return False
-            self._arriving_held += more
-        return True
-
     def _received(self, text: str) -> None:
         """A text message: the next turn, unless one is in flight (or we are closing). Past the
         lifetime or in a drain no turn is taken: a client sending each turn the moment the last one
         ends would otherwise never leave the connection without one, and never be closed."""
-        held, self._arriving, self._arriving_held = self._arriving_held, 0, 0
+        held = self._arriving.take()
         if self.conn.closed or self._draining() or self._expired():
             self.app.bodies.give(held)
             return  # _read_frames closes the connection (1001; the lifetime's event, then 1000)

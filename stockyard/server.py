@@ -37,6 +37,7 @@ from . import (
     message_batches,
     multipart,
     proxy,
+    realtime,
     responses_socket,
     vector_stores_api,
     videos_api,
@@ -941,6 +942,15 @@ class Handler(BaseHTTPRequestHandler):
         if path not in OPEN_ROUTES:
             self._check_host_and_origin()
         query = urlsplit(self.path).query
+        if path == realtime.PATH:
+            if not self._asks_websocket():
+                raise ProxyError(
+                    426, "the Realtime API is a WebSocket: open ws://…/v1/realtime?model=…", code="websocket_required"
+                )
+            self._realtime(query)
+            return
+        if path in realtime.UNMETERED:
+            raise realtime.unmetered_refusal(path)
         if path in PROXY_ROUTES:
             if method != "POST":
                 if path == SOCKET_PATH and self._asks_websocket():
@@ -1195,10 +1205,52 @@ class Handler(BaseHTTPRequestHandler):
         """The Responses API's WebSocket mode (``responses_socket``): the handshake checked and its key
         authenticated before the upgrade (a refusal is the HTTP answer in OpenAI's shape, never a
         socket), then the session on this thread until the connection ends."""
+        ctx = self._websocket_handshake("responses", RESPONSES, self._headers_dict(), query)
+        if ctx is None:  # 401 (traced) in OpenAI's shape: no socket for a keyless client
+            return
+        server = self.server
+        with self._websocket_held(ctx):
+            self._switch_protocols(ctx)
+            session = responses_socket.Session(
+                server.app, self.connection, self._buffered_bytes(), ctx, lambda: server.draining
+            )
+            session.run()
+
+    def _realtime(self, query: str) -> None:
+        """OpenAI's Realtime API (``realtime``): the handshake and its key checked as the Responses
+        WebSocket's (a browser's key may come as a subprotocol), then the model, the key's limits and
+        budget and the provider's own WebSocket (``realtime.admit``; a refusal is traced and answered
+        over HTTP), then the relay on this thread until the session ends."""
+        headers = self._headers_dict()
+        protocol = realtime.SUBPROTOCOL if realtime.key_from_subprotocol(headers) else None
+        ctx = self._websocket_handshake(realtime.ENDPOINT, RESPONSES, headers, query)
+        if ctx is None:
+            return
+        server = self.server
+        app = server.app
+        with self._websocket_held(ctx, fallback=None):
+            try:
+                upstream = realtime.admit(app, ctx)
+            except ProxyError as exc:
+                proxy.refused(self, ctx, exc)
+                proxy.send_error(app.path, self, ctx, exc)
+                app.tracer.finish(ctx)
+                self._trace_note = trace_note(ctx)
+                return
+            try:
+                self._switch_protocols(ctx, protocol)
+            except BaseException:
+                upstream.sock.close()
+                raise
+            relay = realtime.Relay(app, self.connection, self._buffered_bytes(), ctx, upstream, lambda: server.draining)
+            relay.run()
+
+    def _websocket_handshake(self, endpoint: str, dialect: str, headers: dict, query: str) -> RequestContext | None:
+        """The handshake checked (a 400 or 426 when it is not one this server takes) and its key
+        authenticated (``_key_accepted``: a refusal answered and traced; None then)."""
         # Accepted, the socket is the session's; refused, the connection ends with the answer: frames a
         # client sent right behind its handshake are never read as HTTP requests.
         self.close_connection = True
-        headers = self._headers_dict()
         problem = websocket.handshake_problem(self.command, self.request_version, headers)
         if problem is None and self._body_pending():
             problem = "a WebSocket handshake carries no body"
@@ -1211,37 +1263,43 @@ class Handler(BaseHTTPRequestHandler):
                 code="unsupported_websocket_version",
                 headers={"Sec-WebSocket-Version": websocket.VERSION},
             )
-        ctx = RequestContext("responses", RESPONSES, self._client_ip(), headers, query)
-        if not self._key_accepted(ctx):  # 401 (traced) in OpenAI's shape: no socket for a keyless client
-            return
+        ctx = RequestContext(endpoint, dialect, self._client_ip(), headers, query)
+        return ctx if self._key_accepted(ctx) else None
+
+    @contextmanager
+    def _websocket_held(self, ctx: RequestContext, fallback: str | None = "POST /v1/responses") -> Iterator[None]:
+        """One of ``STOCKYARD_WEBSOCKET_MAX_CONNECTIONS`` held while the socket is open (beyond: a 426
+        naming the HTTP ``fallback``, or, with none, the cap's own 503 or 429)."""
         server = self.server
         holder = ctx.key_id if ctx.key is not None else None  # open mode: held to the whole only
         refused = server.app.websockets.take(holder)
         if refused is not None:
-            self._refuse_websocket_at_cap(refused)
+            self._refuse_websocket_at_cap(refused, fallback)
         try:
-            accept = websocket.accept_key(headers["sec-websocket-key"])
-            head = (
-                "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                f"Sec-WebSocket-Accept: {accept}\r\nServer: stockyard\r\n\r\n"
-            )
-            try:
-                self.wfile.write(head.encode("ascii"))
-            except _GONE as exc:
-                raise ClientGone() from exc
-            self._status = 101
-            self._trace_note = " websocket"
-            session = responses_socket.Session(
-                server.app, self.connection, self._buffered_bytes(), ctx, lambda: server.draining
-            )
-            session.run()
+            yield
         finally:
             server.app.websockets.give(holder)
 
-    def _refuse_websocket_at_cap(self, refused: int) -> NoReturn:
+    def _switch_protocols(self, ctx: RequestContext, protocol: str | None = None) -> None:
+        """The 101 that makes the connection a WebSocket (naming the subprotocol agreed, if any)."""
+        accept = websocket.accept_key(ctx.headers["sec-websocket-key"])
+        agreed = f"Sec-WebSocket-Protocol: {protocol}\r\n" if protocol else ""
+        head = (
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            f"Sec-WebSocket-Accept: {accept}\r\n{agreed}Server: stockyard\r\n\r\n"
+        )
+        try:
+            self.wfile.write(head.encode("ascii"))
+        except _GONE as exc:
+            raise ClientGone() from exc
+        self._status = 101
+        self._trace_note = " websocket"
+
+    def _refuse_websocket_at_cap(self, refused: int, fallback: str | None = "POST /v1/responses") -> NoReturn:
         """The whole cap (``refused`` 503) or the key's share of it (429) is held: a 426, after which
         Codex goes on over HTTP ``POST /v1/responses`` at once (after a 503 or a 429 it retries the
-        socket first). No Upgrade is offered: the client is to stay on HTTP, which has its own limits."""
+        socket first). No Upgrade is offered: the client is to stay on HTTP, which has its own limits.
+        With no HTTP ``fallback`` (the Realtime API) the 503 or 429 itself, to try again later."""
         server = self.server
         server.app.metrics.count("websocket_connections_refused_total")
         caps = server.app.websockets
@@ -1251,7 +1309,10 @@ class Handler(BaseHTTPRequestHandler):
             if refused == 503
             else f"this key has its share of WebSocket connections open ({caps.per_sender} of {caps.total})"
         )
-        raise ProxyError(426, f"{held}; go on over HTTP (POST /v1/responses)", code="too_many_websockets")
+        if fallback is None:
+            again = {"Retry-After": "1"}
+            raise ProxyError(refused, f"{held}; try again shortly", code="too_many_websockets", headers=again)
+        raise ProxyError(426, f"{held}; go on over HTTP ({fallback})", code="too_many_websockets")
 
     def _buffered_bytes(self) -> bytes:
         """What ``rfile`` read past the handshake's head (a client that did not wait for the 101),

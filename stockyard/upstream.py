@@ -550,8 +550,15 @@ class Pool:
         so a client that leaves, or ``stop_calls``, ends a connect to a provider that does not answer
         at once, instead of after the connect timeout (twice that with TLS)."""
         conn = self._new(key)
+        conn.sock = self.open_socket(key, cancel)
+        conn.sock.settimeout(read_timeout)
+        return conn
+
+    def open_socket(self, key: Origin, cancel: Cancel) -> socket.socket:
+        """A new socket to ``key`` (TLS set up for https, no delay on small writes), its failures as
+        ``UpstreamError``: an HTTP call's, or a WebSocket's to the provider (``stockyard.realtime``)."""
         try:
-            conn.sock = self._open(key, cancel)
+            sock = self._open(key, cancel)
         except socket.timeout as exc:
             self._check_cancelled(cancel, exc)
             raise UpstreamError("timeout", f"timed out connecting to {key.host}:{key.port}") from exc
@@ -561,9 +568,8 @@ class Pool:
         except OSError as exc:
             self._check_cancelled(cancel, exc)
             raise UpstreamError("connect", f"cannot connect to {key.host}:{key.port}: {exc.strerror or exc}") from exc
-        conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        conn.sock.settimeout(read_timeout)
-        return conn
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock
 
     def _open(self, key: Origin, cancel: Cancel) -> socket.socket:
         """A socket connected to ``key`` (TLS set up for https), each address in turn as

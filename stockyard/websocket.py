@@ -1,4 +1,6 @@
-"""The WebSocket protocol (RFC 6455), server side: the handshake's checks and answer, and frames.
+"""The WebSocket protocol (RFC 6455): the handshake's checks and answer, and frames — the server
+side, and the few pieces of the client side a relay to a provider needs (:func:`client_frame`,
+:func:`client_handshake`, ``FrameReader(masked=False)`` for a server's frames).
 
 Only what a server that takes text messages needs: client frames must be masked, no extension
 is agreed (so every RSV bit is 0), fragmented messages are joined, control frames may come between
@@ -13,6 +15,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import os
 import struct
 from dataclasses import dataclass
 from typing import Callable, Mapping
@@ -89,8 +92,45 @@ def frame(opcode: int, payload: bytes) -> bytes:
 
 def close_frame(code: int, reason: str = "") -> bytes:
     """A close frame with ``code`` and ``reason`` (cut to fit the 125 bytes of a control frame)."""
+    return frame(CLOSE, close_payload(code, reason))
+
+
+def close_payload(code: int, reason: str = "") -> bytes:
+    """A close frame's payload: ``code`` and ``reason``, cut to fit a control frame."""
     data = reason.encode("utf-8")[:123].decode("utf-8", "ignore").encode("utf-8")
-    return frame(CLOSE, struct.pack("!H", code) + data)
+    return struct.pack("!H", code) + data
+
+
+def client_frame(opcode: int, payload: bytes) -> bytes:
+    """A client frame: final, masked with a fresh random key (§5.3: a client always masks)."""
+    n, mask = len(payload), os.urandom(4)
+    if n < 126:
+        head = struct.pack("!BB", 0x80 | opcode, 0x80 | n)
+    elif n < 1 << 16:
+        head = struct.pack("!BBH", 0x80 | opcode, 0x80 | 126, n)
+    else:
+        head = struct.pack("!BBQ", 0x80 | opcode, 0x80 | 127, n)
+    body = bytearray()
+    unmask_into(body, 0, memoryview(payload), mask, 0)  # XOR both ways: masking is unmasking
+    return head + mask + bytes(body)
+
+
+def client_handshake(host: bytes, target: str, headers: Mapping[str, str]) -> tuple[bytes, str]:
+    """A client's opening handshake (§4.1) for ``target`` on ``host`` with ``headers`` (checked
+    by the caller), and the ``Sec-WebSocket-Accept`` the server must answer with."""
+    key = base64.b64encode(os.urandom(16)).decode("ascii")
+    lines = [
+        f"GET {target} HTTP/1.1",
+        "Host: " + host.decode("ascii"),
+        "Upgrade: websocket",
+        "Connection: Upgrade",
+        f"Sec-WebSocket-Key: {key}",
+        f"Sec-WebSocket-Version: {VERSION}",
+        *(f"{name}: {value}" for name, value in headers.items()),
+    ]
+    accept = accept_key(key)
+    assert accept is not None
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"), accept
 
 
 def close_code(payload: bytes) -> tuple[int | None, str]:
@@ -112,13 +152,15 @@ def close_code(payload: bytes) -> tuple[int | None, str]:
 class FrameReader:
     """Client frames in, whole messages and control frames out, never holding more than
     ``max_message`` bytes of a message (a frame announcing more is refused before it is read).
+    ``masked=False``: a server's frames (a relay's provider side), which are never masked.
 
     A data frame's payload is unmasked into the message as its bytes arrive, so a message costs
     about its own size while it is joined (not the frame buffered whole, then copied, unmasked and
     joined), and its text is decoded from that one buffer."""
 
-    def __init__(self, max_message: int, room: Callable[[int], bool] | None = None) -> None:
+    def __init__(self, max_message: int, room: Callable[[int], bool] | None = None, masked: bool = True) -> None:
         self.max_message = max_message
+        self.masked = masked
         self._room = room  # asked for each data frame's size before its payload is read (Session._room)
         self.progress = 0  # data frames' heads and payload bytes taken so far: the client at work (not its pings)
         self._head = bytearray()  # a frame's head (at most 14 bytes) while it arrives
@@ -181,9 +223,9 @@ class FrameReader:
         if len(head) < 2:
             return 2
         if len(head) == 2:
-            _check_first_bytes(head[0], head[1])
+            _check_first_bytes(head[0], head[1], self.masked)
         n = head[1] & 0x7F
-        return 2 + (2 if n == 126 else 8 if n == 127 else 0) + 4
+        return 2 + (2 if n == 126 else 8 if n == 127 else 0) + (4 if self.masked else 0)
 
     def _begin_data(self, opcode: int, n: int) -> int:
         """A data frame of ``n`` bytes begins: the message's order and size checked; where in the
@@ -209,7 +251,10 @@ class FrameReader:
         """What ``view`` holds of the frame's payload unmasked into its place (the rest returned)."""
         assert self._frame is not None
         piece = view[: self._end - self._at]
-        unmask_into(self._into, self._at, piece, self._frame[2], (self._at - self._start) % 4)
+        if self.masked:
+            unmask_into(self._into, self._at, piece, self._frame[2], (self._at - self._start) % 4)
+        else:
+            self._into[self._at : self._at + len(piece)] = piece
         self._at += len(piece)
         if self._frame[0] not in CONTROL:
             self.progress += len(piece)
@@ -234,13 +279,16 @@ class FrameReader:
             raise Fault(INVALID_DATA, "a text message must be valid UTF-8") from None
 
 
-def _check_first_bytes(b0: int, b1: int) -> None:
-    """A frame's first two bytes: a Fault unless they may begin a client's frame."""
+def _check_first_bytes(b0: int, b1: int, masked: bool = True) -> None:
+    """A frame's first two bytes: a Fault unless they may begin a client's frame (``masked``), or
+    a server's."""
     fin, rsv, opcode = b0 & 0x80, b0 & 0x70, b0 & 0x0F
     if rsv:
         raise Fault(PROTOCOL_ERROR, "reserved bits set, and no extension was agreed")
-    if not b1 & 0x80:
+    if masked and not b1 & 0x80:
         raise Fault(PROTOCOL_ERROR, "a client's frames must be masked")
+    if not masked and b1 & 0x80:
+        raise Fault(PROTOCOL_ERROR, "a server's frames are never masked")
     if opcode not in (CONTINUATION, TEXT, BINARY, *CONTROL):
         raise Fault(PROTOCOL_ERROR, f"unknown opcode {opcode:#x}")
     if opcode in CONTROL and (not fin or b1 & 0x7F > 125):

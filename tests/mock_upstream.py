@@ -3545,6 +3545,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def _answer(self, req: Recorded, n: int, scripted: Reply | None) -> None:
         mock = self.server.mock
+        if req.path.endswith("/realtime") and "websocket" in req.headers.get("upgrade", "").lower():
+            if scripted is None or scripted.status < 400:
+                self.close_connection = True
+                return RealtimeSession(self.connection, self.rfile, req, mock).run()
         if scripted is not None and scripted.hang_s and scripted.hang_after is None and self._hang(scripted):
             return self._drop()
         if mock.delay_ms and mock._stopping.wait(mock.delay_ms / 1000.0):
@@ -3736,6 +3740,198 @@ class _Server(http.server.ThreadingHTTPServer):
         """Quiet: clients that disconnect are normal here, never print a traceback."""
 
 
+# --------------------------------------------------------------------------- the Realtime API
+
+# OpenAI's Realtime API over WebSocket (``/v1/realtime?model=…``). Its usage, by what the session got:
+# every response reads RT_TEXT_TOKENS of instructions and each item's text, and the audio appended
+# (one token per RT_AUDIO_BYTES of pcm16 at 24 kHz: 10 a second), cached from the second response
+# on (RT_CACHED_TEXT text tokens and the audio of the responses before); it writes its text
+# (RT_OUTPUT_TEXT tokens) and, when audio is asked, RT_OUTPUT_AUDIO audio tokens.
+RT_TEXT_TOKENS = 120
+RT_CACHED_TEXT = 64
+RT_AUDIO_BYTES = 4800
+RT_OUTPUT_TEXT = 20
+RT_OUTPUT_AUDIO = 300
+RT_TRANSCRIPT = ["Hello", " from", " mock"]
+
+
+def _ws_frame(opcode: int, payload: bytes) -> bytes:
+    """A server frame (final, unmasked)."""
+    n = len(payload)
+    if n < 126:
+        head = struct.pack("!BB", 0x80 | opcode, n)
+    elif n < 1 << 16:
+        head = struct.pack("!BBH", 0x80 | opcode, 126, n)
+    else:
+        head = struct.pack("!BBQ", 0x80 | opcode, 127, n)
+    return head + payload
+
+
+def _ws_read(rfile: Any) -> tuple[int, bytes] | None:
+    """One client frame (opcode, unmasked payload); None at the end of the connection."""
+    head = rfile.read(2)
+    if len(head) < 2:
+        return None
+    n = head[1] & 0x7F
+    if n == 126:
+        n = struct.unpack("!H", rfile.read(2))[0]
+    elif n == 127:
+        n = struct.unpack("!Q", rfile.read(8))[0]
+    mask = rfile.read(4) if head[1] & 0x80 else b"\0\0\0\0"
+    data = rfile.read(n)
+    return head[0] & 0x0F, bytes(b ^ mask[i % 4] for i, b in enumerate(data))
+
+
+class RealtimeSession:
+    """One mock Realtime session: the events OpenAI's GA interface sends, with its usage."""
+
+    def __init__(self, sock: socket.socket, rfile: Any, req: Recorded, mock: "MockUpstream") -> None:
+        self.sock, self.rfile, self.req, self.mock = sock, rfile, req, mock
+        self.model = req.query.get("model") or req.query.get("deployment", "")  # OpenAI's, or Azure's
+        self.session: dict[str, Any] = {
+            "type": "realtime",
+            "object": "realtime.session",
+            "id": f"sess_mock_{id(self)}",
+            "model": self.model,
+            "output_modalities": ["audio"],
+            "instructions": "",
+        }
+        self.events = itertools.count(1)
+        self.audio = 0  # bytes appended to the input buffer, not yet committed
+        self.committed_audio = 0  # audio tokens in the conversation
+        self.cached_audio = 0  # of them, those an earlier response read
+        self.texts = 0  # text tokens of the conversation's items
+        self.responses = 0
+        self.held: tuple | None = None  # a response begun and held until response.cancel (metadata mock: hold)
+        self.received_cancel = False
+
+    def run(self) -> None:
+        accept = base64.b64encode(
+            hashlib.sha1(
+                (self.req.headers["sec-websocket-key"] + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11").encode()
+            ).digest()
+        ).decode()
+        self.sock.sendall(
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            f"Sec-WebSocket-Accept: {accept}\r\n\r\n".encode()
+        )
+        self.send("session.created", session=self.session)
+        while (got := _ws_read(self.rfile)) is not None:
+            opcode, payload = got
+            if opcode == 0x8:
+                self.sock.sendall(_ws_frame(0x8, payload[:2]))
+                return
+            if opcode == 0x9:
+                self.sock.sendall(_ws_frame(0xA, payload))
+            elif opcode == 0x1 and not self.event(jsonlib.loads(payload)):
+                return
+
+    def send(self, kind: str, **fields: Any) -> None:
+        event = {"type": kind, "event_id": f"event_mock_{next(self.events)}", **fields}
+        self.sock.sendall(_ws_frame(0x1, _dumps(event).encode()))
+
+    def event(self, event: dict) -> bool:
+        """One client event answered; False: the mock drops the connection (``mock.drop``)."""
+        kind = event.get("type")
+        if kind == "mock.drop":
+            self.sock.shutdown(socket.SHUT_RDWR)
+            return False
+        if kind == "session.update":
+            self.session.update(event.get("session") or {})
+            self.send("session.updated", session=self.session)
+        elif kind == "input_audio_buffer.append":
+            self.audio += len(base64.b64decode(event.get("audio", "")))
+            if self.server_vad() and self.audio >= 10 * RT_AUDIO_BYTES:  # a second of speech, then silence
+                self.send("input_audio_buffer.speech_started", audio_start_ms=0, item_id="item_vad")
+                self.send("input_audio_buffer.speech_stopped", audio_end_ms=1000, item_id="item_vad")
+                self.event({"type": "input_audio_buffer.commit"})
+                self.respond({})  # the server's own response: no response.create asked for it
+        elif kind == "input_audio_buffer.commit":
+            self.committed_audio += -(-self.audio // RT_AUDIO_BYTES)
+            self.audio = 0
+            self.send("input_audio_buffer.committed", previous_item_id=None, item_id=f"item_mock_{self.responses}")
+        elif kind == "conversation.item.create":
+            item = dict(event.get("item") or {}, id=f"item_mock_{next(self.events)}", status="completed")
+            self.texts += sum(
+                len(str(c.get("text", "")).split()) for c in item.get("content", []) if isinstance(c, dict)
+            )
+            self.send("conversation.item.added", previous_item_id=None, item=item)
+            self.send("conversation.item.done", previous_item_id=None, item=item)
+        elif kind == "response.create":
+            self.respond(event.get("response") or {})
+        elif kind == "response.cancel" and self.held is not None:
+            self.received_cancel = True
+            self.finish(*self.held, status="cancelled")
+        else:
+            message = f"Invalid value: '{kind}'. Supported values are: 'session.update', 'response.create', …"
+            self.send("error", error={"type": "invalid_request_error", "code": "invalid_value", "message": message})
+        return True
+
+    def server_vad(self) -> bool:
+        """The session asks the server to detect turns (``audio.input.turn_detection``)."""
+        audio = self.session.get("audio")
+        detection = ((audio or {}).get("input") or {}).get("turn_detection") if isinstance(audio, dict) else None
+        return isinstance(detection, dict) and detection.get("type") == "server_vad"
+
+    def usage(self, audio_out: int) -> dict:
+        text_in = RT_TEXT_TOKENS + self.texts
+        cached_text = RT_CACHED_TEXT if self.responses > 1 else 0
+        return {
+            "total_tokens": text_in + self.committed_audio + RT_OUTPUT_TEXT + audio_out,
+            "input_tokens": text_in + self.committed_audio,
+            "output_tokens": RT_OUTPUT_TEXT + audio_out,
+            "input_token_details": {
+                "text_tokens": text_in,
+                "audio_tokens": self.committed_audio,
+                "image_tokens": 0,
+                "cached_tokens": cached_text + self.cached_audio,
+                "cached_tokens_details": {
+                    "text_tokens": cached_text,
+                    "audio_tokens": self.cached_audio,
+                    "image_tokens": 0,
+                },
+            },
+            "output_token_details": {"text_tokens": RT_OUTPUT_TEXT, "audio_tokens": audio_out},
+        }
+
+    def respond(self, asked: dict) -> None:
+        """A response: text deltas, or audio and its transcript, then ``response.done`` with usage."""
+        self.responses += 1
+        ident = f"resp_mock_{self.responses}"
+        audio = "audio" in (asked.get("output_modalities") or self.session.get("output_modalities") or [])
+        response = {"object": "realtime.response", "id": ident, "status": "in_progress", "output": [], "usage": None}
+        self.send("response.created", response=response)
+        item = {"id": f"item_out_{ident}", "type": "message", "role": "assistant", "status": "completed"}
+        self.send("response.output_item.added", response_id=ident, output_index=0, item={**item, "content": []})
+        where = {"response_id": ident, "item_id": item["id"], "output_index": 0, "content_index": 0}
+        if audio:
+            for piece in RT_TRANSCRIPT:
+                self.send("response.output_audio.delta", **where, delta=base64.b64encode(b"\0" * 4800).decode())
+                self.send("response.output_audio_transcript.delta", **where, delta=piece)
+            self.send("response.output_audio.done", **where)
+            content = [{"type": "output_audio", "transcript": TEXT}]
+        else:
+            for piece in TEXT_PIECES:
+                self.send("response.output_text.delta", **where, delta=piece)
+            if (asked.get("metadata") or {}).get("mock") == "hold":  # the rest waits for response.cancel
+                self.held = (response, item, [], False)
+                return
+            self.send("response.output_text.done", **where, text=TEXT)
+            content = [{"type": "output_text", "text": TEXT}]
+        self.finish(response, item, content, audio)
+
+    def finish(self, response: dict, item: dict, content: list, audio: bool, status: str = "completed") -> None:
+        """A response's last events: its item done, then ``response.done`` with its usage."""
+        self.held = None
+        finished = {**item, "content": content}
+        self.send("response.output_item.done", response_id=response["id"], output_index=0, item=finished)
+        done = {**response, "status": status, "output": [{**item, "content": content}]}
+        done["usage"] = self.usage(RT_OUTPUT_AUDIO if audio else 0)
+        self.cached_audio = self.committed_audio
+        self.send("response.done", response=done)
+        self.mock.realtime_done.append(done)
+
+
 # --------------------------------------------------------------------------- public server
 
 
@@ -3765,6 +3961,7 @@ class MockUpstream:
         self._replies: collections.deque[Reply] = collections.deque()
         self._counter = itertools.count(1)
         self._signed: dict[tuple[str, str], str] = {}  # Gemini 3 function calls answered, and their signatures
+        self.realtime_done: list[dict] = []  # every Realtime response.done sent, oldest first
 
     # -- lifecycle
 

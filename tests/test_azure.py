@@ -11,7 +11,7 @@ import threading
 
 import openai
 import pytest
-from conftest import ServerProcess, base_env
+from conftest import ServerProcess, base_env, wait_for
 from mock_upstream import IMAGE_USAGE, MockUpstream, Recorded, Reply, multipart_form
 
 AZURE_KEY = "az-test-0123456789abcdefAZURESECRET"
@@ -192,3 +192,21 @@ def test_a_streamed_image_is_relayed_from_the_deployment_as_it_is_drawn(server, 
     )
     assert [e.type for e in edited] == ["image_edit.partial_image", "image_edit.completed"]
     assert multipart_form(sent(mock, "gpt-image-1", "images/edits"))[0]["stream"] == "true"
+
+
+def test_realtime_session_goes_to_the_deployment(server, mock) -> None:
+    """The Realtime API on an Azure deployment: the SDK's URL for Azure (``/openai/realtime`` with the
+    api-version and the deployment), the ``api-key`` header, each response billed."""
+    with server.openai("x").realtime.connect(model="azure/gpt-realtime") as conn:
+        assert conn.recv().type == "session.created"
+        conn.response.create(response={"output_modalities": ["text"]})
+        events = [conn.recv()]
+        while events[-1].type not in ("response.done", "error"):
+            events.append(conn.recv())
+    assert events[-1].type == "response.done", events[-1]
+    req = mock.last("/realtime")
+    assert req.path == "/openai/realtime"
+    assert req.query == {"api-version": API_VERSION, "deployment": "gpt-realtime"}
+    assert req.headers["api-key"] == AZURE_KEY and "authorization" not in req.headers
+    rows = wait_for(lambda: server.db_rows("SELECT * FROM traces WHERE endpoint = 'realtime'"), 10, "the trace")
+    assert rows[0]["provider"] == "azure" and rows[0]["cost_status"] == "exact" and rows[0]["cost_uc"] > 0

@@ -889,3 +889,29 @@ def test_a_change_must_restate_a_tier() -> None:
         Price.from_usd(tiered)
     restated = {**tiered, "changes": {**tiered["changes"], "long_context": {**TIERED["long_context"]}}}
     assert Price.from_usd(restated).changed.long_context is not None
+
+
+def test_realtime_usage_bills_text_audio_and_cached_audio_at_their_rates():
+    """A Realtime response.done's usage: uncached text and audio input, cached text and cached audio
+    (gpt-realtime-mini caches audio at $0.30, text at $0.06 per 1M), text and audio output."""
+    usage = Usage.from_realtime(
+        {
+            "input_tokens": 300,
+            "output_tokens": 320,
+            "input_token_details": {
+                "text_tokens": 100,
+                "audio_tokens": 200,
+                "cached_tokens": 90,
+                "cached_tokens_details": {"text_tokens": 40, "audio_tokens": 50},
+            },
+            "output_token_details": {"text_tokens": 20, "audio_tokens": 300},
+        }
+    )
+    counts = (usage.prompt_tokens, usage.cached_tokens, usage.media_tokens, usage.media_cached_tokens)
+    assert counts == (300, 90, 150, 50)
+    assert usage.media_output_tokens == 300
+    price = PriceTable.load().lookup("gpt-realtime-mini-2025-10-06")
+    assert price is not None
+    usd = Fraction(60 * 60 + 150 * 1000 + 40 * 6 + 50 * 30 + 20 * 240 + 300 * 2000, 100) / 1_000_000
+    assert cost_microcents(price, usage) == round(usd * 10**8)
+    assert Usage.from_realtime(None) == Usage()

@@ -61,9 +61,9 @@ def handshake(key: str | None, path: str = "/v1/responses", extra: str = "") -> 
 class Raw:
     """A WebSocket client over a plain socket, to send what a library would not."""
 
-    def __init__(self, server: ServerProcess, key: str | None, extra: str = "") -> None:
+    def __init__(self, server: ServerProcess, key: str | None, extra: str = "", path: str = "/v1/responses") -> None:
         self.sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
-        self.sock.sendall(handshake(key, extra=extra).encode())
+        self.sock.sendall(handshake(key, path, extra).encode())
         self.buf = b""
         while b"\r\n\r\n" not in self.buf:
             data = self.sock.recv(65536)

@@ -8,7 +8,7 @@ import json
 import ssl
 
 import pytest
-from conftest import ServerProcess, base_env
+from conftest import ServerProcess, base_env, wait_for
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -102,3 +102,30 @@ def test_a_certificate_naming_another_host_is_refused_and_sni_names_the_provider
         assert status == 200 and seen == [None]  # an address: no SNI, checked against the certificate's IP
     finally:
         upstream.tls.sni_callback = None
+
+
+def test_realtime_relayed_over_tls(pyz_path, cache_home, tmp_path, tls_mock):
+    """The Realtime API's provider side over wss (TLS read and written by two threads): an audio
+    response arrives whole, with its response.done, and is traced with a cost."""
+    upstream, ca_file = tls_mock
+    env = {
+        **base_env(cache_home),
+        "OPENAI_API_KEY": "sk-test-tls-123456",
+        "OPENAI_BASE_URL": upstream.url + "/v1",
+        "SSL_CERT_FILE": str(ca_file),
+    }
+    server = ServerProcess(pyz_path, tmp_path / "tls.db", env).start()
+    try:
+        with server.openai("any").realtime.connect(model="gpt-realtime") as conn:
+            assert conn.recv().type == "session.created"
+            conn.response.create(response={"output_modalities": ["audio"]})
+            events = [conn.recv()]
+            while events[-1].type not in ("response.done", "error"):
+                events.append(conn.recv())
+        assert events[-1].type == "response.done", events[-1]
+        assert sum(e.type == "response.output_audio.delta" for e in events) == 3
+        sql = "SELECT cost_uc FROM traces WHERE endpoint = 'realtime'"
+        rows = wait_for(lambda: server.db_rows(sql), 10, "the trace")
+        assert rows[0]["cost_uc"] > 0
+    finally:
+        server.stop()

@@ -213,3 +213,15 @@ def test_any_split_breaks_the_protocol_at_the_same_frame_with_the_same_code(conv
     assert len(got) <= len(expected) and got == [
         f for f in ws.FrameReader(1 << 20).feed(wire)[: len(got)]
     ]  # nothing made up before it
+
+
+def test_client_frames_are_masked_and_a_server_reader_takes_them_unmasked():
+    """The relay's provider side: its frames masked (a server reads them back), the provider's read
+    unmasked, and a masked frame from a server is a protocol error."""
+    for size in (5, 300, 70_000):
+        assert ws.FrameReader(1 << 20).feed(ws.client_frame(ws.TEXT, b"x" * size))[0].text == "x" * size
+    frames = ws.FrameReader(1 << 20, masked=False).feed(ws.frame(ws.TEXT, b"hello") + ws.frame(ws.PING, b"p"))
+    assert [(f.opcode, f.text or f.payload) for f in frames] == [(ws.TEXT, "hello"), (ws.PING, b"p")]
+    with pytest.raises(ws.Fault) as fault:
+        ws.FrameReader(1 << 20, masked=False).feed(ws.client_frame(ws.TEXT, b"a"))
+    assert fault.value.code == ws.PROTOCOL_ERROR

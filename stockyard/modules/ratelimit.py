@@ -246,6 +246,17 @@ class RateLimitModule(Module):
         except RateLimited as exc:
             raise exc.error() from None
 
+    def count_used(self, ctx: RequestContext, tokens: int) -> None:
+        """A request that has run already, counted in the key's window with the ``tokens`` it used:
+        a Realtime response (the provider starts one on its own, so there is none to refuse; the
+        next upgrade's ``check`` sees it)."""
+        key = ctx.key
+        if key is None or (key.rpm is None and key.tpm is None):
+            return
+        entry = self.limiter.admit(key.id, None, None, 0)  # no limits given: counted, never refused
+        if key.tpm and tokens:
+            self.limiter.correct(key.id, entry, tokens)
+
     def _admit(self, key_id: str, rpm: int | None, tpm: int | None, tokens: int) -> object:
         return admitted(self.limiter, key_id, rpm, tpm, tokens)
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .. import estimate
-from ..budgets import PERIODS, BudgetExceeded, check_countable, lowering_hint, unpriced_refusal, user_budget
+from ..budgets import PERIODS, Budget, BudgetExceeded, check_countable, lowering_hint, unpriced_refusal, user_budget
 from ..context import RequestContext
 from ..errors import ProxyError
 from ..loglimit import Throttle
@@ -144,15 +144,38 @@ class UserLimitsModule(Module):
                 self.limiter.check(f"{limits.within}|{user}", limits.rpm, limits.tpm, tokens, f"end user {user!r}")
             except RateLimited as exc:
                 raise exc.error(ctx, media) from None
-        if limits.budget_uc is None:
+        budget = self.budget_of(ctx)
+        if budget is None:
             return
-        budget = user_budget(limits.within, user, limits.budget_uc, limits.period)
         try:
             used_up = self.services.ledger.used_up([budget], ctx.ts_ms)
         except Exception:  # the spend could not be read: ``before`` answers that
             return
         if used_up is not None:
             raise used_up.error()
+
+    def count_used(self, ctx: RequestContext, tokens: int) -> None:
+        """A request that has run already (a Realtime response) counted in its end user's rpm/tpm
+        window with the ``tokens`` it used, as ``RateLimitModule.count_used`` counts it for the key."""
+        user = ctx.end_user
+        if user is None or ctx.endpoint in FREE_ENDPOINTS:
+            return
+        limits: UserLimits = self.options(ctx)
+        if not (limits.rpm or limits.tpm):
+            return
+        window = f"{limits.within}|{user}"
+        entry = self.limiter.admit(window, None, None, 0)  # no limits given: counted, never refused
+        if limits.tpm and tokens:
+            self.limiter.correct(window, entry, tokens)
+
+    def budget_of(self, ctx: RequestContext) -> Budget | None:
+        """The end user's budget a request counts against (None: it names no end user, or its
+        options set no budget): for work billed after the fact, a Realtime session's responses."""
+        user = ctx.end_user
+        if user is None or ctx.endpoint in FREE_ENDPOINTS:
+            return None
+        limits: UserLimits = self.options(ctx)
+        return None if limits.budget_uc is None else user_budget(limits.within, user, limits.budget_uc, limits.period)
 
     def _tokens(self, ctx: RequestContext, limits: UserLimits) -> tuple[int, int]:
         """What the request counts against the end user's tpm, and the part of it that is audio or

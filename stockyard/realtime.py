@@ -1,0 +1,627 @@
+"""OpenAI's Realtime API over WebSocket (``ws://…/v1/realtime?model=…``), relayed and metered.
+
+Before the upgrade (:func:`admit`, on the handshake's thread; a refusal is the HTTP answer in
+OpenAI's shape, never a socket): the client key (its model allow-list), guard's model lists, the
+key's rate limits and budget (``modules.early``: nothing counted or held; under a budget the
+model must have a price), and the provider — an OpenAI or Azure one, reached over a WebSocket of its
+own with the provider's key (its refusal is relayed, scrubbed). Then :class:`Relay` moves every
+text message both ways unchanged, one thread a direction, a message whole at a time (at most
+``STOCKYARD_MAX_BODY_BYTES``; close 1009), nothing queued (a write blocks on a peer that does not
+read, as a stream's does). A client message must be a JSON object (else an ``error`` event and
+close 1007); a ``session.update`` naming another model than the connection's is refused with an
+``error`` event (the model was checked at the upgrade).
+
+Each ``response.done`` the provider sends is billed (:meth:`Relay._bill`): its ``usage`` at the
+model's text, audio and cached rates (``pricing.Usage.from_realtime``), one trace a response
+(endpoint ``realtime``), its cost spent from the key's budgets at once. When that leaves a budget
+used up the session ends (an ``error`` event ``budget_exceeded``, close 1008): with server VAD the
+provider starts responses on its own, so nothing can be held before one; a budget stops the
+session after the response that used it up, never inside it. A session cut (either side leaving)
+has billed every ``response.done`` that arrived; when the client leaves (or a drain ends it) with
+responses running, they are cancelled at the provider and their ``response.done`` awaited a moment
+(:meth:`Relay._wind_down`), so what they used is billed too. The session ends with one access-log line.
+Limits as the Responses WebSocket's: ``STOCKYARD_WEBSOCKET_IDLE_TIMEOUT`` without a data frame
+either way (close 1000), ``STOCKYARD_WEBSOCKET_LIFETIME`` (1000), a drain (1001).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import select
+import socket
+import ssl
+import threading
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl, urlencode
+
+from . import attribution
+from . import websocket as ws
+from .budgets import Budget, scopes_of
+from .context import RequestContext, Route
+from .errors import RESPONSES, ClientGone, ProxyError, described
+from .httpio import json_bytes
+from .logbuffer import access, printable
+from .modules.alias import Alias
+from .modules.early import check_early
+from .modules.guard import Guard
+from .modules.ratelimit import RateLimitModule
+from .modules.userlimits import UserLimitsModule
+from .pricing import Usage, cost_microcents, format_usd
+from .providers import AZURE_API_VERSION
+from .providers.openai import auth_headers
+from .responses_socket import Arriving, Connection
+from .upstream import Cancel, Origin, UpstreamError
+
+if TYPE_CHECKING:
+    from .app import App
+    from .providers import Provider
+
+log = logging.getLogger("stockyard.server")
+
+PATH = "/v1/realtime"
+ENDPOINT = "realtime"
+KINDS = ("openai", "azure")  # provider kinds whose Realtime API is relayed
+SUBPROTOCOL = "realtime"
+KEY_PROTOCOL = "openai-insecure-api-key."  # a browser's key, as a WebSocket subprotocol
+# The provider headers a client's handshake passes on (the beta interface is asked by header)
+PASSED_HEADERS = ("openai-beta",)
+POLICY = (("alias", Alias), ("guard", Guard))  # run before the route, as in the chain
+LIMITS: tuple[tuple[str, type[RateLimitModule] | type[UserLimitsModule]], ...] = (
+    ("ratelimit", RateLimitModule),
+    ("userlimits", UserLimitsModule),
+)
+HEAD_LIMIT = 64 * 1024  # the provider's handshake answer: its head, and an error body
+POLL_S = 1.0
+CLOSE_WAIT_S = 1.0
+CANCEL_WAIT_S = 5.0  # the client gone: how long a cancelled response's response.done is awaited
+DONE = b'"response.done"'  # in JSON only as the event's type: a string holding it escapes its quotes
+# Routes under /v1/realtime that give a browser a way to OpenAI around Stockyard: refused
+UNMETERED = {
+    "/v1/realtime/client_secrets": "an ephemeral key",
+    "/v1/realtime/sessions": "an ephemeral key",
+    "/v1/realtime/transcription_sessions": "an ephemeral key",
+    "/v1/realtime/calls": "a WebRTC call",
+}
+
+
+def unmetered_refusal(path: str) -> ProxyError:
+    """The 403 of a route whose client would then talk to OpenAI directly, unmetered."""
+    what = UNMETERED[path]
+    return ProxyError(
+        403,
+        f"{path} is not served: {what} lets a browser talk to OpenAI directly, where Stockyard cannot "
+        "meter or budget it; connect over WebSocket to /v1/realtime with a client key instead",
+        code="unsupported_endpoint",
+    )
+
+
+def key_from_subprotocol(headers: dict[str, str]) -> bool:
+    """A browser sends its key as the subprotocol ``openai-insecure-api-key.<key>``: moved to
+    ``authorization`` (where the one key check reads it; unless one came) and taken out of
+    ``sec-websocket-protocol`` (nothing else keeps it). True if the client offered ``realtime``."""
+    offered = [p.strip() for p in headers.get("sec-websocket-protocol", "").split(",") if p.strip()]
+    keys = [p[len(KEY_PROTOCOL) :] for p in offered if p.startswith(KEY_PROTOCOL)]
+    rest = [p for p in offered if not p.startswith(KEY_PROTOCOL)]
+    if keys and "authorization" not in headers:
+        headers["authorization"] = f"Bearer {keys[0]}"
+    if offered:
+        headers["sec-websocket-protocol"] = ", ".join(rest)
+    return SUBPROTOCOL in rest
+
+
+def asked_model(query: str) -> str:
+    """The ``model`` of the URL's query; a 400 without one (joining a call by ``call_id`` is not served)."""
+    params = dict(parse_qsl(query, keep_blank_values=True))
+    if "call_id" in params:
+        raise ProxyError(
+            400,
+            "joining a call (call_id) is not served through Stockyard",
+            param="call_id",
+            code="unsupported_parameter",
+        )
+    model = params.get("model", "").strip()
+    if not model:
+        raise ProxyError(400, "the URL must name the model: /v1/realtime?model=…", param="model", code="missing_model")
+    return model
+
+
+@dataclass
+class Upstream:
+    """The provider's side of a session: its socket after the 101, and what came past its head."""
+
+    provider: Provider
+    model: str  # the name the provider was asked for
+    sock: socket.socket
+    buffered: bytes
+
+
+def admit(app: App, ctx: RequestContext) -> Upstream:
+    """Everything before the upgrade (the key was authenticated from the headers): the model, the
+    key's allow-list, guard's lists, rate limits, budgets, then the provider's WebSocket."""
+    model = asked_model(ctx.query)
+    ctx.model, ctx.body = model, {"model": model}
+    ctx.raw = json_bytes(ctx.body)
+    app.gate.authenticate(ctx)  # again, with the model: the key's allow-list
+    attribution.attribute(ctx)
+    chain = app.path.chain()
+    for name, kind in POLICY:  # the modules that decide the model, as for any request
+        module = chain.module(name, ctx)
+        if isinstance(module, kind):
+            module.before(ctx)
+    routed = ctx.routed_model or model
+    deployed = app.models().get(routed)
+    if deployed is not None and deployed.deployments:
+        raise ProxyError(
+            400,
+            f"{routed!r} is served by deployments, which a Realtime session does not choose among; "
+            "name a provider/model",
+            param="model",
+            code="unsupported_model",
+        )
+    provider, upstream_model = app.registry().resolve(routed)
+    if ctx.model_policy is not None:
+        ctx.model_policy(provider.name, upstream_model, routed)
+    ctx.route = Route(provider, upstream_model)
+    if provider.kind not in KINDS:
+        raise ProxyError(
+            400,
+            f"the Realtime API is relayed to OpenAI and Azure providers only; {model!r} routes to a "
+            f"{provider.kind} provider",
+            param="model",
+            code="unsupported_model",
+        )
+    check_early(chain, ctx)
+    if session_budgets(app, ctx) and app.path.pricer.price_of(ctx.route, model) is None:
+        raise ProxyError(
+            403,
+            f"model {model!r} has no price, so the budget on this key cannot be enforced; an operator "
+            "can add one with `stockyard prices set`",
+            param="model",
+            code="model_not_priced",
+        )
+    return connect(app, ctx, provider, upstream_model)
+
+
+def session_budgets(app: App, ctx: RequestContext) -> list[Budget]:
+    """Every budget a session's responses spend: the key's and its project's (where the budget
+    module runs for the key) and its end user's (``userlimits``, where it runs)."""
+    found = app.budgets_of(ctx)
+    module = app.path.chain().module("userlimits", ctx)
+    user = module.budget_of(ctx) if isinstance(module, UserLimitsModule) else None
+    return [*found, user] if user is not None else found
+
+
+def connect(app: App, ctx: RequestContext, provider: Provider, model: str) -> Upstream:
+    """The provider's WebSocket, opened with its key; its refusal as the client's error (scrubbed)."""
+    origin = Origin.parse(provider.base_url)
+    target, headers = provider_target(origin, provider, model)
+    headers["User-Agent"] = "stockyard"
+    headers.update({name: ctx.headers[name] for name in PASSED_HEADERS if name in ctx.headers})
+    pool = app.path.pool
+    try:
+        sock = pool.open_socket(origin, Cancel())
+    except UpstreamError as exc:
+        raise exc.answer(provider.name, app.path.scrub.text) from None
+    try:
+        sock.settimeout(pool.connect_timeout)
+        head, accept = ws.client_handshake(origin.host_header, target, headers)
+        sock.sendall(head)
+        answer, rest = _read_head(sock)
+        status, fields = _parse_head(answer)
+        if status != 101:
+            raise _refusal(app, provider, status, _read_body(sock, rest, fields))
+        if fields.get("sec-websocket-accept") != accept:
+            raise ProxyError(
+                502, f"provider {provider.name!r} answered the WebSocket handshake wrongly", code="upstream_protocol"
+            )
+        sock.settimeout(app.settings.idle_timeout_s)  # a write to a provider that does not read: bounded
+        return Upstream(provider, model, sock, rest)
+    except OSError as exc:
+        sock.close()
+        raise ProxyError(502, f"provider {provider.name!r}: {described(exc)}", code="upstream_connect") from None
+    except BaseException:
+        sock.close()
+        raise
+
+
+def provider_target(origin: Origin, provider: Provider, model: str) -> tuple[str, dict[str, str]]:
+    """Where the provider's Realtime WebSocket is, and the header with its key: OpenAI's
+    ``…/realtime?model=…`` with a bearer key; Azure's as the SDK's AzureOpenAI opens it,
+    ``/openai/realtime?api-version=…&deployment=…`` with ``api-key``."""
+    if provider.kind != "azure":
+        return f"{origin.prefix}/realtime?{urlencode({'model': model})}", auth_headers(provider)
+    base = origin.prefix if origin.prefix.endswith("/openai") else f"{origin.prefix}/openai"
+    query = urlencode({"api-version": provider.api_version or AZURE_API_VERSION, "deployment": model})
+    return f"{base}/realtime?{query}", {"api-key": provider.api_key} if provider.api_key else {}
+
+
+def _read_head(sock: socket.socket) -> tuple[bytes, bytes]:
+    """The provider's answer head and the bytes read past it."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        if len(data) > HEAD_LIMIT:
+            raise ConnectionError("the handshake's answer head is too large")
+        piece = sock.recv(65536)
+        if not piece:
+            raise ConnectionError("the provider closed the connection during the handshake")
+        data += piece
+    head, rest = data.split(b"\r\n\r\n", 1)
+    return head, rest
+
+
+def _parse_head(head: bytes) -> tuple[int, dict[str, str]]:
+    lines = head.decode("latin-1").split("\r\n")
+    parts = lines[0].split(" ", 2)
+    if len(parts) < 2 or not parts[1].isdigit():
+        raise ConnectionError("the provider's answer is not HTTP")
+    fields = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        fields[name.strip().lower()] = value.strip()
+    return int(parts[1]), fields
+
+
+def _read_body(sock: socket.socket, rest: bytes, fields: dict[str, str]) -> bytes:
+    """A refusal's body (at most ``HEAD_LIMIT`` bytes; what arrives before the read timeout)."""
+    length = fields.get("content-length", "")
+    want = min(int(length), HEAD_LIMIT) if length.isdigit() else HEAD_LIMIT
+    body = rest
+    try:
+        while len(body) < want and (piece := sock.recv(65536)):
+            body += piece
+    except OSError:
+        pass
+    return body[:want]
+
+
+def _refusal(app: App, provider: Provider, status: int, body: bytes) -> ProxyError:
+    """The provider's refusal of the handshake as the client's error: its status (a 401 or 403 —
+    Stockyard's key refused — a 502, not the client's), its message scrubbed of every secret."""
+    try:
+        error = json.loads(body).get("error")
+    except (ValueError, AttributeError):
+        error = None
+    message = error.get("message") if isinstance(error, dict) else None
+    code = error.get("code") if isinstance(error, dict) else None
+    said = app.path.scrub.text(str(message or f"HTTP {status}"))
+    shown = 502 if status in (401, 403) or status < 400 else status
+    return ProxyError(
+        shown,
+        f"provider {provider.name!r} refused the session: {printable(said, 500)}",
+        code=str(code or "upstream_error"),
+    )
+
+
+def readable(sock: socket.socket, timeout: float) -> bool:
+    """Whether ``sock`` has bytes to read within ``timeout`` seconds: TLS may hold some decrypted
+    already (``pending``), which the descriptor's poll does not see."""
+    if isinstance(sock, ssl.SSLSocket) and sock.pending():
+        return True
+    poll = select.poll()
+    poll.register(sock, select.POLLIN)
+    return bool(poll.poll(timeout * 1000))
+
+
+def error_event(code: str, message: str, kind: str = "invalid_request_error") -> bytes:
+    """A Realtime ``error`` event (``RealtimeErrorEvent``)."""
+    error = {"type": kind, "code": code, "message": message, "param": None, "event_id": None}
+    return json_bytes({"type": "error", "event_id": f"event_stockyard_{int(time.time() * 1000)}", "error": error})
+
+
+class Relay:
+    """One session: the client's frames read on this thread, the provider's on another."""
+
+    def __init__(
+        self, app: App, sock: socket.socket, buffered: bytes, ctx: RequestContext, upstream: Upstream, draining: Any
+    ) -> None:
+        self.app, self.ctx, self.upstream = app, ctx, upstream
+        self.client = Connection(sock)
+        self.provider = Connection(upstream.sock, ws.client_frame)  # a client's frames: masked
+        self._buffered = buffered
+        self._draining = draining
+        self._opened = self._active = time.monotonic()
+        self._ended = threading.Event()
+        self._end_lock = threading.Lock()
+        self._arriving = Arriving(app)
+        self.responses = 0
+        self.cost_uc = 0
+        self.priced = True
+        self.close_code: int | None = None
+        self._budgets = session_budgets(app, ctx)
+        self._scopes = {*(scopes_of(ctx.key) if ctx.key is not None else ()), *(b.scope for b in self._budgets)}
+        self._response_started: dict[str, float] = {}  # responses running: their response.created's time
+        self._winding = False  # the client left: running responses are being cancelled and billed
+        self._settled = threading.Event()  # set once no response runs (the provider's reader, or its end)
+
+    def run(self) -> None:
+        """Relay until either side ends, then close both and log the session."""
+        reader = threading.Thread(target=self._from_provider, name="stockyard-realtime", daemon=True)
+        reader.start()
+        try:
+            self._from_client()
+        except Exception as exc:  # a bug: one line, both sides closed, never a traceback
+            log.error("websocket %s: relaying failed (%s); closed", PATH, described(exc))
+            self._end(ws.INTERNAL, "internal error")
+        finally:
+            self._end(ws.GOING_AWAY, "session ended")
+            reader.join(timeout=CLOSE_WAIT_S + 2 * POLL_S)
+            self.upstream.sock.close()
+            self.app.bodies.give(self._arriving.take())
+            self._log()
+
+    def _end(self, code: int, reason: str, provider_code: int = ws.NORMAL) -> None:
+        """Close both sides (each once); the readers see the sockets end."""
+        with self._end_lock:
+            if self.close_code is None:
+                self.close_code = code
+        self.client.close(code, reason)
+        self.provider.close(provider_code, reason)
+        self._ended.set()
+        try:  # the provider's reader sees its socket end at once
+            self.upstream.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    # -- the client's frames ---------------------------------------------------------------------
+    def _from_client(self) -> None:
+        settings = self.app.settings
+        reader = ws.FrameReader(settings.max_body_bytes, self._arriving.room)
+        poll = select.poll()
+        poll.register(self.client.sock, select.POLLIN)
+        data = self._buffered
+        message_since: float | None = None  # a message began and has not ended: it must, as an HTTP body must
+        while not self._ended.is_set():
+            if data:
+                progress = reader.progress
+                try:
+                    frames = reader.feed(data)
+                except ws.Fault as fault:
+                    self._end(fault.code, fault.reason)
+                    return
+                if reader.progress != progress:  # pings and pongs alone are not activity
+                    self._active = time.monotonic()
+                for got in frames:
+                    if not self._client_frame(got):
+                        return
+            message_since = (message_since or time.monotonic()) if reader.in_message else None
+            if message_since is not None and time.monotonic() - message_since >= settings.request_read_timeout_s:
+                self._end(ws.POLICY, "a message must arrive whole within STOCKYARD_REQUEST_READ_TIMEOUT")
+                return
+            if self._limit_reached():
+                return
+            if settings.websocket_ping_interval_s:
+                self.client.ping_if_quiet(settings.websocket_ping_interval_s)
+            if not poll.poll(POLL_S * 1000):
+                data = b""
+                continue
+            try:
+                data = self.client.sock.recv(65536)
+            except OSError:
+                data = b""
+            if not data:
+                self._wind_down(ws.GOING_AWAY, "the client left")
+                return
+
+    def _wind_down(self, code: int, reason: str, provider_code: int = ws.NORMAL) -> None:
+        """The client left (or closed): responses still running are cancelled at the provider and
+        their ``response.done`` (with what they used, which OpenAI bills) awaited up to
+        ``CANCEL_WAIT_S``, so they are billed too; then both sides close."""
+        running = list(self._response_started)
+        if running:
+            self._winding = True
+            self.client.close(code, reason)
+            for ident in running:
+                try:
+                    self.provider.send(ws.TEXT, json_bytes({"type": "response.cancel", "response_id": ident}))
+                except ClientGone:
+                    break
+            self._settled.wait(CANCEL_WAIT_S)
+        self._end(code, reason, provider_code)
+
+    def _client_frame(self, got: ws.Frame) -> bool:
+        """One frame from the client: False once the session ends."""
+        if got.opcode == ws.PING:
+            self._send_client(ws.PONG, got.payload)
+        elif got.opcode == ws.CLOSE:
+            try:
+                code, reason = ws.close_code(got.payload)
+            except ws.Fault as fault:
+                self._end(fault.code, fault.reason)
+                return False
+            self._wind_down(ws.NORMAL, reason, code or ws.NORMAL)
+            return False
+        elif got.opcode == ws.TEXT:
+            held = self._arriving.take()
+            try:
+                return self._client_message(got.text)
+            finally:
+                self.app.bodies.give(held)
+        return True
+
+    def _client_message(self, text: str) -> bool:
+        """A client event: checked, then sent on. A message that is not a JSON object ends the
+        session (an ``error`` event, close 1007); a ``session.update`` for another model is refused."""
+        try:
+            event = json.loads(text)
+        except ValueError:
+            event = None
+        if not isinstance(event, dict) or not isinstance(event.get("type"), str):
+            self._send_client(ws.TEXT, error_event("invalid_json", "a client event must be a JSON object with a type"))
+            self._end(ws.INVALID_DATA, "a client event must be a JSON object")
+            return False
+        session = event.get("session")
+        named = session.get("model") if event["type"] == "session.update" and isinstance(session, dict) else None
+        if named is not None and named not in (self.ctx.model, self.upstream.model):
+            message = (
+                f"the session's model is {self.ctx.model!r}, checked when it opened; open a new session for another"
+            )
+            self._send_client(ws.TEXT, error_event("model_change_not_allowed", message))
+            return True
+        try:
+            self.provider.send(ws.TEXT, text.encode("utf-8"))
+        except ClientGone:
+            self._end(1014, "the provider is gone")
+            return False
+        return True
+
+    def _limit_reached(self) -> bool:
+        """The drain, the lifetime and the idle timeout: the session closed if one is reached."""
+        settings = self.app.settings
+        now = time.monotonic()
+        if self._draining():  # responses running are cancelled and billed, as when the client leaves
+            self._wind_down(ws.GOING_AWAY, "server shutting down", ws.GOING_AWAY)
+        elif now - self._opened >= settings.websocket_lifetime_s:
+            message = f"the session reached its limit of {settings.websocket_lifetime_s:g} s; open a new one"
+            self._send_client(ws.TEXT, error_event("session_expired", message))
+            self._end(ws.NORMAL, "session lifetime reached")
+        elif now - self._active >= settings.websocket_idle_timeout_s:
+            self._end(ws.NORMAL, "idle timeout")
+        else:
+            return False
+        return True
+
+    def _send_client(self, opcode: int, payload: bytes) -> None:
+        try:
+            self.client.send(opcode, payload)
+        except ClientGone:
+            if not self._winding:  # the client gone while responses wind down: they are still billed
+                self._end(ws.GOING_AWAY, "the client left")
+
+    # -- the provider's frames -------------------------------------------------------------------
+    def _from_provider(self) -> None:
+        try:
+            self._read_provider()
+        except Exception as exc:  # a bug: one line, both sides closed
+            log.error("websocket %s: reading the provider failed (%s); closed", PATH, described(exc))
+            self._end(ws.INTERNAL, "internal error")
+        finally:
+            self._settled.set()
+
+    def _read_provider(self) -> None:
+        reader = ws.FrameReader(self.app.settings.max_body_bytes, masked=False)
+        data = self.upstream.buffered
+        sock = self.upstream.sock
+        while True:
+            if data:
+                try:
+                    frames = reader.feed(data)
+                except ws.Fault as fault:
+                    self._end(1014, "the provider broke the WebSocket protocol", fault.code)
+                    return
+                for got in frames:
+                    if not self._provider_frame(got):
+                        return
+            if self._ended.is_set():
+                return
+            if not readable(sock, POLL_S):
+                data = b""
+                continue
+            try:
+                data = sock.recv(65536)
+            except OSError:
+                data = b""
+            if not data:
+                self._end(1014, "the provider ended the session")
+                return
+
+    def _provider_frame(self, got: ws.Frame) -> bool:
+        if got.opcode == ws.PING:
+            try:
+                self.provider.send(ws.PONG, got.payload)
+            except ClientGone:
+                pass
+        elif got.opcode == ws.CLOSE:
+            try:
+                code, reason = ws.close_code(got.payload)
+            except ws.Fault:
+                code, reason = None, ""
+            self._end(code if code is not None else ws.NORMAL, reason or "the provider closed the session")
+            return False
+        elif got.opcode == ws.TEXT:
+            self._active = time.monotonic()
+            data = got.text.encode("utf-8")
+            self._send_client(ws.TEXT, data)
+            if DONE in data or b'"response.created"' in data:
+                return self._provider_event(data)
+        return not self._ended.is_set()
+
+    def _provider_event(self, data: bytes) -> bool:
+        """``response.created`` starts a response's clock; ``response.done`` bills it (after it
+        went to the client: a bill never holds the audio back). False once a budget ends the session."""
+        try:
+            event = json.loads(data)
+        except ValueError:
+            return True
+        response = event.get("response") if isinstance(event, dict) else None
+        if not isinstance(response, dict):
+            return True
+        named = response.get("id")
+        ident = named if isinstance(named, str) else ""
+        if event.get("type") == "response.created":
+            self._response_started[ident] = time.perf_counter()
+            return True
+        if event.get("type") != "response.done":
+            return True
+        self._bill(response, ident, data)
+        if not self._response_started:
+            self._settled.set()
+        return self._budget_left()
+
+    def _bill(self, response: dict, ident: str, data: bytes) -> None:
+        """One response's trace and its spend."""
+        base, app = self.ctx, self.app
+        ctx = RequestContext(ENDPOINT, RESPONSES, base.client_addr, base.headers, base.query)
+        ctx.started = self._response_started.pop(ident, ctx.started)
+        ctx.key, ctx.key_id, ctx.project, ctx.key_ring = base.key, base.key_id, base.project, base.key_ring
+        ctx.model, ctx.route, ctx.body, ctx.raw = base.model, base.route, base.body, base.raw
+        ctx.end_user, ctx.tags, ctx.stream, ctx.complete = base.end_user, base.tags, True, True
+        usage = Usage.from_realtime(response.get("usage"))
+        assert base.route is not None
+        price = app.path.pricer.price_of(base.route, base.model or "")
+        cost = cost_microcents(price, usage) if price is not None else None
+        a = ctx.attempt
+        a.provider, a.upstream_model, a.served_model = self.upstream.provider, self.upstream.model, self.upstream.model
+        a.status, a.usage, a.cost_uc = 200, usage, cost
+        a.cost_status = "exact" if cost is not None else "unknown"
+        a.response_id = ident[:256] or None
+        a.response_body, a.response_bytes = bytearray(data), len(data)
+        app.tracer.finish(ctx)
+        chain, used = app.path.chain(), usage.prompt_tokens + usage.completion_tokens
+        for name, kind in LIMITS:  # the key's and the end user's rpm/tpm windows
+            module = chain.module(name, base)
+            if isinstance(module, kind):
+                module.count_used(base, used)
+        self.responses += 1
+        self.cost_uc += cost or 0
+        self.priced = self.priced and cost is not None
+        if self._budgets:
+            app.ledger.settle(None, cost or 0, self._scopes, ctx.ts_ms)
+
+    def _budget_left(self) -> bool:
+        """After a response's spend: a budget used up ends the session (its ``error`` event, 1008)."""
+        if not self._budgets:
+            return True
+        try:
+            used_up = self.app.ledger.used_up(self._budgets, int(time.time() * 1000))
+        except Exception as exc:  # the spend unreadable: the session goes on, said once in the log
+            log.warning("websocket %s: the budget's spend could not be read (%s)", PATH, described(exc))
+            return True
+        if used_up is None:
+            return True
+        message = used_up.error().message
+        self._send_client(ws.TEXT, error_event("budget_exceeded", message, "budget_exceeded"))
+        self._end(ws.POLICY, "budget exceeded")
+        return False
+
+    def _log(self) -> None:
+        if not self.app.settings.log_requests:
+            return
+        cost = format_usd(self.cost_uc) if self.priced else "unknown"
+        seconds = time.monotonic() - self._opened
+        access(
+            f"WS {PATH} {self.close_code or '-'} {printable(self.ctx.model or '-', 200)} "
+            f"responses={self.responses} cost={cost} {seconds * 1000:.1f}ms {self.ctx.trace_id}"
+        )

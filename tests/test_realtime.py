@@ -1,0 +1,517 @@
+"""OpenAI's Realtime API (``ws://…/v1/realtime?model=…``) through a real Stockyard process: the
+official SDK's ``client.realtime.connect()`` relayed to the mock upstream's Realtime WebSocket, each
+``response.done`` billed to the µ¢ at the model's text, audio and cached rates (computed here from
+the usage the client itself received, at the prices OpenAI publishes), budgets refused at the upgrade
+and ending a session that uses them up, the provider key kept from the client, and bad input
+closed with the right code over a raw socket."""
+
+from __future__ import annotations
+
+import base64
+import json
+import signal
+import socket
+import struct
+import time
+from fractions import Fraction
+
+import pytest
+from conftest import OPENAI_KEY, ServerProcess, mock_env, wait_for
+from mock_upstream import RT_AUDIO_BYTES, TEXT, Reply
+from module_helpers import ADMIN_KEY, api, put_module
+from test_responses_websocket import KEY, Raw
+
+MAX_MESSAGE = 256 * 1024
+# OpenAI's prices, USD per 1M tokens (developers.openai.com/api/docs/models/gpt-realtime, -mini):
+# (text in, cached text, text out, audio in, cached audio, audio out)
+RATES = {
+    "gpt-realtime": ("4.00", "0.40", "16.00", "32.00", "0.40", "64.00"),
+    "gpt-realtime-mini": ("0.60", "0.06", "2.40", "10.00", "0.30", "20.00"),
+}
+
+
+def expected_uc(model: str, usage: dict) -> int:
+    """The cost in µ¢ of one response's usage (as the client saw it), rounded half up once."""
+    t_in, t_cached, t_out, a_in, a_cached, a_out = (Fraction(r) for r in RATES[model])
+    details, out = usage["input_token_details"], usage["output_token_details"]
+    cached = details["cached_tokens_details"]
+    usd = (
+        (details["text_tokens"] - cached["text_tokens"]) * t_in
+        + cached["text_tokens"] * t_cached
+        + (details["audio_tokens"] - cached["audio_tokens"]) * a_in
+        + cached["audio_tokens"] * a_cached
+        + out["text_tokens"] * t_out
+        + out["audio_tokens"] * a_out
+    ) / 1_000_000
+    exact = usd * 10**8
+    return int(exact + Fraction(1, 2))
+
+
+@pytest.fixture(scope="module")
+def server(pyz_path, cache_home, mock, tmp_path_factory):
+    env = mock_env(cache_home, mock, STOCKYARD_MAX_BODY_BYTES=str(MAX_MESSAGE))
+    env["STOCKYARD_ADMIN_KEY"] = ADMIN_KEY
+    srv = ServerProcess(pyz_path, tmp_path_factory.mktemp("realtime") / "stockyard.db", env).start()
+    srv.keys.update(
+        srv.create_keys(
+            {
+                "alice": [],
+                "sdk": [],
+                "budgeted": ["--budget-usd", "0.01", "--budget-period", "day"],
+                "minionly": ["--models", "gpt-realtime-mini"],
+                "onerpm": ["--rpm", "1"],
+            }
+        )
+    )
+    for name in srv.keys:  # the server reads new keys on its next look at the key ring
+        wait_for(lambda key=name: srv.request("GET", "/v1/models", headers=srv.auth(key))[0] == 200, 10, name)
+    yield srv
+    srv.stop()
+
+
+def until(connection, kind: str) -> list:
+    """The SDK connection's events up to the first of ``kind`` (or an error)."""
+    events = [connection.recv()]
+    while events[-1].type not in (kind, "error"):
+        events.append(connection.recv())
+    return events
+
+
+def traces(server: ServerProcess, key: str, count: int) -> list[dict]:
+    """The realtime traces of ``key`` (a name), oldest first, once ``count`` are committed."""
+    key_id = server.db_rows("SELECT id FROM client_keys WHERE name = ?", (key,))[0]["id"]
+    sql = "SELECT * FROM traces WHERE endpoint = 'realtime' AND key_id = ? ORDER BY ts_ms, id"
+
+    def committed() -> list[dict] | None:
+        rows = server.db_rows(sql, (key_id,))
+        return rows if len(rows) >= count else None
+
+    return wait_for(committed, 10, "traces")
+
+
+def pcm(seconds: float) -> str:
+    """Silence as pcm16 at 24 kHz, base64: what input_audio_buffer.append carries."""
+    return base64.b64encode(b"\0" * int(seconds * 10 * RT_AUDIO_BYTES)).decode()
+
+
+# -- the official SDK -----------------------------------------------------------------------------
+
+
+def test_sdk_text_and_audio_responses_billed_exactly(server, mock):
+    """A text response, then an audio one after appended audio (the second reads cached text and
+    audio): each is one trace whose cost is the usage the client saw at the published rates; the
+    provider was sent its key, which no event the client got carries."""
+    client = server.openai("sdk")
+    with client.realtime.connect(model="gpt-realtime") as conn:
+        created = conn.recv()
+        assert created.type == "session.created" and created.session.model == "gpt-realtime"
+        conn.session.update(session={"type": "realtime", "output_modalities": ["text"], "instructions": "Be brief."})
+        until(conn, "session.updated")
+        conn.conversation.item.create(
+            item={"type": "message", "role": "user", "content": [{"type": "input_text", "text": "Say hello"}]}
+        )
+        conn.response.create()
+        events = until(conn, "response.done")
+        text = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+        assert text == TEXT
+        first = events[-1].response.usage.model_dump()
+        conn.input_audio_buffer.append(audio=pcm(1.5))
+        conn.input_audio_buffer.commit()
+        conn.response.create(response={"output_modalities": ["audio"]})
+        events = until(conn, "response.done")
+        assert any(e.type == "response.output_audio.delta" for e in events)
+        second = events[-1].response.usage.model_dump()
+        seen = json.dumps([e.model_dump() for e in events])
+    assert second["input_token_details"]["audio_tokens"] == 15
+    assert second["input_token_details"]["cached_tokens_details"]["text_tokens"] == 64
+    assert second["output_token_details"]["audio_tokens"] == 300
+    rows = traces(server, "sdk", 2)
+    assert [r["cost_uc"] for r in rows] == [expected_uc("gpt-realtime", first), expected_uc("gpt-realtime", second)]
+    assert all(r["cost_status"] == "exact" and r["model"] == "gpt-realtime" and r["status"] == 200 for r in rows)
+    assert rows[1]["prompt_tokens"] == second["input_tokens"]
+    assert rows[1]["completion_tokens"] == second["output_tokens"]
+    assert rows[1]["cached_tokens"] == second["input_token_details"]["cached_tokens"]
+    upstream = mock.last("/realtime")
+    assert upstream.headers["authorization"] == f"Bearer {OPENAI_KEY}"
+    assert upstream.query == {"model": "gpt-realtime"}
+    assert OPENAI_KEY not in seen and OPENAI_KEY not in server.log
+    ended = "gpt-realtime responses=2 cost=$0.0"  # the session's line: its model, responses and cost
+    line = wait_for(lambda: next((x for x in server.log_lines if ended in x), None), 10, "the log line")
+    assert "WS /v1/realtime 1000 " in line
+
+
+def test_mini_audio_cached_at_its_own_rate(server):
+    """gpt-realtime-mini caches audio ($0.30) dearer than text ($0.06): both rates apply."""
+    client = server.openai("alice")
+    with client.realtime.connect(model="gpt-realtime-mini") as conn:
+        conn.recv()
+        conn.input_audio_buffer.append(audio=pcm(2))
+        conn.input_audio_buffer.commit()
+        conn.response.create(response={"output_modalities": ["audio"]})
+        until(conn, "response.done")
+        conn.response.create(response={"output_modalities": ["text"]})
+        usage = until(conn, "response.done")[-1].response.usage.model_dump()
+    assert usage["input_token_details"]["cached_tokens_details"]["audio_tokens"] == 20
+    wanted = expected_uc("gpt-realtime-mini", usage)
+    sql = "SELECT cost_uc FROM traces WHERE endpoint = 'realtime' AND model = 'gpt-realtime-mini' AND cost_uc = ?"
+    wait_for(lambda: server.db_rows(sql, (wanted,)), 10, "the cached-audio response billed")
+
+
+# -- budgets, allow-lists, refusals at the upgrade --------------------------------------------------
+
+
+def upgrade(
+    server: ServerProcess, key: str | None, path: str = "/v1/realtime?model=gpt-realtime", extra: str = ""
+) -> Raw:
+    """A raw handshake on ``path`` with ``key`` (a name; None: no key) and ``extra`` header lines:
+    its status and head read."""
+    return Raw(server, server.secret(key) if key else None, extra, path)
+
+
+def audio_until_error(raw: Raw) -> list[dict]:
+    """An audio response asked on ``raw``: its events to the ``error`` that ends the session."""
+    raw.send_json({"type": "response.create", "response": {"output_modalities": ["audio"]}})
+    events = [raw.event()]
+    while events[-1]["type"] != "error":
+        events.append(raw.event())
+    return events
+
+
+def refusal(raw: Raw) -> dict:
+    """The JSON error body of a refused handshake."""
+    lines = raw.head.split("\r\n")
+    length = int(next(line.split(":")[1] for line in lines if line.lower().startswith("content-length")))
+    while len(raw.buf) < length:
+        raw.buf += raw.sock.recv(65536)
+    raw.sock.close()
+    return json.loads(raw.buf[:length])
+
+
+def test_budget_used_up_mid_session_ends_it_then_refuses_the_upgrade(server):
+    """A $0.01 budget: the audio response (~2 cents) is billed whole and ends the session with an
+    ``error`` event and close 1008; the next upgrade is a 429 in OpenAI's shape; another key goes on."""
+    raw = upgrade(server, "budgeted")
+    assert raw.status == 101
+    assert raw.event()["type"] == "session.created"
+    events = audio_until_error(raw)
+    assert events[-2]["type"] == "response.done"
+    assert events[-1]["error"]["code"] == "budget_exceeded"
+    assert raw.close_code() == 1008
+    raw.close()
+    (row,) = traces(server, "budgeted", 1)
+    assert row["cost_uc"] == expected_uc("gpt-realtime", events[-2]["response"]["usage"]) > 1_000_000
+    again = upgrade(server, "budgeted")
+    assert again.status == 429
+    error = refusal(again)["error"]
+    assert error["code"] == "budget_exceeded" and "budget" in error["message"]
+    ok = upgrade(server, "alice")
+    assert ok.status == 101
+    ok.close()
+
+
+def test_key_allow_list_and_unknown_model_refused_at_upgrade(server):
+    """A key limited to gpt-realtime-mini may not open gpt-realtime (403); no model is a 400."""
+    refused = upgrade(server, "minionly")
+    assert refused.status == 403, refused.head
+    assert refusal(refused)["error"]["type"]
+    missing = upgrade(server, "alice", "/v1/realtime")
+    assert missing.status == 400
+    assert refusal(missing)["error"]["code"] == "missing_model"
+    keyless = upgrade(server, None)
+    assert keyless.status == 401
+    refusal(keyless)
+
+
+def test_client_secrets_refused_with_the_reason(server):
+    """An ephemeral key would let a browser talk to OpenAI unmetered: a 403 saying so."""
+    status, _, body = server.request("POST", "/v1/realtime/client_secrets", {}, server.auth("alice"))
+    assert status == 403
+    error = json.loads(body)["error"]
+    assert error["code"] == "unsupported_endpoint" and "meter" in error["message"]
+
+
+def test_provider_refusal_relayed_without_its_key(server, mock):
+    """The provider refusing the handshake (its 401 naming the key) is a 502 to the client, scrubbed."""
+    message = f"Incorrect API key provided: {OPENAI_KEY}."
+    mock.enqueue(Reply(status=401, json={"error": {"message": message, "type": "invalid_request_error"}}))
+    raw = upgrade(server, "alice")
+    assert raw.status == 502
+    error = refusal(raw)["error"]
+    assert "refused the session" in error["message"] and OPENAI_KEY not in error["message"]
+
+
+# -- bad input, a provider that drops ----------------------------------------------------------------
+
+
+def test_non_json_message_closes_1007(server):
+    raw = upgrade(server, "alice")
+    assert raw.event()["type"] == "session.created"
+    raw.send_frame(0x1, b"this is not json")
+    error = raw.event()
+    assert error["type"] == "error" and error["error"]["code"] == "invalid_json"
+    assert raw.close_code() == 1007
+    raw.close()
+
+
+def test_message_over_the_limit_closes_1009(server):
+    raw = upgrade(server, "alice")
+    assert raw.event()["type"] == "session.created"
+    raw.send_frame(0x1, b"x" * (MAX_MESSAGE + 1))
+    assert raw.close_code() == 1009
+    raw.close()
+
+
+def test_provider_drop_bills_what_was_done_and_closes_1014(server):
+    """The provider's connection ends mid-session: the response done before it is billed, the
+    client gets close 1014 (bad gateway), never a hang."""
+    raw = upgrade(server, "alice")
+    assert raw.event()["type"] == "session.created"
+    raw.send_json({"type": "response.create", "response": {"output_modalities": ["text"]}})
+    done = raw.until("response.done")[-1]
+    raw.send_json({"type": "mock.drop"})
+    assert raw.close_code() == 1014
+    raw.close()
+    key_id = server.db_rows("SELECT id FROM client_keys WHERE name = 'alice'")[0]["id"]
+    sql = "SELECT cost_uc FROM traces WHERE endpoint = 'realtime' AND key_id = ? AND ts_ms >= 0"
+    wanted = expected_uc("gpt-realtime", done["response"]["usage"])
+    wait_for(lambda: wanted in [r["cost_uc"] for r in server.db_rows(sql, (key_id,))], 10, "the billed response")
+
+
+def test_session_update_to_another_model_refused(server):
+    raw = upgrade(server, "alice", "/v1/realtime?model=gpt-realtime-mini")
+    assert raw.event()["type"] == "session.created"
+    raw.send_json({"type": "session.update", "session": {"type": "realtime", "model": "gpt-realtime"}})
+    error = raw.event()
+    assert error["type"] == "error" and error["error"]["code"] == "model_change_not_allowed"
+    raw.send_frame(0x8, struct.pack("!H", 1000))
+    assert raw.close_code() == 1000
+    raw.close()
+
+
+def test_end_user_budget_ends_the_session_then_refuses_the_upgrade(server):
+    """``userlimits``' budget for an end user (x-stockyard-user) is spent by each response as the
+    key's is: used up, the session ends (1008) and the user's next upgrade is a 429; another user's is not."""
+    put_module(server, "userlimits", {"budget_usd": "0.01", "budget_period": "day"})
+    try:
+        raw = upgrade(server, "alice", extra="x-stockyard-user: carol\r\n")
+        assert raw.status == 101 and raw.event()["type"] == "session.created"
+        events = audio_until_error(raw)
+        assert events[-2]["type"] == "response.done" and events[-1]["error"]["code"] == "budget_exceeded"
+        assert raw.close_code() == 1008
+        raw.close()
+        again = upgrade(server, "alice", extra="x-stockyard-user: carol\r\n")
+        assert again.status == 429, again.head
+        refusal(again)
+        other = upgrade(server, "alice", extra="x-stockyard-user: dave\r\n")
+        assert other.status == 101
+        other.close()
+    finally:
+        put_module(server, "userlimits", {}, enabled=False)
+
+
+def test_guard_deny_list_refused_at_upgrade(server):
+    put_module(server, "guard", {"deny_models": ["gpt-realtime-mini"]})
+    try:
+        refused = upgrade(server, "alice", "/v1/realtime?model=gpt-realtime-mini")
+        assert refused.status == 403
+        assert refusal(refused)["error"]["code"] == "model_not_allowed"
+        allowed = upgrade(server, "alice")
+        assert allowed.status == 101
+        allowed.close()
+    finally:
+        put_module(server, "guard", {}, enabled=False)
+
+
+def test_browser_key_as_subprotocol(server):
+    """A browser's key in ``Sec-WebSocket-Protocol`` (``openai-insecure-api-key.<key>``) is accepted,
+    and ``realtime`` agreed."""
+    secret = server.secret("alice")
+    raw = Raw(
+        server,
+        None,
+        f"Sec-WebSocket-Protocol: realtime, openai-insecure-api-key.{secret}\r\n",
+        "/v1/realtime?model=gpt-realtime",
+    )
+    assert raw.status == 101, raw.head
+    assert "sec-websocket-protocol: realtime" in raw.head.lower()
+    assert raw.event()["type"] == "session.created"
+    raw.close()
+    assert secret not in server.log
+
+
+def test_each_response_counts_against_the_keys_rpm(server):
+    """A key with rpm 1: its session's response is one request in its window, so its next upgrade
+    within the minute is a 429 (rate_limit_exceeded), with Retry-After."""
+    raw = upgrade(server, "onerpm")
+    assert raw.status == 101 and raw.event()["type"] == "session.created"
+    raw.send_json({"type": "response.create", "response": {"output_modalities": ["text"]}})
+    assert raw.until("response.done")[-1]["type"] == "response.done"
+    raw.close()
+    traces(server, "onerpm", 1)
+    again = upgrade(server, "onerpm")
+    assert again.status == 429, again.head
+    assert "retry-after" in again.head.lower()
+    refusal(again)
+
+
+def test_drain_closes_the_session_1001(pyz_path, cache_home, mock, tmp_path):
+    """SIGTERM: an open session is closed with 1001 (going away) and the server exits."""
+    srv = ServerProcess(pyz_path, tmp_path / "drain.db", mock_env(cache_home, mock)).start()
+    try:
+        raw = upgrade(srv, None)
+        assert raw.status == 101 and raw.event()["type"] == "session.created"
+        srv.proc.send_signal(signal.SIGTERM)
+        assert raw.close_code() == 1001
+        raw.close()
+        assert srv.stop() == 0
+    finally:
+        srv.stop()
+
+
+def test_alias_routes_the_session(server, mock):
+    """``alias``: a session opened for an alias goes to its target, billed at the target's price."""
+    put_module(server, "alias", {"aliases": {"voice": "gpt-realtime-mini"}})
+    try:
+        raw = upgrade(server, "alice", "/v1/realtime?model=voice")
+        assert raw.status == 101, raw.head
+        assert raw.event()["type"] == "session.created"
+        raw.send_json({"type": "response.create", "response": {"output_modalities": ["text"]}})
+        done = raw.until("response.done")[-1]
+        raw.close()
+    finally:
+        put_module(server, "alias", {}, enabled=False)
+    assert mock.last("/realtime").query == {"model": "gpt-realtime-mini"}
+    wanted = expected_uc("gpt-realtime-mini", done["response"]["usage"])
+    sql = "SELECT cost_uc FROM traces WHERE endpoint = 'realtime' AND model = 'voice'"
+    wait_for(lambda: [r["cost_uc"] for r in server.db_rows(sql)] == [wanted], 10, "the aliased response")
+
+
+def test_model_served_by_deployments_is_refused(server):
+    """A session names a provider/model: a name served by deployments is a 400 saying so, not sent
+    to whichever provider the bare name would reach."""
+    deployment = {"name": "a", "provider": "openai", "model": "gpt-realtime"}
+    status, view = api(server, "POST", "/api/models/voice-pool/deployments", deployment)
+    assert status == 201, view
+    try:
+        refused = upgrade(server, "alice", "/v1/realtime?model=voice-pool")
+        assert refused.status == 400
+        error = refusal(refused)["error"]
+        assert error["code"] == "unsupported_model" and "deployments" in error["message"]
+    finally:
+        api(server, "DELETE", "/api/models/voice-pool")
+
+
+def test_server_vad_responses_billed_and_ending_a_budget(server):
+    """With server VAD the provider answers speech on its own, with no response.create to hold: its
+    response is billed from its response.done as any is, and the one that uses the budget up ends
+    the session (1008)."""
+    key = server.create_keys({"vad": ["--budget-usd", "0.01", "--budget-period", "day"]})["vad"]
+    server.keys["vad"] = key
+    wait_for(lambda: server.request("GET", "/v1/models", headers=server.auth("vad"))[0] == 200, 10, "the key")
+    raw = upgrade(server, "vad")
+    assert raw.event()["type"] == "session.created"
+    vad = {"audio": {"input": {"turn_detection": {"type": "server_vad"}}}, "type": "realtime"}
+    raw.send_json({"type": "session.update", "session": vad})
+    assert raw.event()["type"] == "session.updated"
+    raw.send_json({"type": "input_audio_buffer.append", "audio": pcm(1)})
+    events = [raw.event()]
+    while events[-1]["type"] != "error":
+        events.append(raw.event())
+    kinds = [e["type"] for e in events]
+    assert "input_audio_buffer.speech_stopped" in kinds and "response.create" not in kinds
+    assert kinds[-2:] == ["response.done", "error"] and events[-1]["error"]["code"] == "budget_exceeded"
+    assert raw.close_code() == 1008
+    raw.close()
+    (row,) = traces(server, "vad", 1)
+    assert row["cost_uc"] == expected_uc("gpt-realtime", events[-2]["response"]["usage"])
+
+
+@pytest.fixture(scope="module")
+def quick(pyz_path, cache_home, mock, tmp_path_factory):
+    """A server whose limits come quickly: a message must arrive whole within 1 s, a session
+    with no data frame either way closes after 2 s."""
+    env = mock_env(cache_home, mock, STOCKYARD_REQUEST_READ_TIMEOUT="1", STOCKYARD_WEBSOCKET_IDLE_TIMEOUT="2")
+    srv = ServerProcess(pyz_path, tmp_path_factory.mktemp("quick") / "stockyard.db", env).start()
+    yield srv
+    srv.stop()
+
+
+def test_message_never_finished_closes_1008(quick):
+    raw = upgrade(quick, None)
+    assert raw.event()["type"] == "session.created"
+    raw.send_frame(0x1, b'{"type": "input_audio', fin=False)
+    assert raw.close_code() == 1008
+    raw.close()
+
+
+def test_pings_alone_do_not_keep_a_session_open(quick):
+    """Idle: the client's pings are answered but are not activity; the session closes (1000)."""
+    raw = upgrade(quick, None)
+    assert raw.event()["type"] == "session.created"
+    raw.send_json({"type": "input_audio_buffer.append", "audio": pcm(0.1)})  # a data frame first
+    started = time.monotonic()
+    code = None
+    while code is None and time.monotonic() - started < 8:
+        raw.send_frame(0x9, b"hi")
+        opcode, payload = raw.frame()
+        if opcode == 0x8:
+            code = struct.unpack("!H", payload[:2])[0]
+    assert code == 1000
+    raw.close()
+
+
+def test_client_leaving_mid_response_cancels_and_bills_it(server, mock):
+    """The client leaves while a response runs: Stockyard cancels it at the provider and waits a
+    moment for its response.done (status cancelled, with what it used), which it bills."""
+    raw = upgrade(server, "alice")
+    assert raw.event()["type"] == "session.created"
+    ident = "resp_mock_1"
+    held = {"output_modalities": ["text"], "metadata": {"mock": "hold"}}
+    raw.send_json({"type": "response.create", "response": held})
+    assert raw.until("response.output_text.delta")[0]["type"] == "response.created"
+    raw.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    raw.close()  # gone, mid-response
+    done = wait_for(lambda: next((d for d in mock.realtime_done if d["status"] == "cancelled"), None), 10, "the cancel")
+    assert done["id"] == ident
+    wanted = expected_uc("gpt-realtime", done["usage"])
+    sql = "SELECT cost_uc FROM traces WHERE endpoint = 'realtime' AND cost_uc = ?"
+    wait_for(lambda: server.db_rows(sql, (wanted,)), 10, "the cancelled response billed")
+
+
+def test_past_the_websocket_cap_a_503_not_a_426(pyz_path, cache_home, mock, tmp_path):
+    """Realtime has no HTTP to go on with: past STOCKYARD_WEBSOCKET_MAX_CONNECTIONS the handshake is
+    the cap's own 503 with Retry-After (not the Responses WebSocket's 426)."""
+    env = mock_env(cache_home, mock, STOCKYARD_WEBSOCKET_MAX_CONNECTIONS="1")
+    srv = ServerProcess(pyz_path, tmp_path / "cap.db", env).start()
+    try:
+        first = upgrade(srv, None)
+        assert first.status == 101 and first.event()["type"] == "session.created"
+        second = upgrade(srv, None)
+        assert second.status == 503 and "retry-after: 1" in second.head.lower()
+        assert refusal(second)["error"]["code"] == "too_many_websockets"
+        first.close()
+    finally:
+        srv.stop()
+
+
+def test_each_response_counts_against_an_end_users_rpm(server):
+    """``userlimits`` rpm 1: an end user's session response is counted in its window, so its next
+    upgrade within the minute is a 429; another end user's is not."""
+    put_module(server, "userlimits", {"rpm": 1})
+    try:
+        raw = upgrade(server, "alice", extra="x-stockyard-user: erin\r\n")
+        assert raw.status == 101 and raw.event()["type"] == "session.created"
+        raw.send_json({"type": "response.create", "response": {"output_modalities": ["text"]}})
+        assert raw.until("response.done")[-1]["type"] == "response.done"
+        raw.close()
+        key_id = server.db_rows("SELECT id FROM client_keys WHERE name = 'alice'")[0]["id"]
+        sql = "SELECT id FROM traces WHERE endpoint = 'realtime' AND key_id = ? AND end_user = 'erin'"
+        wait_for(lambda: server.db_rows(sql, (key_id,)), 10, "erin's response")
+        again = upgrade(server, "alice", extra="x-stockyard-user: erin\r\n")
+        assert again.status == 429, again.head
+        refusal(again)
+        other = upgrade(server, "alice", extra="x-stockyard-user: frank\r\n")
+        assert other.status == 101
+        other.close()
+    finally:
+        put_module(server, "userlimits", {}, enabled=False)
