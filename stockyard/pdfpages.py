@@ -1,14 +1,20 @@
-"""The PDFs a request sends Gemini, held at what Google bills for them: each page as an image.
+"""The PDFs a request sends, held at what the provider bills for them: each page as an image (and, on
+Claude and OpenAI, its text besides).
 
 Gemini reads a PDF page as an image (258 tokens a page on Gemini 2.5 and older; on Gemini 3 by its
-media resolution: 560 at the PDF default, medium, up to 2,240 at ``ULTRA_HIGH``), so a PDF of many
-pages costs many images' tokens, far more than its bytes at four a token when its pages are small.
-An inline PDF (Gemini's ``inlineData``, a ``data:application/pdf`` URL, a Claude ``document``'s base64
-source: every dialect Stockyard translates for Gemini) is held at its pages (:func:`pdf_pages`, read
-from the PDF), less the bytes the body estimate counted for it already; a PDF Gemini reads by
-reference (``fileData``), whose pages Stockyard never sees, at Gemini's limit of
-:data:`MAX_PDF_PAGES` pages, less the image the reference is held as already
-(``estimate.image_tokens``).
+media resolution: 560 at the PDF default, medium, up to 2,240 at ``ULTRA_HIGH``). Claude and OpenAI's
+vision models read each page as its extracted text and an image of it (Anthropic's PDF support page:
+1,500-3,000 tokens of text a page by its density, and the page's image at the vision rule; OpenAI's
+file inputs page: "both the extracted text and an image of each page"), held at
+:data:`PAGE_TEXT_TOKENS` and the model's largest image. So a PDF of many pages costs many images'
+tokens, far more than its bytes at four a token when its pages are small. An inline PDF (Gemini's
+``inlineData``, a ``data:application/pdf`` URL, a Claude ``document``'s base64 source: every dialect
+Stockyard translates) is held at its pages (:func:`pdf_pages`, read from the PDF), less the bytes the
+body estimate counted for it already; a PDF by reference at the pages Stockyard counted when it was
+uploaded through it (``files_api.Ownership.file_pages``: an uploaded Gemini file, OpenAI file or
+Anthropic file, :class:`PageCounter` as its bytes pass), and a Gemini ``fileData`` PDF Stockyard did
+not count at Gemini's limit of :data:`MAX_PDF_PAGES` pages, each less the image the reference is held
+as already (``estimate.image_tokens``).
 """
 
 from __future__ import annotations
@@ -16,11 +22,14 @@ from __future__ import annotations
 import binascii
 import re
 import zlib
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping
 
 from .estimate import body_values
 
 MAX_PDF_PAGES = 1000  # Gemini reads PDFs of up to 1,000 pages (its document-processing page)
+# A page's extracted text on Claude and OpenAI: Anthropic's PDF support page puts it at 1,500-3,000
+# tokens by the page's density; the dense end is held (its image comes on top: the model's largest).
+PAGE_TEXT_TOKENS = 3000
 PAGE_TOKENS_25 = 258  # a page on Gemini 2.5 and older
 # Gemini 3's media resolutions (per part, or the request's generationConfig.mediaResolution), tokens a
 # page; a PDF without one is read at medium.
@@ -90,23 +99,32 @@ def _level(value: Any) -> str | None:
     return name if name in RESOLUTION_TOKENS else None
 
 
-def held_pdf_tokens(body: Any, raw: bytes, model: str, image_tokens: int) -> int:
+def held_pdf_tokens(
+    body: Any, raw: bytes, model: str, image_tokens: int, gemini: bool = True, known: Mapping[str, int] | None = None
+) -> int:
     """Input tokens a request's PDFs add to what the body estimate holds (its bytes at four a token,
     and ``image_tokens`` for each file it names by reference): each inline PDF's pages less its
-    base64 at four bytes a token, each PDF by reference :data:`MAX_PDF_PAGES` pages less one image."""
-    if not isinstance(body, dict) or _MARK.search(raw) is None:
+    base64 at four bytes a token; each by reference that ``known`` counts (file id or Gemini file
+    URI → pages) at its pages, a Gemini ``fileData`` PDF it does not at :data:`MAX_PDF_PAGES`, each
+    less one image. A page at Gemini's rate (``gemini``, :func:`page_tokens`), else at its text and
+    an image (:data:`PAGE_TEXT_TOKENS` + ``image_tokens``)."""
+    known = known or {}
+    if not isinstance(body, dict) or (not known and _MARK.search(raw) is None):
         return 0
     extra = 0
     for part in body_values(body):
         if not isinstance(part, dict):
             continue
         inline, by_reference = _pdf_of(part)
+        per_page = page_tokens(model, body, part) if gemini else PAGE_TEXT_TOKENS + image_tokens
         if inline is not None:
-            per_page, counted = page_tokens(model, body, part), -(-len(inline) // 4)
+            counted = -(-len(inline) // 4)
             if counted < MAX_PDF_PAGES * per_page:  # else its bytes hold more than its pages may cost: not read
                 extra += max(0, _inline_pages(inline) * per_page - counted)
-        elif by_reference:
-            extra += max(0, MAX_PDF_PAGES * page_tokens(model, body, part) - image_tokens)
+        elif by_reference is not None and gemini:
+            extra += max(0, known.get(by_reference, MAX_PDF_PAGES) * per_page - image_tokens)
+        elif isinstance(part.get("file_id"), str) and part["file_id"] in known:
+            extra += max(0, known[part["file_id"]] * per_page - image_tokens)
     return extra
 
 
@@ -122,24 +140,25 @@ def _inline_pages(inline: str) -> int:
 _DATA_URL = re.compile(r"data:application/pdf(?:;[^,;]*)*;base64,", re.IGNORECASE)
 
 
-def _pdf_of(part: dict) -> tuple[str | None, bool]:
-    """(the base64 of an inline PDF, whether a PDF by reference) of one object of a body: Gemini's
+def _pdf_of(part: dict) -> tuple[str | None, str | None]:
+    """(the base64 of an inline PDF, the URI of a PDF by reference) of one object of a body: Gemini's
     ``inlineData`` / ``fileData`` (either spelling), a Claude ``document`` source, or any string
     member that is a ``data:application/pdf`` URL (chat's ``file_data``, Responses' ``input_file``)."""
     for key in ("inlineData", "inline_data", "source"):
         inner = part.get(key)
         if isinstance(inner, dict) and _is_pdf(inner) and isinstance(inner.get("data"), str):
-            return inner["data"], False
+            return inner["data"], None
     for key in ("fileData", "file_data"):
         inner = part.get(key)
         if isinstance(inner, dict) and _is_pdf(inner):
-            return None, True
+            uri = inner.get("fileUri", inner.get("file_uri"))
+            return None, uri if isinstance(uri, str) else ""
     for value in part.values():
         if isinstance(value, str) and value[:5].lower() == "data:":
             found = _DATA_URL.match(value)
             if found is not None:
-                return value[found.end() :], False
-    return None, False
+                return value[found.end() :], None
+    return None, None
 
 
 def _is_pdf(inner: dict) -> bool:
