@@ -58,6 +58,7 @@ from .objectrefs import (
     referenced_gemini_files,
     referenced_vector_stores,
 )
+from .pdfpages import count_pages, uploaded_pages
 from .providers import AZURE_API_VERSION, Provider, Registry
 from .providers.responses_adapters import upstream_headers
 from .proxy import REQUEST_ID_HEADERS, Reply, RequestPath, fail, passed_headers, refused, send_error, unexpected
@@ -304,6 +305,7 @@ class Owned:
     provider: str
     billed: bool
     tokens: int | None = None  # a Gemini context cache's tokens (None: not known)
+    pages: int | None = None  # an uploaded PDF's pages (pdfpages.PageCounter; None: not a PDF, or not counted)
 
 
 class Ownership:
@@ -324,14 +326,15 @@ class Ownership:
         row = (
             self._store.read()
             .execute(
-                "SELECT id, kind, key_id, provider, billed, tokens FROM owned_objects WHERE id = ? AND kind = ?",
+                "SELECT id, kind, key_id, provider, billed, tokens, pages FROM owned_objects WHERE id = ? AND kind = ?",
                 (object_id, kind),
             )
             .fetchone()
         )
         if row is None or row["key_id"] != owner:
             return None
-        return Owned(row["id"], row["kind"], row["key_id"], row["provider"], bool(row["billed"]), row["tokens"])
+        billed = bool(row["billed"])
+        return Owned(row["id"], row["kind"], row["key_id"], row["provider"], billed, row["tokens"], row["pages"])
 
     def check_references(self, ctx: RequestContext) -> None:
         """A model call naming a file by ``file_id`` (a chat ``file`` part, a Responses
@@ -350,7 +353,7 @@ class Ownership:
             return
         if ctx.dialect == GEMINI:
             if may_name_file(ctx.raw):
-                self.check_gemini_files(ctx.body, owner_of(ctx))
+                ctx.pdf_pages.update(self.check_gemini_files(ctx.body, owner_of(ctx)))
             return self.check_cached_content(ctx)
         if ctx.dialect not in (OPENAI, RESPONSES):
             return
@@ -366,7 +369,7 @@ class Ownership:
             if theirs is not None:
                 raise not_found("vector_store", theirs, stores[theirs])
         if walk or may_name(ctx.raw, b"file_id"):
-            self.require_files(referenced_files(ctx.body), owner, "file_id")
+            ctx.pdf_pages.update(self.require_files(referenced_files(ctx.body), owner, "file_id"))
 
     def check_anthropic_objects(self, ctx: RequestContext) -> None:
         """A Messages API call (``/v1/messages``, ``count_tokens``) may name only this key's
@@ -397,7 +400,7 @@ class Ownership:
         self.require_anthropic_container(ctx.body, None if ctx.key is None else owner)
         if ctx.key is None or not may_name(ctx.raw, b"file_id"):  # open mode: one owner
             return
-        self.require_anthropic_files(ctx.body, owner)
+        ctx.pdf_pages.update(self.require_anthropic_files(ctx.body, owner))
 
     def require_anthropic_container(self, body: object, owner: str | None, where: str = "") -> None:
         """The container a Messages body names (``objectrefs.anthropic_container``: a malformed one is
@@ -409,12 +412,18 @@ class Ownership:
         if self.find(container_id, ANTHROPIC_CONTAINER, owner) is None:
             raise anthropic_container_not_found(container_id, where)
 
-    def require_anthropic_files(self, body: object, owner: str, where: str = "") -> None:
+    def require_anthropic_files(self, body: object, owner: str, where: str = "") -> dict[str, int]:
         """Every file a Messages body names is ``owner``'s Anthropic file, else Anthropic's 404 (``where``
-        says which request of a batch); each id looked up once."""
+        says which request of a batch); each id looked up once. The pages of those that are PDFs
+        Stockyard counted, by id (``RequestContext.pdf_pages``)."""
+        pages: dict[str, int] = {}
         for file_id in sorted(referenced_files(body)):
-            if self.find(file_id, ANTHROPIC_FILE, owner) is None:
+            owned = self.find(file_id, ANTHROPIC_FILE, owner)
+            if owned is None:
                 raise anthropic_file_not_found(file_id, where)
+            if owned.pages is not None:
+                pages[file_id] = owned.pages
+        return pages
 
     def check_cached_content(self, ctx: RequestContext) -> None:
         """A Gemini-native call (generateContent, streamGenerateContent, countTokens) may name only
@@ -436,24 +445,35 @@ class Ownership:
                 raise cache_not_found(value.removeprefix("cachedContents/"))
             ctx.caches[owned.id] = owned.tokens
 
-    def check_gemini_files(self, body: object, owner: str) -> None:
+    def check_gemini_files(self, body: object, owner: str) -> dict[str, int]:
         """Each Gemini Files API file a body names (``objectrefs.referenced_gemini_files``: a part's
         ``fileData.fileUri``) must be ``owner``'s
         (``gemini_files``): a file holds a prompt's media and the provider would read any key's.
         Another key's, one Stockyard never saw, or a variant of a file's URI is Google's 404 here,
-        before any module or provider call."""
+        before any module or provider call. The pages of those that are PDFs Stockyard counted, by
+        the URI as the body names it (``RequestContext.pdf_pages``)."""
+        pages: dict[str, int] = {}
         for uri in referenced_gemini_files(body):
             file_id = file_uri_id(uri)
-            if file_id is None or self.find(FILE_PREFIX + file_id, GEMINI_FILE, owner) is None:
+            owned = None if file_id is None else self.find(FILE_PREFIX + file_id, GEMINI_FILE, owner)
+            if owned is None:
                 raise file_not_found(uri.strip()[:200])
+            if owned.pages is not None:
+                pages[uri] = owned.pages
+        return pages
 
-    def require_files(self, file_ids: Iterable[str], owner: str, param: str) -> None:
+    def require_files(self, file_ids: Iterable[str], owner: str, param: str) -> dict[str, int]:
         """Every one of ``file_ids`` must be ``owner``'s file (the provider would read any key's):
         else OpenAI's 404 naming the first that is not. Each id is looked up once, in order: a
-        list may repeat one a million times."""
+        list may repeat one a million times. The pages of those that are PDFs Stockyard counted."""
+        pages: dict[str, int] = {}
         for file_id in dict.fromkeys(file_ids):
-            if self.find(file_id, "file", owner) is None:
+            owned = self.find(file_id, "file", owner)
+            if owned is None:
                 raise not_found("file", file_id, param)
+            if owned.pages is not None:
+                pages[file_id] = owned.pages
+        return pages
 
     def first_of_another(self, ids: list[str], kind: str, owner: str) -> str | None:
         """The first of ``ids`` some key other than ``owner`` made (an id no key owns: none of
@@ -495,10 +515,11 @@ class Ownership:
         provider: str,
         hold: BatchHold | None = None,
         tokens: int | None = None,
+        pages: int | None = None,
     ) -> bool:
         """Record a new object as ``owner``'s (a batch with what it holds, and the project it holds
-        it against, until billed; a context cache with its ``tokens``, when known); False when the
-        id was already held (it keeps its first owner)."""
+        it against, until billed; a context cache with its ``tokens``, when known; an uploaded PDF with
+        its ``pages``); False when the id was already held (it keeps its first owner)."""
         now = int(time.time() * 1000)
         held_uc = hold.held_uc if hold is not None else 0
         held_project = hold.project if hold is not None and held_uc else None
@@ -506,8 +527,8 @@ class Ownership:
             lambda conn: (
                 conn.execute(
                     "INSERT OR IGNORE INTO owned_objects (id, kind, key_id, provider, created_at, held_uc,"
-                    " held_project, tokens) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (object_id, kind, owner, provider, now, held_uc, held_project, tokens),
+                    " held_project, tokens, pages) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (object_id, kind, owner, provider, now, held_uc, held_project, tokens, pages),
                 ).rowcount
                 == 1
             )
@@ -519,12 +540,15 @@ class Ownership:
         sql = "UPDATE owned_objects SET tokens = ? WHERE id = ? AND kind = 'cached_content' AND tokens IS NULL"
         self._store.write(lambda conn: conn.execute(sql, (tokens, object_id)))
 
-    def replace(self, object_id: str, kind: str, owner: str, provider: str, lifetime_ms: int) -> bool:
+    def replace(
+        self, object_id: str, kind: str, owner: str, provider: str, lifetime_ms: int, pages: int | None = None
+    ) -> bool:
         """Record an object the provider just made under a name the client may choose (a Gemini
-        file's) as ``owner``'s. A row naming it already is taken over when it is the key's own or
-        older than ``lifetime_ms`` (the provider keeps such objects that long: that one expired
-        there, and its key must not own the new one); another key's younger row keeps the name (two
-        uploads racing for one name: the first to finish has it). True when the object is ``owner``'s."""
+        file's, with its ``pages`` when a PDF) as ``owner``'s. A row naming it already is taken over
+        when it is the key's own or older than ``lifetime_ms`` (the provider keeps such objects that
+        long: that one expired there, and its key must not own the new one); another key's younger
+        row keeps the name (two uploads racing for one name: the first to finish has it). True when
+        the object is ``owner``'s."""
         now = int(time.time() * 1000)
 
         def job(conn: sqlite3.Connection) -> bool:
@@ -533,8 +557,9 @@ class Ownership:
                 (object_id, kind, owner, now - lifetime_ms),
             )
             inserted = conn.execute(
-                "INSERT OR IGNORE INTO owned_objects (id, kind, key_id, provider, created_at) VALUES (?, ?, ?, ?, ?)",
-                (object_id, kind, owner, provider, now),
+                "INSERT OR IGNORE INTO owned_objects (id, kind, key_id, provider, created_at, pages)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (object_id, kind, owner, provider, now, pages),
             )
             return inserted.rowcount == 1
 
@@ -1141,12 +1166,14 @@ class FilesAPI(ProviderCalls):
                 )
             if purpose == "batch":
                 self._check_batch_lines(ctx, provider, upload.open(parts[0]))
+            counter = count_pages(upload.open(parts[0]))  # a PDF's, which a prompt naming it is held at
             body = upload.encode()
             answer, doc = self._call(
                 ctx, provider, "POST", "/files", body, content_type=body.content_type, length=body.length
             )
         if answer.status < 300 and isinstance(doc, dict) and isinstance(doc.get("id"), str):
-            self.ownership.claim(doc["id"], "file", owner_of(ctx), provider.name)
+            pages = uploaded_pages(counter, doc["id"])
+            self.ownership.claim(doc["id"], "file", owner_of(ctx), provider.name, pages=pages)
         self._send(reply, ctx, answer)
 
     def _check_batch_lines(

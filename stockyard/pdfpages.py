@@ -19,13 +19,20 @@ as already (``estimate.image_tokens``).
 
 from __future__ import annotations
 
+import base64
 import binascii
+import dataclasses
+import json
+import logging
 import re
 import zlib
-from typing import Any, Iterator, Mapping
+from dataclasses import dataclass
+from io import RawIOBase
+from typing import IO, Any, Iterator, Mapping
 
 from .estimate import body_values
 
+log = logging.getLogger("stockyard.files")
 MAX_PDF_PAGES = 1000  # Gemini reads PDFs of up to 1,000 pages (its document-processing page)
 # A page's extracted text on Claude and OpenAI: Anthropic's PDF support page puts it at 1,500-3,000
 # tokens by the page's density; the dense end is held (its image comes on top: the model's largest).
@@ -39,7 +46,7 @@ GENERATION = re.compile(r"gemini-(\d+)")
 # A page object (``/Type /Page``, not ``/Pages``), and a page tree's count of the pages under it.
 _PAGE = re.compile(rb"/Type\s*/Page(?![A-Za-z])")
 _COUNT = re.compile(rb"/Count\s+(\d{1,7})")
-_STREAM = re.compile(rb"stream\r?\n")
+_STREAM = re.compile(rb"(?<!end)stream\r?\n")  # a stream's start, not an endstream before a line end
 INFLATE_MAX = 32 << 20  # bytes of compressed object streams inflated for one PDF, at most
 _MARK = re.compile(rb"application(?:/|\\/)pdf|\\u00[0-7][0-9A-Fa-f]")  # a PDF's type, or an escape that may spell it
 
@@ -164,3 +171,155 @@ def _pdf_of(part: dict) -> tuple[str | None, str | None]:
 def _is_pdf(inner: dict) -> bool:
     kind = inner.get("mimeType", inner.get("mime_type", inner.get("media_type")))
     return isinstance(kind, str) and kind.strip().lower() == "application/pdf"
+
+
+CARRY = 4096  # bytes of a piece kept for the next: a page's or a count's mark split between two pieces
+CARRY_MAX = 1 << 20  # an object stream open at a piece's end is carried whole up to this size, else not read
+_HEADER = b"%PDF-"  # a PDF starts with it, within its first kilobyte
+_OBJECT_STREAM = re.compile(rb"/Type\s*/ObjStm\b")
+
+
+@dataclass
+class PageCounter:
+    """The pages of a PDF whose bytes pass in pieces (an upload's chunks, a spooled file read in blocks),
+    counted as :func:`pdf_pages` counts a whole one — page objects and page-tree counts in its bytes,
+    else in its object streams — without holding it: each piece is read with the last :data:`CARRY`
+    bytes of the one before (a mark split between two is read once, whole), and an object stream open
+    at a piece's end is carried whole (up to :data:`CARRY_MAX`) until it ends. Its state is a few
+    numbers and the carry (:meth:`dumps`), kept between the requests an upload's chunks come in.
+    :meth:`pages` is None when the bytes are not a PDF; :data:`MAX_PDF_PAGES` when its pages could
+    not be counted (no page mark, a piece missing or out of order, an object stream too large to carry)."""
+
+    at: int = 0  # bytes read so far: the offset the next piece must start at
+    pdf: bool = False  # the PDF header was seen in the first kilobyte
+    state: str = "reading"  # reading | done | not_pdf | lost (a piece missing or out of order)
+    objects: int = 0  # page objects in the PDF's own bytes
+    count: int = 0  # the largest page-tree count in them
+    packed: int = 0  # the most pages one object stream showed
+    unread: bool = False  # an object stream was too large to carry (or inflate) and went unread
+    inflated: int = 0  # bytes inflated so far (at most INFLATE_MAX for a PDF)
+    seen: int = 0  # bytes at the carry's start whose marks were counted already
+    carry: bytes = b""
+
+    def feed(self, data: bytes, offset: int | None = None, final: bool = False) -> None:
+        """Read the next piece (at ``offset``: one at another than :attr:`at` leaves a gap or reads
+        bytes twice, and the count is lost); ``final``: the PDF ends with it."""
+        if self.state != "reading":
+            return
+        if offset is not None and offset != self.at:
+            self.state, self.carry = "lost", b""
+            return
+        self.at += len(data)
+        buf = self.carry + data  # from the file's start while the header is looked for (CARRY > 1 KiB)
+        if not self.pdf:
+            self.pdf = _HEADER in buf[: 1024 + len(_HEADER)]
+            if not self.pdf and (final or self.at >= 1024 + len(_HEADER)):
+                self.state, self.carry = "not_pdf", b""
+                return
+        cut = len(buf) if final else max(0, len(buf) - CARRY)
+        self._count_marks(buf, cut)
+        keep = min(cut, self._read_object_streams(buf, final))
+        self.carry, self.seen = (b"", 0) if final else (buf[keep:], cut - keep)
+        if final:
+            self.state = "done"
+
+    def _count_marks(self, buf: bytes, cut: int) -> None:
+        """Page objects and page-tree counts that start before ``cut`` (the rest are read with the next
+        piece) and not in the :attr:`seen` bytes (read with the last)."""
+        self.objects += sum(1 for found in _PAGE.finditer(buf) if self.seen <= found.start() < cut)
+        counts = [int(found[1]) for found in _COUNT.finditer(buf) if self.seen <= found.start() < cut]
+        self.count = max([self.count, *counts])
+
+    def _read_object_streams(self, buf: bytes, final: bool) -> int:
+        """Inflate each object stream whole in ``buf`` (one read twice counts once: the most pages of
+        one is kept); where one is still open at the end of ``buf``: the offset it starts at, to carry
+        on, else ``len(buf)``."""
+        for start in _STREAM.finditer(buf):
+            head = buf.rfind(b"obj", max(0, start.start() - CARRY), start.start())
+            if head < 0 or _OBJECT_STREAM.search(buf, head, start.start()) is None:
+                continue
+            end = buf.find(b"endstream", start.end())
+            if end < 0:
+                if final or len(buf) - head > CARRY_MAX:
+                    self.unread = True
+                    continue
+                return head
+            if self.inflated >= INFLATE_MAX:
+                self.unread = True
+                continue
+            try:
+                out = zlib.decompressobj().decompress(buf[start.end() : end], INFLATE_MAX - self.inflated)
+            except zlib.error:
+                continue
+            self.inflated += len(out)
+            self.packed = max(self.packed, _pages_in(out))
+        return len(buf)
+
+    def pages(self) -> int | None:
+        """The PDF's pages once its last piece was read (:data:`MAX_PDF_PAGES` when they could not be
+        counted: :meth:`counted`); None for bytes that are not a PDF."""
+        if self.state == "not_pdf":
+            return None
+        found = self._found()
+        return min(found, MAX_PDF_PAGES) if found else MAX_PDF_PAGES
+
+    def counted(self) -> bool:
+        """Whether :meth:`pages` was read from the PDF (else it is :data:`MAX_PDF_PAGES`: :meth:`why_not`)."""
+        return self._found() > 0
+
+    def why_not(self) -> str:
+        """Why the pages were not counted, for the log."""
+        if self.state == "lost":
+            return "a chunk came out of order, or one was missing"
+        if self.state == "reading":
+            return "its last chunk was not read"
+        if self.unread:
+            return "an object stream was too large to read"
+        return "no page object or page count in it: encrypted, or damaged"
+
+    def _found(self) -> int:
+        """Pages counted once the last piece was read: in the PDF's own bytes, else in its object
+        streams (when none went unread); 0: none."""
+        if self.state != "done":
+            return 0
+        return max(self.objects, self.count) or (0 if self.unread else self.packed)
+
+    def dumps(self) -> str:
+        """The state as text, kept between an upload's chunks (``gemini_uploads.pages_state``)."""
+        numbers = {k: v for k, v in dataclasses.asdict(self).items() if k != "carry"}
+        return json.dumps({**numbers, "carry": base64.b64encode(self.carry).decode()})
+
+    @classmethod
+    def loads(cls, text: str | None) -> "PageCounter":
+        """A counter from :meth:`dumps`' text; a new one for None (an upload's first chunk), a lost one for
+        text it cannot read."""
+        if text is None:
+            return cls()
+        try:
+            state = json.loads(text)
+            return cls(**{**state, "carry": base64.b64decode(state["carry"])})
+        except (ValueError, TypeError, KeyError, binascii.Error):
+            return cls(state="lost")
+
+
+def count_pages(source: IO[bytes] | RawIOBase, block: int = 1 << 20) -> PageCounter:
+    """A :class:`PageCounter` that read a whole file from ``source`` in blocks (a spooled upload's part)."""
+    counter = PageCounter()
+    while counter.state == "reading" and (data := source.read(block)):
+        counter.feed(data)
+    counter.feed(b"", final=True)
+    return counter
+
+
+def uploaded_pages(counter: PageCounter, name: str) -> int | None:
+    """The pages to keep with an uploaded file named ``name`` (None: not a PDF); a PDF whose pages could
+    not be counted keeps :data:`MAX_PDF_PAGES`, and the log says so."""
+    pages = counter.pages()
+    if pages is not None and not counter.counted():
+        log.warning(
+            "the pages of the PDF uploaded as %r could not be counted (%s): a prompt naming it is held at %d pages",
+            name[:200],
+            counter.why_not(),
+            pages,
+        )
+    return pages
