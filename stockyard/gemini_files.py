@@ -161,10 +161,11 @@ class UploadSessions:
         )
         return None if row is None else (row["key_id"], row["provider"], row["upload_path"], row["pages_state"])
 
-    def keep_pages(self, token: str, counter: PageCounter) -> None:
-        """Keep what an upload's chunks showed of its pages for its next chunk (on any replica)."""
+    def keep_pages(self, token: str, state: str) -> None:
+        """Keep what an upload's chunks showed of its pages (``PageCounter.dumps``) for its next chunk,
+        on any replica."""
         sql = "UPDATE gemini_uploads SET pages_state = ? WHERE token_hash = ?"
-        self._store.write(lambda conn: conn.execute(sql, (counter.dumps(), hashed(token))))
+        self._store.write(lambda conn: conn.execute(sql, (state, hashed(token))))
 
     def close(self, token: str) -> None:
         self._store.write(
@@ -351,8 +352,8 @@ class GeminiFiles(GoogleCalls):
                 pages = uploaded_pages(counter, name)
                 if not self.ownership.replace(name, GEMINI_FILE, owner, provider.name, FILE_LIFETIME_MS, pages):
                     log.warning("a Gemini file named %r by two keys' uploads stays with the first to finish", name)
-        elif answer.status < 300 and command != ("query",):
-            self.sessions.keep_pages(token, counter)
+        elif answer.status < 300 and (state := counter.dumps()) != pages_state:  # a video's: once, "not_pdf"
+            self.sessions.keep_pages(token, state)
         ctx.reply_headers.pop("x-goog-upload-status", None)
         self._send(reply, ctx, answer, extra)
 

@@ -70,16 +70,28 @@ def _inflated(data: bytes) -> Iterator[bytes]:
     """Each Flate stream of a PDF inflated, :data:`INFLATE_MAX` bytes in all at most (a small stream
     may inflate to gigabytes)."""
     left = INFLATE_MAX
-    for start in _STREAM.finditer(data):
-        end = data.find(b"endstream", start.end())
+    for _, start, end in _streams(data):
         if end < 0 or left <= 0:
             return
         try:
-            out = zlib.decompressobj().decompress(data[start.end() : end], left)
+            out = zlib.decompressobj().decompress(data[start:end], left)
         except zlib.error:
             continue
         left -= len(out)
         yield out
+
+
+def _streams(data: bytes) -> Iterator[tuple[int, int, int]]:
+    """(where its ``stream`` keyword is, where its bytes start, where they end: -1 when ``data`` ends
+    first) of each stream of a PDF, in one pass: the next is looked for after the last one's end, so
+    neither a ``stream`` in a stream's bytes nor many of them before one ``endstream`` is read twice."""
+    at = 0
+    while (found := _STREAM.search(data, at)) is not None:
+        end = data.find(b"endstream", found.end())
+        yield found.start(), found.end(), end
+        if end < 0:
+            return
+        at = end + len(b"endstream")
 
 
 def page_tokens(model: str, body: Any, part: dict) -> int:
@@ -234,21 +246,20 @@ class PageCounter:
         """Inflate each object stream whole in ``buf`` (one read twice counts once: the most pages of
         one is kept); where one is still open at the end of ``buf``: the offset it starts at, to carry
         on, else ``len(buf)``."""
-        for start in _STREAM.finditer(buf):
-            head = buf.rfind(b"obj", max(0, start.start() - CARRY), start.start())
-            if head < 0 or _OBJECT_STREAM.search(buf, head, start.start()) is None:
+        for keyword, start, end in _streams(buf):
+            head = buf.rfind(b"obj", max(0, keyword - CARRY), keyword)
+            if head < 0 or _OBJECT_STREAM.search(buf, head, keyword) is None:
                 continue
-            end = buf.find(b"endstream", start.end())
             if end < 0:
                 if final or len(buf) - head > CARRY_MAX:
                     self.unread = True
-                    continue
+                    break
                 return head
             if self.inflated >= INFLATE_MAX:
                 self.unread = True
                 continue
             try:
-                out = zlib.decompressobj().decompress(buf[start.end() : end], INFLATE_MAX - self.inflated)
+                out = zlib.decompressobj().decompress(buf[start:end], INFLATE_MAX - self.inflated)
             except zlib.error:
                 continue
             self.inflated += len(out)
