@@ -20,7 +20,7 @@ from decimal import Decimal
 
 import pytest
 from conftest import ServerProcess, mock_env, wait_for
-from test_gemini_files import upload
+from test_gemini_files import chunk, upload, upload_url
 from test_gemini_pdf_hold import CAP, IN_25, OUT_25, REFUSAL, USD, pdf
 
 GEMINI_KEY = "AIza-uploadpdf-0123456789abcdefPROVIDERSECRET"
@@ -147,3 +147,30 @@ def test_an_anthropic_file_pdf_is_held_at_its_pages(server):
     headers = {"x-api-key": key, "anthropic-beta": "files-api-2025-04-14"}
     held = hold(server, "/v1/messages", body, headers)
     assert held == bytes_hold(body, HAIKU_IN, HAIKU_OUT) + 8 * (TEXT + CLAUDE_IMAGE) * HAIKU_IN
+
+
+def test_an_upload_whose_chunks_go_to_two_replicas_is_counted_whole(pyz_path, cache_home, mock, pg_url):
+    """PostgreSQL replicas: the chunks alternate between two servers, each going on from the count
+    the other kept (``gemini_uploads.pages_state``); the other replica holds a prompt at the pages."""
+    env = mock_env(cache_home, mock, GEMINI_API_KEY=GEMINI_KEY, GEMINI_BASE_URL=mock.url, STOCKYARD_ADMIN_KEY=ADMIN)
+    replicas = [ServerProcess(pyz_path, pg_url, env).start() for _ in range(2)]  # type: ignore[arg-type]
+    try:
+        key = tight_key(replicas[0])
+        wait_for(lambda: replicas[1].request("GET", "/v1beta/models", headers={"x-goog-api-key": key})[0] != 401)
+        data = pdf(300, packed=True)
+        replicas[0].keys = {"k": key}
+        target = upload_url(replicas[0], "k", len(data))
+        piece, offset = 250, 0
+        while offset < len(data):
+            part = data[offset : offset + piece]
+            last = offset + len(part) >= len(data)
+            status, _, raw = chunk(replicas[(offset // piece + 1) % 2], target, part, offset, last)
+            assert status == 200, raw
+            offset += len(part)
+        made = json.loads(raw)["file"]
+        held, body = gemini_hold(replicas[1], key, made)
+        assert held == bytes_hold(body, IN_25, OUT_25) + 300 * 258 * IN_25
+    finally:
+        for replica in replicas:
+            replica.stop()
+    assert all("Traceback" not in replica.log for replica in replicas)
