@@ -48,7 +48,7 @@ _PAGE = re.compile(rb"/Type\s*/Page(?![A-Za-z])")
 _COUNT = re.compile(rb"/Count\s+(\d{1,7})")
 _STREAM = re.compile(rb"(?<!end)stream\r?\n")  # a stream's start, not an endstream before a line end
 INFLATE_MAX = 32 << 20  # bytes of compressed object streams inflated for one PDF, at most
-_MARK = re.compile(rb"application(?:/|\\/)pdf|\\u00[0-7][0-9A-Fa-f]")  # a PDF's type, or an escape that may spell it
+_ASCII_ESCAPE = re.compile(rb"\\u00([0-7][0-9A-Fa-f])")  # a JSON escape of an ASCII character
 
 
 def pdf_pages(data: bytes) -> int:
@@ -128,7 +128,7 @@ def held_pdf_tokens(
     less one image. A page at Gemini's rate (``gemini``, :func:`page_tokens`), else at its text and
     an image (:data:`PAGE_TEXT_TOKENS` + ``image_tokens``)."""
     known = known or {}
-    if not isinstance(body, dict) or (not known and _MARK.search(raw) is None):
+    if not isinstance(body, dict) or (not known and not may_hold_pdf(raw)):
         return 0
     extra = 0
     for part in body_values(body):
@@ -145,6 +145,18 @@ def held_pdf_tokens(
         elif isinstance(part.get("file_id"), str) and part["file_id"] in known:
             extra += max(0, known[part["file_id"]] * per_page - image_tokens)
     return extra
+
+
+def may_hold_pdf(raw: bytes) -> bool:
+    """Whether a JSON body may hold a PDF: "pdf" in its bytes, in any case (a type, a data URL), its
+    ASCII escapes read (``\\u0070df`` spells it too). A test of the bytes that spares most bodies the
+    walk, now made for every provider: a regular expression took ~1 ms on a 150 KB agent body, this
+    ~0.2 ms, and an escape no longer walks the body."""
+    if json.detect_encoding(raw) not in ("utf-8", "utf-8-sig"):  # UTF-16 or -32, which json.loads reads too
+        return True
+    if b"\\u00" in raw:
+        raw = _ASCII_ESCAPE.sub(lambda found: bytes([int(found[1], 16)]), raw)
+    return b"pdf" in raw.lower()
 
 
 def _inline_pages(inline: str) -> int:
