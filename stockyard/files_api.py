@@ -1215,9 +1215,13 @@ class FilesAPI(ProviderCalls):
                 )
             refused_model(policy, provider, request, number)
             named = referenced_files(body) if may_name(line, b"file_id") else set()
+            pages = {}  # the pages of the PDFs it names that Stockyard counted (a budget holds them)
             for file_id in named:
-                if self.ownership.find(file_id, "file", key.id) is None:
+                owned = self.ownership.find(file_id, "file", key.id)
+                if owned is None:
                     raise not_found("file", f"{file_id} (line {number} of the batch file)", "file")
+                if owned.pages is not None:
+                    pages[file_id] = owned.pages
             for container_id in referenced_containers(body) if may_name(line, b"container") else ():
                 if self.ownership.find(container_id, "container", key.id) is None:
                     raise not_found("container", f"{container_id} (line {number} of the batch file)", "file")
@@ -1258,21 +1262,29 @@ class FilesAPI(ProviderCalls):
                     400, f"line {number} of the batch file: {exc.message}", param="file", code=exc.code
                 ) from None
             if worst is not None:
-                cost = self._line_cost(ctx, provider, request.get("url"), body, line)
+                cost = self._line_cost(ctx, provider, request.get("url"), body, line, pages)
                 worst = None if cost is None else worst + cost
         return worst
 
-    def _line_cost(self, ctx: RequestContext, provider: Provider, url: object, body: dict, line: bytes) -> int | None:
+    def _line_cost(
+        self,
+        ctx: RequestContext,
+        provider: Provider,
+        url: object,
+        body: dict,
+        line: bytes,
+        pages: dict[str, int] | None = None,
+    ) -> int | None:
         """The worst case of one batch line as a budget reserves the call it makes (outputs,
-        predictions, images, tools, the conversation it continues), at the batch price, rounded
-        up; None when its model has no price in tokens."""
+        predictions, images, tools, the conversation it continues, the ``pages`` of the PDFs it
+        names by file id), at the batch price, rounded up; None when its model has no price in tokens."""
         model = body.get("model")
         price = self._path.pricer.price_of(Route(provider, model), model) if isinstance(model, str) else None
         if price is None or price.unit != "token":
             return None
         path = url.split("?", 1)[0].rstrip("/") if isinstance(url, str) else ""
         one = RequestContext(LINE_ENDPOINTS.get(path, "chat"), OPENAI, ctx.client_addr, {})
-        one.body, one.raw = body, line
+        one.body, one.raw, one.pdf_pages = body, line, pages or {}
         previous = body.get("previous_response_id")
         row = self._path.conversations.find(previous, ctx.key_id) if isinstance(previous, str) else None
         if row is not None and row.passthrough:  # the provider bills the conversation it keeps as input

@@ -12,6 +12,7 @@ from the 429 a key with one µ¢ gets.
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import os
@@ -174,3 +175,38 @@ def test_an_upload_whose_chunks_go_to_two_replicas_is_counted_whole(pyz_path, ca
         for replica in replicas:
             replica.stop()
     assert all("Traceback" not in replica.log for replica in replicas)
+
+
+def test_a_message_batch_holds_its_pdfs_at_their_pages(server):
+    """A Claude message batch: an inline 12-page PDF and an uploaded 8-page one, each page its text and an
+    image at the batch price (half), where the batch held their bytes and one image."""
+    key = tight_key(server)
+    uploaded = server.anthropic(key).beta.files.upload(file=("r.pdf", pdf(8), "application/pdf"))
+    inline = {"type": "base64", "media_type": "application/pdf", "data": base64.b64encode(pdf(12)).decode()}
+    requests = [
+        {
+            "custom_id": f"r{i}",
+            "params": {
+                "model": "claude-haiku-4-5",
+                "max_tokens": CAP,
+                "messages": [{"role": "user", "content": [{"type": "document", "source": source}]}],
+            },
+        }
+        for i, source in enumerate([inline, {"type": "file", "file_id": uploaded.id}])
+    ]
+    headers = {"x-api-key": key, "anthropic-beta": "files-api-2025-04-14"}
+    held = hold(server, "/v1/messages/batches", {"requests": requests}, headers)
+    assert held >= (12 + 8) * (TEXT + CLAUDE_IMAGE) * HAIKU_IN // 2
+
+
+def test_an_openai_batch_line_naming_an_uploaded_pdf_holds_its_pages(server):
+    key = tight_key(server)
+    client = server.openai(key)
+    made = client.files.create(file=("r.pdf", io.BytesIO(pdf(20, packed=True))), purpose="user_data")
+    content = [{"type": "file", "file": {"file_id": made.id}}, {"type": "text", "text": "Sum up."}]
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": content}], "max_tokens": CAP}
+    line = {"custom_id": "a", "method": "POST", "url": "/v1/chat/completions", "body": body}
+    batch_file = client.files.create(file=("in.jsonl", io.BytesIO(json.dumps(line).encode() + b"\n")), purpose="batch")
+    fields = {"input_file_id": batch_file.id, "endpoint": "/v1/chat/completions", "completion_window": "24h"}
+    held = hold(server, "/v1/batches", fields, {"Authorization": f"Bearer {key}"})
+    assert held >= 20 * (TEXT + MINI_IMAGE) * MINI_IN // 2
