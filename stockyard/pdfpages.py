@@ -119,16 +119,24 @@ def _level(value: Any) -> str | None:
 
 
 def held_pdf_tokens(
-    body: Any, raw: bytes, model: str, image_tokens: int, gemini: bool = True, known: Mapping[str, int] | None = None
+    body: Any,
+    raw: bytes,
+    model: str,
+    image_tokens: int,
+    gemini: bool = True,
+    known: Mapping[str, int] | None = None,
+    walk: bool = False,
 ) -> int:
     """Input tokens a request's PDFs add to what the body estimate holds (its bytes at four a token,
     and ``image_tokens`` for each file it names by reference): each inline PDF's pages less its
     base64 at four bytes a token; each by reference that ``known`` counts (file id or Gemini file
     URI → pages) at its pages, a Gemini ``fileData`` PDF it does not at :data:`MAX_PDF_PAGES`, each
     less one image. A page at Gemini's rate (``gemini``, :func:`page_tokens`), else at its text and
-    an image (:data:`PAGE_TEXT_TOKENS` + ``image_tokens``)."""
+    an image (:data:`PAGE_TEXT_TOKENS` + ``image_tokens``). The body is walked when ``raw`` may show a
+    PDF (:func:`may_hold_pdf`), or ``walk``: it holds what ``raw`` does not (``estimate.put_in``: a
+    history Stockyard rebuilt, whose PDFs are billed again)."""
     known = known or {}
-    if not isinstance(body, dict) or (not known and not may_hold_pdf(raw)):
+    if not isinstance(body, dict) or (not walk and not known and not may_hold_pdf(raw)):
         return 0
     extra = 0
     for part in body_values(body):

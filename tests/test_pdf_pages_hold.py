@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import threading
+from decimal import Decimal
 
 import pytest
 from conftest import ServerProcess, mock_env, wait_for
 from mock_upstream import Reply
-from test_gemini_pdf_hold import CAP, refused
+from test_gemini_pdf_hold import CAP, REFUSAL, USD, refused
 from test_gemini_pdf_hold import pdf as make_pdf
 
 ANTHROPIC_KEY = "sk-ant-pdfhold-0123456789PROVIDERSECRET"
@@ -152,3 +154,31 @@ def test_a_burst_of_dense_pdfs_cannot_overspend_a_budget(server, mock):
     rows = server.db_rows("SELECT COALESCE(SUM(cost_uc), 0) AS s FROM traces WHERE key_id = ?", (key_id,))
     assert rows[0]["s"] == billed * 100 + 5 * 500  # one answer's cost: within the $0.40 budget
     assert rows[0]["s"] <= 40_000_000
+
+
+def test_a_pdf_in_a_conversations_items_is_held_at_its_pages(server):
+    """A turn of a conversation Stockyard keeps: its items are put in front of the input (not in the
+    client's bytes), and the PDF an earlier item carries is billed again, so held at its pages."""
+    status, _, made = server.request(
+        "POST",
+        "/api/keys",
+        {"name": "conv-pdf", "budget_usd": "0.00000001", "budget_period": "total"},
+        headers={"Authorization": f"Bearer {ADMIN}"},
+    )
+    client = server.openai(json.loads(made)["key"])
+    url = "data:application/pdf;base64," + b64(make_pdf(12))
+    item = {
+        "type": "message",
+        "role": "user",
+        "content": [{"type": "input_file", "filename": "r.pdf", "file_data": url}],
+    }
+    conversation = client.conversations.create(items=[item])
+    import openai
+
+    with pytest.raises(openai.RateLimitError) as refused_turn:
+        client.responses.create(
+            model="claude-haiku-4-5", conversation=conversation.id, input="Sum it up.", max_output_tokens=CAP
+        )
+    found = re.search(REFUSAL, str(refused_turn.value))
+    assert found, str(refused_turn.value)
+    assert int(Decimal(found[1]) * USD) >= 12 * (TEXT + CLAUDE_IMAGE) * HAIKU_IN
