@@ -157,7 +157,9 @@ def test_an_upload_whose_chunks_go_to_two_replicas_is_counted_whole(pyz_path, ca
     replicas = [ServerProcess(pyz_path, pg_url, env).start() for _ in range(2)]  # type: ignore[arg-type]
     try:
         key = tight_key(replicas[0])
-        wait_for(lambda: replicas[1].request("GET", "/v1beta/models", headers={"x-goog-api-key": key})[0] != 401)
+        unknown = {"x-goog-api-key": "sk-sy-unknown"}  # refused once the other replica knows keys exist
+        wait_for(lambda: replicas[1].request("GET", "/v1beta/files", headers=unknown)[0] == 401, what="keys")
+        wait_for(lambda: replicas[1].request("GET", "/v1beta/files", headers={"x-goog-api-key": key})[0] == 200)
         data = pdf(300, packed=True)
         replicas[0].keys = {"k": key}
         target = upload_url(replicas[0], "k", len(data))
