@@ -11,10 +11,10 @@ tokens, far more than its bytes at four a token when its pages are small. An inl
 ``inlineData``, a ``data:application/pdf`` URL, a Claude ``document``'s base64 source: every dialect
 Stockyard translates) is held at its pages (:func:`pdf_pages`, read from the PDF), less the bytes the
 body estimate counted for it already; a PDF by reference at the pages Stockyard counted when it was
-uploaded through it (``files_api.Ownership.file_pages``: an uploaded Gemini file, OpenAI file or
-Anthropic file, :class:`PageCounter` as its bytes pass), and a Gemini ``fileData`` PDF Stockyard did
-not count at Gemini's limit of :data:`MAX_PDF_PAGES` pages, each less the image the reference is held
-as already (``estimate.image_tokens``).
+uploaded through it (:class:`PageCounter` as its bytes passed: a Gemini file, an OpenAI or Anthropic
+file; ``RequestContext.pdf_pages``, from ``files_api.Ownership``'s checks of the files a prompt names),
+and a Gemini ``fileData`` PDF Stockyard did not count at Gemini's limit of :data:`MAX_PDF_PAGES`
+pages, each less the image the reference is held as already (``estimate.image_tokens``).
 """
 
 from __future__ import annotations
@@ -143,16 +143,27 @@ def held_pdf_tokens(
         if not isinstance(part, dict):
             continue
         inline, by_reference = _pdf_of(part)
+        pages = _referenced_pages(part, by_reference if gemini else None, known)
+        if inline is None and pages is None:
+            continue
         per_page = page_tokens(model, body, part) if gemini else PAGE_TEXT_TOKENS + image_tokens
         if inline is not None:
             counted = -(-len(inline) // 4)
             if counted < MAX_PDF_PAGES * per_page:  # else its bytes hold more than its pages may cost: not read
                 extra += max(0, _inline_pages(inline) * per_page - counted)
-        elif by_reference is not None and gemini:
-            extra += max(0, known.get(by_reference, MAX_PDF_PAGES) * per_page - image_tokens)
-        elif isinstance(part.get("file_id"), str) and part["file_id"] in known:
-            extra += max(0, known[part["file_id"]] * per_page - image_tokens)
+        elif pages is not None:
+            extra += max(0, pages * per_page - image_tokens)
     return extra
+
+
+def _referenced_pages(part: dict, uri: str | None, known: Mapping[str, int]) -> int | None:
+    """The pages a PDF by reference in ``part`` is held at: a Gemini ``fileData`` PDF's (its ``uri``)
+    that ``known`` counts, else :data:`MAX_PDF_PAGES`; a ``file_id`` that ``known`` counts (an OpenAI
+    or Anthropic file); None for any other part (one image, held already, or none)."""
+    if uri is not None:
+        return known.get(uri, MAX_PDF_PAGES)
+    file_id = part.get("file_id")
+    return known[file_id] if isinstance(file_id, str) and file_id in known else None
 
 
 def may_hold_pdf(raw: bytes) -> bool:
