@@ -34,6 +34,7 @@ from .errors import ProxyError
 from .files_api import OBJECT_ID, Ownership, ProviderCalls, id_page_query, owner_of
 from .httpio import Request, check_method
 from .objectrefs import ANTHROPIC_FILE, anthropic_file_not_found
+from .pdfpages import count_pages, uploaded_pages
 from .providers import Provider
 from .providers.anthropic import base_path
 from .providers.anthropic import headers as anthropic_headers
@@ -140,14 +141,17 @@ class AnthropicFiles(ProviderCalls):
         with req.upload() as upload:
             ctx.raw = json.dumps(upload.metadata()).encode()
             upload.refuse_stray_files(("file",))
-            if len([f for f in upload.files if f.name == "file"]) != 1:
+            parts = [f for f in upload.files if f.name == "file"]
+            if len(parts) != 1:
                 raise ProxyError(400, "file: one file is required", param="file", code="invalid_value")
+            counter = count_pages(upload.open(parts[0]))  # a PDF's, which a prompt naming it is held at
             form = upload.encode()
             answer, doc = self._call(
                 ctx, provider, "POST", "/v1/files", form, content_type=form.content_type, length=form.length
             )
         if answer.status < 300 and isinstance(doc, dict) and isinstance(doc.get("id"), str):
-            self.ownership.claim(doc["id"], KIND, owner_of(ctx), provider.name)
+            pages = uploaded_pages(counter, doc["id"])
+            self.ownership.claim(doc["id"], KIND, owner_of(ctx), provider.name, pages=pages)
         self._send(reply, ctx, answer)
 
     def _list(self, reply: Reply, ctx: RequestContext, query: dict[str, str]) -> None:

@@ -73,9 +73,10 @@ class Pricer:
         """``estimate.request_cost`` of a token-priced request at ``price``, the image tool's images
         at their model's price (:meth:`tool_image_price`, ``estimate.tool_images_cost``), and the
         hosted search tools' calls at their per-call prices (:meth:`held_call_fees`); None when the
-        tool may draw at a model without one (a budget cannot count those images), and at a Gemini
-        provider the PDFs' pages (``pdfpages.held_pdf_tokens``). A request's worst case and a batch
-        line's both."""
+        tool may draw at a model without one (a budget cannot count those images), and the PDFs' pages
+        as the provider bills them (``pdfpages.held_pdf_tokens``: Gemini's page images, else a page's
+        text and image; an uploaded file's pages Stockyard counted, ``ctx.pdf_pages``). A request's
+        worst case and a batch line's both."""
         fees = 0
         drawn = imagegen.held_tokens(ctx.body)
         if drawn:  # the image tool may draw: its images at its model's price
@@ -85,10 +86,9 @@ class Pricer:
             fees = estimate.tool_images_cost(ctx.body, tool_price, drawn, default_max_tokens)
         model = model or str(ctx.body.get("model") or "")
         calls = self.held_call_fees(ctx, provider, model, price)
-        pdfs = 0
-        if provider.kind == "gemini":  # a PDF's pages, each billed as an image
-            image = price.image_input_tokens or estimate.IMAGE_INPUT_TOKENS
-            pdfs = pdfpages.held_pdf_tokens(ctx.body, ctx.raw, model, image)
+        image = price.image_input_tokens or estimate.IMAGE_INPUT_TOKENS  # a PDF's pages, each billed as an image
+        gemini, walk = provider.kind == "gemini", estimate.put_in(ctx)
+        pdfs = pdfpages.held_pdf_tokens(ctx.body, ctx.raw, model, image, gemini, ctx.pdf_pages, walk)
         return estimate.request_cost(ctx, price, default_max_tokens, sent_back, calls, pdfs) + fees
 
     def held_call_fees(

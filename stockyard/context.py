@@ -376,6 +376,9 @@ class RequestContext:
     # Gemini context caches the body names (files_api.Ownership.check_cached_content): id -> its tokens
     # (None: not known), billed with the call as cached input though the body does not show them
     caches: dict[str, int | None] = field(default_factory=dict)
+    # the uploaded PDFs the body names whose pages Stockyard counted (files_api.Ownership.check_references):
+    # file id (a Gemini file's URI as the body writes it) -> pages, which a budget holds (pdfpages)
+    pdf_pages: dict[str, int] = field(default_factory=dict)
     # Anthropic's native answers: claim(kind, ids) for the files its code execution tool wrote and the
     # container it ran in, the key's before the answer naming them goes on (files_api.Ownership.check_references
     # sets it; anthropic_files, objectrefs.ANTHROPIC_CONTAINER)

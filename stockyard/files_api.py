@@ -58,6 +58,7 @@ from .objectrefs import (
     referenced_gemini_files,
     referenced_vector_stores,
 )
+from .pdfpages import count_pages, uploaded_pages
 from .providers import AZURE_API_VERSION, Provider, Registry
 from .providers.responses_adapters import upstream_headers
 from .proxy import REQUEST_ID_HEADERS, Reply, RequestPath, fail, passed_headers, refused, send_error, unexpected
@@ -327,6 +328,7 @@ class Owned:
     provider: str
     billed: bool
     tokens: int | None = None  # a Gemini context cache's tokens (None: not known)
+    pages: int | None = None  # an uploaded PDF's pages (pdfpages.PageCounter; None: not a PDF, or not counted)
 
 
 class Ownership:
@@ -347,14 +349,15 @@ class Ownership:
         row = (
             self._store.read()
             .execute(
-                "SELECT id, kind, key_id, provider, billed, tokens FROM owned_objects WHERE id = ? AND kind = ?",
+                "SELECT id, kind, key_id, provider, billed, tokens, pages FROM owned_objects WHERE id = ? AND kind = ?",
                 (object_id, kind),
             )
             .fetchone()
         )
         if row is None or row["key_id"] != owner:
             return None
-        return Owned(row["id"], row["kind"], row["key_id"], row["provider"], bool(row["billed"]), row["tokens"])
+        billed = bool(row["billed"])
+        return Owned(row["id"], row["kind"], row["key_id"], row["provider"], billed, row["tokens"], row["pages"])
 
     def check_references(self, ctx: RequestContext) -> None:
         """A model call naming a file by ``file_id`` (a chat ``file`` part, a Responses
@@ -373,7 +376,7 @@ class Ownership:
             return
         if ctx.dialect == GEMINI:
             if may_name_file(ctx.raw):
-                self.check_gemini_files(ctx.body, owner_of(ctx))
+                ctx.pdf_pages.update(self.check_gemini_files(ctx.body, owner_of(ctx)))
             return self.check_cached_content(ctx)
         if ctx.dialect not in (OPENAI, RESPONSES):
             return
@@ -389,7 +392,7 @@ class Ownership:
             if theirs is not None:
                 raise not_found("vector_store", theirs, stores[theirs])
         if walk or may_name(ctx.raw, b"file_id"):
-            self.require_files(referenced_files(ctx.body), owner, "file_id")
+            ctx.pdf_pages.update(self.require_files(referenced_files(ctx.body), owner, "file_id"))
 
     def check_anthropic_objects(self, ctx: RequestContext) -> None:
         """A Messages API call (``/v1/messages``, ``count_tokens``) may name only this key's
@@ -420,7 +423,7 @@ class Ownership:
         self.require_anthropic_container(ctx.body, None if ctx.key is None else owner)
         if ctx.key is None or not may_name(ctx.raw, b"file_id"):  # open mode: one owner
             return
-        self.require_anthropic_files(ctx.body, owner)
+        ctx.pdf_pages.update(self.require_anthropic_files(ctx.body, owner))
 
     def require_anthropic_container(self, body: object, owner: str | None, where: str = "") -> None:
         """The container a Messages body names (``objectrefs.anthropic_container``: a malformed one is
@@ -432,12 +435,18 @@ class Ownership:
         if self.find(container_id, ANTHROPIC_CONTAINER, owner) is None:
             raise anthropic_container_not_found(container_id, where)
 
-    def require_anthropic_files(self, body: object, owner: str, where: str = "") -> None:
+    def require_anthropic_files(self, body: object, owner: str, where: str = "") -> dict[str, int]:
         """Every file a Messages body names is ``owner``'s Anthropic file, else Anthropic's 404 (``where``
-        says which request of a batch); each id looked up once."""
+        says which request of a batch); each id looked up once. The pages of those that are PDFs
+        Stockyard counted, by id (``RequestContext.pdf_pages``)."""
+        pages: dict[str, int] = {}
         for file_id in sorted(referenced_files(body)):
-            if self.find(file_id, ANTHROPIC_FILE, owner) is None:
+            owned = self.find(file_id, ANTHROPIC_FILE, owner)
+            if owned is None:
                 raise anthropic_file_not_found(file_id, where)
+            if owned.pages is not None:
+                pages[file_id] = owned.pages
+        return pages
 
     def check_cached_content(self, ctx: RequestContext) -> None:
         """A Gemini-native call (generateContent, streamGenerateContent, countTokens) may name only
@@ -459,24 +468,35 @@ class Ownership:
                 raise cache_not_found(value.removeprefix("cachedContents/"))
             ctx.caches[owned.id] = owned.tokens
 
-    def check_gemini_files(self, body: object, owner: str) -> None:
+    def check_gemini_files(self, body: object, owner: str) -> dict[str, int]:
         """Each Gemini Files API file a body names (``objectrefs.referenced_gemini_files``: a part's
         ``fileData.fileUri``) must be ``owner``'s
         (``gemini_files``): a file holds a prompt's media and the provider would read any key's.
         Another key's, one Stockyard never saw, or a variant of a file's URI is Google's 404 here,
-        before any module or provider call."""
+        before any module or provider call. The pages of those that are PDFs Stockyard counted, by
+        the URI as the body names it (``RequestContext.pdf_pages``)."""
+        pages: dict[str, int] = {}
         for uri in referenced_gemini_files(body):
             file_id = file_uri_id(uri)
-            if file_id is None or self.find(FILE_PREFIX + file_id, GEMINI_FILE, owner) is None:
+            owned = None if file_id is None else self.find(FILE_PREFIX + file_id, GEMINI_FILE, owner)
+            if owned is None:
                 raise file_not_found(uri.strip()[:200])
+            if owned.pages is not None:
+                pages[uri] = owned.pages
+        return pages
 
-    def require_files(self, file_ids: Iterable[str], owner: str, param: str) -> None:
+    def require_files(self, file_ids: Iterable[str], owner: str, param: str) -> dict[str, int]:
         """Every one of ``file_ids`` must be ``owner``'s file (the provider would read any key's):
         else OpenAI's 404 naming the first that is not. Each id is looked up once, in order: a
-        list may repeat one a million times."""
+        list may repeat one a million times. The pages of those that are PDFs Stockyard counted."""
+        pages: dict[str, int] = {}
         for file_id in dict.fromkeys(file_ids):
-            if self.find(file_id, "file", owner) is None:
+            owned = self.find(file_id, "file", owner)
+            if owned is None:
                 raise not_found("file", file_id, param)
+            if owned.pages is not None:
+                pages[file_id] = owned.pages
+        return pages
 
     def first_of_another(self, ids: list[str], kind: str, owner: str) -> str | None:
         """The first of ``ids`` some key other than ``owner`` made (an id no key owns: none of
@@ -518,10 +538,11 @@ class Ownership:
         provider: str,
         hold: BatchHold | None = None,
         tokens: int | None = None,
+        pages: int | None = None,
     ) -> bool:
         """Record a new object as ``owner``'s (a batch with what it holds, and the project it holds
-        it against, until billed; a context cache with its ``tokens``, when known); False when the
-        id was already held (it keeps its first owner)."""
+        it against, until billed; a context cache with its ``tokens``, when known; an uploaded PDF with
+        its ``pages``); False when the id was already held (it keeps its first owner)."""
         now = int(time.time() * 1000)
         held_uc = hold.held_uc if hold is not None else 0
         held_project = hold.project if hold is not None and held_uc else None
@@ -529,8 +550,8 @@ class Ownership:
             lambda conn: (
                 conn.execute(
                     "INSERT OR IGNORE INTO owned_objects (id, kind, key_id, provider, created_at, held_uc,"
-                    " held_project, tokens) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (object_id, kind, owner, provider, now, held_uc, held_project, tokens),
+                    " held_project, tokens, pages) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (object_id, kind, owner, provider, now, held_uc, held_project, tokens, pages),
                 ).rowcount
                 == 1
             )
@@ -542,12 +563,15 @@ class Ownership:
         sql = "UPDATE owned_objects SET tokens = ? WHERE id = ? AND kind = 'cached_content' AND tokens IS NULL"
         self._store.write(lambda conn: conn.execute(sql, (tokens, object_id)))
 
-    def replace(self, object_id: str, kind: str, owner: str, provider: str, lifetime_ms: int) -> bool:
+    def replace(
+        self, object_id: str, kind: str, owner: str, provider: str, lifetime_ms: int, pages: int | None = None
+    ) -> bool:
         """Record an object the provider just made under a name the client may choose (a Gemini
-        file's) as ``owner``'s. A row naming it already is taken over when it is the key's own or
-        older than ``lifetime_ms`` (the provider keeps such objects that long: that one expired
-        there, and its key must not own the new one); another key's younger row keeps the name (two
-        uploads racing for one name: the first to finish has it). True when the object is ``owner``'s."""
+        file's, with its ``pages`` when a PDF) as ``owner``'s. A row naming it already is taken over
+        when it is the key's own or older than ``lifetime_ms`` (the provider keeps such objects that
+        long: that one expired there, and its key must not own the new one); another key's younger
+        row keeps the name (two uploads racing for one name: the first to finish has it). True when
+        the object is ``owner``'s."""
         now = int(time.time() * 1000)
 
         def job(conn: sqlite3.Connection) -> bool:
@@ -556,8 +580,9 @@ class Ownership:
                 (object_id, kind, owner, now - lifetime_ms),
             )
             inserted = conn.execute(
-                "INSERT OR IGNORE INTO owned_objects (id, kind, key_id, provider, created_at) VALUES (?, ?, ?, ?, ?)",
-                (object_id, kind, owner, provider, now),
+                "INSERT OR IGNORE INTO owned_objects (id, kind, key_id, provider, created_at, pages)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (object_id, kind, owner, provider, now, pages),
             )
             return inserted.rowcount == 1
 
@@ -1179,12 +1204,14 @@ class FilesAPI(ProviderCalls):
                 )
             if purpose == "batch":
                 self._check_batch_lines(ctx, provider, upload.open(parts[0]))
+            counter = count_pages(upload.open(parts[0]))  # a PDF's, which a prompt naming it is held at
             body = upload.encode()
             answer, doc = self._call(
                 ctx, provider, "POST", "/files", body, content_type=body.content_type, length=body.length
             )
         if answer.status < 300 and isinstance(doc, dict) and isinstance(doc.get("id"), str):
-            self.ownership.claim(doc["id"], "file", owner_of(ctx), provider.name)
+            pages = uploaded_pages(counter, doc["id"])
+            self.ownership.claim(doc["id"], "file", owner_of(ctx), provider.name, pages=pages)
         self._send(reply, ctx, answer)
 
     def _check_batch_lines(
@@ -1226,9 +1253,13 @@ class FilesAPI(ProviderCalls):
                 )
             refused_model(policy, provider, request, number)
             named = referenced_files(body) if may_name(line, b"file_id") else set()
+            pages = {}  # the pages of the PDFs it names that Stockyard counted (a budget holds them)
             for file_id in named:
-                if self.ownership.find(file_id, "file", key.id) is None:
+                owned = self.ownership.find(file_id, "file", key.id)
+                if owned is None:
                     raise not_found("file", f"{file_id} (line {number} of the batch file)", "file")
+                if owned.pages is not None:
+                    pages[file_id] = owned.pages
             for container_id in referenced_containers(body) if may_name(line, b"container") else ():
                 if self.ownership.find(container_id, "container", key.id) is None:
                     raise not_found("container", f"{container_id} (line {number} of the batch file)", "file")
@@ -1269,21 +1300,29 @@ class FilesAPI(ProviderCalls):
                     400, f"line {number} of the batch file: {exc.message}", param="file", code=exc.code
                 ) from None
             if worst is not None:
-                cost = self._line_cost(ctx, provider, request.get("url"), body, line)
+                cost = self._line_cost(ctx, provider, request.get("url"), body, line, pages)
                 worst = None if cost is None else worst + cost
         return worst
 
-    def _line_cost(self, ctx: RequestContext, provider: Provider, url: object, body: dict, line: bytes) -> int | None:
+    def _line_cost(
+        self,
+        ctx: RequestContext,
+        provider: Provider,
+        url: object,
+        body: dict,
+        line: bytes,
+        pages: dict[str, int] | None = None,
+    ) -> int | None:
         """The worst case of one batch line as a budget reserves the call it makes (outputs,
-        predictions, images, tools, the conversation it continues), at the batch price, rounded
-        up; None when its model has no price in tokens."""
+        predictions, images, tools, the conversation it continues, the ``pages`` of the PDFs it
+        names by file id), at the batch price, rounded up; None when its model has no price in tokens."""
         model = body.get("model")
         price = self._path.pricer.price_of(Route(provider, model), model) if isinstance(model, str) else None
         if price is None or price.unit != "token":
             return None
         path = url.split("?", 1)[0].rstrip("/") if isinstance(url, str) else ""
         one = RequestContext(LINE_ENDPOINTS.get(path, "chat"), OPENAI, ctx.client_addr, {})
-        one.body, one.raw = body, line
+        one.body, one.raw, one.pdf_pages = body, line, pages or {}
         previous = body.get("previous_response_id")
         row = self._path.conversations.find(previous, ctx.key_id) if isinstance(previous, str) else None
         if row is not None and row.passthrough:  # the provider bills the conversation it keeps as input

@@ -25,7 +25,9 @@ key's own, paged with a token of Stockyard's (``gemini_cache``'s). A prompt nami
 file (``fileData.fileUri``) is refused before any module or provider call
 (``Ownership.check_gemini_files``). Google bills no fee for the Files API (storage is free, files
 expire after 48 hours): every call is traced at cost 0; a budget holds nothing for an upload, and
-the media's tokens are billed by the generateContent that reads them, as its usage reports.
+the media's tokens are billed by the generateContent that reads them, as its usage reports. A PDF's
+pages are counted as its chunks pass (``pdfpages.PageCounter``, carried from chunk to chunk in
+``gemini_uploads.pages_state``, migration 0035) and kept with the file: a prompt naming it is held at them.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ from .keys import recheck as recheck_key
 from .message_batches import BASE_STATE
 from .multipart import Encoded
 from .objectrefs import FILE_ID, FILE_PREFIX, file_id_of, file_not_found
+from .pdfpages import PageCounter, uploaded_pages
 from .providers import Provider
 from .providers.gemini import auth_headers, version_prefix
 from .proxy import Reply, RequestPath
@@ -142,24 +145,43 @@ class UploadSessions:
         self._store.write(job)
         return token
 
-    def find(self, token: str) -> tuple[str, str, str] | None:
-        """(owner, provider, upload path) of a live upload, None for any other token."""
+    def find(self, token: str) -> tuple[str, str, str, str | None] | None:
+        """(owner, provider, upload path, what its chunks so far showed of its pages:
+        ``PageCounter.dumps``) of a live upload, None for any other token."""
         if not TOKEN.fullmatch(token):
             return None
         row = (
             self._store.read()
             .execute(
-                "SELECT key_id, provider, upload_path FROM gemini_uploads WHERE token_hash = ? AND expires_at >= ?",
+                "SELECT key_id, provider, upload_path, pages_state FROM gemini_uploads"
+                " WHERE token_hash = ? AND expires_at >= ?",
                 (hashed(token), int(time.time() * 1000)),
             )
             .fetchone()
         )
-        return None if row is None else (row["key_id"], row["provider"], row["upload_path"])
+        return None if row is None else (row["key_id"], row["provider"], row["upload_path"], row["pages_state"])
+
+    def keep_pages(self, token: str, state: str) -> None:
+        """Keep what an upload's chunks showed of its pages (``PageCounter.dumps``) for its next chunk,
+        on any replica."""
+        sql = "UPDATE gemini_uploads SET pages_state = ? WHERE token_hash = ?"
+        self._store.write(lambda conn: conn.execute(sql, (state, hashed(token))))
 
     def close(self, token: str) -> None:
         self._store.write(
             lambda conn: conn.execute("DELETE FROM gemini_uploads WHERE token_hash = ?", (hashed(token),))
         )
+
+
+def read_pages(counter: PageCounter, body: Encoded, offset: int, final: bool) -> None:
+    """Count the pages in a chunk's bytes at ``offset`` (``counter`` goes on from the chunks before;
+    ``final``: the upload ends with it), then rewind it to be sent."""
+    while counter.state == "reading" and (data := body.read(1 << 20)):
+        counter.feed(data, offset)
+        offset += len(data)
+    if final:
+        counter.feed(b"", offset, final=True)
+    body.seek(0)
 
 
 def hashed(token: str) -> str:
@@ -278,7 +300,7 @@ class GeminiFiles(GoogleCalls):
         session = self.sessions.find(token)
         if session is None:
             raise upload_not_found()
-        owner, provider_name, upstream = session
+        owner, provider_name, upstream, pages_state = session
         if ctx.key is None and presented_key(req.headers) is None and self._path.gate.required:
             record = self._path.gate.ring.by_id(owner)  # the token stands for the key that started it
             if record is None:
@@ -302,9 +324,12 @@ class GeminiFiles(GoogleCalls):
             sent["X-Goog-Upload-Offset"] = str(int(offset))
         provider = self._provider_named(provider_name)
         base = origin_of(upload_root(provider))
+        counter = PageCounter.loads(pages_state)
         with req.spool() as (spool, size):
             ctx.raw = f'{{"command": "{", ".join(command)}", "offset": {int(offset or 0)}, "bytes": {size}}}'.encode()
             body = Encoded("application/octet-stream", [(0, size)], spool)
+            if command != ("query",):
+                read_pages(counter, body, int(offset), "finalize" in command)
             answer, resp = self._request(
                 ctx,
                 provider,
@@ -324,8 +349,11 @@ class GeminiFiles(GoogleCalls):
             made = doc.get("file") if isinstance(doc, dict) else None
             name = made.get("name") if isinstance(made, dict) else None
             if isinstance(name, str) and file_id_of(name) is not None and storable(name):
-                if not self.ownership.replace(name, GEMINI_FILE, owner, provider.name, FILE_LIFETIME_MS):
+                pages = uploaded_pages(counter, name)
+                if not self.ownership.replace(name, GEMINI_FILE, owner, provider.name, FILE_LIFETIME_MS, pages):
                     log.warning("a Gemini file named %r by two keys' uploads stays with the first to finish", name)
+        elif answer.status < 300 and (state := counter.dumps()) != pages_state:  # a video's: once, "not_pdf"
+            self.sessions.keep_pages(token, state)
         ctx.reply_headers.pop("x-goog-upload-status", None)
         self._send(reply, ctx, answer, extra)
 

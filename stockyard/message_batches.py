@@ -58,6 +58,7 @@ from .httpio import MAX_JSON_VALUES, Request, check_method, json_object, json_va
 from .limits import Caps, check_request_numbers
 from .modules.guard import batch_policy
 from .objectrefs import ANTHROPIC_CONTAINER, ANTHROPIC_FILE, may_name, written_files
+from .pdfpages import held_pdf_tokens
 from .pricing import WEB_SEARCH_UC
 from .providers import Provider
 from .providers.anthropic import auth_headers, base_path
@@ -210,8 +211,9 @@ class MessageBatches(ProviderCalls):
             where = f"requests.{i}.params: "
             # the container and files it names: the key's own (open mode: one owner, the container's shape alone)
             self.ownership.require_anthropic_container(params, None if ctx.key is None else owner_of(ctx), where)
+            pages = {}  # the pages of the PDFs it names by file id that Stockyard counted (a budget holds them)
             if ctx.key is not None:
-                self.ownership.require_anthropic_files(params, owner_of(ctx), where)
+                pages = self.ownership.require_anthropic_files(params, owner_of(ctx), where)
             unbounded = estimate.unbounded_server_tools(params) if budgeted else None
             if unbounded is not None:  # as /v1/messages refuses it under a budget
                 raise server_tool_refusal(unbounded, "this key", f"requests.{i}.params.")
@@ -231,7 +233,7 @@ class MessageBatches(ProviderCalls):
             if asked not in models and len(models) < 20:
                 models.append(asked)
             if worst is not None:
-                cost = self._request_cost(ctx, route, asked, params, mode)
+                cost = self._request_cost(ctx, route, asked, params, mode, pages)
                 worst = None if cost is None else worst + cost
         assert provider is not None
         ctx.model = ",".join(models)[:200]
@@ -334,9 +336,16 @@ class MessageBatches(ProviderCalls):
         return model
 
     def _request_cost(
-        self, ctx: RequestContext, route: Route, asked: str, params: dict, mode: str | None = None
+        self,
+        ctx: RequestContext,
+        route: Route,
+        asked: str,
+        params: dict,
+        mode: str | None = None,
+        pages: dict[str, int] | None = None,
     ) -> int | None:
-        """One request's worst case as a budget reserves a ``/v1/messages`` call: its tokens at the
+        """One request's worst case as a budget reserves a ``/v1/messages`` call: its tokens (its PDFs'
+        pages too, ``pdfpages.held_pdf_tokens``: ``pages`` of those it names by file id) at the
         batch price in ``mode`` (a budgeted key's dearer one), rounded up, and its web searches' fee
         whole, as ``BatchTotal`` bills them (None: its model has no price in tokens)."""
         price = self._path.pricer.price_of(route, asked, mode)
@@ -344,7 +353,9 @@ class MessageBatches(ProviderCalls):
             return None
         one = RequestContext("messages", ANTHROPIC, ctx.client_addr, {})
         one.body, one.raw = params, json.dumps(params, ensure_ascii=False).encode()
-        tokens = estimate.request_cost(one, price, self._path.settings.default_max_tokens, call_fees=0)
+        image = price.image_input_tokens or estimate.IMAGE_INPUT_TOKENS
+        pdfs = held_pdf_tokens(params, one.raw, route.model, image, False, pages)
+        tokens = estimate.request_cost(one, price, self._path.settings.default_max_tokens, call_fees=0, media=pdfs)
         part, whole = BATCH_PRICE
         return -(-tokens * part // whole) + estimate.web_searches(params) * WEB_SEARCH_UC  # searches billed whole
 

@@ -143,3 +143,31 @@ def test_a_pdf_in_a_chat_file_part_is_held_at_its_pages_for_gemini(server):
     hold = refused(server, "/v1/chat/completions", body, "Authorization", "Bearer ")
     b64 = -(-(len(url) - len("data:application/pdf;base64,")) // 4)
     assert hold == bytes_hold(body, IN_25, OUT_25) + (40 * 258 - b64) * IN_25
+
+
+@pytest.mark.parametrize("spelling", ["APPLICATION/PDF", "application\\u002Fpdf", "utf-16"])
+def test_a_pdf_whose_type_is_in_capitals_escaped_or_in_utf16_is_held_at_its_pages(server, spelling):
+    """Gemini reads a type in any case, and JSON an escape or UTF-16: the bytes' test must not miss them
+    (capitals were held at the bytes alone)."""
+    data = pdf(40)
+    body = asking(inline(data))
+    text = json.dumps(body)
+    if spelling == "utf-16":
+        sent = text.encode("utf-16")
+    else:
+        sent = text.replace("application/pdf", spelling).encode()
+    fields = {"name": f"pdf{next(_names)}", "budget_usd": "0.00000001", "budget_period": "total"}
+    status, _, made = server.request("POST", "/api/keys", fields, headers={"Authorization": f"Bearer {ADMIN}"})
+    headers = {"x-goog-api-key": json.loads(made)["key"]}
+    status, _, raw = wait_for(
+        lambda: (
+            (r := server.request("POST", "/v1beta/models/gemini-2.5-flash:generateContent", None, headers, sent))[0]
+            != 401
+            and r
+        )
+    )
+    found = re.search(REFUSAL, json.loads(raw)["error"]["message"])
+    assert status == 429 and found, raw
+    b64 = -(-len(base64.b64encode(data)) // 4)
+    expected = -(-len(sent) // 4) * IN_25 + CAP * OUT_25 + (40 * 258 - b64) * IN_25
+    assert int(Decimal(found[1]) * USD) == expected

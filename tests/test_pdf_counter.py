@@ -1,0 +1,93 @@
+"""The pages of a PDF counted as its bytes pass in pieces (an upload's chunks), as a whole one is counted.
+
+A Gemini Files API upload comes in chunks, each its own request (maybe to another replica): the count
+goes on from what the chunks before showed (``PageCounter.dumps``, kept in the database), and a page's
+mark, a page tree's count or a compressed object stream split between two chunks is read once, whole.
+Where the pages cannot be counted (a chunk missing or out of order, no page marks) the counter says so,
+and the file is held at Gemini's 1,000-page limit.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import time
+
+import pytest
+from test_gemini_pdf_hold import pdf
+
+from stockyard.pdfpages import CARRY, MAX_PDF_PAGES, PageCounter, count_pages, pdf_pages
+
+
+def counted(data: bytes, piece: int, kept: bool = True) -> PageCounter:
+    """A count of ``data`` fed ``piece`` bytes at a time; ``kept``: the state written out and read back
+    between pieces, as the database keeps it between an upload's chunks."""
+    counter = PageCounter()
+    for offset in range(0, len(data), piece):
+        if kept:
+            counter = PageCounter.loads(counter.dumps())
+        part = data[offset : offset + piece]
+        counter.feed(part, offset, final=offset + len(part) >= len(data))
+    return counter
+
+
+@pytest.mark.parametrize("packed", [False, True])
+@pytest.mark.parametrize("piece", [1, 7, 64, 1000, CARRY + 1, 1 << 20])
+def test_a_pdf_split_into_chunks_is_counted_as_a_whole_one(packed, piece):
+    """300 pages (~20 KB plain, ~1 KB packed): every piece size splits marks, counts and the object stream."""
+    data = pdf(300, packed)
+    counter = counted(data, piece, kept=piece >= 64)  # the 1- and 7-byte runs without the round trip: fast
+    assert counter.counted() and counter.pages() == pdf_pages(data) == 300
+
+
+def test_an_object_stream_split_between_chunks_is_read_whole():
+    """The page tree's count only in a compressed object stream, split in two: read once it ends."""
+    data = pdf(250, packed=True)
+    middle = data.index(b"stream\n") + 40  # inside the compressed bytes
+    counter = PageCounter()
+    counter.feed(data[:middle], 0)
+    counter = PageCounter.loads(counter.dumps())
+    counter.feed(data[middle:], middle, final=True)
+    assert counter.pages() == 250
+
+
+def test_a_chunk_out_of_order_or_missing_is_held_at_the_limit():
+    data = pdf(30)
+    counter = PageCounter()
+    counter.feed(data[:500], 0)
+    counter.feed(data[600:], 600, final=True)  # bytes 500-600 never came
+    assert not counter.counted() and counter.pages() == MAX_PDF_PAGES
+    assert "out of order" in counter.why_not()
+
+
+def test_a_pdf_without_page_marks_says_so_and_is_held_at_the_limit():
+    """An encrypted PDF's object streams cannot be read: its pages are not counted."""
+    data = b"%PDF-1.7\n" + os.urandom(5000) + b"\n%%EOF\n"
+    counter = counted(data, 1000)
+    assert not counter.counted() and counter.pages() == MAX_PDF_PAGES
+    assert "no page object" in counter.why_not()
+
+
+def test_other_files_are_not_pdfs():
+    assert counted(b"\x00\x00\x00\x18ftypmp42" + bytes(5000), 1000).pages() is None
+    assert count_pages(io.BytesIO(b"")).pages() is None
+    assert count_pages(io.BytesIO(pdf(12, packed=True))).pages() == 12
+
+
+def test_a_state_that_cannot_be_read_is_lost_not_a_crash():
+    counter = PageCounter.loads("{not json")
+    counter.feed(pdf(3), 0, final=True)
+    assert counter.pages() == MAX_PDF_PAGES and not counter.counted()
+
+
+def test_many_stream_marks_before_one_end_are_read_in_one_pass():
+    """50,000 object streams' starts and one ``endstream``: each start looked for its end afresh (~44 GB
+    scanned, minutes); now the next start is looked for after the last one's end."""
+    many = b"%PDF-1.5\n" + b"1 0 obj << /Type /ObjStm >> stream\n" * 50_000
+    started = time.monotonic()
+    assert pdf_pages(many + b"endstream") == MAX_PDF_PAGES
+    counter = PageCounter()
+    counter.feed(many, 0)
+    counter.feed(b"endstream", len(many), final=True)
+    assert counter.pages() == MAX_PDF_PAGES
+    assert time.monotonic() - started < 5
