@@ -15,7 +15,7 @@ import logging
 import os
 import threading
 import time
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 from . import __version__, audit, background, containers_api, message_batches
 from .anthropic_files import AnthropicFiles
@@ -298,12 +298,15 @@ class App:
             headers=headers,
         )
 
-    def batch_spend(self, key_id: str, project: str | None, change: int, ts_ms: int) -> None:
+    def batch_spend(self, conn: Any, key_id: str, project: str | None, change: int, ts_ms: int) -> Callable[[], None]:
         """A change (µ¢) to what a key's batch counts against the budgets of the key and of
         ``project``: its cost minus its hold when it is billed; minus its hold when it is deleted
-        unbilled or the batch watch stops looking at it."""
-        if change and key_id:
-            self.ledger.settle(None, change, owner_scopes(key_id, project), ts_ms)
+        unbilled or the batch watch stops looking at it. Made in the writer's transaction that
+        records why (``conn``) where the ledger is the database's (``Ledger.spend_in``); the call it
+        returns is what is left to do once that committed."""
+        if not change or not key_id:
+            return lambda: None
+        return self.ledger.spend_in(conn, change, owner_scopes(key_id, project), ts_ms)
 
     def _record_start(self) -> None:
         """Audit migrations and the start; a log keyed with another secret must not stop serving.

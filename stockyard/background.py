@@ -118,7 +118,7 @@ class BackgroundResponses:
         ctx = self._usage(provider, response)
         if key is not None:
             ctx.key, ctx.key_id, ctx.project = key, key.id, key.project
-        bill = bill_once(ctx, response_id, KIND, self._settings)
+        bill = bill_once(ctx, response_id, KIND, self._settings, self._settle)
 
         def job(conn: Any) -> Billed | None:
             billed = bill(conn)
@@ -128,7 +128,7 @@ class BackgroundResponses:
 
         billed = self._store.write(job)
         if billed is not None:
-            settle_billed(ctx, billed, self._metrics, self._settle)
+            settle_billed(ctx, billed, self._metrics)
 
     def _usage(self, provider: Provider, response: dict) -> RequestContext:
         """The ``responses.usage`` trace of an ended response, priced from what it reports: the

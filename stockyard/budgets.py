@@ -7,11 +7,12 @@ worst-case cost against every budget that applies to it, all at once under one l
 the real cost. Nothing can slip between the check and the reservation, so a hundred
 concurrent requests cannot walk past a budget.
 
-The spend of a (budget, period) is loaded from ``rollups_daily`` the first time the
-period is used — through the writer thread, so every trace already queued is counted —
-and kept up to date by settlements after that. That is how a budget survives a restart.
-That is the SQLite store's ledger (one server per file). On PostgreSQL every replica shares
-one ledger in the database instead (:mod:`stockyard.store.shared`); the backend picks.
+The spend of a (budget, period) is loaded from ``rollups_daily`` (and ``budget_unpriced``: what
+answers of unknown cost spent, their holds) the first time the period is used — through the writer
+thread, so every trace already queued is counted — and kept up to date by settlements after that.
+That is how a budget survives a restart. That is the SQLite store's ledger (one server per file).
+On PostgreSQL every replica shares one ledger in the database instead (:mod:`stockyard.store.shared`);
+the backend picks.
 End users' budgets (``modules/userlimits.py``) read their spend from ``rollups_users``; an idle
 end user is forgotten after a minute and reloaded when they come back.
 """
@@ -73,30 +74,33 @@ def seconds_left(period: str, ts_ms: int) -> int | None:
 
 def spent_uc(conn: sqlite3.Connection, scope: str, period: str, key: str) -> int:
     """Spend of a scope ('key:<id>', 'project:<name>' or an end user's, see :func:`user_budget`)
-    in one period, from the rollups."""
+    in one period: the rollups' known costs, and what answers of unknown cost spent beyond them
+    (``budget_unpriced``: their holds), which the rollups cannot hold."""
     kind, _, name = scope.partition(":")
     if kind == "user":
         return _user_spent_uc(conn, name, period, key)
     column = {"key": "key_id", "project": "project"}[kind]
     start, end = period_days(period, key)
-    row = conn.execute(
-        f"SELECT COALESCE(SUM(cost_uc), 0) FROM rollups_daily WHERE {column} = ? AND day >= ? AND day < ?",
-        (name, start, end),
-    ).fetchone()
-    return int(row[0])
+    where = f"WHERE {column} = ? AND day >= ? AND day < ?"
+    known = conn.execute(f"SELECT COALESCE(SUM(cost_uc), 0) FROM rollups_daily {where}", (name, start, end))
+    unpriced = conn.execute(f"SELECT COALESCE(SUM(spent_uc), 0) FROM budget_unpriced {where}", (name, start, end))
+    return int(known.fetchone()[0]) + int(unpriced.fetchone()[0])
 
 
 def _user_spent_uc(conn: sqlite3.Connection, name: str, period: str, key: str) -> int:
-    """An end user's spend within a key, a project or everything ('key:<id>|<user>', …, '*|<user>')."""
+    """An end user's spend within a key, a project or everything ('key:<id>|<user>', …, '*|<user>'):
+    ``rollups_users``' known costs and ``budget_unpriced``'s spend beyond them."""
     within, _, user = name.partition("|")
     kind, _, value = within.partition(":")
     start, end = period_days(period, key)
-    sql = "SELECT COALESCE(SUM(cost_uc), 0) FROM rollups_users WHERE end_user = ? AND day >= ? AND day < ?"
+    where = "WHERE end_user = ? AND day >= ? AND day < ?"
     args = [user, start, end]
     if kind in ("key", "project"):
-        sql += f" AND {'key_id' if kind == 'key' else 'project'} = ?"
+        where += f" AND {'key_id' if kind == 'key' else 'project'} = ?"
         args.append(value)
-    return int(conn.execute(sql, args).fetchone()[0])
+    known = conn.execute(f"SELECT COALESCE(SUM(cost_uc), 0) FROM rollups_users {where}", args).fetchone()[0]
+    unpriced = conn.execute(f"SELECT COALESCE(SUM(spent_uc), 0) FROM budget_unpriced {where}", args).fetchone()[0]
+    return int(known) + int(unpriced)
 
 
 def batch_held_uc(conn: sqlite3.Connection, scope: str) -> int:
@@ -437,6 +441,14 @@ class Ledger:
                     if key in current:
                         entry.spent += actual_uc
         self._tell_warnings(crossed)
+
+    def spend_in(self, conn: Any, change: int, scopes: Iterable[str], ts_ms: int) -> Callable[[], None]:
+        """``settle(None, change, scopes, ts_ms)`` as part of the write that says why (``conn``: an
+        object billed, deleted, or left by the watch): the call to make once that write committed.
+        This ledger is memory, which a start loads from the database, so a crash between the commit
+        and the call loses nothing; the shared ledger (PostgreSQL) changes its rows in ``conn``."""
+        scopes = tuple(scopes)
+        return lambda: self.settle(None, change, scopes, ts_ms)
 
     def _tell_exhausted(self, refused: BudgetExceeded) -> None:
         """The first refusal of a spent budget's period, to ``on_exhausted`` (the webhooks)."""

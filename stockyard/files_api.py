@@ -558,46 +558,57 @@ class Ownership:
         return self._store.write_later(_inserting_new(new, kind, owner, provider), queue_wait=0.0)
 
     def forget(self, object_id: str) -> None:
-        """Delete the record of an object; an unbilled batch's hold goes back to its owner's budgets."""
+        """Delete the record of an object; an unbilled batch's hold goes back to its owner's budgets,
+        in the same transaction where the ledger is the database's."""
         sql = "DELETE FROM owned_objects WHERE id = ? RETURNING key_id, billed, held_uc, held_project"
-        row = self._store.write(lambda conn: conn.execute(sql, (object_id,)).fetchone())
-        if row is not None and not row["billed"] and row["held_uc"]:
-            self._spend(row["key_id"], row["held_project"], -int(row["held_uc"]), int(time.time() * 1000))
+
+        def job(conn: sqlite3.Connection) -> Callable[[], None]:
+            row = conn.execute(sql, (object_id,)).fetchone()
+            if row is None or row["billed"] or not row["held_uc"]:
+                return lambda: None
+            now = int(time.time() * 1000)
+            return self._spend(conn, row["key_id"], row["held_project"], -int(row["held_uc"]), now)
+
+        self._store.write(job)()
 
     def expire_holds(self, before_ms: int) -> int:
         """Give back the holds of unbilled batches started before ``before_ms`` (the batch watch's
         horizon: one never seen to end must not hold a budget for ever); how many. Each hold goes
         once, however many replicas expire at the same time."""
 
-        def job(conn: sqlite3.Connection) -> list[tuple[str, str | None, int]]:
+        def job(conn: sqlite3.Connection) -> list[Callable[[], None]]:
             aged = (
                 "SELECT id, key_id, held_uc, held_project FROM owned_objects"
                 " WHERE billed = 0 AND held_uc > 0 AND created_at < ?"
             )
             give_back = "UPDATE owned_objects SET held_uc = 0 WHERE id = ? AND billed = 0 AND held_uc = ?"
+            now = int(time.time() * 1000)
             return [
-                (row["key_id"], row["held_project"], int(row["held_uc"]))
+                self._spend(conn, row["key_id"], row["held_project"], -int(row["held_uc"]), now)
                 for row in conn.execute(aged, (before_ms,)).fetchall()
                 if conn.execute(give_back, (row["id"], row["held_uc"])).rowcount == 1  # not another's meanwhile
             ]
 
         given = self._store.write(job)
-        now = int(time.time() * 1000)
-        for key_id, project, amount in given:
-            self._spend(key_id, project, -amount, now)
+        for settle in given:
+            settle()
         return len(given)
 
 
-# (owner key id, project, change µ¢, ts ms): a batch's hold or cost on the budgets of its key and that project
-BatchSpend = Callable[[str, str | None, int, int], None]
+# (the writer's connection, owner key id, project, change µ¢, ts ms): a batch's hold or cost on the
+# budgets of its key and that project, in the transaction that records why; returns what is left to do
+# once it committed (``App.batch_spend``)
+BatchSpend = Callable[[Any, str, str | None, int, int], Callable[[], None]]
 
 
 @dataclass(frozen=True)
 class Billed:
-    """What the one job that marked a batch billed learned: what it held, and against which project."""
+    """What the one job that marked a batch billed learned: what it held, and against which project;
+    and (``batch_costs.bill_once``) what is left to do on its budgets once the job committed."""
 
     held_uc: int
     project: str | None
+    settle: Callable[[], None] = lambda: None
 
 
 @dataclass(frozen=True)

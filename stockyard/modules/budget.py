@@ -85,7 +85,9 @@ def held_by(cover: Cover | None) -> int:
 def spent_uc(ctx: RequestContext, held: int) -> int:
     """What a budgeted request spends: its attempts' cost, or, when one cannot be priced, never
     less than its hold (``held``: the worst case held at admission, a dearer fallback's included):
-    tokens without a price are not free for a budget. Its trace keeps cost unknown."""
+    tokens without a price are not free for a budget. Its trace keeps cost unknown; what it spends
+    beyond its known cost goes with the trace (``ctx.unpriced_spent_uc``: the most any of its budgets
+    spent so), so a restart, which loads spend from the database, keeps it."""
     unpriced = estimate.unpriced_attempt(ctx)
     if unpriced is not None and held:
         model = unpriced.served_model or unpriced.upstream_model or ctx.routed_model or ctx.model or "?"
@@ -99,7 +101,9 @@ def spent_uc(ctx: RequestContext, held: int) -> int:
             held,
             where,
         )
-    return estimate.settled_uc(ctx, held)
+    spent = estimate.settled_uc(ctx, held)
+    ctx.unpriced_spent_uc = max(ctx.unpriced_spent_uc, spent - estimate.billed_uc(ctx))
+    return spent
 
 
 class BudgetModule(Module):

@@ -102,6 +102,18 @@ _SPEND = """/* settle */ WITH step AS (
 UPDATE budget_ledger SET spent_uc = spent_uc + ?
 WHERE scope = ? AND period_key IN (?, ?, ?) AND period_key <> ? AND EXISTS (SELECT 1 FROM step)"""
 
+
+def _spend_in(scopes: int) -> str:
+    """The statement of :meth:`SharedLedger.spend_in` for ``scopes`` scopes: (scopes…, the three
+    current period keys, the change)."""
+    return f"""/* settle */ WITH ledger AS MATERIALIZED (
+    SELECT scope, period_key FROM budget_ledger
+    WHERE scope IN ({", ".join("?" * scopes)}) AND period_key IN (?, ?, ?)
+    ORDER BY scope, period_key FOR UPDATE)
+UPDATE budget_ledger SET spent_uc = budget_ledger.spent_uc + ?
+FROM ledger WHERE budget_ledger.scope = ledger.scope AND budget_ledger.period_key = ledger.period_key"""
+
+
 # Ids older than the cutoff on the database's clock: a range of the primary key (see step_id).
 _PRUNE = f"""/* prune */ DELETE FROM budget_settled
 WHERE id < CAST(lpad(to_hex({_NOW_MS} - ?), 12, '0') || '00000000000000000000' AS uuid)"""
@@ -298,6 +310,17 @@ class SharedLedger(Ledger):
             conn.execute(_SPEND, (step, *others, job.actual_uc, *others))
             job.scopes.pop(0)
         self._tell_warnings(crossed)
+
+    def spend_in(self, conn: Any, change: int, scopes: Iterable[str], ts_ms: int) -> Callable[[], None]:
+        """The change on the scopes' current periods, in the transaction of the write that says why
+        (``conn``, the writer's): both commit, or neither (a crash between a bill and a separate
+        settlement left the hold counted as spent, a ``total`` budget's for ever). The rows are
+        locked in order first, as ``_EXPIRE`` locks them. Nothing is left to do after the commit."""
+        scopes = sorted(set(scopes))
+        if change and scopes:
+            periods = [period_key(p, ts_ms) for p in PERIODS]
+            conn.execute(_spend_in(len(scopes)), (*scopes, *periods, change))
+        return lambda: None
 
     def used_up(self, budgets: list[Budget], ts_ms: int) -> BudgetExceeded | None:
         keyed = self._ensure(budgets, ts_ms)
