@@ -32,7 +32,7 @@ from .budgets import BACKGROUND_HELD as HELD
 from .config import Settings
 from .context import RequestContext
 from .conversations import keep_usage
-from .errors import RESPONSES
+from .errors import RESPONSES, ProxyError
 from .files_api import OPEN_OWNER, BatchHold, BatchSpend, Billed, Ownership, owner_of
 from .keys import KeyRing
 from .metrics import Metrics
@@ -47,6 +47,22 @@ log = logging.getLogger("stockyard.background")
 KIND = "background_response"  # in owned_objects
 RUNNING = ("queued", "in_progress")
 COVER = "budget.cover"  # ctx.state: the budget module's ``Cover`` (``held``: the worst case it holds)
+GONE = "gone"  # what a look finds when the provider answers 404: it no longer has the response
+RETRY_DELETE_S = 5  # the Retry-After of a delete refused because the response's end was not seen
+
+
+def not_ended(response_id: str, status: str | None) -> ProxyError:
+    """The 503 for a delete of an unbilled background response whose end was not seen: sent, it
+    would take away the usage its provider bills, and leave its hold counted for 30 days."""
+    seen = f"its cancel left it {status!r}" if status else "the provider did not answer its look or its cancel"
+    return ProxyError(
+        503,
+        f"background response {response_id!r} may still run at the provider ({seen}); deleting it now would take "
+        "away the usage it is billed for, so the delete was not sent; try again shortly (a delete cancels it first)",
+        code="response_not_ended",
+        type="server_error",
+        headers={"Retry-After": str(RETRY_DELETE_S)},
+    )
 
 
 def left_running(ctx: RequestContext, provider: Provider, response: dict) -> bool:
@@ -159,27 +175,35 @@ class BackgroundResponses:
         """A delete takes the response and its usage away at the provider: one of the key's not yet
         billed is retrieved first, and billed if it ended; one still running is cancelled first (the
         provider would go on billing it, and nothing here would ever see its usage), its cancel's
-        answer billed. A failed look does not stop the delete (a response deleted while it runs
-        then keeps its hold until the watch's horizon)."""
+        answer billed. One whose end is not seen so — the provider did not answer the look, or the
+        cancel failed or left it running — is not deleted (:func:`not_ended`): the delete would take
+        its usage with it, and its hold would stay counted until the watch's horizon. It stays, and
+        its hold ends when its end is seen (a retrieve, the watch's look, a delete tried again). One
+        the provider no longer has (404) is deleted as asked: nothing of it is left to see."""
         owned = self._ownership.find(response_id, KIND, key_id or OPEN_OWNER)
         if owned is None or owned.billed:
             return
         try:
-            if self._retrieve(key_id, provider, response_id) in RUNNING:
-                self._retrieve(key_id, provider, response_id, "POST", "/cancel")
-        except Exception as exc:  # the provider is down: the delete goes on, and answers for itself
-            log.warning(
-                "background response %s: not billed before its delete: %s: %s", response_id, type(exc).__name__, exc
-            )
+            status = self._retrieve(key_id, provider, response_id)
+            if status in RUNNING:
+                status = self._retrieve(key_id, provider, response_id, "POST", "/cancel")
+        except Exception as exc:  # the provider is down
+            log.warning("background response %s: not seen ended before its delete: %s", response_id, exc)
+            status = None
+        if status != GONE and status not in ENDED:
+            raise not_ended(response_id, status)
 
     def _retrieve(
         self, key_id: str | None, provider: Provider, response_id: str, method: str = "GET", action: str = ""
     ) -> str | None:
         """GET the response from its provider (or ``POST …/cancel`` it) and bill it if the answer
-        shows it ended: its status, None when the provider did not answer with it."""
+        shows it ended: its status, ``GONE`` when the provider has no such response (404), None when
+        it did not answer with it."""
         path = upstream_path(provider, f"/responses/{response_id}{action}")
         resp = self._pool.request(provider.base_url, method, path, upstream_headers(provider), None)
         data = resp.read_all()
+        if resp.status == 404:
+            return GONE
         try:
             doc = json.loads(data) if resp.status < 300 else None
         except ValueError:

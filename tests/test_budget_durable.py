@@ -208,3 +208,46 @@ def ledger_spent(server: ServerProcess, scope: str) -> int:
     sql = "SELECT spent_uc FROM budget_ledger WHERE scope = ? AND period_key = 'total'"
     (row,) = server.db_rows(sql, (scope,))
     return int(row["spent_uc"])
+
+
+@pytest.mark.parametrize("fails", ["the look", "the cancel"])
+def test_a_running_background_response_whose_cancel_fails_is_not_deleted(pyz_path, cache_home, mock, tmp_path, fails):
+    """A delete of an unbilled background response first retrieves it, and cancels it if it runs (a
+    delete takes its usage away while the provider bills it). When the provider does not answer the
+    look, or its cancel fails, its end is not known. Was: the delete went on, and its hold stayed
+    counted until the watch's 30-day horizon (and its usage was never billed). Now the delete is not
+    sent (503 ``response_not_ended``, Retry-After): the response stays, and its hold ends when its real
+    end is seen — here the next retrieve; the delete tried again then goes through."""
+    env = mock_env(cache_home, mock, STOCKYARD_ADMIN_KEY=ADMIN, STOCKYARD_BATCH_POLL="off")
+    srv = ServerProcess(pyz_path, tmp_path / "s.db", env)
+    srv.keys = srv.create_keys({"bg": ["--budget-usd", "0.01", "--budget-period", "total"]})
+    srv.start()
+    try:
+        client = srv.openai("bg")
+        made = client.responses.create(model=MODEL, input="a job to drop", background=True, max_output_tokens=1000)
+        mock.enqueue(*([Reply(status=500)] if fails == "the look" else [Reply(), Reply(status=500)]))
+        with pytest.raises(openai.APIStatusError) as refused:
+            client.responses.delete(made.id)
+        mock.clear_replies()
+        assert refused.value.status_code == 503, refused.value
+        assert refused.value.body["code"] == "response_not_ended", refused.value.body
+        assert refused.value.response.headers.get("retry-after")
+        deletes = [r for r in mock.requests if r.method == "DELETE" and r.path == f"/v1/responses/{made.id}"]
+        assert deletes == []  # the provider still has it, and its usage
+        sql = "SELECT billed, held_uc FROM owned_objects WHERE id = ?"
+        (row,) = srv.db_rows(sql, (made.id,))
+        assert row["billed"] == 0 and row["held_uc"] > 0
+        seen = client.responses.retrieve(made.id)  # in progress (the mock runs it on at each look)
+        if seen.status != "completed":
+            seen = client.responses.retrieve(made.id)
+        assert seen.status == "completed"
+        (row,) = srv.db_rows(sql, (made.id,))
+        assert row["billed"] == 1  # its real end seen: billed, its cost replacing its hold
+        usage = srv.db_rows("SELECT cost_uc FROM traces WHERE endpoint = 'responses.usage'")
+        assert usage == [{"cost_uc": seen.usage.input_tokens * IN_UC + seen.usage.output_tokens * OUT_UC}]
+        client.responses.delete(made.id)
+        deletes = [r for r in mock.requests if r.method == "DELETE" and r.path == f"/v1/responses/{made.id}"]
+        assert len(deletes) == 1
+    finally:
+        srv.stop()
+    assert "Traceback" not in srv.log
