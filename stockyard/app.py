@@ -31,7 +31,6 @@ from .budgets import (
     Ledger,
     budgets_for,
     load_project_budgets,
-    owner_scopes,
     scopes_of,
     seconds_left,
 )
@@ -298,15 +297,16 @@ class App:
             headers=headers,
         )
 
-    def batch_spend(self, conn: Any, key_id: str, project: str | None, change: int, ts_ms: int) -> Callable[[], None]:
-        """A change (µ¢) to what a key's batch counts against the budgets of the key and of
-        ``project``: its cost minus its hold when it is billed; minus its hold when it is deleted
-        unbilled or the batch watch stops looking at it. Made in the writer's transaction that
-        records why (``conn``) where the ledger is the database's (``Ledger.spend_in``); the call it
-        returns is what is left to do once that committed."""
-        if not change or not key_id:
+    def batch_spend(self, conn: Any, scopes: tuple[str, ...], change: int, ts_ms: int) -> Callable[[], None]:
+        """A change (µ¢) to what a key's batch (or background response) counts against the budgets
+        of ``scopes`` (its key's and project's, ``budgets.owner_scopes``, or an end user's): its cost
+        minus its hold when it is billed; minus its hold when it is deleted unbilled or the batch
+        watch stops looking at it. Made in the writer's transaction that records why (``conn``)
+        where the ledger is the database's (``Ledger.spend_in``); the call it returns is what is
+        left to do once that committed."""
+        if not change or not scopes:
             return lambda: None
-        return self.ledger.spend_in(conn, change, owner_scopes(key_id, project), ts_ms)
+        return self.ledger.spend_in(conn, change, scopes, ts_ms)
 
     def _record_start(self) -> None:
         """Audit migrations and the start; a log keyed with another secret must not stop serving.

@@ -29,6 +29,7 @@ from typing import Any, Callable
 from .batch_costs import bill_once, settle_billed
 from .billing import Pricer
 from .budgets import BACKGROUND_HELD as HELD
+from .budgets import BACKGROUND_USER_HELD as USER_HELD
 from .config import Settings
 from .context import RequestContext
 from .conversations import keep_usage
@@ -47,6 +48,7 @@ log = logging.getLogger("stockyard.background")
 KIND = "background_response"  # in owned_objects
 RUNNING = ("queued", "in_progress")
 COVER = "budget.cover"  # ctx.state: the budget module's ``Cover`` (``held``: the worst case it holds)
+USER_COVER, USER_BUDGET = "userlimits.cover", "userlimits.budget"  # the userlimits module's, and its budget
 GONE = "gone"  # what a look finds when the provider answers 404: it no longer has the response
 RETRY_DELETE_S = 5  # the Retry-After of a delete refused because the response's end was not seen
 
@@ -63,6 +65,14 @@ def not_ended(response_id: str, status: str | None) -> ProxyError:
         type="server_error",
         headers={"Retry-After": str(RETRY_DELETE_S)},
     )
+
+
+def user_hold(ctx: RequestContext) -> tuple[int, str | None]:
+    """What the request holds on its end user's budget (the userlimits module's ``Cover``), and that
+    budget's scope; (0, None) without one."""
+    held = int(getattr(ctx.state.get(USER_COVER), "held", 0))
+    budget = ctx.state.get(USER_BUDGET)
+    return (held, budget[0].scope) if held and budget is not None else (0, None)
 
 
 def left_running(ctx: RequestContext, provider: Provider, response: dict) -> bool:
@@ -108,16 +118,16 @@ class BackgroundResponses:
             return
         held = int(getattr(ctx.state.get(COVER), "held", 0))  # none without a budget
         project = ctx.key.project if ctx.key is not None else None
+        user_held, user_scope = user_hold(ctx)
+        hold = BatchHold(held, lambda _: None, project, user_scope, user_held)
         try:
-            claimed = self._ownership.claim(
-                response["id"], KIND, owner_of(ctx), provider.name, BatchHold(held, lambda _: None, project)
-            )
+            claimed = self._ownership.claim(response["id"], KIND, owner_of(ctx), provider.name, hold)
         except Exception as exc:  # the store refused it: estimated as a request without usage
             log.warning("background response %s was not recorded: %s: %s", response["id"], type(exc).__name__, exc)
             return
         if claimed:
             ctx.attempt.usage = Usage()  # the queued answer's own: nothing used yet
-            ctx.state[HELD] = held
+            ctx.state[HELD], ctx.state[USER_HELD] = held, user_held
 
     def finished(self, key_id: str | None, provider: Provider, response: dict) -> None:
         """A response seen ended (retrieved, streamed, cancelled, looked at): its usage billed once

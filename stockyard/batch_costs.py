@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 from . import estimate
+from .budgets import owner_scopes, user_of
 from .config import Settings
 from .context import RequestContext, claude_mode
 from .errors import OPENAI
@@ -188,10 +189,13 @@ def bill_once(
         billed = mark_billed(conn, object_id, kind)
         if billed is None:
             return None
-        cost = spent_uc(ctx, billed.held_uc)
-        row.unpriced_spent_uc = cost - estimate.billed_uc(ctx)  # beyond a cost that is unknown: kept with it
+        if billed.user_scope:  # an end user's budget held it: billed under that user's name
+            row.end_user = user_of(billed.user_scope)
+        cost, user_cost = spent_uc(ctx, billed.held_uc), spent_uc(ctx, billed.user_held_uc)
+        # what its budgets spend beyond a cost that is unknown: kept with it
+        row.unpriced_spent_uc = max(cost, user_cost) - estimate.billed_uc(ctx)
         row.write(conn)
-        after = [spend(conn, *change, ctx.ts_ms) for change in budget_changes(ctx, billed, cost)]
+        after = [spend(conn, *change, ctx.ts_ms) for change in budget_changes(ctx, billed, cost, user_cost)]
 
         def settle() -> None:
             for call in after:
@@ -202,16 +206,22 @@ def bill_once(
     return job
 
 
-def budget_changes(ctx: RequestContext, billed: Billed, cost: int) -> list[tuple[str, str | None, int]]:
-    """(key id, project, change µ¢) of an object billed ``cost`` (what its budgets spend: a cost that
-    is unknown spends the hold, as a request's does, ``budget.spent_uc``): its cost, where its trace
-    counts it, replaces what it held, where that was counted."""
-    if not ctx.key_id:
-        return []
-    if billed.project == ctx.project:
-        return [(ctx.key_id, ctx.project, cost - billed.held_uc)]
-    # its key moved to another project while it ran
-    return [(ctx.key_id, billed.project, -billed.held_uc), (ctx.key_id, ctx.project, cost)]
+def budget_changes(ctx: RequestContext, billed: Billed, cost: int, user_cost: int) -> list[tuple[tuple[str, ...], int]]:
+    """(budget scopes, change µ¢) of an object billed ``cost`` on its key's and project's budgets
+    and ``user_cost`` on an end user's (what each spends: a cost that is unknown spends the hold,
+    as a request's does, ``budget.spent_uc``): its cost, where its trace counts it, replaces what
+    it held, where that was counted."""
+    changes: list[tuple[tuple[str, ...], int]] = []
+    if ctx.key_id and billed.project == ctx.project:
+        changes.append((owner_scopes(ctx.key_id, ctx.project), cost - billed.held_uc))
+    elif ctx.key_id:  # its key moved to another project while it ran
+        changes += [
+            (owner_scopes(ctx.key_id, billed.project), -billed.held_uc),
+            (owner_scopes(ctx.key_id, ctx.project), cost),
+        ]
+    if billed.user_scope:
+        changes.append(((billed.user_scope,), user_cost - billed.user_held_uc))
+    return changes
 
 
 def settle_billed(ctx: RequestContext, billed: Billed, metrics: Metrics) -> None:

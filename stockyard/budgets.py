@@ -106,8 +106,12 @@ def _user_spent_uc(conn: sqlite3.Connection, name: str, period: str, key: str) -
 def batch_held_uc(conn: sqlite3.Connection, scope: str) -> int:
     """µ¢ held by the unbilled batches of a key (``key:<id>``) or of a project's keys when they
     started (``project:<name>``): each its worst case, from its start until it is billed, deleted or
-    left by the batch watch (``Ownership.expire_holds``). An end user's scope holds none."""
+    left by the batch watch (``Ownership.expire_holds``); an end user's (``user:…``), what their
+    unbilled background responses hold on that budget."""
     kind, _, name = scope.partition(":")
+    if kind == "user":
+        sql = "SELECT COALESCE(SUM(held_user_uc), 0) FROM owned_objects WHERE billed = 0 AND held_user = ?"
+        return int(conn.execute(sql, (scope,)).fetchone()[0])
     if kind not in ("key", "project"):
         return 0
     owners = "key_id = ?" if kind == "key" else "held_project = ?"  # the project when the batch started
@@ -210,8 +214,10 @@ COUNTED_MODES = {"speed": (None, "standard"), "inference_geo": (None, "global")}
 
 
 # ctx.state: what a background response left running holds on its key's budgets until it is billed
-# (µ¢, ``stockyard.background``), which the budget module settles its reservation to
+# (µ¢, ``stockyard.background``), which the budget module settles its reservation to; and on its end
+# user's budget, which the userlimits module settles its reservation to
 BACKGROUND_HELD = "background.held"
+BACKGROUND_USER_HELD = "background.held_user"
 
 
 def check_countable(
@@ -219,8 +225,8 @@ def check_countable(
 ) -> None:
     """The 403 for a request a budget could not count: a background response (it runs after its
     answer, whose usage is still empty) unless the budget follows one to its end (``follows_background``:
-    a key's and its project's hold its worst case until it is billed, ``stockyard.background``; not a
-    streamed one, whose stream is what bills it, nor an end user's), a transcription or translation
+    a key's, its project's and an end user's hold its worst case until it is billed,
+    ``stockyard.background``; not a streamed one, whose stream is what bills it), a transcription or translation
     whose answer will not report its cost (``response_format`` text, srt, vtt; a translation's json), provider-run tools
     whose cost nothing bounds (MCP servers, code execution, an unbounded web fetch), a dearer
     service tier (OpenAI's ``priority`` bills above the price table's rates) or Claude mode (fast
@@ -506,6 +512,11 @@ def key_budget(key_id: str, name: str, limit_uc: int | None, period: str | None)
 
 def project_budget(project: str, limit_uc: int, period: str) -> Budget:
     return Budget(f"project:{project}", f"project {project!r}", limit_uc, period)
+
+
+def user_of(scope: str) -> str:
+    """The end user an end user's budget scope (:func:`user_budget`) is for."""
+    return scope.partition("|")[2]
 
 
 def user_budget(within: str, user: str, limit_uc: int, period: str) -> Budget:

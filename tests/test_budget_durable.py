@@ -9,6 +9,7 @@ only): after a restart the key could spend it again."""
 
 from __future__ import annotations
 
+import json
 import signal
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
@@ -251,3 +252,48 @@ def test_a_running_background_response_whose_cancel_fails_is_not_deleted(pyz_pat
     finally:
         srv.stop()
     assert "Traceback" not in srv.log
+
+
+def test_an_end_users_budget_holds_background_responses_across_a_crash(pyz_path, cache_home, mock, tmp_path):
+    """An end user's budget holds a background response's worst case from its start until it is billed,
+    as a key's does (was: a 403 ``background_not_budgeted``). Five fit, the sixth is refused; the holds
+    are in the database with the responses, so a crash (SIGKILL) does not give them back; billing one
+    replaces its hold with its cost, under the end user's name, and a new one fits again."""
+    env = mock_env(cache_home, mock, STOCKYARD_ADMIN_KEY=ADMIN, STOCKYARD_BATCH_POLL="off")
+    srv = ServerProcess(pyz_path, tmp_path / "s.db", env)
+    srv.keys = srv.create_keys({"app": []})
+    for args in (
+        ("modules", "set", "userlimits", "budget_usd=0.00303", "budget_period=total"),
+        ("modules", "enable", "userlimits"),
+    ):
+        done = srv.cli(*args)
+        assert done.returncode == 0, done.stderr
+    body = {"model": MODEL, "input": "a long job", "background": True, "max_output_tokens": 1000, "user": "carol"}
+
+    def start(server: ServerProcess) -> tuple[int, dict]:
+        status, _, data = server.request("POST", "/v1/responses", body, headers=server.auth("app"))
+        return status, json.loads(data)
+
+    srv.start()
+    try:
+        made = [start(srv) for _ in range(5)]
+        assert [status for status, _ in made] == [200] * 5, made
+        status, refused = start(srv)
+        assert (status, refused["error"]["code"]) == (429, "budget_exceeded"), refused
+        assert "end user 'carol'" in refused["error"]["message"]
+    finally:
+        srv.stop(signal.SIGKILL)
+    again = restarted(srv)
+    try:
+        assert start(again)[0] == 429  # the five holds, loaded again
+        client, first = again.openai("app"), made[0][1]["id"]
+        client.responses.retrieve(first)  # in progress
+        done = client.responses.retrieve(first)
+        assert done.status == "completed"  # billed: its cost replaces its hold
+        assert start(again)[0] == 200
+        sql = "SELECT end_user, cost_uc FROM traces WHERE endpoint = 'responses.usage'"
+        cost = done.usage.input_tokens * IN_UC + done.usage.output_tokens * OUT_UC
+        assert again.db_rows(sql) == [{"end_user": "carol", "cost_uc": cost}]
+    finally:
+        again.stop()
+    assert "Traceback" not in again.log
