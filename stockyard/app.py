@@ -171,7 +171,7 @@ class App:
         self.ownership = ownership = Ownership(self.store, self.batch_spend)
         ring = lambda: self.gate.ring  # noqa: E731 - the key ring of the moment, for the batch watch
         self.background = BackgroundResponses(
-            ownership, self.store, self.pricer, self.metrics, settings, self.batch_spend, ring, self.pool
+            ownership, self.store, self.pricer, self.metrics, settings, self.batch_spend, ring, self.pool, self.ledger
         )
         self.conversations = Conversations(
             self.store,
@@ -254,11 +254,11 @@ class App:
         model without a price (403 ``model_not_priced``; ``worst`` None), nor one whose worst case
         (``worst``, µ¢) does not fit beside what is spent and what requests in flight hold.
 
-        The worst case is reserved now; ``end(True)``, once the new batch is recorded with it
-        (``held_uc``), makes it spend — so every request and batch after it sees it, across
-        restarts too (``budgets.ledger_spend_uc``) — until the batch is billed, when its real cost
-        replaces it (:meth:`batch_spend`). ``end(False)`` gives the reservation back. Not when the
-        budget module is off for the key."""
+        The worst case is reserved now; the transaction that records the new batch with it
+        (``held_uc``) makes it spend (``end_in``: ``Ledger.settle_in``) — so every request and batch
+        after it sees it, across restarts too (``budgets.ledger_spend_uc``) — until the batch is
+        billed, when its real cost replaces it (:meth:`batch_spend`). ``end(False)`` gives the
+        reservation back. Not when the budget module is off for the key."""
         budgets = self._batch_budgets(ctx)
         if budgets and worst is None:
             raise ProxyError(
@@ -274,12 +274,23 @@ class App:
             except BudgetExceeded as exc:
                 raise exc.error() from None
             key = ctx.key
+            recorded: list[bool] = []  # the batch's record made the reservation spend (end_in)
+
+            def end_in(conn: Any) -> Callable[[], None]:
+                done = self.ledger.settle_in(conn, hold, worst, scopes_of(key), ctx.ts_ms)
+
+                def committed() -> None:
+                    recorded.append(True)
+                    done()
+
+                return committed
 
             def end(created: bool) -> None:
-                scopes = scopes_of(key) if created else ()
-                self.ledger.settle(hold, worst if created else 0, scopes, ctx.ts_ms)
+                if not recorded:
+                    scopes = scopes_of(key) if created else ()
+                    self.ledger.settle(hold, worst if created else 0, scopes, ctx.ts_ms)
 
-            return BatchHold(worst, end, key.project if key is not None else None)
+            return BatchHold(worst, end, key.project if key is not None else None, end_in=end_in)
         used_up = self.ledger.used_up(budgets, ctx.ts_ms) if budgets else None
         if used_up is None:
             return BatchHold(0, lambda created: None)

@@ -3,8 +3,9 @@
 Such a response answers at once (``queued`` or ``in_progress``, no usage) and runs at the provider
 afterwards. Its POST is billed 0 (it used nothing yet) and the response is recorded as its key's
 (``owned_objects``, kind ``background_response``) with what it holds against a budgeted key's
-budgets (``held_uc``, ``held_project``: the request's worst case at its ``max_output_tokens``,
-which the budget module turns from a reservation into spend: ``budget.after``), as a batch is.
+budgets (``held_uc``, ``held_project``: the request's worst case at its ``max_output_tokens``) and an
+end user's (``held_user``, ``held_user_uc``), whose reservations the same transaction turns into
+spend (:meth:`BackgroundResponses._holds_spent`), as a batch is.
 
 When Stockyard sees it ended (``completed``, ``incomplete``, ``failed``, ``cancelled``) — a retrieve
 passed through, the end event of its stream (``GET …?stream=true``), the cancel's answer, the retrieve
@@ -13,8 +14,8 @@ every ``STOCKYARD_BATCH_POLL`` at those nobody retrieved — one ``responses.usa
 what the provider says it used, priced as the POST would have been (the tier that served it, the
 image tool, hosted tools' calls), written in the same transaction that marks it billed
 (``batch_costs.bill_once``): however many retrieves, streams and replicas race, it is billed once.
-Its cost then replaces its hold on the budgets. One never seen to end gives its hold back after
-``batch_costs.WATCH_DAYS``, as a batch does.
+Its cost replaces its hold on the budgets in that transaction too (on PostgreSQL; in memory just
+after). One never seen to end gives its hold back after ``batch_costs.WATCH_DAYS``, as a batch does.
 
 Not here: a background request that is also streamed (``stream: true``) is billed by its stream, as
 any streamed response is.
@@ -29,7 +30,7 @@ from typing import Any, Callable
 from .batch_costs import bill_once, settle_billed
 from .billing import Pricer
 from .budgets import BACKGROUND_HELD as HELD
-from .budgets import BACKGROUND_USER_HELD as USER_HELD
+from .budgets import Ledger, scopes_of
 from .config import Settings
 from .context import RequestContext
 from .conversations import keep_usage
@@ -48,7 +49,8 @@ log = logging.getLogger("stockyard.background")
 KIND = "background_response"  # in owned_objects
 RUNNING = ("queued", "in_progress")
 COVER = "budget.cover"  # ctx.state: the budget module's ``Cover`` (``held``: the worst case it holds)
-USER_COVER, USER_BUDGET = "userlimits.cover", "userlimits.budget"  # the userlimits module's, and its budget
+KEY_BUDGET = "budget"  # ctx.state: the budget module's reservation (a ``Hold``)
+USER_COVER, USER_BUDGET = "userlimits.cover", "userlimits.budget"  # the userlimits module's, and (budget, hold)
 GONE = "gone"  # what a look finds when the provider answers 404: it no longer has the response
 RETRY_DELETE_S = 5  # the Retry-After of a delete refused because the response's end was not seen
 
@@ -100,6 +102,7 @@ class BackgroundResponses:
         settle: BatchSpend,
         keys: Callable[[], KeyRing],
         pool: Pool,
+        ledger: Ledger,
     ) -> None:
         self._ownership = ownership
         self._store = store
@@ -109,6 +112,7 @@ class BackgroundResponses:
         self._settle = settle  # App.batch_spend: a change to what the key's objects count on its budgets
         self._keys = keys
         self._pool = pool
+        self._ledger = ledger  # the request's reservations become spend as the response is recorded
 
     def started(self, ctx: RequestContext, provider: Provider, response: dict) -> None:
         """A POST's answer left it running: recorded as the key's with what its budget holds, and
@@ -119,7 +123,7 @@ class BackgroundResponses:
         held = int(getattr(ctx.state.get(COVER), "held", 0))  # none without a budget
         project = ctx.key.project if ctx.key is not None else None
         user_held, user_scope = user_hold(ctx)
-        hold = BatchHold(held, lambda _: None, project, user_scope, user_held)
+        hold = BatchHold(held, lambda _: None, project, user_scope, user_held, self._holds_spent(ctx, held, user_held))
         try:
             claimed = self._ownership.claim(response["id"], KIND, owner_of(ctx), provider.name, hold)
         except Exception as exc:  # the store refused it: estimated as a request without usage
@@ -127,7 +131,32 @@ class BackgroundResponses:
             return
         if claimed:
             ctx.attempt.usage = Usage()  # the queued answer's own: nothing used yet
-            ctx.state[HELD], ctx.state[USER_HELD] = held, user_held
+            ctx.state[HELD] = True
+
+    def _holds_spent(self, ctx: RequestContext, held: int, user_held: int) -> Callable[[Any], Callable[[], None]]:
+        """In the transaction that records the response with its holds: the request's reservations
+        (the budget and userlimits modules') become the spend those holds are until it is billed, so
+        a crash keeps both or neither. Once committed, their after hooks find no reservation left."""
+
+        def end_in(conn: Any) -> Callable[[], None]:
+            done: list[Callable[[], None]] = []
+            key_hold = ctx.state.get(KEY_BUDGET)
+            if key_hold is not None and ctx.key is not None:
+                done.append(self._ledger.settle_in(conn, key_hold, held, scopes_of(ctx.key), ctx.ts_ms))
+            user = ctx.state.get(USER_BUDGET)
+            if user is not None:
+                done.append(self._ledger.settle_in(conn, user[1], user_held, (user[0].scope,), ctx.ts_ms))
+
+            def committed() -> None:
+                ctx.state.pop(KEY_BUDGET, None)
+                if user is not None:
+                    ctx.state[USER_BUDGET] = (user[0], None)
+                for call in done:
+                    call()
+
+            return committed
+
+        return end_in
 
     def finished(self, key_id: str | None, provider: Provider, response: dict) -> None:
         """A response seen ended (retrieved, streamed, cancelled, looked at): its usage billed once

@@ -213,11 +213,10 @@ COUNTED_TIERS = (None, "auto", "default", "flex", "standard_only")  # billed at 
 COUNTED_MODES = {"speed": (None, "standard"), "inference_geo": (None, "global")}
 
 
-# ctx.state: what a background response left running holds on its key's budgets until it is billed
-# (µ¢, ``stockyard.background``), which the budget module settles its reservation to; and on its end
-# user's budget, which the userlimits module settles its reservation to
+# ctx.state: True when the request left a background response running, recorded with what it holds
+# (``stockyard.background``), whose record made the budget and userlimits modules' reservations spend:
+# their after hooks settle only what the answer itself cost (0)
 BACKGROUND_HELD = "background.held"
-BACKGROUND_USER_HELD = "background.held_user"
 
 
 def check_countable(
@@ -448,13 +447,19 @@ class Ledger:
                         entry.spent += actual_uc
         self._tell_warnings(crossed)
 
-    def spend_in(self, conn: Any, change: int, scopes: Iterable[str], ts_ms: int) -> Callable[[], None]:
-        """``settle(None, change, scopes, ts_ms)`` as part of the write that says why (``conn``: an
-        object billed, deleted, or left by the watch): the call to make once that write committed.
+    def settle_in(
+        self, conn: Any, hold: Hold | None, actual_uc: int, scopes: Iterable[str], ts_ms: int
+    ) -> Callable[[], None]:
+        """:meth:`settle` as part of the write that says why (``conn``: an object recorded with its
+        hold, billed, deleted, or left by the watch): the call to make once that write committed.
         This ledger is memory, which a start loads from the database, so a crash between the commit
         and the call loses nothing; the shared ledger (PostgreSQL) changes its rows in ``conn``."""
         scopes = tuple(scopes)
-        return lambda: self.settle(None, change, scopes, ts_ms)
+        return lambda: self.settle(hold, actual_uc, scopes, ts_ms)
+
+    def spend_in(self, conn: Any, change: int, scopes: Iterable[str], ts_ms: int) -> Callable[[], None]:
+        """A change of spend on the scopes' current periods, as :meth:`settle_in` makes it."""
+        return self.settle_in(conn, None, change, scopes, ts_ms)
 
     def _tell_exhausted(self, refused: BudgetExceeded) -> None:
         """The first refusal of a spent budget's period, to ``on_exhausted`` (the webhooks)."""

@@ -499,22 +499,27 @@ class Ownership:
     ) -> bool:
         """Record a new object as ``owner``'s (a batch with what it holds, and the project it holds
         it against, until billed; a context cache with its ``tokens``, when known); False when the
-        id was already held (it keeps its first owner)."""
+        id was already held (it keeps its first owner). ``hold.end_in`` runs in the same transaction
+        (the reservation becomes the spend its hold is), and what it leaves once that committed."""
         now = int(time.time() * 1000)
         hold = hold or BatchHold(0, lambda _: None)
         held_project = hold.project if hold.held_uc else None
         held_user = hold.user_scope if hold.user_held_uc else None
         row = (object_id, kind, owner, provider, now, hold.held_uc, held_project, held_user, hold.user_held_uc, tokens)
-        return self._store.write(
-            lambda conn: (
-                conn.execute(
-                    "INSERT OR IGNORE INTO owned_objects (id, kind, key_id, provider, created_at, held_uc,"
-                    " held_project, held_user, held_user_uc, tokens) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    row,
-                ).rowcount
-                == 1
-            )
+        sql = (
+            "INSERT OR IGNORE INTO owned_objects (id, kind, key_id, provider, created_at, held_uc,"
+            " held_project, held_user, held_user_uc, tokens) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
         )
+
+        def job(conn: sqlite3.Connection) -> Callable[[], None] | None:
+            if conn.execute(sql, row).rowcount != 1:
+                return None
+            return hold.end_in(conn) if hold.end_in is not None else lambda: None
+
+        claimed = self._store.write(job)
+        if claimed is not None:
+            claimed()
+        return claimed is not None
 
     def learn_tokens(self, object_id: str, tokens: int) -> None:
         """Record the tokens of a context cache whose count was not known (a cache's contents never
@@ -635,14 +640,18 @@ class Billed:
 @dataclass(frozen=True)
 class BatchHold:
     """A new batch's worst case, reserved against its owner's budgets while it is created: record
-    ``held_uc`` with the batch (``Ownership.claim``), then ``end(True)``: the reservation becomes
-    spend until the batch is billed; ``end(False)`` when no batch was recorded gives it back."""
+    ``held_uc`` with the batch (``Ownership.claim``), whose transaction makes the reservation spend
+    until the batch is billed (``end_in``); ``end(False)`` when no batch was recorded gives it back
+    (``end(True)`` after ``end_in`` changes nothing)."""
 
     held_uc: int
     end: Callable[[bool], None]
     project: str | None = None  # the project whose budget it is held against too (its key's, now)
     user_scope: str | None = None  # an end user's budget a background response holds ``user_held_uc`` on
     user_held_uc: int = 0
+    # in the transaction that records the object: its reservations become the spend its hold is
+    # (``Ledger.settle_in``); returns what is left to do once that committed
+    end_in: Callable[[Any], Callable[[], None]] | None = None
 
 
 def mark_billed(conn: sqlite3.Connection, batch_id: str, kind: str = "batch") -> Billed | None:

@@ -152,10 +152,29 @@ def end_sessions_but(server: ServerProcess, pid: int) -> None:
     server.db_rows(sql, (pid,))
 
 
-def waiting_on_a_lock(server: ServerProcess) -> bool:
-    """Whether a session of the server waits for a row lock (the ledger's, held by the test)."""
-    sql = "SELECT count(*) AS n FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()"
-    return server.db_rows(sql)[0]["n"] > 0
+def waiting_on_a_lock(server: ServerProcess, query: str = "%") -> bool:
+    """Whether a session of the server waits for a lock (the ledger's, held by the test) in a statement
+    whose text is like ``query``."""
+    sql = (
+        "SELECT count(*) AS n FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+        " AND datname = current_database() AND query LIKE ?"
+    )
+    return server.db_rows(sql, (query,))[0]["n"] > 0
+
+
+def lock_settlements(server: ServerProcess) -> tuple[Callable[[], None], int]:
+    """Another session locks ``budget_settled`` (PostgreSQL): a reservation goes on, a settlement
+    step (which records its id there) waits, at a point the test can see. And its pid."""
+    conn = open_database(server.db)
+    conn.execute("BEGIN ISOLATION LEVEL READ COMMITTED")
+    conn.execute("LOCK TABLE budget_settled IN EXCLUSIVE MODE")
+    pid = int(conn.execute("SELECT pg_backend_pid() AS pid").fetchone()["pid"])
+
+    def release() -> None:
+        conn.execute("ROLLBACK")
+        conn.close()
+
+    return release, pid
 
 
 @pytest.mark.skipif(TEST_STORE != "postgresql", reason="on SQLite a start loads every spend from the database")
@@ -297,3 +316,44 @@ def test_an_end_users_budget_holds_background_responses_across_a_crash(pyz_path,
     finally:
         again.stop()
     assert "Traceback" not in again.log
+
+
+@pytest.mark.skipif(TEST_STORE != "postgresql", reason="on SQLite a start loads every spend from the database")
+def test_a_crash_as_a_background_response_starts_leaves_its_hold_whole(pyz_path, cache_home, mock, tmp_path):
+    """A background response's worst case is recorded with it (``owned_objects.held_uc``), and the
+    request's reservation becomes spend. The server is killed (SIGKILL) while that settlement waits
+    (``budget_settled`` locked) as the second response starts. Was: the response's row was committed first and the
+    reservation turned into spend after, in a statement of its own; the crash left the hold recorded
+    but never spent (its lease given back), so the budget counted less than it held, and billing the
+    response later took a hold that had never been counted off the spend. Now the reservation turns
+    into spend in the transaction that records the response: the ledger's spend is always what the
+    database says was billed and is held."""
+    env = mock_env(cache_home, mock, STOCKYARD_ADMIN_KEY=ADMIN, STOCKYARD_BATCH_POLL="off")
+    srv = ServerProcess(pyz_path, tmp_path / "s.db", env)
+    srv.keys = srv.create_keys({"bg": ["--budget-usd", "0.01", "--budget-period", "total"]})
+    (key_id,) = [r["id"] for r in srv.db_rows("SELECT id FROM client_keys WHERE name = 'bg'")]
+    scope = f"key:{key_id}"
+    body = {"model": MODEL, "input": "a long job", "background": True, "max_output_tokens": 1000}
+    srv.start()
+    try:
+        assert srv.request("POST", "/v1/responses", body, headers=srv.auth("bg"))[0] == 200
+        release, locker = lock_settlements(srv)
+        try:
+            with ThreadPoolExecutor(max_workers=1) as pool:
+                started = pool.submit(srv.openai("bg").responses.create, **body)
+                settling = lambda: waiting_on_a_lock(srv, "/* settle */%")  # noqa: E731
+                wait_for(settling, what="the reservation's settlement waiting")
+                srv.stop(signal.SIGKILL)
+                end_sessions_but(srv, locker)
+                try:
+                    started.result()  # answered before the reservation's settlement, or killed waiting
+                except openai.APIConnectionError:
+                    pass
+        finally:
+            release()
+    finally:
+        srv.stop()
+    held = "SELECT COALESCE(SUM(held_uc), 0) AS n FROM owned_objects WHERE key_id = ? AND billed = 0"
+    billed = "SELECT COALESCE(SUM(cost_uc), 0) AS n FROM rollups_daily WHERE key_id = ?"
+    recorded = srv.db_rows(held, (key_id,))[0]["n"] + srv.db_rows(billed, (key_id,))[0]["n"]
+    assert ledger_spent(srv, scope) == recorded

@@ -162,9 +162,9 @@ class BudgetModule(Module):
         cover = ctx.state.pop("budget.cover", None)
         if cover is not None:
             cover.release()
-        # every attempt's cost (its hold when one has no price), and a background response left
-        # running (its answer costs 0) its worst case too: spend until it is billed
-        # (``stockyard.background``: its hold recorded with it)
-        running = ctx.state.pop(BACKGROUND_HELD, 0)
-        billed = (estimate.billed_uc(ctx) if running else spent_uc(ctx, held_by(cover))) + running
+        # every attempt's cost (its hold when one has no price); a background response left running
+        # made its reservation spend as it was recorded with its hold (``stockyard.background``):
+        # only what its answer cost (0) is left
+        running = ctx.state.get(BACKGROUND_HELD, False)
+        billed = estimate.billed_uc(ctx) if running else spent_uc(ctx, held_by(cover))
         self.services.ledger.settle(ctx.state.pop("budget", None), billed, scopes_of(ctx.key), ctx.ts_ms)

@@ -27,7 +27,7 @@ from typing import Any
 
 from .. import estimate
 from ..budgets import (
-    BACKGROUND_USER_HELD,
+    BACKGROUND_HELD,
     PERIODS,
     BudgetExceeded,
     check_countable,
@@ -173,12 +173,12 @@ class UserLimitsModule(Module):
         if cover is not None:
             cover.release()
         held = ctx.state.pop("userlimits.budget", None)
-        # a background response left running (its answer costs 0) spends its worst case until it is
-        # billed (``stockyard.background``: its hold recorded with it)
-        running = ctx.state.pop(BACKGROUND_USER_HELD, 0)
+        # a background response left running made its reservation spend as it was recorded with its
+        # hold (``stockyard.background``): only what its answer cost (0) is left
+        running = ctx.state.get(BACKGROUND_HELD, False)
         if held is not None:
             budget, hold = held
-            spent = (estimate.billed_uc(ctx) if running else spent_uc(ctx, held_by(cover))) + running
+            spent = estimate.billed_uc(ctx) if running else spent_uc(ctx, held_by(cover))
             self.services.ledger.settle(hold, spent, (budget.scope,), ctx.ts_ms)
         rate = ctx.state.pop("userlimits.rate", None)
         if rate is not None:
