@@ -152,7 +152,7 @@ def end_sessions_but(server: ServerProcess, pid: int) -> None:
     server.db_rows(sql, (pid,))
 
 
-def waiting_on_a_lock(server: ServerProcess, query: str = "%") -> bool:
+def waiting_on_a_lock(server: ServerProcess, query: str) -> bool:
     """Whether a session of the server waits for a lock (the ledger's, held by the test) in a statement
     whose text is like ``query``."""
     sql = (
@@ -201,7 +201,8 @@ def test_a_crash_between_a_background_bill_and_its_settlement_counts_its_cost(py
         try:
             with ThreadPoolExecutor(max_workers=1) as pool:
                 ended = pool.submit(client.responses.retrieve, made.id)  # completed: billed, then settled
-                wait_for(lambda: waiting_on_a_lock(srv), what="the settlement waiting on the ledger's rows")
+                settling = lambda: waiting_on_a_lock(srv, "/* settle */%")  # noqa: E731
+                wait_for(settling, what="the settlement waiting on the ledger's rows")
                 srv.stop(signal.SIGKILL)
                 end_sessions_but(srv, locker)
                 with pytest.raises(openai.APIConnectionError):
