@@ -15,7 +15,7 @@ import logging
 import os
 import threading
 import time
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 from . import __version__, audit, background, containers_api, message_batches, videos_api
 from .anthropic_files import AnthropicFiles
@@ -31,7 +31,6 @@ from .budgets import (
     Ledger,
     budgets_for,
     load_project_budgets,
-    owner_scopes,
     scopes_of,
     seconds_left,
 )
@@ -172,7 +171,7 @@ class App:
         self.ownership = ownership = Ownership(self.store, self.batch_spend)
         ring = lambda: self.gate.ring  # noqa: E731 - the key ring of the moment, for the batch watch
         self.background = BackgroundResponses(
-            ownership, self.store, self.pricer, self.metrics, settings, self.batch_spend, ring, self.pool
+            ownership, self.store, self.pricer, self.metrics, settings, self.batch_spend, ring, self.pool, self.ledger
         )
         self.conversations = Conversations(
             self.store,
@@ -262,11 +261,12 @@ class App:
         model without a price (403 ``model_not_priced``; ``worst`` None), nor one whose worst case
         (``worst``, µ¢) does not fit beside what is spent and what requests in flight hold.
 
-        The worst case is reserved now; ``end(True)``, once the new batch is recorded with it
-        (``held_uc``), makes it spend — so every request and batch after it sees it, across
-        restarts too (``budgets.ledger_spend_uc``) — until the batch is billed, when its real cost
-        replaces it (:meth:`batch_spend`). ``end(False)`` gives the reservation back. Not when the
-        budget module is off for the key. ``what`` (a batch, a video) and ``param`` name it in the refusals."""
+        The worst case is reserved now; the transaction that records the new batch with it
+        (``held_uc``) makes it spend (``end_in``: ``Ledger.settle_in``) — so every request and batch
+        after it sees it, across restarts too (``budgets.ledger_spend_uc``) — until the batch is
+        billed, when its real cost replaces it (:meth:`batch_spend`). ``end(False)`` gives the
+        reservation back. Not when the budget module is off for the key. ``what`` (a batch, a video)
+        and ``param`` name it in the refusals."""
         budgets = self.budgets_of(ctx)
         if budgets and worst is None:
             raise ProxyError(
@@ -282,12 +282,23 @@ class App:
             except BudgetExceeded as exc:
                 raise exc.error() from None
             key = ctx.key
+            recorded: list[bool] = []  # the batch's record made the reservation spend (end_in)
+
+            def end_in(conn: Any) -> Callable[[], None]:
+                done = self.ledger.settle_in(conn, hold, worst, scopes_of(key), ctx.ts_ms)
+
+                def committed() -> None:
+                    recorded.append(True)
+                    done()
+
+                return committed
 
             def end(created: bool) -> None:
-                scopes = scopes_of(key) if created else ()
-                self.ledger.settle(hold, worst if created else 0, scopes, ctx.ts_ms)
+                if not recorded:
+                    scopes = scopes_of(key) if created else ()
+                    self.ledger.settle(hold, worst if created else 0, scopes, ctx.ts_ms)
 
-            return BatchHold(worst, end, key.project if key is not None else None)
+            return BatchHold(worst, end, key.project if key is not None else None, end_in=end_in)
         used_up = self.ledger.used_up(budgets, ctx.ts_ms) if budgets else None
         if used_up is None:
             return BatchHold(0, lambda created: None)
@@ -305,12 +316,16 @@ class App:
             headers=headers,
         )
 
-    def batch_spend(self, key_id: str, project: str | None, change: int, ts_ms: int) -> None:
-        """A change (µ¢) to what a key's batch counts against the budgets of the key and of
-        ``project``: its cost minus its hold when it is billed; minus its hold when it is deleted
-        unbilled or the batch watch stops looking at it."""
-        if change and key_id:
-            self.ledger.settle(None, change, owner_scopes(key_id, project), ts_ms)
+    def batch_spend(self, conn: Any, scopes: tuple[str, ...], change: int, ts_ms: int) -> Callable[[], None]:
+        """A change (µ¢) to what a key's batch (or background response) counts against the budgets
+        of ``scopes`` (its key's and project's, ``budgets.owner_scopes``, or an end user's): its cost
+        minus its hold when it is billed; minus its hold when it is deleted unbilled or the batch
+        watch stops looking at it. Made in the writer's transaction that records why (``conn``)
+        where the ledger is the database's (``Ledger.spend_in``); the call it returns is what is
+        left to do once that committed."""
+        if not change or not scopes:
+            return lambda: None
+        return self.ledger.spend_in(conn, change, scopes, ts_ms)
 
     def _record_start(self) -> None:
         """Audit migrations and the start; a log keyed with another secret must not stop serving.

@@ -3,8 +3,9 @@
 Such a response answers at once (``queued`` or ``in_progress``, no usage) and runs at the provider
 afterwards. Its POST is billed 0 (it used nothing yet) and the response is recorded as its key's
 (``owned_objects``, kind ``background_response``) with what it holds against a budgeted key's
-budgets (``held_uc``, ``held_project``: the request's worst case at its ``max_output_tokens``,
-which the budget module turns from a reservation into spend: ``budget.after``), as a batch is.
+budgets (``held_uc``, ``held_project``: the request's worst case at its ``max_output_tokens``) and an
+end user's (``held_user``, ``held_user_uc``), whose reservations the same transaction turns into
+spend (:meth:`BackgroundResponses._holds_spent`), as a batch is.
 
 When Stockyard sees it ended (``completed``, ``incomplete``, ``failed``, ``cancelled``) — a retrieve
 passed through, the end event of its stream (``GET …?stream=true``), the cancel's answer, the retrieve
@@ -13,8 +14,8 @@ every ``STOCKYARD_BATCH_POLL`` at those nobody retrieved — one ``responses.usa
 what the provider says it used, priced as the POST would have been (the tier that served it, the
 image tool, hosted tools' calls), written in the same transaction that marks it billed
 (``batch_costs.bill_once``): however many retrieves, streams and replicas race, it is billed once.
-Its cost then replaces its hold on the budgets. One never seen to end gives its hold back after
-``batch_costs.WATCH_DAYS``, as a batch does.
+Its cost replaces its hold on the budgets in that transaction too (on PostgreSQL; in memory just
+after). One never seen to end gives its hold back after ``batch_costs.WATCH_DAYS``, as a batch does.
 
 Not here: a background request that is also streamed (``stream: true``) is billed by its stream, as
 any streamed response is.
@@ -29,14 +30,18 @@ from typing import Any, Callable
 from .batch_costs import bill_once, settle_billed
 from .billing import Pricer
 from .budgets import BACKGROUND_HELD as HELD
+from .budgets import Ledger, scopes_of
 from .config import Settings
 from .context import RequestContext
 from .conversations import keep_usage
-from .errors import RESPONSES
+from .errors import RESPONSES, ProxyError
 from .files_api import OPEN_OWNER, BatchHold, BatchSpend, Billed, Ownership, owner_of
 from .keys import KeyRing
 from .metrics import Metrics
 from .modules.budget import COVER
+from .modules.budget import HELD as KEY_BUDGET
+from .modules.userlimits import COVER as USER_COVER
+from .modules.userlimits import HELD as USER_BUDGET
 from .pricing import Usage
 from .providers import Provider
 from .providers.responses_adapters import ENDED, read_response, upstream_headers, upstream_path
@@ -47,6 +52,30 @@ log = logging.getLogger("stockyard.background")
 
 KIND = "background_response"  # in owned_objects
 RUNNING = ("queued", "in_progress")
+GONE = "gone"  # what a look finds when the provider answers 404: it no longer has the response
+RETRY_DELETE_S = 5  # the Retry-After of a delete refused because the response's end was not seen
+
+
+def not_ended(response_id: str, status: str | None) -> ProxyError:
+    """The 503 for a delete of an unbilled background response whose end was not seen: sent, it
+    would take away the usage its provider bills, and leave its hold counted for 30 days."""
+    seen = f"its cancel left it {status!r}" if status else "the provider did not answer its look or its cancel"
+    return ProxyError(
+        503,
+        f"background response {response_id!r} may still run at the provider ({seen}); deleting it now would take "
+        "away the usage it is billed for, so the delete was not sent; try again shortly (a delete cancels it first)",
+        code="response_not_ended",
+        type="server_error",
+        headers={"Retry-After": str(RETRY_DELETE_S)},
+    )
+
+
+def user_hold(ctx: RequestContext) -> tuple[int, str | None]:
+    """What the request holds on its end user's budget (the userlimits module's ``Cover``), and that
+    budget's scope; (0, None) without one."""
+    held = int(getattr(ctx.state.get(USER_COVER), "held", 0))
+    budget = ctx.state.get(USER_BUDGET)
+    return (held, budget[0].scope) if held and budget is not None else (0, None)
 
 
 def left_running(ctx: RequestContext, provider: Provider, response: dict) -> bool:
@@ -74,6 +103,7 @@ class BackgroundResponses:
         settle: BatchSpend,
         keys: Callable[[], KeyRing],
         pool: Pool,
+        ledger: Ledger,
     ) -> None:
         self._ownership = ownership
         self._store = store
@@ -83,6 +113,7 @@ class BackgroundResponses:
         self._settle = settle  # App.batch_spend: a change to what the key's objects count on its budgets
         self._keys = keys
         self._pool = pool
+        self._ledger = ledger  # the request's reservations become spend as the response is recorded
 
     def started(self, ctx: RequestContext, provider: Provider, response: dict) -> None:
         """A POST's answer left it running: recorded as the key's with what its budget holds, and
@@ -92,16 +123,41 @@ class BackgroundResponses:
             return
         held = int(getattr(ctx.state.get(COVER), "held", 0))  # none without a budget
         project = ctx.key.project if ctx.key is not None else None
+        user_held, user_scope = user_hold(ctx)
+        hold = BatchHold(held, lambda _: None, project, user_scope, user_held, self._holds_spent(ctx, held, user_held))
         try:
-            claimed = self._ownership.claim(
-                response["id"], KIND, owner_of(ctx), provider.name, BatchHold(held, lambda _: None, project)
-            )
+            claimed = self._ownership.claim(response["id"], KIND, owner_of(ctx), provider.name, hold)
         except Exception as exc:  # the store refused it: estimated as a request without usage
             log.warning("background response %s was not recorded: %s: %s", response["id"], type(exc).__name__, exc)
             return
         if claimed:
             ctx.attempt.usage = Usage()  # the queued answer's own: nothing used yet
-            ctx.state[HELD] = held
+            ctx.state[HELD] = True
+
+    def _holds_spent(self, ctx: RequestContext, held: int, user_held: int) -> Callable[[Any], Callable[[], None]]:
+        """In the transaction that records the response with its holds: the request's reservations
+        (the budget and userlimits modules') become the spend those holds are until it is billed, so
+        a crash keeps both or neither. Once committed, their after hooks find no reservation left."""
+
+        def end_in(conn: Any) -> Callable[[], None]:
+            done: list[Callable[[], None]] = []
+            key_hold = ctx.state.get(KEY_BUDGET)
+            if key_hold is not None and ctx.key is not None:
+                done.append(self._ledger.settle_in(conn, key_hold, held, scopes_of(ctx.key), ctx.ts_ms))
+            user = ctx.state.get(USER_BUDGET)
+            if user is not None:
+                done.append(self._ledger.settle_in(conn, user[1], user_held, (user[0].scope,), ctx.ts_ms))
+
+            def committed() -> None:
+                ctx.state.pop(KEY_BUDGET, None)
+                if user is not None:
+                    ctx.state[USER_BUDGET] = (user[0], None)
+                for call in done:
+                    call()
+
+            return committed
+
+        return end_in
 
     def finished(self, key_id: str | None, provider: Provider, response: dict) -> None:
         """A response seen ended (retrieved, streamed, cancelled, looked at): its usage billed once
@@ -118,7 +174,7 @@ class BackgroundResponses:
         ctx = self._usage(provider, response)
         if key is not None:
             ctx.key, ctx.key_id, ctx.project = key, key.id, key.project
-        bill = bill_once(ctx, response_id, KIND, self._settings)
+        bill = bill_once(ctx, response_id, KIND, self._settings, self._settle)
 
         def job(conn: Any) -> Billed | None:
             billed = bill(conn)
@@ -128,7 +184,7 @@ class BackgroundResponses:
 
         billed = self._store.write(job)
         if billed is not None:
-            settle_billed(ctx, billed, self._metrics, self._settle)
+            settle_billed(ctx, billed, self._metrics)
 
     def _usage(self, provider: Provider, response: dict) -> RequestContext:
         """The ``responses.usage`` trace of an ended response, priced from what it reports: the
@@ -159,27 +215,35 @@ class BackgroundResponses:
         """A delete takes the response and its usage away at the provider: one of the key's not yet
         billed is retrieved first, and billed if it ended; one still running is cancelled first (the
         provider would go on billing it, and nothing here would ever see its usage), its cancel's
-        answer billed. A failed look does not stop the delete (a response deleted while it runs
-        then keeps its hold until the watch's horizon)."""
+        answer billed. One whose end is not seen so — the provider did not answer the look, or the
+        cancel failed or left it running — is not deleted (:func:`not_ended`): the delete would take
+        its usage with it, and its hold would stay counted until the watch's horizon. It stays, and
+        its hold ends when its end is seen (a retrieve, the watch's look, a delete tried again). One
+        the provider no longer has (404) is deleted as asked: nothing of it is left to see."""
         owned = self._ownership.find(response_id, KIND, key_id or OPEN_OWNER)
         if owned is None or owned.billed:
             return
         try:
-            if self._retrieve(key_id, provider, response_id) in RUNNING:
-                self._retrieve(key_id, provider, response_id, "POST", "/cancel")
-        except Exception as exc:  # the provider is down: the delete goes on, and answers for itself
-            log.warning(
-                "background response %s: not billed before its delete: %s: %s", response_id, type(exc).__name__, exc
-            )
+            status = self._retrieve(key_id, provider, response_id)
+            if status in RUNNING:
+                status = self._retrieve(key_id, provider, response_id, "POST", "/cancel")
+        except Exception as exc:  # the provider is down
+            log.warning("background response %s: not seen ended before its delete: %s", response_id, exc)
+            status = None
+        if status != GONE and status not in ENDED:
+            raise not_ended(response_id, status)
 
     def _retrieve(
         self, key_id: str | None, provider: Provider, response_id: str, method: str = "GET", action: str = ""
     ) -> str | None:
         """GET the response from its provider (or ``POST …/cancel`` it) and bill it if the answer
-        shows it ended: its status, None when the provider did not answer with it."""
+        shows it ended: its status, ``GONE`` when the provider has no such response (404), None when
+        it did not answer with it."""
         path = upstream_path(provider, f"/responses/{response_id}{action}")
         resp = self._pool.request(provider.base_url, method, path, upstream_headers(provider), None)
         data = resp.read_all()
+        if resp.status == 404:
+            return GONE
         try:
             doc = json.loads(data) if resp.status < 300 else None
         except ValueError:

@@ -33,6 +33,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
+from . import estimate
+from .budgets import owner_scopes, user_of
 from .config import Settings
 from .context import RequestContext, claude_mode
 from .errors import OPENAI
@@ -173,34 +175,59 @@ def openai_output(provider: Provider, batch: dict) -> BatchOutput:
     )
 
 
-def bill_once(ctx: RequestContext, object_id: str, kind: str, settings: Settings) -> Callable[[Any], Billed | None]:
+def bill_once(
+    ctx: RequestContext, object_id: str, kind: str, settings: Settings, spend: BatchSpend
+) -> Callable[[Any], Billed | None]:
     """The writer job that records ``ctx``'s usage trace for an object its provider billed (a batch,
-    a background response) and marks the object billed, in one transaction: only the job that
-    marks it first writes the row, so racing looks, and replicas, record it once."""
+    a background response), marks the object billed and changes its owner's budgets (its cost
+    replaces its hold: :func:`budget_changes`), in one transaction: only the job that marks it
+    first writes the row, so racing looks, and replicas, record it once, and a crash cannot
+    keep one without the others. ``Billed.settle``: what is left to do once it committed."""
     row = trace_row_from(ctx, store_bodies=settings.store_bodies, cap=settings.body_cap_bytes)
 
     def job(conn: Any) -> Billed | None:
         billed = mark_billed(conn, object_id, kind)
-        if billed is not None:
-            row.write(conn)
-        return billed
+        if billed is None:
+            return None
+        if billed.user_scope:  # an end user's budget held it: billed under that user's name
+            row.end_user = user_of(billed.user_scope)
+        cost, user_cost = spent_uc(ctx, billed.held_uc), spent_uc(ctx, billed.user_held_uc)
+        # what its budgets spend beyond a cost that is unknown: kept with it
+        row.unpriced_spent_uc = max(cost, user_cost) - estimate.billed_uc(ctx)
+        row.write(conn)
+        after = [spend(conn, *change, ctx.ts_ms) for change in budget_changes(ctx, billed, cost, user_cost)]
+
+        def settle() -> None:
+            for call in after:
+                call()
+
+        return dataclasses.replace(billed, settle=settle)
 
     return job
 
 
-def settle_billed(ctx: RequestContext, billed: Billed, metrics: Metrics, settle: BatchSpend) -> None:
-    """After ``bill_once`` recorded ``ctx``: its cost (where its trace counts it) replaces what the
-    object held (where that was counted) on its owner's budgets; a cost that is unknown (no price
-    for the mode that served it) spends the hold, as a request's does (``budget.spent_uc``)."""
+def budget_changes(ctx: RequestContext, billed: Billed, cost: int, user_cost: int) -> list[tuple[tuple[str, ...], int]]:
+    """(budget scopes, change µ¢) of an object billed ``cost`` on its key's and project's budgets
+    and ``user_cost`` on an end user's (what each spends: a cost that is unknown spends the hold,
+    as a request's does, ``budget.spent_uc``): its cost, where its trace counts it, replaces what
+    it held, where that was counted."""
+    changes: list[tuple[tuple[str, ...], int]] = []
+    if ctx.key_id and billed.project == ctx.project:
+        changes.append((owner_scopes(ctx.key_id, ctx.project), cost - billed.held_uc))
+    elif ctx.key_id:  # its key moved to another project while it ran
+        changes += [
+            (owner_scopes(ctx.key_id, billed.project), -billed.held_uc),
+            (owner_scopes(ctx.key_id, ctx.project), cost),
+        ]
+    if billed.user_scope:
+        changes.append(((billed.user_scope,), user_cost - billed.user_held_uc))
+    return changes
+
+
+def settle_billed(ctx: RequestContext, billed: Billed, metrics: Metrics) -> None:
+    """After ``bill_once`` recorded ``ctx``: its metrics, and what is left of its budgets' change."""
     metrics.observe_request(ctx)
-    if not ctx.key_id:
-        return
-    cost = spent_uc(ctx, billed.held_uc)
-    if billed.project == ctx.project:
-        settle(ctx.key_id, ctx.project, cost - billed.held_uc, ctx.ts_ms)
-    else:  # its key moved to another project while it ran
-        settle(ctx.key_id, billed.project, -billed.held_uc, ctx.ts_ms)
-        settle(ctx.key_id, ctx.project, cost, ctx.ts_ms)
+    billed.settle()
 
 
 class BatchCosts:
@@ -310,10 +337,10 @@ class BatchCosts:
         if total.unpriced:
             a.error_message = f"no price for {', '.join(sorted(total.unpriced))[:500]}"
         ctx.complete = True
-        billed = self._store.write(bill_once(ctx, output.batch_id, output.kind, self._path.settings))
+        billed = self._store.write(bill_once(ctx, output.batch_id, output.kind, self._path.settings, self._settle))
         if billed is None:
             return
-        settle_billed(ctx, billed, self._metrics, self._settle)
+        settle_billed(ctx, billed, self._metrics)
         log.info(
             "batch %s: %d lines, %d+%d tokens, recorded under trace %s",
             output.batch_id,

@@ -7,11 +7,12 @@ worst-case cost against every budget that applies to it, all at once under one l
 the real cost. Nothing can slip between the check and the reservation, so a hundred
 concurrent requests cannot walk past a budget.
 
-The spend of a (budget, period) is loaded from ``rollups_daily`` the first time the
-period is used — through the writer thread, so every trace already queued is counted —
-and kept up to date by settlements after that. That is how a budget survives a restart.
-That is the SQLite store's ledger (one server per file). On PostgreSQL every replica shares
-one ledger in the database instead (:mod:`stockyard.store.shared`); the backend picks.
+The spend of a (budget, period) is loaded from ``rollups_daily`` (and ``budget_unpriced``: what
+answers of unknown cost spent, their holds) the first time the period is used — through the writer
+thread, so every trace already queued is counted — and kept up to date by settlements after that.
+That is how a budget survives a restart. That is the SQLite store's ledger (one server per file).
+On PostgreSQL every replica shares one ledger in the database instead (:mod:`stockyard.store.shared`);
+the backend picks.
 End users' budgets (``modules/userlimits.py``) read their spend from ``rollups_users``; an idle
 end user is forgotten after a minute and reloaded when they come back.
 """
@@ -73,37 +74,44 @@ def seconds_left(period: str, ts_ms: int) -> int | None:
 
 def spent_uc(conn: sqlite3.Connection, scope: str, period: str, key: str) -> int:
     """Spend of a scope ('key:<id>', 'project:<name>' or an end user's, see :func:`user_budget`)
-    in one period, from the rollups."""
+    in one period: the rollups' known costs, and what answers of unknown cost spent beyond them
+    (``budget_unpriced``: their holds), which the rollups cannot hold."""
     kind, _, name = scope.partition(":")
     if kind == "user":
         return _user_spent_uc(conn, name, period, key)
     column = {"key": "key_id", "project": "project"}[kind]
     start, end = period_days(period, key)
-    row = conn.execute(
-        f"SELECT COALESCE(SUM(cost_uc), 0) FROM rollups_daily WHERE {column} = ? AND day >= ? AND day < ?",
-        (name, start, end),
-    ).fetchone()
-    return int(row[0])
+    where = f"WHERE {column} = ? AND day >= ? AND day < ?"
+    known = conn.execute(f"SELECT COALESCE(SUM(cost_uc), 0) FROM rollups_daily {where}", (name, start, end))
+    unpriced = conn.execute(f"SELECT COALESCE(SUM(spent_uc), 0) FROM budget_unpriced {where}", (name, start, end))
+    return int(known.fetchone()[0]) + int(unpriced.fetchone()[0])
 
 
 def _user_spent_uc(conn: sqlite3.Connection, name: str, period: str, key: str) -> int:
-    """An end user's spend within a key, a project or everything ('key:<id>|<user>', …, '*|<user>')."""
+    """An end user's spend within a key, a project or everything ('key:<id>|<user>', …, '*|<user>'):
+    ``rollups_users``' known costs and ``budget_unpriced``'s spend beyond them."""
     within, _, user = name.partition("|")
     kind, _, value = within.partition(":")
     start, end = period_days(period, key)
-    sql = "SELECT COALESCE(SUM(cost_uc), 0) FROM rollups_users WHERE end_user = ? AND day >= ? AND day < ?"
+    where = "WHERE end_user = ? AND day >= ? AND day < ?"
     args = [user, start, end]
     if kind in ("key", "project"):
-        sql += f" AND {'key_id' if kind == 'key' else 'project'} = ?"
+        where += f" AND {'key_id' if kind == 'key' else 'project'} = ?"
         args.append(value)
-    return int(conn.execute(sql, args).fetchone()[0])
+    known = conn.execute(f"SELECT COALESCE(SUM(cost_uc), 0) FROM rollups_users {where}", args).fetchone()[0]
+    unpriced = conn.execute(f"SELECT COALESCE(SUM(spent_uc), 0) FROM budget_unpriced {where}", args).fetchone()[0]
+    return int(known) + int(unpriced)
 
 
 def batch_held_uc(conn: sqlite3.Connection, scope: str) -> int:
     """µ¢ held by the unbilled batches of a key (``key:<id>``) or of a project's keys when they
     started (``project:<name>``): each its worst case, from its start until it is billed, deleted or
-    left by the batch watch (``Ownership.expire_holds``). An end user's scope holds none."""
+    left by the batch watch (``Ownership.expire_holds``); an end user's (``user:…``), what their
+    unbilled background responses hold on that budget."""
     kind, _, name = scope.partition(":")
+    if kind == "user":
+        sql = "SELECT COALESCE(SUM(held_user_uc), 0) FROM owned_objects WHERE billed = 0 AND held_user = ?"
+        return int(conn.execute(sql, (scope,)).fetchone()[0])
     if kind not in ("key", "project"):
         return 0
     owners = "key_id = ?" if kind == "key" else "held_project = ?"  # the project when the batch started
@@ -205,8 +213,9 @@ COUNTED_TIERS = (None, "auto", "default", "flex", "standard_only")  # billed at 
 COUNTED_MODES = {"speed": (None, "standard"), "inference_geo": (None, "global")}
 
 
-# ctx.state: what a background response left running holds on its key's budgets until it is billed
-# (µ¢, ``stockyard.background``), which the budget module settles its reservation to
+# ctx.state: True when the request left a background response running, recorded with what it holds
+# (``stockyard.background``), whose record made the budget and userlimits modules' reservations spend:
+# their after hooks settle only what the answer itself cost (0)
 BACKGROUND_HELD = "background.held"
 
 
@@ -215,8 +224,8 @@ def check_countable(
 ) -> None:
     """The 403 for a request a budget could not count: a background response (it runs after its
     answer, whose usage is still empty) unless the budget follows one to its end (``follows_background``:
-    a key's and its project's hold its worst case until it is billed, ``stockyard.background``; not a
-    streamed one, whose stream is what bills it, nor an end user's), a transcription or translation
+    a key's, its project's and an end user's hold its worst case until it is billed,
+    ``stockyard.background``; not a streamed one, whose stream is what bills it), a transcription or translation
     whose answer will not report its cost (``response_format`` text, srt, vtt; a translation's json), provider-run tools
     whose cost nothing bounds (MCP servers, code execution, an unbounded web fetch), a dearer
     service tier (OpenAI's ``priority`` bills above the price table's rates) or Claude mode (fast
@@ -438,6 +447,20 @@ class Ledger:
                         entry.spent += actual_uc
         self._tell_warnings(crossed)
 
+    def settle_in(
+        self, conn: Any, hold: Hold | None, actual_uc: int, scopes: Iterable[str], ts_ms: int
+    ) -> Callable[[], None]:
+        """:meth:`settle` as part of the write that says why (``conn``: an object recorded with its
+        hold, billed, deleted, or left by the watch): the call to make once that write committed.
+        This ledger is memory, which a start loads from the database, so a crash between the commit
+        and the call loses nothing; the shared ledger (PostgreSQL) changes its rows in ``conn``."""
+        scopes = tuple(scopes)
+        return lambda: self.settle(hold, actual_uc, scopes, ts_ms)
+
+    def spend_in(self, conn: Any, change: int, scopes: Iterable[str], ts_ms: int) -> Callable[[], None]:
+        """A change of spend on the scopes' current periods, as :meth:`settle_in` makes it."""
+        return self.settle_in(conn, None, change, scopes, ts_ms)
+
     def _tell_exhausted(self, refused: BudgetExceeded) -> None:
         """The first refusal of a spent budget's period, to ``on_exhausted`` (the webhooks)."""
         if self._on_exhausted is not None:
@@ -494,6 +517,11 @@ def key_budget(key_id: str, name: str, limit_uc: int | None, period: str | None)
 
 def project_budget(project: str, limit_uc: int, period: str) -> Budget:
     return Budget(f"project:{project}", f"project {project!r}", limit_uc, period)
+
+
+def user_of(scope: str) -> str:
+    """The end user an end user's budget scope (:func:`user_budget`) is for."""
+    return scope.partition("|")[2]
 
 
 def user_budget(within: str, user: str, limit_uc: int, period: str) -> Budget:

@@ -352,6 +352,9 @@ class RequestContext:
     attempts: list[Attempt] = field(default_factory=list)  # failed attempts before it
     cache_hit: bool = False
     cost_saved_uc: int | None = None
+    # µ¢ its budgets spent beyond its known cost (an answer of unknown cost spends its hold:
+    # ``modules.budget.spent_uc``); kept with its trace (``budget_unpriced``), so a restart keeps it
+    unpriced_spent_uc: int = 0
     answer: Answer | None = None  # set by a module that answers without the provider
     complete: bool = False  # the answer arrived whole (a stream reached its end event)
     state: dict[str, Any] = field(default_factory=dict)  # per-module scratch space

@@ -29,6 +29,7 @@ from typing import IO, Any, BinaryIO, Callable, Iterable, Iterator, cast
 from urllib.parse import urlencode
 
 from . import estimate
+from .budgets import owner_scopes
 from .context import Conversation, RequestContext, Route
 from .conversations import kept_history_tokens
 from .conversations_api import item_list
@@ -542,20 +543,40 @@ class Ownership:
     ) -> bool:
         """Record a new object as ``owner``'s (a batch with what it holds, and the project it holds
         it against, until billed; a context cache with its ``tokens``, when known; an uploaded PDF with
-        its ``pages``); False when the id was already held (it keeps its first owner)."""
+        its ``pages``); False when the
+        id was already held (it keeps its first owner). ``hold.end_in`` runs in the same transaction
+        (the reservation becomes the spend its hold is), and what it leaves once that committed."""
         now = int(time.time() * 1000)
-        held_uc = hold.held_uc if hold is not None else 0
-        held_project = hold.project if hold is not None and held_uc else None
-        return self._store.write(
-            lambda conn: (
-                conn.execute(
-                    "INSERT OR IGNORE INTO owned_objects (id, kind, key_id, provider, created_at, held_uc,"
-                    " held_project, tokens, pages) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (object_id, kind, owner, provider, now, held_uc, held_project, tokens, pages),
-                ).rowcount
-                == 1
-            )
+        hold = hold or BatchHold(0, lambda _: None)
+        held_project = hold.project if hold.held_uc else None
+        held_user = hold.user_scope if hold.user_held_uc else None
+        row = (
+            object_id,
+            kind,
+            owner,
+            provider,
+            now,
+            hold.held_uc,
+            held_project,
+            held_user,
+            hold.user_held_uc,
+            tokens,
+            pages,
         )
+        sql = (
+            "INSERT OR IGNORE INTO owned_objects (id, kind, key_id, provider, created_at, held_uc,"
+            " held_project, held_user, held_user_uc, tokens, pages) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        )
+
+        def job(conn: sqlite3.Connection) -> Callable[[], None] | None:
+            if conn.execute(sql, row).rowcount != 1:
+                return None
+            return hold.end_in(conn) if hold.end_in is not None else lambda: None
+
+        claimed = self._store.write(job)
+        if claimed is not None:
+            claimed()
+        return claimed is not None
 
     def learn_tokens(self, object_id: str, tokens: int) -> None:
         """Record the tokens of a context cache whose count was not known (a cache's contents never
@@ -606,67 +627,105 @@ class Ownership:
         return self._store.write_later(_inserting_new(new, kind, owner, provider), queue_wait=0.0)
 
     def forget(self, object_id: str) -> None:
-        """Delete the record of an object; an unbilled batch's hold goes back to its owner's budgets."""
-        sql = "DELETE FROM owned_objects WHERE id = ? RETURNING key_id, billed, held_uc, held_project"
-        row = self._store.write(lambda conn: conn.execute(sql, (object_id,)).fetchone())
-        if row is not None and not row["billed"] and row["held_uc"]:
-            self._spend(row["key_id"], row["held_project"], -int(row["held_uc"]), int(time.time() * 1000))
+        """Delete the record of an object; an unbilled batch's hold goes back to its owner's budgets,
+        in the same transaction where the ledger is the database's."""
+        sql = f"DELETE FROM owned_objects WHERE id = ? RETURNING billed, {_HOLDS}"
+
+        def job(conn: sqlite3.Connection) -> list[Callable[[], None]]:
+            row = conn.execute(sql, (object_id,)).fetchone()
+            return [] if row is None or row["billed"] else self._give_back(conn, row)
+
+        for settle in self._store.write(job):
+            settle()
+
+    def _give_back(self, conn: sqlite3.Connection, row: Any) -> list[Callable[[], None]]:
+        """Give back what an unbilled object's row (``_HOLDS``) held: its key's and project's hold,
+        and an end user's (in ``conn``'s transaction: ``App.batch_spend``)."""
+        now = int(time.time() * 1000)
+        given = []
+        if row["held_uc"]:
+            given.append(self._spend(conn, owner_scopes(row["key_id"], row["held_project"]), -int(row["held_uc"]), now))
+        if row["held_user_uc"] and row["held_user"]:
+            given.append(self._spend(conn, (row["held_user"],), -int(row["held_user_uc"]), now))
+        return given
 
     def expire_holds(self, before_ms: int) -> int:
         """Give back the holds of unbilled batches started before ``before_ms`` (the batch watch's
         horizon: one never seen to end must not hold a budget for ever); how many. Each hold goes
         once, however many replicas expire at the same time."""
 
-        def job(conn: sqlite3.Connection) -> list[tuple[str, str | None, int]]:
+        def job(conn: sqlite3.Connection) -> list[list[Callable[[], None]]]:
             aged = (
-                "SELECT id, key_id, held_uc, held_project FROM owned_objects"
-                " WHERE billed = 0 AND held_uc > 0 AND created_at < ?"
+                f"SELECT id, {_HOLDS} FROM owned_objects"
+                " WHERE billed = 0 AND (held_uc > 0 OR held_user_uc > 0) AND created_at < ?"
             )
-            give_back = "UPDATE owned_objects SET held_uc = 0 WHERE id = ? AND billed = 0 AND held_uc = ?"
+            give_back = (
+                "UPDATE owned_objects SET held_uc = 0, held_user_uc = 0"
+                " WHERE id = ? AND billed = 0 AND held_uc = ? AND held_user_uc = ?"
+            )
             return [
-                (row["key_id"], row["held_project"], int(row["held_uc"]))
+                self._give_back(conn, row)
                 for row in conn.execute(aged, (before_ms,)).fetchall()
-                if conn.execute(give_back, (row["id"], row["held_uc"])).rowcount == 1  # not another's meanwhile
+                # not given back by another meanwhile
+                if conn.execute(give_back, (row["id"], row["held_uc"], row["held_user_uc"])).rowcount == 1
             ]
 
         given = self._store.write(job)
-        now = int(time.time() * 1000)
-        for key_id, project, amount in given:
-            self._spend(key_id, project, -amount, now)
+        for settles in given:
+            for settle in settles:
+                settle()
         return len(given)
 
 
-# (owner key id, project, change µ¢, ts ms): a batch's hold or cost on the budgets of its key and that project
-BatchSpend = Callable[[str, str | None, int, int], None]
+_HOLDS = "key_id, held_uc, held_project, held_user, held_user_uc"  # what an unbilled object holds (_give_back)
+
+# (the writer's connection, the budget scopes, change µ¢, ts ms): a batch's hold or cost on the budgets
+# of its key and project (``budgets.owner_scopes``) or of an end user, in the transaction that records
+# why; returns what is left to do once it committed (``App.batch_spend``)
+BatchSpend = Callable[[Any, tuple[str, ...], int, int], Callable[[], None]]
 
 
 @dataclass(frozen=True)
 class Billed:
-    """What the one job that marked a batch billed learned: what it held, and against which project."""
+    """What the one job that marked a batch billed learned: what it held, and against which project
+    (and end user's budget); and (``batch_costs.bill_once``) what is left to do on its budgets once
+    the job committed."""
 
     held_uc: int
     project: str | None
+    user_scope: str | None = None  # the end user's budget it holds ``user_held_uc`` against (background)
+    user_held_uc: int = 0
+    settle: Callable[[], None] = lambda: None
 
 
 @dataclass(frozen=True)
 class BatchHold:
     """A new batch's worst case, reserved against its owner's budgets while it is created: record
-    ``held_uc`` with the batch (``Ownership.claim``), then ``end(True)``: the reservation becomes
-    spend until the batch is billed; ``end(False)`` when no batch was recorded gives it back."""
+    ``held_uc`` with the batch (``Ownership.claim``), whose transaction makes the reservation spend
+    until the batch is billed (``end_in``); ``end(False)`` when no batch was recorded gives it back
+    (``end(True)`` after ``end_in`` changes nothing)."""
 
     held_uc: int
     end: Callable[[bool], None]
     project: str | None = None  # the project whose budget it is held against too (its key's, now)
+    user_scope: str | None = None  # an end user's budget a background response holds ``user_held_uc`` on
+    user_held_uc: int = 0
+    # in the transaction that records the object: its reservations become the spend its hold is
+    # (``Ledger.settle_in``); returns what is left to do once that committed
+    end_in: Callable[[Any], Callable[[], None]] | None = None
 
 
 def mark_billed(conn: sqlite3.Connection, batch_id: str, kind: str = "batch") -> Billed | None:
     """Inside a writer job: for the one job that first marks the batch (or message batch) billed,
     what it held (µ¢, 0 for none), which its cost replaces; None for every other."""
     row = conn.execute(
-        "UPDATE owned_objects SET billed = 1 WHERE id = ? AND kind = ? AND billed = 0 RETURNING held_uc, held_project",
+        "UPDATE owned_objects SET billed = 1 WHERE id = ? AND kind = ? AND billed = 0"
+        " RETURNING held_uc, held_project, held_user, held_user_uc",
         (batch_id, kind),
     ).fetchone()
-    return None if row is None else Billed(int(row["held_uc"]), row["held_project"])
+    if row is None:
+        return None
+    return Billed(int(row["held_uc"]), row["held_project"], row["held_user"], int(row["held_user_uc"]))
 
 
 # -- the routes -----------------------------------------------------------------------------------

@@ -341,9 +341,9 @@ class VideosAPI(ProviderCalls):
         if owned is None or owned.billed:
             return
         usage = self._usage(ctx, provider, video, running)
-        billed = self._store.write(bill_once(usage, video_id, KIND, self._path.settings))
+        billed = self._store.write(bill_once(usage, video_id, KIND, self._path.settings, self._settle))
         if billed is not None:
-            settle_billed(usage, billed, self._metrics, self._settle)
+            settle_billed(usage, billed, self._metrics)
 
     def _usage(self, ctx: RequestContext, provider: Provider, video: dict, running: bool) -> RequestContext:
         """The ``videos.usage`` trace of an ended video: a completed one its seconds at its model's and

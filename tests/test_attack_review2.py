@@ -210,13 +210,13 @@ QUEUED = {"id": "resp_bg1", "object": "response", "status": "queued", "model": "
 BACKGROUND = {"model": "gpt-4o", "input": "write a novel", "background": True, "max_output_tokens": 15000}
 
 
-@pytest.mark.parametrize("who, user, stream", [("budgeted", None, True), ("plain", "eve", False)])
+@pytest.mark.parametrize("who, user, stream", [("budgeted", None, True), ("plain", "eve", True)])
 def test_a_budget_refuses_a_background_response_it_cannot_follow(server, mock, who, user, stream):
     """Was: a background response answers at once (``queued``, no usage) and runs at the provider
     afterwards; its cost was estimated from the few bytes of that first answer, so a budgeted key
-    (or end user) ran any number of them nearly free. A key's budget now holds one until it is billed
-    (``test_background_responses``); an end user's budget, and a key's for a streamed one (its
-    stream bills it; cut, it would run on unbilled), still refuse it."""
+    (or end user) ran any number of them nearly free. A key's and an end user's budget now hold one
+    until it is billed (``test_background_responses``, ``test_budget_durable``); a streamed one (its
+    stream bills it; cut, it would run on unbilled) they still refuse."""
     mock.clear()
     mock.enqueue(Reply(json=QUEUED))
     headers = {**server.auth(who), **({"x-stockyard-user": user} if user else {})}

@@ -88,7 +88,9 @@ def held_by(cover: Cover | None) -> int:
 def spent_uc(ctx: RequestContext, held: int) -> int:
     """What a budgeted request spends: its attempts' cost, or, when one cannot be priced, never
     less than its hold (``held``: the worst case held at admission, a dearer fallback's included):
-    tokens without a price are not free for a budget. Its trace keeps cost unknown."""
+    tokens without a price are not free for a budget. Its trace keeps cost unknown; what it spends
+    beyond its known cost goes with the trace (``ctx.unpriced_spent_uc``: the most any of its budgets
+    spent so), so a restart, which loads spend from the database, keeps it."""
     unpriced = estimate.unpriced_attempt(ctx)
     if unpriced is not None and held:
         model = unpriced.served_model or unpriced.upstream_model or ctx.routed_model or ctx.model or "?"
@@ -102,7 +104,9 @@ def spent_uc(ctx: RequestContext, held: int) -> int:
             held,
             where,
         )
-    return estimate.settled_uc(ctx, held)
+    spent = estimate.settled_uc(ctx, held)
+    ctx.unpriced_spent_uc = max(ctx.unpriced_spent_uc, spent - estimate.billed_uc(ctx))
+    return spent
 
 
 class BudgetModule(Module):
@@ -161,9 +165,9 @@ class BudgetModule(Module):
         cover = ctx.state.pop(COVER, None)
         if cover is not None:
             cover.release()
-        # every attempt's cost (its hold when one has no price), and a background response left
-        # running (its answer costs 0) its worst case too: spend until it is billed
-        # (``stockyard.background``: its hold recorded with it)
-        running = ctx.state.pop(BACKGROUND_HELD, 0)
-        billed = (estimate.billed_uc(ctx) if running else spent_uc(ctx, held_by(cover))) + running
+        # every attempt's cost (its hold when one has no price); a background response left running
+        # made its reservation spend as it was recorded with its hold (``stockyard.background``):
+        # only what its answer cost (0) is left
+        running = ctx.state.get(BACKGROUND_HELD, False)
+        billed = estimate.billed_uc(ctx) if running else spent_uc(ctx, held_by(cover))
         self.services.ledger.settle(ctx.state.pop(HELD, None), billed, scopes_of(ctx.key), ctx.ts_ms)

@@ -13,7 +13,9 @@ user's requests with that key, a project's override the user's requests in that 
 base options the user's requests with every key. Money is held exactly like key budgets: the
 request's worst case is reserved in the server's :class:`~stockyard.budgets.Ledger` under one
 lock (so 100 concurrent requests against a budget for 10 admit exactly 10) and settles to the
-real cost; spend survives restarts through ``rollups_users``. The rate limits are the
+real cost; spend survives restarts through ``rollups_users`` (and ``budget_unpriced``). A background
+response holds its worst case until it is billed, recorded with it (``stockyard.background``), as a
+key's budget holds it. The rate limits are the
 ``ratelimit`` module's exact sliding windows, one per user.
 """
 
@@ -24,7 +26,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from .. import estimate
-from ..budgets import PERIODS, Budget, BudgetExceeded, check_countable, lowering_hint, unpriced_refusal, user_budget
+from ..budgets import (
+    BACKGROUND_HELD,
+    PERIODS,
+    Budget,
+    BudgetExceeded,
+    check_countable,
+    lowering_hint,
+    unpriced_refusal,
+    user_budget,
+)
 from ..context import RequestContext
 from ..errors import ProxyError
 from ..loglimit import Throttle
@@ -113,7 +124,8 @@ class UserLimitsModule(Module):
         model = ctx.routed_model or ctx.model or ""
         route = ctx.route
         pricer = self.services.pricer
-        check_countable(ctx, "this end user", lambda mode: pricer.price_of(route, model, mode) is not None)
+        priced = lambda mode: pricer.price_of(route, model, mode) is not None  # noqa: E731
+        check_countable(ctx, "this end user", priced, follows_background=True)
         amount = self.services.pricer.worst_case(ctx, ctx.route, model, self.services.settings.default_max_tokens)
         if amount is None:
             raise unpriced_refusal(self.services.pricer.unpriced_model(ctx, ctx.route, model), "per end user")
@@ -187,9 +199,13 @@ class UserLimitsModule(Module):
         if cover is not None:
             cover.release()
         held = ctx.state.pop(HELD, None)
+        # a background response left running made its reservation spend as it was recorded with its
+        # hold (``stockyard.background``): only what its answer cost (0) is left
+        running = ctx.state.get(BACKGROUND_HELD, False)
         if held is not None:
             budget, hold = held
-            self.services.ledger.settle(hold, spent_uc(ctx, held_by(cover)), (budget.scope,), ctx.ts_ms)
+            spent = estimate.billed_uc(ctx) if running else spent_uc(ctx, held_by(cover))
+            self.services.ledger.settle(hold, spent, (budget.scope,), ctx.ts_ms)
         rate = ctx.state.pop("userlimits.rate", None)
         if rate is not None:
             window, entry = rate

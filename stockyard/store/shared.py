@@ -102,6 +102,7 @@ _SPEND = """/* settle */ WITH step AS (
 UPDATE budget_ledger SET spent_uc = spent_uc + ?
 WHERE scope = ? AND period_key IN (?, ?, ?) AND period_key <> ? AND EXISTS (SELECT 1 FROM step)"""
 
+
 # Ids older than the cutoff on the database's clock: a range of the primary key (see step_id).
 _PRUNE = f"""/* prune */ DELETE FROM budget_settled
 WHERE id < CAST(lpad(to_hex({_NOW_MS} - ?), 12, '0') || '00000000000000000000' AS uuid)"""
@@ -251,8 +252,7 @@ class SharedLedger(Ledger):
     def settle(self, hold: Hold | None, actual_uc: int, scopes: Iterable[str], ts_ms: int) -> None:
         """The hold becomes the real cost; the cost also lands on the other current periods
         the table holds for the request's scopes (a budget switched off and on again)."""
-        parts = [(budget, key, amount, step_id()) for budget, key, amount in hold.parts] if hold else []
-        job = _Settlement(parts, actual_uc, [(scope, step_id()) for scope in scopes], ts_ms)
+        job = _settlement(hold, actual_uc, scopes, ts_ms)
         try:
             self._settle(job)
         except sqlite3.Error as exc:  # kept and retried: the spend must reach the shared ledger
@@ -279,7 +279,11 @@ class SharedLedger(Ledger):
     def _settle(self, job: "_Settlement") -> None:
         """Apply ``job`` one statement at a time, taking each step off it once it committed, so
         a retry after a failure part-way does only what is left."""
-        conn = self._conn()
+        self._tell_warnings(self._apply(job, self._conn()))
+
+    def _apply(self, job: "_Settlement", conn: Any) -> list[tuple[Budget, str, int, int]]:
+        """Run ``job``'s statements on ``conn`` (each its own commit in autocommit; the caller's
+        transaction's otherwise), taking each step off it once it ran: the thresholds crossed."""
         crossed: list[tuple[Budget, str, int, int]] = []
         while job.parts:
             budget, key, amount, step = job.parts[0]
@@ -297,7 +301,18 @@ class SharedLedger(Ledger):
             others = (scope, *current, job.settled.get(scope, ""))  # the rows: this scope's other periods
             conn.execute(_SPEND, (step, *others, job.actual_uc, *others))
             job.scopes.pop(0)
-        self._tell_warnings(crossed)
+        return crossed
+
+    def settle_in(
+        self, conn: Any, hold: Hold | None, actual_uc: int, scopes: Iterable[str], ts_ms: int
+    ) -> Callable[[], None]:
+        """The settlement's statements in the transaction of the write that says why (``conn``, the
+        writer's): both commit, or neither (a crash between a bill and a settlement of its own left
+        the hold counted as spent, a ``total`` budget's for ever; between a background response's
+        record and its reservation's, the hold recorded but never spent). The thresholds it crossed
+        are told once it committed."""
+        crossed = self._apply(_settlement(hold, actual_uc, scopes, ts_ms), conn)
+        return lambda: self._tell_warnings(crossed)
 
     def used_up(self, budgets: list[Budget], ts_ms: int) -> BudgetExceeded | None:
         keyed = self._ensure(budgets, ts_ms)
@@ -353,6 +368,12 @@ class SharedLedger(Ledger):
         spend, never less). Every replica prunes, on the database's clock (ids carry the clock of
         the replica that made them: one a day behind the database's would lose its ids early)."""
         conn.execute(_PRUNE, (SETTLED_KEEP_S * 1000,))
+
+
+def _settlement(hold: Hold | None, actual_uc: int, scopes: Iterable[str], ts_ms: int) -> "_Settlement":
+    """A settlement's steps, each with an id of its own."""
+    parts = [(budget, key, amount, step_id()) for budget, key, amount in hold.parts] if hold else []
+    return _Settlement(parts, actual_uc, [(scope, step_id()) for scope in scopes], ts_ms)
 
 
 @dataclass

@@ -102,6 +102,11 @@ _ROLLUP_TAGS = _upsert("rollups_tags", ("day", "name", "value"))
 # schema 0028: long reports by user read these (store/costs.py).
 _ROLLUP_USER_MONTHS = _upsert("rollups_users_months", ("month", "key_id", "project", "end_user"))
 _ROLLUP_USER_DAYS = _upsert("rollups_users_days", ("day",))
+# What budgets spent on answers of unknown cost, beyond the rollups' known costs (schema 0033).
+_UNPRICED = (
+    "INSERT INTO budget_unpriced (day, key_id, project, end_user, spent_uc) VALUES (?, ?, ?, ?, ?) "
+    "ON CONFLICT (day, key_id, project, end_user) DO UPDATE SET spent_uc = budget_unpriced.spent_uc + excluded.spent_uc"
+)
 
 
 _LATENCY = """
@@ -184,6 +189,7 @@ class TraceRow:
     tags: str | None = None  # JSON object
     key_name: str | None = None
     served_mode: str | None = None  # the mode its answer says served it (priority, flex, fast, us): its cost's
+    unpriced_spent_uc: int = 0  # what budgets spent beyond its cost (unknown): ``budget_unpriced``, not a column
     request_body: bytes | None = None
     response_body: bytes | None = None
     request_truncated: bool = False
@@ -273,6 +279,7 @@ class RollupSums:
         self.users: dict[tuple, list[tuple[int, ...]]] = {}
         self.tags: dict[tuple, list[tuple[int, ...]]] = {}
         self.minutes: dict[tuple[int, int], int] = {}
+        self.unpriced: dict[tuple, int] = {}  # (day, key, project, end user) → µ¢ budgets spent beyond cost
 
     def add(self, r: TraceRow) -> None:
         day = r.ts[:10]
@@ -298,6 +305,9 @@ class RollupSums:
             counts
         )
         self.users.setdefault((day, key_id, project, r.end_user or ""), []).append(counts)
+        if r.unpriced_spent_uc:
+            where = (day, key_id, project, r.end_user or "")
+            self.unpriced[where] = self.unpriced.get(where, 0) + r.unpriced_spent_uc
         if r.tags:
             for name, value in _tag_items(r.tags):
                 self.tags.setdefault((day, name, value), []).append(counts)
@@ -320,6 +330,8 @@ class RollupSums:
                 days.setdefault(row[:1], []).append(row[4:])
             insert_many(conn, _ROLLUP_USER_MONTHS, _summed(months))
             insert_many(conn, _ROLLUP_USER_DAYS, _summed(days))
+        if self.unpriced:
+            insert_many(conn, _UNPRICED, [(*k, n) for k, n in self.unpriced.items()])
         if self.minutes:
             insert_many(conn, _LATENCY, [(*k, n) for k, n in self.minutes.items()])
 
@@ -455,6 +467,7 @@ def trace_row_from(
         tags=json.dumps(ctx.tags, ensure_ascii=False, sort_keys=True) if ctx.tags else None,
         key_name=getattr(ctx.key, "name", None),
         served_mode=a.served_mode,
+        unpriced_spent_uc=ctx.unpriced_spent_uc if attempt is None else 0,
         request_body=request_body,
         response_body=response_body,
         request_truncated=req_trunc,
