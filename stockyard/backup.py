@@ -249,7 +249,7 @@ def _prepare(source: Path, tmp: Path, info: Inspection, *, actor: str, secret: s
     """Copy ``source`` to ``tmp``, upgrade it, and audit the restore inside it. Returns its schema."""
     src = db.open_copy(source)
     try:
-        db.backup_to(src, tmp)
+        db.write_copy(src, tmp)  # tmp is the restore's own working name (removed by the next if left)
     finally:
         src.close()
     conn = db.connect(tmp)

@@ -67,10 +67,11 @@ def remove_orphaned_copies(dest: Path, kind: str) -> None:
     whose process is gone: one killed while writing left a whole copy of the database there,
     and the next process, with another pid, would never reuse it. A live process's is kept."""
     prefix = f".{dest.name}.{kind}-"
-    for leftover in dest.parent.glob(f"{glob.escape(prefix)}*"):
-        pid = leftover.name[len(prefix) :].split("-", 1)[0]
-        if pid.isdigit() and not process_alive(int(pid)):
-            leftover.unlink(missing_ok=True)
+    for start in (prefix, "." + prefix):  # and a copy of a copy (an older restore's ``..NAME.restore-…``)
+        for leftover in dest.parent.glob(f"{glob.escape(start)}*"):
+            pid = leftover.name[len(start) :].split("-", 1)[0]
+            if pid.isdigit() and not process_alive(int(pid)):
+                leftover.unlink(missing_ok=True)
 
 
 def process_alive(pid: int) -> bool:

@@ -1,0 +1,107 @@
+"""Review data33: an operator's crash review of the commands that move or rewrite the data —
+``backup``, ``restore``, ``migrate`` and the disk that fills up under them.
+
+Each process here is a real ``python3 stockyard.pyz`` of the built pyz on real SQLite files. A crash
+"at a step" is a SIGKILL delivered by ``strace`` as the process enters the n-th call of one system
+call (``-e inject=SYSCALL:signal=KILL:when=N``): the same point every run, no timing guessed. A full
+disk is ``RLIMIT_FSIZE`` (writes past the limit fail with EFBIG, as they do with ENOSPC).
+
+Each test names the hole it closes and failed on the code it was written against.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import clirun
+import pytest
+from conftest import TEST_STORE, base_env
+
+pytestmark = pytest.mark.skipif(
+    TEST_STORE == "postgresql", reason="SQLite files: backup, restore and migrate of one database file"
+)
+
+SECRET = "data33-encryption-secret-0123456789abcdef"
+
+
+def strace_works() -> bool:
+    """Whether this machine lets a process trace its child (ptrace may be off in a container)."""
+    if not shutil.which("strace"):
+        return False
+    done = subprocess.run(["strace", "-f", "-o", "/dev/null", "true"], capture_output=True)
+    return done.returncode == 0
+
+
+needs_strace = pytest.mark.skipif(not strace_works(), reason="needs strace (ptrace) to kill at a system call")
+
+
+def killed_at(pyz: Path, args: list[str], env: dict, syscall: str, nth: int) -> subprocess.CompletedProcess:
+    """Run ``python3 stockyard.pyz ARGS``, SIGKILLed as it (or any of its threads) enters the
+    ``nth`` ``syscall``; a run that ends before it exits as it would have."""
+    inject = ["-e", f"trace={syscall}", "-e", f"inject={syscall}:signal=KILL:when={nth}"]
+    cmd = ["strace", "-f", "-o", "/dev/null", *inject, sys.executable, str(pyz), *args]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+
+
+def run(pyz: Path, args: list[str], env: dict) -> subprocess.CompletedProcess:
+    return clirun.run(pyz, list(map(str, args)), env)
+
+
+def integrity(path: Path) -> str:
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        return conn.execute("PRAGMA integrity_check").fetchone()[0]
+    finally:
+        conn.close()
+
+
+@pytest.fixture
+def env(cache_home) -> dict:
+    return {**base_env(cache_home), "STOCKYARD_ENCRYPTION_KEY": SECRET}
+
+
+@pytest.fixture
+def live_and_backup(pyz_path, env, tmp_path) -> tuple[Path, Path]:
+    """A live database with a client key and a provider key, and a backup of it."""
+    live, backup = tmp_path / "live" / "stockyard.db", tmp_path / "backups" / "b.db"
+    backup.parent.mkdir()
+    assert run(pyz_path, ["keys", "create", "--name", "alice", "--db", live], env).returncode == 0
+    added = clirun.run(
+        pyz_path,
+        ["providers", "add", "vllm", "--kind", "openai-compatible", "--base-url", "http://127.0.0.1:9/v1"]
+        + ["--models", "llama-", "--key-stdin", "--db", str(live)],
+        env,
+        "sk-provider-data33-abcdef123456",
+    )
+    assert added.returncode == 0, added.stderr
+    assert run(pyz_path, ["backup", backup, "--db", live], env).returncode == 0
+    return live, backup
+
+
+def hidden(folder: Path) -> list[str]:
+    return sorted(name for name in os.listdir(folder) if name.startswith("."))
+
+
+@needs_strace
+def test_a_restore_killed_while_copying_the_backup_in_leaves_no_copy_behind(pyz_path, env, live_and_backup):
+    """Hole: ``restore`` copied the backup into its working file ``.NAME.restore-PID-T`` through the
+    backup helper, which writes a temporary copy of its own beside it first
+    (``..NAME.restore-PID-T.tmp-PID-T``) and renames it. A restore killed while that copy was written
+    (at its first fdatasync here) left it — the whole backup, every prompt in it — beside the live
+    database for good: the next restore removed only leftovers named ``.NAME.restore-…``. The
+    live database stayed whole; the copy stayed too."""
+    live, backup = live_and_backup
+    done = killed_at(pyz_path, ["restore", str(backup), "--db", str(live)], env, "fdatasync", 1)
+    assert done.returncode == -9, done.stderr
+    assert hidden(live.parent), "killed before the copy began"
+    assert integrity(live) == "ok"
+    again = run(pyz_path, ["restore", backup, "--db", live], env)
+    assert again.returncode == 0, again.stderr
+    assert hidden(live.parent) == []
+    assert run(pyz_path, ["audit", "verify", "--db", live], env).returncode == 0
+
