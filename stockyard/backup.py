@@ -123,9 +123,21 @@ def resolve_destination(dest: Path | str, live: Path | str | None) -> Path:
     return dest
 
 
+def not_written(where: Path, exc: Exception) -> BackupError:
+    """A copy that could not be written — a full disk, most often: SQLite's own words alone
+    (``disk I/O error``) leave an operator guessing whether the live database was hurt."""
+    return BackupError(
+        f"could not write {where}: {exc} (is the disk under {where.parent} full?); nothing was left "
+        "there, and the database in use was not changed"
+    )
+
+
 def create_backup(conn: sqlite3.Connection, dest: Path) -> Inspection:
     """Copy the database behind ``conn`` to ``dest`` and check the copy."""
-    db.backup_to(conn, dest)
+    try:
+        db.backup_to(conn, dest)
+    except (OSError, sqlite3.Error) as exc:
+        raise not_written(dest, exc) from None
     info = inspect(dest)
     if not info.ok:
         raise BackupError(
@@ -205,7 +217,10 @@ def restore(db_path: Path | str, source: Path | str, *, actor: str, secret: str 
         info = check_restorable(source)
         tmp = files.copy_beside(db_path, "restore")  # (those of a restore killed half way removed)
         try:
-            schema_to = _prepare(source, tmp, info, actor=actor, secret=secret)
+            try:
+                schema_to = _prepare(source, tmp, info, actor=actor, secret=secret)
+            except (OSError, sqlite3.Error) as exc:
+                raise not_written(tmp, exc) from None
             previous = _set_aside(db_path)
             db.replace_file(tmp, db_path)
         finally:
@@ -237,7 +252,10 @@ def restore_postgres(
     info = check_restorable(source)
     with tempfile.TemporaryDirectory(prefix="stockyard-restore-") as folder:  # 0700: the copy holds every prompt
         tmp = Path(folder) / "restore.db"
-        schema_to = _prepare(source, tmp, info, actor=actor, secret=secret)
+        try:
+            schema_to = _prepare(source, tmp, info, actor=actor, secret=secret)
+        except (OSError, sqlite3.Error) as exc:
+            raise not_written(tmp, exc) from None
         try:
             move.sqlite_to_postgres(tmp, backend, secret=secret, progress=progress)
         except move.MoveError as exc:

@@ -12,6 +12,7 @@ Each test names the hole it closes and failed on the code it was written against
 from __future__ import annotations
 
 import os
+import resource
 import shutil
 import sqlite3
 import subprocess
@@ -105,3 +106,40 @@ def test_a_restore_killed_while_copying_the_backup_in_leaves_no_copy_behind(pyz_
     assert hidden(live.parent) == []
     assert run(pyz_path, ["audit", "verify", "--db", live], env).returncode == 0
 
+
+def file_size_limit(limit: int):
+    """``preexec_fn`` for a child whose writes past ``limit`` bytes fail (EFBIG): a full disk."""
+
+    def limited() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return limited
+
+
+def test_a_full_disk_under_backup_and_restore_says_which_file_and_that_nothing_changed(
+    pyz_path, env, live_and_backup, tmp_path
+):
+    """Hole: a backup or restore that met a full disk ended with ``stockyard: disk I/O error`` (or
+    ``database or disk is full``) and nothing else: no word of which file — the backup being
+    written, or the live database? — nor whether anything had changed, so an operator at 3 a.m. could
+    only guess whether the live database was now damaged. Now the answer names the file it could
+    not write and says the database in use was not changed (which holds: checked here)."""
+    live, backup = live_and_backup
+    dest = tmp_path / "backups" / "full.db"
+    before = live.read_bytes()
+    for args, target in ((["backup", dest], dest), (["restore", backup], live)):
+        done = subprocess.run(
+            [sys.executable, str(pyz_path), *map(str, args), "--db", str(live)],
+            env=env,
+            capture_output=True,
+            text=True,
+            preexec_fn=file_size_limit(64 * 1024),
+            timeout=60,
+        )
+        assert done.returncode == 1, done.stderr
+        assert "Traceback" not in done.stderr
+        assert str(target.parent) in done.stderr, done.stderr
+        assert "disk" in done.stderr and "not changed" in done.stderr, done.stderr
+        assert live.read_bytes() == before
+        assert not dest.exists()
+        assert hidden(live.parent) == [] and hidden(dest.parent) == []
