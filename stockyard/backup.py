@@ -14,7 +14,6 @@ import logging
 import os
 import shutil
 import sqlite3
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -250,7 +249,7 @@ def restore_postgres(
             "(create one, point --db at it, then start the servers on it)"
         )
     info = check_restorable(source)
-    with tempfile.TemporaryDirectory(prefix="stockyard-restore-") as folder:  # 0700: the copy holds every prompt
+    with files.private_temp_folder("restore") as folder:  # 0700: the copy holds every prompt
         tmp = Path(folder) / "restore.db"
         try:
             schema_to = _prepare(source, tmp, info, actor=actor, secret=secret)

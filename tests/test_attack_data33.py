@@ -107,13 +107,15 @@ def test_a_restore_killed_while_copying_the_backup_in_leaves_no_copy_behind(pyz_
     assert run(pyz_path, ["audit", "verify", "--db", live], env).returncode == 0
 
 
-def file_size_limit(limit: int):
-    """``preexec_fn`` for a child whose writes past ``limit`` bytes fail (EFBIG): a full disk."""
+def on_a_full_disk(pyz: Path, args: list, env: dict, limit: int = 64 * 1024) -> subprocess.CompletedProcess:
+    """Run ``python3 stockyard.pyz ARGS`` in a process whose writes past ``limit`` bytes of a file
+    fail (``RLIMIT_FSIZE``: EFBIG, as ENOSPC on a full disk)."""
 
     def limited() -> None:
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
-    return limited
+    cmd = [sys.executable, str(pyz), *map(str, args)]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, preexec_fn=limited, timeout=120)
 
 
 def test_a_full_disk_under_backup_and_restore_says_which_file_and_that_nothing_changed(
@@ -128,14 +130,7 @@ def test_a_full_disk_under_backup_and_restore_says_which_file_and_that_nothing_c
     dest = tmp_path / "backups" / "full.db"
     before = live.read_bytes()
     for args, target in ((["backup", dest], dest), (["restore", backup], live)):
-        done = subprocess.run(
-            [sys.executable, str(pyz_path), *map(str, args), "--db", str(live)],
-            env=env,
-            capture_output=True,
-            text=True,
-            preexec_fn=file_size_limit(64 * 1024),
-            timeout=60,
-        )
+        done = on_a_full_disk(pyz_path, [*args, "--db", live], env)
         assert done.returncode == 1, done.stderr
         assert "Traceback" not in done.stderr
         assert str(target.parent) in done.stderr, done.stderr
@@ -143,3 +138,49 @@ def test_a_full_disk_under_backup_and_restore_says_which_file_and_that_nothing_c
         assert live.read_bytes() == before
         assert not dest.exists()
         assert hidden(live.parent) == [] and hidden(dest.parent) == []
+
+
+@pytest.fixture
+def in_postgresql(pyz_path, env, live_and_backup, pg_url) -> str:
+    """``live_and_backup``'s database moved into an empty PostgreSQL database (its URL)."""
+    live, _ = live_and_backup
+    moved = run(pyz_path, ["migrate-store", "--db", live, "--to", pg_url], env)
+    assert moved.returncode == 0, moved.stderr
+    return pg_url
+
+
+@needs_strace
+def test_a_restore_into_postgresql_killed_half_way_leaves_no_copy_in_the_temp_folder(
+    pyz_path, env, live_and_backup, pg_url, tmp_path
+):
+    """Hole: a restore into PostgreSQL prepares the backup in a private folder of the system temp
+    folder (``stockyard-restore-XXXX/restore.db``) and removes it when done; killed half way, it
+    left that folder — a whole copy of the backup, every prompt and the encrypted provider keys —
+    there for good, one more after each such crash, and the next restore did not remove it. Now
+    the folder carries its process id and the next restore removes those of processes that are gone."""
+    _, backup = live_and_backup
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    env = {**env, "TMPDIR": str(temp)}
+    done = killed_at(pyz_path, ["restore", str(backup), "--db", pg_url], env, "fdatasync", 1)
+    assert done.returncode == -9, done.stderr
+    assert list(temp.glob("stockyard-restore-*/restore.db")), "killed before the copy was made"
+    again = run(pyz_path, ["restore", backup, "--db", pg_url], env)
+    assert again.returncode == 0, again.stderr
+    assert list(temp.iterdir()) == []
+    assert run(pyz_path, ["audit", "verify", "--db", pg_url], env).returncode == 0
+
+
+def test_a_full_disk_under_a_copy_out_of_postgresql_says_which_file(pyz_path, env, in_postgresql, tmp_path):
+    """Hole: ``backup`` of a PostgreSQL database, or ``migrate-store --to sqlite:PATH``, that met a full
+    disk ended with ``stockyard: disk I/O error`` alone. Now it names the file it could not write
+    and says the PostgreSQL database was not changed."""
+    out = tmp_path / "out"
+    out.mkdir()
+    for args in (["backup", out / "pg.db"], ["migrate-store", "--to", f"sqlite:{out / 'pg.db'}"]):
+        done = on_a_full_disk(pyz_path, [*args, "--db", in_postgresql], env)
+        assert done.returncode == 1, done.stderr
+        assert "Traceback" not in done.stderr
+        assert f"could not write {out}" in done.stderr and "not changed" in done.stderr, done.stderr
+        assert list(out.iterdir()) == []
+    assert run(pyz_path, ["audit", "verify", "--db", in_postgresql], env).returncode == 0

@@ -15,7 +15,9 @@ from __future__ import annotations
 import contextlib
 import glob
 import os
+import shutil
 import stat
+import tempfile
 import threading
 from pathlib import Path
 from typing import Iterator
@@ -72,6 +74,22 @@ def remove_orphaned_copies(dest: Path, kind: str) -> None:
             pid = leftover.name[len(start) :].split("-", 1)[0]
             if pid.isdigit() and not process_alive(int(pid)):
                 leftover.unlink(missing_ok=True)
+
+
+def private_temp_folder(kind: str) -> tempfile.TemporaryDirectory:
+    """A 0700 folder in the system temp folder for a copy of the data, ``stockyard-<kind>-<pid>-…``,
+    once those of this user's processes that are gone are removed: one killed while it worked
+    left a whole copy of a database there, and no later process would ever reuse it."""
+    prefix = f"stockyard-{kind}-"
+    for leftover in Path(tempfile.gettempdir()).glob(f"{glob.escape(prefix)}*"):
+        pid = leftover.name[len(prefix) :].split("-", 1)[0]
+        try:
+            ours = leftover.lstat().st_uid == os.getuid() and leftover.is_dir() and not leftover.is_symlink()
+        except OSError:
+            continue
+        if ours and pid.isdigit() and not process_alive(int(pid)):
+            shutil.rmtree(leftover, ignore_errors=True)
+    return tempfile.TemporaryDirectory(prefix=f"{prefix}{os.getpid()}-")
 
 
 def process_alive(pid: int) -> bool:
