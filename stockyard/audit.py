@@ -212,7 +212,8 @@ def append(
         raise AuditError(
             f"the audit log is keyed with a different STOCKYARD_ENCRYPTION_KEY "
             f"(chain key id {last_keyed.group(1)}, current {key_id(key)}); "
-            "use the secret this installation was set up with"
+            "use the secret this log is keyed with (after `providers rotate-secret`, a backup made before "
+            "it takes the secret of its time, and so does a server then run on it)"
         )
     seq = last_seq + 1
     ts = now_iso()

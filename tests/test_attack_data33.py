@@ -184,3 +184,29 @@ def test_a_full_disk_under_a_copy_out_of_postgresql_says_which_file(pyz_path, en
         assert f"could not write {out}" in done.stderr and "not changed" in done.stderr, done.stderr
         assert list(out.iterdir()) == []
     assert run(pyz_path, ["audit", "verify", "--db", in_postgresql], env).returncode == 0
+
+
+def test_a_backup_from_before_a_rotation_is_refused_with_the_new_secret_and_says_which_one(
+    pyz_path, env, live_and_backup
+):
+    """Hole: a backup holds no secret, and after ``providers rotate-secret`` one made before it
+    is keyed (audit chain, provider keys) with the old secret. Restoring it with the new one was
+    refused — rightly, nothing changed — but told the operator to "use the secret this installation
+    was set up with", which after a rotation reads as the one now in use: the very secret that had
+    just been refused. The refusal now says that a backup from before a rotation takes the secret of
+    its time; with that one it restores, its provider key decrypts and its chain verifies."""
+    live, backup = live_and_backup
+    new = "data33-the-next-secret-0123456789abcdef"
+    rotated = clirun.run(pyz_path, ["providers", "rotate-secret", "--db", str(live)], env, new + "\n")
+    assert rotated.returncode == 0, rotated.stderr
+    before = live.read_bytes()
+    refused = run(pyz_path, ["restore", backup, "--db", live], {**env, "STOCKYARD_ENCRYPTION_KEY": new})
+    assert refused.returncode == 1
+    assert "nothing was changed" in refused.stderr and "rotate-secret" in refused.stderr, refused.stderr
+    assert "set up with" not in refused.stderr
+    assert live.read_bytes() == before
+    restored = run(pyz_path, ["restore", backup, "--db", live], env)  # the secret of the backup's time
+    assert restored.returncode == 0, restored.stderr
+    assert run(pyz_path, ["audit", "verify", "--db", live], env).returncode == 0
+    listed = run(pyz_path, ["providers", "list", "--db", live], env)
+    assert listed.returncode == 0 and "…3456" in listed.stdout, listed.stdout + listed.stderr
