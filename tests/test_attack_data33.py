@@ -210,3 +210,44 @@ def test_a_backup_from_before_a_rotation_is_refused_with_the_new_secret_and_says
     assert run(pyz_path, ["audit", "verify", "--db", live], env).returncode == 0
     listed = run(pyz_path, ["providers", "list", "--db", live], env)
     assert listed.returncode == 0 and "…3456" in listed.stdout, listed.stdout + listed.stderr
+
+
+@needs_strace
+def test_a_rotation_whose_answer_a_crash_cut_is_not_reported_as_tampering(pyz_path, env, live_and_backup):
+    """Hole: ``providers rotate-secret`` killed right after its commit (before it printed a word)
+    leaves an operator who cannot tell whether the rotation happened. Checking with ``doctor``
+    under either secret then said of the (whole, unaltered) audit chain that "the log was changed
+    outside Stockyard" — a false alarm of tampering, from an operator-side crash — because an entry
+    keyed with a secret it was not given read as a forged one. Now an entry keyed with another
+    secret points at the secret first (the current one, or the old one in
+    STOCKYARD_PREVIOUS_ENCRYPTION_KEYS after a rotation); an entry that was altered still reads as
+    tampering. With the right secrets the chain verifies and the stored key decrypts."""
+    live, _ = live_and_backup
+    new = "data33-the-next-secret-0123456789abcdef"
+    args = ["providers", "rotate-secret", "--db", str(live)]
+    inject = ["-e", "trace=write", "-e", "inject=write:signal=KILL:when=1"]  # its first output: after the commit
+    cut = subprocess.run(
+        ["strace", "-f", "-o", "/dev/null", *inject, sys.executable, str(pyz_path), *args],
+        env=env,
+        input=new + "\n",
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert cut.returncode == -9 and cut.stdout == "", cut.stderr
+    for secret in (SECRET, new):  # the operator does not know which one holds now
+        checked = run(pyz_path, ["doctor", "--db", live], {**env, "STOCKYARD_ENCRYPTION_KEY": secret})
+        assert checked.returncode == 1
+        chain = next(line for line in checked.stdout.splitlines() if line.split()[1:3] == ["audit", "chain"])
+        assert "changed outside Stockyard" not in chain.split("→ fix:")[1].split(";")[0], chain
+        assert "STOCKYARD_PREVIOUS_ENCRYPTION_KEYS" in chain, chain
+    both = {**env, "STOCKYARD_ENCRYPTION_KEY": new, "STOCKYARD_PREVIOUS_ENCRYPTION_KEYS": SECRET}
+    assert run(pyz_path, ["doctor", "--db", live], both).returncode == 0
+    conn = sqlite3.connect(live)
+    try:  # a real forgery still reads as one
+        conn.execute("UPDATE audit_log SET target = 'someone-else' WHERE seq = 2")
+        conn.commit()
+    finally:
+        conn.close()
+    forged = run(pyz_path, ["doctor", "--db", live], both)
+    assert forged.returncode == 1 and "changed outside Stockyard" in forged.stdout, forged.stdout
