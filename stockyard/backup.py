@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from . import audit
+from . import audit, vault
 from .operations import Operations
 from .store import Store, db, files, move
 from .store.backends import PostgresBackend
@@ -105,6 +105,26 @@ def check_restorable(path: Path | str) -> Inspection:
     finally:
         conn.close()
     return info
+
+
+def check_audit_chain(path: Path, secret: str | None) -> None:
+    """Refuse a backup whose audit log does not verify: an altered or missing entry is a damaged
+    page or a change someone hid in the copy, and the restore would seal it with a keyed entry.
+    What is about the secret (none set, another one) is left to the restore's own audit entry,
+    which says what to set."""
+    conn = db.open_copy(path)
+    try:
+        salt = vault.read_salt(conn)
+        result = audit.verify_with_secret(conn, secret if salt else None)
+    except (sqlite3.Error, vault.VaultError) as exc:
+        raise BackupError(f"{path}: its audit log cannot be read ({exc}); nothing was changed") from None
+    finally:
+        conn.close()
+    if not result.ok and result.broken_seq is not None and not result.other_secret:
+        raise BackupError(
+            f"{path}: its audit log does not verify ({result.reason}), so it is damaged or was altered; "
+            "nothing was changed: restore another backup"
+        )
 
 
 def resolve_destination(dest: Path | str, live: Path | str | None) -> Path:
@@ -214,6 +234,7 @@ def restore(db_path: Path | str, source: Path | str, *, actor: str, secret: str 
         raise BackupError("the source is the database itself")
     with DatabaseLock(db_path, RESTORE):
         info = check_restorable(source)
+        check_audit_chain(source, secret)
         tmp = files.copy_beside(db_path, "restore")  # (those of a restore killed half way removed)
         try:
             try:
@@ -249,6 +270,7 @@ def restore_postgres(
             "(create one, point --db at it, then start the servers on it)"
         )
     info = check_restorable(source)
+    check_audit_chain(source, secret)
     with files.private_temp_folder("restore") as folder:  # 0700: the copy holds every prompt
         tmp = Path(folder) / "restore.db"
         try:

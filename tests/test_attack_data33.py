@@ -251,3 +251,28 @@ def test_a_rotation_whose_answer_a_crash_cut_is_not_reported_as_tampering(pyz_pa
         conn.close()
     forged = run(pyz_path, ["doctor", "--db", live], both)
     assert forged.returncode == 1 and "changed outside Stockyard" in forged.stdout, forged.stdout
+
+
+def test_a_backup_whose_audit_log_does_not_verify_is_refused_before_anything_changes(
+    pyz_path, env, live_and_backup, tmp_path
+):
+    """Hole: ``restore`` checked a backup's integrity and schema, and that its audit log's tail was
+    keyed with the secret, but not the chain itself: a backup with an altered entry (a damaged page,
+    or someone hiding what they did in the copy) was swapped in for the good database and sealed with
+    a keyed ``backup.restore`` entry, and only a later ``audit verify`` on the live database said the
+    log was broken. Now such a backup is refused with the entry that fails, and nothing changes."""
+    live, backup = live_and_backup
+    altered = tmp_path / "altered.db"
+    shutil.copy(backup, altered)
+    conn = sqlite3.connect(altered)
+    try:
+        conn.execute("UPDATE audit_log SET target = 'someone-else' WHERE seq = 2")
+        conn.commit()
+    finally:
+        conn.close()
+    before = live.read_bytes()
+    refused = run(pyz_path, ["restore", altered, "--db", live], env)
+    assert refused.returncode == 1
+    assert "entry 2 was altered" in refused.stderr and "nothing was changed" in refused.stderr, refused.stderr
+    assert live.read_bytes() == before and hidden(live.parent) == []
+    assert [p.name for p in live.parent.iterdir() if "before-restore" in p.name] == []
