@@ -132,11 +132,8 @@ def resolve_destination(dest: Path | str, live: Path | str | None) -> Path:
     dest = Path(dest).expanduser()
     if dest.is_dir():
         dest = dest / f"stockyard-{utc_stamp()}.db"
-    if live is not None:
-        live = Path(live)
-        for forbidden in (live, files.wal_path(live), live.with_name(live.name + "-shm")):
-            if dest.resolve() == forbidden.resolve():
-                raise BackupError(f"{dest} is the live database; choose another destination")
+    if live is not None and dest.resolve() in files.live_files(Path(live)):
+        raise BackupError(f"{dest} is the live database (or one of its files); choose another destination")
     if not dest.parent.is_dir():
         raise BackupError(f"folder {dest.parent} does not exist")
     return dest

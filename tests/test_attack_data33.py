@@ -21,7 +21,7 @@ from pathlib import Path
 
 import clirun
 import pytest
-from conftest import TEST_STORE, base_env
+from conftest import TEST_STORE, ServerProcess, base_env, mock_env
 
 pytestmark = pytest.mark.skipif(
     TEST_STORE == "postgresql", reason="SQLite files: backup, restore and migrate of one database file"
@@ -276,3 +276,24 @@ def test_a_backup_whose_audit_log_does_not_verify_is_refused_before_anything_cha
     assert "entry 2 was altered" in refused.stderr and "nothing was changed" in refused.stderr, refused.stderr
     assert live.read_bytes() == before and hidden(live.parent) == []
     assert [p.name for p in live.parent.iterdir() if "before-restore" in p.name] == []
+
+
+def test_a_backup_or_snapshot_named_as_the_lock_file_is_refused(pyz_path, cache_home, mock, tmp_path):
+    """Hole: ``backup DEST`` and ``--snapshot`` refused the database and its -wal and -shm, but not
+    its lock file ``<db>.lock`` (nor a -journal): ``backup /var/lib/stockyard/stockyard.db.lock`` (one
+    Tab too far) renamed a copy over the lock the running server held, so a second server started
+    on the same database, and ``restore`` or ``migrate`` would no longer have been refused under it.
+    Now those names are refused like the database itself, and the lock still keeps a second server out."""
+    env = mock_env(cache_home, mock, STOCKYARD_ENCRYPTION_KEY=SECRET)
+    live = tmp_path / "stockyard.db"
+    server = ServerProcess(pyz_path, live, env).start()
+    try:
+        for name in ("stockyard.db.lock", "stockyard.db-journal"):
+            done = server.cli("backup", str(tmp_path / name))
+            assert done.returncode == 1 and "the live database" in done.stderr, done.stderr
+        second = clirun.run(pyz_path, ["serve", "--port", "0", "--db", str(live)], env, timeout=30)
+        assert second.returncode == 1 and "already using" in second.stderr, second.stdout + second.stderr
+    finally:
+        assert server.stop() == 0
+    snap = clirun.run(pyz_path, ["serve", "--db", str(live), "--snapshot", str(tmp_path / "stockyard.db.lock")], env)
+    assert snap.returncode != 0 and "is the database (or one of its files)" in snap.stdout + snap.stderr

@@ -112,6 +112,14 @@ def database_files(db_path: Path) -> list[Path]:
     return found
 
 
+def live_files(db_path: Path) -> list[Path]:
+    """The files a database in use owns (through symlinks too): the file, its -wal, -shm and
+    -journal, and the lock a server holds on ``<db>.lock`` (``lock.lock_path``). A copy renamed over
+    one of them would replace it under the server — over the lock, let a second server in."""
+    live = db_path.resolve()
+    return [live.with_name(live.name + end) for end in ("", "-wal", "-shm", "-journal", ".lock")]
+
+
 def wal_path(db_path: Path) -> Path:
     """The write-ahead log SQLite keeps beside ``db_path``."""
     return db_path.with_name(db_path.name + "-wal")
