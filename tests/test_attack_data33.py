@@ -21,7 +21,7 @@ from pathlib import Path
 
 import clirun
 import pytest
-from conftest import TEST_STORE, ServerProcess, base_env, mock_env
+from conftest import TEST_STORE, ServerProcess, base_env, mock_env, wait_for
 
 pytestmark = pytest.mark.skipif(
     TEST_STORE == "postgresql", reason="SQLite files: backup, restore and migrate of one database file"
@@ -297,3 +297,32 @@ def test_a_backup_or_snapshot_named_as_the_lock_file_is_refused(pyz_path, cache_
         assert server.stop() == 0
     snap = clirun.run(pyz_path, ["serve", "--db", str(live), "--snapshot", str(tmp_path / "stockyard.db.lock")], env)
     assert snap.returncode != 0 and "is the database (or one of its files)" in snap.stdout + snap.stderr
+
+
+def test_an_erase_from_the_cli_leaves_no_copy_in_the_file_while_a_quiet_server_runs(
+    pyz_path, cache_home, mock, tmp_path
+):
+    """Hole: ``traces --erase-body`` from the CLI zeroes the body in a page it writes to the -wal
+    file; the database file itself kept the body's bytes until a checkpoint copied that page in.
+    The server's writer checkpoints a second after its own writes go idle, but a CLI write is not
+    its own: on a quiet server the secret stayed readable in ``stockyard.db`` for up to a minute
+    after the erase said it was done (and ``cp`` of the file, or a disk image, took it along).
+    The erase now checkpoints the WAL itself before it answers."""
+    secret = "sk-leaked-data33-" + os.urandom(8).hex()
+    live = tmp_path / "stockyard.db"
+    server = ServerProcess(pyz_path, live, mock_env(cache_home, mock)).start()
+    try:
+        body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": f"my key is {secret}"}]}
+        status, headers, _ = server.request("POST", "/v1/chat/completions", body)
+        assert status == 200
+        trace_id = headers["x-stockyard-trace-id"]
+        server.trace(trace_id)
+        wal = tmp_path / "stockyard.db-wal"
+        wait_for(lambda: wal.exists() and wal.stat().st_size == 0, 15, "the writer's idle checkpoint")
+        assert secret.encode() in live.read_bytes(), "the body is stored as written (short: uncompressed)"
+        erased = server.cli("traces", "--erase-body", trace_id)
+        assert erased.returncode == 0, erased.stderr
+        holding = [p.name for p in tmp_path.iterdir() if p.is_file() and secret.encode() in p.read_bytes()]
+        assert holding == []
+    finally:
+        assert server.stop() == 0
