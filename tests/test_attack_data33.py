@@ -107,7 +107,9 @@ def test_a_restore_killed_while_copying_the_backup_in_leaves_no_copy_behind(pyz_
     assert run(pyz_path, ["audit", "verify", "--db", live], env).returncode == 0
 
 
-def on_a_full_disk(pyz: Path, args: list, env: dict, limit: int = 64 * 1024) -> subprocess.CompletedProcess:
+def on_a_full_disk(
+    pyz: Path, args: list, env: dict, limit: int = 64 * 1024, stdin: str | None = None
+) -> subprocess.CompletedProcess:
     """Run ``python3 stockyard.pyz ARGS`` in a process whose writes past ``limit`` bytes of a file
     fail (``RLIMIT_FSIZE``: EFBIG, as ENOSPC on a full disk)."""
 
@@ -115,7 +117,7 @@ def on_a_full_disk(pyz: Path, args: list, env: dict, limit: int = 64 * 1024) -> 
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
     cmd = [sys.executable, str(pyz), *map(str, args)]
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, preexec_fn=limited, timeout=120)
+    return subprocess.run(cmd, env=env, input=stdin, capture_output=True, text=True, preexec_fn=limited, timeout=120)
 
 
 def test_a_full_disk_under_backup_and_restore_says_which_file_and_that_nothing_changed(
@@ -326,3 +328,22 @@ def test_an_erase_from_the_cli_leaves_no_copy_in_the_file_while_a_quiet_server_r
         assert holding == []
     finally:
         assert server.stop() == 0
+
+
+def test_a_full_disk_under_a_rotation_or_an_erase_says_so_and_changes_nothing(pyz_path, env, live_and_backup):
+    """Hole: ``providers rotate-secret`` or ``traces --erase-body`` on a database whose disk is full
+    answered ``stockyard: disk I/O error`` and nothing more, about the live database itself: whether
+    it was now damaged, half rotated or half erased, the operator could not tell. Now the answer says
+    the disk may be full and that what the command was writing was rolled back; and so it was: the
+    database is whole, its provider key still decrypts with the old secret, its chain verifies."""
+    live, _ = live_and_backup
+    before = live.read_bytes()
+    new = "data33-the-next-secret-0123456789abcdef"
+    trace_id = "tr_0190f3a1b2c3d4e5f6a7b8c9"
+    for args, stdin in ((["providers", "rotate-secret"], new + "\n"), (["traces", "--erase-body", trace_id], None)):
+        done = on_a_full_disk(pyz_path, [*args, "--db", live], env, limit=4096, stdin=stdin)
+        assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+        assert "full" in done.stderr and "rolled back" in done.stderr, done.stderr
+    assert integrity(live) == "ok" and live.read_bytes() == before
+    assert run(pyz_path, ["audit", "verify", "--db", live], env).returncode == 0
+    assert run(pyz_path, ["doctor", "--db", live], {**env, "OPENAI_API_KEY": "sk-data33-123456789"}).returncode == 0
