@@ -327,12 +327,12 @@ def _set_aside(db_path: Path) -> Path | None:
     while aside.exists():  # two restores within one second
         n += 1
         aside = db_path.with_name(f"{db_path.name}.before-restore-{utc_stamp()}-{n}")
-    if files.file_size(wal) > 0:  # could not fold it in (damaged): keep the pair
-        os.replace(wal, files.wal_path(aside))
     try:
         os.link(db_path, aside)
     except OSError:  # a file system without hard links
         shutil.copy2(db_path, aside)
+    if files.file_size(wal) > 0:  # could not fold it in (a reader, damage): keep the pair, the copy first,
+        os.replace(wal, files.wal_path(aside))  # so the committed writes in it never belong to no database
     files.tighten([aside, files.wal_path(aside)])  # a file from an older version may be 0644
     for stale in (wal, db_path.with_name(db_path.name + "-shm")):
         stale.unlink(missing_ok=True)

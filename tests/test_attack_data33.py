@@ -347,3 +347,39 @@ def test_a_full_disk_under_a_rotation_or_an_erase_says_so_and_changes_nothing(py
     assert integrity(live) == "ok" and live.read_bytes() == before
     assert run(pyz_path, ["audit", "verify", "--db", live], env).returncode == 0
     assert run(pyz_path, ["doctor", "--db", live], {**env, "OPENAI_API_KEY": "sk-data33-123456789"}).returncode == 0
+
+
+def rows_seen_afresh(path: Path) -> int:
+    """The ``meta`` rows named ``data33`` as a new process opening ``path`` sees them."""
+    code = "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); "
+    code += "print(c.execute(\"SELECT count(*) FROM meta WHERE key = 'data33'\").fetchone()[0])"
+    done = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    return int(done.stdout)
+
+
+@needs_strace
+def test_a_restore_killed_while_setting_aside_a_database_it_could_not_fold_keeps_its_wal(
+    pyz_path, env, live_and_backup
+):
+    """Hole: a restore keeps the current database aside, folding its -wal file in first; when that
+    cannot be done (another program reads the database, so the checkpoint cannot finish) it moved
+    the -wal file to the kept copy's name and only then made the kept copy. Killed between the two
+    (or a Ctrl-C), the live database had lost its -wal — the committed writes in it — and no kept
+    copy had them either: a ``-wal`` file beside no database. Now the copy is made first and the
+    -wal moved after it, so at every moment the committed writes belong to a database."""
+    live, backup = live_and_backup
+    writer = sqlite3.connect(live, isolation_level=None)
+    reader = sqlite3.connect(live, isolation_level=None)
+    try:
+        writer.execute("PRAGMA wal_autocheckpoint=0")
+        reader.execute("BEGIN")
+        reader.execute("SELECT count(*) FROM meta").fetchone()  # an older snapshot: no checkpoint gets past it
+        writer.execute("INSERT INTO meta (key, value) VALUES ('data33', 'committed, in the -wal file')")
+        assert (live.parent / "stockyard.db-wal").stat().st_size > 0
+        done = killed_at(pyz_path, ["restore", str(backup), "--db", str(live)], env, "link", 1)
+        assert done.returncode == -9, done.stderr
+        assert rows_seen_afresh(live) == 1, "the committed row is still the live database's"
+    finally:
+        reader.close()
+        writer.close()
