@@ -23,7 +23,7 @@ from . import audit, vault
 from .operations import Operations
 from .store import Store, db, files, move
 from .store.backends import PostgresBackend
-from .store.lock import RESTORE, DatabaseLock
+from .store.lock import RESTORE, DatabaseBusy, DatabaseLock, lock_path
 
 log = logging.getLogger("stockyard.backup")
 
@@ -136,7 +136,20 @@ def resolve_destination(dest: Path | str, live: Path | str | None) -> Path:
         raise BackupError(f"{dest} is the live database (or one of its files); choose another destination")
     if not dest.parent.is_dir():
         raise BackupError(f"folder {dest.parent} does not exist")
+    _refuse_database_in_use(dest)
     return dest
+
+
+def _refuse_database_in_use(dest: Path) -> None:
+    """A DEST that is the database of a running server (its lock held) is never replaced: the
+    server would go on writing to the file it has open, without a name, and lose it all at restart."""
+    if not lock_path(dest).exists():
+        return
+    try:
+        with DatabaseLock(dest, RESTORE):
+            pass
+    except DatabaseBusy as exc:
+        raise BackupError(f"{dest} is a live database, not a backup: {exc}") from None
 
 
 def not_written(where: Path, exc: Exception) -> BackupError:

@@ -383,3 +383,26 @@ def test_a_restore_killed_while_setting_aside_a_database_it_could_not_fold_keeps
     finally:
         reader.close()
         writer.close()
+
+
+def test_a_backup_over_the_database_of_another_running_server_is_refused(pyz_path, cache_home, mock, tmp_path):
+    """Hole: ``backup DEST`` replaces DEST atomically, whatever it is: named after the database of
+    another server that runs (``backup /var/lib/stockyard/stockyard.db --db /tmp/test.db``, the two
+    paths swapped), it renamed the copy over that server's file. The server kept writing to the file
+    it had open, now without a name: every trace and change it made from then on was gone at its
+    next start. Now a DEST whose lock a running server holds is refused, and that server's writes land."""
+    env = mock_env(cache_home, mock, STOCKYARD_ENCRYPTION_KEY=SECRET)
+    busy, other = tmp_path / "busy" / "stockyard.db", tmp_path / "other.db"
+    assert run(pyz_path, ["keys", "create", "--name", "bob", "--db", other], env).returncode == 0
+    server = ServerProcess(pyz_path, busy, env).start()
+    try:
+        inode = busy.stat().st_ino
+        done = run(pyz_path, ["backup", busy, "--db", other], env)
+        assert done.returncode == 1 and "is using" in done.stderr, done.stderr
+        assert busy.stat().st_ino == inode
+        body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "after the backup"}]}
+        status, headers, _ = server.request("POST", "/v1/chat/completions", body)
+        assert status == 200
+        server.trace(headers["x-stockyard-trace-id"])  # written to the file that bears the name
+    finally:
+        assert server.stop() == 0
