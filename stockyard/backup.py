@@ -79,6 +79,7 @@ def inspect(path: Path | str) -> Inspection:
 def check_restorable(path: Path | str) -> Inspection:
     """Inspect ``path`` and refuse a file this code cannot run on (damaged, newer, foreign)."""
     path = Path(path)
+    _refuse_database_in_use(path, "make a copy of it with `stockyard backup` and restore that")
     if files.file_size(files.wal_path(path)) > 0:
         raise BackupError(
             f"{path} has a -wal file beside it, so it is a live (or crashed) database, "
@@ -136,20 +137,21 @@ def resolve_destination(dest: Path | str, live: Path | str | None) -> Path:
         raise BackupError(f"{dest} is the live database (or one of its files); choose another destination")
     if not dest.parent.is_dir():
         raise BackupError(f"folder {dest.parent} does not exist")
-    _refuse_database_in_use(dest)
+    _refuse_database_in_use(dest, "choose another destination")
     return dest
 
 
-def _refuse_database_in_use(dest: Path) -> None:
-    """A DEST that is the database of a running server (its lock held) is never replaced: the
-    server would go on writing to the file it has open, without a name, and lose it all at restart."""
-    if not lock_path(dest).exists():
+def _refuse_database_in_use(path: Path, then: str) -> None:
+    """The database of a running server (its lock held) is neither replaced by a backup (the server
+    would go on writing to the file it has open, without a name) nor restored from (a file being
+    written, which an idle server's emptied -wal does not give away)."""
+    if not lock_path(path).exists():
         return
     try:
-        with DatabaseLock(dest, RESTORE):
+        with DatabaseLock(path, RESTORE):
             pass
     except DatabaseBusy as exc:
-        raise BackupError(f"{dest} is a live database, not a backup: {exc}") from None
+        raise BackupError(f"{path} is a live database, not a backup: {exc}; {then}") from None
 
 
 def not_written(where: Path, exc: Exception) -> BackupError:

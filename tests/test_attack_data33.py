@@ -390,7 +390,9 @@ def test_a_backup_over_the_database_of_another_running_server_is_refused(pyz_pat
     another server that runs (``backup /var/lib/stockyard/stockyard.db --db /tmp/test.db``, the two
     paths swapped), it renamed the copy over that server's file. The server kept writing to the file
     it had open, now without a name: every trace and change it made from then on was gone at its
-    next start. Now a DEST whose lock a running server holds is refused, and that server's writes land."""
+    next start. Now a DEST whose lock a running server holds is refused, and that server's writes land.
+    The other way round, ``restore SRC`` of such a database read a file being written (its -wal
+    emptied by the idle server's checkpoint, nothing said "live"): refused the same way."""
     env = mock_env(cache_home, mock, STOCKYARD_ENCRYPTION_KEY=SECRET)
     busy, other = tmp_path / "busy" / "stockyard.db", tmp_path / "other.db"
     assert run(pyz_path, ["keys", "create", "--name", "bob", "--db", other], env).returncode == 0
@@ -404,5 +406,11 @@ def test_a_backup_over_the_database_of_another_running_server_is_refused(pyz_pat
         status, headers, _ = server.request("POST", "/v1/chat/completions", body)
         assert status == 200
         server.trace(headers["x-stockyard-trace-id"])  # written to the file that bears the name
+        wal = busy.with_name("stockyard.db-wal")
+        wait_for(
+            lambda: wal.stat().st_size == 0, 15, "the idle server's checkpoint"
+        )  # nothing says "live" but the lock
+        done = run(pyz_path, ["restore", busy, "--db", other], env)
+        assert done.returncode == 1 and "is using" in done.stderr, done.stderr
     finally:
         assert server.stop() == 0
