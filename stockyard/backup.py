@@ -212,8 +212,9 @@ class Snapshotter:
     def run(self, conn: sqlite3.Connection) -> None:
         started = time.monotonic()
         try:
+            _refuse_database_in_use(self.path, "the snapshot was not written: choose another --snapshot path")
             db.backup_to(conn, self.path)
-        except (OSError, sqlite3.Error) as exc:
+        except (OSError, sqlite3.Error, BackupError) as exc:
             self.failures += 1
             log.error("snapshot to %s failed: %s", self.path, exc)
             return

@@ -414,3 +414,23 @@ def test_a_backup_over_the_database_of_another_running_server_is_refused(pyz_pat
         assert done.returncode == 1 and "is using" in done.stderr, done.stderr
     finally:
         assert server.stop() == 0
+
+
+def test_a_snapshot_over_the_database_of_another_running_server_is_not_written(pyz_path, cache_home, mock, tmp_path):
+    """Hole: ``--snapshot PATH`` is renamed over PATH on every refresh; PATH naming the database of
+    another server that runs (two services on one machine, one path pasted into the wrong unit),
+    each snapshot replaced that server's file under it, and what it wrote from then on went to a
+    file without a name. Now such a snapshot is not written, and the log says why, each time."""
+    env = mock_env(cache_home, mock)
+    first = ServerProcess(pyz_path, tmp_path / "a" / "stockyard.db", env).start()
+    try:
+        inode = first.db.stat().st_ino
+        args = ["--snapshot", str(first.db), "--snapshot-every", "1s"]
+        second = ServerProcess(pyz_path, tmp_path / "b" / "stockyard.db", env, args).start()
+        try:
+            wait_for(lambda: "is a live database" in second.log, 20, "the refused snapshot")
+        finally:
+            assert second.stop() == 0
+        assert first.db.stat().st_ino == inode
+    finally:
+        assert first.stop() == 0
