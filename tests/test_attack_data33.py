@@ -210,8 +210,8 @@ def test_a_backup_from_before_a_rotation_is_refused_with_the_new_secret_and_says
     restored = run(pyz_path, ["restore", backup, "--db", live], env)  # the secret of the backup's time
     assert restored.returncode == 0, restored.stderr
     assert run(pyz_path, ["audit", "verify", "--db", live], env).returncode == 0
-    listed = run(pyz_path, ["providers", "list", "--db", live], env)
-    assert listed.returncode == 0 and "…3456" in listed.stdout, listed.stdout + listed.stderr
+    checked = run(pyz_path, ["doctor", "--db", live], {**env, "OPENAI_API_KEY": "sk-data33-123456789"})
+    assert checked.returncode == 0 and "decrypts all 1 stored provider key(s)" in checked.stdout, checked.stdout
 
 
 @needs_strace
@@ -346,7 +346,8 @@ def test_a_full_disk_under_a_rotation_or_an_erase_says_so_and_changes_nothing(py
         assert "full" in done.stderr and "rolled back" in done.stderr, done.stderr
     assert integrity(live) == "ok" and live.read_bytes() == before
     assert run(pyz_path, ["audit", "verify", "--db", live], env).returncode == 0
-    assert run(pyz_path, ["doctor", "--db", live], {**env, "OPENAI_API_KEY": "sk-data33-123456789"}).returncode == 0
+    checked = run(pyz_path, ["doctor", "--db", live], {**env, "OPENAI_API_KEY": "sk-data33-123456789"})
+    assert checked.returncode == 0 and "decrypts all 1 stored provider key(s)" in checked.stdout, checked.stdout
 
 
 def rows_seen_afresh(path: Path) -> int:
