@@ -74,10 +74,17 @@ class VerifyResult:
     head: str  # hash of the last entry that verified (GENESIS when none)
     broken_seq: int | None
     reason: str
+    # The first failure is an entry keyed with a secret that was not given (or the tail with one
+    # given only as retired): what a rotation whose new secret is not set yet looks like, so a
+    # wrong secret is the first thing to rule out, before tampering.
+    other_secret: bool = False
 
     def as_dict(self) -> dict[str, Any]:
-        """What ``audit verify --json`` and ``GET /api/audit/verify`` answer."""
-        return asdict(self)
+        """What ``audit verify --json`` and ``GET /api/audit/verify`` answer (the reason says it all:
+        ``other_secret`` is for doctor's advice)."""
+        answer = asdict(self)
+        del answer["other_secret"]
+        return answer
 
 
 def chain_key(secret: str | None, salt: bytes | None) -> bytes | None:
@@ -212,7 +219,8 @@ def append(
         raise AuditError(
             f"the audit log is keyed with a different STOCKYARD_ENCRYPTION_KEY "
             f"(chain key id {last_keyed.group(1)}, current {key_id(key)}); "
-            "use the secret this installation was set up with"
+            "use the secret this log is keyed with (after `providers rotate-secret`, a backup made before "
+            "it takes the secret of its time, and so does a server then run on it)"
         )
     seq = last_seq + 1
     ts = now_iso()
@@ -260,8 +268,8 @@ def ensure_keyed_tail(
     )
 
 
-def _fail(count: int, head_hash: str, seq: int | None, reason: str) -> VerifyResult:
-    return VerifyResult(False, count, head_hash, seq, reason)
+def _fail(count: int, head_hash: str, seq: int | None, reason: str, other_secret: bool = False) -> VerifyResult:
+    return VerifyResult(False, count, head_hash, seq, reason, other_secret)
 
 
 def verify(
@@ -308,6 +316,7 @@ def verify(
                         f"entry {seq} is keyed with a different STOCKYARD_ENCRYPTION_KEY "
                         f"(chain key id {keyed.group(1)}, current {current}); after "
                         "`providers rotate-secret`, give the old secret in STOCKYARD_PREVIOUS_ENCRYPTION_KEYS",
+                        other_secret=True,
                     )
         elif mac != MAC_PLAIN:
             return _fail(count, prev, seq, f"entry {seq} has an unknown mac label")
@@ -334,7 +343,8 @@ def verify(
         if not tail:
             return _fail(count, prev, count, "chain tail is not keyed: rewritten without the secret?")
         if tail.group(1) != key_id(key):
-            return _fail(count, prev, count, "chain tail is keyed with an older secret, not the current one")
+            reason = "chain tail is keyed with an older secret, not the current one"
+            return _fail(count, prev, count, reason, other_secret=True)
     if expect_head is not None and head_at is None:
         return _fail(count, prev, count + 1, "expected head not found: the log was truncated or rewritten")
     reason = f"ok, {count} entries, head {prev}"

@@ -14,17 +14,16 @@ import logging
 import os
 import shutil
 import sqlite3
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from . import audit
+from . import audit, vault
 from .operations import Operations
 from .store import Store, db, files, move
 from .store.backends import PostgresBackend
-from .store.lock import RESTORE, DatabaseLock
+from .store.lock import RESTORE, DatabaseBusy, DatabaseLock, lock_path
 
 log = logging.getLogger("stockyard.backup")
 
@@ -80,6 +79,7 @@ def inspect(path: Path | str) -> Inspection:
 def check_restorable(path: Path | str) -> Inspection:
     """Inspect ``path`` and refuse a file this code cannot run on (damaged, newer, foreign)."""
     path = Path(path)
+    _refuse_database_in_use(path, "make a copy of it with `stockyard backup` and restore that")
     if files.file_size(files.wal_path(path)) > 0:
         raise BackupError(
             f"{path} has a -wal file beside it, so it is a live (or crashed) database, "
@@ -108,24 +108,67 @@ def check_restorable(path: Path | str) -> Inspection:
     return info
 
 
+def check_audit_chain(path: Path, secret: str | None) -> None:
+    """Refuse a backup whose audit log does not verify: an altered or missing entry is a damaged
+    page or a change someone hid in the copy, and the restore would seal it with a keyed entry.
+    What is about the secret (none set, another one) is left to the restore's own audit entry,
+    which says what to set."""
+    conn = db.open_copy(path)
+    try:
+        salt = vault.read_salt(conn)
+        result = audit.verify_with_secret(conn, secret if salt else None)
+    except (sqlite3.Error, vault.VaultError) as exc:
+        raise BackupError(f"{path}: its audit log cannot be read ({exc}); nothing was changed") from None
+    finally:
+        conn.close()
+    if not result.ok and result.broken_seq is not None and not result.other_secret:
+        raise BackupError(
+            f"{path}: its audit log does not verify ({result.reason}), so it is damaged or was altered; "
+            "nothing was changed: restore another backup"
+        )
+
+
 def resolve_destination(dest: Path | str, live: Path | str | None) -> Path:
     """A directory gets a time-stamped file name; the live database file itself is refused."""
     dest = Path(dest).expanduser()
     if dest.is_dir():
         dest = dest / f"stockyard-{utc_stamp()}.db"
-    if live is not None:
-        live = Path(live)
-        for forbidden in (live, files.wal_path(live), live.with_name(live.name + "-shm")):
-            if dest.resolve() == forbidden.resolve():
-                raise BackupError(f"{dest} is the live database; choose another destination")
+    if live is not None and dest.resolve() in files.live_files(Path(live)):
+        raise BackupError(f"{dest} is the live database (or one of its files); choose another destination")
     if not dest.parent.is_dir():
         raise BackupError(f"folder {dest.parent} does not exist")
+    _refuse_database_in_use(dest, "choose another destination")
     return dest
+
+
+def _refuse_database_in_use(path: Path, then: str) -> None:
+    """The database of a running server (its lock held) is neither replaced by a backup (the server
+    would go on writing to the file it has open, without a name) nor restored from (a file being
+    written, which an idle server's emptied -wal does not give away)."""
+    if not lock_path(path).exists():
+        return
+    try:
+        with DatabaseLock(path, RESTORE):
+            pass
+    except DatabaseBusy as exc:
+        raise BackupError(f"{path} is a live database, not a backup: {exc}; {then}") from None
+
+
+def not_written(where: Path, exc: Exception) -> BackupError:
+    """A copy that could not be written — a full disk, most often: SQLite's own words alone
+    (``disk I/O error``) leave an operator guessing whether the live database was hurt."""
+    return BackupError(
+        f"could not write {where}: {exc} (is the disk under {where.parent} full?); nothing was left "
+        "there, and the database in use was not changed"
+    )
 
 
 def create_backup(conn: sqlite3.Connection, dest: Path) -> Inspection:
     """Copy the database behind ``conn`` to ``dest`` and check the copy."""
-    db.backup_to(conn, dest)
+    try:
+        db.backup_to(conn, dest)
+    except (OSError, sqlite3.Error) as exc:
+        raise not_written(dest, exc) from None
     info = inspect(dest)
     if not info.ok:
         raise BackupError(
@@ -169,8 +212,9 @@ class Snapshotter:
     def run(self, conn: sqlite3.Connection) -> None:
         started = time.monotonic()
         try:
+            _refuse_database_in_use(self.path, "the snapshot was not written: choose another --snapshot path")
             db.backup_to(conn, self.path)
-        except (OSError, sqlite3.Error) as exc:
+        except (OSError, sqlite3.Error, BackupError) as exc:
             self.failures += 1
             log.error("snapshot to %s failed: %s", self.path, exc)
             return
@@ -203,9 +247,13 @@ def restore(db_path: Path | str, source: Path | str, *, actor: str, secret: str 
         raise BackupError("the source is the database itself")
     with DatabaseLock(db_path, RESTORE):
         info = check_restorable(source)
+        check_audit_chain(source, secret)
         tmp = files.copy_beside(db_path, "restore")  # (those of a restore killed half way removed)
         try:
-            schema_to = _prepare(source, tmp, info, actor=actor, secret=secret)
+            try:
+                schema_to = _prepare(source, tmp, info, actor=actor, secret=secret)
+            except (OSError, sqlite3.Error) as exc:
+                raise not_written(tmp, exc) from None
             previous = _set_aside(db_path)
             db.replace_file(tmp, db_path)
         finally:
@@ -235,9 +283,13 @@ def restore_postgres(
             "(create one, point --db at it, then start the servers on it)"
         )
     info = check_restorable(source)
-    with tempfile.TemporaryDirectory(prefix="stockyard-restore-") as folder:  # 0700: the copy holds every prompt
+    check_audit_chain(source, secret)
+    with files.private_temp_folder("restore") as folder:  # 0700: the copy holds every prompt
         tmp = Path(folder) / "restore.db"
-        schema_to = _prepare(source, tmp, info, actor=actor, secret=secret)
+        try:
+            schema_to = _prepare(source, tmp, info, actor=actor, secret=secret)
+        except (OSError, sqlite3.Error) as exc:
+            raise not_written(tmp, exc) from None
         try:
             move.sqlite_to_postgres(tmp, backend, secret=secret, progress=progress)
         except move.MoveError as exc:
@@ -249,7 +301,7 @@ def _prepare(source: Path, tmp: Path, info: Inspection, *, actor: str, secret: s
     """Copy ``source`` to ``tmp``, upgrade it, and audit the restore inside it. Returns its schema."""
     src = db.open_copy(source)
     try:
-        db.backup_to(src, tmp)
+        db.write_copy(src, tmp)  # tmp is the restore's own working name (removed by the next if left)
     finally:
         src.close()
     conn = db.connect(tmp)
@@ -291,12 +343,12 @@ def _set_aside(db_path: Path) -> Path | None:
     while aside.exists():  # two restores within one second
         n += 1
         aside = db_path.with_name(f"{db_path.name}.before-restore-{utc_stamp()}-{n}")
-    if files.file_size(wal) > 0:  # could not fold it in (damaged): keep the pair
-        os.replace(wal, files.wal_path(aside))
     try:
         os.link(db_path, aside)
     except OSError:  # a file system without hard links
         shutil.copy2(db_path, aside)
+    if files.file_size(wal) > 0:  # could not fold it in (a reader, damage): keep the pair, the copy first,
+        os.replace(wal, files.wal_path(aside))  # so the committed writes in it never belong to no database
     files.tighten([aside, files.wal_path(aside)])  # a file from an older version may be 0644
     for stale in (wal, db_path.with_name(db_path.name + "-shm")):
         stale.unlink(missing_ok=True)

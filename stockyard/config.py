@@ -326,10 +326,11 @@ def _workers(value: object) -> int:
 
 
 def _same_file(path: Path, database: Path) -> bool:
-    """Whether ``path`` names the database file or its -wal/-shm (through symlinks too): a copy
-    renamed over one of them would replace the file the server has open."""
-    live = database.resolve()
-    return path.resolve() in (live, live.with_name(live.name + "-wal"), live.with_name(live.name + "-shm"))
+    """Whether ``path`` names one of the database's own files (``files.live_files``): a snapshot
+    renamed over one of them would replace it under the server."""
+    from .store import files  # (it reads DEFAULT_DB from here)
+
+    return path.resolve() in files.live_files(database)
 
 
 def _otlp_endpoint(value: str | None) -> str | None:

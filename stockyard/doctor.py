@@ -281,7 +281,8 @@ def _secret_findings(conn: sqlite3.Connection | None, secret: str | None) -> Che
             FAIL,
             name,
             f"does not match this database: the audit chain is keyed with key id {keyed}, this secret gives {current}",
-            "set STOCKYARD_ENCRYPTION_KEY to the value this database was set up with",
+            "set STOCKYARD_ENCRYPTION_KEY to the secret the chain is keyed with (after `providers rotate-secret`: "
+            "the new one)",
         )
     if stored:
         box = vault.Vault(secret, salt)
@@ -314,6 +315,15 @@ def _chain_check(conn: sqlite3.Connection | None, secret: str | None) -> Check:
             "audit chain",
             result.reason,
             "set STOCKYARD_ENCRYPTION_KEY to the value this database was set up with",
+        )
+    if result.other_secret:  # a rotation (perhaps one a crash cut before it said so), not a forgery by itself
+        return Check(
+            FAIL,
+            "audit chain",
+            result.reason,
+            "set STOCKYARD_ENCRYPTION_KEY to the current secret and, after `providers rotate-secret`, the "
+            "old one(s) in STOCKYARD_PREVIOUS_ENCRYPTION_KEYS; only if no secret you had fits was the log "
+            "changed outside Stockyard",
         )
     return Check(
         FAIL,

@@ -265,7 +265,7 @@ REFUSALS = [
     (with_trigger, "trigger 'keep_keys' (not made by Stockyard)"),
     (with_view, "view 'keys_view' (not made by Stockyard)"),
     (with_changed_index, "(its SQL differs from Stockyard's)"),
-    (forged_chain, "rewritten without STOCKYARD_ENCRYPTION_KEY"),
+    (forged_chain, "chain tail is not keyed: rewritten without the secret"),
 ]
 
 

@@ -100,5 +100,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"stockyard: {exc}", file=sys.stderr)
         return exc.code
     except (SchemaError, Refused, DatabaseBusy, AuditError, VaultError, ValueError, sqlite3.Error, OSError) as exc:
-        print(f"stockyard: {exc}", file=sys.stderr)
+        print(f"stockyard: {exc}{_disk_hint(exc)}", file=sys.stderr)
         return 1
+
+
+_SQLITE_IOERR, _SQLITE_FULL = 10, 13
+
+
+def _disk_hint(exc: BaseException) -> str:
+    """What SQLite's bare ``disk I/O error`` / ``database or disk is full`` leaves out: where to look,
+    and that the database is not half changed (SQLite rolls back what it could not write)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is None or code & 0xFF not in (_SQLITE_IOERR, _SQLITE_FULL):
+        return ""
+    return (
+        " (is the disk under the database full?); what the command was writing when it failed was "
+        "rolled back, and the database file stays whole"
+    )

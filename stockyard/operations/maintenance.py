@@ -119,6 +119,8 @@ def erase_bodies(ops: Operations, trace_ids: list[str]) -> Erased:
         return Erased(sorted(found), responses, items)
 
     try:
-        return ops.change("traces.erase_bodies", "trace_bodies", details, erase, config=False)
+        erased = ops.change("traces.erase_bodies", "trace_bodies", details, erase, config=False)
     except audit.AuditError as exc:  # keyed log and no (or the wrong) secret
         raise conflict(str(exc)) from None
+    ops.store.checkpoint_now()  # the zeroed pages into the file itself now, not when a server gets to it
+    return erased

@@ -124,6 +124,19 @@ class Store:
                 raise
             return result
 
+    def checkpoint_now(self) -> None:
+        """Copy the -wal file into the database and empty it, after a write made without the server's
+        writer (an erase from the CLI): a running server checkpoints after its own writes only, so
+        until then the database file keeps the pages as they were before this write. Best effort: a
+        reader holding an old snapshot leaves it to the server's next checkpoint. Nothing on PostgreSQL."""
+        if self.writer is not None or self._direct is None:
+            return  # the writer checkpoints when idle; no direct write, nothing to copy
+        with self._direct_lock:
+            try:
+                self._direct.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+            except sqlite3.Error:
+                pass
+
     def write_later(
         self, job: Callable[[sqlite3.Connection], Any], queue_wait: float = 30.0, urgent: bool = True
     ) -> Future:

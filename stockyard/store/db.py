@@ -285,17 +285,24 @@ def backup_to(conn: sqlite3.Connection, dest: Path | str) -> None:
     tmp = files.copy_beside(dest, "tmp")  # (those of a process killed while copying removed)
     tmp.unlink(missing_ok=True)
     try:
-        files.create_private(tmp)  # the copy holds every prompt: owner-only, like the database
-        target = sqlite3.connect(tmp, isolation_level=None)
-        try:
-            conn.backup(target)
-            target.execute("PRAGMA journal_mode=DELETE")
-        finally:
-            target.close()
+        write_copy(conn, tmp)
         replace_file(tmp, dest)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def write_copy(conn: sqlite3.Connection, path: Path) -> None:
+    """The backup API's copy of ``conn`` written straight into ``path`` (a new file, renamed by the
+    caller): for a working file that is already a temporary name of its own (a restore's), so no
+    second temporary copy is made beside it for a crash to leave behind."""
+    files.create_private(path)  # the copy holds every prompt: owner-only, like the database
+    target = sqlite3.connect(path, isolation_level=None)
+    try:
+        conn.backup(target)
+        target.execute("PRAGMA journal_mode=DELETE")
+    finally:
+        target.close()
 
 
 def replace_file(tmp: Path | str, dest: Path | str) -> None:

@@ -15,7 +15,9 @@ from __future__ import annotations
 import contextlib
 import glob
 import os
+import shutil
 import stat
+import tempfile
 import threading
 from pathlib import Path
 from typing import Iterator
@@ -67,10 +69,27 @@ def remove_orphaned_copies(dest: Path, kind: str) -> None:
     whose process is gone: one killed while writing left a whole copy of the database there,
     and the next process, with another pid, would never reuse it. A live process's is kept."""
     prefix = f".{dest.name}.{kind}-"
-    for leftover in dest.parent.glob(f"{glob.escape(prefix)}*"):
+    for start in (prefix, "." + prefix):  # and a copy of a copy (an older restore's ``..NAME.restore-…``)
+        for leftover in dest.parent.glob(f"{glob.escape(start)}*"):
+            pid = leftover.name[len(start) :].split("-", 1)[0]
+            if pid.isdigit() and not process_alive(int(pid)):
+                leftover.unlink(missing_ok=True)
+
+
+def private_temp_folder(kind: str) -> tempfile.TemporaryDirectory:
+    """A 0700 folder in the system temp folder for a copy of the data, ``stockyard-<kind>-<pid>-…``,
+    once those of this user's processes that are gone are removed: one killed while it worked
+    left a whole copy of a database there, and no later process would ever reuse it."""
+    prefix = f"stockyard-{kind}-"
+    for leftover in Path(tempfile.gettempdir()).glob(f"{glob.escape(prefix)}*"):
         pid = leftover.name[len(prefix) :].split("-", 1)[0]
-        if pid.isdigit() and not process_alive(int(pid)):
-            leftover.unlink(missing_ok=True)
+        try:
+            ours = leftover.lstat().st_uid == os.getuid() and leftover.is_dir() and not leftover.is_symlink()
+        except OSError:
+            continue
+        if ours and pid.isdigit() and not process_alive(int(pid)):
+            shutil.rmtree(leftover, ignore_errors=True)
+    return tempfile.TemporaryDirectory(prefix=f"{prefix}{os.getpid()}-")
 
 
 def process_alive(pid: int) -> bool:
@@ -91,6 +110,14 @@ def database_files(db_path: Path) -> list[Path]:
     for pattern in (".pre-v*.bak", ".before-restore-*"):
         found += sorted(db_path.parent.glob(db_path.name + pattern))
     return found
+
+
+def live_files(db_path: Path) -> list[Path]:
+    """The files a database in use owns (through symlinks too): the file, its -wal, -shm and
+    -journal, and the lock a server holds on ``<db>.lock`` (``lock.lock_path``). A copy renamed over
+    one of them would replace it under the server — over the lock, let a second server in."""
+    live = db_path.resolve()
+    return [live.with_name(live.name + end) for end in ("", "-wal", "-shm", "-journal", ".lock")]
 
 
 def wal_path(db_path: Path) -> Path:

@@ -331,19 +331,25 @@ def postgres_to_sqlite(
     try:
         _ready_source(conn, str(source), "start a server of this version on it first, which upgrades it")
         conn.execute("BEGIN")  # REPEATABLE READ: one snapshot, even while servers write
-        lite = db.connect(tmp)
-        db.migrate(lite)
-        lite.execute("BEGIN IMMEDIATE")
-        counts = _copy(conn, lite, tables(conn, lite), _read_postgres, _write_sqlite, progress)
-        _check(conn, lite, counts, secret, progress)
-        lite.execute("COMMIT")
-        lite.execute("PRAGMA journal_mode=DELETE")
-        lite.close()
-        lite = None
-        if replace:
-            db.replace_file(tmp, dest)
-        else:
-            os.link(tmp, dest)  # never over a file that appeared meanwhile
+        try:
+            lite = db.connect(tmp)
+            db.migrate(lite)
+            lite.execute("BEGIN IMMEDIATE")
+            counts = _copy(conn, lite, tables(conn, lite), _read_postgres, _write_sqlite, progress)
+            _check(conn, lite, counts, secret, progress)
+            lite.execute("COMMIT")
+            lite.execute("PRAGMA journal_mode=DELETE")
+            lite.close()
+            lite = None
+            if replace:
+                db.replace_file(tmp, dest)
+            else:
+                os.link(tmp, dest)  # never over a file that appeared meanwhile
+        except (OSError, sqlite3.Error) as exc:  # a full disk, most often: SQLite's words alone name no file
+            raise MoveError(
+                f"could not write {dest}: {exc} (is the disk under {dest.parent} full?); nothing was left "
+                f"there, and {source} was not changed"
+            ) from None
         return counts
     finally:
         if lite is not None:
