@@ -270,7 +270,8 @@ class VideosAPI(ProviderCalls):
         whose answer was lost takes the one video of its ``asked`` terms no key owns
         (``_create_upstream``), else tells the client not to send it again."""
         made = partial(self._made_like, ctx, provider, asked)
-        answer, video = self._create_upstream(ctx, provider, rest, body, KIND, hold, made, content_type, length)
+        terms = json.dumps(asked, sort_keys=True)
+        answer, video = self._create_upstream(ctx, provider, rest, body, KIND, hold, made, content_type, length, terms)
         if video is not None:
             self._seen(ctx, provider, video)  # one that ended at once (it failed its checks) is billed now
         self._send(reply, ctx, answer)
