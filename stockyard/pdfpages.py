@@ -16,7 +16,7 @@ from __future__ import annotations
 import binascii
 import re
 import zlib
-from typing import Any, Iterator
+from typing import Any
 
 from .estimate import body_values
 
@@ -27,43 +27,66 @@ PAGE_TOKENS_25 = 258  # a page on Gemini 2.5 and older
 RESOLUTION_TOKENS = {"LOW": 280, "MEDIUM": 560, "HIGH": 1120, "ULTRA_HIGH": 2240}
 PDF_DEFAULT_RESOLUTION = "MEDIUM"
 GENERATION = re.compile(r"gemini-(\d+)")
-# A page object (``/Type /Page``, not ``/Pages``), and a page tree's count of the pages under it.
-_PAGE = re.compile(rb"/Type\s*/Page(?![A-Za-z])")
-_COUNT = re.compile(rb"/Count\s+(\d{1,7})")
+# PDF whitespace (NUL and form feed too) and comments, which stand where whitespace may.
+_WS = rb"(?:[\s\x00]|%[^\r\n]*[\r\n])*"
+# A page object (``/Type /Page``, not ``/Pages``), and a page tree's count of the pages under it
+# (direct; one by reference, ``/Count 5 0 R``, says nothing here: the PDF is then unreadable).
+_PAGE = re.compile(rb"/Type" + _WS + rb"/Page(?![A-Za-z])")
+_COUNT = re.compile(rb"/Count" + _WS + rb"(\d{1,7})(?![\d.])(?!" + _WS + rb"\d+" + _WS + rb"R)")
+_INDIRECT_COUNT = re.compile(rb"/Count" + _WS + rb"\d+" + _WS + rb"\d+" + _WS + rb"R")
 _STREAM = re.compile(rb"stream\r?\n")
+_NAME_ESCAPE = re.compile(rb"#([0-9A-Fa-f]{2})")  # a name's character by its hex code: /P#61ge is /Page
 INFLATE_MAX = 32 << 20  # bytes of compressed object streams inflated for one PDF, at most
 _MARK = re.compile(rb"application(?:/|\\/)pdf|\\u00[0-7][0-9A-Fa-f]")  # a PDF's type, or an escape that may spell it
 
 
 def pdf_pages(data: bytes) -> int:
-    """The pages of a PDF: its page objects, or its page tree's count, the larger (read in the file's
-    bytes, then in its compressed streams, where PDF 1.5 object streams keep them); :data:`MAX_PDF_PAGES`
-    when neither shows a page (an encrypted or unreadable PDF: Gemini may still read it)."""
-    found = _pages_in(data)
-    if found == 0:
-        found = max((_pages_in(inflated) for inflated in _inflated(data)), default=0)
+    """The pages of a PDF: its page objects, or its page trees' largest count, the larger, in the file's
+    bytes and in its object streams (PDF 1.5 keeps objects there, compressed); :data:`MAX_PDF_PAGES`
+    when none shows a page or it cannot all be read (an object stream not inflated, a count by
+    reference: an encrypted or crafted PDF, which Gemini may still read whole)."""
+    streams = _object_streams(data)
+    data = _unescaped(data)  # after the streams are cut out: their compressed bytes may hold a '#'
+    if streams is None or _INDIRECT_COUNT.search(data) is not None:
+        return MAX_PDF_PAGES
+    parts = (data, *streams)
+    pages = sum(len(_PAGE.findall(part)) for part in parts)  # a writer packs ~100 objects a stream
+    found = max([pages, *(int(count) for part in parts for count in _COUNT.findall(part))])
     return min(found, MAX_PDF_PAGES) if found else MAX_PDF_PAGES
 
 
-def _pages_in(data: bytes) -> int:
-    counts = [int(count) for count in _COUNT.findall(data)]
-    return max([len(_PAGE.findall(data)), *counts])
+def _unescaped(data: bytes) -> bytes:
+    """``data`` with PDF names' ``#xx`` escapes read (a string's ``#`` too: a count can only grow)."""
+    return _NAME_ESCAPE.sub(lambda m: bytes.fromhex(m[1].decode()), data) if b"#" in data else data
 
 
-def _inflated(data: bytes) -> Iterator[bytes]:
-    """Each Flate stream of a PDF inflated, :data:`INFLATE_MAX` bytes in all at most (a small stream
-    may inflate to gigabytes)."""
-    left = INFLATE_MAX
-    for start in _STREAM.finditer(data):
+def _object_streams(data: bytes) -> list[bytes] | None:
+    """Each compressed object stream of a PDF (``/ObjStm`` in what comes before its ``stream`` since
+    the last stream's end) inflated, its names' escapes read; None when one is not Flate, or they inflate to
+    more than :data:`INFLATE_MAX` bytes in all (a small stream may inflate to gigabytes). One pass
+    through the file: each stream's end is looked for once, from its start."""
+    out: list[bytes] = []
+    left, pos = INFLATE_MAX, 0
+    while (start := _STREAM.search(data, pos)) is not None:
         end = data.find(b"endstream", start.end())
-        if end < 0 or left <= 0:
-            return
-        try:
-            out = zlib.decompressobj().decompress(data[start.end() : end], left)
-        except zlib.error:
-            continue
-        left -= len(out)
-        yield out
+        if end < 0:
+            end = len(data)
+        window = _unescaped(data[pos : start.start()])
+        if b"/ObjStm" in window:
+            try:
+                inflater = zlib.decompressobj()
+                inflated = inflater.decompress(data[start.end() : end], left)
+            except zlib.error:
+                if b"/Filter" not in window:  # a plain one: read with the file's bytes
+                    pos = end + len(b"endstream")
+                    continue
+                return None
+            left -= len(inflated)
+            if inflater.unconsumed_tail or left <= 0:
+                return None
+            out.append(_unescaped(inflated))
+        pos = end + len(b"endstream")
+    return out
 
 
 def page_tokens(model: str, body: Any, part: dict) -> int:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import re
 import zlib
 from decimal import Decimal
@@ -143,3 +144,51 @@ def test_a_pdf_in_a_chat_file_part_is_held_at_its_pages_for_gemini(server):
     hold = refused(server, "/v1/chat/completions", body, "Authorization", "Bearer ")
     b64 = -(-(len(url) - len("data:application/pdf;base64,")) // 4)
     assert hold == bytes_hold(body, IN_25, OUT_25) + (40 * 258 - b64) * IN_25
+
+
+def cpu_seconds(server: ServerProcess) -> float:
+    """The server process's CPU time so far (user and system), from /proc."""
+    assert server.proc is not None
+    fields = open(f"/proc/{server.proc.pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_a_pdf_of_stream_marks_is_read_in_little_cpu(server):
+    """770 KB of ``stream`` keywords and one ``endstream`` at the end (under the size a Gemini 2.5 PDF is
+    read at): each mark looked for its end from where it began, 30 CPU seconds on the request path. Read
+    once through, and held as an unreadable PDF: Gemini's page limit."""
+    data = b"%PDF-1.7\n" + b"stream\n" * 110_000 + b"endstream\n"
+    body = asking(inline(data))
+    before = cpu_seconds(server)
+    hold = held(server, "gemini-2.5-flash", body)
+    assert cpu_seconds(server) - before < 2.0
+    b64 = -(-len(base64.b64encode(data)) // 4)
+    assert hold == bytes_hold(body, IN_25, OUT_25) + (1000 * 258 - b64) * IN_25
+
+
+def with_decoy(data: bytes) -> bytes:
+    """``data`` with one page object in the open besides its own (a comment here: the counter reads bytes)."""
+    return data.replace(b"%PDF-1.5\n", b"%PDF-1.5\n% << /Type /Page >>\n", 1)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        pytest.param(with_decoy(pdf(900, packed=True)), id="one-page-in-the-open-the-rest-packed"),
+        pytest.param(
+            with_decoy(pdf(900).replace(b"/Type /Page ", b"/Type /P#61ge ").replace(b"/Count 900", b"/C#6funt 900")),
+            id="escaped-names",
+        ),
+        pytest.param(
+            with_decoy(pdf(900).replace(b"/Type /Page ", b"/Type%x\n/Page ").replace(b"/Count", b"/Count%\n")),
+            id="comments-between",
+        ),
+    ],
+)
+def test_a_pdf_cannot_show_one_page_and_hide_the_rest(server, data):
+    """A PDF of 900 pages made to look like one (a page object in the open while the rest are packed in
+    an object stream; its names spelled with ``#`` escapes, as PDF names may be; a comment where
+    whitespace goes) is held at least at its 900 pages, not one: a burst would overspend a budget."""
+    body = asking(inline(data))
+    b64 = -(-len(base64.b64encode(data)) // 4)
+    assert held(server, "gemini-2.5-flash", body) >= bytes_hold(body, IN_25, OUT_25) + (900 * 258 - b64) * IN_25
