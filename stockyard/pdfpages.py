@@ -36,16 +36,24 @@ _COUNT = re.compile(rb"/Count" + _WS + rb"(\d{1,7})(?![\d.])(?!" + _WS + rb"\d+"
 _INDIRECT_COUNT = re.compile(rb"/Count" + _WS + rb"\d+" + _WS + rb"\d+" + _WS + rb"R")
 _STREAM = re.compile(rb"stream\r?\n")
 _NAME_ESCAPE = re.compile(rb"#([0-9A-Fa-f]{2})")  # a name's character by its hex code: /P#61ge is /Page
-INFLATE_MAX = 32 << 20  # bytes of compressed object streams inflated for one PDF, at most
+INFLATE_MAX = 32 << 20  # bytes of compressed object streams inflated for one request's PDFs, at most
 _MARK = re.compile(rb"application(?:/|\\/)pdf|\\u00[0-7][0-9A-Fa-f]")  # a PDF's type, or an escape that may spell it
 
 
-def pdf_pages(data: bytes) -> int:
+class Inflation:
+    """What is left of the bytes one request's PDFs may inflate (:data:`INFLATE_MAX`): many small
+    PDFs must not each take all of it."""
+
+    def __init__(self, left: int = INFLATE_MAX) -> None:
+        self.left = left
+
+
+def pdf_pages(data: bytes, inflation: Inflation | None = None) -> int:
     """The pages of a PDF: its page objects, or its page trees' largest count, the larger, in the file's
     bytes and in its object streams (PDF 1.5 keeps objects there, compressed); :data:`MAX_PDF_PAGES`
     when none shows a page or it cannot all be read (an object stream not inflated, a count by
     reference: an encrypted or crafted PDF, which Gemini may still read whole)."""
-    streams = _object_streams(data)
+    streams = _object_streams(data, inflation or Inflation())
     data = _unescaped(data)  # after the streams are cut out: their compressed bytes may hold a '#'
     if streams is None or _INDIRECT_COUNT.search(data) is not None:
         return MAX_PDF_PAGES
@@ -60,13 +68,13 @@ def _unescaped(data: bytes) -> bytes:
     return _NAME_ESCAPE.sub(lambda m: bytes.fromhex(m[1].decode()), data) if b"#" in data else data
 
 
-def _object_streams(data: bytes) -> list[bytes] | None:
+def _object_streams(data: bytes, inflation: Inflation) -> list[bytes] | None:
     """Each compressed object stream of a PDF (``/ObjStm`` in what comes before its ``stream`` since
     the last stream's end) inflated, its names' escapes read; None when one is not Flate, or they inflate to
-    more than :data:`INFLATE_MAX` bytes in all (a small stream may inflate to gigabytes). One pass
-    through the file: each stream's end is looked for once, from its start."""
+    more than ``inflation`` has left (a small stream may inflate to gigabytes). One pass through the
+    file: each stream's end is looked for once, from its start."""
     out: list[bytes] = []
-    left, pos = INFLATE_MAX, 0
+    pos = 0
     while (start := _STREAM.search(data, pos)) is not None:
         end = data.find(b"endstream", start.end())
         if end < 0:
@@ -75,14 +83,14 @@ def _object_streams(data: bytes) -> list[bytes] | None:
         if b"/ObjStm" in window:
             try:
                 inflater = zlib.decompressobj()
-                inflated = inflater.decompress(data[start.end() : end], left)
+                inflated = inflater.decompress(data[start.end() : end], max(inflation.left, 1))
             except zlib.error:
                 if b"/Filter" not in window:  # a plain one: read with the file's bytes
                     pos = end + len(b"endstream")
                     continue
                 return None
-            left -= len(inflated)
-            if inflater.unconsumed_tail or left <= 0:
+            inflation.left -= len(inflated)
+            if inflater.unconsumed_tail or inflation.left <= 0:
                 return None
             out.append(_unescaped(inflated))
         pos = end + len(b"endstream")
@@ -119,7 +127,7 @@ def held_pdf_tokens(body: Any, raw: bytes, model: str, image_tokens: int) -> int
     base64 at four bytes a token, each PDF by reference :data:`MAX_PDF_PAGES` pages less one image."""
     if not isinstance(body, dict) or _MARK.search(raw) is None:
         return 0
-    extra = 0
+    extra, inflation = 0, Inflation()
     for part in body_values(body):
         if not isinstance(part, dict):
             continue
@@ -127,17 +135,17 @@ def held_pdf_tokens(body: Any, raw: bytes, model: str, image_tokens: int) -> int
         if inline is not None:
             per_page, counted = page_tokens(model, body, part), -(-len(inline) // 4)
             if counted < MAX_PDF_PAGES * per_page:  # else its bytes hold more than its pages may cost: not read
-                extra += max(0, _inline_pages(inline) * per_page - counted)
+                extra += max(0, _inline_pages(inline, inflation) * per_page - counted)
         elif by_reference:
             extra += max(0, MAX_PDF_PAGES * page_tokens(model, body, part) - image_tokens)
     return extra
 
 
-def _inline_pages(inline: str) -> int:
+def _inline_pages(inline: str, inflation: Inflation) -> int:
     """The pages of a base64 PDF (:data:`MAX_PDF_PAGES` when it is not base64: Gemini refuses it,
     unbilled, and it is held as an unreadable PDF all the same)."""
     try:
-        return pdf_pages(binascii.a2b_base64(inline.encode("ascii", "ignore")))
+        return pdf_pages(binascii.a2b_base64(inline.encode("ascii", "ignore")), inflation)
     except binascii.Error:
         return MAX_PDF_PAGES
 

@@ -192,3 +192,18 @@ def test_a_pdf_cannot_show_one_page_and_hide_the_rest(server, data):
     body = asking(inline(data))
     b64 = -(-len(base64.b64encode(data)) // 4)
     assert held(server, "gemini-2.5-flash", body) >= bytes_hold(body, IN_25, OUT_25) + (900 * 258 - b64) * IN_25
+
+
+def test_many_small_pdfs_that_inflate_to_much_are_read_in_little_cpu(server):
+    """100 PDFs of 31 KB in one 4 MB request, each an object stream inflating to 31 MB (each PDF
+    had its own 32 MB to inflate: 7 CPU seconds a worst case, more for a 32 MB body): one budget of
+    inflation for the request; the PDFs it does not reach are held as unreadable, at Gemini's limit."""
+    stream = zlib.compress(b" " * (31 << 20), 9)
+    bomb = b"%PDF-1.5\n3 0 obj\n<< /Type /ObjStm /Filter /FlateDecode >>\nstream\n" + stream + b"\nendstream\n"
+    body = asking(inline(bomb))
+    body["contents"][0]["parts"] *= 100
+    before = cpu_seconds(server)
+    hold = held(server, "gemini-2.5-flash", body)
+    assert cpu_seconds(server) - before < 2.0
+    b64 = -(-len(base64.b64encode(bomb)) // 4)
+    assert hold == bytes_hold(body, IN_25, OUT_25) + 100 * (1000 * 258 - b64) * IN_25
