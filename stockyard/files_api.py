@@ -16,9 +16,11 @@ recorded once by :mod:`stockyard.batch_costs`.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import re
+import secrets
 import sqlite3
 import time
 from concurrent.futures import Future
@@ -132,6 +134,12 @@ def id_action_endpoint(name: str, method: str, found: tuple[str | None, str] | N
     if object_id is None:
         return f"{name}.{'create' if method == 'POST' else 'list'}"
     return f"{name}.{'delete' if method == 'DELETE' else 'retrieve'}"
+
+
+# owned_objects kind of a create sent to the provider, its answer not yet recorded (Ownership.begin_create);
+# one this old is a process's that died before its answer.
+IN_FLIGHT = "create_in_flight"
+IN_FLIGHT_MS = 3_600_000
 
 
 ALLOWED_METHODS = {
@@ -578,6 +586,31 @@ class Ownership:
             claimed()
         return claimed is not None
 
+    def begin_create(self, kind: str, provider: str, terms: str, owner: str) -> str:
+        """Mark a create of ``terms`` (what tells its object among the provider's) as sent and not yet
+        recorded, until :meth:`end_create`: a create of the same terms whose answer is lost must not
+        take the object this one will be answered with (another key's, maybe). The marker's id."""
+        digest = hashlib.sha256(json.dumps([kind, provider, terms]).encode()).hexdigest()[:32]
+        marker = f"{IN_FLIGHT}:{digest}:{secrets.token_hex(8)}"
+        sql = "INSERT INTO owned_objects (id, kind, key_id, provider, created_at) VALUES (?, ?, ?, ?, ?)"
+        self._store.write(lambda conn: conn.execute(sql, (marker, IN_FLIGHT, owner, provider, int(time.time() * 1000))))
+        return marker
+
+    def end_create(self, marker: str) -> None:
+        """The create of ``marker`` answered (its object recorded) or failed."""
+        self._store.write(lambda conn: conn.execute("DELETE FROM owned_objects WHERE id = ?", (marker,)))
+
+    def others_in_flight(self, marker: str) -> bool:
+        """Whether another create of ``marker``'s terms is sent and not yet recorded (a marker older
+        than :data:`IN_FLIGHT_MS` is a process's that died midway: cleared)."""
+        since = int(time.time() * 1000) - IN_FLIGHT_MS
+        self._store.write(
+            lambda conn: conn.execute("DELETE FROM owned_objects WHERE kind = ? AND created_at < ?", (IN_FLIGHT, since))
+        )
+        sql = "SELECT 1 FROM owned_objects WHERE kind = ? AND id LIKE ? AND id <> ? LIMIT 1"
+        like = marker[: marker.rindex(":") + 1] + "%"
+        return self._store.read().execute(sql, (IN_FLIGHT, like, marker)).fetchone() is not None
+
     def learn_tokens(self, object_id: str, tokens: int) -> None:
         """Record the tokens of a context cache whose count was not known (a cache's contents never
         change: a known count stays)."""
@@ -974,6 +1007,7 @@ class ProviderCalls:
         made: Callable[[], list[dict]] | None = None,
         content_type: str = "application/json",
         length: int | None = None,
+        terms: str = "",
     ) -> tuple[Answer, dict | None]:
         """Create a batch at the provider and record it as this key's, with what it holds
         (``hold.held_uc``), then end the hold (spent until the batch is billed, or given back
@@ -981,15 +1015,18 @@ class ProviderCalls:
 
         When no answer came back (a timeout, a broken connection) the batch may exist at the
         provider, unseen here: ``made()`` lists the provider's batches that could be it, and the
-        one no one owns is taken as this one (:meth:`_adopt`)."""
+        one no one owns is taken as this one (:meth:`_adopt`), unless another create of the same
+        ``terms`` is on its way (marked in flight from before it is sent until it is recorded): that
+        one may be another key's, whose answer would then find it taken."""
         claimed = False
+        marker = self.ownership.begin_create(kind, provider.name, terms, owner_of(ctx)) if made else None
         try:
             try:
                 answer, doc = self._call(ctx, provider, "POST", rest, body, content_type=content_type, length=length)
             except ProxyError as exc:
                 if exc.status not in (502, 504) and exc.code != SHUTDOWN_CODE:  # answered: no batch was made
                     raise
-                answer, doc = self._adopt(ctx, provider, kind, hold, made, exc)
+                answer, doc = self._adopt(ctx, provider, kind, hold, made, exc, marker)
                 claimed = True
                 return answer, doc
             if answer.status >= 300 or not isinstance(doc, dict) or not isinstance(doc.get("id"), str):
@@ -998,6 +1035,8 @@ class ProviderCalls:
             return answer, doc
         finally:
             hold.end(claimed)
+            if marker is not None:
+                self.ownership.end_create(marker)
 
     def _adopt(
         self,
@@ -1007,12 +1046,14 @@ class ProviderCalls:
         hold: BatchHold,
         made: Callable[[], list[dict]] | None,
         failure: ProxyError,
+        marker: str | None = None,
     ) -> tuple[Answer, dict]:
         """A create whose answer was lost: the one batch ``made()`` finds that no one owns becomes
         this key's (with the hold) and is the answer. None found (the provider is still making it,
         or made none, or cannot be asked) or more than one (another create of the same file is on
         its way back: taking its batch would answer two creates with one batch and leave this one
-        unowned): ``failure``, telling the client not to retry (``x-should-retry: false``, which
+        unowned), or another create of its terms in flight (``marker``'s: its object may be the one
+        found, not recorded yet): ``failure``, telling the client not to retry (``x-should-retry: false``, which
         the SDKs obey; a retry would start a second batch)."""
         try:
             found = made() if made is not None else []
@@ -1021,7 +1062,8 @@ class ProviderCalls:
         ctx.attempt.response_body.clear()  # the provider's list holds other keys' batches: not this trace's
         taken = self.ownership.taken([doc["id"] for doc in found])
         free = [doc for doc in found if doc["id"] not in taken and storable(doc["id"])]  # one a row can hold
-        if len(free) == 1 and self.ownership.claim(free[0]["id"], kind, owner_of(ctx), provider.name, hold):
+        alone = marker is None or not self.ownership.others_in_flight(marker)  # read after the provider's list
+        if len(free) == 1 and alone and self.ownership.claim(free[0]["id"], kind, owner_of(ctx), provider.name, hold):
             doc = free[0]
             log.warning(
                 "a %s create at provider %r was lost (%s); found it there: %s",
@@ -1420,7 +1462,8 @@ class FilesAPI(ProviderCalls):
         self._check_budget(ctx, 0)  # used up: refused before the file is read
         hold = self._check_budget(ctx, self._check_input_file(ctx, provider, file_id))
         made = partial(self._batches_of_file, ctx, provider, file_id, body.get("endpoint"))
-        answer, batch = self._create_upstream(ctx, provider, "/batches", raw, "batch", hold, made)
+        terms = json.dumps([file_id, body.get("endpoint")])
+        answer, batch = self._create_upstream(ctx, provider, "/batches", raw, "batch", hold, made, terms=terms)
         if batch is not None:
             self._see_batch(ctx, provider, batch)
         self._send(reply, ctx, answer)

@@ -43,42 +43,80 @@ PAGE_TOKENS_25 = 258  # a page on Gemini 2.5 and older
 RESOLUTION_TOKENS = {"LOW": 280, "MEDIUM": 560, "HIGH": 1120, "ULTRA_HIGH": 2240}
 PDF_DEFAULT_RESOLUTION = "MEDIUM"
 GENERATION = re.compile(r"gemini-(\d+)")
-# A page object (``/Type /Page``, not ``/Pages``), and a page tree's count of the pages under it.
-_PAGE = re.compile(rb"/Type\s*/Page(?![A-Za-z])")
-_COUNT = re.compile(rb"/Count\s+(\d{1,7})")
+# PDF whitespace (NUL and form feed too) and comments, which stand where whitespace may.
+_WS = rb"(?:[\s\x00]|%[^\r\n]*[\r\n])*"
+# A page object (``/Type /Page``, not ``/Pages``), and a page tree's count of the pages under it
+# (direct; one by reference, ``/Count 5 0 R``, says nothing here: the PDF is then unreadable).
+_PAGE = re.compile(rb"/Type" + _WS + rb"/Page(?![A-Za-z])")
+_COUNT = re.compile(rb"/Count" + _WS + rb"(\d{1,7})(?![\d.])(?!" + _WS + rb"\d+" + _WS + rb"R)")
+_INDIRECT_COUNT = re.compile(rb"/Count" + _WS + rb"\d+" + _WS + rb"\d+" + _WS + rb"R")
 _STREAM = re.compile(rb"(?<!end)stream\r?\n")  # a stream's start, not an endstream before a line end
-INFLATE_MAX = 32 << 20  # bytes of compressed object streams inflated for one PDF, at most
+_NAME_ESCAPE = re.compile(rb"#([0-9A-Fa-f]{2})")  # a name's character by its hex code: /P#61ge is /Page
+INFLATE_MAX = 32 << 20  # bytes of compressed object streams inflated for one request's PDFs (one upload's), at most
 _ASCII_ESCAPE = re.compile(rb"\\u00([0-7][0-9A-Fa-f])")  # a JSON escape of an ASCII character
 
 
-def pdf_pages(data: bytes) -> int:
-    """The pages of a PDF: its page objects, or its page tree's count, the larger (read in the file's
-    bytes, then in its compressed streams, where PDF 1.5 object streams keep them); :data:`MAX_PDF_PAGES`
-    when neither shows a page (an encrypted or unreadable PDF: Gemini may still read it)."""
-    found = _pages_in(data)
-    if found == 0:
-        found = max((_pages_in(inflated) for inflated in _inflated(data)), default=0)
+class Inflation:
+    """What is left of the bytes one request's PDFs may inflate (:data:`INFLATE_MAX`): many small
+    PDFs must not each take all of it."""
+
+    def __init__(self, left: int = INFLATE_MAX) -> None:
+        self.left = left
+
+
+def pdf_pages(data: bytes, inflation: Inflation | None = None) -> int:
+    """The pages of a PDF: its page objects, or its page trees' largest count, the larger, in the file's
+    bytes and in its object streams (PDF 1.5 keeps objects there, compressed); :data:`MAX_PDF_PAGES`
+    when none shows a page or it cannot all be read (an object stream not inflated, a count by
+    reference: an encrypted or crafted PDF, which Gemini may still read whole)."""
+    streams = _object_streams(data, inflation or Inflation())
+    data = _unescaped(data)  # after the streams are cut out: their compressed bytes may hold a '#'
+    if streams is None or _INDIRECT_COUNT.search(data) is not None:
+        return MAX_PDF_PAGES
+    parts = (data, *streams)
+    pages = sum(len(_PAGE.findall(part)) for part in parts)  # a writer packs ~100 objects a stream
+    found = max([pages, *(int(count) for part in parts for count in _COUNT.findall(part))])
     return min(found, MAX_PDF_PAGES) if found else MAX_PDF_PAGES
 
 
-def _pages_in(data: bytes) -> int:
-    counts = [int(count) for count in _COUNT.findall(data)]
-    return max([len(_PAGE.findall(data)), *counts])
+def _unescaped(data: bytes) -> bytes:
+    """``data`` with PDF names' ``#xx`` escapes read (a string's ``#`` too: a count can only grow)."""
+    return _NAME_ESCAPE.sub(lambda m: bytes.fromhex(m[1].decode()), data) if b"#" in data else data
 
 
-def _inflated(data: bytes) -> Iterator[bytes]:
-    """Each Flate stream of a PDF inflated, :data:`INFLATE_MAX` bytes in all at most (a small stream
-    may inflate to gigabytes)."""
-    left = INFLATE_MAX
-    for _, start, end in _streams(data):
-        if end < 0 or left <= 0:
-            return
-        try:
-            out = zlib.decompressobj().decompress(data[start:end], left)
-        except zlib.error:
+def _object_streams(data: bytes, inflation: Inflation) -> list[bytes] | None:
+    """Each compressed object stream of a PDF (``/ObjStm`` in what comes before its ``stream`` since
+    the last stream's end) inflated, its names' escapes read; None when one is not Flate, or they
+    inflate to more than ``inflation`` has left (a small stream may inflate to gigabytes)."""
+    out: list[bytes] = []
+    pos = 0
+    for keyword, start, end in _streams(data):
+        end = len(data) if end < 0 else end
+        window = _unescaped(data[pos:keyword])
+        pos = end + len(b"endstream")
+        if b"/ObjStm" not in window:
             continue
-        left -= len(out)
-        yield out
+        inflated = _inflate(data[start:end], inflation)
+        if inflated is None:
+            if b"/Filter" not in window and inflation.left > 0:  # a plain one: read with the file's bytes
+                continue
+            return None
+        out.append(_unescaped(inflated))
+    return out
+
+
+def _inflate(stream: bytes, inflation: Inflation) -> bytes | None:
+    """A Flate stream's bytes inflated; None when it is not Flate (``inflation`` untouched) or inflates
+    to more than ``inflation`` has left (which it then has spent)."""
+    try:
+        inflater = zlib.decompressobj()
+        inflated = inflater.decompress(stream, max(inflation.left, 1))
+    except zlib.error:
+        return None
+    inflation.left -= len(inflated)
+    if inflater.unconsumed_tail or inflation.left <= 0:
+        return None
+    return inflated
 
 
 def _streams(data: bytes) -> Iterator[tuple[int, int, int]]:
@@ -138,7 +176,7 @@ def held_pdf_tokens(
     known = known or {}
     if not isinstance(body, dict) or (not walk and not known and not may_hold_pdf(raw)):
         return 0
-    extra = 0
+    extra, inflation = 0, Inflation()
     for part in body_values(body):
         if not isinstance(part, dict):
             continue
@@ -150,7 +188,7 @@ def held_pdf_tokens(
         if inline is not None:
             counted = -(-len(inline) // 4)
             if counted < MAX_PDF_PAGES * per_page:  # else its bytes hold more than its pages may cost: not read
-                extra += max(0, _inline_pages(inline) * per_page - counted)
+                extra += max(0, _inline_pages(inline, inflation) * per_page - counted)
         elif pages is not None:
             extra += max(0, pages * per_page - image_tokens)
     return extra
@@ -178,11 +216,11 @@ def may_hold_pdf(raw: bytes) -> bool:
     return b"pdf" in raw.lower()
 
 
-def _inline_pages(inline: str) -> int:
+def _inline_pages(inline: str, inflation: Inflation) -> int:
     """The pages of a base64 PDF (:data:`MAX_PDF_PAGES` when it is not base64: Gemini refuses it,
     unbilled, and it is held as an unreadable PDF all the same)."""
     try:
-        return pdf_pages(binascii.a2b_base64(inline.encode("ascii", "ignore")))
+        return pdf_pages(binascii.a2b_base64(inline.encode("ascii", "ignore")), inflation)
     except binascii.Error:
         return MAX_PDF_PAGES
 
@@ -219,27 +257,32 @@ def _is_pdf(inner: dict) -> bool:
 CARRY = 4096  # bytes of a piece kept for the next: a page's or a count's mark split between two pieces
 CARRY_MAX = 1 << 20  # an object stream open at a piece's end is carried whole up to this size, else not read
 _HEADER = b"%PDF-"  # a PDF starts with it, within its first kilobyte
-_OBJECT_STREAM = re.compile(rb"/Type\s*/ObjStm\b")
+_OBJECT_STREAM = re.compile(rb"/Type" + _WS + rb"/ObjStm\b")
 
 
 @dataclass
 class PageCounter:
     """The pages of a PDF whose bytes pass in pieces (an upload's chunks, a spooled file read in blocks),
-    counted as :func:`pdf_pages` counts a whole one — page objects and page-tree counts in its bytes,
-    else in its object streams — without holding it: each piece is read with the last :data:`CARRY`
-    bytes of the one before (a mark split between two is read once, whole), and an object stream open
-    at a piece's end is carried whole (up to :data:`CARRY_MAX`) until it ends. Its state is a few
+    counted as :func:`pdf_pages` counts a whole one — page objects summed and page-tree counts, in its
+    bytes and its object streams, names' escapes read — without holding it: each piece is read with
+    the last :data:`CARRY` bytes of the one before (a mark split between two is read once, whole), and
+    an object stream open at a piece's end is carried whole (up to :data:`CARRY_MAX`) until it ends. Its state is a few
     numbers and the carry (:meth:`dumps`), kept between the requests an upload's chunks come in.
     :meth:`pages` is None when the bytes are not a PDF; :data:`MAX_PDF_PAGES` when its pages could
-    not be counted (no page mark, a piece missing or out of order, an object stream too large to carry)."""
+    not be counted (no page mark, a piece missing or out of order, an object stream too large to carry or
+    not Flate, a count by reference)."""
 
     at: int = 0  # bytes read so far: the offset the next piece must start at
     pdf: bool = False  # the PDF header was seen in the first kilobyte
     state: str = "reading"  # reading | done | not_pdf | lost (a piece missing or out of order)
     objects: int = 0  # page objects in the PDF's own bytes
     count: int = 0  # the largest page-tree count in them
-    packed: int = 0  # the most pages one object stream showed
-    unread: bool = False  # an object stream was too large to carry (or inflate) and went unread
+    packed: int = 0  # page objects in its object streams, summed
+    packed_count: int = 0  # the largest page-tree count in them
+    streams: list[int] = dataclasses.field(default_factory=list)  # offsets of the object streams read (once each)
+    unread: bool = (
+        False  # an object stream went unread (too large to carry or inflate, not Flate), or a count by reference
+    )
     inflated: int = 0  # bytes inflated so far (at most INFLATE_MAX for a PDF)
     seen: int = 0  # bytes at the carry's start whose marks were counted already
     carry: bytes = b""
@@ -268,33 +311,44 @@ class PageCounter:
 
     def _count_marks(self, buf: bytes, cut: int) -> None:
         """Page objects and page-tree counts that start before ``cut`` (the rest are read with the next
-        piece) and not in the :attr:`seen` bytes (read with the last)."""
-        self.objects += sum(1 for found in _PAGE.finditer(buf) if self.seen <= found.start() < cut)
-        counts = [int(found[1]) for found in _COUNT.finditer(buf) if self.seen <= found.start() < cut]
+        piece) and not in the :attr:`seen` bytes (read with the last), names' escapes read (the bounds
+        moved with them); a count by reference leaves the pages uncounted."""
+        seen = self.seen
+        if b"#" in buf:
+            seen, cut, buf = len(_unescaped(buf[:seen])), len(_unescaped(buf[:cut])), _unescaped(buf)
+        self.objects += sum(1 for found in _PAGE.finditer(buf) if seen <= found.start() < cut)
+        counts = [int(found[1]) for found in _COUNT.finditer(buf) if seen <= found.start() < cut]
         self.count = max([self.count, *counts])
+        if any(seen <= found.start() < cut for found in _INDIRECT_COUNT.finditer(buf)):
+            self.unread = True
 
     def _read_object_streams(self, buf: bytes, final: bool) -> int:
-        """Inflate each object stream whole in ``buf`` (one read twice counts once: the most pages of
-        one is kept); where one is still open at the end of ``buf``: the offset it starts at, to carry
-        on, else ``len(buf)``."""
+        """Inflate each object stream whole in ``buf``, each once (by its offset in the file: the carry
+        brings some back); where one is still open at the end of ``buf``: the offset it starts at, to
+        carry on, else ``len(buf)``."""
+        base = self.at - len(buf)  # the file offset of buf[0]
         for keyword, start, end in _streams(buf):
             head = buf.rfind(b"obj", max(0, keyword - CARRY), keyword)
-            if head < 0 or _OBJECT_STREAM.search(buf, head, keyword) is None:
+            window = _unescaped(buf[head:keyword]) if head >= 0 else b""
+            if head < 0 or _OBJECT_STREAM.search(window) is None or base + keyword in self.streams:
                 continue
             if end < 0:
                 if final or len(buf) - head > CARRY_MAX:
                     self.unread = True
                     break
                 return head
-            if self.inflated >= INFLATE_MAX:
+            self.streams.append(base + keyword)
+            inflation = Inflation(INFLATE_MAX - self.inflated)
+            out = _inflate(buf[start:end], inflation)
+            self.inflated = INFLATE_MAX - inflation.left
+            if out is None:  # not Flate (a plain one's marks are counted with the file's), or too large
+                self.unread = self.unread or inflation.left <= 0 or b"/Filter" in window
+                continue
+            out = _unescaped(out)
+            self.packed += len(_PAGE.findall(out))
+            self.packed_count = max([self.packed_count, *(int(count) for count in _COUNT.findall(out))])
+            if _INDIRECT_COUNT.search(out) is not None:
                 self.unread = True
-                continue
-            try:
-                out = zlib.decompressobj().decompress(buf[start:end], INFLATE_MAX - self.inflated)
-            except zlib.error:
-                continue
-            self.inflated += len(out)
-            self.packed = max(self.packed, _pages_in(out))
         return len(buf)
 
     def pages(self) -> int | None:
@@ -320,11 +374,13 @@ class PageCounter:
         return "no page object or page count in it: encrypted, or damaged"
 
     def _found(self) -> int:
-        """Pages counted once the last piece was read: in the PDF's own bytes, else in its object
-        streams (when none went unread); 0: none."""
+        """Pages counted once the last piece was read: its page objects in its bytes and object streams
+        summed, or its largest page-tree count, the larger; 0: none, or something went unread."""
         if self.state != "done":
             return 0
-        return max(self.objects, self.count) or (0 if self.unread else self.packed)
+        if self.unread:
+            return 0
+        return max(self.objects + self.packed, self.count, self.packed_count)
 
     def dumps(self) -> str:
         """The state as text, kept between an upload's chunks (``gemini_uploads.pages_state``)."""

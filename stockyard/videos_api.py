@@ -22,7 +22,6 @@ relayed chunk by chunk, never held whole.
 from __future__ import annotations
 
 import json
-import logging
 import re
 from functools import partial
 from typing import Any, Callable
@@ -49,8 +48,6 @@ from .pricing import Price, Usage, unit_cost
 from .providers import Provider
 from .proxy import Reply, RequestPath
 from .store import Store
-
-log = logging.getLogger("stockyard.videos")
 
 KIND = "video"  # in owned_objects
 PATH = re.compile(rf"^/v1/videos(?:/{OBJECT_ID}(/content|/remix)?)?$")
@@ -270,7 +267,8 @@ class VideosAPI(ProviderCalls):
         whose answer was lost takes the one video of its ``asked`` terms no key owns
         (``_create_upstream``), else tells the client not to send it again."""
         made = partial(self._made_like, ctx, provider, asked)
-        answer, video = self._create_upstream(ctx, provider, rest, body, KIND, hold, made, content_type, length)
+        terms = json.dumps(asked, sort_keys=True)
+        answer, video = self._create_upstream(ctx, provider, rest, body, KIND, hold, made, content_type, length, terms)
         if video is not None:
             self._seen(ctx, provider, video)  # one that ended at once (it failed its checks) is billed now
         self._send(reply, ctx, answer)
@@ -317,18 +315,24 @@ class VideosAPI(ProviderCalls):
         """A delete takes the job, and what it made, away at the provider: one of the key's not billed
         yet is retrieved first (on the delete's own trace: its call replaces what this read), and
         billed if it ended. One still running is billed its whole length as an estimate: nothing
-        here would see what it made, and its hold would go back with its record. A failed look does
-        not stop the delete (the hold then goes back with the record)."""
+        here would see what it made, and its hold would go back with its record. A look the provider
+        fails (a 5xx, a 429, no answer) stops the delete, a 502 the client may retry: deleted unseen, a
+        completed video would go unbilled and its hold back. One the provider no longer has (404) is
+        deleted as asked (the provider then says so)."""
         owned = self.ownership.find(video_id, KIND, owner_of(ctx))
         if owned is None or owned.billed:
             return
-        try:
-            video = self._retrieve(ctx, provider, video_id)
-        except Exception as exc:  # the provider is down: the delete goes on, and answers for itself
-            log.warning("video %s: not billed before its delete: %s: %s", video_id, type(exc).__name__, exc)
+        answer, video = self._call(ctx, provider, "GET", f"/videos/{video_id}")  # no answer: its 502/504
+        if answer.status == 404:
             return
-        if video is not None and video.get("status") not in ENDED:
-            self._seen(ctx, provider, video, running=True)
+        if answer.status >= 300 or not isinstance(video, dict) or video.get("id") != video_id:
+            raise ProxyError(
+                502,
+                f"video {video_id} could not be looked at before its delete (the provider answered "
+                f"{answer.status}): nothing was deleted; send the delete again",
+                code="video_not_checked",
+            )
+        self._seen(ctx, provider, video, running=video.get("status") not in ENDED)
 
     # -- bills ---------------------------------------------------------------------------------
     def _seen(self, ctx: RequestContext, provider: Provider, video: dict, running: bool = False) -> None:

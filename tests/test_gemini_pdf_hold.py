@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import re
 import zlib
 from decimal import Decimal
@@ -171,3 +172,66 @@ def test_a_pdf_whose_type_is_in_capitals_escaped_or_in_utf16_is_held_at_its_page
     b64 = -(-len(base64.b64encode(data)) // 4)
     expected = -(-len(sent) // 4) * IN_25 + CAP * OUT_25 + (40 * 258 - b64) * IN_25
     assert int(Decimal(found[1]) * USD) == expected
+
+
+def cpu_seconds(server: ServerProcess) -> float:
+    """The server process's CPU time so far (user and system), from /proc."""
+    assert server.proc is not None
+    fields = open(f"/proc/{server.proc.pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_a_pdf_of_stream_marks_is_read_in_little_cpu(server):
+    """770 KB of ``stream`` keywords and one ``endstream`` at the end (under the size a Gemini 2.5 PDF is
+    read at): each mark looked for its end from where it began, 30 CPU seconds on the request path. Read
+    once through, and held as an unreadable PDF: Gemini's page limit."""
+    data = b"%PDF-1.7\n" + b"stream\n" * 110_000 + b"endstream\n"
+    body = asking(inline(data))
+    before = cpu_seconds(server)
+    hold = held(server, "gemini-2.5-flash", body)
+    assert cpu_seconds(server) - before < 2.0
+    b64 = -(-len(base64.b64encode(data)) // 4)
+    assert hold == bytes_hold(body, IN_25, OUT_25) + (1000 * 258 - b64) * IN_25
+
+
+def with_decoy(data: bytes) -> bytes:
+    """``data`` with one page object in the open besides its own (a comment here: the counter reads bytes)."""
+    return data.replace(b"%PDF-1.5\n", b"%PDF-1.5\n% << /Type /Page >>\n", 1)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        pytest.param(with_decoy(pdf(900, packed=True)), id="one-page-in-the-open-the-rest-packed"),
+        pytest.param(
+            with_decoy(pdf(900).replace(b"/Type /Page ", b"/Type /P#61ge ").replace(b"/Count 900", b"/C#6funt 900")),
+            id="escaped-names",
+        ),
+        pytest.param(
+            with_decoy(pdf(900).replace(b"/Type /Page ", b"/Type%x\n/Page ").replace(b"/Count", b"/Count%\n")),
+            id="comments-between",
+        ),
+    ],
+)
+def test_a_pdf_cannot_show_one_page_and_hide_the_rest(server, data):
+    """A PDF of 900 pages made to look like one (a page object in the open while the rest are packed in
+    an object stream; its names spelled with ``#`` escapes, as PDF names may be; a comment where
+    whitespace goes) is held at least at its 900 pages, not one: a burst would overspend a budget."""
+    body = asking(inline(data))
+    b64 = -(-len(base64.b64encode(data)) // 4)
+    assert held(server, "gemini-2.5-flash", body) >= bytes_hold(body, IN_25, OUT_25) + (900 * 258 - b64) * IN_25
+
+
+def test_many_small_pdfs_that_inflate_to_much_are_read_in_little_cpu(server):
+    """100 PDFs of 31 KB in one 4 MB request, each an object stream inflating to 31 MB (each PDF
+    had its own 32 MB to inflate: 7 CPU seconds a worst case, more for a 32 MB body): one budget of
+    inflation for the request; the PDFs it does not reach are held as unreadable, at Gemini's limit."""
+    stream = zlib.compress(b" " * (31 << 20), 9)
+    bomb = b"%PDF-1.5\n3 0 obj\n<< /Type /ObjStm /Filter /FlateDecode >>\nstream\n" + stream + b"\nendstream\n"
+    body = asking(inline(bomb))
+    body["contents"][0]["parts"] *= 100
+    before = cpu_seconds(server)
+    hold = held(server, "gemini-2.5-flash", body)
+    assert cpu_seconds(server) - before < 2.0
+    b64 = -(-len(base64.b64encode(bomb)) // 4)
+    assert hold == bytes_hold(body, IN_25, OUT_25) + 100 * (1000 * 258 - b64) * IN_25

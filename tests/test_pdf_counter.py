@@ -91,3 +91,30 @@ def test_many_stream_marks_before_one_end_are_read_in_one_pass():
     counter.feed(b"endstream", len(many), final=True)
     assert counter.pages() == MAX_PDF_PAGES
     assert time.monotonic() - started < 5
+
+
+@pytest.mark.parametrize("piece", [64, 1000, CARRY + 1, 1 << 20])
+@pytest.mark.parametrize(
+    "how",
+    ["one-page-in-the-open-the-rest-packed", "escaped-names", "comments-between", "count-by-reference"],
+)
+def test_an_uploaded_pdf_cannot_show_one_page_and_hide_the_rest(how, piece):
+    """Review 33's crafted PDFs, uploaded in chunks: the counter reads them as ``pdf_pages`` reads a
+    whole one — page objects in the file and its object streams summed, names' ``#`` escapes and
+    comments read, a count by reference uncounted (the limit) — never as the one page shown (a prompt
+    naming the file was held at 1 page where it bills 900)."""
+    from test_gemini_pdf_hold import with_decoy
+
+    data = {
+        "one-page-in-the-open-the-rest-packed": with_decoy(pdf(900, packed=True)),
+        "escaped-names": with_decoy(
+            pdf(900).replace(b"/Type /Page ", b"/Type /P#61ge ").replace(b"/Count 900", b"/C#6funt 900")
+        ),
+        "comments-between": with_decoy(
+            pdf(900).replace(b"/Type /Page ", b"/Type%x\n/Page ").replace(b"/Count", b"/Count%\n")
+        ),
+        "count-by-reference": with_decoy(pdf(900, packed=True)).replace(b"/Count 900", b"/Count 9 0 R"),
+    }[how]
+    whole = pdf_pages(data)
+    assert whole >= 900
+    assert counted(data, piece).pages() >= 900

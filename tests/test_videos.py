@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import openai
@@ -441,3 +442,48 @@ def test_a_videos_hold_outlives_a_restart(pyz_path, cache_home, mock, tmp_path):
         assert make(srv, secret, {"prompt": "room again"})[0] == 200
     finally:
         srv.stop()
+
+
+def test_a_lost_create_never_takes_another_keys_video_whose_answer_is_on_its_way(server, mock):
+    """Two keys create the same prompt at once. Bob's video is made and its answer is on its way back;
+    Alice's create breaks after the provider read it, making nothing. Her lost-answer search sees one
+    unowned video of her terms — Bob's, not recorded yet — and must not take it: she gets the 502 that
+    says not to retry, and Bob's video is Bob's (Alice gets its 404)."""
+    alice, _ = new_key(server)
+    bob, _ = new_key(server)
+    prompt = f"same prompt {secrets.token_hex(4)}"
+    made, answer = threading.Event(), threading.Event()
+    mock.enqueue(Reply(held=answer, hang_started=made))
+    with ThreadPoolExecutor(1) as pool:
+        bobs = pool.submit(make, server, bob, {"prompt": prompt})
+        assert made.wait(10)
+        mock.enqueue(Reply(reset=True))
+        status, headers, raw = make(server, alice, {"prompt": prompt})
+        answer.set()
+        bob_status, _, bob_raw = bobs.result(10)
+    assert bob_status == 200, bob_raw
+    video_id = json.loads(bob_raw)["id"]
+    assert status == 502 and headers.get("x-should-retry") == "false", raw
+    with pytest.raises(openai.NotFoundError):
+        server.openai(alice).videos.retrieve(video_id)
+    assert server.openai(bob).videos.retrieve(video_id).id == video_id
+
+
+def test_a_delete_whose_look_fails_is_refused_not_left_unbilled(server, mock):
+    """A completed video nobody retrieved through Stockyard (its content downloaded: that bills
+    nothing) is deleted while the provider fails the look the delete makes first (a 500, a 429):
+    the delete went on, its hold went back and the video was never billed. Now the delete is refused
+    (nothing deleted, the SDK may retry) and the next one bills it once."""
+    secret, name = new_key(server, budget_usd="10", budget_period="total")
+    client = server.openai(secret)
+    made = client.videos.create(prompt=f"downloaded then deleted {secrets.token_hex(4)}", seconds="8")
+    with VIDEOS.lock:
+        VIDEOS.videos[made.id].update(status="completed", progress=100)  # it ran to its end at the provider
+    assert client.videos.download_content(made.id).content == video_asset(made.id, "video")
+    mock.enqueue(Reply(status=500))
+    status, _, raw = server.request("DELETE", f"/v1/videos/{made.id}", headers={"Authorization": f"Bearer {secret}"})
+    assert status >= 500 and json.loads(raw)["error"]["code"], raw
+    assert made.id in VIDEOS.videos and bills(server, name) == []
+    assert client.videos.delete(made.id).deleted
+    (bill,) = bills(server, name)
+    assert (bill["cost_uc"], bill["cost_status"]) == (8 * SORA_UC, "exact")
