@@ -3,10 +3,12 @@
 An idle connection the provider closed is seen before it is used (its end of stream is
 readable) and dropped. One closed in the instant between still fails before any byte of the
 answer arrives, and only then is the request sent once more on a fresh connection — if the
-provider cannot have acted on it: it broke before the whole request was written, or the
-request is one HTTP lets be sent twice (GET, HEAD, PUT, DELETE, OPTIONS). A POST written whole
-is never sent again here: the provider may have done the work (a completion, a batch, a video)
-and lost only the answer; the caller sees the reset (a create looks for what it made).
+provider cannot have acted on it: it broke before the whole request was written, within
+``STALE_WINDOW_S`` of it (the keep-alive race: a provider that closed the connection as the
+request came answers it with a reset within a round trip), or the request is one HTTP lets be
+sent twice (GET, HEAD, PUT, DELETE, OPTIONS). A POST that broke later is never sent again here:
+the provider may have done the work (a completion, a batch, a video) and lost only the answer;
+the caller sees the reset (a create looks for what it made).
 Connections go back to the pool only when their response was read to the end.
 """
 
@@ -39,12 +41,19 @@ def _readable(sock: socket.socket) -> bool:
 
 
 REPLAYABLE = frozenset(("GET", "HEAD", "PUT", "DELETE", "OPTIONS"))  # idempotent (RFC 9110 9.2.2)
+# A reused connection that breaks this soon after the whole request was written broke in the keep-alive
+# race (the provider closed it, idle, as the request came: its reset comes within a round trip, far
+# below what doing the work and losing the answer takes), not after the provider did the work.
+STALE_WINDOW_S = 1.0
 
 
 def _may_resend(method: str, cancel: "Cancel") -> bool:
     """Whether a request that broke on a reused connection before any answer may go again on a
-    new one: the provider did not get all of it, or sending it twice does what once does."""
-    return not cancel.written or method.upper() in REPLAYABLE
+    new one: the provider did not get all of it, or closed the connection on it at once (the
+    keep-alive race), or sending it twice does what once does."""
+    if not cancel.written or method.upper() in REPLAYABLE:
+        return True
+    return time.monotonic() - cancel.written_at < STALE_WINDOW_S
 
 
 _STALE = (
@@ -181,6 +190,7 @@ class Cancel:
         self.stopping = False  # the server is shutting down (``Pool.stop_calls``)
         self.sent = False  # the current call's request is being or was written to the provider (``mark_sent``)
         self.written = False  # ... and all of it was (``mark_written``): the provider could act on it
+        self.written_at = 0.0  # when (monotonic)
 
     def cancel(self, stopping: bool = False) -> None:
         with self._lock:
@@ -242,7 +252,7 @@ class Cancel:
         """The whole request was written: a connection that breaks from now on broke after the provider
         could read all of it (a break while writing left it a request it cannot act on)."""
         with self._lock:
-            self.written = True
+            self.written, self.written_at = True, time.monotonic()
 
     def detach(self) -> bool:
         """Stop watching the connection; True if the call was ended (do not reuse it)."""

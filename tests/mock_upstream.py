@@ -110,7 +110,9 @@ class Reply:
     hang_after: int | None = None  # SSE: hang_s after this many events (mid-stream), not before the answer
     held_after: int | None = None  # SSE: wait for ``held`` after this many events (mid-stream), not before
     reset: bool = False
-    lost: bool = False  # the provider does the work, then the connection closes before its answer
+    # the provider does the work, then the connection closes before its answer: after LOST_AFTER_S (doing
+    # work takes time; a close sooner is the keep-alive race Stockyard sends a request again after)
+    lost: bool = False
     wait: threading.Event | None = None  # the provider starts once it is set (hang_started: waiting)
     held: threading.Event | None = None  # the provider does the work, then answers once it is set (hang_started: done)
     hang_started: threading.Event | None = None  # set when the request arrived and the hang began
@@ -120,6 +122,9 @@ class Reply:
     def has_content(self) -> bool:
         """True when the reply carries its own body (json, body or sse)."""
         return self.json is not None or self.body is not None or self.sse is not None
+
+
+LOST_AFTER_S = 1.5  # a ``lost`` answer's work: past upstream.STALE_WINDOW_S
 
 
 @dataclass
@@ -3559,6 +3564,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self._gate(scripted, scripted.wait)
         if scripted is not None and scripted.lost:
             self._resolve(req, n, None)
+            mock._stopping.wait(LOST_AFTER_S)
             return self._drop()
         reply = self._resolve(req, n, scripted)
         if scripted is not None and scripted.held is not None and scripted.held_after is None:

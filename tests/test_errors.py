@@ -117,17 +117,15 @@ def test_upstream_garbage_is_502(server, mock):
     assert status == 502 and error_of(body)["code"] == "bad_upstream_response"
 
 
-def test_a_post_the_provider_read_whole_is_never_sent_twice(server, mock):
-    """Was: a reused connection that closed unanswered after the provider read the whole POST looked
-    stale and the request went again on a new one — a completion (or a batch, a video) the provider
-    may have done and billed, done twice. Now a POST written whole is not resent: a 502 the SDKs
-    retry at their own choosing, one request at the provider."""
+def test_upstream_reset_is_502_after_one_stale_retry(server, mock):
+    """A reused connection that closes unanswered at once looks stale (the keep-alive race): the
+    request goes once more on a fresh one, never more."""
     server.request("POST", "/v1/chat/completions", {"model": "gpt-4o-mini", "messages": HELLO})  # pool warm
     mock.clear()
-    mock.enqueue(Reply(reset=True), Reply(reset=True))
+    mock.enqueue(Reply(reset=True), Reply(reset=True), Reply(reset=True))
     status, _, body = server.request("POST", "/v1/chat/completions", {"model": "gpt-4o-mini", "messages": HELLO})
     assert status == 502 and error_of(body)["code"] == "upstream_reset"
-    assert len(mock.requests) == 1 and mock.pending() == 1
+    assert len(mock.requests) == 2 and mock.pending() == 1
 
 
 def test_a_get_on_a_reused_connection_that_closes_unanswered_goes_once_more(server, mock):

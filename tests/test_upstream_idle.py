@@ -6,10 +6,11 @@ from __future__ import annotations
 import select
 import socket
 import threading
+import time
 
 import pytest
 
-from stockyard.upstream import Pool
+from stockyard.upstream import Pool, UpstreamError
 
 ANSWER = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
 
@@ -113,16 +114,10 @@ class UnreadClosingProvider:
         self.listener.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="regression of aad2aa4, not fixed: a POST written whole on a reused connection is never resent, "
-    "even when the provider closed it unread; a reset is no sure sign it was unread (the mock's read-whole "
-    "reset reaches the pyz as one too), so the rule stays until a safe signal is found",
-)
 def test_a_post_a_provider_closed_on_unread_is_sent_again_on_a_new_connection() -> None:
     """The keep-alive race: the provider closed a reused connection with the POST unread (its keep-alive
-    ended as the request came). Before aad2aa4 the POST went once more on a new connection and was
-    answered; now it is a 502 ``upstream_reset`` though the provider never read it."""
+    ended as the request came). Was (review 33, aad2aa4): a 502 ``upstream_reset`` though the provider
+    never read it; a break within ``STALE_WINDOW_S`` of the write goes once more on a new connection."""
     provider = UnreadClosingProvider()
     pool = Pool(connect_timeout=5, read_timeout=5)
     url = f"http://127.0.0.1:{provider.port}"
@@ -132,6 +127,46 @@ def test_a_post_a_provider_closed_on_unread_is_sent_again_on_a_new_connection() 
         second = pool.request(url, "POST", "/v1/chat/completions", {"content-type": "application/json"}, b"{}")
         assert second.read_all() == b"{}"
         assert provider.requests == 2
+    finally:
+        pool.close()
+        provider.close()
+
+
+class WorkThenDropProvider(UnreadClosingProvider):
+    """Answers the first request on a connection; a second it reads whole, works on for longer than
+    ``STALE_WINDOW_S``, then closes the connection without answering (its work done, the answer lost)."""
+
+    def _one(self, conn: socket.socket) -> None:
+        from stockyard.upstream import STALE_WINDOW_S
+
+        with conn:
+            for n in (1, 2):
+                data = b""
+                while b"\r\n\r\n" not in data or not data.endswith(b"{}"):
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        return
+                    data += chunk
+                self.requests += 1
+                if n == 1:
+                    conn.sendall(ANSWER)
+            time.sleep(STALE_WINDOW_S + 0.5)  # the work: a drop after it is no keep-alive race
+
+
+def test_a_post_the_provider_read_whole_and_worked_on_is_never_sent_twice() -> None:
+    """Was (before aad2aa4): a reused connection that closed unanswered after the provider read the
+    whole POST and worked on it looked stale, and the request went again on a new one — a completion
+    (or a batch, a video) the provider may have done and billed, done twice. A POST whose connection
+    broke later than ``STALE_WINDOW_S`` after it was written is not sent again: the caller's reset."""
+    provider = WorkThenDropProvider()
+    pool = Pool(connect_timeout=5, read_timeout=5)
+    url = f"http://127.0.0.1:{provider.port}"
+    try:
+        first = pool.request(url, "POST", "/v1/chat/completions", {"content-type": "application/json"}, b"{}")
+        assert first.read_all() == b"{}"
+        with pytest.raises(UpstreamError) as failed:
+            pool.request(url, "POST", "/v1/chat/completions", {"content-type": "application/json"}, b"{}")
+        assert failed.value.kind == "reset" and provider.requests == 2  # the second once, never again
     finally:
         pool.close()
         provider.close()

@@ -367,7 +367,7 @@ def test_a_lost_create_answer_finds_its_video_or_tells_the_client_not_to_retry(s
     assert poll(client, found.id).status == "completed"
     (bill,) = bills(server, name)
     assert bill["cost_uc"] == 4 * SORA_UC
-    mock.enqueue(Reply(reset=True))  # read whole, then reset: never sent again (the provider may have made it)
+    mock.enqueue(Reply(reset=True), Reply(reset=True))  # a reset at once: sent once more on a new connection
     with pytest.raises(openai.APIStatusError) as err:
         client.videos.create(prompt=f"never made {secrets.token_hex(4)}")
     assert err.value.status_code == 502 and err.value.response.headers["x-should-retry"] == "false"
@@ -457,7 +457,7 @@ def test_a_lost_create_never_takes_another_keys_video_whose_answer_is_on_its_way
     with ThreadPoolExecutor(1) as pool:
         bobs = pool.submit(make, server, bob, {"prompt": prompt})
         assert made.wait(10)
-        mock.enqueue(Reply(reset=True))
+        mock.enqueue(Reply(reset=True), Reply(reset=True))  # at once: sent once more (the keep-alive race), then lost
         status, headers, raw = make(server, alice, {"prompt": prompt})
         answer.set()
         bob_status, _, bob_raw = bobs.result(10)
