@@ -149,6 +149,7 @@ NOT_FOUND = {
     "container": "Container with id '{}' not found.",
     "vector_store": "No vector store found with id '{}'.",
     "video": "Video with id '{}' not found.",
+    "upload": "Upload with id '{}' not found.",
 }
 
 
