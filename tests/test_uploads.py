@@ -121,6 +121,9 @@ def test_another_keys_upload_parts_and_file_are_openais_404(server, mock):
         b.files.retrieve(done.file.id)
     assert done.file.id not in [f.id for f in b.files.list()]
     assert done.file.id in [f.id for f in a.files.list()]
+    with pytest.raises(openai.NotFoundError):
+        b.vector_stores.create(name="theirs", file_ids=[done.file.id])
+    assert a.vector_stores.create(name="mine", file_ids=[done.file.id]).id
 
 
 def test_a_cancel_and_a_part_of_another_upload_of_the_same_key(server, mock):
@@ -213,3 +216,22 @@ def test_a_pdf_uploaded_in_parts_is_held_at_the_page_limit(server):
     rows = server.db_rows("SELECT kind, pages FROM owned_objects WHERE id = ?", (made.file.id,))
     assert rows == [{"kind": "file", "pages": 1000}]
     assert f"uploaded in parts as {made.file.id!r} are not counted: held at 1000" in server.log
+
+
+def test_bad_input_is_a_clear_error_in_openais_shape(server, mock):
+    """A create that is not JSON is a 400, a GET a 405, a part without a ``data`` file part a 400
+    (the provider unasked), and a bare upload path no route: never a 500."""
+    secret, _ = new_key(server)
+    auth = {"Authorization": f"Bearer {secret}"}
+    status, _, raw = server.request("POST", "/v1/uploads", raw=b"{not json", headers=auth)
+    assert status == 400 and json.loads(raw)["error"]["type"]
+    status, _, _ = server.request("GET", "/v1/uploads", headers=auth)
+    assert status == 405
+    upload = server.openai(secret).uploads.create(bytes=3, filename="t", mime_type="text/plain", purpose="assistants")
+    form = b'--xx\r\nContent-Disposition: form-data; name="data"\r\n\r\nabc\r\n--xx--\r\n'
+    headers = {**auth, "Content-Type": "multipart/form-data; boundary=xx"}
+    status, _, raw = server.request("POST", f"/v1/uploads/{upload.id}/parts", raw=form, headers=headers)
+    assert status == 400 and json.loads(raw)["error"]["param"] == "data"
+    assert not calls_to(mock, upload.id)
+    status, _, _ = server.request("POST", f"/v1/uploads/{upload.id}", {}, headers=auth)
+    assert status == 404
