@@ -1753,17 +1753,22 @@ class UploadsState:
 
 
 UPLOADS = UploadsState()
-UPLOADS_PATH = re.compile(r"^/v1/uploads(?:/([A-Za-z0-9_-]+)(/parts|/complete|/cancel))?$")
+UPLOADS_PATH = re.compile(
+    r"^(?:/v1|/openai)/uploads(?:/([A-Za-z0-9_-]+)(/parts|/complete|/cancel))?$"
+)  # Azure's under /openai
 
 
 def _uploads(call: Call, scripted: Reply | None) -> Reply:
     """POST /v1/uploads, POST /v1/uploads/{id}/parts (multipart ``data``), …/complete (``part_ids`` in
-    order, optional ``md5``: the File is made of the parts), …/cancel — OpenAI's shapes."""
+    order, optional ``md5``: the File is made of the parts), …/cancel — OpenAI's shapes; Azure's the
+    same under ``/openai/uploads…``, with an ``api-version``."""
     if scripted is not None and scripted.status >= 400:
         return openai_error(scripted.status)
     req = call.req
     if req.method != "POST":
         return not_found(req.method, req.path)
+    if req.path.startswith("/openai/") and not req.query.get("api-version"):
+        return azure_error(404, "Resource not found")
     upload_id, action = UPLOADS_PATH.match(req.path).groups()
     with FILES.lock:
         if upload_id is None:

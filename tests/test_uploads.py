@@ -14,11 +14,12 @@ import socket
 
 import openai
 import pytest
-from conftest import ServerProcess, mock_env, wait_for
+from conftest import ServerProcess, base_env, mock_env, wait_for
 
 ADMIN = "admin-secret-for-upload-tests-0123456789"
 PROVIDER_KEY = "sk-openai-uploads-PROVIDERSECRET-0123456789"
 MIB = 1024 * 1024
+AZURE_KEY = "az-uploads-0123456789abcdefAZURESECRET"
 
 
 @pytest.fixture(scope="module")
@@ -42,6 +43,22 @@ def tight(pyz_path, cache_home, mock, tmp_path_factory):
         STOCKYARD_REQUEST_READ_TIMEOUT="1",
     )
     srv = ServerProcess(pyz_path, tmp_path_factory.mktemp("uploads-tight") / "stockyard.db", env).start()
+    yield srv
+    srv.stop()
+    assert "Traceback" not in srv.log
+
+
+@pytest.fixture(scope="module")
+def azure(pyz_path, cache_home, mock, tmp_path_factory):
+    """A server whose one provider is Azure OpenAI (the mock), at the api-version its files take."""
+    env = {
+        **base_env(cache_home),
+        "STOCKYARD_ADMIN_KEY": ADMIN,
+        "AZURE_OPENAI_API_KEY": AZURE_KEY,
+        "AZURE_OPENAI_ENDPOINT": mock.url,
+        "AZURE_OPENAI_API_VERSION": "2024-06-01",
+    }
+    srv = ServerProcess(pyz_path, tmp_path_factory.mktemp("uploads-azure") / "stockyard.db", env).start()
     yield srv
     srv.stop()
     assert "Traceback" not in srv.log
@@ -235,3 +252,27 @@ def test_bad_input_is_a_clear_error_in_openais_shape(server, mock):
     assert not calls_to(mock, upload.id)
     status, _, _ = server.request("POST", f"/v1/uploads/{upload.id}", {}, headers=auth)
     assert status == 404
+
+
+def test_an_azure_upload_goes_to_azures_uploads_path_and_its_file_is_the_keys(azure, mock):
+    """Azure's Uploads API (``/openai/uploads…`` at api-version 2024-10-21 or later, its ``api-key``):
+    the SDK's chunked upload through it, the Upload and the File the key's."""
+    secret, _ = new_key(azure)
+    data = secrets.token_bytes(3000)
+    made = azure.openai(secret).uploads.upload_file_chunked(
+        file=data,
+        bytes=len(data),
+        filename="a.bin",
+        mime_type="application/octet-stream",
+        purpose="assistants",
+        part_size=1000,
+    )
+    assert made.status == "completed" and made.file is not None
+    sent = [r for r in mock.requests if r.path.startswith(f"/openai/uploads/{made.id}")]
+    assert len(sent) == 4 and all(r.query.get("api-version") == "2024-10-21" for r in sent)
+    assert all(r.headers.get("api-key") == AZURE_KEY for r in sent)
+    rows = azure.db_rows("SELECT kind, provider FROM owned_objects WHERE id IN (?, ?)", (made.id, made.file.id))
+    assert sorted(r["kind"] for r in rows) == ["file", "upload"]
+    other, _ = new_key(azure)
+    with pytest.raises(openai.NotFoundError):
+        azure.openai(other).uploads.cancel(made.id)
