@@ -5,9 +5,10 @@ the provider a new file would go to (``ProviderCalls.choose_provider``); ``POST 
 (a multipart form with one ``data`` file part) adds a Part; ``…/complete`` (``part_ids`` in order,
 optional ``md5``) makes the File; ``…/cancel`` ends it. The Upload is the key's that created it
 (``owned_objects``, kind ``upload``), each Part too, recorded as ``{upload id}/{part id}`` (kind
-``upload_part``) so that a complete may name only this upload's parts; another key's upload is
-OpenAI's 404, the provider unasked. The File a complete makes is the key's, as one uploaded through
-``/v1/files`` is: its files routes, batches, vector stores and containers take it.
+``upload_part``, forgotten once the upload is completed or cancelled) so that a complete may name
+only this upload's parts; another key's upload is OpenAI's 404, the provider unasked. The File a
+complete makes is the key's, as one uploaded through ``/v1/files`` is: its files routes, batches,
+vector stores and containers take it.
 
 A part is streamed to a spool and sent on with its length, as every upload is (never held in
 memory; bounded by OpenAI's 64 MiB a part, ``STOCKYARD_MAX_UPLOAD_BYTES`` and
@@ -88,6 +89,8 @@ class UploadsAPI(ProviderCalls):
         if action == "/complete":
             return self._complete(reply, ctx, raw, provider, upload_id, owned.pages)
         answer, _ = self._call(ctx, provider, "POST", f"/uploads/{upload_id}/cancel", raw or None)
+        if answer.status < 300:  # its parts can be named no more
+            self.ownership.forget_members(upload_id, PART_KIND, owner_of(ctx))
         self._send(reply, ctx, answer)
 
     def _create(self, reply: Reply, ctx: RequestContext, raw: bytes) -> None:
@@ -145,4 +148,5 @@ class UploadsAPI(ProviderCalls):
                     "the pages of the PDF uploaded in parts as %r are not counted: held at %d", made["id"], pages
                 )
             self.ownership.claim(made["id"], "file", owner_of(ctx), provider.name, pages=pages)
+            self.ownership.forget_members(upload_id, PART_KIND, owner_of(ctx))  # its parts can be named no more
         self._send(reply, ctx, answer)

@@ -103,6 +103,8 @@ def test_the_sdks_chunked_upload_makes_a_file_of_the_keys(server, mock):
     parts = [r for r in calls_to(mock, upload.id) if r.path.endswith("/parts")]
     assert len(parts) == 3 and all(r.headers.get("authorization") == f"Bearer {PROVIDER_KEY}" for r in parts)
     assert client.files.retrieve(upload.file.id).filename == "big.bin"
+    parts_left = "SELECT id FROM owned_objects WHERE kind = 'upload_part' AND id LIKE ?"
+    assert server.db_rows(parts_left, (f"{upload.id}/%",)) == []  # an ended upload's parts are no longer kept
     assert client.files.content(upload.file.id).content == data
     rows = wait_for(lambda: (r := traces(server, name)) and len(r) >= 7 and r)
     made = [r for r in rows if r["endpoint"].startswith("uploads.")]
@@ -155,6 +157,10 @@ def test_a_cancel_and_a_part_of_another_upload_of_the_same_key(server, mock):
         client.uploads.complete(second.id, part_ids=[part.id])
     assert not [r for r in calls_to(mock, second.id) if r.path.endswith("/complete")]
     assert client.uploads.cancel(second.id).status == "cancelled"
+    client.uploads.parts.create(first.id, data=b"abc")
+    assert client.uploads.cancel(first.id).status == "cancelled"
+    parts_left = "SELECT id FROM owned_objects WHERE kind = 'upload_part' AND id LIKE ?"
+    assert server.db_rows(parts_left, (f"{first.id}/%",)) == []
     with pytest.raises(openai.BadRequestError):
         client.uploads.parts.create(second.id, data=b"abc")
 
