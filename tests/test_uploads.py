@@ -282,3 +282,20 @@ def test_an_azure_upload_goes_to_azures_uploads_path_and_its_file_is_the_keys(az
     other, _ = new_key(azure)
     with pytest.raises(openai.NotFoundError):
         azure.openai(other).uploads.cancel(made.id)
+
+
+def test_a_parts_trace_keeps_the_forms_metadata_never_its_bytes(server):
+    """As a ``/v1/files`` upload's: the part's name, filename, type and size, none of its bytes."""
+    secret, _ = new_key(server)
+    client = server.openai(secret)
+    data = b"secret-marker: the part's bytes never reach a trace\n" * 4
+    upload = client.uploads.create(bytes=len(data), filename="p", mime_type="text/plain", purpose="assistants")
+    raw = client.uploads.parts.with_raw_response.create(upload.id, data=("p.txt", data, "text/plain"))
+    path = f"/api/traces/{raw.headers['x-stockyard-trace-id']}"
+    admin = {"Authorization": f"Bearer {ADMIN}"}
+    found = wait_for(lambda: (got := server.request("GET", path, headers=admin))[0] == 200 and got)
+    trace = json.loads(found[2])
+    assert trace["endpoint"] == "uploads.parts" and (trace["cost_uc"], trace["cost_status"]) == (0, "exact")
+    assert "secret-marker" not in trace["request_body"]
+    form = json.loads(trace["request_body"])
+    assert form["files"] == [{"name": "data", "filename": "p.txt", "content_type": "text/plain", "size": len(data)}]
