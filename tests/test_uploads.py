@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import secrets
 import socket
+from typing import Iterator
 
 import openai
 import pytest
@@ -22,46 +23,34 @@ MIB = 1024 * 1024
 AZURE_KEY = "az-uploads-0123456789abcdefAZURESECRET"
 
 
-@pytest.fixture(scope="module")
-def server(pyz_path, cache_home, mock, tmp_path_factory):
-    env = mock_env(cache_home, mock, STOCKYARD_ADMIN_KEY=ADMIN, STOCKYARD_BATCH_POLL="off", OPENAI_API_KEY=PROVIDER_KEY)
-    srv = ServerProcess(pyz_path, tmp_path_factory.mktemp("uploads") / "stockyard.db", env).start()
+def running(pyz_path, tmp_path_factory, name: str, env: dict[str, str]) -> Iterator[ServerProcess]:
+    """A server on a database of its own for a module's tests; its log has no traceback at the end."""
+    srv = ServerProcess(pyz_path, tmp_path_factory.mktemp(name) / "stockyard.db", env).start()
     yield srv
     srv.stop()
     assert "Traceback" not in srv.log
+
+
+@pytest.fixture(scope="module")
+def server(pyz_path, cache_home, mock, tmp_path_factory):
+    env = mock_env(cache_home, mock, STOCKYARD_ADMIN_KEY=ADMIN, STOCKYARD_BATCH_POLL="off", OPENAI_API_KEY=PROVIDER_KEY)
+    yield from running(pyz_path, tmp_path_factory, "uploads", env)
 
 
 @pytest.fixture(scope="module")
 def tight(pyz_path, cache_home, mock, tmp_path_factory):
     """A server whose uploads are 1 MiB at most and whose read deadline is 1 s."""
-    env = mock_env(
-        cache_home,
-        mock,
-        STOCKYARD_ADMIN_KEY=ADMIN,
-        STOCKYARD_BATCH_POLL="off",
-        STOCKYARD_MAX_UPLOAD_BYTES=str(MIB),
-        STOCKYARD_REQUEST_READ_TIMEOUT="1",
-    )
-    srv = ServerProcess(pyz_path, tmp_path_factory.mktemp("uploads-tight") / "stockyard.db", env).start()
-    yield srv
-    srv.stop()
-    assert "Traceback" not in srv.log
+    limits = {"STOCKYARD_MAX_UPLOAD_BYTES": str(MIB), "STOCKYARD_REQUEST_READ_TIMEOUT": "1"}
+    env = mock_env(cache_home, mock, STOCKYARD_ADMIN_KEY=ADMIN, STOCKYARD_BATCH_POLL="off", **limits)
+    yield from running(pyz_path, tmp_path_factory, "uploads-tight", env)
 
 
 @pytest.fixture(scope="module")
 def azure(pyz_path, cache_home, mock, tmp_path_factory):
-    """A server whose one provider is Azure OpenAI (the mock), at the api-version its files take."""
-    env = {
-        **base_env(cache_home),
-        "STOCKYARD_ADMIN_KEY": ADMIN,
-        "AZURE_OPENAI_API_KEY": AZURE_KEY,
-        "AZURE_OPENAI_ENDPOINT": mock.url,
-        "AZURE_OPENAI_API_VERSION": "2024-06-01",
-    }
-    srv = ServerProcess(pyz_path, tmp_path_factory.mktemp("uploads-azure") / "stockyard.db", env).start()
-    yield srv
-    srv.stop()
-    assert "Traceback" not in srv.log
+    """A server whose one provider is Azure OpenAI (the mock), at an api-version older than its files take."""
+    azure_env = {"AZURE_OPENAI_API_KEY": AZURE_KEY, "AZURE_OPENAI_ENDPOINT": mock.url}
+    env = {**base_env(cache_home), "STOCKYARD_ADMIN_KEY": ADMIN, "AZURE_OPENAI_API_VERSION": "2024-06-01", **azure_env}
+    yield from running(pyz_path, tmp_path_factory, "uploads-azure", env)
 
 
 def new_key(server: ServerProcess) -> tuple[str, str]:
@@ -84,6 +73,14 @@ def calls_to(mock, upload_id: str) -> list:
     return [r for r in mock.requests if r.path.startswith(f"/v1/uploads/{upload_id}")]
 
 
+def chunked(client: openai.OpenAI, data: bytes, part_size: int, mime_type: str = "application/octet-stream"):
+    """The SDK's ``upload_file_chunked`` of ``data`` in parts of ``part_size`` bytes."""
+    name = "r.pdf" if mime_type == "application/pdf" else "big.bin"
+    return client.uploads.upload_file_chunked(
+        file=data, bytes=len(data), filename=name, mime_type=mime_type, purpose="user_data", part_size=part_size
+    )
+
+
 def test_the_sdks_chunked_upload_makes_a_file_of_the_keys(server, mock):
     """``upload_file_chunked`` in three parts: the parts reach the provider whole and in order, the
     File the complete makes is the key's (retrieved and downloaded byte for byte), and every call is
@@ -91,14 +88,7 @@ def test_the_sdks_chunked_upload_makes_a_file_of_the_keys(server, mock):
     secret, name = new_key(server)
     client = server.openai(secret)
     data = secrets.token_bytes(250_000)
-    upload = client.uploads.upload_file_chunked(
-        file=data,
-        bytes=len(data),
-        filename="big.bin",
-        mime_type="application/octet-stream",
-        purpose="assistants",
-        part_size=100_000,
-    )
+    upload = chunked(client, data, 100_000)
     assert upload.status == "completed" and upload.file is not None and upload.file.bytes == len(data)
     parts = [r for r in calls_to(mock, upload.id) if r.path.endswith("/parts")]
     assert len(parts) == 3 and all(r.headers.get("authorization") == f"Bearer {PROVIDER_KEY}" for r in parts)
@@ -232,9 +222,7 @@ def test_a_pdf_uploaded_in_parts_is_held_at_the_page_limit(server):
     secret, _ = new_key(server)
     client = server.openai(secret)
     data = b"%PDF-1.7\n" + b"x" * 100 + b"\n%%EOF\n"
-    made = client.uploads.upload_file_chunked(
-        file=data, bytes=len(data), filename="r.pdf", mime_type="application/pdf", purpose="user_data", part_size=50
-    )
+    made = chunked(client, data, 50, "application/pdf")
     assert made.file is not None
     rows = server.db_rows("SELECT kind, pages FROM owned_objects WHERE id = ?", (made.file.id,))
     assert rows == [{"kind": "file", "pages": 1000}]
@@ -265,14 +253,7 @@ def test_an_azure_upload_goes_to_azures_uploads_path_and_its_file_is_the_keys(az
     the SDK's chunked upload through it, the Upload and the File the key's."""
     secret, _ = new_key(azure)
     data = secrets.token_bytes(3000)
-    made = azure.openai(secret).uploads.upload_file_chunked(
-        file=data,
-        bytes=len(data),
-        filename="a.bin",
-        mime_type="application/octet-stream",
-        purpose="assistants",
-        part_size=1000,
-    )
+    made = chunked(azure.openai(secret), data, 1000)
     assert made.status == "completed" and made.file is not None
     sent = [r for r in mock.requests if r.path.startswith(f"/openai/uploads/{made.id}")]
     assert len(sent) == 4 and all(r.query.get("api-version") == "2024-10-21" for r in sent)
