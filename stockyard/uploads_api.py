@@ -88,7 +88,7 @@ class UploadsAPI(ProviderCalls):
         ctx.raw = raw
         if action == "/complete":
             return self._complete(reply, ctx, raw, provider, upload_id, owned.pages)
-        answer, _ = self._call(ctx, provider, "POST", f"/uploads/{upload_id}/cancel", raw or None)
+        answer, _ = self._call(ctx, provider, "POST", f"/uploads/{upload_id}/cancel")  # it takes no body
         if answer.status < 300:  # its parts can be named no more
             self.ownership.forget_members(upload_id, PART_KIND, owner_of(ctx))
         self._send(reply, ctx, answer)
