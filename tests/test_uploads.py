@@ -280,3 +280,31 @@ def test_a_parts_trace_keeps_the_forms_metadata_never_its_bytes(server):
     assert "secret-marker" not in trace["request_body"]
     form = json.loads(trace["request_body"])
     assert form["files"] == [{"name": "data", "filename": "p.txt", "content_type": "text/plain", "size": len(data)}]
+
+
+def test_a_batch_file_uploaded_in_parts_runs_for_its_key_and_is_checked_when_the_batch_starts(server, mock):
+    """Its lines were not read as it came in parts: the batch reads them back from the provider (a
+    line naming another key's file refused, as for any batch), and another key's batch over it is a 404."""
+    a_secret, _ = new_key(server)
+    b_secret, _ = new_key(server)
+    a, b = server.openai(a_secret), server.openai(b_secret)
+    line = {"custom_id": "1", "method": "POST", "url": "/v1/chat/completions"}
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
+    data = (json.dumps({**line, "body": body}) + "\n").encode()
+    made = a.uploads.upload_file_chunked(
+        file=data, bytes=len(data), filename="b.jsonl", mime_type="text/jsonl", purpose="batch", part_size=64
+    )
+    assert made.file is not None
+    with pytest.raises(openai.NotFoundError):
+        b.batches.create(input_file_id=made.file.id, endpoint="/v1/chat/completions", completion_window="24h")
+    batch = a.batches.create(input_file_id=made.file.id, endpoint="/v1/chat/completions", completion_window="24h")
+    assert batch.input_file_id == made.file.id
+    theirs = b.files.create(file=("t.txt", b"theirs"), purpose="user_data")
+    named = {"role": "user", "content": [{"type": "file", "file": {"file_id": theirs.id}}]}
+    data = (json.dumps({**line, "body": {**body, "messages": [named]}}) + "\n").encode()
+    made = a.uploads.upload_file_chunked(
+        file=data, bytes=len(data), filename="c.jsonl", mime_type="text/jsonl", purpose="batch", part_size=64
+    )
+    with pytest.raises(openai.NotFoundError) as caught:
+        a.batches.create(input_file_id=made.file.id, endpoint="/v1/chat/completions", completion_window="24h")
+    assert theirs.id in caught.value.body["message"]
