@@ -69,6 +69,7 @@ from .store import search as search_index
 from .store.backends import Backend
 from .streamrelay import StreamRelay
 from .tracing import Tracer
+from .uploads_api import UploadsAPI
 from .upstream import Pool
 from .vector_stores_api import VectorStoresAPI
 from .webhooks import Dispatcher
@@ -201,6 +202,7 @@ class App:
         self.containers = ContainersAPI(self.path, ownership)
         self.anthropic_files = AnthropicFiles(self.path, ownership)  # Anthropic's Files API (beta)
         self.vector_stores = VectorStoresAPI(self.path, ownership)
+        self.uploads = UploadsAPI(self.path, ownership)  # OpenAI's Uploads API: files in parts
         video_budget = functools.partial(self.check_batch_budget, what="video", param="model")
         self.videos = videos_api.VideosAPI(
             self.path, ownership, video_budget, self.store, self.metrics, self.batch_spend

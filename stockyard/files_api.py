@@ -158,6 +158,7 @@ NOT_FOUND = {
     "container": "Container with id '{}' not found.",
     "vector_store": "No vector store found with id '{}'.",
     "video": "Video with id '{}' not found.",
+    "upload": "Upload with id '{}' not found.",
 }
 
 
@@ -658,6 +659,12 @@ class Ownership:
         ends the one stream that made the claim."""
         new = sorted(i for i in set(ids) if storable(i))
         return self._store.write_later(_inserting_new(new, kind, owner, provider), queue_wait=0.0)
+
+    def forget_members(self, parent: str, kind: str, owner: str) -> None:
+        """Delete the records of ``parent``'s members (``kind``, ids ``{parent}/…``): an ended Upload's parts."""
+        prefix = f"{parent}/"
+        sql = "DELETE FROM owned_objects WHERE key_id = ? AND kind = ? AND substr(id, 1, ?) = ?"
+        self._store.write(lambda conn: conn.execute(sql, (owner, kind, len(prefix), prefix)))
 
     def forget(self, object_id: str) -> None:
         """Delete the record of an object; an unbilled batch's hold goes back to its owner's budgets,

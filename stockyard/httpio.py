@@ -103,7 +103,7 @@ class Request:
         headers: dict[str, str],
         body: bytes | Callable[[], bytes],
         client: str,
-        upload: Callable[[], "Upload"] | None = None,
+        upload: Callable[..., "Upload"] | None = None,
         spool: Callable[[], "Spooled"] | None = None,
     ) -> None:
         parts = urlsplit(target)
@@ -122,12 +122,13 @@ class Request:
             self._body = self._body()
         return self._body
 
-    def upload(self) -> "Upload":
+    def upload(self, limit: int | None = None) -> "Upload":
         """The body as a streamed multipart/form-data upload (``multipart.Upload``; the caller
-        closes it), instead of :attr:`body`; a 400 where the server gave no upload reader."""
+        closes it), instead of :attr:`body`, up to ``limit`` bytes when less than the server's own
+        bound; a 400 where the server gave no upload reader."""
         if self._upload is None:
             raise ProxyError(400, "this route does not take uploads", code="invalid_body")
-        return self._upload()
+        return self._upload() if limit is None else self._upload(limit)
 
     def spool(self) -> "Spooled":
         """The body, whatever its type, spooled to disk as it arrives (``multipart.Spooled``: a

@@ -558,12 +558,10 @@ def spool_body(blocks: Iterable[bytes], *, limit: int, folder: Path | None = Non
         raise
 
 
-def too_large(limit: int) -> ProxyError:
-    return ProxyError(
-        413,
-        f"the upload exceeds the limit of {limit} bytes (STOCKYARD_MAX_UPLOAD_BYTES)",
-        code="request_too_large",
-    )
+def too_large(limit: int, setting: str = "STOCKYARD_MAX_UPLOAD_BYTES") -> ProxyError:
+    """The 413 for an upload past ``limit``, naming the ``setting`` that sets it (none: the endpoint's own)."""
+    named = f" ({setting})" if setting else " (this endpoint's bound)"
+    return ProxyError(413, f"the upload exceeds the limit of {limit} bytes{named}", code="request_too_large")
 
 
 def make_private_folder(folder: Path) -> None:

@@ -39,6 +39,7 @@ from . import (
     proxy,
     realtime,
     responses_socket,
+    uploads_api,
     vector_stores_api,
     videos_api,
     websocket,
@@ -742,12 +743,13 @@ class Handler(BaseHTTPRequestHandler):
                 self.close_connection = True
                 raise ClientGone() from exc
 
-    def upload(self) -> Upload:
+    def upload(self, limit: int | None = None) -> Upload:
         """Receive a multipart/form-data body into a spool (``multipart.receive``), up to
-        STOCKYARD_MAX_UPLOAD_BYTES. The caller closes the Upload (the spool goes with it)."""
+        STOCKYARD_MAX_UPLOAD_BYTES, or ``limit`` when that is less (an endpoint's own bound: an
+        Upload's part). The caller closes the Upload (the spool goes with it)."""
         content_type = self.headers.get("Content-Type")
         return self._received(
-            lambda blocks, limit, folder: multipart.receive(blocks, content_type, limit=limit, folder=folder)
+            lambda blocks, bound, folder: multipart.receive(blocks, content_type, limit=bound, folder=folder), limit
         )
 
     def spool(self) -> multipart.Spooled:
@@ -762,9 +764,9 @@ class Handler(BaseHTTPRequestHandler):
         self._uploader = ctx.key_id
         return self.spool()
 
-    def _received(self, receive: Callable[[Iterator[bytes], int, Path], _T]) -> _T:
-        """The body passed to ``receive(blocks, limit, folder)`` as it arrives, up to
-        STOCKYARD_MAX_UPLOAD_BYTES, spooled in ``uploads/`` beside the database.
+    def _received(self, receive: Callable[[Iterator[bytes], int, Path], _T], limit: int | None = None) -> _T:
+        """The body passed to ``receive(blocks, bound, folder)`` as it arrives, up to
+        STOCKYARD_MAX_UPLOAD_BYTES (or ``limit``, when less), spooled in ``uploads/`` beside the database.
 
         A big upload takes longer than the read deadline: each ``UPLOAD_PROGRESS_BYTES``
         that arrive grant another deadline, so only a sender slower than that per deadline
@@ -782,12 +784,14 @@ class Handler(BaseHTTPRequestHandler):
                 left = until - time.monotonic()
                 self.server.reaper.arm(self.connection, min(settings.request_read_timeout_s, left))
 
+        bound = settings.max_upload_bytes if limit is None else min(limit, settings.max_upload_bytes)
         try:
-            blocks = self._spool_held(self._body_blocks(settings.max_upload_bytes, progress))
-            received = receive(blocks, settings.max_upload_bytes, multipart.spool_folder(settings.db_path))
+            blocks = self._spool_held(self._body_blocks(bound, progress))
+            received = receive(blocks, bound, multipart.spool_folder(settings.db_path))
         except ProxyError as exc:
             if exc.status == 413:
-                exc.message = multipart.too_large(settings.max_upload_bytes).message
+                setting = bound == settings.max_upload_bytes
+                exc.message = multipart.too_large(bound, "STOCKYARD_MAX_UPLOAD_BYTES" if setting else "").message
             self.close_connection = True  # the rest of the body was not read
             raise
         except ClientGone:
@@ -1018,6 +1022,7 @@ class Handler(BaseHTTPRequestHandler):
             (containers_api, app.containers),  # /v1/vector_stores[/{id}[/search|/files…|/file_batches…]]
             (vector_stores_api, app.vector_stores),
             (videos_api, app.videos),  # /v1/videos[/{id}[/content|/remix]]
+            (uploads_api, app.uploads),  # /v1/uploads[/{id}/parts|/complete|/cancel]
         ):
             if api.route_of(path) is not None:
                 ctx = RequestContext(api.endpoint_name(method, path), OPENAI, self._client_ip(), self._headers_dict())

@@ -1,6 +1,7 @@
 """A mock LLM provider server for Stockyard's tests and benchmarks.
 
-It speaks the wire formats of OpenAI (chat, completions, embeddings, models, files, batches, videos:
+It speaks the wire formats of OpenAI (chat, completions, embeddings, models, files, batches, uploads
+(create, parts, complete — the File made of the parts in order — and cancel), videos:
 Sora jobs that move on one step a retrieve, and fail for a prompt holding `VIDEO_FAIL`),
 Anthropic (messages, count_tokens, message batches, models, and the Files API (beta) for a call
 carrying `anthropic-version`: uploads are not downloadable, a code execution tool writes a file
@@ -1748,6 +1749,96 @@ def _advance(batch: dict) -> None:
         )
 
 
+class UploadsState:
+    """What the mock Uploads API keeps: each Upload's object and the Parts added to it (id -> bytes)."""
+
+    def __init__(self) -> None:
+        self.uploads: dict[str, dict] = {}
+        self.parts: dict[str, dict[str, bytes]] = {}  # upload id -> part id -> bytes
+
+
+UPLOADS = UploadsState()
+UPLOADS_PATH = re.compile(
+    r"^(?:/v1|/openai)/uploads(?:/([A-Za-z0-9_-]+)(/parts|/complete|/cancel))?$"
+)  # Azure's under /openai
+
+
+def _uploads(call: Call, scripted: Reply | None) -> Reply:
+    """POST /v1/uploads, POST /v1/uploads/{id}/parts (multipart ``data``), …/complete (``part_ids`` in
+    order, optional ``md5``: the File is made of the parts), …/cancel — OpenAI's shapes; Azure's the
+    same under ``/openai/uploads…``, with an ``api-version``."""
+    if scripted is not None and scripted.status >= 400:
+        return openai_error(scripted.status)
+    req = call.req
+    if req.method != "POST":
+        return not_found(req.method, req.path)
+    if req.path.startswith("/openai/") and not req.query.get("api-version"):
+        return azure_error(404, "Resource not found")
+    upload_id, action = UPLOADS_PATH.match(req.path).groups()
+    with FILES.lock:
+        if upload_id is None:
+            return _upload_create(call.body)
+        upload = UPLOADS.uploads.get(upload_id)
+        if upload is None:
+            return openai_error(404, f"Upload with id '{upload_id}' not found.")
+        if upload["status"] != "pending":
+            return openai_error(400, f"Upload {upload_id} is already {upload['status']}.")
+        if action == "/cancel":
+            upload["status"] = "cancelled"
+            return Reply(json=upload)
+        if action == "/parts":
+            return _upload_part(req, upload_id)
+        return _upload_complete(call.body, upload)
+
+
+def _upload_create(body: dict) -> Reply:
+    names = ("bytes", "filename", "mime_type", "purpose")
+    if any(body.get(name) in (None, "") for name in names) or not isinstance(body.get("bytes"), int):
+        return openai_error(400, "Missing required parameter: 'bytes', 'filename', 'mime_type' and 'purpose'.")
+    tick = next(FILES.clock)
+    upload = {
+        "id": f"upload_mock{tick:06d}",
+        "object": "upload",
+        "bytes": body["bytes"],
+        "created_at": CREATED + tick,
+        "expires_at": CREATED + tick + 3600,
+        "filename": body["filename"],
+        "purpose": body["purpose"],
+        "status": "pending",
+        "file": None,
+    }
+    UPLOADS.uploads[upload["id"]], UPLOADS.parts[upload["id"]] = upload, {}
+    return Reply(json=upload)
+
+
+def _upload_part(req: Recorded, upload_id: str) -> Reply:
+    _, files = multipart_form(req)
+    data = [payload for name, _, payload in files if name == "data"]
+    if len(data) != 1:
+        return openai_error(400, "Missing required parameter: 'data'.")
+    tick = next(FILES.clock)
+    part_id = f"part_mock{tick:06d}"
+    UPLOADS.parts[upload_id][part_id] = data[0]
+    return Reply(json={"id": part_id, "object": "upload.part", "created_at": CREATED + tick, "upload_id": upload_id})
+
+
+def _upload_complete(body: dict, upload: dict) -> Reply:
+    part_ids, held = body.get("part_ids"), UPLOADS.parts[upload["id"]]
+    if not isinstance(part_ids, list) or not part_ids:
+        return openai_error(400, "Missing required parameter: 'part_ids'.")
+    unknown = [p for p in part_ids if p not in held]
+    if unknown:
+        return openai_error(400, f"Part {unknown[0]} is not a part of upload {upload['id']}.")
+    data = b"".join(held[p] for p in part_ids)
+    if len(data) != upload["bytes"]:
+        return openai_error(400, f"Upload has {len(data)} bytes, expected {upload['bytes']}.")
+    md5 = body.get("md5")
+    if md5 and md5 != hashlib.md5(data).hexdigest():
+        return openai_error(400, "The md5 checksum does not match the uploaded bytes.")
+    upload.update(status="completed", file=FILES.add_file(upload["filename"], upload["purpose"], data))
+    return Reply(json=upload)
+
+
 def _files_and_batches(call: Call, scripted: Reply | None) -> Reply:
     """POST/GET /v1/files, GET/DELETE /v1/files/{id}, GET …/content; POST/GET /v1/batches,
     GET /v1/batches/{id}, POST …/cancel."""
@@ -3444,6 +3535,8 @@ def find_route(method: str, path: str) -> Route | None:
         return _stored_response
     if FILES_PATH.match(path):
         return _files_or_anthropic_files
+    if UPLOADS_PATH.match(path):
+        return _uploads
     if CONTAINERS_PATH.match(path):
         return _containers
     if VIDEOS_PATH.match(path):
