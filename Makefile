@@ -23,7 +23,7 @@ PG_SUITES := tests/test_openai_proxy.py tests/test_keys.py tests/test_budgets.py
 	tests/test_pg_nul.py tests/test_background_responses.py tests/test_leaks.py tests/test_vault_integration.py \
 	tests/test_module_redact.py tests/test_config_file.py tests/test_budget_unknown_cost.py tests/test_review32.py \
 	tests/test_videos.py \
-	tests/test_budget_durable.py
+	tests/test_budget_durable.py tests/test_uploads.py tests/test_realtime.py
 
 # The files that hold the one-at-a-time tests: those phases collect only them (collecting every
 # test module costs each pytest process seconds; the parallel phase deselects these by marker).
