@@ -335,6 +335,8 @@ class Relay:
         self._response_started: dict[str, float] = {}  # responses running: their response.created's time
         self._winding = False  # the client left: running responses are being cancelled and billed
         self._settled = threading.Event()  # set once no response runs (the provider's reader, or its end)
+        self._cancelled: set[str] = set()  # responses a cancel was sent for (the client left)
+        self._gone_at = 0.0  # when the provider's reader found the client gone with responses running
 
     def run(self) -> None:
         """Relay until either side ends, then close both and log the session."""
@@ -409,17 +411,32 @@ class Relay:
         """The client left (or closed): responses still running are cancelled at the provider and
         their ``response.done`` (with what they used, which OpenAI bills) awaited up to
         ``CANCEL_WAIT_S``, so they are billed too; then both sides close."""
-        running = list(self._response_started)
-        if running:
-            self._winding = True
+        self._winding = True
+        if self._cancel_running():
             self.client.close(code, reason)
-            for ident in running:
-                try:
-                    self.provider.send(ws.TEXT, json_bytes({"type": "response.cancel", "response_id": ident}))
-                except ClientGone:
-                    break
             self._settled.wait(CANCEL_WAIT_S)
         self._end(code, reason, provider_code)
+
+    def _cancel_running(self) -> bool:
+        """Ask the provider to cancel each response still running (once each); False when none runs."""
+        running = [ident for ident in list(self._response_started) if ident not in self._cancelled]
+        for ident in running:
+            self._cancelled.add(ident)
+            try:
+                self.provider.send(ws.TEXT, json_bytes({"type": "response.cancel", "response_id": ident}))
+            except ClientGone:
+                break
+        return bool(self._response_started)
+
+    def _client_gone(self) -> None:
+        """The provider's reader found the client gone (a write failed): as :meth:`_wind_down`, but this
+        thread reads the cancelled responses' ``response.done`` itself, so it does not wait here:
+        :meth:`_read_provider` ends the session once they settled or ``CANCEL_WAIT_S`` passed."""
+        self._winding = True
+        if self._cancel_running():
+            self._gone_at = time.monotonic()
+        else:
+            self._end(ws.GOING_AWAY, "the client left")
 
     def _client_frame(self, got: ws.Frame) -> bool:
         """One frame from the client: False once the session ends."""
@@ -488,7 +505,7 @@ class Relay:
             self.client.send(opcode, payload)
         except ClientGone:
             if not self._winding:  # the client gone while responses wind down: they are still billed
-                self._end(ws.GOING_AWAY, "the client left")
+                self._client_gone()
 
     # -- the provider's frames -------------------------------------------------------------------
     def _from_provider(self) -> None:
@@ -514,6 +531,8 @@ class Relay:
                 for got in frames:
                     if not self._provider_frame(got):
                         return
+            if self._gone_at and (self._settled.is_set() or time.monotonic() - self._gone_at > CANCEL_WAIT_S):
+                self._end(ws.GOING_AWAY, "the client left")
             if self._ended.is_set():
                 return
             if not readable(sock, POLL_S):
