@@ -17,9 +17,12 @@ model's text, audio and cached rates (``pricing.Usage.from_realtime``), one trac
 used up the session ends (an ``error`` event ``budget_exceeded``, close 1008): with server VAD the
 provider starts responses on its own, so nothing can be held before one; a budget stops the
 session after the response that used it up, never inside it. A session cut (either side leaving)
-has billed every ``response.done`` that arrived; when the client leaves (or a drain ends it) with
-responses running, they are cancelled at the provider and their ``response.done`` awaited a moment
-(:meth:`Relay._wind_down`), so what they used is billed too. The session ends with one access-log line.
+has billed every ``response.done`` that arrived; when the session ends with responses running or
+asked for, for any reason but the provider's own end (the client leaving or closing, breaking the
+protocol, a budget used up, the key revoked, a limit, a drain), they are cancelled at the provider
+and their ``response.done`` awaited a moment (:meth:`Relay._stop`), so what they used is billed too.
+The key is checked again before each ``response.create`` and after each response: revoked, the
+session ends (1008). The session ends with one access-log line.
 Limits as the Responses WebSocket's: ``STOCKYARD_WEBSOCKET_IDLE_TIMEOUT`` without a data frame
 either way (close 1000), ``STOCKYARD_WEBSOCKET_LIFETIME`` (1000), a drain (1001).
 """
@@ -333,12 +336,17 @@ class Relay:
         self._budgets = session_budgets(app, ctx)
         self._scopes = {*(scopes_of(ctx.key) if ctx.key is not None else ()), *(b.scope for b in self._budgets)}
         self._response_started: dict[str, float] = {}  # responses running: their response.created's time
-        self._winding = False  # the client left: running responses are being cancelled and billed
-        self._settled = threading.Event()  # set once no response runs (the provider's reader, or its end)
+        self._asked = 0  # the client's response.create sent on, its response.created not seen yet
+        self._state_lock = threading.Lock()  # the two above, and _final
+        self._final: tuple[int, str, int] | None = None  # the session is ending (_stop): its close codes
+        self._winding = False  # the session is ending: running responses are being cancelled and billed
+        self._settled = threading.Event()  # set while no response runs or is asked for (or the reader ended)
+        self._settled.set()
+        self._reader: threading.Thread | None = None
 
     def run(self) -> None:
         """Relay until either side ends, then close both and log the session."""
-        reader = threading.Thread(target=self._from_provider, name="stockyard-realtime", daemon=True)
+        reader = self._reader = threading.Thread(target=self._from_provider, name="stockyard-realtime", daemon=True)
         reader.start()
         try:
             self._from_client()
@@ -374,12 +382,16 @@ class Relay:
         data = self._buffered
         message_since: float | None = None  # a message began and has not ended: it must, as an HTTP body must
         while not self._ended.is_set():
+            if self._final is not None:  # the provider's reader began the end: its responses are awaited here
+                self._settled.wait(CANCEL_WAIT_S)
+                self._end(*self._final)
+                return
             if data:
                 progress = reader.progress
                 try:
                     frames = reader.feed(data)
                 except ws.Fault as fault:
-                    self._end(fault.code, fault.reason)
+                    self._stop(fault.code, fault.reason)
                     return
                 if reader.progress != progress:  # pings and pongs alone are not activity
                     self._active = time.monotonic()
@@ -388,7 +400,7 @@ class Relay:
                         return
             message_since = (message_since or time.monotonic()) if reader.in_message else None
             if message_since is not None and time.monotonic() - message_since >= settings.request_read_timeout_s:
-                self._end(ws.POLICY, "a message must arrive whole within STOCKYARD_REQUEST_READ_TIMEOUT")
+                self._stop(ws.POLICY, "a message must arrive whole within STOCKYARD_REQUEST_READ_TIMEOUT")
                 return
             if self._limit_reached():
                 return
@@ -402,36 +414,59 @@ class Relay:
             except OSError:
                 data = b""
             if not data:
-                self._wind_down(ws.GOING_AWAY, "the client left")
+                self._stop(ws.GOING_AWAY, "the client left")
                 return
 
-    def _wind_down(self, code: int, reason: str, provider_code: int = ws.NORMAL) -> None:
-        """The client left (or closed): responses still running are cancelled at the provider and
-        their ``response.done`` (with what they used, which OpenAI bills) awaited up to
-        ``CANCEL_WAIT_S``, so they are billed too; then both sides close."""
-        running = list(self._response_started)
-        if running:
+    def _stop(self, code: int, reason: str, provider_code: int = ws.NORMAL) -> None:
+        """End the session for any reason but the provider's own end: responses still running (or
+        asked for) are cancelled at the provider and their ``response.done`` (with what they used,
+        which OpenAI bills) awaited up to ``CANCEL_WAIT_S``, so they are billed too; then both sides
+        close. On the provider's reader (which reads those ``response.done``) it returns at once:
+        the client's thread waits and ends the session (``_from_client``)."""
+        with self._state_lock:
+            if self._final is not None:
+                return
+            self._final = (code, reason, provider_code)
             self._winding = True
-            self.client.close(code, reason)
-            for ident in running:
-                try:
-                    self.provider.send(ws.TEXT, json_bytes({"type": "response.cancel", "response_id": ident}))
-                except ClientGone:
-                    break
+            running = list(self._response_started)
+        if self._settled.is_set():
+            self._end(code, reason, provider_code)
+            return
+        self.client.close(code, reason)
+        for ident in running:
+            self._cancel(ident)
+        if threading.current_thread() is not self._reader:
             self._settled.wait(CANCEL_WAIT_S)
-        self._end(code, reason, provider_code)
+            self._end(code, reason, provider_code)
+
+    def _cancel(self, ident: str) -> None:
+        """``response.cancel`` for a running response (the provider gone: nothing to do)."""
+        try:
+            self.provider.send(ws.TEXT, json_bytes({"type": "response.cancel", "response_id": ident}))
+        except ClientGone:
+            pass
+
+    def _settle(self) -> None:
+        """``_settled`` as it now is: set when no response runs and none was asked for (caller holds
+        ``_state_lock``)."""
+        if self._response_started or self._asked:
+            self._settled.clear()
+        else:
+            self._settled.set()
 
     def _client_frame(self, got: ws.Frame) -> bool:
         """One frame from the client: False once the session ends."""
+        if self._final is not None:  # the session ends: nothing more goes to the provider
+            return False
         if got.opcode == ws.PING:
             self._send_client(ws.PONG, got.payload)
         elif got.opcode == ws.CLOSE:
             try:
                 code, reason = ws.close_code(got.payload)
             except ws.Fault as fault:
-                self._end(fault.code, fault.reason)
+                self._stop(fault.code, fault.reason)
                 return False
-            self._wind_down(ws.NORMAL, reason, code or ws.NORMAL)
+            self._stop(ws.NORMAL, reason, code or ws.NORMAL)
             return False
         elif got.opcode == ws.TEXT:
             held = self._arriving.take()
@@ -450,7 +485,7 @@ class Relay:
             event = None
         if not isinstance(event, dict) or not isinstance(event.get("type"), str):
             self._send_client(ws.TEXT, error_event("invalid_json", "a client event must be a JSON object with a type"))
-            self._end(ws.INVALID_DATA, "a client event must be a JSON object")
+            self._stop(ws.INVALID_DATA, "a client event must be a JSON object")
             return False
         session = event.get("session")
         named = session.get("model") if event["type"] == "session.update" and isinstance(session, dict) else None
@@ -460,6 +495,12 @@ class Relay:
             )
             self._send_client(ws.TEXT, error_event("model_change_not_allowed", message))
             return True
+        if event["type"] == "response.create":
+            if self._key_refused():
+                return False
+            with self._state_lock:  # awaited, should the session end before its response.created
+                self._asked += 1
+                self._settle()
         try:
             self.provider.send(ws.TEXT, text.encode("utf-8"))
         except ClientGone:
@@ -467,18 +508,34 @@ class Relay:
             return False
         return True
 
+    def _key_refused(self) -> bool:
+        """The session's key checked again (before a response is asked for, and after each one):
+        revoked, expired or deleted since the upgrade, the session ends (its ``error`` event, 1008)."""
+        base = self.ctx
+        if base.key is None:
+            return False
+        try:
+            self.app.gate.authenticate(RequestContext(ENDPOINT, RESPONSES, base.client_addr, dict(base.headers)))
+        except ProxyError as exc:
+            if exc.status != 401:
+                return False
+            self._send_client(ws.TEXT, error_event(exc.code or "invalid_api_key", exc.message))
+            self._stop(ws.POLICY, "the client key was refused")
+            return True
+        return False
+
     def _limit_reached(self) -> bool:
         """The drain, the lifetime and the idle timeout: the session closed if one is reached."""
         settings = self.app.settings
         now = time.monotonic()
         if self._draining():  # responses running are cancelled and billed, as when the client leaves
-            self._wind_down(ws.GOING_AWAY, "server shutting down", ws.GOING_AWAY)
+            self._stop(ws.GOING_AWAY, "server shutting down", ws.GOING_AWAY)
         elif now - self._opened >= settings.websocket_lifetime_s:
             message = f"the session reached its limit of {settings.websocket_lifetime_s:g} s; open a new one"
             self._send_client(ws.TEXT, error_event("session_expired", message))
-            self._end(ws.NORMAL, "session lifetime reached")
+            self._stop(ws.NORMAL, "session lifetime reached")
         elif now - self._active >= settings.websocket_idle_timeout_s:
-            self._end(ws.NORMAL, "idle timeout")
+            self._stop(ws.NORMAL, "idle timeout")
         else:
             return False
         return True
@@ -486,9 +543,8 @@ class Relay:
     def _send_client(self, opcode: int, payload: bytes) -> None:
         try:
             self.client.send(opcode, payload)
-        except ClientGone:
-            if not self._winding:  # the client gone while responses wind down: they are still billed
-                self._end(ws.GOING_AWAY, "the client left")
+        except ClientGone:  # running responses are still cancelled and billed
+            self._stop(ws.GOING_AWAY, "the client left")
 
     # -- the provider's frames -------------------------------------------------------------------
     def _from_provider(self) -> None:
@@ -561,20 +617,31 @@ class Relay:
         named = response.get("id")
         ident = named if isinstance(named, str) else ""
         if event.get("type") == "response.created":
-            self._response_started[ident] = time.perf_counter()
+            with self._state_lock:
+                self._response_started[ident] = time.perf_counter()
+                self._asked = max(0, self._asked - 1)
+                self._settle()
+                winding = self._winding
+            if winding:  # asked for just before the session began to end: cancelled as well
+                self._cancel(ident)
             return True
         if event.get("type") != "response.done":
             return True
         self._bill(response, ident, data)
-        if not self._response_started:
-            self._settled.set()
-        return self._budget_left()
+        with self._state_lock:
+            self._settle()
+        if self._winding:
+            return True  # the session ends: the rest of its responses are awaited
+        if self._budget_left():
+            self._key_refused()
+        return not self._ended.is_set()
 
     def _bill(self, response: dict, ident: str, data: bytes) -> None:
         """One response's trace and its spend."""
         base, app = self.ctx, self.app
         ctx = RequestContext(ENDPOINT, RESPONSES, base.client_addr, base.headers, base.query)
-        ctx.started = self._response_started.pop(ident, ctx.started)
+        with self._state_lock:
+            ctx.started = self._response_started.pop(ident, ctx.started)
         ctx.key, ctx.key_id, ctx.project, ctx.key_ring = base.key, base.key_id, base.project, base.key_ring
         ctx.model, ctx.route, ctx.body, ctx.raw = base.model, base.route, base.body, base.raw
         ctx.end_user, ctx.tags, ctx.stream, ctx.complete = base.end_user, base.tags, True, True
@@ -601,7 +668,8 @@ class Relay:
             app.ledger.settle(None, cost or 0, self._scopes, ctx.ts_ms)
 
     def _budget_left(self) -> bool:
-        """After a response's spend: a budget used up ends the session (its ``error`` event, 1008)."""
+        """After a response's spend: a budget used up ends the session (its ``error`` event, 1008;
+        False)."""
         if not self._budgets:
             return True
         try:
@@ -613,7 +681,7 @@ class Relay:
             return True
         message = used_up.error().message
         self._send_client(ws.TEXT, error_event("budget_exceeded", message, "budget_exceeded"))
-        self._end(ws.POLICY, "budget exceeded")
+        self._stop(ws.POLICY, "budget exceeded")  # responses still running: cancelled and billed
         return False
 
     def _log(self) -> None:

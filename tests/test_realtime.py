@@ -60,6 +60,9 @@ def server(pyz_path, cache_home, mock, tmp_path_factory):
                 "budgeted": ["--budget-usd", "0.01", "--budget-period", "day"],
                 "minionly": ["--models", "gpt-realtime-mini"],
                 "onerpm": ["--rpm", "1"],
+                "leaver": [],
+                "faulter": [],
+                "revoked": [],
             }
         )
     )
@@ -515,3 +518,57 @@ def test_each_response_counts_against_an_end_users_rpm(server):
         other.close()
     finally:
         put_module(server, "userlimits", {}, enabled=False)
+
+
+def test_a_second_response_cancelled_when_the_client_leaves_is_billed(server, mock):
+    """One response done, a second running when the client leaves: the second is cancelled and
+    its response.done awaited and billed too (the first's end must not count as "none running")."""
+    raw = upgrade(server, "leaver")
+    assert raw.event()["type"] == "session.created"
+    raw.send_json({"type": "response.create", "response": {"output_modalities": ["text"]}})
+    assert raw.until("response.done")[-1]["type"] == "response.done"
+    held = {"output_modalities": ["text"], "metadata": {"mock": "hold"}}
+    raw.send_json({"type": "response.create", "response": held})
+    assert raw.until("response.output_text.delta")[0]["type"] == "response.created"
+    raw.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    raw.close()  # gone, mid-response
+    first, second = traces(server, "leaver", 2)
+    done = mock.realtime_done[-1]
+    assert done["id"] == "resp_mock_2" and done["status"] == "cancelled"
+    assert second["cost_uc"] == expected_uc("gpt-realtime", done["usage"])
+
+
+def test_a_protocol_breach_mid_response_cancels_and_bills_it(server, mock):
+    """A client that breaks the protocol (a binary frame) while a response runs is closed with
+    the breach's code, and the response is cancelled at the provider and billed, as when it leaves:
+    a breach is no way around the bill."""
+    raw = upgrade(server, "faulter")
+    assert raw.event()["type"] == "session.created"
+    held = {"output_modalities": ["text"], "metadata": {"mock": "hold"}}
+    raw.send_json({"type": "response.create", "response": held})
+    assert raw.until("response.output_text.delta")[0]["type"] == "response.created"
+    raw.send_frame(0x2, b"\0\1")
+    assert raw.close_code() == 1003
+    raw.close()
+    (row,) = traces(server, "faulter", 1)
+    done = mock.realtime_done[-1]
+    assert done["id"] == "resp_mock_1" and done["status"] == "cancelled"
+    assert row["cost_uc"] == expected_uc("gpt-realtime", done["usage"])
+
+
+def test_a_key_revoked_mid_session_ends_it(server, mock):
+    """``keys revoke`` while a session is open: its next response.create is refused with an
+    ``error`` event and the session closes (1008); nothing more reaches the provider."""
+    raw = upgrade(server, "revoked")
+    assert raw.event()["type"] == "session.created"
+    done = server.cli("keys", "revoke", "revoked")
+    assert done.returncode == 0, done.stderr
+    secret = server.secret("revoked")
+    wait_for(lambda: server.request("GET", "/v1/models", headers={"Authorization": f"Bearer {secret}"})[0] == 401, 10)
+    before = len(mock.realtime_done)
+    raw.send_json({"type": "response.create", "response": {"output_modalities": ["text"]}})
+    event = raw.event()
+    assert event["type"] == "error" and event["error"]["code"] == "revoked_api_key", event
+    assert raw.close_code() == 1008
+    raw.close()
+    assert len(mock.realtime_done) == before
