@@ -342,6 +342,7 @@ class Relay:
         self._winding = False  # the session is ending: running responses are being cancelled and billed
         self._settled = threading.Event()  # set while no response runs or is asked for (or the reader ended)
         self._settled.set()
+        self._told = threading.Event()  # the first end's error event went out: the others may close
         self._reader: threading.Thread | None = None
 
     def run(self) -> None:
@@ -383,8 +384,7 @@ class Relay:
         message_since: float | None = None  # a message began and has not ended: it must, as an HTTP body must
         while not self._ended.is_set():
             if self._final is not None:  # the provider's reader began the end: its responses are awaited here
-                self._settled.wait(CANCEL_WAIT_S)
-                self._end(*self._final)
+                self._stop(*self._final)
                 return
             if data:
                 progress = reader.progress
@@ -417,27 +417,38 @@ class Relay:
                 self._stop(ws.GOING_AWAY, "the client left")
                 return
 
-    def _stop(self, code: int, reason: str, provider_code: int = ws.NORMAL) -> None:
+    def _stop(self, code: int, reason: str, provider_code: int = ws.NORMAL, event: bytes | None = None) -> None:
         """End the session for any reason but the provider's own end: responses still running (or
         asked for) are cancelled at the provider and their ``response.done`` (with what they used,
         which OpenAI bills) awaited up to ``CANCEL_WAIT_S``, so they are billed too; then both sides
-        close. On the provider's reader (which reads those ``response.done``) it returns at once:
-        the client's thread waits and ends the session (``_from_client``)."""
+        close (with the codes of the first reason, and its ``error`` ``event`` if any: one, when both
+        threads find a reason at once). On the provider's reader (which reads those
+        ``response.done``) it returns at once: the client's thread waits and ends the session."""
         with self._state_lock:
-            if self._final is not None:
-                return
-            self._final = (code, reason, provider_code)
-            self._winding = True
-            running = list(self._response_started)
-        if self._settled.is_set():
-            self._end(code, reason, provider_code)
-            return
-        self.client.close(code, reason)
-        for ident in running:
-            self._cancel(ident)
+            first = self._final is None
+            if first:
+                self._final, self._winding = (code, reason, provider_code), True
+            final, running = self._final, list(self._response_started)
+        assert final is not None
+        if first:
+            try:
+                if event is not None:
+                    self.client.send(ws.TEXT, event)
+            except ClientGone:
+                pass
+            finally:
+                self._told.set()
+        else:  # the first reason's error event goes out before the close frame
+            self._told.wait(CLOSE_WAIT_S)
+        if first and not self._settled.is_set():
+            self.client.close(code, reason)
+            for ident in running:
+                self._cancel(ident)
         if threading.current_thread() is not self._reader:
             self._settled.wait(CANCEL_WAIT_S)
-            self._end(code, reason, provider_code)
+            self._end(*final)
+        elif self._settled.is_set():
+            self._end(*final)
 
     def _cancel(self, ident: str) -> None:
         """``response.cancel`` for a running response (the provider gone: nothing to do)."""
@@ -484,8 +495,8 @@ class Relay:
         except ValueError:
             event = None
         if not isinstance(event, dict) or not isinstance(event.get("type"), str):
-            self._send_client(ws.TEXT, error_event("invalid_json", "a client event must be a JSON object with a type"))
-            self._stop(ws.INVALID_DATA, "a client event must be a JSON object")
+            said = error_event("invalid_json", "a client event must be a JSON object with a type")
+            self._stop(ws.INVALID_DATA, "a client event must be a JSON object", event=said)
             return False
         session = event.get("session")
         named = session.get("model") if event["type"] == "session.update" and isinstance(session, dict) else None
@@ -495,17 +506,34 @@ class Relay:
             )
             self._send_client(ws.TEXT, error_event("model_change_not_allowed", message))
             return True
-        if event["type"] == "response.create":
-            if self._key_refused():
-                return False
-            with self._state_lock:  # awaited, should the session end before its response.created
-                self._asked += 1
-                self._settle()
+        if event["type"] == "response.create" and not self._may_create():
+            return not self._ended.is_set() and self._final is None
         try:
             self.provider.send(ws.TEXT, text.encode("utf-8"))
         except ClientGone:
             self._end(1014, "the provider is gone")
             return False
+        return True
+
+    def _may_create(self) -> bool:
+        """A client's ``response.create``: its key checked again; under a budget, one response at a
+        time (OpenAI runs out-of-band ones in parallel, each billed only as it ends: a budget could be
+        passed by as many as were sent at once) and none once a budget is used up (by another
+        session of the key). True: sent on, and counted as asked for until its ``response.created``."""
+        if self._key_refused():
+            return False
+        if self._budgets:
+            with self._state_lock:
+                busy = bool(self._response_started or self._asked)
+            if busy:
+                message = "a response is in progress; under a budget a session runs one at a time"
+                self._send_client(ws.TEXT, error_event("response_in_progress", message))
+                return False
+            if not self._budget_left():
+                return False
+        with self._state_lock:  # awaited, should the session end before its response.created
+            self._asked += 1
+            self._settle()
         return True
 
     def _key_refused(self) -> bool:
@@ -519,8 +547,8 @@ class Relay:
         except ProxyError as exc:
             if exc.status != 401:
                 return False
-            self._send_client(ws.TEXT, error_event(exc.code or "invalid_api_key", exc.message))
-            self._stop(ws.POLICY, "the client key was refused")
+            said = error_event(exc.code or "invalid_api_key", exc.message)
+            self._stop(ws.POLICY, "the client key was refused", event=said)
             return True
         return False
 
@@ -532,8 +560,7 @@ class Relay:
             self._stop(ws.GOING_AWAY, "server shutting down", ws.GOING_AWAY)
         elif now - self._opened >= settings.websocket_lifetime_s:
             message = f"the session reached its limit of {settings.websocket_lifetime_s:g} s; open a new one"
-            self._send_client(ws.TEXT, error_event("session_expired", message))
-            self._stop(ws.NORMAL, "session lifetime reached")
+            self._stop(ws.NORMAL, "session lifetime reached", event=error_event("session_expired", message))
         elif now - self._active >= settings.websocket_idle_timeout_s:
             self._stop(ws.NORMAL, "idle timeout")
         else:
@@ -628,7 +655,8 @@ class Relay:
         if event.get("type") != "response.done":
             return True
         self._bill(response, ident, data)
-        with self._state_lock:
+        with self._state_lock:  # billed: no longer running
+            self._response_started.pop(ident, None)
             self._settle()
         if self._winding:
             return True  # the session ends: the rest of its responses are awaited
@@ -640,8 +668,8 @@ class Relay:
         """One response's trace and its spend."""
         base, app = self.ctx, self.app
         ctx = RequestContext(ENDPOINT, RESPONSES, base.client_addr, base.headers, base.query)
-        with self._state_lock:
-            ctx.started = self._response_started.pop(ident, ctx.started)
+        with self._state_lock:  # still running until its spend is settled: a create meanwhile waits
+            ctx.started = self._response_started.get(ident, ctx.started)
         ctx.key, ctx.key_id, ctx.project, ctx.key_ring = base.key, base.key_id, base.project, base.key_ring
         ctx.model, ctx.route, ctx.body, ctx.raw = base.model, base.route, base.body, base.raw
         ctx.end_user, ctx.tags, ctx.stream, ctx.complete = base.end_user, base.tags, True, True
@@ -680,8 +708,8 @@ class Relay:
         if used_up is None:
             return True
         message = used_up.error().message
-        self._send_client(ws.TEXT, error_event("budget_exceeded", message, "budget_exceeded"))
-        self._stop(ws.POLICY, "budget exceeded")  # responses still running: cancelled and billed
+        said = error_event("budget_exceeded", message, "budget_exceeded")
+        self._stop(ws.POLICY, "budget exceeded", event=said)  # responses still running: cancelled and billed
         return False
 
     def _log(self) -> None:

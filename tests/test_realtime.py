@@ -63,6 +63,7 @@ def server(pyz_path, cache_home, mock, tmp_path_factory):
                 "leaver": [],
                 "faulter": [],
                 "revoked": [],
+                "burst": ["--budget-usd", "0.01", "--budget-period", "day"],
             }
         )
     )
@@ -572,3 +573,33 @@ def test_a_key_revoked_mid_session_ends_it(server, mock):
     assert raw.close_code() == 1008
     raw.close()
     assert len(mock.realtime_done) == before
+
+
+def test_under_a_budget_one_response_at_a_time(server, mock):
+    """A budgeted key's session runs one response at a time: twenty ``response.create`` sent at once
+    (out-of-band ones would run in parallel at OpenAI, each billed only as it ends) are the first
+    sent on and the rest answered with an ``error`` event ``response_in_progress`` (or unread, once
+    the first's end used the budget up and ended the session); so the budget
+    ($0.01, one audio response ~2¢) is passed by that one response, not by twenty."""
+    raw = upgrade(server, "burst", extra="OpenAI-Beta: burst\r\n")  # its responses told apart at the mock
+    assert raw.event()["type"] == "session.created"
+    create = {"type": "response.create", "response": {"output_modalities": ["audio"], "conversation": "none"}}
+    for _ in range(20):
+        raw.send_json(create)
+    events = []
+    code = None
+    while code is None:
+        opcode, payload = raw.frame()
+        if opcode == 0x8:
+            code = struct.unpack("!H", payload[:2])[0]
+        else:
+            events.append(json.loads(payload))
+    errors = [e["error"]["code"] for e in events if e["type"] == "error"]
+    # Those read before the first response's end are refused; those after it, unread (the session ended)
+    assert set(errors) <= {"response_in_progress", "budget_exceeded"}, errors
+    assert errors.count("budget_exceeded") == 1 and code == 1008
+    raw.close()
+    (row,) = traces(server, "burst", 1)
+    assert [beta for beta, _ in mock.realtime_asked].count("burst") == 1
+    (done,) = [e for e in events if e["type"] == "response.done"]
+    assert row["cost_uc"] == expected_uc("gpt-realtime", done["response"]["usage"])
