@@ -584,8 +584,10 @@ def test_under_a_budget_one_response_at_a_time(server, mock):
     raw = upgrade(server, "burst", extra="OpenAI-Beta: burst\r\n")  # its responses told apart at the mock
     assert raw.event()["type"] == "session.created"
     create = {"type": "response.create", "response": {"output_modalities": ["audio"], "conversation": "none"}}
-    for _ in range(20):
-        raw.send_json(create)
+    payload = json.dumps(create).encode()
+    assert len(payload) < 126
+    one = bytes([0x81, 0x80 | len(payload)]) + b"\0\0\0\0" + payload  # masked, with a key of zeros
+    raw.sock.sendall(one * 20)  # in one write: the session may end (budget) while more would be sent
     events = []
     code = None
     while code is None:
