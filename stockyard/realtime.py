@@ -209,13 +209,14 @@ def connect(app: App, ctx: RequestContext, provider: Provider, model: str) -> Up
     except UpstreamError as exc:
         raise exc.answer(provider.name, app.path.scrub.text) from None
     try:
+        deadline = time.monotonic() + pool.connect_timeout  # the whole handshake's, not each read's
         sock.settimeout(pool.connect_timeout)
         head, accept = ws.client_handshake(origin.host_header, target, headers)
         sock.sendall(head)
-        answer, rest = _read_head(sock)
+        answer, rest = _read_head(sock, deadline)
         status, fields = _parse_head(answer)
         if status != 101:
-            raise _refusal(app, provider, status, _read_body(sock, rest, fields))
+            raise _refusal(app, provider, status, _read_body(sock, rest, fields, deadline))
         if fields.get("sec-websocket-accept") != accept:
             raise ProxyError(
                 502, f"provider {provider.name!r} answered the WebSocket handshake wrongly", code="upstream_protocol"
@@ -241,13 +242,23 @@ def provider_target(origin: Origin, provider: Provider, model: str) -> tuple[str
     return f"{base}/realtime?{query}", {"api-key": provider.api_key} if provider.api_key else {}
 
 
-def _read_head(sock: socket.socket) -> tuple[bytes, bytes]:
-    """The provider's answer head and the bytes read past it."""
+def _recv_by(sock: socket.socket, deadline: float) -> bytes:
+    """One read that ends by ``deadline`` (a ``TimeoutError`` past it): a provider trickling its
+    answer a byte at a time is not waited for a timeout per byte."""
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise TimeoutError("timed out waiting for the handshake's answer")
+    sock.settimeout(left)
+    return sock.recv(65536)
+
+
+def _read_head(sock: socket.socket, deadline: float) -> tuple[bytes, bytes]:
+    """The provider's answer head and the bytes read past it, by ``deadline``."""
     data = b""
     while b"\r\n\r\n" not in data:
         if len(data) > HEAD_LIMIT:
             raise ConnectionError("the handshake's answer head is too large")
-        piece = sock.recv(65536)
+        piece = _recv_by(sock, deadline)
         if not piece:
             raise ConnectionError("the provider closed the connection during the handshake")
         data += piece
@@ -267,13 +278,13 @@ def _parse_head(head: bytes) -> tuple[int, dict[str, str]]:
     return int(parts[1]), fields
 
 
-def _read_body(sock: socket.socket, rest: bytes, fields: dict[str, str]) -> bytes:
-    """A refusal's body (at most ``HEAD_LIMIT`` bytes; what arrives before the read timeout)."""
+def _read_body(sock: socket.socket, rest: bytes, fields: dict[str, str], deadline: float) -> bytes:
+    """A refusal's body (at most ``HEAD_LIMIT`` bytes; what arrives by ``deadline``)."""
     length = fields.get("content-length", "")
     want = min(int(length), HEAD_LIMIT) if length.isdigit() else HEAD_LIMIT
     body = rest
     try:
-        while len(body) < want and (piece := sock.recv(65536)):
+        while len(body) < want and (piece := _recv_by(sock, deadline)):
             body += piece
     except OSError:
         pass

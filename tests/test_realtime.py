@@ -8,10 +8,12 @@ closed with the right code over a raw socket."""
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import signal
 import socket
 import struct
+import threading
 import time
 from fractions import Fraction
 
@@ -605,3 +607,77 @@ def test_under_a_budget_one_response_at_a_time(server, mock):
     assert [beta for beta, _ in mock.realtime_asked].count("burst") == 1
     (done,) = [e for e in events if e["type"] == "response.done"]
     assert row["cost_uc"] == expected_uc("gpt-realtime", done["response"]["usage"])
+
+
+class BadProvider:
+    """A provider's Realtime endpoint that misbehaves by model: ``gpt-realtime`` trickles its answer's
+    head a byte at a time and never ends it, ``gpt-realtime-mini`` answers 101 with a wrong
+    ``Sec-WebSocket-Accept``, ``gpt-realtime-2`` sends a masked frame after a right 101."""
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.stop = threading.Event()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        with conn:
+            head = b""
+            while b"\r\n\r\n" not in head:
+                head += conn.recv(65536)
+            lines = head.decode().split("\r\n")
+            key = next(line.split(":", 1)[1].strip() for line in lines if line.lower().startswith("sec-websocket-key"))
+            accept = base64.b64encode(hashlib.sha1((key + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11").encode()).digest())
+            try:
+                if "model=gpt-realtime-mini" in lines[0]:
+                    conn.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n")
+                    conn.sendall(b"Sec-WebSocket-Accept: d3JvbmcgYWNjZXB0IGtleSE=\r\n\r\n")
+                elif "model=gpt-realtime-2" in lines[0]:
+                    conn.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n")
+                    conn.sendall(b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n")
+                    conn.sendall(bytes([0x81, 0x82]) + b"\1\2\3\4" + bytes([ord("{") ^ 1, ord("}") ^ 2]))
+                else:
+                    conn.sendall(b"HTTP/1.1 101 Switching Protocols\r\n")
+                    while not self.stop.wait(0.2):  # one byte a fifth of a second, never the head's end
+                        conn.sendall(b"x")
+                conn.recv(65536)  # until Stockyard closes
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        self.stop.set()
+        self.listener.close()
+
+
+def test_a_provider_misbehaving_in_the_handshake_or_after_it(pyz_path, cache_home, mock, tmp_path):
+    """A provider trickling its handshake answer forever is cut within STOCKYARD_UPSTREAM_CONNECT_TIMEOUT
+    (1 s here) in all, not per byte: a 502; a 101 with a wrong Sec-WebSocket-Accept is a 502
+    ``upstream_protocol``; a masked frame from the provider closes the client 1014."""
+    bad = BadProvider()
+    env = mock_env(cache_home, mock, OPENAI_BASE_URL=f"http://127.0.0.1:{bad.port}/v1")
+    env["STOCKYARD_UPSTREAM_CONNECT_TIMEOUT"] = "1"
+    srv = ServerProcess(pyz_path, tmp_path / "bad.db", env).start()
+    try:
+        started = time.monotonic()
+        trickled = upgrade(srv, None)
+        assert trickled.status == 502, trickled.head
+        assert time.monotonic() - started < 4
+        assert refusal(trickled)["error"]["code"] == "upstream_connect"
+        wrong = upgrade(srv, None, path="/v1/realtime?model=gpt-realtime-mini")
+        assert wrong.status == 502 and refusal(wrong)["error"]["code"] == "upstream_protocol"
+        masked = upgrade(srv, None, path="/v1/realtime?model=gpt-realtime-2")
+        assert masked.status == 101
+        assert masked.close_code() == 1014
+        masked.close()
+    finally:
+        srv.stop()
+        bad.close()
+    assert "Traceback" not in srv.log
