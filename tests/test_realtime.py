@@ -328,9 +328,9 @@ def test_guard_deny_list_refused_at_upgrade(server):
         put_module(server, "guard", {}, enabled=False)
 
 
-def test_browser_key_as_subprotocol(server):
+def test_browser_key_as_subprotocol(server, mock):
     """A browser's key in ``Sec-WebSocket-Protocol`` (``openai-insecure-api-key.<key>``) is accepted,
-    and ``realtime`` agreed."""
+    and ``realtime`` agreed; the key is in neither the 101, the provider's handshake, a trace nor the log."""
     secret = server.secret("alice")
     raw = Raw(
         server,
@@ -339,9 +339,17 @@ def test_browser_key_as_subprotocol(server):
         "/v1/realtime?model=gpt-realtime",
     )
     assert raw.status == 101, raw.head
-    assert "sec-websocket-protocol: realtime" in raw.head.lower()
+    assert "sec-websocket-protocol: realtime" in raw.head.lower() and secret not in raw.head
     assert raw.event()["type"] == "session.created"
+    raw.send_json({"type": "response.create", "response": {"output_modalities": ["text"]}})
+    assert raw.until("response.done")[-1]["type"] == "response.done"
     raw.close()
+    handshake = mock.last("/realtime")
+    assert handshake is not None and secret not in repr(handshake.headers)
+    key_id = server.db_rows("SELECT id FROM client_keys WHERE name = 'alice'")[0]["id"]
+    wait_for(lambda: server.db_rows("SELECT * FROM traces WHERE endpoint = 'realtime' AND key_id = ?", (key_id,)))
+    rows = server.db_rows("SELECT * FROM traces WHERE key_id = ?", (key_id,))
+    assert rows and secret not in repr(rows)  # nor in a trace (its headers, its body)
     assert secret not in server.log
 
 
