@@ -129,3 +129,39 @@ def test_realtime_relayed_over_tls(pyz_path, cache_home, tmp_path, tls_mock):
         assert rows[0]["cost_uc"] > 0
     finally:
         server.stop()
+
+
+def test_realtime_session_over_tls(pyz_path, cache_home, tmp_path, tls_mock):
+    """The Realtime relay to an https provider: the provider's WebSocket over TLS, read on one thread
+    while the client's appends are written on another (the SSL object used from both), a dozen audio
+    responses each billed, then closed cleanly."""
+    from test_realtime import pcm
+    from test_responses_websocket import Raw
+
+    upstream, ca_file = tls_mock
+    env = {
+        **base_env(cache_home),
+        "OPENAI_API_KEY": "sk-test-tls-123456",
+        "OPENAI_BASE_URL": upstream.url + "/v1",
+        "SSL_CERT_FILE": str(ca_file),
+    }
+    server = ServerProcess(pyz_path, tmp_path / "tls-rt.db", env).start()
+    try:
+        raw = Raw(server, None, path="/v1/realtime?model=gpt-realtime")
+        assert raw.status == 101, raw.head
+        assert raw.event()["type"] == "session.created"
+        for _ in range(12):
+            raw.send_json({"type": "input_audio_buffer.append", "audio": pcm(0.5)})
+            raw.send_json({"type": "response.create", "response": {"output_modalities": ["audio"]}})
+            for _ in range(5):  # written while the provider's answer is read
+                raw.send_json({"type": "input_audio_buffer.append", "audio": pcm(0.5)})
+            assert raw.until("response.done")[-1]["type"] == "response.done"
+        raw.send_frame(0x8, b"\x03\xe8")
+        assert raw.close_code() == 1000
+        raw.close()
+        sql = "SELECT cost_uc FROM traces WHERE endpoint = 'realtime'"
+        rows = wait_for(lambda: (found := server.db_rows(sql)) and len(found) >= 12 and found, 10, "billed")
+        assert len(rows) == 12 and all(row["cost_uc"] > 0 for row in rows)
+    finally:
+        server.stop()
+    assert "Traceback" not in server.log
