@@ -5,7 +5,8 @@ OpenAI's shape, never a socket): the client key (its model allow-list), guard's 
 key's rate limits and budget (``modules.early``: nothing counted or held; under a budget the
 model must have a price), and the provider — an OpenAI or Azure one, reached over a WebSocket of its
 own with the provider's key (its refusal is relayed, scrubbed). Then :class:`Relay` moves every
-text message both ways unchanged, one thread a direction, a message whole at a time (at most
+text message both ways unchanged, one thread a direction (the provider's socket used by both through
+:class:`SerialSocket`, one TLS call at a time), a message whole at a time (at most
 ``STOCKYARD_MAX_BODY_BYTES``; close 1009), nothing queued (a write blocks on a peer that does not
 read, as a stream's does). A client message must be a JSON object (else an ``error`` event and
 close 1007); a ``session.update`` naming another model than the connection's is refused with an
@@ -309,14 +310,54 @@ def _refusal(app: App, provider: Provider, status: int, body: bytes) -> ProxyErr
     )
 
 
-def readable(sock: socket.socket, timeout: float) -> bool:
-    """Whether ``sock`` has bytes to read within ``timeout`` seconds: TLS may hold some decrypted
-    already (``pending``), which the descriptor's poll does not see."""
-    if isinstance(sock, ssl.SSLSocket) and sock.pending():
-        return True
-    poll = select.poll()
-    poll.register(sock, select.POLLIN)
-    return bool(poll.poll(timeout * 1000))
+class SerialSocket:
+    """The provider's socket, read on one thread and written on others, one short non-blocking call
+    at a time under one lock: OpenSSL does not promise that one SSL object may be read and written at
+    once (a TLS 1.3 KeyUpdate read makes ``SSL_read`` write). Nobody waits for the socket while holding
+    the lock, so a write blocked on a provider that does not read never stops the reading (no deadlock).
+    ``sendall`` gives up after ``timeout`` seconds without progress (``TimeoutError``)."""
+
+    def __init__(self, sock: socket.socket, timeout: float) -> None:
+        self.sock, self.timeout = sock, timeout
+        self._lock = threading.Lock()
+        sock.setblocking(False)
+
+    def _call(self, op: Any, want: int, deadline: float) -> Any:
+        """``op()`` under the lock, retried when the socket is ready, until ``deadline``."""
+        while True:
+            with self._lock:
+                try:
+                    return op()
+                except ssl.SSLWantReadError:
+                    want = select.POLLIN
+                except ssl.SSLWantWriteError:
+                    want = select.POLLOUT
+                except BlockingIOError:
+                    pass
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("the provider's socket was not ready in time")
+            poll = select.poll()
+            poll.register(self.sock, want)
+            poll.poll(left * 1000)
+
+    def recv(self, timeout: float) -> bytes | None:
+        """What arrives within ``timeout`` (None: nothing yet; ``b""``: the provider ended)."""
+        try:
+            return self._call(lambda: self.sock.recv(65536), select.POLLIN, time.monotonic() + timeout)
+        except TimeoutError:
+            return None
+
+    def sendall(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            sent = self._call(lambda rest=view: self.sock.send(rest), select.POLLOUT, time.monotonic() + self.timeout)
+            view = view[sent:]
+
+    def shutdown(self) -> None:
+        """Both directions ended: the reader sees its end at once."""
+        with self._lock:
+            self.sock.shutdown(socket.SHUT_RDWR)
 
 
 def error_event(code: str, message: str, kind: str = "invalid_request_error") -> bytes:
@@ -333,7 +374,9 @@ class Relay:
     ) -> None:
         self.app, self.ctx, self.upstream = app, ctx, upstream
         self.client = Connection(sock)
-        self.provider = Connection(upstream.sock, ws.client_frame)  # a client's frames: masked
+        self._provider_sock = SerialSocket(upstream.sock, app.settings.idle_timeout_s)
+        # A client's frames (masked), written through the one lock the provider's socket is used under
+        self.provider = Connection(self._provider_sock, ws.client_frame)  # type: ignore[arg-type]
         self._buffered = buffered
         self._draining = draining
         self._opened = self._active = time.monotonic()
@@ -381,7 +424,7 @@ class Relay:
         self.provider.close(provider_code, reason)
         self._ended.set()
         try:  # the provider's reader sees its socket end at once
-            self.upstream.sock.shutdown(socket.SHUT_RDWR)
+            self._provider_sock.shutdown()
         except OSError:
             pass
 
@@ -597,7 +640,7 @@ class Relay:
     def _read_provider(self) -> None:
         reader = ws.FrameReader(self.app.settings.max_body_bytes, masked=False)
         data = self.upstream.buffered
-        sock = self.upstream.sock
+        sock = self._provider_sock
         while True:
             if data:
                 try:
@@ -610,13 +653,14 @@ class Relay:
                         return
             if self._ended.is_set():
                 return
-            if not readable(sock, POLL_S):
+            try:
+                arrived = sock.recv(POLL_S)
+            except OSError:
+                arrived = b""
+            if arrived is None:
                 data = b""
                 continue
-            try:
-                data = sock.recv(65536)
-            except OSError:
-                data = b""
+            data = arrived
             if not data:
                 self._end(1014, "the provider ended the session")
                 return
