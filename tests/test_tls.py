@@ -104,9 +104,8 @@ def test_a_certificate_naming_another_host_is_refused_and_sni_names_the_provider
         upstream.tls.sni_callback = None
 
 
-def test_realtime_relayed_over_tls(pyz_path, cache_home, tmp_path, tls_mock):
-    """The Realtime API's provider side over wss (TLS read and written by two threads): an audio
-    response arrives whole, with its response.done, and is traced with a cost."""
+def trusting_server(pyz_path, cache_home, tmp_path, tls_mock) -> ServerProcess:
+    """A server started with the TLS mock as its OpenAI provider and the mock's CA trusted."""
     upstream, ca_file = tls_mock
     env = {
         **base_env(cache_home),
@@ -114,7 +113,13 @@ def test_realtime_relayed_over_tls(pyz_path, cache_home, tmp_path, tls_mock):
         "OPENAI_BASE_URL": upstream.url + "/v1",
         "SSL_CERT_FILE": str(ca_file),
     }
-    server = ServerProcess(pyz_path, tmp_path / "tls.db", env).start()
+    return ServerProcess(pyz_path, tmp_path / "tls.db", env).start()
+
+
+def test_realtime_relayed_over_tls(pyz_path, cache_home, tmp_path, tls_mock):
+    """The Realtime API's provider side over wss (TLS read and written by two threads): an audio
+    response arrives whole, with its response.done, and is traced with a cost."""
+    server = trusting_server(pyz_path, cache_home, tmp_path, tls_mock)
     try:
         with server.openai("any").realtime.connect(model="gpt-realtime") as conn:
             assert conn.recv().type == "session.created"
@@ -138,14 +143,7 @@ def test_realtime_session_over_tls(pyz_path, cache_home, tmp_path, tls_mock):
     from test_realtime import pcm
     from test_responses_websocket import Raw
 
-    upstream, ca_file = tls_mock
-    env = {
-        **base_env(cache_home),
-        "OPENAI_API_KEY": "sk-test-tls-123456",
-        "OPENAI_BASE_URL": upstream.url + "/v1",
-        "SSL_CERT_FILE": str(ca_file),
-    }
-    server = ServerProcess(pyz_path, tmp_path / "tls-rt.db", env).start()
+    server = trusting_server(pyz_path, cache_home, tmp_path, tls_mock)
     try:
         raw = Raw(server, None, path="/v1/realtime?model=gpt-realtime")
         assert raw.status == 101, raw.head
