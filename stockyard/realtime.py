@@ -5,7 +5,8 @@ OpenAI's shape, never a socket): the client key (its model allow-list), guard's 
 key's rate limits and budget (``modules.early``: nothing counted or held; under a budget the
 model must have a price), and the provider — an OpenAI or Azure one, reached over a WebSocket of its
 own with the provider's key (its refusal is relayed, scrubbed). Then :class:`Relay` moves every
-text message both ways unchanged, one thread a direction, a message whole at a time (at most
+text message both ways unchanged, one thread a direction (the provider's socket used by both through
+:class:`SerialSocket`, one TLS call at a time), a message whole at a time (at most
 ``STOCKYARD_MAX_BODY_BYTES``; close 1009), nothing queued (a write blocks on a peer that does not
 read, as a stream's does). A client message must be a JSON object (else an ``error`` event and
 close 1007); a ``session.update`` naming another model than the connection's is refused with an
@@ -17,9 +18,12 @@ model's text, audio and cached rates (``pricing.Usage.from_realtime``), one trac
 used up the session ends (an ``error`` event ``budget_exceeded``, close 1008): with server VAD the
 provider starts responses on its own, so nothing can be held before one; a budget stops the
 session after the response that used it up, never inside it. A session cut (either side leaving)
-has billed every ``response.done`` that arrived; when the client leaves (or a drain ends it) with
-responses running, they are cancelled at the provider and their ``response.done`` awaited a moment
-(:meth:`Relay._wind_down`), so what they used is billed too. The session ends with one access-log line.
+has billed every ``response.done`` that arrived; when the session ends with responses running or
+asked for, for any reason but the provider's own end (the client leaving or closing, breaking the
+protocol, a budget used up, the key revoked, a limit, a drain), they are cancelled at the provider
+and their ``response.done`` awaited a moment (:meth:`Relay._stop`), so what they used is billed too.
+The key is checked again before each ``response.create`` and after each response: revoked, the
+session ends (1008). The session ends with one access-log line.
 Limits as the Responses WebSocket's: ``STOCKYARD_WEBSOCKET_IDLE_TIMEOUT`` without a data frame
 either way (close 1000), ``STOCKYARD_WEBSOCKET_LIFETIME`` (1000), a drain (1001).
 """
@@ -206,13 +210,14 @@ def connect(app: App, ctx: RequestContext, provider: Provider, model: str) -> Up
     except UpstreamError as exc:
         raise exc.answer(provider.name, app.path.scrub.text) from None
     try:
+        deadline = time.monotonic() + pool.connect_timeout  # the whole handshake's, not each read's
         sock.settimeout(pool.connect_timeout)
         head, accept = ws.client_handshake(origin.host_header, target, headers)
         sock.sendall(head)
-        answer, rest = _read_head(sock)
+        answer, rest = _read_head(sock, deadline)
         status, fields = _parse_head(answer)
         if status != 101:
-            raise _refusal(app, provider, status, _read_body(sock, rest, fields))
+            raise _refusal(app, provider, status, _read_body(sock, rest, fields, deadline))
         if fields.get("sec-websocket-accept") != accept:
             raise ProxyError(
                 502, f"provider {provider.name!r} answered the WebSocket handshake wrongly", code="upstream_protocol"
@@ -238,13 +243,23 @@ def provider_target(origin: Origin, provider: Provider, model: str) -> tuple[str
     return f"{base}/realtime?{query}", {"api-key": provider.api_key} if provider.api_key else {}
 
 
-def _read_head(sock: socket.socket) -> tuple[bytes, bytes]:
-    """The provider's answer head and the bytes read past it."""
+def _recv_by(sock: socket.socket, deadline: float) -> bytes:
+    """One read that ends by ``deadline`` (a ``TimeoutError`` past it): a provider trickling its
+    answer a byte at a time is not waited for a timeout per byte."""
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise TimeoutError("timed out waiting for the handshake's answer")
+    sock.settimeout(left)
+    return sock.recv(65536)
+
+
+def _read_head(sock: socket.socket, deadline: float) -> tuple[bytes, bytes]:
+    """The provider's answer head and the bytes read past it, by ``deadline``."""
     data = b""
     while b"\r\n\r\n" not in data:
         if len(data) > HEAD_LIMIT:
             raise ConnectionError("the handshake's answer head is too large")
-        piece = sock.recv(65536)
+        piece = _recv_by(sock, deadline)
         if not piece:
             raise ConnectionError("the provider closed the connection during the handshake")
         data += piece
@@ -264,13 +279,13 @@ def _parse_head(head: bytes) -> tuple[int, dict[str, str]]:
     return int(parts[1]), fields
 
 
-def _read_body(sock: socket.socket, rest: bytes, fields: dict[str, str]) -> bytes:
-    """A refusal's body (at most ``HEAD_LIMIT`` bytes; what arrives before the read timeout)."""
+def _read_body(sock: socket.socket, rest: bytes, fields: dict[str, str], deadline: float) -> bytes:
+    """A refusal's body (at most ``HEAD_LIMIT`` bytes; what arrives by ``deadline``)."""
     length = fields.get("content-length", "")
     want = min(int(length), HEAD_LIMIT) if length.isdigit() else HEAD_LIMIT
     body = rest
     try:
-        while len(body) < want and (piece := sock.recv(65536)):
+        while len(body) < want and (piece := _recv_by(sock, deadline)):
             body += piece
     except OSError:
         pass
@@ -295,14 +310,54 @@ def _refusal(app: App, provider: Provider, status: int, body: bytes) -> ProxyErr
     )
 
 
-def readable(sock: socket.socket, timeout: float) -> bool:
-    """Whether ``sock`` has bytes to read within ``timeout`` seconds: TLS may hold some decrypted
-    already (``pending``), which the descriptor's poll does not see."""
-    if isinstance(sock, ssl.SSLSocket) and sock.pending():
-        return True
-    poll = select.poll()
-    poll.register(sock, select.POLLIN)
-    return bool(poll.poll(timeout * 1000))
+class SerialSocket:
+    """The provider's socket, read on one thread and written on others, one short non-blocking call
+    at a time under one lock: OpenSSL does not promise that one SSL object may be read and written at
+    once (a TLS 1.3 KeyUpdate read makes ``SSL_read`` write). Nobody waits for the socket while holding
+    the lock, so a write blocked on a provider that does not read never stops the reading (no deadlock).
+    ``sendall`` gives up after ``timeout`` seconds without progress (``TimeoutError``)."""
+
+    def __init__(self, sock: socket.socket, timeout: float) -> None:
+        self.sock, self.timeout = sock, timeout
+        self._lock = threading.Lock()
+        sock.setblocking(False)
+
+    def _call(self, op: Any, want: int, deadline: float) -> Any:
+        """``op()`` under the lock, retried when the socket is ready, until ``deadline``."""
+        while True:
+            with self._lock:
+                try:
+                    return op()
+                except ssl.SSLWantReadError:
+                    want = select.POLLIN
+                except ssl.SSLWantWriteError:
+                    want = select.POLLOUT
+                except BlockingIOError:
+                    pass
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("the provider's socket was not ready in time")
+            poll = select.poll()
+            poll.register(self.sock, want)
+            poll.poll(left * 1000)
+
+    def recv(self, timeout: float) -> bytes | None:
+        """What arrives within ``timeout`` (None: nothing yet; ``b""``: the provider ended)."""
+        try:
+            return self._call(lambda: self.sock.recv(65536), select.POLLIN, time.monotonic() + timeout)
+        except TimeoutError:
+            return None
+
+    def sendall(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            sent = self._call(lambda rest=view: self.sock.send(rest), select.POLLOUT, time.monotonic() + self.timeout)
+            view = view[sent:]
+
+    def shutdown(self) -> None:
+        """Both directions ended: the reader sees its end at once."""
+        with self._lock:
+            self.sock.shutdown(socket.SHUT_RDWR)
 
 
 def error_event(code: str, message: str, kind: str = "invalid_request_error") -> bytes:
@@ -319,7 +374,9 @@ class Relay:
     ) -> None:
         self.app, self.ctx, self.upstream = app, ctx, upstream
         self.client = Connection(sock)
-        self.provider = Connection(upstream.sock, ws.client_frame)  # a client's frames: masked
+        self._provider_sock = SerialSocket(upstream.sock, app.settings.idle_timeout_s)
+        # A client's frames (masked), written through the one lock the provider's socket is used under
+        self.provider = Connection(self._provider_sock, ws.client_frame)  # type: ignore[arg-type]
         self._buffered = buffered
         self._draining = draining
         self._opened = self._active = time.monotonic()
@@ -333,14 +390,18 @@ class Relay:
         self._budgets = session_budgets(app, ctx)
         self._scopes = {*(scopes_of(ctx.key) if ctx.key is not None else ()), *(b.scope for b in self._budgets)}
         self._response_started: dict[str, float] = {}  # responses running: their response.created's time
-        self._winding = False  # the client left: running responses are being cancelled and billed
-        self._settled = threading.Event()  # set once no response runs (the provider's reader, or its end)
-        self._cancelled: set[str] = set()  # responses a cancel was sent for (the client left)
-        self._gone_at = 0.0  # when the provider's reader found the client gone with responses running
+        self._asked = 0  # the client's response.create sent on, its response.created not seen yet
+        self._state_lock = threading.Lock()  # the two above, and _final
+        self._final: tuple[int, str, int] | None = None  # the session is ending (_stop): its close codes
+        self._winding = False  # the session is ending: running responses are being cancelled and billed
+        self._settled = threading.Event()  # set while no response runs or is asked for (or the reader ended)
+        self._settled.set()
+        self._told = threading.Event()  # the first end's error event went out: the others may close
+        self._reader: threading.Thread | None = None
 
     def run(self) -> None:
         """Relay until either side ends, then close both and log the session."""
-        reader = threading.Thread(target=self._from_provider, name="stockyard-realtime", daemon=True)
+        reader = self._reader = threading.Thread(target=self._from_provider, name="stockyard-realtime", daemon=True)
         reader.start()
         try:
             self._from_client()
@@ -363,7 +424,7 @@ class Relay:
         self.provider.close(provider_code, reason)
         self._ended.set()
         try:  # the provider's reader sees its socket end at once
-            self.upstream.sock.shutdown(socket.SHUT_RDWR)
+            self._provider_sock.shutdown()
         except OSError:
             pass
 
@@ -376,12 +437,15 @@ class Relay:
         data = self._buffered
         message_since: float | None = None  # a message began and has not ended: it must, as an HTTP body must
         while not self._ended.is_set():
+            if self._final is not None:  # the provider's reader began the end: its responses are awaited here
+                self._stop(*self._final)
+                return
             if data:
                 progress = reader.progress
                 try:
                     frames = reader.feed(data)
                 except ws.Fault as fault:
-                    self._end(fault.code, fault.reason)
+                    self._stop(fault.code, fault.reason)
                     return
                 if reader.progress != progress:  # pings and pongs alone are not activity
                     self._active = time.monotonic()
@@ -390,7 +454,7 @@ class Relay:
                         return
             message_since = (message_since or time.monotonic()) if reader.in_message else None
             if message_since is not None and time.monotonic() - message_since >= settings.request_read_timeout_s:
-                self._end(ws.POLICY, "a message must arrive whole within STOCKYARD_REQUEST_READ_TIMEOUT")
+                self._stop(ws.POLICY, "a message must arrive whole within STOCKYARD_REQUEST_READ_TIMEOUT")
                 return
             if self._limit_reached():
                 return
@@ -404,51 +468,70 @@ class Relay:
             except OSError:
                 data = b""
             if not data:
-                self._wind_down(ws.GOING_AWAY, "the client left")
+                self._stop(ws.GOING_AWAY, "the client left")
                 return
 
-    def _wind_down(self, code: int, reason: str, provider_code: int = ws.NORMAL) -> None:
-        """The client left (or closed): responses still running are cancelled at the provider and
-        their ``response.done`` (with what they used, which OpenAI bills) awaited up to
-        ``CANCEL_WAIT_S``, so they are billed too; then both sides close."""
-        self._winding = True
-        if self._cancel_running():
-            self.client.close(code, reason)
-            self._settled.wait(CANCEL_WAIT_S)
-        self._end(code, reason, provider_code)
-
-    def _cancel_running(self) -> bool:
-        """Ask the provider to cancel each response still running (once each); False when none runs."""
-        running = [ident for ident in list(self._response_started) if ident not in self._cancelled]
-        for ident in running:
-            self._cancelled.add(ident)
+    def _stop(self, code: int, reason: str, provider_code: int = ws.NORMAL, event: bytes | None = None) -> None:
+        """End the session for any reason but the provider's own end: responses still running (or
+        asked for) are cancelled at the provider and their ``response.done`` (with what they used,
+        which OpenAI bills) awaited up to ``CANCEL_WAIT_S``, so they are billed too; then both sides
+        close (with the codes of the first reason, and its ``error`` ``event`` if any: one, when both
+        threads find a reason at once). On the provider's reader (which reads those
+        ``response.done``) it returns at once: the client's thread waits and ends the session."""
+        with self._state_lock:
+            first = self._final is None
+            if first:
+                self._final, self._winding = (code, reason, provider_code), True
+            final, running = self._final, list(self._response_started)
+        assert final is not None
+        if first:
             try:
-                self.provider.send(ws.TEXT, json_bytes({"type": "response.cancel", "response_id": ident}))
+                if event is not None:
+                    self.client.send(ws.TEXT, event)
             except ClientGone:
-                break
-        return bool(self._response_started)
+                pass
+            finally:
+                self._told.set()
+        else:  # the first reason's error event goes out before the close frame
+            self._told.wait(CLOSE_WAIT_S)
+        if first and not self._settled.is_set():
+            self.client.close(code, reason)
+            for ident in running:
+                self._cancel(ident)
+        if threading.current_thread() is not self._reader:
+            self._settled.wait(CANCEL_WAIT_S)
+            self._end(*final)
+        elif self._settled.is_set():
+            self._end(*final)
 
-    def _client_gone(self) -> None:
-        """The provider's reader found the client gone (a write failed): as :meth:`_wind_down`, but this
-        thread reads the cancelled responses' ``response.done`` itself, so it does not wait here:
-        :meth:`_read_provider` ends the session once they settled or ``CANCEL_WAIT_S`` passed."""
-        self._winding = True
-        if self._cancel_running():
-            self._gone_at = time.monotonic()
+    def _cancel(self, ident: str) -> None:
+        """``response.cancel`` for a running response (the provider gone: nothing to do)."""
+        try:
+            self.provider.send(ws.TEXT, json_bytes({"type": "response.cancel", "response_id": ident}))
+        except ClientGone:
+            pass
+
+    def _settle(self) -> None:
+        """``_settled`` as it now is: set when no response runs and none was asked for (caller holds
+        ``_state_lock``)."""
+        if self._response_started or self._asked:
+            self._settled.clear()
         else:
-            self._end(ws.GOING_AWAY, "the client left")
+            self._settled.set()
 
     def _client_frame(self, got: ws.Frame) -> bool:
         """One frame from the client: False once the session ends."""
+        if self._final is not None:  # the session ends: nothing more goes to the provider
+            return False
         if got.opcode == ws.PING:
             self._send_client(ws.PONG, got.payload)
         elif got.opcode == ws.CLOSE:
             try:
                 code, reason = ws.close_code(got.payload)
             except ws.Fault as fault:
-                self._end(fault.code, fault.reason)
+                self._stop(fault.code, fault.reason)
                 return False
-            self._wind_down(ws.NORMAL, reason, code or ws.NORMAL)
+            self._stop(ws.NORMAL, reason, code or ws.NORMAL)
             return False
         elif got.opcode == ws.TEXT:
             held = self._arriving.take()
@@ -466,8 +549,8 @@ class Relay:
         except ValueError:
             event = None
         if not isinstance(event, dict) or not isinstance(event.get("type"), str):
-            self._send_client(ws.TEXT, error_event("invalid_json", "a client event must be a JSON object with a type"))
-            self._end(ws.INVALID_DATA, "a client event must be a JSON object")
+            said = error_event("invalid_json", "a client event must be a JSON object with a type")
+            self._stop(ws.INVALID_DATA, "a client event must be a JSON object", event=said)
             return False
         session = event.get("session")
         named = session.get("model") if event["type"] == "session.update" and isinstance(session, dict) else None
@@ -477,6 +560,8 @@ class Relay:
             )
             self._send_client(ws.TEXT, error_event("model_change_not_allowed", message))
             return True
+        if event["type"] == "response.create" and not self._may_create():
+            return not self._ended.is_set() and self._final is None
         try:
             self.provider.send(ws.TEXT, text.encode("utf-8"))
         except ClientGone:
@@ -484,18 +569,54 @@ class Relay:
             return False
         return True
 
+    def _may_create(self) -> bool:
+        """A client's ``response.create``: its key checked again; under a budget, one response at a
+        time (OpenAI runs out-of-band ones in parallel, each billed only as it ends: a budget could be
+        passed by as many as were sent at once) and none once a budget is used up (by another
+        session of the key). True: sent on, and counted as asked for until its ``response.created``."""
+        if self._key_refused():
+            return False
+        if self._budgets:
+            with self._state_lock:
+                busy = bool(self._response_started or self._asked)
+            if busy:
+                message = "a response is in progress; under a budget a session runs one at a time"
+                self._send_client(ws.TEXT, error_event("response_in_progress", message))
+                return False
+            if not self._budget_left():
+                return False
+        with self._state_lock:  # awaited, should the session end before its response.created
+            self._asked += 1
+            self._settle()
+        return True
+
+    def _key_refused(self) -> bool:
+        """The session's key checked again (before a response is asked for, and after each one):
+        revoked, expired or deleted since the upgrade, the session ends (its ``error`` event, 1008)."""
+        base = self.ctx
+        if base.key is None:
+            return False
+        try:
+            self.app.gate.authenticate(RequestContext(ENDPOINT, RESPONSES, base.client_addr, dict(base.headers)))
+        except ProxyError as exc:
+            if exc.status != 401:
+                return False
+            said = error_event(exc.code or "invalid_api_key", exc.message)
+            self._stop(ws.POLICY, "the client key was refused", event=said)
+            return True
+        return False
+
     def _limit_reached(self) -> bool:
         """The drain, the lifetime and the idle timeout: the session closed if one is reached."""
         settings = self.app.settings
         now = time.monotonic()
         if self._draining():  # responses running are cancelled and billed, as when the client leaves
-            self._wind_down(ws.GOING_AWAY, "server shutting down", ws.GOING_AWAY)
+            self._stop(ws.GOING_AWAY, "server shutting down", ws.GOING_AWAY)
         elif now - self._opened >= settings.websocket_lifetime_s:
             message = f"the session reached its limit of {settings.websocket_lifetime_s:g} s; open a new one"
-            self._send_client(ws.TEXT, error_event("session_expired", message))
-            self._end(ws.NORMAL, "session lifetime reached")
+            self._stop(ws.NORMAL, "session lifetime reached", event=error_event("session_expired", message))
         elif now - self._active >= settings.websocket_idle_timeout_s:
-            self._end(ws.NORMAL, "idle timeout")
+            self._stop(ws.NORMAL, "idle timeout")
         else:
             return False
         return True
@@ -503,9 +624,8 @@ class Relay:
     def _send_client(self, opcode: int, payload: bytes) -> None:
         try:
             self.client.send(opcode, payload)
-        except ClientGone:
-            if not self._winding:  # the client gone while responses wind down: they are still billed
-                self._client_gone()
+        except ClientGone:  # running responses are still cancelled and billed
+            self._stop(ws.GOING_AWAY, "the client left")
 
     # -- the provider's frames -------------------------------------------------------------------
     def _from_provider(self) -> None:
@@ -520,7 +640,7 @@ class Relay:
     def _read_provider(self) -> None:
         reader = ws.FrameReader(self.app.settings.max_body_bytes, masked=False)
         data = self.upstream.buffered
-        sock = self.upstream.sock
+        sock = self._provider_sock
         while True:
             if data:
                 try:
@@ -531,17 +651,16 @@ class Relay:
                 for got in frames:
                     if not self._provider_frame(got):
                         return
-            if self._gone_at and (self._settled.is_set() or time.monotonic() - self._gone_at > CANCEL_WAIT_S):
-                self._end(ws.GOING_AWAY, "the client left")
             if self._ended.is_set():
                 return
-            if not readable(sock, POLL_S):
+            try:
+                arrived = sock.recv(POLL_S)
+            except OSError:
+                arrived = b""
+            if arrived is None:
                 data = b""
                 continue
-            try:
-                data = sock.recv(65536)
-            except OSError:
-                data = b""
+            data = arrived
             if not data:
                 self._end(1014, "the provider ended the session")
                 return
@@ -580,20 +699,32 @@ class Relay:
         named = response.get("id")
         ident = named if isinstance(named, str) else ""
         if event.get("type") == "response.created":
-            self._response_started[ident] = time.perf_counter()
+            with self._state_lock:
+                self._response_started[ident] = time.perf_counter()
+                self._asked = max(0, self._asked - 1)
+                self._settle()
+                winding = self._winding
+            if winding:  # asked for just before the session began to end: cancelled as well
+                self._cancel(ident)
             return True
         if event.get("type") != "response.done":
             return True
         self._bill(response, ident, data)
-        if not self._response_started:
-            self._settled.set()
-        return self._budget_left()
+        with self._state_lock:  # billed: no longer running
+            self._response_started.pop(ident, None)
+            self._settle()
+        if self._winding:
+            return True  # the session ends: the rest of its responses are awaited
+        if self._budget_left():
+            self._key_refused()
+        return not self._ended.is_set()
 
     def _bill(self, response: dict, ident: str, data: bytes) -> None:
         """One response's trace and its spend."""
         base, app = self.ctx, self.app
         ctx = RequestContext(ENDPOINT, RESPONSES, base.client_addr, base.headers, base.query)
-        ctx.started = self._response_started.pop(ident, ctx.started)
+        with self._state_lock:  # still running until its spend is settled: a create meanwhile waits
+            ctx.started = self._response_started.get(ident, ctx.started)
         ctx.key, ctx.key_id, ctx.project, ctx.key_ring = base.key, base.key_id, base.project, base.key_ring
         ctx.model, ctx.route, ctx.body, ctx.raw = base.model, base.route, base.body, base.raw
         ctx.end_user, ctx.tags, ctx.stream, ctx.complete = base.end_user, base.tags, True, True
@@ -620,7 +751,8 @@ class Relay:
             app.ledger.settle(None, cost or 0, self._scopes, ctx.ts_ms)
 
     def _budget_left(self) -> bool:
-        """After a response's spend: a budget used up ends the session (its ``error`` event, 1008)."""
+        """After a response's spend: a budget used up ends the session (its ``error`` event, 1008;
+        False)."""
         if not self._budgets:
             return True
         try:
@@ -631,8 +763,8 @@ class Relay:
         if used_up is None:
             return True
         message = used_up.error().message
-        self._send_client(ws.TEXT, error_event("budget_exceeded", message, "budget_exceeded"))
-        self._end(ws.POLICY, "budget exceeded")
+        said = error_event("budget_exceeded", message, "budget_exceeded")
+        self._stop(ws.POLICY, "budget exceeded", event=said)  # responses still running: cancelled and billed
         return False
 
     def _log(self) -> None:

@@ -3996,6 +3996,7 @@ class RealtimeSession:
     def respond(self, asked: dict) -> None:
         """A response: text deltas, or audio and its transcript, then ``response.done`` with usage."""
         self.responses += 1
+        self.mock.realtime_asked.append((self.req.headers.get("openai-beta", ""), asked))
         ident = f"resp_mock_{self.responses}"
         audio = "audio" in (asked.get("output_modalities") or self.session.get("output_modalities") or [])
         response = {"object": "realtime.response", "id": ident, "status": "in_progress", "output": [], "usage": None}
@@ -4061,6 +4062,7 @@ class MockUpstream:
         self._counter = itertools.count(1)
         self._signed: dict[tuple[str, str], str] = {}  # Gemini 3 function calls answered, and their signatures
         self.realtime_done: list[dict] = []  # every Realtime response.done sent, oldest first
+        self.realtime_asked: list[tuple[str, dict]] = []  # each response begun: its OpenAI-Beta, its ask
 
     # -- lifecycle
 

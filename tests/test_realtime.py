@@ -8,10 +8,12 @@ closed with the right code over a raw socket."""
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import signal
 import socket
 import struct
+import threading
 import time
 from fractions import Fraction
 
@@ -60,6 +62,10 @@ def server(pyz_path, cache_home, mock, tmp_path_factory):
                 "budgeted": ["--budget-usd", "0.01", "--budget-period", "day"],
                 "minionly": ["--models", "gpt-realtime-mini"],
                 "onerpm": ["--rpm", "1"],
+                "leaver": [],
+                "faulter": [],
+                "revoked": [],
+                "burst": ["--budget-usd", "0.01", "--budget-period", "day"],
             }
         )
     )
@@ -322,9 +328,9 @@ def test_guard_deny_list_refused_at_upgrade(server):
         put_module(server, "guard", {}, enabled=False)
 
 
-def test_browser_key_as_subprotocol(server):
+def test_browser_key_as_subprotocol(server, mock):
     """A browser's key in ``Sec-WebSocket-Protocol`` (``openai-insecure-api-key.<key>``) is accepted,
-    and ``realtime`` agreed."""
+    and ``realtime`` agreed; the key is in neither the 101, the provider's handshake, a trace nor the log."""
     secret = server.secret("alice")
     raw = Raw(
         server,
@@ -333,9 +339,17 @@ def test_browser_key_as_subprotocol(server):
         "/v1/realtime?model=gpt-realtime",
     )
     assert raw.status == 101, raw.head
-    assert "sec-websocket-protocol: realtime" in raw.head.lower()
+    assert "sec-websocket-protocol: realtime" in raw.head.lower() and secret not in raw.head
     assert raw.event()["type"] == "session.created"
+    raw.send_json({"type": "response.create", "response": {"output_modalities": ["text"]}})
+    assert raw.until("response.done")[-1]["type"] == "response.done"
     raw.close()
+    handshake = mock.last("/realtime")
+    assert handshake is not None and secret not in repr(handshake.headers)
+    key_id = server.db_rows("SELECT id FROM client_keys WHERE name = 'alice'")[0]["id"]
+    wait_for(lambda: server.db_rows("SELECT * FROM traces WHERE endpoint = 'realtime' AND key_id = ?", (key_id,)))
+    rows = server.db_rows("SELECT * FROM traces WHERE key_id = ?", (key_id,))
+    assert rows and secret not in repr(rows)  # nor in a trace (its headers, its body)
     assert secret not in server.log
 
 
@@ -515,3 +529,163 @@ def test_each_response_counts_against_an_end_users_rpm(server):
         other.close()
     finally:
         put_module(server, "userlimits", {}, enabled=False)
+
+
+def test_a_second_response_cancelled_when_the_client_leaves_is_billed(server, mock):
+    """One response done, a second running when the client leaves: the second is cancelled and
+    its response.done awaited and billed too (the first's end must not count as "none running")."""
+    raw = upgrade(server, "leaver")
+    assert raw.event()["type"] == "session.created"
+    raw.send_json({"type": "response.create", "response": {"output_modalities": ["text"]}})
+    assert raw.until("response.done")[-1]["type"] == "response.done"
+    held = {"output_modalities": ["text"], "metadata": {"mock": "hold"}}
+    raw.send_json({"type": "response.create", "response": held})
+    assert raw.until("response.output_text.delta")[0]["type"] == "response.created"
+    raw.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    raw.close()  # gone, mid-response
+    first, second = traces(server, "leaver", 2)
+    done = mock.realtime_done[-1]
+    assert done["id"] == "resp_mock_2" and done["status"] == "cancelled"
+    assert second["cost_uc"] == expected_uc("gpt-realtime", done["usage"])
+
+
+def test_a_protocol_breach_mid_response_cancels_and_bills_it(server, mock):
+    """A client that breaks the protocol (a binary frame) while a response runs is closed with
+    the breach's code, and the response is cancelled at the provider and billed, as when it leaves:
+    a breach is no way around the bill."""
+    raw = upgrade(server, "faulter")
+    assert raw.event()["type"] == "session.created"
+    held = {"output_modalities": ["text"], "metadata": {"mock": "hold"}}
+    raw.send_json({"type": "response.create", "response": held})
+    assert raw.until("response.output_text.delta")[0]["type"] == "response.created"
+    raw.send_frame(0x2, b"\0\1")
+    assert raw.close_code() == 1003
+    raw.close()
+    (row,) = traces(server, "faulter", 1)
+    done = mock.realtime_done[-1]
+    assert done["id"] == "resp_mock_1" and done["status"] == "cancelled"
+    assert row["cost_uc"] == expected_uc("gpt-realtime", done["usage"])
+
+
+def test_a_key_revoked_mid_session_ends_it(server, mock):
+    """``keys revoke`` while a session is open: its next response.create is refused with an
+    ``error`` event and the session closes (1008); nothing more reaches the provider."""
+    raw = upgrade(server, "revoked")
+    assert raw.event()["type"] == "session.created"
+    done = server.cli("keys", "revoke", "revoked")
+    assert done.returncode == 0, done.stderr
+    secret = server.secret("revoked")
+    wait_for(lambda: server.request("GET", "/v1/models", headers={"Authorization": f"Bearer {secret}"})[0] == 401, 10)
+    before = len(mock.realtime_done)
+    raw.send_json({"type": "response.create", "response": {"output_modalities": ["text"]}})
+    event = raw.event()
+    assert event["type"] == "error" and event["error"]["code"] == "revoked_api_key", event
+    assert raw.close_code() == 1008
+    raw.close()
+    assert len(mock.realtime_done) == before
+
+
+def test_under_a_budget_one_response_at_a_time(server, mock):
+    """A budgeted key's session runs one response at a time: twenty ``response.create`` sent at once
+    (out-of-band ones would run in parallel at OpenAI, each billed only as it ends) are the first
+    sent on and the rest answered with an ``error`` event ``response_in_progress`` (or unread, once
+    the first's end used the budget up and ended the session); so the budget
+    ($0.01, one audio response ~2¢) is passed by that one response, not by twenty."""
+    raw = upgrade(server, "burst", extra="OpenAI-Beta: burst\r\n")  # its responses told apart at the mock
+    assert raw.event()["type"] == "session.created"
+    create = {"type": "response.create", "response": {"output_modalities": ["audio"], "conversation": "none"}}
+    payload = json.dumps(create).encode()
+    assert len(payload) < 126
+    one = bytes([0x81, 0x80 | len(payload)]) + b"\0\0\0\0" + payload  # masked, with a key of zeros
+    raw.sock.sendall(one * 20)  # in one write: the session may end (budget) while more would be sent
+    events = []
+    code = None
+    while code is None:
+        opcode, payload = raw.frame()
+        if opcode == 0x8:
+            code = struct.unpack("!H", payload[:2])[0]
+        else:
+            events.append(json.loads(payload))
+    errors = [e["error"]["code"] for e in events if e["type"] == "error"]
+    # Those read before the first response's end are refused; those after it, unread (the session ended)
+    assert set(errors) <= {"response_in_progress", "budget_exceeded"}, errors
+    assert errors.count("budget_exceeded") == 1 and code == 1008
+    raw.close()
+    (row,) = traces(server, "burst", 1)
+    assert [beta for beta, _ in mock.realtime_asked].count("burst") == 1
+    (done,) = [e for e in events if e["type"] == "response.done"]
+    assert row["cost_uc"] == expected_uc("gpt-realtime", done["response"]["usage"])
+
+
+class BadProvider:
+    """A provider's Realtime endpoint that misbehaves by model: ``gpt-realtime`` trickles its answer's
+    head a byte at a time and never ends it, ``gpt-realtime-mini`` answers 101 with a wrong
+    ``Sec-WebSocket-Accept``, ``gpt-realtime-2`` sends a masked frame after a right 101."""
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.stop = threading.Event()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        with conn:
+            head = b""
+            while b"\r\n\r\n" not in head:
+                head += conn.recv(65536)
+            lines = head.decode().split("\r\n")
+            key = next(line.split(":", 1)[1].strip() for line in lines if line.lower().startswith("sec-websocket-key"))
+            accept = base64.b64encode(hashlib.sha1((key + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11").encode()).digest())
+            try:
+                if "model=gpt-realtime-mini" in lines[0]:
+                    conn.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n")
+                    conn.sendall(b"Sec-WebSocket-Accept: d3JvbmcgYWNjZXB0IGtleSE=\r\n\r\n")
+                elif "model=gpt-realtime-2" in lines[0]:
+                    conn.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n")
+                    conn.sendall(b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n")
+                    conn.sendall(bytes([0x81, 0x82]) + b"\1\2\3\4" + bytes([ord("{") ^ 1, ord("}") ^ 2]))
+                else:
+                    conn.sendall(b"HTTP/1.1 101 Switching Protocols\r\n")
+                    while not self.stop.wait(0.2):  # one byte a fifth of a second, never the head's end
+                        conn.sendall(b"x")
+                conn.recv(65536)  # until Stockyard closes
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        self.stop.set()
+        self.listener.close()
+
+
+def test_a_provider_misbehaving_in_the_handshake_or_after_it(pyz_path, cache_home, mock, tmp_path):
+    """A provider trickling its handshake answer forever is cut within STOCKYARD_UPSTREAM_CONNECT_TIMEOUT
+    (1 s here) in all, not per byte: a 502; a 101 with a wrong Sec-WebSocket-Accept is a 502
+    ``upstream_protocol``; a masked frame from the provider closes the client 1014."""
+    bad = BadProvider()
+    env = mock_env(cache_home, mock, OPENAI_BASE_URL=f"http://127.0.0.1:{bad.port}/v1")
+    env["STOCKYARD_UPSTREAM_CONNECT_TIMEOUT"] = "1"
+    srv = ServerProcess(pyz_path, tmp_path / "bad.db", env).start()
+    try:
+        started = time.monotonic()
+        trickled = upgrade(srv, None)
+        assert trickled.status == 502, trickled.head
+        assert time.monotonic() - started < 4
+        assert refusal(trickled)["error"]["code"] == "upstream_connect"
+        wrong = upgrade(srv, None, path="/v1/realtime?model=gpt-realtime-mini")
+        assert wrong.status == 502 and refusal(wrong)["error"]["code"] == "upstream_protocol"
+        masked = upgrade(srv, None, path="/v1/realtime?model=gpt-realtime-2")
+        assert masked.status == 101
+        assert masked.close_code() == 1014
+        masked.close()
+    finally:
+        srv.stop()
+        bad.close()
+    assert "Traceback" not in srv.log

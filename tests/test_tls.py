@@ -104,9 +104,8 @@ def test_a_certificate_naming_another_host_is_refused_and_sni_names_the_provider
         upstream.tls.sni_callback = None
 
 
-def test_realtime_relayed_over_tls(pyz_path, cache_home, tmp_path, tls_mock):
-    """The Realtime API's provider side over wss (TLS read and written by two threads): an audio
-    response arrives whole, with its response.done, and is traced with a cost."""
+def trusting_server(pyz_path, cache_home, tmp_path, tls_mock) -> ServerProcess:
+    """A server started with the TLS mock as its OpenAI provider and the mock's CA trusted."""
     upstream, ca_file = tls_mock
     env = {
         **base_env(cache_home),
@@ -114,7 +113,13 @@ def test_realtime_relayed_over_tls(pyz_path, cache_home, tmp_path, tls_mock):
         "OPENAI_BASE_URL": upstream.url + "/v1",
         "SSL_CERT_FILE": str(ca_file),
     }
-    server = ServerProcess(pyz_path, tmp_path / "tls.db", env).start()
+    return ServerProcess(pyz_path, tmp_path / "tls.db", env).start()
+
+
+def test_realtime_relayed_over_tls(pyz_path, cache_home, tmp_path, tls_mock):
+    """The Realtime API's provider side over wss (TLS read and written by two threads): an audio
+    response arrives whole, with its response.done, and is traced with a cost."""
+    server = trusting_server(pyz_path, cache_home, tmp_path, tls_mock)
     try:
         with server.openai("any").realtime.connect(model="gpt-realtime") as conn:
             assert conn.recv().type == "session.created"
@@ -129,3 +134,32 @@ def test_realtime_relayed_over_tls(pyz_path, cache_home, tmp_path, tls_mock):
         assert rows[0]["cost_uc"] > 0
     finally:
         server.stop()
+
+
+def test_realtime_session_over_tls(pyz_path, cache_home, tmp_path, tls_mock):
+    """The Realtime relay to an https provider: the provider's WebSocket over TLS, read on one thread
+    while the client's appends are written on another (the SSL object used from both), a dozen audio
+    responses each billed, then closed cleanly."""
+    from test_realtime import pcm
+    from test_responses_websocket import Raw
+
+    server = trusting_server(pyz_path, cache_home, tmp_path, tls_mock)
+    try:
+        raw = Raw(server, None, path="/v1/realtime?model=gpt-realtime")
+        assert raw.status == 101, raw.head
+        assert raw.event()["type"] == "session.created"
+        for _ in range(12):
+            raw.send_json({"type": "input_audio_buffer.append", "audio": pcm(0.5)})
+            raw.send_json({"type": "response.create", "response": {"output_modalities": ["audio"]}})
+            for _ in range(5):  # written while the provider's answer is read
+                raw.send_json({"type": "input_audio_buffer.append", "audio": pcm(0.5)})
+            assert raw.until("response.done")[-1]["type"] == "response.done"
+        raw.send_frame(0x8, b"\x03\xe8")
+        assert raw.close_code() == 1000
+        raw.close()
+        sql = "SELECT cost_uc FROM traces WHERE endpoint = 'realtime'"
+        rows = wait_for(lambda: (found := server.db_rows(sql)) and len(found) >= 12 and found, 10, "billed")
+        assert len(rows) == 12 and all(row["cost_uc"] > 0 for row in rows)
+    finally:
+        server.stop()
+    assert "Traceback" not in server.log
