@@ -89,12 +89,10 @@ def _object_streams(data: bytes, inflation: Inflation) -> list[bytes] | None:
     the last stream's end) inflated, its names' escapes read; None when one is not Flate, or they
     inflate to more than ``inflation`` has left (a small stream may inflate to gigabytes)."""
     out: list[bytes] = []
-    pos = 0
-    for keyword, start, end in _streams(data):
+    for since, keyword, start, end in _streams(data):
         end = len(data) if end < 0 else end
-        window = _unescaped(data[pos:keyword])
-        pos = end + len(b"endstream")
-        if b"/ObjStm" not in window:
+        window = _object_stream(data[since:keyword])
+        if window is None:
             continue
         inflated = _inflate(data[start:end], inflation)
         if inflated is None:
@@ -119,17 +117,25 @@ def _inflate(stream: bytes, inflation: Inflation) -> bytes | None:
     return inflated
 
 
-def _streams(data: bytes) -> Iterator[tuple[int, int, int]]:
-    """(where its ``stream`` keyword is, where its bytes start, where they end: -1 when ``data`` ends
-    first) of each stream of a PDF, in one pass: the next is looked for after the last one's end, so
-    neither a ``stream`` in a stream's bytes nor many of them before one ``endstream`` is read twice."""
+def _streams(data: bytes) -> Iterator[tuple[int, int, int, int]]:
+    """(where the last stream ended — its dictionary is in between —, where its ``stream`` keyword is,
+    where its bytes start, where they end: -1 when ``data`` ends first) of each stream of a PDF, in one
+    pass: the next is looked for after the last one's end, so neither a ``stream`` in a stream's bytes
+    nor many of them before one ``endstream`` is read twice."""
     at = 0
     while (found := _STREAM.search(data, at)) is not None:
         end = data.find(b"endstream", found.end())
-        yield found.start(), found.end(), end
+        yield at, found.start(), found.end(), end
         if end < 0:
             return
         at = end + len(b"endstream")
+
+
+def _object_stream(before: bytes) -> bytes | None:
+    """What comes before a stream (since the last one's end), its names' escapes read, when it says the
+    stream is an object stream (``/ObjStm``); None when it does not."""
+    window = _unescaped(before)
+    return window if b"/ObjStm" in window else None
 
 
 def page_tokens(model: str, body: Any, part: dict) -> int:
@@ -257,7 +263,6 @@ def _is_pdf(inner: dict) -> bool:
 CARRY = 4096  # bytes of a piece kept for the next: a page's or a count's mark split between two pieces
 CARRY_MAX = 1 << 20  # an object stream open at a piece's end is carried whole up to this size, else not read
 _HEADER = b"%PDF-"  # a PDF starts with it, within its first kilobyte
-_OBJECT_STREAM = re.compile(rb"/Type" + _WS + rb"/ObjStm\b")
 
 
 @dataclass
@@ -327,10 +332,10 @@ class PageCounter:
         brings some back); where one is still open at the end of ``buf``: the offset it starts at, to
         carry on, else ``len(buf)``."""
         base = self.at - len(buf)  # the file offset of buf[0]
-        for keyword, start, end in _streams(buf):
-            head = buf.rfind(b"obj", max(0, keyword - CARRY), keyword)
-            window = _unescaped(buf[head:keyword]) if head >= 0 else b""
-            if head < 0 or _OBJECT_STREAM.search(window) is None or base + keyword in self.streams:
+        for since, keyword, start, end in _streams(buf):
+            head = max(since, keyword - CARRY)  # its dictionary, as pdf_pages reads it (a carry's worth)
+            window = _object_stream(buf[head:keyword])
+            if window is None or base + keyword in self.streams:
                 continue
             if end < 0:
                 if final or len(buf) - head > CARRY_MAX:

@@ -96,7 +96,13 @@ def test_many_stream_marks_before_one_end_are_read_in_one_pass():
 @pytest.mark.parametrize("piece", [64, 1000, CARRY + 1, 1 << 20])
 @pytest.mark.parametrize(
     "how",
-    ["one-page-in-the-open-the-rest-packed", "escaped-names", "comments-between", "count-by-reference"],
+    [
+        "one-page-in-the-open-the-rest-packed",
+        "escaped-names",
+        "comments-between",
+        "count-by-reference",
+        "obj-after-the-type",
+    ],
 )
 def test_an_uploaded_pdf_cannot_show_one_page_and_hide_the_rest(how, piece):
     """Review 33's crafted PDFs, uploaded in chunks: the counter reads them as ``pdf_pages`` reads a
@@ -114,6 +120,8 @@ def test_an_uploaded_pdf_cannot_show_one_page_and_hide_the_rest(how, piece):
             pdf(900).replace(b"/Type /Page ", b"/Type%x\n/Page ").replace(b"/Count", b"/Count%\n")
         ),
         "count-by-reference": with_decoy(pdf(900, packed=True)).replace(b"/Count 900", b"/Count 9 0 R"),
+        # a name ending in "obj" after /Type /ObjStm: the stream's dictionary read from there on lacked the type
+        "obj-after-the-type": with_decoy(pdf(900, packed=True)).replace(b"/Type /ObjStm ", b"/Type /ObjStm /S /obj "),
     }[how]
     whole = pdf_pages(data)
     assert whole >= 900
