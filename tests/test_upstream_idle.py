@@ -15,6 +15,18 @@ from stockyard.upstream import Pool, UpstreamError
 ANSWER = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
 
 
+def read_request(conn: socket.socket, body: bytes = b"") -> bool:
+    """Read one request's head (and its ``body`` when given, which ends it) from ``conn``; False when
+    the caller closed the connection first."""
+    data = b""
+    while b"\r\n\r\n" not in data or not data.endswith(body):
+        chunk = conn.recv(65536)
+        if not chunk:
+            return False
+        data += chunk
+    return True
+
+
 class ClosingProvider:
     """Answers one request per connection with keep-alive, then closes its sending side (FIN) as
     a provider does with an idle connection — and keeps reading, to see what comes after."""
@@ -38,12 +50,8 @@ class ClosingProvider:
 
     def _one(self, conn: socket.socket) -> None:
         with conn:
-            data = b""
-            while b"\r\n\r\n" not in data:
-                chunk = conn.recv(65536)
-                if not chunk:
-                    return
-                data += chunk
+            if not read_request(conn):
+                return
             self.requests += 1
             conn.sendall(ANSWER)
             conn.shutdown(socket.SHUT_WR)
@@ -100,12 +108,8 @@ class UnreadClosingProvider:
 
     def _one(self, conn: socket.socket) -> None:
         with conn:
-            data = b""
-            while b"\r\n\r\n" not in data or not data.endswith(b"{}"):
-                chunk = conn.recv(65536)
-                if not chunk:
-                    return
-                data += chunk
+            if not read_request(conn, b"{}"):
+                return
             self.requests += 1
             conn.sendall(ANSWER)
             conn.recv(1, socket.MSG_PEEK)  # the next request has come: closed with it unread
@@ -141,12 +145,8 @@ class WorkThenDropProvider(UnreadClosingProvider):
 
         with conn:
             for n in (1, 2):
-                data = b""
-                while b"\r\n\r\n" not in data or not data.endswith(b"{}"):
-                    chunk = conn.recv(65536)
-                    if not chunk:
-                        return
-                    data += chunk
+                if not read_request(conn, b"{}"):
+                    return
                 self.requests += 1
                 if n == 1:
                     conn.sendall(ANSWER)
