@@ -26,14 +26,23 @@ def server(pyz_path, cache_home, mock, tmp_path_factory):
     assert "Traceback" not in srv.log
 
 
+@pytest.fixture(autouse=True)
+def no_replies_left(mock):
+    """A test that fails midway leaves no scripted reply for the next one (the mock is the session's)."""
+    yield
+    mock.clear_replies()
+
+
 def respond(server: ServerProcess, key: str, **body) -> tuple[int, dict]:
     status, _, raw = server.request("POST", "/v1/responses", body, headers={"Authorization": f"Bearer {key}"})
     return status, json.loads(raw)
 
 
 def kept_usage(server: ServerProcess, response_id: str) -> dict:
-    """The usage the responses row keeps (what the next turn of its key's conversation holds)."""
-    (row,) = server.db_rows("SELECT response FROM responses WHERE id = ?", (response_id,))
+    """The usage the responses row keeps (what the next turn of its key's conversation holds). The
+    row is the writer's, not waited for by the answer: waited for here."""
+    sql = "SELECT response FROM responses WHERE id = ?"
+    (row,) = wait_for(lambda: server.db_rows(sql, (response_id,)), what=f"the responses row {response_id}")
     return json.loads(zlib.decompress(row["response"]))["usage"]
 
 
