@@ -674,7 +674,17 @@ class Handler(BaseHTTPRequestHandler):
 
     def _body_blocks(self, limit: int, progress: Callable[[int], None] | None = None) -> Iterator[bytes]:
         """The body in blocks as it arrives, up to ``limit`` bytes (413 beyond: before reading
-        when Content-Length says so); ``progress(total)`` after each block."""
+        when Content-Length says so); ``progress(total)`` after each block. A body that stops
+        arriving for the socket's idle timeout is a 408 (the SDKs send it again), not a failure of ours."""
+        try:
+            yield from self._arriving(limit, progress)
+        except socket.timeout:
+            self.close_connection = True
+            raise ProxyError(
+                408, f"the request body stopped arriving: nothing for {self.timeout:g} s", code="request_timeout"
+            ) from None
+
+    def _arriving(self, limit: int, progress: Callable[[int], None] | None) -> Iterator[bytes]:
         length = self._body_length
         if length is None:
             yield from self._chunked_blocks(limit, progress)

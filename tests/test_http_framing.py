@@ -18,7 +18,13 @@ SMUGGLED = b"GET /v1/smuggled HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
 
 @pytest.fixture(scope="module")
 def server(pyz_path, cache_home, mock, tmp_path_factory):
-    env = mock_env(cache_home, mock, STOCKYARD_MAX_BODY_BYTES=str(LIMIT), STOCKYARD_REQUEST_READ_TIMEOUT="5")
+    env = mock_env(
+        cache_home,
+        mock,
+        STOCKYARD_MAX_BODY_BYTES=str(LIMIT),
+        STOCKYARD_REQUEST_READ_TIMEOUT="5",
+        STOCKYARD_IDLE_TIMEOUT="2",  # a stalled body meets the socket's timeout before the read deadline
+    )
     srv = ServerProcess(pyz_path, tmp_path_factory.mktemp("framing") / "s.db", env).start()
     yield srv
     srv.stop()
@@ -219,6 +225,27 @@ def test_an_early_answer_never_leaves_the_body_on_the_connection(server, request
             sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
         rest = read_until_close(sock)
     assert b"smuggled" not in rest and 404 not in statuses(rest), rest[:300]
+
+
+@pytest.mark.parametrize(
+    "path,framing,first",
+    [
+        ("/v1/chat/completions", "Content-Length: 500", b'{"model": "gpt-4o-mini", '),
+        ("/v1/messages", "Transfer-Encoding: chunked", b'a\r\n{"model": '),
+    ],
+)
+def test_a_body_that_stops_arriving_is_a_408_in_the_routes_shape_not_a_500(server, path, framing, first):
+    """A client that sends part of its body and then nothing: once the socket's idle timeout passes
+    (before the request's read deadline), the answer is a 408 in the route's error shape and the
+    connection closes, never a 500 with a traceback in the log."""
+    before = server.log.count("Traceback")
+    with connect(server) as sock:
+        sock.sendall(post([framing], first, path=path))
+        data = read_until_close(sock, timeout=10)
+    assert_refused(data, 408)
+    error = json.loads(data.split(b"\r\n\r\n", 1)[1])["error"]
+    assert error["type"] == "timeout_error" and "body" in error["message"], error
+    assert server.log.count("Traceback") == before
 
 
 def test_an_oversized_content_length_is_413_and_closes_without_reading(server):
