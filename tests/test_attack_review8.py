@@ -68,6 +68,7 @@ def allowed_body(route: str, n: int) -> tuple[str, dict]:
     return "/v1/chat/completions", {"model": model, "messages": messages, "tools": tools, "tool_choice": choice}
 
 
+@pytest.mark.perf  # a ratio of times: judged alone, as other load lands on one try more than another
 @pytest.mark.parametrize("route,small", [("responses", 800), ("chat-claude", 4000), ("chat-gemini", 4000)])
 def test_allowed_tools_cost_grows_linearly(server, mock, route, small):
     """Each ``allowed_tools`` entry was looked up by walking every declared tool again (the Responses

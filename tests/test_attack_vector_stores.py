@@ -179,6 +179,7 @@ def test_a_batch_line_naming_another_keys_store_in_any_shape_is_refused(server, 
 # -- resources ------------------------------------------------------------------------------------
 
 
+@pytest.mark.perf  # a bound on time: judged alone (under a loaded CI's other tests it took 15 s)
 @pytest.mark.parametrize("distinct", [False, True])
 def test_a_long_vector_store_ids_list_is_not_one_database_read_per_entry(server, mock, distinct):
     """A million store ids in a file_search tool, the last another key's: looked up in few reads,

@@ -108,6 +108,15 @@ def left_waiting(server: ServerProcess) -> float:
     return server.metric("clients_left_waiting_total")
 
 
+def left_waiting_under_cap(server: ServerProcess) -> float | None:
+    """``left_waiting`` on a server whose connection cap the departed request nearly fills: None when
+    the poll meets the cap (a 503) because the server has not yet let go of the last poll's connection."""
+    try:
+        return left_waiting(server)
+    except AssertionError:  # /metrics answered 503 at the cap
+        return None
+
+
 # -- a non-streamed request whose client leaves ------------------------------------------------------
 
 
@@ -412,7 +421,7 @@ def test_a_request_whose_client_left_keeps_its_place_under_the_connection_cap(py
         client = send_raw(srv, body_of("gpt-4o-mini"), "unused")
         assert reached.wait(10)
         client.close()
-        wait_for(lambda: left_waiting(srv) == 1, 10, "the server saw the client leave")
+        wait_for(lambda: left_waiting_under_cap(srv) == 1, 10, "the server saw the client leave")
         with rawhttp.connect(srv), rawhttp.connect(srv) as extra:
             extra.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
             assert rawhttp.statuses(rawhttp.read_until_close(extra, 15)) == [503]  # 5 s was short under a loaded CI
