@@ -19,29 +19,34 @@ from fractions import Fraction
 
 import pytest
 from conftest import OPENAI_KEY, ServerProcess, mock_env, wait_for
-from mock_upstream import RT_AUDIO_BYTES, TEXT, Reply
+from mock_upstream import RT_AUDIO_BYTES, RT_IMAGE_TOKENS, TEXT, Reply
 from module_helpers import ADMIN_KEY, api, put_module
 from test_responses_websocket import KEY, Raw
 
 MAX_MESSAGE = 256 * 1024
-# OpenAI's prices, USD per 1M tokens (developers.openai.com/api/docs/models/gpt-realtime, -mini):
-# (text in, cached text, text out, audio in, cached audio, audio out)
+# OpenAI's prices, USD per 1M tokens (developers.openai.com/api/docs/models/gpt-realtime, -mini, -2):
+# (text in, cached text, text out, audio in, cached audio, audio out, image in, cached image); no
+# image price published for gpt-realtime and -mini: their images at the text rates
 RATES = {
-    "gpt-realtime": ("4.00", "0.40", "16.00", "32.00", "0.40", "64.00"),
-    "gpt-realtime-mini": ("0.60", "0.06", "2.40", "10.00", "0.30", "20.00"),
+    "gpt-realtime": ("4.00", "0.40", "16.00", "32.00", "0.40", "64.00", "4.00", "0.40"),
+    "gpt-realtime-mini": ("0.60", "0.06", "2.40", "10.00", "0.30", "20.00", "0.60", "0.06"),
+    "gpt-realtime-2": ("4.00", "0.40", "24.00", "32.00", "0.40", "64.00", "5.00", "0.50"),
 }
 
 
 def expected_uc(model: str, usage: dict) -> int:
     """The cost in µ¢ of one response's usage (as the client saw it), rounded half up once."""
-    t_in, t_cached, t_out, a_in, a_cached, a_out = (Fraction(r) for r in RATES[model])
+    t_in, t_cached, t_out, a_in, a_cached, a_out, i_in, i_cached = (Fraction(r) for r in RATES[model])
     details, out = usage["input_token_details"], usage["output_token_details"]
     cached = details["cached_tokens_details"]
+    images, cached_images = details.get("image_tokens") or 0, cached.get("image_tokens") or 0
     usd = (
         (details["text_tokens"] - cached["text_tokens"]) * t_in
         + cached["text_tokens"] * t_cached
         + (details["audio_tokens"] - cached["audio_tokens"]) * a_in
         + cached["audio_tokens"] * a_cached
+        + (images - cached_images) * i_in
+        + cached_images * i_cached
         + out["text_tokens"] * t_out
         + out["audio_tokens"] * a_out
     ) / 1_000_000
@@ -161,6 +166,25 @@ def test_mini_audio_cached_at_its_own_rate(server):
     wanted = expected_uc("gpt-realtime-mini", usage)
     sql = "SELECT cost_uc FROM traces WHERE endpoint = 'realtime' AND model = 'gpt-realtime-mini' AND cost_uc = ?"
     wait_for(lambda: server.db_rows(sql, (wanted,)), 10, "the cached-audio response billed")
+
+
+def test_image_input_billed_at_the_image_rates(server):
+    """An image in the conversation (gpt-realtime-2: images $5, cached $0.50; audio $32 per 1M): the
+    first response reads it uncached, the second cached; each at the image rates, not the audio ones."""
+    client = server.openai("alice")
+    image = {"type": "input_image", "image_url": "data:image/png;base64,iVBORw0KGgo="}
+    with client.realtime.connect(model="gpt-realtime-2") as conn:
+        conn.recv()
+        conn.conversation.item.create(item={"type": "message", "role": "user", "content": [image]})
+        conn.response.create(response={"output_modalities": ["text"]})
+        first = until(conn, "response.done")[-1].response.usage.model_dump()
+        conn.response.create(response={"output_modalities": ["text"]})
+        second = until(conn, "response.done")[-1].response.usage.model_dump()
+    assert first["input_token_details"]["image_tokens"] == RT_IMAGE_TOKENS
+    assert second["input_token_details"]["cached_tokens_details"]["image_tokens"] == RT_IMAGE_TOKENS
+    sql = "SELECT cost_uc FROM traces WHERE endpoint = 'realtime' AND model = 'gpt-realtime-2' AND cost_uc = ?"
+    for usage in (first, second):
+        wait_for(lambda u=usage: server.db_rows(sql, (expected_uc("gpt-realtime-2", u),)), 10, "billed at image rates")
 
 
 # -- budgets, allow-lists, refusals at the upgrade --------------------------------------------------
@@ -609,7 +633,7 @@ def test_under_a_budget_one_response_at_a_time(server, mock):
     errors = [e["error"]["code"] for e in events if e["type"] == "error"]
     # Those read before the first response's end are refused; those after it, unread (the session ended)
     assert set(errors) <= {"response_in_progress", "budget_exceeded"}, errors
-    assert errors.count("budget_exceeded") == 1 and code == 1008
+    assert errors.count("budget_exceeded") == 1 and code == 1008, (code, [e["type"] for e in events][-8:], events[-1])
     raw.close()
     (row,) = traces(server, "burst", 1)
     assert [beta for beta, _ in mock.realtime_asked].count("burst") == 1
