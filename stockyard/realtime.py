@@ -21,7 +21,8 @@ session after the response that used it up, never inside it. A session cut (eith
 has billed every ``response.done`` that arrived; when the session ends with responses running or
 asked for, for any reason but the provider's own end (the client leaving or closing, breaking the
 protocol, a budget used up, the key revoked, a limit, a drain), they are cancelled at the provider
-and their ``response.done`` awaited a moment (:meth:`Relay._stop`), so what they used is billed too.
+and their ``response.done`` awaited a moment (:meth:`Relay._stop`), so what they used is billed too;
+one that never sends it is traced as an estimate, and spends a budget its worst case (:meth:`Relay._bill_lost`).
 The key is checked again before each ``response.create`` and after each response: revoked, the
 session ends (1008). The session ends with one access-log line.
 Limits as the Responses WebSocket's: ``STOCKYARD_WEBSOCKET_IDLE_TIMEOUT`` without a data frame
@@ -37,7 +38,7 @@ import socket
 import ssl
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlencode
 
@@ -53,7 +54,7 @@ from .modules.early import check_early
 from .modules.guard import Guard
 from .modules.ratelimit import RateLimitModule
 from .modules.userlimits import UserLimitsModule
-from .pricing import Usage, cost_microcents, format_usd
+from .pricing import Price, Usage, cost_microcents, format_usd
 from .providers import AZURE_API_VERSION
 from .providers.openai import auth_headers
 from .responses_socket import Arriving, Connection
@@ -82,6 +83,12 @@ POLL_S = 1.0
 CLOSE_WAIT_S = 1.0
 CANCEL_WAIT_S = 5.0  # the client gone: how long a cancelled response's response.done is awaited
 DONE = b'"response.done"'  # in JSON only as the event's type: a string holding it escapes its quotes
+DELTA = b'.delta"'  # an output delta's type (text, audio, transcript, a call's arguments)
+AUDIO_DELTAS = ("response.output_audio.delta", "response.audio.delta")  # GA's and the beta's
+# What a response that never sent response.done is estimated by: its output text at four characters
+# a token (``estimate.relayed_tokens``' rule) and its audio at OpenAI's 20 tokens a second of output,
+# which in pcm16 at 24 kHz is 2,400 bytes a token (a lower bound for the 8 kHz G.711 formats)
+AUDIO_BYTES_PER_TOKEN = 2400
 # Routes under /v1/realtime that give a browser a way to OpenAI around Stockyard: refused
 UNMETERED = {
     "/v1/realtime/client_secrets": "an ephemeral key",
@@ -390,6 +397,8 @@ class Relay:
         self._budgets = session_budgets(app, ctx)
         self._scopes = {*(scopes_of(ctx.key) if ctx.key is not None else ()), *(b.scope for b in self._budgets)}
         self._response_started: dict[str, float] = {}  # responses running: their response.created's time
+        self._relayed: dict[str, list[int]] = {}  # of those, the output relayed: [text characters, audio bytes]
+        self._read = Usage()  # the input the last response.done read (a lost response's estimate)
         self._asked = 0  # the client's response.create sent on, its response.created not seen yet
         self._state_lock = threading.Lock()  # the two above, and _final
         self._final: tuple[int, str, int] | None = None  # the session is ending (_stop): its close codes
@@ -412,6 +421,10 @@ class Relay:
             self._end(ws.GOING_AWAY, "session ended")
             reader.join(timeout=CLOSE_WAIT_S + 2 * POLL_S)
             self.upstream.sock.close()
+            try:
+                self._bill_lost()
+            except Exception as exc:  # a bug: one line, the session's log line still written
+                log.error("websocket %s: billing the responses left unfinished failed (%s)", PATH, described(exc))
             self.app.bodies.give(self._arriving.take())
             self._log()
 
@@ -684,7 +697,28 @@ class Relay:
             self._send_client(ws.TEXT, data)
             if DONE in data or b'"response.created"' in data:
                 return self._provider_event(data)
+            if DELTA in data:
+                self._count_delta(data)
         return not self._ended.is_set()
+
+    def _count_delta(self, data: bytes) -> None:
+        """An output delta of a running response: its text characters or audio bytes counted, what
+        a response that never sends ``response.done`` is estimated by (:meth:`_bill_lost`)."""
+        try:
+            event = json.loads(data)
+        except ValueError:
+            return
+        if not isinstance(event, dict):
+            return
+        ident, delta = event.get("response_id"), event.get("delta")
+        with self._state_lock:
+            if not isinstance(ident, str) or ident not in self._response_started or not isinstance(delta, str):
+                return
+            seen = self._relayed.setdefault(ident, [0, 0])
+            if event.get("type") in AUDIO_DELTAS:
+                seen[1] += len(delta) * 3 // 4  # base64
+            else:
+                seen[0] += len(delta)
 
     def _provider_event(self, data: bytes) -> bool:
         """``response.created`` starts a response's clock; ``response.done`` bills it (after it
@@ -721,23 +755,72 @@ class Relay:
 
     def _bill(self, response: dict, ident: str, data: bytes) -> None:
         """One response's trace and its spend."""
-        base, app = self.ctx, self.app
+        usage = Usage.from_realtime(response.get("usage"))
+        price = self._price()
+        cost = cost_microcents(price, usage) if price is not None else None
+        ctx = self._response_ctx(ident)
+        a = ctx.attempt
+        a.status, a.usage, a.cost_uc = 200, usage, cost
+        a.cost_status = "exact" if cost is not None else "unknown"
+        a.response_body, a.response_bytes = bytearray(data), len(data)
+        with self._state_lock:
+            self._read = replace(usage, completion_tokens=0, reasoning_tokens=0, media_output_tokens=0)
+            self._relayed.pop(ident, None)
+        self._settle_response(ctx, cost, cost or 0)
+
+    def _bill_lost(self) -> None:
+        """The responses that never sent ``response.done`` (the provider dropped, or a cancel took
+        longer than ``CANCEL_WAIT_S``): each a trace all the same (status 502, ``stream_broken``), its
+        cost an estimate — the input the last response read (a conversation only grows) and the
+        output it relayed — and, under a budget, its worst case spent (that input and the model's
+        whole output ceiling as audio), as an answer whose cost cannot be known spends its hold: the
+        spend beyond the estimate goes with the trace (``budget_unpriced``). Never free."""
+        with self._state_lock:
+            lost = [(ident, self._relayed.pop(ident, [0, 0])) for ident in self._response_started]
+            self._response_started.clear()
+            read = self._read
+        price = self._price()
+        for ident, (chars, audio_bytes) in lost:
+            audio = -(-audio_bytes // AUDIO_BYTES_PER_TOKEN)
+            output = -(-chars // 4) + audio
+            usage = replace(read, completion_tokens=output, media_output_tokens=audio)
+            cost = cost_microcents(price, usage) if price is not None else None
+            ctx = self._response_ctx(ident)
+            a = ctx.attempt
+            a.status, a.outcome, a.error_type = 502, "stream_broken", "upstream_incomplete"
+            a.error_message = f"the provider sent no response.done for {printable(ident, 100)}: its cost is an estimate"
+            a.usage, a.usage_estimated, a.cost_uc = usage, True, cost
+            a.cost_status = "estimate" if cost is not None else "unknown"
+            spent = cost or 0
+            if self._budgets and price is not None:
+                ceiling = max(output, price.max_output_tokens or self.app.settings.default_max_tokens)
+                worst = cost_microcents(price, replace(read, completion_tokens=ceiling, media_output_tokens=ceiling))
+                spent = max(spent, worst)
+                ctx.unpriced_spent_uc = spent - (cost or 0)
+            self._settle_response(ctx, cost, spent)
+
+    def _price(self) -> Price | None:
+        assert self.ctx.route is not None
+        return self.app.path.pricer.price_of(self.ctx.route, self.ctx.model or "")
+
+    def _response_ctx(self, ident: str) -> RequestContext:
+        """A response's own request context (its trace): the session's key, end user, model and route."""
+        base = self.ctx
         ctx = RequestContext(ENDPOINT, RESPONSES, base.client_addr, base.headers, base.query)
         with self._state_lock:  # still running until its spend is settled: a create meanwhile waits
             ctx.started = self._response_started.get(ident, ctx.started)
         ctx.key, ctx.key_id, ctx.project, ctx.key_ring = base.key, base.key_id, base.project, base.key_ring
         ctx.model, ctx.route, ctx.body, ctx.raw = base.model, base.route, base.body, base.raw
         ctx.end_user, ctx.tags, ctx.stream, ctx.complete = base.end_user, base.tags, True, True
-        usage = Usage.from_realtime(response.get("usage"))
-        assert base.route is not None
-        price = app.path.pricer.price_of(base.route, base.model or "")
-        cost = cost_microcents(price, usage) if price is not None else None
         a = ctx.attempt
         a.provider, a.upstream_model, a.served_model = self.upstream.provider, self.upstream.model, self.upstream.model
-        a.status, a.usage, a.cost_uc = 200, usage, cost
-        a.cost_status = "exact" if cost is not None else "unknown"
         a.response_id = ident[:256] or None
-        a.response_body, a.response_bytes = bytearray(data), len(data)
+        return ctx
+
+    def _settle_response(self, ctx: RequestContext, cost: int | None, spent: int) -> None:
+        """A response's trace written, its tokens counted in the rpm/tpm windows, ``spent`` from its budgets."""
+        app, base, usage = self.app, self.ctx, ctx.attempt.usage
+        assert usage is not None
         app.tracer.finish(ctx)
         chain, used = app.path.chain(), usage.prompt_tokens + usage.completion_tokens
         for name, kind in LIMITS:  # the key's and the end user's rpm/tpm windows
@@ -748,7 +831,7 @@ class Relay:
         self.cost_uc += cost or 0
         self.priced = self.priced and cost is not None
         if self._budgets:
-            app.ledger.settle(None, cost or 0, self._scopes, ctx.ts_ms)
+            app.ledger.settle(None, spent, self._scopes, ctx.ts_ms)
 
     def _budget_left(self) -> bool:
         """After a response's spend: a budget used up ends the session (its ``error`` event, 1008;

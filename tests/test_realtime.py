@@ -71,6 +71,8 @@ def server(pyz_path, cache_home, mock, tmp_path_factory):
                 "faulter": [],
                 "revoked": [],
                 "burst": ["--budget-usd", "0.01", "--budget-period", "day"],
+                "dropped": [],
+                "dropped_budget": ["--budget-usd", "0.05", "--budget-period", "day"],
             }
         )
     )
@@ -305,6 +307,54 @@ def test_provider_drop_bills_what_was_done_and_closes_1014(server):
     sql = "SELECT cost_uc FROM traces WHERE endpoint = 'realtime' AND key_id = ? AND ts_ms >= 0"
     wanted = expected_uc("gpt-realtime", done["response"]["usage"])
     wait_for(lambda: wanted in [r["cost_uc"] for r in server.db_rows(sql, (key_id,))], 10, "the billed response")
+
+
+def drop_mid_response(server: ServerProcess, key: str, first: bool = True) -> list[dict]:
+    """A text response done (if ``first``), a second begun (held at the mock), then the provider
+    drops: no ``response.done`` ever comes for it. The events the client saw (it is closed 1014)."""
+    raw = upgrade(server, key)
+    assert raw.event()["type"] == "session.created"
+    done = []
+    if first:
+        raw.send_json({"type": "response.create", "response": {"output_modalities": ["text"]}})
+        done = raw.until("response.done")
+    held = {"output_modalities": ["text"], "metadata": {"mock": "hold"}}
+    raw.send_json({"type": "response.create", "response": held})
+    events = raw.until("response.output_text.delta")
+    assert events[-1]["type"] == "response.output_text.delta", events[-1]
+    raw.send_json({"type": "mock.drop"})
+    assert raw.close_code() == 1014
+    raw.close()
+    return done + events
+
+
+def test_a_response_without_response_done_is_traced_as_an_estimate(server):
+    """The provider drops mid-response: the response that never sent ``response.done`` still has a
+    trace (status 502, outcome stream_broken, its cost an estimate: the input the last response read
+    and the output it relayed), never silently free."""
+    events = drop_mid_response(server, "dropped")
+    done = next(e for e in events if e["type"] == "response.done")
+    first, lost = traces(server, "dropped", 2)
+    assert first["status"] == 200 and first["cost_status"] == "exact"
+    assert lost["status"] == 502 and lost["outcome"] == "stream_broken", lost
+    assert lost["cost_status"] == "estimate" and lost["cost_uc"] > 0
+    assert lost["prompt_tokens"] == done["response"]["usage"]["input_tokens"]
+    assert lost["completion_tokens"] == -(-len(TEXT) // 4)  # the held response relayed its text whole
+
+
+def test_a_lost_response_spends_a_budget_its_worst_case(server):
+    """Under a budget ($0.05) a response without ``response.done`` spends its worst case (the
+    input the last one read, none here, and the model's whole output ceiling as audio: gpt-realtime's
+    4,096 tokens, $0.26), as an answer whose cost cannot be known spends its hold: the next upgrade is a 429."""
+    drop_mid_response(server, "dropped_budget", first=False)
+    traces(server, "dropped_budget", 1)
+    again = wait_for(
+        lambda: (r := upgrade(server, "dropped_budget")).status == 429 and r or r.sock.close(), 10, "the 429"
+    )
+    assert refusal(again)["error"]["code"] == "budget_exceeded"
+    key_id = server.db_rows("SELECT id FROM client_keys WHERE name = 'dropped_budget'")[0]["id"]
+    (row,) = server.db_rows("SELECT spent_uc FROM budget_unpriced WHERE key_id = ?", (key_id,))
+    assert row["spent_uc"] > 4000 * 64 * 100  # µ¢: the output ceiling at $64 per 1M, less the estimate's few
 
 
 def test_session_update_to_another_model_refused(server):
