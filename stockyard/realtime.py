@@ -5,7 +5,8 @@ OpenAI's shape, never a socket): the client key (its model allow-list), guard's 
 key's rate limits and budget (``modules.early``: nothing counted or held; under a budget the
 model must have a price), and the provider — an OpenAI or Azure one, reached over a WebSocket of its
 own with the provider's key (its refusal is relayed, scrubbed). Then :class:`Relay` moves every
-text message both ways unchanged, one thread a direction (the provider's socket used by both through
+text message both ways unchanged (the provider's scrubbed of every known secret, as an HTTP
+answer's stream is: an ``error`` event may echo the provider's key), one thread a direction (the provider's socket used by both through
 :class:`SerialSocket`, one TLS call at a time), a message whole at a time (at most
 ``STOCKYARD_MAX_BODY_BYTES``; close 1009), nothing queued (a write blocks on a peer that does not
 read, as a stream's does). A client message must be a JSON object (else an ``error`` event and
@@ -693,7 +694,8 @@ class Relay:
             return False
         elif got.opcode == ws.TEXT:
             self._active = time.monotonic()
-            data = got.text.encode("utf-8")
+            # Scrubbed as an HTTP answer's stream is: an error event may echo the provider's key
+            data = self.app.path.scrub.bytes(got.text.encode("utf-8"))
             self._send_client(ws.TEXT, data)
             if DONE in data or b'"response.created"' in data:
                 return self._provider_event(data)

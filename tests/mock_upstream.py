@@ -3938,6 +3938,11 @@ class RealtimeSession:
         if kind == "mock.drop":
             self.sock.shutdown(socket.SHUT_RDWR)
             return False
+        if kind == "mock.error":  # an error event that echoes the key the session was opened with
+            key = self.req.headers.get("authorization", "").removeprefix("Bearer ") or self.req.headers.get("api-key")
+            message = f"Incorrect API key provided: {key}. You can find your API key at https://platform.openai.com."
+            self.send("error", error={"type": "invalid_request_error", "code": "invalid_api_key", "message": message})
+            return True
         if kind == "session.update":
             self.session.update(event.get("session") or {})
             self.send("session.updated", session=self.session)

@@ -357,6 +357,20 @@ def test_a_lost_response_spends_a_budget_its_worst_case(server):
     assert row["spent_uc"] > 4000 * 64 * 100  # µ¢: the output ceiling at $64 per 1M, less the estimate's few
 
 
+def test_a_provider_error_event_reaches_the_client_scrubbed(server):
+    """An ``error`` event from the provider mid-session that echoes the provider key reaches the
+    client with the key redacted, as an HTTP path's provider error body does; the session goes on."""
+    raw = upgrade(server, "alice")
+    assert raw.event()["type"] == "session.created"
+    raw.send_json({"type": "mock.error"})
+    error = raw.event()
+    assert error["type"] == "error" and error["error"]["code"] == "invalid_api_key"
+    assert OPENAI_KEY not in json.dumps(error) and "[redacted]" in error["error"]["message"]
+    raw.send_json({"type": "response.create", "response": {"output_modalities": ["text"]}})
+    assert raw.until("response.done")[-1]["type"] == "response.done"
+    raw.close()
+
+
 def test_session_update_to_another_model_refused(server):
     raw = upgrade(server, "alice", "/v1/realtime?model=gpt-realtime-mini")
     assert raw.event()["type"] == "session.created"
