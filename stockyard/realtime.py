@@ -6,10 +6,10 @@ key's rate limits and budget (``modules.early``: nothing counted or held; under 
 model must have a price), and the provider — an OpenAI or Azure one, reached over a WebSocket of its
 own with the provider's key (its refusal is relayed, scrubbed). Then :class:`Relay` moves every
 text message both ways unchanged (the provider's scrubbed of every known secret, as an HTTP
-answer's stream is: an ``error`` event may echo the provider's key), one thread a direction (the provider's socket used by both through
-:class:`SerialSocket`, one TLS call at a time), a message whole at a time (at most
-``STOCKYARD_MAX_BODY_BYTES``; close 1009), nothing queued (a write blocks on a peer that does not
-read, as a stream's does). A client message must be a JSON object (else an ``error`` event and
+answer's stream is: an ``error`` event may echo the provider's key), one thread a direction (the
+provider's socket used by both through :class:`SerialSocket`, one TLS call at a time), a message
+whole at a time (at most ``STOCKYARD_MAX_BODY_BYTES``; close 1009), nothing queued (a write blocks
+on a peer that does not read, as a stream's does). A client message must be a JSON object (else an ``error`` event and
 close 1007); a ``session.update`` naming another model than the connection's is refused with an
 ``error`` event (the model was checked at the upgrade).
 
