@@ -53,7 +53,7 @@ from .logbuffer import access, printable
 from .modules.alias import Alias
 from .modules.early import check_early
 from .modules.guard import Guard
-from .modules.ratelimit import RateLimitModule
+from .modules.ratelimit import Counted, RateLimitModule
 from .modules.userlimits import UserLimitsModule
 from .pricing import Price, Usage, cost_microcents, format_usd
 from .providers import AZURE_API_VERSION
@@ -399,6 +399,8 @@ class Relay:
         self._scopes = {*(scopes_of(ctx.key) if ctx.key is not None else ()), *(b.scope for b in self._budgets)}
         self._response_started: dict[str, float] = {}  # responses running: their response.created's time
         self._relayed: dict[str, list[int]] = {}  # of those, the output relayed: [text characters, audio bytes]
+        # and where each was counted in the rpm/tpm windows as it began (its tokens put in as it ends)
+        self._counted: dict[str, list[tuple[RateLimitModule | UserLimitsModule, Counted | None]]] = {}
         self._read = Usage()  # the input the last response.done read (a lost response's estimate)
         self._asked = 0  # the client's response.create sent on, its response.created not seen yet
         self._state_lock = threading.Lock()  # the two above, and _final
@@ -588,7 +590,7 @@ class Relay:
         time (OpenAI runs out-of-band ones in parallel, each billed only as it ends: a budget could be
         passed by as many as were sent at once) and none once a budget is used up (by another
         session of the key). True: sent on, and counted as asked for until its ``response.created``."""
-        if self._key_refused():
+        if self._key_refused() or self._limited():
             return False
         if self._budgets:
             with self._state_lock:
@@ -735,8 +737,10 @@ class Relay:
         named = response.get("id")
         ident = named if isinstance(named, str) else ""
         if event.get("type") == "response.created":
+            counted = self._count_started()
             with self._state_lock:
                 self._response_started[ident] = time.perf_counter()
+                self._counted[ident] = counted
                 self._asked = max(0, self._asked - 1)
                 self._settle()
                 winding = self._winding
@@ -768,7 +772,7 @@ class Relay:
         with self._state_lock:
             self._read = replace(usage, completion_tokens=0, reasoning_tokens=0, media_output_tokens=0)
             self._relayed.pop(ident, None)
-        self._settle_response(ctx, cost, cost or 0)
+        self._settle_response(ctx, ident, cost, cost or 0)
 
     def _bill_lost(self) -> None:
         """The responses that never sent ``response.done`` (the provider dropped, or a cancel took
@@ -799,7 +803,7 @@ class Relay:
                 worst = cost_microcents(price, replace(read, completion_tokens=ceiling, media_output_tokens=ceiling))
                 spent = max(spent, worst)
                 ctx.unpriced_spent_uc = spent - (cost or 0)
-            self._settle_response(ctx, cost, spent)
+            self._settle_response(ctx, ident, cost, spent)
 
     def _price(self) -> Price | None:
         assert self.ctx.route is not None
@@ -819,16 +823,48 @@ class Relay:
         a.response_id = ident[:256] or None
         return ctx
 
-    def _settle_response(self, ctx: RequestContext, cost: int | None, spent: int) -> None:
-        """A response's trace written, its tokens counted in the rpm/tpm windows, ``spent`` from its budgets."""
+    def _count_started(self) -> list[tuple[RateLimitModule | UserLimitsModule, Counted | None]]:
+        """A response begun, counted at once in the key's and the end user's rpm/tpm windows, as an
+        HTTP request is at admission (whoever asked for it: the client, or server VAD)."""
+        chain, base = self.app.path.chain(), self.ctx
+        counted = []
+        for name, kind in LIMITS:
+            module = chain.module(name, base)
+            if isinstance(module, kind):
+                counted.append((module, module.count_started(base)))
+        return counted
+
+    def _limited(self) -> bool:
+        """A client's ``response.create`` with the key (or its end user) at its rpm or tpm: refused with an
+        ``error`` event ``rate_limit_exceeded`` (not sent on; the session goes on). True if refused."""
+        chain, base = self.app.path.chain(), self.ctx
+        for name, kind in LIMITS:
+            module = chain.module(name, base)
+            if not isinstance(module, kind):
+                continue
+            try:
+                module.check(base)
+            except ProxyError as exc:
+                if exc.status != 429:
+                    raise
+                self._send_client(
+                    ws.TEXT, error_event(exc.code or "rate_limit_exceeded", exc.message, "rate_limit_error")
+                )
+                return True
+        return False
+
+    def _settle_response(self, ctx: RequestContext, ident: str, cost: int | None, spent: int) -> None:
+        """A response's trace written, the tokens it used put in the rpm/tpm windows it was counted in
+        as it began, ``spent`` from its budgets."""
         app, base, usage = self.app, self.ctx, ctx.attempt.usage
         assert usage is not None
         app.tracer.finish(ctx)
-        chain, used = app.path.chain(), usage.prompt_tokens + usage.completion_tokens
-        for name, kind in LIMITS:  # the key's and the end user's rpm/tpm windows
-            module = chain.module(name, base)
-            if isinstance(module, kind):
-                module.count_used(base, used)
+        with self._state_lock:
+            counted = self._counted.pop(ident, None)
+        if counted is None:  # its response.created never seen: counted now
+            counted = self._count_started()
+        for module, entry in counted:  # the key's and the end user's rpm/tpm windows
+            module.count_used(base, entry, usage.prompt_tokens + usage.completion_tokens)
         self.responses += 1
         self.cost_uc += cost or 0
         self.priced = self.priced and cost is not None

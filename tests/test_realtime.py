@@ -67,6 +67,7 @@ def server(pyz_path, cache_home, mock, tmp_path_factory):
                 "budgeted": ["--budget-usd", "0.01", "--budget-period", "day"],
                 "minionly": ["--models", "gpt-realtime-mini"],
                 "onerpm": ["--rpm", "1"],
+                "tworpm": ["--rpm", "2"],
                 "leaver": [],
                 "faulter": [],
                 "revoked": [],
@@ -454,6 +455,24 @@ def test_each_response_counts_against_the_keys_rpm(server):
     assert again.status == 429, again.head
     assert "retry-after" in again.head.lower()
     refusal(again)
+
+
+def test_an_open_session_past_the_keys_rpm_refuses_the_next_response(server, mock):
+    """A key with rpm 2: two responses in one session are its two requests of the minute; the third
+    ``response.create`` is answered with an ``error`` event ``rate_limit_exceeded`` and never reaches
+    the provider; the session stays open (a ``session.update`` still goes through)."""
+    raw = upgrade(server, "tworpm", extra="OpenAI-Beta: tworpm\r\n")
+    assert raw.status == 101 and raw.event()["type"] == "session.created"
+    for _ in range(2):
+        raw.send_json({"type": "response.create", "response": {"output_modalities": ["text"]}})
+        assert raw.until("response.done")[-1]["type"] == "response.done"
+    raw.send_json({"type": "response.create", "response": {"output_modalities": ["text"]}})
+    error = raw.event()
+    assert error["type"] == "error" and error["error"]["code"] == "rate_limit_exceeded", error
+    raw.send_json({"type": "session.update", "session": {"type": "realtime", "instructions": "Be brief."}})
+    assert raw.event()["type"] == "session.updated"
+    raw.close()
+    assert [beta for beta, _ in mock.realtime_asked].count("tworpm") == 2
 
 
 def test_drain_closes_the_session_1001(pyz_path, cache_home, mock, tmp_path):
