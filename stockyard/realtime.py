@@ -421,6 +421,8 @@ class Relay:
             log.error("websocket %s: relaying failed (%s); closed", PATH, described(exc))
             self._end(ws.INTERNAL, "internal error")
         finally:
+            if self._final is not None:  # the reader began the end (a budget): its event and close code go first
+                self._stop(*self._final)
             self._end(ws.GOING_AWAY, "session ended")
             reader.join(timeout=CLOSE_WAIT_S + 2 * POLL_S)
             self.upstream.sock.close()
