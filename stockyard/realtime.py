@@ -402,6 +402,7 @@ class Relay:
         # and where each was counted in the rpm/tpm windows as it began (its tokens put in as it ends)
         self._counted: dict[str, list[tuple[RateLimitModule | UserLimitsModule, Counted | None]]] = {}
         self._read = Usage()  # the input the last response.done read (a lost response's estimate)
+        self._books_closed = False  # the responses left running were billed as lost (_bill_lost)
         self._asked = 0  # the client's response.create sent on, its response.created not seen yet
         self._state_lock = threading.Lock()  # the two above, and _final
         self._final: tuple[int, str, int] | None = None  # the session is ending (_stop): its close codes
@@ -749,7 +750,7 @@ class Relay:
             if winding:  # asked for just before the session began to end: cancelled as well
                 self._cancel(ident)
             return True
-        if event.get("type") != "response.done":
+        if event.get("type") != "response.done" or self._books_closed:
             return True
         self._bill(response, ident, data)
         with self._state_lock:  # billed: no longer running
@@ -786,6 +787,7 @@ class Relay:
         with self._state_lock:
             lost = [(ident, self._relayed.pop(ident, [0, 0])) for ident in self._response_started]
             self._response_started.clear()
+            self._books_closed = True  # a response.done read after this (a reader slow to end) is not billed twice
             read = self._read
         price = self._price()
         for ident, (chars, audio_bytes) in lost:
@@ -847,11 +849,9 @@ class Relay:
             try:
                 module.check(base)
             except ProxyError as exc:
-                if exc.status != 429:
-                    raise
-                self._send_client(
-                    ws.TEXT, error_event(exc.code or "rate_limit_exceeded", exc.message, "rate_limit_error")
-                )
+                if exc.code != "rate_limit_exceeded":  # an end user's budget: _budget_left's to say
+                    continue
+                self._send_client(ws.TEXT, error_event(exc.code, exc.message, "rate_limit_error"))
                 return True
         return False
 
