@@ -422,7 +422,7 @@ class Relay:
             log.error("websocket %s: relaying failed (%s); closed", PATH, described(exc))
             self._end(ws.INTERNAL, "internal error")
         finally:
-            if self._final is not None:  # the reader began the end (a budget): its event and close code go first
+            if self._final is not None and not self._ended.is_set():  # the reader began the end: its close goes first
                 self._stop(*self._final)
             self._end(ws.GOING_AWAY, "session ended")
             reader.join(timeout=CLOSE_WAIT_S + 2 * POLL_S)
@@ -785,18 +785,20 @@ class Relay:
         whole output ceiling as audio), as an answer whose cost cannot be known spends its hold: the
         spend beyond the estimate goes with the trace (``budget_unpriced``). Never free."""
         with self._state_lock:
-            lost = [(ident, self._relayed.pop(ident, [0, 0])) for ident in self._response_started]
+            lost = [
+                (ident, started, self._relayed.pop(ident, [0, 0])) for ident, started in self._response_started.items()
+            ]
             self._response_started.clear()
             self._books_closed = True  # a response.done read after this (a reader slow to end) is not billed twice
             read = self._read
         price = self._price()
-        for ident, (chars, audio_bytes) in lost:
+        for ident, started, (chars, audio_bytes) in lost:
             audio = -(-audio_bytes // AUDIO_BYTES_PER_TOKEN)
             output = -(-chars // 4) + audio
             usage = replace(read, completion_tokens=output, media_output_tokens=audio)
             cost = cost_microcents(price, usage) if price is not None else None
             ctx = self._response_ctx(ident)
-            a = ctx.attempt
+            ctx.started, a = started, ctx.attempt
             a.status, a.outcome, a.error_type = 502, "stream_broken", "upstream_incomplete"
             a.error_message = f"the provider sent no response.done for {printable(ident, 100)}: its cost is an estimate"
             a.usage, a.usage_estimated, a.cost_uc = usage, True, cost
