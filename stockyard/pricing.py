@@ -72,8 +72,10 @@ Anthropic's help centre, "Enable US-only inference"), both at once ``fast/us``. 
 a shipped multiple prices only the provider kind that published it (``MODE_KINDS``); anything else
 is unknown. Checked 2026-12-06.
 
-Not modelled: cached
-image input tokens (billed as cached text input), and per-call fees neither usage nor answer
+A Realtime model's image input tokens (``input_token_details.image_tokens``, cached ones in
+``cached_tokens_details.image_tokens``) are billed at its ``image_input`` and ``image_cached_input``
+(prices.json rates, from OpenAI's model pages), else at its text input rates. Not modelled: cached
+image input tokens outside Realtime (billed as cached text input), and per-call fees neither usage nor answer
 reports: Gemini's grounding; OpenAI's code interpreter and shell containers (billed per minute of
 a session, at least 5, since 2026-06-02: $0.03 per 20 minutes at 1 GB, more by ``memory_limit``;
 no answer shows the minutes); the searches of OpenAI's Chat Completions search models
@@ -189,8 +191,10 @@ TOKEN_COUNTS = ("max_output_tokens", "image_input_tokens")
 # A rate only prices.json gives (an override prices the model without it): a long-lived cache
 # write where its price is not Anthropic's twice the input rate (OpenAI's 12-hour writes).
 # A cached audio or image input token's rate, where it is not the cached text rate (the Realtime
-# models': gpt-realtime-mini caches audio at $0.30 and text at $0.06 per 1M).
-SHIPPED_RATES = ("cache_write_long", "media_cached_input")
+# models': gpt-realtime-mini caches audio at $0.30 and text at $0.06 per 1M). A Realtime model's
+# image input and cached image input (``Usage.image_tokens``), where it is not its audio rate
+# (gpt-realtime-2: audio $32, images $5 per 1M).
+SHIPPED_RATES = ("cache_write_long", "media_cached_input", "image_input", "image_cached_input")
 
 
 def _check_counts(obj: object) -> None:
@@ -248,6 +252,10 @@ class Price:
     long_context: Price | None = None
     cache_write_long: int | None = None  # see long_cache_write_rate
     media_cached_input: int | None = None  # cached audio or image input (None: the cached input rate)
+    # A Realtime model's image input, uncached and cached (None: the text ``input`` and
+    # ``cached_input`` rates, as OpenAI bills images on models that price them with text)
+    image_input: int | None = None
+    image_cached_input: int | None = None
     # A price change announced with its date (an introductory price that ends): from
     # ``changes_on_ms`` (UTC) on, ``changed`` is the price. See :meth:`current`.
     changes_on_ms: int | None = None
@@ -302,6 +310,8 @@ class Price:
             long_context=tier,
             cache_write_long=parse_usd_per_m(rates["cache_write_long"]) if "cache_write_long" in rates else None,
             media_cached_input=parse_usd_per_m(rates["media_cached_input"]) if "media_cached_input" in rates else None,
+            image_input=parse_usd_per_m(rates["image_input"]) if "image_input" in rates else None,
+            image_cached_input=parse_usd_per_m(rates["image_cached_input"]) if "image_cached_input" in rates else None,
             **_change(rates),
             modes=parse_modes(rates.get("modes")),
         )
@@ -494,6 +504,10 @@ class Usage:
     fees_uc: int = 0
     media_output_tokens: int = 0  # output tokens that are images or audio (part of completion_tokens)
     media_cached_tokens: int = 0  # cache reads that are audio or images (part of cached_tokens; Realtime)
+    # Of media_tokens and media_cached_tokens, those that are images (Realtime: billed at the
+    # model's image rates, not its audio ones)
+    image_tokens: int = 0
+    image_cached_tokens: int = 0
 
     def __post_init__(self) -> None:
         _check_counts(self)
@@ -547,23 +561,28 @@ class Usage:
         """A Realtime ``response.done``'s usage: ``input_token_details`` counts text, audio and image
         tokens, cached ones included, and ``cached_tokens_details`` the cached ones by modality;
         ``output_token_details`` text and audio. Audio and image input is ``media`` (its uncached
-        part in ``media_tokens``, its cached part in ``media_cached_tokens``), audio output
-        ``media_output_tokens``."""
+        part in ``media_tokens``, its cached part in ``media_cached_tokens``), of which images are
+        ``image_tokens`` and ``image_cached_tokens`` (their own rates); audio output ``media_output_tokens``."""
         u = usage if isinstance(usage, Mapping) else {}
         prompt, completion = _count(u, "input_tokens"), _count(u, "output_tokens")
         details = u.get("input_token_details")
         cached_details = details.get("cached_tokens_details") if isinstance(details, Mapping) else None
         cached = min(_count(details, "cached_tokens"), prompt)
-        media = _count(details, "audio_tokens") + _count(details, "image_tokens")
-        media_cached = min(_count(cached_details, "audio_tokens") + _count(cached_details, "image_tokens"), cached)
+        images, images_cached = _count(details, "image_tokens"), _count(cached_details, "image_tokens")
+        media = _count(details, "audio_tokens") + images
+        media_cached = min(_count(cached_details, "audio_tokens") + images_cached, cached)
+        media_fresh = min(max(0, media - media_cached), prompt - cached)
+        image_cached = min(images_cached, media_cached)
         audio_out = _count(u.get("output_token_details"), "audio_tokens")
         return cls(
             prompt_tokens=prompt,
             completion_tokens=completion,
             cached_tokens=cached,
-            media_tokens=min(max(0, media - media_cached), prompt - cached),
+            media_tokens=media_fresh,
             media_cached_tokens=media_cached,
             media_output_tokens=min(audio_out, completion),
+            image_tokens=min(max(0, images - images_cached), media_fresh),
+            image_cached_tokens=image_cached,
         )
 
     @classmethod
@@ -675,6 +694,7 @@ def cost_numerator(price: Price, usage: Usage) -> int:
     price = rates_for(price, usage.prompt_tokens)
     fresh = max(0, usage.prompt_tokens - usage.cached_tokens - usage.cache_write_tokens)
     media = min(usage.media_tokens, fresh)
+    image = min(usage.image_tokens, media)
     uncached = fresh - media
     plain_output = max(0, usage.completion_tokens - usage.reasoning_tokens)
     media_output = min(usage.media_output_tokens, plain_output)
@@ -683,12 +703,17 @@ def cost_numerator(price: Price, usage: Usage) -> int:
     media_rate = price.input if price.media_input is None else price.media_input
     media_output_rate = price.output if price.media_output is None else price.media_output
     media_cached = min(usage.media_cached_tokens, usage.cached_tokens)
+    image_cached = min(usage.image_cached_tokens, media_cached)
     media_cached_rate = price.cached_input if price.media_cached_input is None else price.media_cached_input
+    image_rate = price.input if price.image_input is None else price.image_input
+    image_cached_rate = price.cached_input if price.image_cached_input is None else price.image_cached_input
     return (
         uncached * price.input
-        + media * media_rate
+        + (media - image) * media_rate
+        + image * image_rate
         + (usage.cached_tokens - media_cached) * price.cached_input
-        + media_cached * media_cached_rate
+        + (media_cached - image_cached) * media_cached_rate
+        + image_cached * image_cached_rate
         + (usage.cache_write_tokens - usage.cache_write_long_tokens) * price.cache_write
         + usage.cache_write_long_tokens * long_cache_write_rate(price)
         + text_output * price.output

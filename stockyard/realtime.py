@@ -5,10 +5,11 @@ OpenAI's shape, never a socket): the client key (its model allow-list), guard's 
 key's rate limits and budget (``modules.early``: nothing counted or held; under a budget the
 model must have a price), and the provider — an OpenAI or Azure one, reached over a WebSocket of its
 own with the provider's key (its refusal is relayed, scrubbed). Then :class:`Relay` moves every
-text message both ways unchanged, one thread a direction (the provider's socket used by both through
-:class:`SerialSocket`, one TLS call at a time), a message whole at a time (at most
-``STOCKYARD_MAX_BODY_BYTES``; close 1009), nothing queued (a write blocks on a peer that does not
-read, as a stream's does). A client message must be a JSON object (else an ``error`` event and
+text message both ways unchanged (the provider's scrubbed of every known secret, as an HTTP
+answer's stream is: an ``error`` event may echo the provider's key), one thread a direction (the
+provider's socket used by both through :class:`SerialSocket`, one TLS call at a time), a message
+whole at a time (at most ``STOCKYARD_MAX_BODY_BYTES``; close 1009), nothing queued (a write blocks
+on a peer that does not read, as a stream's does). A client message must be a JSON object (else an ``error`` event and
 close 1007); a ``session.update`` naming another model than the connection's is refused with an
 ``error`` event (the model was checked at the upgrade).
 
@@ -21,7 +22,8 @@ session after the response that used it up, never inside it. A session cut (eith
 has billed every ``response.done`` that arrived; when the session ends with responses running or
 asked for, for any reason but the provider's own end (the client leaving or closing, breaking the
 protocol, a budget used up, the key revoked, a limit, a drain), they are cancelled at the provider
-and their ``response.done`` awaited a moment (:meth:`Relay._stop`), so what they used is billed too.
+and their ``response.done`` awaited a moment (:meth:`Relay._stop`), so what they used is billed too;
+one that never sends it is traced as an estimate, and spends a budget its worst case (:meth:`Relay._bill_lost`).
 The key is checked again before each ``response.create`` and after each response: revoked, the
 session ends (1008). The session ends with one access-log line.
 Limits as the Responses WebSocket's: ``STOCKYARD_WEBSOCKET_IDLE_TIMEOUT`` without a data frame
@@ -37,7 +39,7 @@ import socket
 import ssl
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlencode
 
@@ -51,9 +53,9 @@ from .logbuffer import access, printable
 from .modules.alias import Alias
 from .modules.early import check_early
 from .modules.guard import Guard
-from .modules.ratelimit import RateLimitModule
+from .modules.ratelimit import Counted, RateLimitModule
 from .modules.userlimits import UserLimitsModule
-from .pricing import Usage, cost_microcents, format_usd
+from .pricing import Price, Usage, cost_microcents, format_usd
 from .providers import AZURE_API_VERSION
 from .providers.openai import auth_headers
 from .responses_socket import Arriving, Connection
@@ -82,6 +84,12 @@ POLL_S = 1.0
 CLOSE_WAIT_S = 1.0
 CANCEL_WAIT_S = 5.0  # the client gone: how long a cancelled response's response.done is awaited
 DONE = b'"response.done"'  # in JSON only as the event's type: a string holding it escapes its quotes
+DELTA = b'.delta"'  # an output delta's type (text, audio, transcript, a call's arguments)
+AUDIO_DELTAS = ("response.output_audio.delta", "response.audio.delta")  # GA's and the beta's
+# What a response that never sent response.done is estimated by: its output text at four characters
+# a token (``estimate.relayed_tokens``' rule) and its audio at OpenAI's 20 tokens a second of output,
+# which in pcm16 at 24 kHz is 2,400 bytes a token (a lower bound for the 8 kHz G.711 formats)
+AUDIO_BYTES_PER_TOKEN = 2400
 # Routes under /v1/realtime that give a browser a way to OpenAI around Stockyard: refused
 UNMETERED = {
     "/v1/realtime/client_secrets": "an ephemeral key",
@@ -390,6 +398,11 @@ class Relay:
         self._budgets = session_budgets(app, ctx)
         self._scopes = {*(scopes_of(ctx.key) if ctx.key is not None else ()), *(b.scope for b in self._budgets)}
         self._response_started: dict[str, float] = {}  # responses running: their response.created's time
+        self._relayed: dict[str, list[int]] = {}  # of those, the output relayed: [text characters, audio bytes]
+        # and where each was counted in the rpm/tpm windows as it began (its tokens put in as it ends)
+        self._counted: dict[str, list[tuple[RateLimitModule | UserLimitsModule, Counted | None]]] = {}
+        self._read = Usage()  # the input the last response.done read (a lost response's estimate)
+        self._books_closed = False  # the responses left running were billed as lost (_bill_lost)
         self._asked = 0  # the client's response.create sent on, its response.created not seen yet
         self._state_lock = threading.Lock()  # the two above, and _final
         self._final: tuple[int, str, int] | None = None  # the session is ending (_stop): its close codes
@@ -409,9 +422,15 @@ class Relay:
             log.error("websocket %s: relaying failed (%s); closed", PATH, described(exc))
             self._end(ws.INTERNAL, "internal error")
         finally:
+            if self._final is not None and not self._ended.is_set():  # the reader began the end: its close goes first
+                self._stop(*self._final)
             self._end(ws.GOING_AWAY, "session ended")
             reader.join(timeout=CLOSE_WAIT_S + 2 * POLL_S)
             self.upstream.sock.close()
+            try:
+                self._bill_lost()
+            except Exception as exc:  # a bug: one line, the session's log line still written
+                log.error("websocket %s: billing the responses left unfinished failed (%s)", PATH, described(exc))
             self.app.bodies.give(self._arriving.take())
             self._log()
 
@@ -574,7 +593,7 @@ class Relay:
         time (OpenAI runs out-of-band ones in parallel, each billed only as it ends: a budget could be
         passed by as many as were sent at once) and none once a budget is used up (by another
         session of the key). True: sent on, and counted as asked for until its ``response.created``."""
-        if self._key_refused():
+        if self._key_refused() or self._limited():
             return False
         if self._budgets:
             with self._state_lock:
@@ -680,11 +699,33 @@ class Relay:
             return False
         elif got.opcode == ws.TEXT:
             self._active = time.monotonic()
-            data = got.text.encode("utf-8")
+            # Scrubbed as an HTTP answer's stream is: an error event may echo the provider's key
+            data = self.app.path.scrub.bytes(got.text.encode("utf-8"))
             self._send_client(ws.TEXT, data)
             if DONE in data or b'"response.created"' in data:
                 return self._provider_event(data)
+            if DELTA in data:
+                self._count_delta(data)
         return not self._ended.is_set()
+
+    def _count_delta(self, data: bytes) -> None:
+        """An output delta of a running response: its text characters or audio bytes counted, what
+        a response that never sends ``response.done`` is estimated by (:meth:`_bill_lost`)."""
+        try:
+            event = json.loads(data)
+        except ValueError:
+            return
+        if not isinstance(event, dict):
+            return
+        ident, delta = event.get("response_id"), event.get("delta")
+        with self._state_lock:
+            if not isinstance(ident, str) or ident not in self._response_started or not isinstance(delta, str):
+                return
+            seen = self._relayed.setdefault(ident, [0, 0])
+            if event.get("type") in AUDIO_DELTAS:
+                seen[1] += len(delta) * 3 // 4  # base64
+            else:
+                seen[0] += len(delta)
 
     def _provider_event(self, data: bytes) -> bool:
         """``response.created`` starts a response's clock; ``response.done`` bills it (after it
@@ -699,15 +740,17 @@ class Relay:
         named = response.get("id")
         ident = named if isinstance(named, str) else ""
         if event.get("type") == "response.created":
+            counted = self._count_started()
             with self._state_lock:
                 self._response_started[ident] = time.perf_counter()
+                self._counted[ident] = counted
                 self._asked = max(0, self._asked - 1)
                 self._settle()
                 winding = self._winding
             if winding:  # asked for just before the session began to end: cancelled as well
                 self._cancel(ident)
             return True
-        if event.get("type") != "response.done":
+        if event.get("type") != "response.done" or self._books_closed:
             return True
         self._bill(response, ident, data)
         with self._state_lock:  # billed: no longer running
@@ -721,34 +764,116 @@ class Relay:
 
     def _bill(self, response: dict, ident: str, data: bytes) -> None:
         """One response's trace and its spend."""
-        base, app = self.ctx, self.app
+        usage = Usage.from_realtime(response.get("usage"))
+        price = self._price()
+        cost = cost_microcents(price, usage) if price is not None else None
+        ctx = self._response_ctx(ident)
+        a = ctx.attempt
+        a.status, a.usage, a.cost_uc = 200, usage, cost
+        a.cost_status = "exact" if cost is not None else "unknown"
+        a.response_body, a.response_bytes = bytearray(data), len(data)
+        with self._state_lock:
+            self._read = replace(usage, completion_tokens=0, reasoning_tokens=0, media_output_tokens=0)
+            self._relayed.pop(ident, None)
+        self._settle_response(ctx, ident, cost, cost or 0)
+
+    def _bill_lost(self) -> None:
+        """The responses that never sent ``response.done`` (the provider dropped, or a cancel took
+        longer than ``CANCEL_WAIT_S``): each a trace all the same (status 502, ``stream_broken``), its
+        cost an estimate — the input the last response read (a conversation only grows) and the
+        output it relayed — and, under a budget, its worst case spent (that input and the model's
+        whole output ceiling as audio), as an answer whose cost cannot be known spends its hold: the
+        spend beyond the estimate goes with the trace (``budget_unpriced``). Never free."""
+        with self._state_lock:
+            lost = [
+                (ident, started, self._relayed.pop(ident, [0, 0])) for ident, started in self._response_started.items()
+            ]
+            self._response_started.clear()
+            self._books_closed = True  # a response.done read after this (a reader slow to end) is not billed twice
+            read = self._read
+        price = self._price()
+        for ident, started, (chars, audio_bytes) in lost:
+            audio = -(-audio_bytes // AUDIO_BYTES_PER_TOKEN)
+            output = -(-chars // 4) + audio
+            usage = replace(read, completion_tokens=output, media_output_tokens=audio)
+            cost = cost_microcents(price, usage) if price is not None else None
+            ctx = self._response_ctx(ident)
+            ctx.started, a = started, ctx.attempt
+            a.status, a.outcome, a.error_type = 502, "stream_broken", "upstream_incomplete"
+            a.error_message = f"the provider sent no response.done for {printable(ident, 100)}: its cost is an estimate"
+            a.usage, a.usage_estimated, a.cost_uc = usage, True, cost
+            a.cost_status = "estimate" if cost is not None else "unknown"
+            spent = cost or 0
+            if self._budgets and price is not None:
+                ceiling = max(output, price.max_output_tokens or self.app.settings.default_max_tokens)
+                worst = cost_microcents(price, replace(read, completion_tokens=ceiling, media_output_tokens=ceiling))
+                spent = max(spent, worst)
+                ctx.unpriced_spent_uc = spent - (cost or 0)
+            self._settle_response(ctx, ident, cost, spent)
+
+    def _price(self) -> Price | None:
+        assert self.ctx.route is not None
+        return self.app.path.pricer.price_of(self.ctx.route, self.ctx.model or "")
+
+    def _response_ctx(self, ident: str) -> RequestContext:
+        """A response's own request context (its trace): the session's key, end user, model and route."""
+        base = self.ctx
         ctx = RequestContext(ENDPOINT, RESPONSES, base.client_addr, base.headers, base.query)
         with self._state_lock:  # still running until its spend is settled: a create meanwhile waits
             ctx.started = self._response_started.get(ident, ctx.started)
         ctx.key, ctx.key_id, ctx.project, ctx.key_ring = base.key, base.key_id, base.project, base.key_ring
         ctx.model, ctx.route, ctx.body, ctx.raw = base.model, base.route, base.body, base.raw
         ctx.end_user, ctx.tags, ctx.stream, ctx.complete = base.end_user, base.tags, True, True
-        usage = Usage.from_realtime(response.get("usage"))
-        assert base.route is not None
-        price = app.path.pricer.price_of(base.route, base.model or "")
-        cost = cost_microcents(price, usage) if price is not None else None
         a = ctx.attempt
         a.provider, a.upstream_model, a.served_model = self.upstream.provider, self.upstream.model, self.upstream.model
-        a.status, a.usage, a.cost_uc = 200, usage, cost
-        a.cost_status = "exact" if cost is not None else "unknown"
         a.response_id = ident[:256] or None
-        a.response_body, a.response_bytes = bytearray(data), len(data)
-        app.tracer.finish(ctx)
-        chain, used = app.path.chain(), usage.prompt_tokens + usage.completion_tokens
-        for name, kind in LIMITS:  # the key's and the end user's rpm/tpm windows
+        return ctx
+
+    def _count_started(self) -> list[tuple[RateLimitModule | UserLimitsModule, Counted | None]]:
+        """A response begun, counted at once in the key's and the end user's rpm/tpm windows, as an
+        HTTP request is at admission (whoever asked for it: the client, or server VAD)."""
+        chain, base = self.app.path.chain(), self.ctx
+        counted = []
+        for name, kind in LIMITS:
             module = chain.module(name, base)
             if isinstance(module, kind):
-                module.count_used(base, used)
+                counted.append((module, module.count_started(base)))
+        return counted
+
+    def _limited(self) -> bool:
+        """A client's ``response.create`` with the key (or its end user) at its rpm or tpm: refused with an
+        ``error`` event ``rate_limit_exceeded`` (not sent on; the session goes on). True if refused."""
+        chain, base = self.app.path.chain(), self.ctx
+        for name, kind in LIMITS:
+            module = chain.module(name, base)
+            if not isinstance(module, kind):
+                continue
+            try:
+                module.check(base)
+            except ProxyError as exc:
+                if exc.code != "rate_limit_exceeded":  # an end user's budget: _budget_left's to say
+                    continue
+                self._send_client(ws.TEXT, error_event(exc.code, exc.message, "rate_limit_error"))
+                return True
+        return False
+
+    def _settle_response(self, ctx: RequestContext, ident: str, cost: int | None, spent: int) -> None:
+        """A response's trace written, the tokens it used put in the rpm/tpm windows it was counted in
+        as it began, ``spent`` from its budgets."""
+        app, base, usage = self.app, self.ctx, ctx.attempt.usage
+        assert usage is not None
+        app.tracer.finish(ctx)
+        with self._state_lock:
+            counted = self._counted.pop(ident, None)
+        if counted is None:  # its response.created never seen: counted now
+            counted = self._count_started()
+        for module, entry in counted:  # the key's and the end user's rpm/tpm windows
+            module.count_used(base, entry, usage.prompt_tokens + usage.completion_tokens)
         self.responses += 1
         self.cost_uc += cost or 0
         self.priced = self.priced and cost is not None
         if self._budgets:
-            app.ledger.settle(None, cost or 0, self._scopes, ctx.ts_ms)
+            app.ledger.settle(None, spent, self._scopes, ctx.ts_ms)
 
     def _budget_left(self) -> bool:
         """After a response's spend: a budget used up ends the session (its ``error`` event, 1008;

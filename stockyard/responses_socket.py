@@ -91,7 +91,11 @@ class Recent:
 
 class Connection:
     """The socket after the upgrade: frames written whole under one lock (the turn's events and
-    the reader's pongs and refusals), and the state both threads read."""
+    the reader's pongs and refusals), and the state both threads read. A client's socket is plain
+    TCP (Stockyard serves no TLS itself: one terminates in front of it), which one thread may read
+    while another writes; were it an ``ssl.SSLSocket`` it would need ``realtime.SerialSocket``'s
+    design (OpenSSL does not promise one SSL object is safe read and written at once), as the
+    Realtime relay's provider side has (``Connection(SerialSocket(…), ws.client_frame)``)."""
 
     def __init__(self, sock: socket.socket, encode: Callable[[int, bytes], bytes] = ws.frame) -> None:
         self.sock = sock

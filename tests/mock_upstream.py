@@ -3852,6 +3852,7 @@ RT_AUDIO_BYTES = 4800
 RT_OUTPUT_TEXT = 20
 RT_OUTPUT_AUDIO = 300
 RT_TRANSCRIPT = ["Hello", " from", " mock"]
+RT_IMAGE_TOKENS = 765  # an input_image content part's tokens (cached, as audio, from the next response on)
 
 
 def _ws_frame(opcode: int, payload: bytes) -> bytes:
@@ -3900,6 +3901,8 @@ class RealtimeSession:
         self.committed_audio = 0  # audio tokens in the conversation
         self.cached_audio = 0  # of them, those an earlier response read
         self.texts = 0  # text tokens of the conversation's items
+        self.images = 0  # image tokens of the conversation's items
+        self.cached_images = 0  # of them, those an earlier response read
         self.responses = 0
         self.held: tuple | None = None  # a response begun and held until response.cancel (metadata mock: hold)
         self.received_cancel = False
@@ -3935,6 +3938,11 @@ class RealtimeSession:
         if kind == "mock.drop":
             self.sock.shutdown(socket.SHUT_RDWR)
             return False
+        if kind == "mock.error":  # an error event that echoes the key the session was opened with
+            key = self.req.headers.get("authorization", "").removeprefix("Bearer ") or self.req.headers.get("api-key")
+            message = f"Incorrect API key provided: {key}. You can find your API key at https://platform.openai.com."
+            self.send("error", error={"type": "invalid_request_error", "code": "invalid_api_key", "message": message})
+            return True
         if kind == "session.update":
             self.session.update(event.get("session") or {})
             self.send("session.updated", session=self.session)
@@ -3951,9 +3959,9 @@ class RealtimeSession:
             self.send("input_audio_buffer.committed", previous_item_id=None, item_id=f"item_mock_{self.responses}")
         elif kind == "conversation.item.create":
             item = dict(event.get("item") or {}, id=f"item_mock_{next(self.events)}", status="completed")
-            self.texts += sum(
-                len(str(c.get("text", "")).split()) for c in item.get("content", []) if isinstance(c, dict)
-            )
+            content = [c for c in item.get("content", []) if isinstance(c, dict)]
+            self.texts += sum(len(str(c.get("text", "")).split()) for c in content)
+            self.images += RT_IMAGE_TOKENS * sum(c.get("type") == "input_image" for c in content)
             self.send("conversation.item.added", previous_item_id=None, item=item)
             self.send("conversation.item.done", previous_item_id=None, item=item)
         elif kind == "response.create":
@@ -3976,18 +3984,18 @@ class RealtimeSession:
         text_in = RT_TEXT_TOKENS + self.texts
         cached_text = RT_CACHED_TEXT if self.responses > 1 else 0
         return {
-            "total_tokens": text_in + self.committed_audio + RT_OUTPUT_TEXT + audio_out,
-            "input_tokens": text_in + self.committed_audio,
+            "total_tokens": text_in + self.committed_audio + self.images + RT_OUTPUT_TEXT + audio_out,
+            "input_tokens": text_in + self.committed_audio + self.images,
             "output_tokens": RT_OUTPUT_TEXT + audio_out,
             "input_token_details": {
                 "text_tokens": text_in,
                 "audio_tokens": self.committed_audio,
-                "image_tokens": 0,
-                "cached_tokens": cached_text + self.cached_audio,
+                "image_tokens": self.images,
+                "cached_tokens": cached_text + self.cached_audio + self.cached_images,
                 "cached_tokens_details": {
                     "text_tokens": cached_text,
                     "audio_tokens": self.cached_audio,
-                    "image_tokens": 0,
+                    "image_tokens": self.cached_images,
                 },
             },
             "output_token_details": {"text_tokens": RT_OUTPUT_TEXT, "audio_tokens": audio_out},
@@ -4027,7 +4035,7 @@ class RealtimeSession:
         self.send("response.output_item.done", response_id=response["id"], output_index=0, item=finished)
         done = {**response, "status": status, "output": [{**item, "content": content}]}
         done["usage"] = self.usage(RT_OUTPUT_AUDIO if audio else 0)
-        self.cached_audio = self.committed_audio
+        self.cached_audio, self.cached_images = self.committed_audio, self.images
         self.send("response.done", response=done)
         self.mock.realtime_done.append(done)
 

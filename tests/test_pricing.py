@@ -915,3 +915,36 @@ def test_realtime_usage_bills_text_audio_and_cached_audio_at_their_rates():
     usd = Fraction(60 * 60 + 150 * 1000 + 40 * 6 + 50 * 30 + 20 * 240 + 300 * 2000, 100) / 1_000_000
     assert cost_microcents(price, usage) == round(usd * 10**8)
     assert Usage.from_realtime(None) == Usage()
+
+
+def test_realtime_image_input_billed_at_the_image_rates():
+    """Image input tokens, uncached and cached, at the model's image rates (gpt-realtime-2.1-mini:
+    $0.80 and $0.08 per 1M), not its audio ones ($10, $0.30); a model without an image price (an
+    operator's override) bills them at its text input rates."""
+    usage = Usage.from_realtime(
+        {
+            "input_tokens": 1300,
+            "output_tokens": 20,
+            "input_token_details": {
+                "text_tokens": 100,
+                "audio_tokens": 200,
+                "image_tokens": 1000,
+                "cached_tokens": 450,
+                "cached_tokens_details": {"text_tokens": 0, "audio_tokens": 50, "image_tokens": 400},
+            },
+            "output_token_details": {"text_tokens": 20, "audio_tokens": 0},
+        }
+    )
+    assert (usage.media_tokens, usage.image_tokens, usage.media_cached_tokens, usage.image_cached_tokens) == (
+        750,
+        600,
+        450,
+        400,
+    )
+    price = PriceTable.load().lookup("gpt-realtime-2.1-mini")
+    assert price is not None
+    usd = Fraction(100 * 60 + 150 * 1000 + 600 * 80 + 50 * 30 + 400 * 8 + 20 * 240, 100) / 1_000_000
+    assert cost_microcents(price, usage) == round(usd * 10**8)
+    plain = Price.from_usd({"input": "0.60", "cached_input": "0.06", "output": "2.40", "media_input": "10.00"})
+    usd = Fraction(100 * 60 + 150 * 1000 + 600 * 60 + 50 * 6 + 400 * 6 + 20 * 240, 100) / 1_000_000
+    assert cost_microcents(plain, usage) == round(usd * 10**8)

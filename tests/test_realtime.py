@@ -19,29 +19,34 @@ from fractions import Fraction
 
 import pytest
 from conftest import OPENAI_KEY, ServerProcess, mock_env, wait_for
-from mock_upstream import RT_AUDIO_BYTES, TEXT, Reply
+from mock_upstream import RT_AUDIO_BYTES, RT_IMAGE_TOKENS, TEXT, Reply
 from module_helpers import ADMIN_KEY, api, put_module
 from test_responses_websocket import KEY, Raw
 
 MAX_MESSAGE = 256 * 1024
-# OpenAI's prices, USD per 1M tokens (developers.openai.com/api/docs/models/gpt-realtime, -mini):
-# (text in, cached text, text out, audio in, cached audio, audio out)
+# OpenAI's prices, USD per 1M tokens (developers.openai.com/api/docs/models/gpt-realtime, -mini, -2):
+# (text in, cached text, text out, audio in, cached audio, audio out, image in, cached image); no
+# image price published for gpt-realtime and -mini: their images at the text rates
 RATES = {
-    "gpt-realtime": ("4.00", "0.40", "16.00", "32.00", "0.40", "64.00"),
-    "gpt-realtime-mini": ("0.60", "0.06", "2.40", "10.00", "0.30", "20.00"),
+    "gpt-realtime": ("4.00", "0.40", "16.00", "32.00", "0.40", "64.00", "4.00", "0.40"),
+    "gpt-realtime-mini": ("0.60", "0.06", "2.40", "10.00", "0.30", "20.00", "0.60", "0.06"),
+    "gpt-realtime-2": ("4.00", "0.40", "24.00", "32.00", "0.40", "64.00", "5.00", "0.50"),
 }
 
 
 def expected_uc(model: str, usage: dict) -> int:
     """The cost in µ¢ of one response's usage (as the client saw it), rounded half up once."""
-    t_in, t_cached, t_out, a_in, a_cached, a_out = (Fraction(r) for r in RATES[model])
+    t_in, t_cached, t_out, a_in, a_cached, a_out, i_in, i_cached = (Fraction(r) for r in RATES[model])
     details, out = usage["input_token_details"], usage["output_token_details"]
     cached = details["cached_tokens_details"]
+    images, cached_images = details.get("image_tokens") or 0, cached.get("image_tokens") or 0
     usd = (
         (details["text_tokens"] - cached["text_tokens"]) * t_in
         + cached["text_tokens"] * t_cached
         + (details["audio_tokens"] - cached["audio_tokens"]) * a_in
         + cached["audio_tokens"] * a_cached
+        + (images - cached_images) * i_in
+        + cached_images * i_cached
         + out["text_tokens"] * t_out
         + out["audio_tokens"] * a_out
     ) / 1_000_000
@@ -62,10 +67,13 @@ def server(pyz_path, cache_home, mock, tmp_path_factory):
                 "budgeted": ["--budget-usd", "0.01", "--budget-period", "day"],
                 "minionly": ["--models", "gpt-realtime-mini"],
                 "onerpm": ["--rpm", "1"],
+                "tworpm": ["--rpm", "2"],
                 "leaver": [],
                 "faulter": [],
                 "revoked": [],
                 "burst": ["--budget-usd", "0.01", "--budget-period", "day"],
+                "dropped": [],
+                "dropped_budget": ["--budget-usd", "0.05", "--budget-period", "day"],
             }
         )
     )
@@ -161,6 +169,25 @@ def test_mini_audio_cached_at_its_own_rate(server):
     wanted = expected_uc("gpt-realtime-mini", usage)
     sql = "SELECT cost_uc FROM traces WHERE endpoint = 'realtime' AND model = 'gpt-realtime-mini' AND cost_uc = ?"
     wait_for(lambda: server.db_rows(sql, (wanted,)), 10, "the cached-audio response billed")
+
+
+def test_image_input_billed_at_the_image_rates(server):
+    """An image in the conversation (gpt-realtime-2: images $5, cached $0.50; audio $32 per 1M): the
+    first response reads it uncached, the second cached; each at the image rates, not the audio ones."""
+    client = server.openai("alice")
+    image = {"type": "input_image", "image_url": "data:image/png;base64,iVBORw0KGgo="}
+    with client.realtime.connect(model="gpt-realtime-2") as conn:
+        conn.recv()
+        conn.conversation.item.create(item={"type": "message", "role": "user", "content": [image]})
+        conn.response.create(response={"output_modalities": ["text"]})
+        first = until(conn, "response.done")[-1].response.usage.model_dump()
+        conn.response.create(response={"output_modalities": ["text"]})
+        second = until(conn, "response.done")[-1].response.usage.model_dump()
+    assert first["input_token_details"]["image_tokens"] == RT_IMAGE_TOKENS
+    assert second["input_token_details"]["cached_tokens_details"]["image_tokens"] == RT_IMAGE_TOKENS
+    sql = "SELECT cost_uc FROM traces WHERE endpoint = 'realtime' AND model = 'gpt-realtime-2' AND cost_uc = ?"
+    for usage in (first, second):
+        wait_for(lambda u=usage: server.db_rows(sql, (expected_uc("gpt-realtime-2", u),)), 10, "billed at image rates")
 
 
 # -- budgets, allow-lists, refusals at the upgrade --------------------------------------------------
@@ -283,6 +310,68 @@ def test_provider_drop_bills_what_was_done_and_closes_1014(server):
     wait_for(lambda: wanted in [r["cost_uc"] for r in server.db_rows(sql, (key_id,))], 10, "the billed response")
 
 
+def drop_mid_response(server: ServerProcess, key: str, first: bool = True) -> list[dict]:
+    """A text response done (if ``first``), a second begun (held at the mock), then the provider
+    drops: no ``response.done`` ever comes for it. The events the client saw (it is closed 1014)."""
+    raw = upgrade(server, key)
+    assert raw.event()["type"] == "session.created"
+    done = []
+    if first:
+        raw.send_json({"type": "response.create", "response": {"output_modalities": ["text"]}})
+        done = raw.until("response.done")
+    held = {"output_modalities": ["text"], "metadata": {"mock": "hold"}}
+    raw.send_json({"type": "response.create", "response": held})
+    events = raw.until("response.output_text.delta")
+    assert events[-1]["type"] == "response.output_text.delta", events[-1]
+    raw.send_json({"type": "mock.drop"})
+    assert raw.close_code() == 1014
+    raw.close()
+    return done + events
+
+
+def test_a_response_without_response_done_is_traced_as_an_estimate(server):
+    """The provider drops mid-response: the response that never sent ``response.done`` still has a
+    trace (status 502, outcome stream_broken, its cost an estimate: the input the last response read
+    and the output it relayed), never silently free."""
+    events = drop_mid_response(server, "dropped")
+    done = next(e for e in events if e["type"] == "response.done")
+    first, lost = traces(server, "dropped", 2)
+    assert first["status"] == 200 and first["cost_status"] == "exact"
+    assert lost["status"] == 502 and lost["outcome"] == "stream_broken", lost
+    assert lost["cost_status"] == "estimate" and lost["cost_uc"] > 0
+    assert lost["prompt_tokens"] == done["response"]["usage"]["input_tokens"]
+    assert lost["completion_tokens"] == -(-len(TEXT) // 4)  # the held response relayed its text whole
+
+
+def test_a_lost_response_spends_a_budget_its_worst_case(server):
+    """Under a budget ($0.05) a response without ``response.done`` spends its worst case (the
+    input the last one read, none here, and the model's whole output ceiling as audio: gpt-realtime's
+    4,096 tokens, $0.26), as an answer whose cost cannot be known spends its hold: the next upgrade is a 429."""
+    drop_mid_response(server, "dropped_budget", first=False)
+    traces(server, "dropped_budget", 1)
+    again = wait_for(
+        lambda: (r := upgrade(server, "dropped_budget")).status == 429 and r or r.sock.close(), 10, "the 429"
+    )
+    assert refusal(again)["error"]["code"] == "budget_exceeded"
+    key_id = server.db_rows("SELECT id FROM client_keys WHERE name = 'dropped_budget'")[0]["id"]
+    (row,) = server.db_rows("SELECT spent_uc FROM budget_unpriced WHERE key_id = ?", (key_id,))
+    assert row["spent_uc"] > 4000 * 64 * 100  # µ¢: the output ceiling at $64 per 1M, less the estimate's few
+
+
+def test_a_provider_error_event_reaches_the_client_scrubbed(server):
+    """An ``error`` event from the provider mid-session that echoes the provider key reaches the
+    client with the key redacted, as an HTTP path's provider error body does; the session goes on."""
+    raw = upgrade(server, "alice")
+    assert raw.event()["type"] == "session.created"
+    raw.send_json({"type": "mock.error"})
+    error = raw.event()
+    assert error["type"] == "error" and error["error"]["code"] == "invalid_api_key"
+    assert OPENAI_KEY not in json.dumps(error) and "[redacted]" in error["error"]["message"]
+    raw.send_json({"type": "response.create", "response": {"output_modalities": ["text"]}})
+    assert raw.until("response.done")[-1]["type"] == "response.done"
+    raw.close()
+
+
 def test_session_update_to_another_model_refused(server):
     raw = upgrade(server, "alice", "/v1/realtime?model=gpt-realtime-mini")
     assert raw.event()["type"] == "session.created"
@@ -366,6 +455,24 @@ def test_each_response_counts_against_the_keys_rpm(server):
     assert again.status == 429, again.head
     assert "retry-after" in again.head.lower()
     refusal(again)
+
+
+def test_an_open_session_past_the_keys_rpm_refuses_the_next_response(server, mock):
+    """A key with rpm 2: two responses in one session are its two requests of the minute; the third
+    ``response.create`` is answered with an ``error`` event ``rate_limit_exceeded`` and never reaches
+    the provider; the session stays open (a ``session.update`` still goes through)."""
+    raw = upgrade(server, "tworpm", extra="OpenAI-Beta: tworpm\r\n")
+    assert raw.status == 101 and raw.event()["type"] == "session.created"
+    for _ in range(2):
+        raw.send_json({"type": "response.create", "response": {"output_modalities": ["text"]}})
+        assert raw.until("response.done")[-1]["type"] == "response.done"
+    raw.send_json({"type": "response.create", "response": {"output_modalities": ["text"]}})
+    error = raw.event()
+    assert error["type"] == "error" and error["error"]["code"] == "rate_limit_exceeded", error
+    raw.send_json({"type": "session.update", "session": {"type": "realtime", "instructions": "Be brief."}})
+    assert raw.event()["type"] == "session.updated"
+    raw.close()
+    assert [beta for beta, _ in mock.realtime_asked].count("tworpm") == 2
 
 
 def test_drain_closes_the_session_1001(pyz_path, cache_home, mock, tmp_path):
@@ -609,7 +716,7 @@ def test_under_a_budget_one_response_at_a_time(server, mock):
     errors = [e["error"]["code"] for e in events if e["type"] == "error"]
     # Those read before the first response's end are refused; those after it, unread (the session ended)
     assert set(errors) <= {"response_in_progress", "budget_exceeded"}, errors
-    assert errors.count("budget_exceeded") == 1 and code == 1008
+    assert errors.count("budget_exceeded") == 1 and code == 1008, (code, [e["type"] for e in events][-8:], events[-1])
     raw.close()
     (row,) = traces(server, "burst", 1)
     assert [beta for beta, _ in mock.realtime_asked].count("burst") == 1

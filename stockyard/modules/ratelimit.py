@@ -50,6 +50,9 @@ class _Window:
             self.tokens -= old.tokens
 
 
+Counted = _Entry  # a request counted in a window (``count_started``), its tokens corrected later
+
+
 class RateLimited(Exception):
     def __init__(self, message: str, retry_after: int | None, larger: tuple[str, int, int] | None = None) -> None:
         super().__init__(message)
@@ -246,15 +249,19 @@ class RateLimitModule(Module):
         except RateLimited as exc:
             raise exc.error() from None
 
-    def count_used(self, ctx: RequestContext, tokens: int) -> None:
-        """A request that has run already, counted in the key's window with the ``tokens`` it used:
-        a Realtime response (the provider starts one on its own, so there is none to refuse; the
-        next upgrade's ``check`` sees it)."""
+    def count_started(self, ctx: RequestContext) -> Counted | None:
+        """A request that has begun, counted in the key's window now, never refused: a Realtime
+        response (the provider may start one on its own, so there is none to refuse; the session's
+        next ``response.create`` and the next upgrade ``check`` it). Its tokens: :meth:`count_used`."""
         key = ctx.key
         if key is None or (key.rpm is None and key.tpm is None):
-            return
-        entry = self.limiter.admit(key.id, None, None, 0)  # no limits given: counted, never refused
-        if key.tpm and tokens:
+            return None
+        return self.limiter.admit(key.id, None, None, 0)  # no limits given: counted, never refused
+
+    def count_used(self, ctx: RequestContext, entry: Counted | None, tokens: int) -> None:
+        """The ``tokens`` a request counted by :meth:`count_started` used, once known."""
+        key = ctx.key
+        if key is not None and key.tpm and tokens and entry is not None:
             self.limiter.correct(key.id, entry, tokens)
 
     def _admit(self, key_id: str, rpm: int | None, tpm: int | None, tokens: int) -> object:

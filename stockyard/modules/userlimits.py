@@ -42,7 +42,7 @@ from ..loglimit import Throttle
 from ..pricing import microcents_from_usd
 from .base import Module, ModuleServices
 from .budget import Cover, held_by, spent_uc
-from .ratelimit import FREE_ENDPOINTS, RateLimited, admitted, correct_to_usage, limiter_for
+from .ratelimit import FREE_ENDPOINTS, Counted, RateLimited, admitted, correct_to_usage, limiter_for
 from .schema import Field
 
 log = logging.getLogger("stockyard.budgets")
@@ -166,19 +166,23 @@ class UserLimitsModule(Module):
         if used_up is not None:
             raise used_up.error()
 
-    def count_used(self, ctx: RequestContext, tokens: int) -> None:
-        """A request that has run already (a Realtime response) counted in its end user's rpm/tpm
-        window with the ``tokens`` it used, as ``RateLimitModule.count_used`` counts it for the key."""
+    def count_started(self, ctx: RequestContext) -> Counted | None:
+        """A request that has begun (a Realtime response) counted in its end user's rpm/tpm window,
+        never refused, as ``RateLimitModule.count_started`` counts it for the key."""
         user = ctx.end_user
         if user is None or ctx.endpoint in FREE_ENDPOINTS:
-            return
+            return None
         limits: UserLimits = self.options(ctx)
         if not (limits.rpm or limits.tpm):
-            return
-        window = f"{limits.within}|{user}"
-        entry = self.limiter.admit(window, None, None, 0)  # no limits given: counted, never refused
-        if limits.tpm and tokens:
-            self.limiter.correct(window, entry, tokens)
+            return None
+        return self.limiter.admit(f"{limits.within}|{user}", None, None, 0)  # no limits given: never refused
+
+    def count_used(self, ctx: RequestContext, entry: Counted | None, tokens: int) -> None:
+        """The ``tokens`` a request counted by :meth:`count_started` used, once known."""
+        user = ctx.end_user
+        limits: UserLimits = self.options(ctx)
+        if user is not None and limits.tpm and tokens and entry is not None:
+            self.limiter.correct(f"{limits.within}|{user}", entry, tokens)
 
     def budget_of(self, ctx: RequestContext) -> Budget | None:
         """The end user's budget a request counts against (None: it names no end user, or its
