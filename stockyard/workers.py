@@ -193,7 +193,12 @@ class Group:
             self.folder = tempfile.mkdtemp(prefix="stockyard-workers-")  # private (0700): metrics, state
             try:
                 if isinstance(backend, SqliteBackend):
-                    self.state = StateServer(self.folder, spend_loader(backend), self.settings.budget_warn_percent)
+                    self.state = StateServer(
+                        self.folder,
+                        spend_loader(backend),
+                        self.settings.budget_warn_percent,
+                        lambda: backend.connect(readonly=True),
+                    )
                 return self._supervise()
             finally:
                 if self.state is not None:

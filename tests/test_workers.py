@@ -17,6 +17,7 @@ import os
 import re
 import selectors
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -842,3 +843,56 @@ def test_a_worker_stopped_alone_is_replaced_on_a_socket_that_listens(group):
         connection_to(group, worker).close()
     assert "exited with status 0: starting a new one" in group.log
     assert group.request("GET", "/readyz")[0] == 200
+
+
+def _answer(conn: http.client.HTTPConnection, body: dict, auth: dict) -> tuple[int, str]:
+    conn.request("POST", "/v1/chat/completions", body=json.dumps(body), headers=auth)
+    answer = conn.getresponse()
+    return answer.status, answer.read().decode()
+
+
+@pytest.mark.serial
+def test_workers_killed_after_settling_answers_their_database_never_kept_leave_the_database_spend(group, mock):
+    """A worker settles an answer's cost with the parent before its writer commits the trace. Killed
+    between the two (its writer held by a lock on the file), the answer's spend is in the parent's
+    ledger and nowhere in the database: on reaping it the parent reloads each period from the
+    database (plus what live workers settled and have not committed), so the budget admits exactly
+    what the database says is left. Before, the lost answer stayed spent until a restart."""
+    status, _ = api(group, "POST", "/api/prices", {"model": "mock-budget", "input": "0", "output": "1"})
+    assert status == 200
+    # each answer costs 500 µ¢ (5 tokens at $1/M), its worst case too: the budget is two answers
+    status, key = api(group, "POST", "/api/keys", {"name": "killed", "budget_usd": "0.00001", "budget_period": "total"})
+    assert status == 201, key
+    auth = {"Authorization": f"Bearer {key['key']}"}
+    conns = wait_for_key(group, auth)
+    assert _answer(conns[0], BUDGET_MODEL, auth)[0] == 200
+    spent = "SELECT COALESCE(SUM(cost_uc), 0) AS uc FROM traces WHERE key_id = ?"
+    wait_for(lambda: group.db_rows(spent, (key["id"],))[0]["uc"] == 500, what="the first answer's commit")
+    lock = sqlite3.connect(group.db, isolation_level=None)
+    lock.execute("BEGIN IMMEDIATE")  # no worker's writer commits from here
+    try:
+        assert _answer(conns[1], BUDGET_MODEL, auth)[0] == 200
+
+        def settled() -> bool:  # the parent counts the second answer as spent, not held
+            status, text = _answer(conns[0], BUDGET_MODEL, auth)
+            assert status == 429, text
+            return "$0.00001 spent" in text
+
+        wait_for(settled, what="the second answer's settlement")
+        for conn in conns:
+            conn.close()
+        victims = workers_of(group)
+        for pid in victims:
+            os.kill(pid, signal.SIGKILL)  # the second answer's trace dies in its worker's writer
+        wait_for(lambda: not victims & workers_of(group), what="the workers reaped")
+    finally:
+        lock.execute("ROLLBACK")
+        lock.close()
+    conns = wait_for_key(group, auth)
+    assert group.db_rows(spent, (key["id"],))[0]["uc"] == 500  # the database kept one answer
+    status, text = _answer(conns[1], BUDGET_MODEL, auth)
+    assert status == 200, text  # the 500 µ¢ the database says are left
+    status, text = _answer(conns[0], BUDGET_MODEL, auth)
+    assert status == 429 and "$0.00001 spent" in text, text
+    for conn in conns:
+        conn.close()

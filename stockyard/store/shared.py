@@ -249,7 +249,9 @@ class SharedLedger(Ledger):
         for budget, key, amount in hold.parts:
             self._settle_one(conn, budget, key, amount, 0, step_id())
 
-    def settle(self, hold: Hold | None, actual_uc: int, scopes: Iterable[str], ts_ms: int) -> None:
+    def settle(
+        self, hold: Hold | None, actual_uc: int, scopes: Iterable[str], ts_ms: int, trace_id: str | None = None
+    ) -> None:
         """The hold becomes the real cost; the cost also lands on the other current periods
         the table holds for the request's scopes (a budget switched off and on again)."""
         job = _settlement(hold, actual_uc, scopes, ts_ms)
