@@ -1,4 +1,5 @@
-"""The shared budget ledger's rows are taken in one order, and a batch PostgreSQL aborts is run again.
+"""Shared state under contention on PostgreSQL: the budget ledger's rows are taken in one order, a
+batch PostgreSQL aborts is run again, and a deployment's count the database refused is given back once.
 
 A writer's transaction holds the ledger rows its settlements changed (``SharedLedger.settle_in``:
 a bill's or a background response's settlement commits with its record) until it commits (the
@@ -20,9 +21,12 @@ from conftest import wait_for
 
 from stockyard.budgets import Budget
 from stockyard.dburl import parse_postgres
-from stockyard.store import Store, Writer
+from stockyard.deployments import Deployment, Health, ModelRoute, Models
+from stockyard.errors import ProxyError
+from stockyard.providers import Provider
+from stockyard.store import Store, Writer, pgpool
 from stockyard.store.backends import PostgresBackend
-from stockyard.store.shared import SharedLedger
+from stockyard.store.shared import SharedLedger, SharedRateLimiter
 
 TS = 1_780_000_000_000
 DAY = "2026-05-28"  # the period TS falls in
@@ -135,3 +139,43 @@ def test_a_batch_aborted_by_a_deadlock_runs_again_once_and_is_written_once(repli
     assert check.execute("SELECT count(*) FROM meta WHERE key = 'aborted-once'").fetchone()[0] == 1
     assert any("ran again after" in r.getMessage() and "40P01" in r.getMessage() for r in caplog.records)
     assert not errors(caplog)
+
+
+def test_a_deployments_confirm_the_database_refused_counts_it_busy_no_less(pg_url):
+    """A deployment's shared rpm window (PostgreSQL's) refuses a request's count with a 503 (the
+    window's turn not come within the busy timeout: another session holds its lock, and another
+    request of this server waits for it). The refused request's claim is given back once: before,
+    ``Health.confirm`` gave it back and so did the plan's release, and the deployment showed one
+    request fewer in flight than it had (least-busy routing preferred it)."""
+    backend = PostgresBackend(parse_postgres(pg_url, {}))
+    backend.open_and_migrate()
+    store = Store(backend)
+    health = Health(shared=SharedRateLimiter(store))
+    a = Deployment("m", "a", Provider("p", "openai", "http://x"), "up", rpm=100)
+    route = ModelRoute("m", "least-busy", (a,))
+    models = Models([route], health)
+    other = backend.connect()
+    other.execute("START TRANSACTION")
+    other.execute("SELECT pg_advisory_xact_lock(hashtext(?))", (f"rate:{a.window}",))
+    wait_s = pgpool.WAIT_S
+    pgpool.configure(pgpool.READERS_MAX, 300)  # STOCKYARD_BUSY_TIMEOUT_MS=300
+    first, second = models.plan(route, 10, claim=True), models.plan(route, 10, claim=True)
+    confirming = threading.Thread(target=first.confirm)
+    try:
+        confirming.start()  # waits for the window's lock, holding its turn in this server
+        waiting = "SELECT count(*) FROM pg_locks WHERE NOT granted"
+        wait_for(lambda: other.execute(waiting).fetchone()[0] > 0, what="the first count waiting")
+        assert health.snapshot(a)["reserved"] == 2
+        with pytest.raises(ProxyError) as refused:
+            second.confirm()
+        assert refused.value.status == 503
+        second.release()  # as the proxy does when the request ends
+        assert health.snapshot(a)["reserved"] == 1  # the first request's claim, still on its way
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+        confirming.join(30)
+        pgpool.configure(pgpool.READERS_MAX, int(wait_s * 1000))
+        store.close()
+    first.release()
+    assert health.snapshot(a)["reserved"] == 0
