@@ -45,7 +45,11 @@ TS = 1_780_000_000_000
 @pytest.fixture
 def state(tmp_path):
     """The parent's shared state, served by a loop of its own (the parent's loop, in a thread)."""
-    server = StateServer(str(tmp_path), lambda budget, key: 0, (50,))
+    yield from serving(StateServer(str(tmp_path), lambda budget, key: 0, (50,)))
+
+
+def serving(server: StateServer):
+    """Serve ``server`` from a loop of its own until the test ends."""
     selector = selectors.DefaultSelector()
     server.attach(selector)
     stop = threading.Event()
@@ -153,6 +157,36 @@ def test_a_batchs_hold_reaches_the_group_from_its_start_to_its_bill(state, tmp_p
     conn.commit()
     conn.close()
     assert spend_loader(backend)(budget, "2026-05-28") == 90  # the unbilled one of this key only
+
+
+@pytest.fixture
+def synced_state(tmp_path):
+    """The parent's shared state over a real database, as a group's (its loader and its resync's reads)."""
+    backend = SqliteBackend(tmp_path / "group.db")
+    backend.open_and_migrate()
+    server = StateServer(str(tmp_path), spend_loader(backend), (80,), lambda: backend.connect(readonly=True))
+    for served in serving(server):
+        yield served, backend
+
+
+def test_a_dead_workers_commit_counts_and_a_live_workers_settlement_not_yet_committed_stays(synced_state, tmp_path):
+    """A worker records a batch with its hold (committed) and dies before settling it; another settled an
+    answer whose trace its writer has not committed. Reaping the first, the parent reloads the period:
+    the batch's hold from the database, the live worker's cost beside it (its trace not there yet)."""
+    server, backend = synced_state
+    budget = Budget("key:k5", "key 'k5'", 1_000, "day")
+    live = RemoteLedger(StateClient(tmp_path), lambda b, k: 0)
+    live.settle(live.reserve([budget], 100, TS), 60, ["key:k5"], TS, trace_id="trace-not-committed")
+    conn = backend.connect()
+    conn.execute(  # the dead worker's commit: a batch holding 90 µ¢ until it is billed
+        "INSERT INTO owned_objects (id, kind, key_id, provider, created_at, billed, held_uc) "
+        "VALUES ('batch_k5', 'batch', 'k5', 'openai', 0, 0, 90)"
+    )
+    conn.commit()
+    conn.close()
+    assert live.usage(budget, TS) == (60, 0)
+    server.forget(2**22 + 1)  # a worker that held nothing here: it died before its settlement
+    assert live.usage(budget, TS) == (150, 0)
 
 
 def test_workers_share_the_parents_rate_windows(state, tmp_path):
