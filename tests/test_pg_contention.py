@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from conftest import wait_for
@@ -179,3 +180,41 @@ def test_a_deployments_confirm_the_database_refused_counts_it_busy_no_less(pg_ur
         store.close()
     first.release()
     assert health.snapshot(a)["reserved"] == 0
+
+
+def test_many_settlements_over_shared_rows_from_requests_and_writers_add_up_exactly(replicas, caplog):
+    """Two replicas, eight threads: each request holds on its key's and the project's row of one
+    period (day, month or total), then settles a cost on them and on their other periods, two in
+    three as a request does (statements of its own) and the rest in its writer's transaction (as a
+    bill does). No error is
+    logged, nothing waits to be retried, and every row's spend is the sum of the costs to the µ¢."""
+    caplog.set_level(logging.INFO)
+    _, made, check = replicas
+    keys = [f"key:k{i}" for i in range(4)]
+    for scope in [*keys, "project:p"]:
+        for period in ("month", "day", "total"):
+            made[0][1].used_up([Budget(scope, scope, 10**12, period)], TS)
+    spent: dict[str, int] = {scope: 0 for scope in [*keys, "project:p"]}
+    lock = threading.Lock()
+
+    def one(n: int) -> None:
+        store, ledger = made[n % 2]
+        key, cost = keys[n % len(keys)], 1_000 + n
+        period = ("day", "total", "month")[n % 3 if n % 2 else (n // 2) % 3]  # holds on every period, either path
+        budgets = [Budget(key, key, 10**12, period), Budget("project:p", "p", 10**12, period)]
+        hold = ledger.reserve(budgets, 5_000, TS)
+        if n % 3:
+            ledger.settle(hold, cost, [key, "project:p"], TS)
+        else:
+            store.write(lambda conn: ledger.settle_in(conn, hold, cost, [key, "project:p"], TS))()
+        with lock:
+            spent[key] += cost
+            spent["project:p"] += cost
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        list(pool.map(one, range(120)))
+    for scope, total in spent.items():
+        for key in (DAY, "2026-05", "total"):
+            assert usage(check, scope, key) == (total, 0), (scope, key)
+    assert not made[0][1]._unsettled and not made[1][1]._unsettled
+    assert not errors(caplog)
