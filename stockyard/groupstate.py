@@ -311,9 +311,10 @@ class StateServer:
         while kept and (len(kept) > UNCOMMITTED_MAX or kept[0].at < now - UNCOMMITTED_S):
             kept.popleft()
 
-    def forget(self, pid: int) -> None:
+    def forget(self, pid: int, resync: bool = True) -> None:
         """A worker died: give back the holds of its requests in flight, and take the database's
-        spend (:meth:`resync`), which its last commits and settlements may have left apart."""
+        spend (:meth:`resync`), which its last commits and settlements may have left apart (not when
+        the group is stopping: no request comes after)."""
         gone = [hold_id for hold_id, (owner, _) in self._holds.items() if owner == pid]
         for hold_id in gone:
             _, hold = self._holds.pop(hold_id)
@@ -321,6 +322,8 @@ class StateServer:
         if gone:
             log.warning("budget holds of a stopped worker given back: %d request(s)", len(gone))
         self._uncommitted = collections.deque(u for u in self._uncommitted if u.pid != pid)  # lost with it
+        if not resync:
+            return
         try:
             self.resync()
         except Exception as exc:  # the database unreadable: the ledger goes on as it was

@@ -282,7 +282,7 @@ class Group:
             if index is None:
                 continue
             if self.state is not None:
-                self.state.forget(pid)  # the holds of its requests in flight go back
+                self.state.forget(pid, resync=not self.stopping)  # its holds go back; the spend is reloaded
             code = os.waitstatus_to_exitcode(status)
             served = index in self.ready
             self.ready.discard(index)
