@@ -51,6 +51,11 @@ def period_key(period: str, ts_ms: int) -> str:
     return f"{t.tm_year:04d}-{t.tm_mon:02d}-{t.tm_mday:02d}" if period == "day" else f"{t.tm_year:04d}-{t.tm_mon:02d}"
 
 
+def period_of(key: str) -> str:
+    """The period a period key (:func:`period_key`) is of: 'total', a month's or a day's."""
+    return "total" if key == "total" else ("month" if len(key) == 7 else "day")
+
+
 def period_days(period: str, key: str) -> tuple[str, str]:
     """Rollup days [start, end) of a period key, as stored text."""
     if period == "total":
@@ -415,11 +420,15 @@ class Ledger:
                 raise refused
             return Hold([(budget, key, amount) for budget, key in keyed])
 
-    def settle(self, hold: Hold | None, actual_uc: int, scopes: Iterable[str], ts_ms: int) -> None:
+    def settle(
+        self, hold: Hold | None, actual_uc: int, scopes: Iterable[str], ts_ms: int, trace_id: str | None = None
+    ) -> None:
         """Account one finished request: its reservations become its real cost.
 
         The cost also lands on every other period the ledger holds for the request's
         scopes, so a budget switched off and on again still knows the spend in between.
+        ``trace_id``: the trace, not committed yet, that will record this cost (a group's parent
+        counts it until then when it reloads the spend, :meth:`resync`).
         """
         parts = {(b.scope, key): (b, amount) for b, key, amount in (hold.parts if hold else [])}
         crossed: list[tuple[Budget, str, int, int]] = []
@@ -446,6 +455,18 @@ class Ledger:
                     if key in current:
                         entry.spent += actual_uc
         self._tell_warnings(crossed)
+
+    def resync(self, spend: Callable[[str, str], int]) -> None:
+        """Set every period's spend to ``spend(scope, period key)``, keeping what is held: a group's
+        parent, once a worker died between a commit and its settlement, takes the database's word."""
+        with self._lock:
+            held = [(scope, key) for scope, periods in self._entries.items() for key in periods]
+        found = {mark: spend(*mark) for mark in held}
+        with self._lock:
+            for (scope, key), spent in found.items():
+                entry = self._entries.get(scope, {}).get(key)
+                if entry is not None:
+                    entry.spent = spent
 
     def settle_in(
         self, conn: Any, hold: Hold | None, actual_uc: int, scopes: Iterable[str], ts_ms: int

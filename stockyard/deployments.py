@@ -210,7 +210,7 @@ class Health:
     def confirm(self, d: Deployment, claim: list) -> list | None:
         """Count a :meth:`claim` against ``d``'s rpm/tpm (its own window, then the shared ones) as
         :meth:`reserve` does: the reservation's entry, or None (the claim given back) when ``d`` has
-        no room left now."""
+        no room left now; the shared windows' error (a busy database's 503), the claim given back."""
         with self._lock:
             s, now = self._state(d), self._clock()
             requests, used = self._used(s, now)
@@ -493,7 +493,11 @@ class Plan:
         d, claim = self._held.get(self.first.key, (self.first, None))
         if not isinstance(claim, Claim):
             return self.first
-        entry = self.models.health.confirm(d, claim)
+        try:
+            entry = self.models.health.confirm(d, claim)
+        except BaseException:  # the shared windows' database refused it (a 503): given back by confirm too
+            del self._held[d.key]
+            raise
         if entry is not None:
             self._held[d.key] = (d, entry)
             return d

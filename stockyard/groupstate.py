@@ -13,13 +13,19 @@ file of the group's own, each step a ``BEGIN IMMEDIATE`` transaction serialized 
 workers — see bench/README.md ("Workers' shared state").
 
 A worker that dies loses nothing here but its requests in flight: the parent gives their
-holds back when it reaps the worker, and makes none for a call of its read after that. The
-parent dying ends the group (the workers watch it). The spend of a period is loaded from the
-rollups the first time the parent sees it, like one server's ledger after a start.
+holds back when it reaps the worker, and makes none for a call of its read after that. It may
+die between a commit and the settlement that follows it (a batch's record), or between a
+settlement and the commit of the trace that records it (an answer's): so the parent then reloads
+every period it holds from the database (:meth:`StateServer.resync`), counting beside it what the
+live workers settled and have not committed yet (settlements name their trace: the database says
+whether it is there). The parent dying ends the group (the workers watch it). The spend of a
+period is loaded from the rollups the first time the parent sees it, like one server's ledger
+after a start.
 """
 
 from __future__ import annotations
 
+import collections
 import functools
 import json
 import logging
@@ -29,10 +35,22 @@ import socket
 import struct
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from .budgets import Budget, BudgetExceeded, Exhausted, Hold, Ledger, Warn
+from .budgets import (
+    PERIODS,
+    Budget,
+    BudgetExceeded,
+    Exhausted,
+    Hold,
+    Ledger,
+    Warn,
+    ledger_spend_uc,
+    period_key,
+    period_of,
+)
 from .loglimit import Throttle
 from .modules.ratelimit import RateLimited, RateLimiter, too_large
 from .store.files import process_alive
@@ -44,6 +62,19 @@ CALL_TIMEOUT_S = 10.0  # a worker waits this long for the parent's answer
 ACCEPT_REST_S = 0.1  # out of descriptors: how long the parent stops accepting, unless a connection closes first
 IDLE_CONNECTIONS = 64  # connections a worker keeps open for the next calls (each call takes one)
 ENTRIES_MAX = 100_000  # rate entries awaiting their correction, before the finished ones are dropped
+UNCOMMITTED_S = 120.0  # a settlement's trace is long committed after this (a writer's call gives up at 30 s)
+UNCOMMITTED_MAX = 100_000  # settlements kept for a resync; the oldest dropped beyond
+
+
+@dataclass
+class _Uncommitted:
+    """A settlement whose trace a worker had not committed when the parent applied it."""
+
+    at: float  # monotonic
+    pid: int
+    trace_id: str
+    actual_uc: int
+    periods: frozenset[tuple[str, str]]  # the (scope, period key)s it added ``actual_uc`` to
 
 
 class StateLost(Exception):
@@ -70,7 +101,14 @@ def _refusal(refused: BudgetExceeded) -> list:
 class StateServer:
     """The group's ledger and rate windows, answering the workers in the parent's loop."""
 
-    def __init__(self, folder: str, load: Callable[[Budget, str], int], warn_percents: Iterable[int]) -> None:
+    def __init__(
+        self,
+        folder: str,
+        load: Callable[[Budget, str], int],
+        warn_percents: Iterable[int],
+        connect: Callable[[], Any] | None = None,
+    ) -> None:
+        """``connect``: a read connection to the database, for :meth:`resync` (none: no resync)."""
         # What the ledger reported during the current call, for the worker to act on.
         self._crossed: list[tuple[Budget, str, int, int]] = []  # warning thresholds (settle)
         self._first_refusal = False  # the first refusal of a spent period (reserve)
@@ -83,6 +121,8 @@ class StateServer:
         self.limiter = RateLimiter()
         self._holds: dict[int, tuple[int, Hold]] = {}  # hold id -> (worker pid, hold)
         self._entries: dict[int, tuple[str, Any]] = {}  # rate entry id -> (window, entry)
+        self._connect = connect
+        self._uncommitted: collections.deque[_Uncommitted] = collections.deque()
         self._next_id = 0
         self.path = str(Path(folder) / SOCKET_NAME)
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -216,9 +256,12 @@ class StateServer:
             self._holds[hold_id] = (int(pid), hold)
             return {"hold": hold_id}
         if op == "settle":
-            _, hold_id, actual_uc, scopes, ts_ms = call
+            _, hold_id, actual_uc, scopes, ts_ms, pid, trace_id = call
             held = self._holds.pop(hold_id, None) if hold_id is not None else None
-            self.ledger.settle(held[1] if held else None, int(actual_uc), scopes, int(ts_ms))
+            settled = held[1] if held else None
+            self.ledger.settle(settled, int(actual_uc), scopes, int(ts_ms))
+            if trace_id is not None and int(actual_uc):
+                self._note_uncommitted(int(pid), str(trace_id), int(actual_uc), settled, scopes, int(ts_ms))
             return {"warnings": [[_plain(b), key, spent, pct] for b, key, spent, pct in self._crossed]}
         if op == "used_up":
             _, budgets, ts_ms = call
@@ -255,14 +298,71 @@ class StateServer:
             return None
         raise ValueError(f"unknown call {op!r}")
 
-    def forget(self, pid: int) -> None:
-        """A worker died: give back the holds of its requests in flight."""
+    def _note_uncommitted(
+        self, pid: int, trace_id: str, actual_uc: int, hold: Hold | None, scopes: Iterable[str], ts_ms: int
+    ) -> None:
+        """Keep a settlement whose trace is not committed yet, for :meth:`resync`: the periods it
+        added to are its hold's and the current periods of its scopes (as ``Ledger.settle`` adds)."""
+        current = [(scope, period_key(period, ts_ms)) for scope in scopes for period in PERIODS]
+        periods = frozenset([(b.scope, key) for b, key, _ in (hold.parts if hold else [])] + current)
+        now = time.monotonic()
+        kept = self._uncommitted
+        kept.append(_Uncommitted(now, pid, trace_id, actual_uc, periods))
+        while kept and (len(kept) > UNCOMMITTED_MAX or kept[0].at < now - UNCOMMITTED_S):
+            kept.popleft()
+
+    def forget(self, pid: int, resync: bool = True) -> None:
+        """A worker died: give back the holds of its requests in flight, and take the database's
+        spend (:meth:`resync`), which its last commits and settlements may have left apart (not when
+        the group is stopping: no request comes after)."""
         gone = [hold_id for hold_id, (owner, _) in self._holds.items() if owner == pid]
         for hold_id in gone:
             _, hold = self._holds.pop(hold_id)
             self.ledger.settle(hold, 0, (), int(time.time() * 1000))
         if gone:
             log.warning("budget holds of a stopped worker given back: %d request(s)", len(gone))
+        self._uncommitted = collections.deque(u for u in self._uncommitted if u.pid != pid)  # lost with it
+        if not resync:
+            return
+        try:
+            self.resync()
+        except Exception as exc:  # the database unreadable: the ledger goes on as it was
+            log.error("budget spend not reloaded after a worker stopped: %s", exc)
+
+    def resync(self) -> None:
+        """Set every period the ledger holds to the database's spend plus what live workers settled
+        and have not committed (their traces not in the database yet), read in one snapshot."""
+        if self._connect is None:
+            return
+        conn = self._connect()
+        try:
+            conn.execute("BEGIN")  # one snapshot: the traces looked for and the rollups summed
+            committed = _committed(conn, [u.trace_id for u in self._uncommitted])
+            self._uncommitted = collections.deque(u for u in self._uncommitted if u.trace_id not in committed)
+            pending: collections.Counter[tuple[str, str]] = collections.Counter()
+            for u in self._uncommitted:
+                for mark in u.periods:
+                    pending[mark] += u.actual_uc
+
+            def spend(scope: str, key: str) -> int:
+                budget = Budget(scope, scope, 0, period_of(key))
+                return ledger_spend_uc(conn, budget, key) + pending[(scope, key)]
+
+            self.ledger.resync(spend)
+            conn.execute("COMMIT")
+        finally:
+            conn.close()
+        log.info("budget spend reloaded from the database after a worker stopped")
+
+
+def _committed(conn: Any, trace_ids: list[str]) -> set[str]:
+    """Which of ``trace_ids`` the database holds (in chunks: SQLite binds at most 999 at once)."""
+    found: set[str] = set()
+    for start in range(0, len(trace_ids), 500):
+        chunk = trace_ids[start : start + 500]
+        marks = ",".join("?" * len(chunk))
+        found.update(row[0] for row in conn.execute(f"SELECT id FROM traces WHERE id IN ({marks})", chunk))
+    return found
 
 
 # -- a worker --------------------------------------------------------------------------------
@@ -348,10 +448,12 @@ class RemoteLedger(Ledger):
             raise refused
         return _RemoteHold(reply["hold"])
 
-    def settle(self, hold: Hold | None, actual_uc: int, scopes: Iterable[str], ts_ms: int) -> None:
+    def settle(
+        self, hold: Hold | None, actual_uc: int, scopes: Iterable[str], ts_ms: int, trace_id: str | None = None
+    ) -> None:
         hold_id = hold.id if isinstance(hold, _RemoteHold) else None
         try:
-            reply = self._client.call(["settle", hold_id, actual_uc, list(scopes), ts_ms])
+            reply = self._client.call(["settle", hold_id, actual_uc, list(scopes), ts_ms, self._pid, trace_id])
         except StateLost as exc:  # the parent is gone: so is the group (the workers follow it)
             log.error("budget settlement not recorded: %s", exc)
             return

@@ -873,7 +873,7 @@ class Relay:
         self.cost_uc += cost or 0
         self.priced = self.priced and cost is not None
         if self._budgets:
-            app.ledger.settle(None, spent, self._scopes, ctx.ts_ms)
+            app.ledger.settle(None, spent, self._scopes, ctx.ts_ms, trace_id=ctx.trace_id)
 
     def _budget_left(self) -> bool:
         """After a response's spend: a budget used up ends the session (its ``error`` event, 1008;

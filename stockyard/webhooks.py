@@ -7,8 +7,10 @@ database, every few seconds. One thread delivers: a POST per (webhook, event), r
 backoff after a failure (no answer, or a status other than 2xx), every attempt written to
 ``webhook_deliveries``. A receiver sees an event at least once (dedupe on its ``id``): nothing
 is sent again after a 2xx. A delivery a stop left (``abandoned``) or a crash left waiting for a
-retry is resumed by the next server (:meth:`Dispatcher._resume`); events still queued at a crash
-are lost (they were in memory only).
+retry is resumed by the next server (:meth:`Dispatcher._resume`). An event emitted is written to
+``webhook_outbox`` too (a row per webhook it goes to), which its first delivery-log row replaces in
+the same write: an event still queued, or being sent, at a crash is sent by the next server
+(:func:`claim_outbox`), with its id and its body as made.
 
 JSON deliveries are signed: ``X-Stockyard-Signature: t=<unix seconds>,v1=<hex>``, where the hex
 is HMAC-SHA256 with the webhook's secret over ``"<t>.<body>"``. A receiver recomputes it and
@@ -56,6 +58,7 @@ ERROR_OUTCOMES = ("upstream_error", "error", "stream_broken")  # what counts tow
 RESUME_EVERY_S = 60.0  # how often the checking server looks for deliveries a stopped or crashed one left
 RESUME_WITHIN_S = 86_400.0  # older ones stay in the log as they are: their news is stale
 RESUME_SLACK_S = 60.0  # a retry not attempted this long after it was due: its server is gone
+OUTBOX_SLACK_S = 600.0  # an event not attempted this long after it was emitted: its server is gone (or far behind)
 
 
 @dataclass(frozen=True)
@@ -202,12 +205,59 @@ def log_delivery(conn, row: tuple, event: dict[str, Any] | None = None) -> None:
         "WHERE webhook_id = ? AND event_id = ? AND event_json IS NOT NULL",
         row[:2],
     )
+    conn.execute("DELETE FROM webhook_outbox WHERE webhook_id = ? AND event_id = ?", row[:2])  # the log has it now
     kept = None if event is None else json.dumps(event, ensure_ascii=False, separators=(",", ":"))
     conn.execute(
         "INSERT INTO webhook_deliveries (webhook_id, event_id, event, attempt, ts, status, error, "
         "duration_ms, outcome, event_json) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (*row, kept),
     )
+
+
+def keep_outbox(conn, hook_ids: list[str], event: dict[str, Any]) -> None:
+    """An event emitted, for each webhook it goes to, until its first delivery-log row (:func:`log_delivery`)."""
+    kept = json.dumps(event, ensure_ascii=False, separators=(",", ":"))
+    for hook_id in hook_ids:
+        conn.execute(
+            "INSERT INTO webhook_outbox (webhook_id, event_id, event_json, created_at) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (webhook_id, event_id) DO NOTHING",
+            (hook_id, event["id"], kept, event["created_at"]),
+        )
+
+
+def claim_outbox(
+    conn, hook_ids: list[str], before: str, since: str, limit: int, *, now: str
+) -> tuple[list[tuple[str, dict, int]], int]:
+    """Events emitted before ``before`` and never attempted (their server crashed, or stopped before it
+    logged them), claimed as :func:`claim_left` claims a delivery: the outbox row goes and a delivery-log
+    row ``resumed`` at ``now`` keeps the copy for the attempt (a crash before it leaves it to the next
+    server). Rows of webhooks deleted since, or emitted before ``since`` (stale news), are dropped.
+    Returns ((webhook id, event, 1) claimed, rows dropped)."""
+    rows = conn.execute(
+        "SELECT webhook_id, event_id, event_json, created_at FROM webhook_outbox WHERE created_at < ? "
+        "ORDER BY created_at LIMIT ?",
+        (before, limit),
+    ).fetchall()
+    claimed, dropped = [], 0
+    for webhook_id, event_id, kept, created_at in rows:
+        taken = conn.execute(
+            "DELETE FROM webhook_outbox WHERE webhook_id = ? AND event_id = ?", (webhook_id, event_id)
+        ).rowcount
+        if taken != 1:
+            continue  # another server claimed it
+        if webhook_id not in hook_ids or created_at < since:
+            dropped += 1
+            continue
+        event = json.loads(kept)
+        log_delivery(conn, (webhook_id, event_id, event["type"], 1, now, None, None, 0, "resumed"), event)
+        claimed.append((webhook_id, event, 1))
+    return claimed, dropped
+
+
+def _unkeep(conn, hook_ids: list[str], event_id: str) -> None:
+    """An event dropped (the queue full): its outbox rows go."""
+    for hook_id in hook_ids:
+        conn.execute("DELETE FROM webhook_outbox WHERE webhook_id = ? AND event_id = ?", (hook_id, event_id))
 
 
 def claim_left(
@@ -324,6 +374,7 @@ class Dispatcher:
         self._sent_checks: set[tuple[str, str]] = set()  # (hook id, event id) of checked events sent
         self._error_high: dict[str, bool] = {}
         self._next_resume = 0.0
+        self._started = now_iso()  # the outbox's rows from before: the events a crash (or a stop) left
         self._recent: dict[tuple[str, str], float] = {}  # (hook, event) attempted lately: its row may be unwritten
         self.dropped = 0
         self.delivered = 0
@@ -352,14 +403,22 @@ class Dispatcher:
     def emit(self, kind: str, data: dict[str, Any], summary: str, *, only: str | None = None) -> str | None:
         """Queue an event for every webhook subscribed to ``kind`` (or the one webhook ``only``);
         never blocks. Returns the event id, or None when dropped (queue full)."""
-        if only is None and not any(kind in h.events for h in self._hooks):
+        targets = [h.id for h in self._hooks if h.id == only or (only is None and kind in h.events)]
+        if not targets and only is None:
             return None
         event = new_event(kind, data, summary)
-        try:
-            self._queue.put_nowait((event, only))
-        except queue.Full:
+        if self._queue.full():  # (only the delivery thread takes from it: room now is room after)
             self.dropped += 1
             log.warning("webhooks: queue full, event %s dropped", kind)
+            return None
+        # written before it is queued: its first delivery-log row, which removes it, comes after
+        self._store.submit(lambda conn: keep_outbox(conn, targets, event))
+        try:
+            self._queue.put_nowait((event, only))
+        except queue.Full:  # emitted meanwhile by another thread: its outbox rows go too
+            self.dropped += 1
+            log.warning("webhooks: queue full, event %s dropped", kind)
+            self._store.submit(lambda conn: _unkeep(conn, targets, event["id"]))
             return None
         return event["id"]
 
@@ -525,6 +584,17 @@ class Dispatcher:
         resumed = self._store.write(
             lambda conn: claim_left(conn, list(hooks), since, now - RESUME_SLACK_S, room, mine, now=stamp)
         )
+        # events never attempted: at start, every one emitted before it; then those long left
+        before = self._started if self._started else to_iso(datetime.fromtimestamp(now - OUTBOX_SLACK_S, timezone.utc))
+        self._started = ""
+        unsent, dropped = self._store.write(
+            lambda conn: claim_outbox(conn, list(hooks), before, since, max(0, room - len(resumed)), now=stamp)
+        )
+        if dropped:
+            log.warning(
+                "webhooks: %d events left unsent were dropped (their webhook deleted, or older than a day)", dropped
+            )
+        resumed += unsent
         if not resumed:
             return
         log.warning("webhooks: resuming %d deliveries a stopped server left", len(resumed))

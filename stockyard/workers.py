@@ -193,7 +193,12 @@ class Group:
             self.folder = tempfile.mkdtemp(prefix="stockyard-workers-")  # private (0700): metrics, state
             try:
                 if isinstance(backend, SqliteBackend):
-                    self.state = StateServer(self.folder, spend_loader(backend), self.settings.budget_warn_percent)
+                    self.state = StateServer(
+                        self.folder,
+                        spend_loader(backend),
+                        self.settings.budget_warn_percent,
+                        lambda: backend.connect(readonly=True),
+                    )
                 return self._supervise()
             finally:
                 if self.state is not None:
@@ -277,7 +282,7 @@ class Group:
             if index is None:
                 continue
             if self.state is not None:
-                self.state.forget(pid)  # the holds of its requests in flight go back
+                self.state.forget(pid, resync=not self.stopping)  # its holds go back; the spend is reloaded
             code = os.waitstatus_to_exitcode(status)
             served = index in self.ready
             self.ready.discard(index)

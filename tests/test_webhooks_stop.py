@@ -142,6 +142,56 @@ def test_events_left_undelivered_at_a_stop_are_logged_as_abandoned_and_sent_by_t
     assert "Traceback" not in server.log
 
 
+def outbox(db) -> list[dict]:
+    conn = open_database(db)
+    try:
+        return [dict(r) for r in conn.execute("SELECT * FROM webhook_outbox ORDER BY created_at")]
+    finally:
+        conn.close()
+
+
+def test_events_queued_at_a_crash_are_sent_by_the_next_start_once_each_as_made(
+    pyz_path, cache_home, mock, tmp_path_factory
+):
+    """The receiver takes the first delivery and never answers; two more events wait behind it. The
+    server is killed (SIGKILL: nothing written at the end), the receiver comes back, the server is
+    started again: every event arrives, once, with its id and its body as it was made (its first
+    ``created_at``). Before, they were in memory only and lost without a row."""
+    receiver = SilentReceiver()
+    server = start_server(pyz_path, cache_home, mock, tmp_path_factory, "webhookkill", STOCKYARD_ENCRYPTION_KEY=SECRET)
+    try:
+        status, hook = api(server, "POST", "/api/webhooks", {"url": receiver.url, "events": ["all"]})
+        assert status == 201, hook
+        sent = []
+        for _ in range(QUEUED):
+            status, body = api(server, "POST", f"/api/webhooks/{hook['id']}/test")
+            assert status == 202, body
+            sent.append(body["event_id"])
+        assert receiver.arrived.wait(10), "the first delivery reached the receiver"
+        wait_for(lambda: len(outbox(server.db)) == QUEUED, what="the events in the outbox")
+        made = {row["event_id"]: json.loads(row["event_json"]) for row in outbox(server.db)}
+        server.stop(signal.SIGKILL)
+        assert deliveries(server.db) == []  # the crash logged nothing
+
+        receiver.let_go()
+        receiver.status = 200
+        server = again(server)
+        wait_for(lambda: len(receiver.got) >= QUEUED, what="the events the crash left sent")
+        got = {json.loads(body)["id"]: json.loads(body) for _, body in receiver.got}
+        assert sorted(got) == sorted(sent) and got == made  # each as it was made: its id, its created_at
+        for headers, body in receiver.got:
+            assert verify(hook["secret"], body, headers["x-stockyard-signature"])
+        wait_for(lambda: sum(r["outcome"] == "delivered" for r in deliveries(server.db)) == QUEUED, what="logged")
+        assert outbox(server.db) == []
+        server.stop()
+        server = again(server)  # nothing left: nothing sent twice
+        assert api(server, "GET", "/readyz")[0] == 200
+    finally:
+        server.stop()
+        receiver.close()
+    assert len(receiver.got) == QUEUED and "Traceback" not in server.log
+
+
 def test_a_retry_a_crashed_server_left_is_made_by_the_next_one(pyz_path, cache_home, mock, tmp_path_factory):
     receiver = SilentReceiver()
     receiver.status = 500

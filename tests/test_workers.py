@@ -17,6 +17,7 @@ import os
 import re
 import selectors
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -44,7 +45,11 @@ TS = 1_780_000_000_000
 @pytest.fixture
 def state(tmp_path):
     """The parent's shared state, served by a loop of its own (the parent's loop, in a thread)."""
-    server = StateServer(str(tmp_path), lambda budget, key: 0, (50,))
+    yield from serving(StateServer(str(tmp_path), lambda budget, key: 0, (50,)))
+
+
+def serving(server: StateServer):
+    """Serve ``server`` from a loop of its own until the test ends."""
     selector = selectors.DefaultSelector()
     server.attach(selector)
     stop = threading.Event()
@@ -152,6 +157,36 @@ def test_a_batchs_hold_reaches_the_group_from_its_start_to_its_bill(state, tmp_p
     conn.commit()
     conn.close()
     assert spend_loader(backend)(budget, "2026-05-28") == 90  # the unbilled one of this key only
+
+
+@pytest.fixture
+def synced_state(tmp_path):
+    """The parent's shared state over a real database, as a group's (its loader and its resync's reads)."""
+    backend = SqliteBackend(tmp_path / "group.db")
+    backend.open_and_migrate()
+    server = StateServer(str(tmp_path), spend_loader(backend), (80,), lambda: backend.connect(readonly=True))
+    for served in serving(server):
+        yield served, backend
+
+
+def test_a_dead_workers_commit_counts_and_a_live_workers_settlement_not_yet_committed_stays(synced_state, tmp_path):
+    """A worker records a batch with its hold (committed) and dies before settling it; another settled an
+    answer whose trace its writer has not committed. Reaping the first, the parent reloads the period:
+    the batch's hold from the database, the live worker's cost beside it (its trace not there yet)."""
+    server, backend = synced_state
+    budget = Budget("key:k5", "key 'k5'", 1_000, "day")
+    live = RemoteLedger(StateClient(tmp_path), lambda b, k: 0)
+    live.settle(live.reserve([budget], 100, TS), 60, ["key:k5"], TS, trace_id="trace-not-committed")
+    conn = backend.connect()
+    conn.execute(  # the dead worker's commit: a batch holding 90 µ¢ until it is billed
+        "INSERT INTO owned_objects (id, kind, key_id, provider, created_at, billed, held_uc) "
+        "VALUES ('batch_k5', 'batch', 'k5', 'openai', 0, 0, 90)"
+    )
+    conn.commit()
+    conn.close()
+    assert live.usage(budget, TS) == (60, 0)
+    server.forget(2**22 + 1)  # a worker that held nothing here: it died before its settlement
+    assert live.usage(budget, TS) == (150, 0)
 
 
 def test_workers_share_the_parents_rate_windows(state, tmp_path):
@@ -842,3 +877,56 @@ def test_a_worker_stopped_alone_is_replaced_on_a_socket_that_listens(group):
         connection_to(group, worker).close()
     assert "exited with status 0: starting a new one" in group.log
     assert group.request("GET", "/readyz")[0] == 200
+
+
+def _answer(conn: http.client.HTTPConnection, body: dict, auth: dict) -> tuple[int, str]:
+    conn.request("POST", "/v1/chat/completions", body=json.dumps(body), headers=auth)
+    answer = conn.getresponse()
+    return answer.status, answer.read().decode()
+
+
+@pytest.mark.serial
+def test_workers_killed_after_settling_answers_their_database_never_kept_leave_the_database_spend(group, mock):
+    """A worker settles an answer's cost with the parent before its writer commits the trace. Killed
+    between the two (its writer held by a lock on the file), the answer's spend is in the parent's
+    ledger and nowhere in the database: on reaping it the parent reloads each period from the
+    database (plus what live workers settled and have not committed), so the budget admits exactly
+    what the database says is left. Before, the lost answer stayed spent until a restart."""
+    status, _ = api(group, "POST", "/api/prices", {"model": "mock-budget", "input": "0", "output": "1"})
+    assert status == 200
+    # each answer costs 500 µ¢ (5 tokens at $1/M), its worst case too: the budget is two answers
+    status, key = api(group, "POST", "/api/keys", {"name": "killed", "budget_usd": "0.00001", "budget_period": "total"})
+    assert status == 201, key
+    auth = {"Authorization": f"Bearer {key['key']}"}
+    conns = wait_for_key(group, auth)
+    assert _answer(conns[0], BUDGET_MODEL, auth)[0] == 200
+    spent = "SELECT COALESCE(SUM(cost_uc), 0) AS uc FROM traces WHERE key_id = ?"
+    wait_for(lambda: group.db_rows(spent, (key["id"],))[0]["uc"] == 500, what="the first answer's commit")
+    lock = sqlite3.connect(group.db, isolation_level=None)
+    lock.execute("BEGIN IMMEDIATE")  # no worker's writer commits from here
+    try:
+        assert _answer(conns[1], BUDGET_MODEL, auth)[0] == 200
+
+        def settled() -> bool:  # the parent counts the second answer as spent, not held
+            status, text = _answer(conns[0], BUDGET_MODEL, auth)
+            assert status == 429, text
+            return "$0.00001 spent" in text
+
+        wait_for(settled, what="the second answer's settlement")
+        for conn in conns:
+            conn.close()
+        victims = workers_of(group)
+        for pid in victims:
+            os.kill(pid, signal.SIGKILL)  # the second answer's trace dies in its worker's writer
+        wait_for(lambda: not victims & workers_of(group), what="the workers reaped")
+    finally:
+        lock.execute("ROLLBACK")
+        lock.close()
+    conns = wait_for_key(group, auth)
+    assert group.db_rows(spent, (key["id"],))[0]["uc"] == 500  # the database kept one answer
+    status, text = _answer(conns[1], BUDGET_MODEL, auth)
+    assert status == 200, text  # the 500 µ¢ the database says are left
+    status, text = _answer(conns[0], BUDGET_MODEL, auth)
+    assert status == 429 and "$0.00001 spent" in text, text
+    for conn in conns:
+        conn.close()

@@ -170,4 +170,5 @@ class BudgetModule(Module):
         # only what its answer cost (0) is left
         running = ctx.state.get(BACKGROUND_HELD, False)
         billed = estimate.billed_uc(ctx) if running else spent_uc(ctx, held_by(cover))
-        self.services.ledger.settle(ctx.state.pop(HELD, None), billed, scopes_of(ctx.key), ctx.ts_ms)
+        hold = ctx.state.pop(HELD, None)
+        self.services.ledger.settle(hold, billed, scopes_of(ctx.key), ctx.ts_ms, trace_id=ctx.trace_id)

@@ -209,7 +209,7 @@ class UserLimitsModule(Module):
         if held is not None:
             budget, hold = held
             spent = estimate.billed_uc(ctx) if running else spent_uc(ctx, held_by(cover))
-            self.services.ledger.settle(hold, spent, (budget.scope,), ctx.ts_ms)
+            self.services.ledger.settle(hold, spent, (budget.scope,), ctx.ts_ms, trace_id=ctx.trace_id)
         rate = ctx.state.pop("userlimits.rate", None)
         if rate is not None:
             window, entry = rate

@@ -19,7 +19,7 @@ from typing import Any, Callable, TypeVar
 from . import db
 from .backends import Backend, backend_for
 from .pgpool import PooledReads, ReadPool
-from .writer import Writer
+from .writer import Writer, begin, commit, drop_deferred
 
 __all__ = ["Store", "Writer", "db", "backend_for", "storable"]
 
@@ -115,11 +115,12 @@ class Store:
             if self._direct is None:
                 self._direct = self.backend.connect()
             conn = self._direct
-            conn.execute("BEGIN IMMEDIATE")
+            begin(conn)
             try:
                 result = job(conn)
-                conn.execute("COMMIT")
+                commit(conn)
             except BaseException:
+                drop_deferred(conn)
                 conn.execute("ROLLBACK")
                 raise
             return result

@@ -21,7 +21,7 @@ import socket
 import sqlite3
 from collections import OrderedDict
 from decimal import Decimal
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from ..dburl import PostgresURL
 from . import db
@@ -288,6 +288,8 @@ class PgConnection:
     """One pg8000 connection in autocommit mode; transactions are opened explicitly, as with SQLite."""
 
     dialect = "postgresql"
+    # Steps a write transaction's jobs defer to its end (the writer's ``begin``/``commit``); None outside one.
+    before_commit: list[Callable[[Any], None]] | None = None
 
     def __init__(self, url: PostgresURL) -> None:
         import pg8000.converters

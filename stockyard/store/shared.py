@@ -93,14 +93,27 @@ RETURNING spent_uc"""
 
 # The cost on a scope's other current periods (a budget switched off and on again), once: the
 # step's id is inserted only when there are such rows (the usual case has none), and gates the
-# UPDATE, which locks them as before. (Locking the rows first in a CTE cost ~25 µs more of the
-# server's CPU per step: bench/settle_once.py.)
-_SPEND = """/* settle */ WITH step AS (
-    INSERT INTO budget_settled (id) SELECT CAST(? AS uuid) WHERE EXISTS (
-        SELECT 1 FROM budget_ledger WHERE scope = ? AND period_key IN (?, ?, ?) AND period_key <> ?)
+# UPDATE. The rows are locked first, in order (``_LOCK_ROWS``' order): an UPDATE of several rows
+# locks them in the order its scan finds them, and two statements or transactions taking two
+# rows in opposite orders deadlock (this costs ~25 µs more of the server's CPU per step:
+# bench/settle_once.py).
+_SPEND = """/* settle */ WITH rows AS MATERIALIZED (
+    SELECT period_key FROM budget_ledger WHERE scope = ? AND period_key IN (?, ?, ?) AND period_key <> ?
+    ORDER BY period_key FOR UPDATE),
+step AS (
+    INSERT INTO budget_settled (id) SELECT CAST(? AS uuid) WHERE EXISTS (SELECT 1 FROM rows)
     ON CONFLICT (id) DO NOTHING RETURNING id)
 UPDATE budget_ledger SET spent_uc = spent_uc + ?
-WHERE scope = ? AND period_key IN (?, ?, ?) AND period_key <> ? AND EXISTS (SELECT 1 FROM step)"""
+WHERE scope = ? AND period_key IN (SELECT period_key FROM rows) AND EXISTS (SELECT 1 FROM step)"""
+
+# Every ledger row a transaction's settlements change, locked at once in one order (scope, then
+# period key) before the first of them is applied (``_Deferred``): the writer's transaction holds
+# its rows to its commit, and another's (a replica's writer) taking the same rows in another order
+# deadlocked — PostgreSQL aborting one. Every other path takes one row a statement, or its rows in
+# this order (_SPEND, _EXPIRE).
+_LOCK_ROWS = """/* settle */ SELECT 1 FROM budget_ledger WHERE (scope, period_key) IN ({rows})
+ORDER BY scope, period_key FOR UPDATE"""
+LOCK_ROWS_MAX = 1000  # rows locked a statement (in order: the next statement's come after)
 
 
 # Ids older than the cutoff on the database's clock: a range of the primary key (see step_id).
@@ -249,7 +262,9 @@ class SharedLedger(Ledger):
         for budget, key, amount in hold.parts:
             self._settle_one(conn, budget, key, amount, 0, step_id())
 
-    def settle(self, hold: Hold | None, actual_uc: int, scopes: Iterable[str], ts_ms: int) -> None:
+    def settle(
+        self, hold: Hold | None, actual_uc: int, scopes: Iterable[str], ts_ms: int, trace_id: str | None = None
+    ) -> None:
         """The hold becomes the real cost; the cost also lands on the other current periods
         the table holds for the request's scopes (a budget switched off and on again)."""
         job = _settlement(hold, actual_uc, scopes, ts_ms)
@@ -299,7 +314,7 @@ class SharedLedger(Ledger):
         while job.actual_uc and job.scopes:
             scope, step = job.scopes[0]
             others = (scope, *current, job.settled.get(scope, ""))  # the rows: this scope's other periods
-            conn.execute(_SPEND, (step, *others, job.actual_uc, *others))
+            conn.execute(_SPEND, (*others, step, job.actual_uc, scope))
             job.scopes.pop(0)
         return crossed
 
@@ -310,9 +325,30 @@ class SharedLedger(Ledger):
         writer's): both commit, or neither (a crash between a bill and a settlement of its own left
         the hold counted as spent, a ``total`` budget's for ever; between a background response's
         record and its reservation's, the hold recorded but never spent). The thresholds it crossed
-        are told once it committed."""
-        crossed = self._apply(_settlement(hold, actual_uc, scopes, ts_ms), conn)
-        return lambda: self._tell_warnings(crossed)
+        are told once it committed. In a writer's transaction they run at its end, with every other
+        settlement of it, their rows locked in one order first (``_Deferred``)."""
+        job = _settlement(hold, actual_uc, scopes, ts_ms)
+        steps = getattr(conn, "before_commit", None)
+        if steps is None:  # not a transaction that runs deferred steps: now, its rows locked in order
+            self._apply_all([job], conn)
+        else:
+            deferred = next((s for s in steps if isinstance(s, _Deferred) and s.ledger is self), None)
+            if deferred is None:
+                deferred = _Deferred(self)
+                steps.append(deferred)
+            deferred.jobs.append(job)
+        return lambda: self._tell_warnings(job.crossed)
+
+    def _apply_all(self, jobs: list["_Settlement"], conn: Any) -> None:
+        """Apply settlements in one transaction (``conn``'s): every row they change locked first,
+        in one order, then each applied; each keeps the thresholds it crossed."""
+        rows = sorted({mark for job in jobs for mark in job.rows()})
+        for start in range(0, len(rows), LOCK_ROWS_MAX):
+            chunk = rows[start : start + LOCK_ROWS_MAX]
+            marks = ", ".join(["(?, ?)"] * len(chunk))
+            conn.execute(_LOCK_ROWS.format(rows=marks), [value for mark in chunk for value in mark]).fetchall()
+        for job in jobs:
+            job.crossed = self._apply(job, conn)
 
     def used_up(self, budgets: list[Budget], ts_ms: int) -> BudgetExceeded | None:
         keyed = self._ensure(budgets, ts_ms)
@@ -386,6 +422,23 @@ class _Settlement:
     scopes: list[tuple[str, str]]  # scope, step id
     ts_ms: int
     settled: dict[str, str] = field(default_factory=dict)  # scope -> the period its hold settled
+    crossed: list[tuple[Budget, str, int, int]] = field(default_factory=list)  # thresholds, once applied
+
+    def rows(self) -> set[tuple[str, str]]:
+        """The (scope, period key) rows it may change: its holds' and its scopes' current periods."""
+        current = [period_key(p, self.ts_ms) for p in PERIODS]
+        return {(b.scope, key) for b, key, _, _ in self.parts} | {(s, key) for s, _ in self.scopes for key in current}
+
+
+@dataclass
+class _Deferred:
+    """A writer transaction's settlements (``SharedLedger.settle_in``), applied at its end together."""
+
+    ledger: SharedLedger
+    jobs: list[_Settlement] = field(default_factory=list)
+
+    def __call__(self, conn: Any) -> None:
+        self.ledger._apply_all(self.jobs, conn)
 
 
 TICKS_PER_S = 10  # rate buckets per second

@@ -65,6 +65,53 @@ def database_failed(exc: BaseException) -> bool:
     return isinstance(exc, sqlite3.Error) and code is not None and (code & 0xFF) in _DATABASE_FAILURES
 
 
+# SQLSTATEs of a transaction PostgreSQL aborted for a conflict with another (deadlock_detected,
+# serialization_failure): nothing of it was applied, so it can run again as it was.
+TRANSIENT_SQLSTATES = ("40P01", "40001")
+
+
+def transient(exc: BaseException) -> bool:
+    """The database aborted the transaction for a conflict with another (PostgreSQL): try it again."""
+    return getattr(exc, "sqlstate", None) in TRANSIENT_SQLSTATES
+
+
+def begin(conn: Any) -> None:
+    """Open a write transaction whose jobs may defer steps to its end (``conn.before_commit``: a
+    PostgreSQL connection's; the shared budget ledger's rows, taken there in one order)."""
+    conn.execute("BEGIN IMMEDIATE")
+    if hasattr(conn, "before_commit"):
+        conn.before_commit = []
+
+
+def run_deferred(conn: Any) -> None:
+    """Run the steps the transaction's jobs deferred to its end (in the transaction); more may be deferred
+    after (the writer's isolated jobs run theirs one job at a time)."""
+    steps = getattr(conn, "before_commit", None)
+    if steps:
+        conn.before_commit = []
+        for step in steps:
+            step(conn)
+
+
+def commit(conn: Any) -> None:
+    """Run what was deferred, then commit; the connection defers nothing after (its steps would never run)."""
+    run_deferred(conn)
+    conn.execute("COMMIT")
+    drop_deferred(conn)
+
+
+def discard_deferred(conn: Any) -> None:
+    """A job rolled back to its savepoint: its deferred steps go; the transaction defers on."""
+    if getattr(conn, "before_commit", None) is not None:
+        conn.before_commit = []
+
+
+def drop_deferred(conn: Any) -> None:
+    """The transaction ended (committed or rolled back): nothing is deferred on the connection any more."""
+    if getattr(conn, "before_commit", None) is not None:
+        conn.before_commit = None
+
+
 def _write_many(job: Job) -> Callable[[sqlite3.Connection, list], None] | None:
     """``Cls.write_many`` for a job that is ``obj.write`` of a class that has one (traces), else None."""
     owner = getattr(job, "__self__", None)
@@ -487,9 +534,12 @@ class Writer:
                 break
             except sqlite3.Error as exc:
                 self._rollback()
-                if retry and getattr(self._conn, "broken", False):
-                    # PostgreSQL closed the connection (a restart, a failover, an idle timeout): the
-                    # transaction was rolled back, so the batch runs once more on a new connection.
+                if retry and (getattr(self._conn, "broken", False) or transient(exc)):
+                    # PostgreSQL closed the connection (a restart, a failover, an idle timeout), or aborted
+                    # the transaction for a deadlock or a serialization failure: it was rolled back
+                    # whole, so the batch runs once more (on a new connection when it broke).
+                    if transient(exc):
+                        log.info("a batch of %d records ran again after %s", len(batch), exc)
                     for item in batch:
                         item.result, item.error = None, None
                     continue
@@ -530,7 +580,7 @@ class Writer:
     def _run_jobs(self, batch: list[_Item], *, isolated: bool) -> None:
         conn = self._conn
         assert conn is not None
-        conn.execute("BEGIN IMMEDIATE")
+        begin(conn)
         if not isolated:
             for many, run in _runs(batch):
                 try:
@@ -539,27 +589,31 @@ class Writer:
                     else:
                         many(conn, [item.job.__self__ for item in run])  # type: ignore[attr-defined]
                 except Exception as exc:
-                    if database_failed(exc):
-                        raise  # full, read-only, I/O error: the whole batch fails
+                    if database_failed(exc) or transient(exc):
+                        raise  # full, read-only, I/O error, a deadlock: the whole batch fails (or runs again)
                     self._rollback()
                     raise _JobFailed() from exc
-            conn.execute("COMMIT")
+            commit(conn)
             return
         for item in batch:
             conn.execute("SAVEPOINT job")
             try:
                 item.result = item.job(conn)
+                run_deferred(conn)  # its own deferred steps, within its savepoint
                 conn.execute("RELEASE job")
             except Exception as exc:  # one bad job must not sink the batch
-                if database_failed(exc):
+                if database_failed(exc) or transient(exc):
                     raise
                 conn.execute("ROLLBACK TO job")
                 conn.execute("RELEASE job")
+                discard_deferred(conn)
                 item.error = exc
-        conn.execute("COMMIT")
+        commit(conn)
 
     def _rollback(self) -> None:
         conn = self._conn
+        if conn is not None:
+            drop_deferred(conn)
         if conn is not None and conn.in_transaction:
             try:
                 conn.execute("ROLLBACK")
