@@ -116,7 +116,8 @@ def _hold(writer: Writer) -> threading.Event:
         release.wait()
 
     writer.submit(hold)
-    holding.wait()
+    if not holding.wait(600):
+        raise RuntimeError("the writer did not take its hold job in 10 minutes")
     return release
 
 
