@@ -191,6 +191,24 @@ def _value_in(value: Any) -> Any:
     return int(value) if isinstance(value, bool) else value  # flags are 0/1 integers, as in SQLite
 
 
+def _bound(params: Sequence[Any]) -> tuple | None:
+    """The values as pg8000's converters bind them (text; NULL as None) when each is a text, an
+    integer, a flag or NULL — the ~25 per trace of the writer's rollup upserts — in one pass instead
+    of two calls per value (``_value_in``, ``make_param``); None when another type is there."""
+    out = []
+    for v in params:
+        t = type(v)
+        if t is str or v is None:
+            out.append(v)
+        elif t is int:
+            out.append(str(v))
+        elif t is bool:
+            out.append("1" if v else "0")  # flags are 0/1 integers, as in SQLite (_value_in)
+        else:
+            return None
+    return tuple(out)
+
+
 def _copy_rows(rows: Sequence[Sequence[Any]]) -> bytes | None:
     """Rows as ``COPY``'s text format (tab between values, a line each, ``\\N`` for NULL, backslash
     escapes), UTF-8: what the multi-row INSERT would store. None when a value is of a type this does
@@ -425,7 +443,9 @@ class PgConnection:
                 context = self._conn.execute_simple(statement)
             else:
                 name, columns, input_funcs = self._prepare(statement)
-                values = self._make_params(self._conn.py_types, tuple(_value_in(v) for v in params))
+                values = _bound(params)
+                if values is None:
+                    values = self._make_params(self._conn.py_types, tuple(_value_in(v) for v in params))
                 context = self._conn.execute_named(name, values, columns, input_funcs, statement)
         except UnicodeEncodeError:
             # A value with no UTF-8 form (a lone surrogate, valid in JSON), found while pg8000
