@@ -491,22 +491,30 @@ class Ledger:
                 log.error("could not report an exhausted budget: %s", exc)
 
     def _tell_warnings(self, crossed: Iterable[tuple[Budget, str, int, int]]) -> None:
-        """Thresholds a settlement crossed, to ``on_warning`` (audit, log, webhooks)."""
-        if self._on_warning is not None:
-            for crossing in crossed:
+        """Thresholds a settlement crossed, to ``on_warning`` (audit, log, webhooks); the spend reaching
+        the budget (``EXHAUSTED``) to ``on_exhausted``."""
+        for budget, key, spent, pct in crossed:
+            if pct == EXHAUSTED:
+                self._tell_exhausted(BudgetExceeded(budget, key, spent, 0, 0, int(time.time() * 1000)))
+            elif self._on_warning is not None:
                 try:
-                    self._on_warning(*crossing)
+                    self._on_warning(budget, key, spent, pct)
                 except Exception as exc:  # a warning must never fail a request
                     log.error("could not record a budget warning: %s", exc)
 
     def _crossings(self, budget: Budget, key: str, spent: int) -> list[tuple[Budget, str, int, int]]:
-        """Thresholds this spend has reached and not yet warned about (caller holds the lock)."""
+        """Thresholds this spend has reached and not yet warned about (caller holds the lock), and
+        ``EXHAUSTED`` once it reaches the budget: told as it is spent, not only at the next refusal (a
+        request refused while that spend was still a hold in flight did not tell it, and none may follow)."""
         found = []
         for pct in self._warn_percents:
             mark = (budget.scope, key, pct)
             if budget.limit_uc > 0 and spent * 100 >= budget.limit_uc * pct and mark not in self._warned:
                 self._warned.add(mark)
                 found.append((budget, key, spent, pct))
+        if 0 < budget.limit_uc <= spent and (budget.scope, key) not in self._exhausted:
+            self._exhausted.add((budget.scope, key))
+            found.append((budget, key, spent, EXHAUSTED))
         return found
 
     def used_up(self, budgets: list[Budget], ts_ms: int) -> BudgetExceeded | None:

@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from .budgets import (
+    EXHAUSTED,
     PERIODS,
     Budget,
     BudgetExceeded,
@@ -142,7 +143,10 @@ class StateServer:
         self._rest_log = Throttle()  # said once a minute
 
     def _note_first_refusal(self, refused: BudgetExceeded) -> None:
-        self._first_refusal = True  # the worker tells its webhooks (it has the database)
+        """A spent period's first refusal (a reserve's) or its spend reaching the budget (a settle's,
+        in the answer's crossings): the worker tells its webhooks (it has the database)."""
+        self._first_refusal = True
+        self._crossed.append((refused.budget, refused.period_key, refused.spent, EXHAUSTED))
 
     def attach(self, selector: selectors.BaseSelector) -> None:
         """Serve from ``selector``'s loop: its events carry callables, run by the loop."""

@@ -141,6 +141,40 @@ def test_budget_warning_and_exhausted(server, receiver, hook):
     assert not more, "once per period, however many requests are refused"
 
 
+def test_a_budget_used_up_by_a_request_in_flight_is_told_exhausted_when_it_is_spent(server, receiver, hook, mock):
+    """A request refused while the spend that used the budget up was still a hold in flight (not yet
+    spent) did not tell ``budget.exhausted``; with no request after the settlement, it was never told
+    (on PostgreSQL, where the settlement lands with the writer, it went missing so under load). It is
+    told once the spend reaches the budget, once."""
+    made = {"name": "inflight", "budget_usd": "0.00001", "budget_period": "day"}
+    status, key = api(server, "POST", "/api/keys", made)
+    assert status == 201  # 1000 µ¢: two requests' cost
+    body = {"model": "openai/mock-budget", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5}
+    auth = {"Authorization": f"Bearer {key['key']}"}
+    assert server.request("POST", "/v1/chat/completions", body, headers=auth)[0] == 200  # 500 µ¢ spent
+    reached, release = threading.Event(), threading.Event()
+    mock.enqueue(Reply(held=release, hang_started=reached))
+    first: list[int] = []
+    going = threading.Thread(target=lambda: first.append(server.request("POST", "/v1/chat/completions", body, auth)[0]))
+    going.start()
+    try:
+        assert reached.wait(10)
+        assert server.request("POST", "/v1/chat/completions", body, headers=auth)[0] == 429  # held, not spent
+    finally:
+        release.set()
+        going.join(30)
+    assert first == [200]
+
+    def told() -> list:
+        return [e for e in receiver.events("budget.exhausted") if e[2]["data"]["key_id"] == key["id"]]
+
+    [(headers, raw, exhausted)] = wait_for(told, what="budget.exhausted for the key")
+    assert_signed(hook, headers, raw)
+    assert exhausted["data"]["spent_uc"] == 1000 and exhausted["data"]["budget_uc"] == 1000
+    assert server.request("POST", "/v1/chat/completions", body, headers=auth)[0] == 429
+    assert len(told()) == 1, "once per period"
+
+
 def test_an_end_users_budget_warns_and_is_exhausted_naming_the_user(server, receiver, hook):
     status, key = api(server, "POST", "/api/keys", {"name": "reseller"})
     assert status == 201
