@@ -10,6 +10,7 @@ only while no server holds the database lock.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import shutil
@@ -46,6 +47,66 @@ class Inspection:
     @property
     def ok(self) -> bool:
         return self.integrity == "ok"
+
+
+DIGEST_META_KEY = "backup_digest"
+_DIGEST_LABEL = "sha256-rows-v1:"
+
+
+def content_digest(path: Path) -> str:
+    """SHA-256 of every row of every table of the file at ``path`` (and its schema), read through
+    SQLite: SQLite keeps no page checksums, so a byte flipped inside a row passes its integrity
+    check; this digest, written into a backup as it is made, does not. Its own ``meta`` row is left
+    out, and each table is read in its own key order (``NOT INDEXED``), so a copy reads the same."""
+    conn = db.open_copy(path)
+    conn.row_factory, conn.text_factory = None, bytes  # the stored bytes, even ones that are not UTF-8
+    digest = hashlib.sha256()
+    try:
+        tables = conn.execute(
+            "SELECT name, sql FROM sqlite_master WHERE type = 'table' AND sql NOT LIKE 'CREATE VIRTUAL%' ORDER BY name"
+        ).fetchall()
+        schema = conn.execute("SELECT type, name, sql FROM sqlite_master ORDER BY type, name").fetchall()
+        digest.update(repr(schema).encode())
+        for name, _ in tables:
+            quoted = '"' + name.decode().replace('"', '""') + '"'
+            skip = " WHERE key != ?" if name == b"meta" else ""
+            digest.update(b"\0table " + name + b"\0")
+            for row in conn.execute(f"SELECT * FROM {quoted} NOT INDEXED{skip}", (DIGEST_META_KEY,) if skip else ()):
+                digest.update(repr(row).encode())
+    finally:
+        conn.close()
+    return _DIGEST_LABEL + digest.hexdigest()
+
+
+def seal(path: Path) -> None:
+    """Write the content digest into the copy at ``path`` (a backup being made, not yet renamed)."""
+    value = content_digest(path)
+    conn = db.edit_copy(path)
+    try:
+        db.put_meta(conn, DIGEST_META_KEY, value)
+    finally:
+        conn.close()
+
+
+def check_digest(path: Path, shown: Path) -> str | None:
+    """Refuse a copy whose rows no longer match the digest it was sealed with; a warning (returned)
+    for a backup made before backups carried one, which is restorable as it always was."""
+    conn = db.open_copy(path)
+    try:
+        row = conn.execute("SELECT value FROM meta WHERE key = ?", (DIGEST_META_KEY,)).fetchone()
+    finally:
+        conn.close()
+    if row is None:
+        return (
+            f"{shown} carries no content digest (made by an older Stockyard, or a snapshot), "
+            "so damage inside a row could not be checked"
+        )
+    if row[0] != content_digest(path):
+        raise BackupError(
+            f"{shown} does not match the content digest it was written with: rows changed after the backup "
+            "was made (damage on disk, or an edit); nothing was changed: restore another backup"
+        )
+    return None
 
 
 def utc_stamp() -> str:
@@ -166,7 +227,7 @@ def not_written(where: Path, exc: Exception) -> BackupError:
 def create_backup(conn: sqlite3.Connection, dest: Path) -> Inspection:
     """Copy the database behind ``conn`` to ``dest`` and check the copy."""
     try:
-        db.backup_to(conn, dest)
+        db.backup_to(conn, dest, finish=seal)
     except (OSError, sqlite3.Error) as exc:
         raise not_written(dest, exc) from None
     info = inspect(dest)
@@ -191,6 +252,10 @@ def create_postgres_backup(
     info = inspect(dest)
     if not info.ok:
         raise BackupError(f"the copy at {dest} failed its integrity check ({info.integrity})")
+    try:
+        seal(dest)  # after the rename: a crash here leaves a whole backup without a digest (restorable)
+    except (OSError, sqlite3.Error) as exc:
+        raise not_written(dest, exc) from None
     return info
 
 
@@ -232,6 +297,7 @@ class Restored:
     schema_from: int
     schema_to: int
     previous: Path | None  # where the replaced database was kept
+    warnings: tuple[str, ...] = ()
 
 
 def restore(db_path: Path | str, source: Path | str, *, actor: str, secret: str | None) -> Restored:
@@ -248,6 +314,7 @@ def restore(db_path: Path | str, source: Path | str, *, actor: str, secret: str 
     with DatabaseLock(db_path, RESTORE):
         info = check_restorable(source)
         check_audit_chain(source, secret)
+        warning = check_digest(source, source)
         tmp = files.copy_beside(db_path, "restore")  # (those of a restore killed half way removed)
         try:
             try:
@@ -259,7 +326,7 @@ def restore(db_path: Path | str, source: Path | str, *, actor: str, secret: str 
         finally:
             for leftover in (tmp, tmp.with_name(tmp.name + "-wal"), tmp.with_name(tmp.name + "-shm")):
                 leftover.unlink(missing_ok=True)
-    return Restored(info, info.schema_version, schema_to, previous)
+    return Restored(info, info.schema_version, schema_to, previous, (warning,) if warning else ())
 
 
 def restore_postgres(
@@ -284,6 +351,7 @@ def restore_postgres(
         )
     info = check_restorable(source)
     check_audit_chain(source, secret)
+    warning = check_digest(source, source)
     with files.private_temp_folder("restore") as folder:  # 0700: the copy holds every prompt
         tmp = Path(folder) / "restore.db"
         try:
@@ -294,7 +362,7 @@ def restore_postgres(
             move.sqlite_to_postgres(tmp, backend, secret=secret, progress=progress)
         except move.MoveError as exc:
             raise BackupError(str(exc)) from None
-    return Restored(info, info.schema_version, schema_to, None)
+    return Restored(info, info.schema_version, schema_to, None, (warning,) if warning else ())
 
 
 def _prepare(source: Path, tmp: Path, info: Inspection, *, actor: str, secret: str | None) -> int:
@@ -306,6 +374,7 @@ def _prepare(source: Path, tmp: Path, info: Inspection, *, actor: str, secret: s
         src.close()
     conn = db.connect(tmp)
     try:
+        conn.execute("DELETE FROM meta WHERE key = ?", (DIGEST_META_KEY,))  # the backup's, not the database's
         db.migrate(conn)
         schema_to = db.schema_version(conn)
     finally:

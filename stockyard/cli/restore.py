@@ -45,6 +45,8 @@ def run(args: argparse.Namespace) -> int:
             done = restore(target, args.source, actor=actor, secret=secret)
     except (BackupError, DatabaseBusy) as exc:
         raise CommandError(str(exc)) from None
+    for warning in done.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     src = done.source
     print(f"restored {src.path} into {target}")
     print(

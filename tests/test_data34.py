@@ -1,0 +1,134 @@
+"""Review data34: the risks the data33 crash review left in ``backup`` and ``restore``.
+
+Each process here is a real ``python3 stockyard.pyz`` of the built pyz on real SQLite files; one
+live database and one backup are made per module and copied for each test. Each test names the
+hole it closes and failed on the code it was written against.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+from pathlib import Path
+
+import clirun
+import pytest
+from conftest import TEST_STORE, base_env
+
+pytestmark = pytest.mark.skipif(TEST_STORE == "postgresql", reason="SQLite files: backup and restore of one file")
+
+SECRET = "data34-encryption-secret-0123456789abcdef"
+BASE_URL = b"http://127.0.0.1:9/data34-v1"
+
+
+def run(pyz: Path, args: list, env: dict, stdin: str | None = None):
+    return clirun.run(pyz, list(map(str, args)), env, stdin)
+
+
+def integrity(path: Path) -> str:
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        return conn.execute("PRAGMA integrity_check").fetchone()[0]
+    finally:
+        conn.close()
+
+
+@pytest.fixture(scope="module")
+def env(cache_home) -> dict:
+    return {**base_env(cache_home), "STOCKYARD_ENCRYPTION_KEY": SECRET}
+
+
+@pytest.fixture(scope="module")
+def made(pyz_path, env, tmp_path_factory) -> tuple[Path, Path]:
+    """A live database (a client key, a provider key) and a backup of it, made once."""
+    folder = tmp_path_factory.mktemp("data34")
+    live, backup = folder / "live.db", folder / "backup.db"
+    assert run(pyz_path, ["keys", "create", "--name", "alice", "--db", live], env).returncode == 0
+    added = run(
+        pyz_path,
+        ["providers", "add", "vllm", "--kind", "openai-compatible", "--base-url", BASE_URL.decode()]
+        + ["--models", "llama-", "--key-stdin", "--db", live],
+        env,
+        "sk-provider-data34-abcdef123456",
+    )
+    assert added.returncode == 0, added.stderr
+    done = run(pyz_path, ["backup", backup, "--db", live], env)
+    assert done.returncode == 0, done.stderr
+    return live, backup
+
+
+@pytest.fixture
+def copies(made, tmp_path) -> tuple[Path, Path]:
+    """This test's own copy of the live database and of the backup."""
+    live, backup = tmp_path / "db" / "stockyard.db", tmp_path / "backup.db"
+    live.parent.mkdir()
+    shutil.copy(made[0], live)
+    shutil.copy(made[1], backup)
+    return live, backup
+
+
+def flip_in_provider_row(backup: Path) -> None:
+    """Flip one byte of the provider row's base URL in the file itself: the damage SQLite's
+    integrity check cannot see (no page checksums), in a row the audit chain does not cover."""
+    data = bytes(backup.read_bytes())
+    at = data.find(BASE_URL)
+    while at >= 0:
+        trial = bytearray(data)
+        trial[at + len(BASE_URL) - 1] ^= 0x01
+        backup.write_bytes(trial)
+        conn = sqlite3.connect(backup)
+        try:
+            url = conn.execute("SELECT base_url FROM providers WHERE name = 'vllm'").fetchone()[0]
+        finally:
+            conn.close()
+        if url.encode() != BASE_URL:
+            assert integrity(backup) == "ok"
+            return
+        at = data.find(BASE_URL, at + 1)
+    raise AssertionError("no copy of the base URL that reads back from the providers row")
+
+
+def test_a_byte_flipped_in_a_row_of_a_backup_is_refused_and_the_live_database_untouched(pyz_path, env, copies):
+    """Hole: SQLite keeps no page checksums, so one flipped byte inside a row's payload passes
+    ``PRAGMA integrity_check``; a row outside the audit chain (a provider's base URL here) then
+    restored silently, damaged. A backup now carries a digest of its content, which ``restore``
+    checks before it swaps anything in: the damaged backup is refused, the live database is the
+    same bytes, and no copy is left beside it."""
+    live, backup = copies
+    flip_in_provider_row(backup)
+    before = live.read_bytes()
+    done = run(pyz_path, ["restore", backup, "--db", live], env)
+    assert done.returncode == 1, done.stdout
+    assert "Traceback" not in done.stderr
+    assert "digest" in done.stderr and "nothing was changed" in done.stderr, done.stderr
+    assert live.read_bytes() == before
+    assert [p.name for p in live.parent.iterdir() if p.name.startswith(".")] == []
+
+
+def test_a_backup_without_a_digest_still_restores_with_a_warning(pyz_path, env, copies):
+    """A backup made before backups carried a digest (its ``meta`` row removed here) restores as it
+    did, saying that its content could not be checked; the restored database verifies."""
+    live, backup = copies
+    conn = sqlite3.connect(backup)
+    try:
+        assert conn.execute("DELETE FROM meta WHERE key = 'backup_digest'").rowcount == 1
+        conn.commit()
+    finally:
+        conn.close()
+    done = run(pyz_path, ["restore", backup, "--db", live], env)
+    assert done.returncode == 0, done.stderr
+    assert "warning" in done.stderr and "no content digest" in done.stderr, done.stderr
+    assert run(pyz_path, ["audit", "verify", "--db", live], env).returncode == 0
+
+
+def test_a_good_backup_restores_without_a_warning_and_leaves_no_digest_in_the_live_database(pyz_path, env, copies):
+    """The digest belongs to the backup file: the restored (live) database does not keep it."""
+    live, backup = copies
+    done = run(pyz_path, ["restore", backup, "--db", live], env)
+    assert done.returncode == 0, done.stderr
+    assert "warning" not in done.stderr, done.stderr
+    conn = sqlite3.connect(live)
+    try:
+        assert conn.execute("SELECT count(*) FROM meta WHERE key = 'backup_digest'").fetchone()[0] == 0
+    finally:
+        conn.close()
