@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from . import audit, vault
+from . import audit, doctor, vault
 from .operations import Operations
 from .store import Store, db, files, move
 from .store.backends import PostgresBackend
@@ -189,6 +189,58 @@ def check_audit_chain(path: Path, secret: str | None) -> None:
         )
 
 
+def vault_tokens(conn: sqlite3.Connection) -> list[tuple[str, str, bytes]]:
+    """(what, token, associated data) of every encrypted value: provider and deployment keys,
+    webhook URLs and signing secrets."""
+    keys = doctor.stored_provider_keys(conn)  # providers' and deployments' own
+    found = [(f"provider {name!r}", token, vault.aad_for(row_id, name)) for row_id, name, token in keys]
+    if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'webhooks'").fetchone():
+        from .operations.webhooks import aad_for  # (operations import this module's callers)
+
+        for hook_id, url, secret in conn.execute("SELECT id, url_token, secret_token FROM webhooks"):
+            found.append((f"webhook {hook_id}", url, aad_for(hook_id, "url")))
+            found.append((f"webhook {hook_id}", secret, aad_for(hook_id)))
+    return found
+
+
+def undecryptable(path: Path, secret: str | None) -> list[str]:
+    """What in the database at ``path`` will not decrypt with ``secret`` (the one the restored
+    database will run with): a damaged token restored silently and failed at the first request."""
+    conn = db.open_copy(path)
+    try:
+        tokens = vault_tokens(conn)
+        salt = vault.read_salt(conn)
+    finally:
+        conn.close()
+    if not tokens:
+        return []
+    if not secret or salt is None:
+        return sorted({what for what, _, _ in tokens})
+    box = vault.Vault(secret, salt)
+    broken = []
+    for what, token, aad in tokens:
+        try:
+            box.decrypt(token, aad)
+        except vault.VaultError:
+            broken.append(what)
+    return sorted(set(broken))
+
+
+def check_keys(path: Path, shown: Path, secret: str | None, *, accept_broken: bool) -> str | None:
+    """Refuse a backup whose stored keys will not decrypt with this secret, naming them; with
+    ``accept_broken`` (the only copy there is) the same words come back as a warning."""
+    broken = undecryptable(path, secret)
+    if not broken:
+        return None
+    said = (
+        f"{shown}: the stored key(s) of {', '.join(broken)} do not decrypt with this STOCKYARD_ENCRYPTION_KEY "
+        "(damaged in the backup, or stored under another secret), so they would fail at their first request"
+    )
+    if accept_broken:
+        return f"{said}; store them again (`stockyard providers add`, `webhooks add`)"
+    raise BackupError(f"{said}; nothing was changed: restore another backup, or run again with --accept-broken-keys")
+
+
 def resolve_destination(dest: Path | str, live: Path | str | None) -> Path:
     """A directory gets a time-stamped file name; the live database file itself is refused."""
     dest = Path(dest).expanduser()
@@ -300,7 +352,9 @@ class Restored:
     warnings: tuple[str, ...] = ()
 
 
-def restore(db_path: Path | str, source: Path | str, *, actor: str, secret: str | None) -> Restored:
+def restore(
+    db_path: Path | str, source: Path | str, *, actor: str, secret: str | None, accept_broken_keys: bool = False
+) -> Restored:
     """Put the database in ``source`` in place of ``db_path`` while no server runs.
 
     The new file is prepared beside the database (copied, upgraded to this code's schema,
@@ -321,16 +375,23 @@ def restore(db_path: Path | str, source: Path | str, *, actor: str, secret: str 
                 schema_to = _prepare(source, tmp, info, actor=actor, secret=secret)
             except (OSError, sqlite3.Error) as exc:
                 raise not_written(tmp, exc) from None
+            keys = check_keys(tmp, source, secret, accept_broken=accept_broken_keys)
             previous = _set_aside(db_path)
             db.replace_file(tmp, db_path)
         finally:
             for leftover in (tmp, tmp.with_name(tmp.name + "-wal"), tmp.with_name(tmp.name + "-shm")):
                 leftover.unlink(missing_ok=True)
-    return Restored(info, info.schema_version, schema_to, previous, (warning,) if warning else ())
+    return Restored(info, info.schema_version, schema_to, previous, tuple(w for w in (warning, keys) if w))
 
 
 def restore_postgres(
-    backend: PostgresBackend, source: Path | str, *, actor: str, secret: str | None, progress: Callable[[str], None]
+    backend: PostgresBackend,
+    source: Path | str,
+    *,
+    actor: str,
+    secret: str | None,
+    progress: Callable[[str], None],
+    accept_broken_keys: bool = False,
 ) -> Restored:
     """Load a backup into an EMPTY PostgreSQL database: the same checks, upgrade and audit entry
     as on SQLite, made in a private temporary copy, which ``migrate-store``'s copy then moves in
@@ -358,11 +419,12 @@ def restore_postgres(
             schema_to = _prepare(source, tmp, info, actor=actor, secret=secret)
         except (OSError, sqlite3.Error) as exc:
             raise not_written(tmp, exc) from None
+        keys = check_keys(tmp, source, secret, accept_broken=accept_broken_keys)
         try:
             move.sqlite_to_postgres(tmp, backend, secret=secret, progress=progress)
         except move.MoveError as exc:
             raise BackupError(str(exc)) from None
-    return Restored(info, info.schema_version, schema_to, None, (warning,) if warning else ())
+    return Restored(info, info.schema_version, schema_to, None, tuple(w for w in (warning, keys) if w))
 
 
 def _prepare(source: Path, tmp: Path, info: Inspection, *, actor: str, secret: str | None) -> int:

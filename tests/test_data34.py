@@ -132,3 +132,42 @@ def test_a_good_backup_restores_without_a_warning_and_leaves_no_digest_in_the_li
         assert conn.execute("SELECT count(*) FROM meta WHERE key = 'backup_digest'").fetchone()[0] == 0
     finally:
         conn.close()
+
+
+def damage_provider_token(db_path: Path) -> None:
+    """One character of the stored provider key's token changed (still base64, so it reads as a
+    token): what a damaged page or a careless edit leaves."""
+    conn = sqlite3.connect(db_path)
+    try:
+        token = conn.execute("SELECT key_token FROM providers WHERE name = 'vllm'").fetchone()[0]
+        last = token[-5]
+        conn.execute(
+            "UPDATE providers SET key_token = ? WHERE name = 'vllm'",
+            (token[:-5] + ("A" if last != "A" else "B") + token[-4:],),
+        )
+        conn.commit()
+    finally:
+        conn.close()
+
+
+def test_a_backup_whose_provider_key_does_not_decrypt_is_refused_naming_the_provider(pyz_path, env, copies, tmp_path):
+    """Hole: a provider-key token damaged in the database before the backup was made (so the backup's
+    digest and audit chain both hold) restored silently; the provider then failed at its first
+    request. Now restore decrypts every stored token with the secret it runs with before the swap:
+    it refuses, naming the provider, and changes nothing; ``--accept-broken-keys`` restores anyway
+    with the same words as a warning."""
+    live, _ = copies
+    damaged, backup = tmp_path / "damaged.db", tmp_path / "damaged-backup.db"
+    shutil.copy(live, damaged)
+    damage_provider_token(damaged)
+    made = run(pyz_path, ["backup", backup, "--db", damaged], env)
+    assert made.returncode == 0, made.stderr
+    before = live.read_bytes()
+    refused = run(pyz_path, ["restore", backup, "--db", live], env)
+    assert refused.returncode == 1, refused.stdout
+    assert "provider 'vllm'" in refused.stderr and "nothing was changed" in refused.stderr, refused.stderr
+    assert "Traceback" not in refused.stderr
+    assert live.read_bytes() == before
+    accepted = run(pyz_path, ["restore", backup, "--accept-broken-keys", "--db", live], env)
+    assert accepted.returncode == 0, accepted.stderr
+    assert "warning" in accepted.stderr and "provider 'vllm'" in accepted.stderr, accepted.stderr

@@ -26,6 +26,12 @@ def register(sub) -> None:
         "PostgreSQL, SRC is loaded into an EMPTY database (nothing is replaced under running servers).",
     )
     p.add_argument("source", metavar="SRC", help="a file written by `stockyard backup` or a snapshot")
+    p.add_argument(
+        "--accept-broken-keys",
+        action="store_true",
+        help="restore even if stored provider keys or webhook secrets in SRC do not decrypt with "
+        "STOCKYARD_ENCRYPTION_KEY (they are named; store them again afterwards)",
+    )
     runs(p, run)
 
 
@@ -39,10 +45,15 @@ def run(args: argparse.Namespace) -> int:
     try:
         if isinstance(target, PostgresURL):
             done = restore_postgres(
-                PostgresBackend(target), args.source, actor=actor, secret=secret, progress=_progress
+                PostgresBackend(target),
+                args.source,
+                actor=actor,
+                secret=secret,
+                progress=_progress,
+                accept_broken_keys=args.accept_broken_keys,
             )
         else:
-            done = restore(target, args.source, actor=actor, secret=secret)
+            done = restore(target, args.source, actor=actor, secret=secret, accept_broken_keys=args.accept_broken_keys)
     except (BackupError, DatabaseBusy) as exc:
         raise CommandError(str(exc)) from None
     for warning in done.warnings:
