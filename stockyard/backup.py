@@ -117,9 +117,11 @@ def _mb(size: int) -> str:
     return f"{size / (1024 * 1024):.1f} MB" if size >= 1024 * 1024 else f"{size / 1024:.1f} kB"
 
 
-def inspect(path: Path | str) -> Inspection:
-    """Integrity, schema version and audit head of a backup or snapshot file."""
+def inspect(path: Path | str, shown: Path | None = None) -> Inspection:
+    """Integrity, schema version and audit head of a backup or snapshot file (``shown``: the
+    name to give it, when ``path`` is a restore's private copy of it)."""
     path = Path(path)
+    shown = shown or path
     try:
         conn = db.open_copy(path)
     except FileNotFoundError as exc:
@@ -131,60 +133,80 @@ def inspect(path: Path | str) -> Inspection:
         has_audit = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'audit_log'").fetchone()
         seq, head = audit.head(conn) if has_audit else (0, audit.GENESIS)
     except sqlite3.DatabaseError as exc:
-        raise BackupError(f"{path} is not a usable Stockyard database: {exc}") from None
+        raise BackupError(f"{shown} is not a usable Stockyard database: {exc}") from None
     finally:
         conn.close()
-    return Inspection(path, path.stat().st_size, integrity, version, seq, head)
+    return Inspection(shown, path.stat().st_size, integrity, version, seq, head)
 
 
-def check_restorable(path: Path | str) -> Inspection:
-    """Inspect ``path`` and refuse a file this code cannot run on (damaged, newer, foreign)."""
-    path = Path(path)
+def refuse_live_source(path: Path) -> None:
+    """A restore's source may not be a database in use: a file being written."""
     _refuse_database_in_use(path, "make a copy of it with `stockyard backup` and restore that")
     if files.file_size(files.wal_path(path)) > 0:
         raise BackupError(
             f"{path} has a -wal file beside it, so it is a live (or crashed) database, "
             "not a backup; make a copy with `stockyard backup` first"
         )
-    info = inspect(path)
+
+
+def copy_in(source: Path, tmp: Path) -> None:
+    """The one read of a restore's source: its bytes into ``tmp`` (a private new file), which is
+    then checked, upgraded and swapped in. Checking the source and copying it in with two reads let
+    a file replaced between them be checked in one version and restored in another."""
+    files.create_private(tmp)
+    try:
+        with open(source, "rb") as src, open(tmp, "wb") as out:
+            shutil.copyfileobj(src, out, 1024 * 1024)
+    except FileNotFoundError:
+        raise BackupError(f"no such file: {source}") from None
+    except IsADirectoryError:
+        raise BackupError(f"{source} is a folder, not a backup file") from None
+
+
+def check_restorable(path: Path | str, shown: Path | None = None) -> Inspection:
+    """Inspect ``path`` and refuse a file this code cannot run on (damaged, newer, foreign)."""
+    path = Path(path)
+    info = inspect(path, shown)
+    named = info.path
     if not info.ok:
-        raise BackupError(f"{path} is damaged (integrity check: {info.integrity})")
+        raise BackupError(f"{named} is damaged (integrity check: {info.integrity})")
     conn = db.open_copy(path)
     try:
         has_schema = conn.execute(
             "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_migrations'"
         ).fetchone()
         if not has_schema:
-            raise BackupError(f"{path} is not a Stockyard database (no schema_migrations table)")
+            raise BackupError(f"{named} is not a Stockyard database (no schema_migrations table)")
         db.pending_migrations(conn)  # raises SchemaError for a newer or differently-built schema
         odd = db.unexpected_schema(conn)
         if odd:
-            shown = "; ".join(odd[:5]) + (f"; and {len(odd) - 5} more" if len(odd) > 5 else "")
+            listed = "; ".join(odd[:5]) + (f"; and {len(odd) - 5} more" if len(odd) > 5 else "")
             raise BackupError(
-                f"{path} carries schema objects Stockyard's migrations do not make, so it is refused "
-                f"and nothing was changed: {shown}"
+                f"{named} carries schema objects Stockyard's migrations do not make, so it is refused "
+                f"and nothing was changed: {listed}"
             )
     finally:
         conn.close()
     return info
 
 
-def check_audit_chain(path: Path, secret: str | None) -> None:
+def check_audit_chain(path: Path, secret: str | None, shown: Path | None = None) -> None:
     """Refuse a backup whose audit log does not verify: an altered or missing entry is a damaged
     page or a change someone hid in the copy, and the restore would seal it with a keyed entry.
     What is about the secret (none set, another one) is left to the restore's own audit entry,
     which says what to set."""
+    shown = shown or path
     conn = db.open_copy(path)
     try:
         salt = vault.read_salt(conn)
         result = audit.verify_with_secret(conn, secret if salt else None)
     except (sqlite3.Error, vault.VaultError) as exc:
-        raise BackupError(f"{path}: its audit log cannot be read ({exc}); nothing was changed") from None
+        raise BackupError(f"{shown}: its audit log cannot be read ({exc}); nothing was changed") from None
     finally:
         conn.close()
     if not result.ok and result.broken_seq is not None and not result.other_secret:
         raise BackupError(
-            f"{path}: its audit log does not verify ({result.reason}), so it is damaged or was altered; "
+            f"{shown}: its audit log does not verify ({result.reason}), so it is damaged or was altered; "
             "nothing was changed: restore another backup"
         )
 
@@ -366,11 +388,14 @@ def restore(
     if source.resolve() == db_path:
         raise BackupError("the source is the database itself")
     with DatabaseLock(db_path, RESTORE):
-        info = check_restorable(source)
-        check_audit_chain(source, secret)
-        warning = check_digest(source, source)
+        refuse_live_source(source)
         tmp = files.copy_beside(db_path, "restore")  # (those of a restore killed half way removed)
         try:
+            try:
+                copy_in(source, tmp)
+            except OSError as exc:
+                raise not_written(tmp, exc) from None
+            info, warning = _check_copy(tmp, source, secret)
             try:
                 schema_to = _prepare(source, tmp, info, actor=actor, secret=secret)
             except (OSError, sqlite3.Error) as exc:
@@ -410,11 +435,14 @@ def restore_postgres(
             f"{backend} is not empty: on PostgreSQL, restore loads a backup into an EMPTY database "
             "(create one, point --db at it, then start the servers on it)"
         )
-    info = check_restorable(source)
-    check_audit_chain(source, secret)
-    warning = check_digest(source, source)
+    refuse_live_source(source)
     with files.private_temp_folder("restore") as folder:  # 0700: the copy holds every prompt
         tmp = Path(folder) / "restore.db"
+        try:
+            copy_in(source, tmp)
+        except OSError as exc:
+            raise not_written(tmp, exc) from None
+        info, warning = _check_copy(tmp, source, secret)
         try:
             schema_to = _prepare(source, tmp, info, actor=actor, secret=secret)
         except (OSError, sqlite3.Error) as exc:
@@ -427,13 +455,16 @@ def restore_postgres(
     return Restored(info, info.schema_version, schema_to, None, tuple(w for w in (warning, keys) if w))
 
 
+def _check_copy(tmp: Path, source: Path, secret: str | None) -> tuple[Inspection, str | None]:
+    """Every check of a backup, made on the restore's own copy of it (named as ``source``); the
+    digest's warning, if any."""
+    info = check_restorable(tmp, source)
+    check_audit_chain(tmp, secret, source)
+    return info, check_digest(tmp, source)
+
+
 def _prepare(source: Path, tmp: Path, info: Inspection, *, actor: str, secret: str | None) -> int:
-    """Copy ``source`` to ``tmp``, upgrade it, and audit the restore inside it. Returns its schema."""
-    src = db.open_copy(source)
-    try:
-        db.write_copy(src, tmp)  # tmp is the restore's own working name (removed by the next if left)
-    finally:
-        src.close()
+    """Upgrade the checked copy ``tmp`` of ``source`` and audit the restore inside it. Returns its schema."""
     conn = db.connect(tmp)
     try:
         conn.execute("DELETE FROM meta WHERE key = ?", (DIGEST_META_KEY,))  # the backup's, not the database's

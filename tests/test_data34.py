@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import shutil
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import clirun
@@ -171,3 +173,25 @@ def test_a_backup_whose_provider_key_does_not_decrypt_is_refused_naming_the_prov
     accepted = run(pyz_path, ["restore", backup, "--accept-broken-keys", "--db", live], env)
     assert accepted.returncode == 0, accepted.stderr
     assert "warning" in accepted.stderr and "provider 'vllm'" in accepted.stderr, accepted.stderr
+
+
+@pytest.mark.skipif(not shutil.which("strace"), reason="needs strace to see which files a process opens")
+def test_restore_reads_the_backup_once_and_swaps_in_the_copy_it_checked(pyz_path, env, copies, tmp_path):
+    """Hole: restore opened the backup file once to check it (integrity, schema, audit chain,
+    digest: several opens) and again to copy it in, so a file replaced between the two (another
+    cron copy landing, someone's edit) was checked in one version and swapped in as another. Now
+    it copies the backup once, to a private file beside the database, and checks, upgrades and swaps
+    in that same copy: the process opens the backup exactly once (seen with strace), and what it
+    swapped in is the backup's content."""
+    live, backup = copies
+    trace = tmp_path / "opens.txt"
+    cmd = ["strace", "-f", "-e", "trace=open,openat", "-o", str(trace), sys.executable, str(pyz_path)]
+    done = subprocess.run(
+        [*cmd, "restore", str(backup), "--db", str(live)], env=env, capture_output=True, text=True, timeout=120
+    )
+    if done.returncode != 0 and "ptrace" in done.stderr:
+        pytest.skip("ptrace is not allowed here")
+    assert done.returncode == 0, done.stderr
+    opens = [line for line in trace.read_text().splitlines() if f'"{backup}"' in line and "ENOENT" not in line]
+    assert len(opens) == 1, opens
+    assert run(pyz_path, ["audit", "verify", "--db", live], env).returncode == 0
