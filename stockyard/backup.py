@@ -13,10 +13,12 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 import shutil
 import sqlite3
 import time
 from dataclasses import dataclass
+from glob import escape as glob_escape
 from pathlib import Path
 from typing import Callable
 
@@ -374,8 +376,18 @@ class Restored:
     warnings: tuple[str, ...] = ()
 
 
+KEEP_PREVIOUS = 3  # copies set aside by restore that are kept (restore --keep-previous)
+_ASIDE = re.compile(r"\.before-restore-(\d{8}T\d{6}Z)(?:-(\d+))?")
+
+
 def restore(
-    db_path: Path | str, source: Path | str, *, actor: str, secret: str | None, accept_broken_keys: bool = False
+    db_path: Path | str,
+    source: Path | str,
+    *,
+    actor: str,
+    secret: str | None,
+    accept_broken_keys: bool = False,
+    keep_previous: int = KEEP_PREVIOUS,
 ) -> Restored:
     """Put the database in ``source`` in place of ``db_path`` while no server runs.
 
@@ -403,6 +415,7 @@ def restore(
             keys = check_keys(tmp, source, secret, accept_broken=accept_broken_keys)
             previous = _set_aside(db_path)
             db.replace_file(tmp, db_path)
+            _prune_set_aside(db_path, keep_previous)
         finally:
             for leftover in (tmp, tmp.with_name(tmp.name + "-wal"), tmp.with_name(tmp.name + "-shm")):
                 leftover.unlink(missing_ok=True)
@@ -515,6 +528,19 @@ def _set_aside(db_path: Path) -> Path | None:
     for stale in (wal, db_path.with_name(db_path.name + "-shm")):
         stale.unlink(missing_ok=True)
     return aside
+
+
+def _prune_set_aside(db_path: Path, keep: int) -> None:
+    """Remove all but the newest ``keep`` copies set aside by earlier restores (each a whole
+    database: kept for ever they filled the disk), once this restore has succeeded."""
+    found = []
+    for path in db_path.parent.glob(glob_escape(db_path.name) + ".before-restore-*"):
+        match = _ASIDE.fullmatch(path.name[len(db_path.name) :])
+        if match:
+            found.append(((match.group(1), int(match.group(2) or 1)), path))
+    for _, path in sorted(found, reverse=True)[max(keep, 0) :]:
+        for old in (path, files.wal_path(path)):
+            old.unlink(missing_ok=True)
 
 
 def _fold_wal(db_path: Path) -> None:

@@ -195,3 +195,26 @@ def test_restore_reads_the_backup_once_and_swaps_in_the_copy_it_checked(pyz_path
     opens = [line for line in trace.read_text().splitlines() if f'"{backup}"' in line and "ENOENT" not in line]
     assert len(opens) == 1, opens
     assert run(pyz_path, ["audit", "verify", "--db", live], env).returncode == 0
+
+
+def set_aside(live: Path) -> list[str]:
+    return sorted(p.name for p in live.parent.iterdir() if ".before-restore-" in p.name)
+
+
+def test_only_the_newest_copies_set_aside_by_restore_are_kept_and_only_after_a_restore_succeeded(pyz_path, env, copies):
+    """Hole: each restore kept the replaced database as ``<db>.before-restore-<stamp>`` and none was
+    ever removed: a whole database more per restore, every prompt in each, until the disk filled.
+    Now a restore that succeeded keeps the newest three (``--keep-previous N``) and removes older
+    ones; a refused restore removes none."""
+    live, backup = copies
+    seen: list[list[str]] = []
+    for _ in range(4):
+        done = run(pyz_path, ["restore", backup, "--db", live], env)
+        assert done.returncode == 0, done.stderr
+        seen.append(set_aside(live))
+    assert len(seen[2]) == 3 and len(seen[3]) == 3, seen
+    assert seen[0][0] not in seen[3] and set(seen[2]) - {seen[0][0]} <= set(seen[3]), "the oldest one went"
+    flip_in_provider_row(backup)
+    refused = run(pyz_path, ["restore", backup, "--keep-previous", "1", "--db", live], env)
+    assert refused.returncode == 1
+    assert set_aside(live) == seen[3]

@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from .. import audit
-from ..backup import BackupError, restore, restore_postgres
+from ..backup import KEEP_PREVIOUS, BackupError, restore, restore_postgres
 from ..config import encryption_secret
 from ..dburl import PostgresURL
 from ..store.backends import PostgresBackend
@@ -32,6 +32,14 @@ def register(sub) -> None:
         help="restore even if stored provider keys or webhook secrets in SRC do not decrypt with "
         "STOCKYARD_ENCRYPTION_KEY (they are named; store them again afterwards)",
     )
+    p.add_argument(
+        "--keep-previous",
+        type=int,
+        default=KEEP_PREVIOUS,
+        metavar="N",
+        help=f"after a restore that succeeded, keep the newest N <db>.before-restore-* copies and "
+        f"remove older ones (default {KEEP_PREVIOUS}; 0 keeps none, not even this one's)",
+    )
     runs(p, run)
 
 
@@ -53,7 +61,14 @@ def run(args: argparse.Namespace) -> int:
                 accept_broken_keys=args.accept_broken_keys,
             )
         else:
-            done = restore(target, args.source, actor=actor, secret=secret, accept_broken_keys=args.accept_broken_keys)
+            done = restore(
+                target,
+                args.source,
+                actor=actor,
+                secret=secret,
+                accept_broken_keys=args.accept_broken_keys,
+                keep_previous=args.keep_previous,
+            )
     except (BackupError, DatabaseBusy) as exc:
         raise CommandError(str(exc)) from None
     for warning in done.warnings:
@@ -65,6 +80,6 @@ def run(args: argparse.Namespace) -> int:
         + (f" (upgraded to v{done.schema_to})" if done.schema_to != done.schema_from else "")
     )
     print(f"  audit head  {src.audit_head} ({src.audit_seq} entries in the backup)")
-    if done.previous is not None:
+    if done.previous is not None and done.previous.exists():  # (--keep-previous 0 removes it)
         print(f"  previous database kept as {done.previous}")
     return 0
