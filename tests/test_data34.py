@@ -218,3 +218,33 @@ def test_only_the_newest_copies_set_aside_by_restore_are_kept_and_only_after_a_r
     refused = run(pyz_path, ["restore", backup, "--keep-previous", "1", "--db", live], env)
     assert refused.returncode == 1
     assert set_aside(live) == seen[3]
+
+
+@pytest.mark.skipif(not shutil.which("strace"), reason="needs strace to see the order of writes and syncs")
+def test_an_audited_change_is_on_disk_before_the_command_answers(pyz_path, env, copies, tmp_path):
+    """Hole: connections run with ``synchronous=NORMAL``, so a commit's WAL frames reach the disk
+    only at the next checkpoint: ``keys create`` printed its answer (the change done, a new chain
+    head ``audit head`` would hand out) with the audit entry still in the page cache, synced only as
+    the process closed the database. A power cut between them loses the entry, and a head recorded
+    elsewhere (``audit verify --expect-head``) then reads as a truncated, tampered chain. Now a
+    transaction that appends to the audit chain is flushed (fdatasync of the -wal) before anyone is
+    told: seen here, in strace's order of system calls, between the entry's WAL writes and the answer."""
+    live, _ = copies
+    trace = tmp_path / "calls.txt"
+    cmd = ["strace", "-f", "-y", "-e", "trace=pwrite64,write,fdatasync,fsync", "-o", str(trace)]
+    done = subprocess.run(
+        [*cmd, sys.executable, str(pyz_path), "keys", "create", "--name", "bob", "--db", str(live)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    if done.returncode != 0 and "ptrace" in done.stderr:
+        pytest.skip("ptrace is not allowed here")
+    assert done.returncode == 0, done.stderr
+    calls = trace.read_text().splitlines()
+    answered = next(i for i, line in enumerate(calls) if " write(1" in line)
+    wal = f"{live}-wal>"
+    last_frame = max(i for i, line in enumerate(calls[:answered]) if "pwrite64(" in line and wal in line)
+    synced = [line for line in calls[last_frame:answered] if "sync(" in line and wal in line]
+    assert synced, "\n".join(calls[last_frame - 2 : answered + 2])

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from .. import audit
 from ..limits import HeldBytes
 from . import db, files
 from .backends import Backend, backend_for
@@ -530,6 +531,7 @@ class Writer:
     def _run_jobs(self, batch: list[_Item], *, isolated: bool) -> None:
         conn = self._conn
         assert conn is not None
+        audit.take_appended()
         conn.execute("BEGIN IMMEDIATE")
         if not isolated:
             for many, run in _runs(batch):
@@ -543,7 +545,7 @@ class Writer:
                         raise  # full, read-only, I/O error: the whole batch fails
                     self._rollback()
                     raise _JobFailed() from exc
-            conn.execute("COMMIT")
+            self._commit_durably_if_audited(conn)
             return
         for item in batch:
             conn.execute("SAVEPOINT job")
@@ -556,7 +558,15 @@ class Writer:
                 conn.execute("ROLLBACK TO job")
                 conn.execute("RELEASE job")
                 item.error = exc
+        self._commit_durably_if_audited(conn)
+
+    @staticmethod
+    def _commit_durably_if_audited(conn: Any) -> None:
+        """COMMIT; a batch holding an audit entry (an admin change, never a proxied request's
+        trace) is flushed to disk before its callers are answered (``db.sync_wal``)."""
         conn.execute("COMMIT")
+        if audit.take_appended():
+            db.sync_wal(conn)
 
     def _rollback(self) -> None:
         conn = self._conn
