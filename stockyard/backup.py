@@ -540,7 +540,10 @@ def _prune_set_aside(db_path: Path, keep: int) -> None:
             found.append(((match.group(1), int(match.group(2) or 1)), path))
     for _, path in sorted(found, reverse=True)[max(keep, 0) :]:
         for old in (path, files.wal_path(path)):
-            old.unlink(missing_ok=True)
+            try:
+                old.unlink(missing_ok=True)
+            except OSError as exc:  # the restore itself succeeded: say so, not fail it
+                log.warning("could not remove %s, an older copy set aside by restore: %s", old, exc)
 
 
 def _fold_wal(db_path: Path) -> None:
