@@ -20,6 +20,7 @@ import hmac
 import json
 import re
 import sqlite3
+import threading
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import Any, TextIO
@@ -45,6 +46,21 @@ _KEPT_APART = ("ts", "actor", "action", "target", "details")  # never the chain'
 # Detail names whose long values are treated as secrets: api_key, key, secret, password,
 # token, and names ending in them (provider_key, client_secret, admin_token, apiKey).
 _SECRET_NAME = re.compile(r"^(?:.*[_\-.])?(?:api_?key|key|secret|password|passwd|token)$", re.IGNORECASE)
+
+
+# Set by ``append`` in the thread whose transaction holds a new entry: the one that commits it then
+# makes the commit durable (``store.db.sync_wal``). With ``synchronous=NORMAL`` the last commits
+# before a power cut may be lost; a head already handed out (``audit head``, /api/audit/head, a
+# backup) would then be missing from the chain and read as truncation: a false tamper alarm.
+_appended = threading.local()
+
+
+def take_appended() -> bool:
+    """Whether this thread appended an entry since it last asked (and forget it): called as a
+    transaction begins and after it commits."""
+    was = getattr(_appended, "flag", False)
+    _appended.flag = False
+    return was
 
 
 class AuditError(Exception):
@@ -230,6 +246,7 @@ def append(
         "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (seq, ts, actor, action, target, details_json, prev_hash, hash_, mac),
     )
+    _appended.flag = True
     return AuditEntry(seq, ts, actor, action, target, json.loads(details_json), prev_hash, hash_, mac)
 
 

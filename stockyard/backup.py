@@ -10,16 +10,19 @@ only while no server holds the database lock.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
+import re
 import shutil
 import sqlite3
 import time
 from dataclasses import dataclass
+from glob import escape as glob_escape
 from pathlib import Path
 from typing import Callable
 
-from . import audit, vault
+from . import audit, doctor, vault
 from .operations import Operations
 from .store import Store, db, files, move
 from .store.backends import PostgresBackend
@@ -48,6 +51,66 @@ class Inspection:
         return self.integrity == "ok"
 
 
+DIGEST_META_KEY = "backup_digest"
+_DIGEST_LABEL = "sha256-rows-v1:"
+
+
+def content_digest(path: Path) -> str:
+    """SHA-256 of every row of every table of the file at ``path`` (and its schema), read through
+    SQLite: SQLite keeps no page checksums, so a byte flipped inside a row passes its integrity
+    check; this digest, written into a backup as it is made, does not. Its own ``meta`` row is left
+    out, and each table is read in its own key order (``NOT INDEXED``), so a copy reads the same."""
+    conn = db.open_copy(path)
+    conn.row_factory, conn.text_factory = None, bytes  # the stored bytes, even ones that are not UTF-8
+    digest = hashlib.sha256()
+    try:
+        tables = conn.execute(
+            "SELECT name, sql FROM sqlite_master WHERE type = 'table' AND sql NOT LIKE 'CREATE VIRTUAL%' ORDER BY name"
+        ).fetchall()
+        schema = conn.execute("SELECT type, name, sql FROM sqlite_master ORDER BY type, name").fetchall()
+        digest.update(repr(schema).encode())
+        for name, _ in tables:
+            quoted = '"' + name.decode().replace('"', '""') + '"'
+            skip = " WHERE key != ?" if name == b"meta" else ""
+            digest.update(b"\0table " + name + b"\0")
+            for row in conn.execute(f"SELECT * FROM {quoted} NOT INDEXED{skip}", (DIGEST_META_KEY,) if skip else ()):
+                digest.update(repr(row).encode())
+    finally:
+        conn.close()
+    return _DIGEST_LABEL + digest.hexdigest()
+
+
+def seal(path: Path) -> None:
+    """Write the content digest into the copy at ``path`` (a backup being made, not yet renamed)."""
+    value = content_digest(path)
+    conn = db.edit_copy(path)
+    try:
+        db.put_meta(conn, DIGEST_META_KEY, value)
+    finally:
+        conn.close()
+
+
+def check_digest(path: Path, shown: Path) -> str | None:
+    """Refuse a copy whose rows no longer match the digest it was sealed with; a warning (returned)
+    for a backup made before backups carried one, which is restorable as it always was."""
+    conn = db.open_copy(path)
+    try:
+        row = conn.execute("SELECT value FROM meta WHERE key = ?", (DIGEST_META_KEY,)).fetchone()
+    finally:
+        conn.close()
+    if row is None:
+        return (
+            f"{shown} carries no content digest (made by an older Stockyard, or a snapshot), "
+            "so damage inside a row could not be checked"
+        )
+    if row[0] != content_digest(path):
+        raise BackupError(
+            f"{shown} does not match the content digest it was written with: rows changed after the backup "
+            "was made (damage on disk, or an edit); nothing was changed: restore another backup"
+        )
+    return None
+
+
 def utc_stamp() -> str:
     return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
 
@@ -56,9 +119,11 @@ def _mb(size: int) -> str:
     return f"{size / (1024 * 1024):.1f} MB" if size >= 1024 * 1024 else f"{size / 1024:.1f} kB"
 
 
-def inspect(path: Path | str) -> Inspection:
-    """Integrity, schema version and audit head of a backup or snapshot file."""
+def inspect(path: Path | str, shown: Path | None = None) -> Inspection:
+    """Integrity, schema version and audit head of a backup or snapshot file (``shown``: the
+    name to give it, when ``path`` is a restore's private copy of it)."""
     path = Path(path)
+    shown = shown or path
     try:
         conn = db.open_copy(path)
     except FileNotFoundError as exc:
@@ -70,62 +135,134 @@ def inspect(path: Path | str) -> Inspection:
         has_audit = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'audit_log'").fetchone()
         seq, head = audit.head(conn) if has_audit else (0, audit.GENESIS)
     except sqlite3.DatabaseError as exc:
-        raise BackupError(f"{path} is not a usable Stockyard database: {exc}") from None
+        raise BackupError(f"{shown} is not a usable Stockyard database: {exc}") from None
     finally:
         conn.close()
-    return Inspection(path, path.stat().st_size, integrity, version, seq, head)
+    return Inspection(shown, path.stat().st_size, integrity, version, seq, head)
 
 
-def check_restorable(path: Path | str) -> Inspection:
-    """Inspect ``path`` and refuse a file this code cannot run on (damaged, newer, foreign)."""
-    path = Path(path)
+def refuse_live_source(path: Path) -> None:
+    """A restore's source may not be a database in use: a file being written."""
     _refuse_database_in_use(path, "make a copy of it with `stockyard backup` and restore that")
     if files.file_size(files.wal_path(path)) > 0:
         raise BackupError(
             f"{path} has a -wal file beside it, so it is a live (or crashed) database, "
             "not a backup; make a copy with `stockyard backup` first"
         )
-    info = inspect(path)
+
+
+def copy_in(source: Path, tmp: Path) -> None:
+    """The one read of a restore's source: its bytes into ``tmp`` (a private new file), which is
+    then checked, upgraded and swapped in. Checking the source and copying it in with two reads let
+    a file replaced between them be checked in one version and restored in another."""
+    files.create_private(tmp)
+    try:
+        with open(source, "rb") as src, open(tmp, "wb") as out:
+            shutil.copyfileobj(src, out, 1024 * 1024)
+    except FileNotFoundError:
+        raise BackupError(f"no such file: {source}") from None
+    except IsADirectoryError:
+        raise BackupError(f"{source} is a folder, not a backup file") from None
+
+
+def check_restorable(path: Path | str, shown: Path | None = None) -> Inspection:
+    """Inspect ``path`` and refuse a file this code cannot run on (damaged, newer, foreign)."""
+    path = Path(path)
+    info = inspect(path, shown)
+    named = info.path
     if not info.ok:
-        raise BackupError(f"{path} is damaged (integrity check: {info.integrity})")
+        raise BackupError(f"{named} is damaged (integrity check: {info.integrity})")
     conn = db.open_copy(path)
     try:
         has_schema = conn.execute(
             "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_migrations'"
         ).fetchone()
         if not has_schema:
-            raise BackupError(f"{path} is not a Stockyard database (no schema_migrations table)")
+            raise BackupError(f"{named} is not a Stockyard database (no schema_migrations table)")
         db.pending_migrations(conn)  # raises SchemaError for a newer or differently-built schema
         odd = db.unexpected_schema(conn)
         if odd:
-            shown = "; ".join(odd[:5]) + (f"; and {len(odd) - 5} more" if len(odd) > 5 else "")
+            listed = "; ".join(odd[:5]) + (f"; and {len(odd) - 5} more" if len(odd) > 5 else "")
             raise BackupError(
-                f"{path} carries schema objects Stockyard's migrations do not make, so it is refused "
-                f"and nothing was changed: {shown}"
+                f"{named} carries schema objects Stockyard's migrations do not make, so it is refused "
+                f"and nothing was changed: {listed}"
             )
     finally:
         conn.close()
     return info
 
 
-def check_audit_chain(path: Path, secret: str | None) -> None:
+def check_audit_chain(path: Path, secret: str | None, shown: Path | None = None) -> None:
     """Refuse a backup whose audit log does not verify: an altered or missing entry is a damaged
     page or a change someone hid in the copy, and the restore would seal it with a keyed entry.
     What is about the secret (none set, another one) is left to the restore's own audit entry,
     which says what to set."""
+    shown = shown or path
     conn = db.open_copy(path)
     try:
         salt = vault.read_salt(conn)
         result = audit.verify_with_secret(conn, secret if salt else None)
     except (sqlite3.Error, vault.VaultError) as exc:
-        raise BackupError(f"{path}: its audit log cannot be read ({exc}); nothing was changed") from None
+        raise BackupError(f"{shown}: its audit log cannot be read ({exc}); nothing was changed") from None
     finally:
         conn.close()
     if not result.ok and result.broken_seq is not None and not result.other_secret:
         raise BackupError(
-            f"{path}: its audit log does not verify ({result.reason}), so it is damaged or was altered; "
+            f"{shown}: its audit log does not verify ({result.reason}), so it is damaged or was altered; "
             "nothing was changed: restore another backup"
         )
+
+
+def vault_tokens(conn: sqlite3.Connection) -> list[tuple[str, str, bytes]]:
+    """(what, token, associated data) of every encrypted value: provider and deployment keys,
+    webhook URLs and signing secrets."""
+    keys = doctor.stored_provider_keys(conn)  # providers' and deployments' own
+    found = [(f"provider {name!r}", token, vault.aad_for(row_id, name)) for row_id, name, token in keys]
+    if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'webhooks'").fetchone():
+        from .operations.webhooks import aad_for  # (operations import this module's callers)
+
+        for hook_id, url, secret in conn.execute("SELECT id, url_token, secret_token FROM webhooks"):
+            found.append((f"webhook {hook_id}", url, aad_for(hook_id, "url")))
+            found.append((f"webhook {hook_id}", secret, aad_for(hook_id)))
+    return found
+
+
+def undecryptable(path: Path, secret: str | None) -> list[str]:
+    """What in the database at ``path`` will not decrypt with ``secret`` (the one the restored
+    database will run with): a damaged token restored silently and failed at the first request."""
+    conn = db.open_copy(path)
+    try:
+        tokens = vault_tokens(conn)
+        salt = vault.read_salt(conn)
+    finally:
+        conn.close()
+    if not tokens:
+        return []
+    if not secret or salt is None:
+        return sorted({what for what, _, _ in tokens})
+    box = vault.Vault(secret, salt)
+    broken = []
+    for what, token, aad in tokens:
+        try:
+            box.decrypt(token, aad)
+        except vault.VaultError:
+            broken.append(what)
+    return sorted(set(broken))
+
+
+def check_keys(path: Path, shown: Path, secret: str | None, *, accept_broken: bool) -> str | None:
+    """Refuse a backup whose stored keys will not decrypt with this secret, naming them; with
+    ``accept_broken`` (the only copy there is) the same words come back as a warning."""
+    broken = undecryptable(path, secret)
+    if not broken:
+        return None
+    said = (
+        f"{shown}: the stored key(s) of {', '.join(broken)} do not decrypt with this STOCKYARD_ENCRYPTION_KEY "
+        "(damaged in the backup, or stored under another secret), so they would fail at their first request"
+    )
+    if accept_broken:
+        return f"{said}; store them again (`stockyard providers add`, `webhooks add`)"
+    raise BackupError(f"{said}; nothing was changed: restore another backup, or run again with --accept-broken-keys")
 
 
 def resolve_destination(dest: Path | str, live: Path | str | None) -> Path:
@@ -166,7 +303,7 @@ def not_written(where: Path, exc: Exception) -> BackupError:
 def create_backup(conn: sqlite3.Connection, dest: Path) -> Inspection:
     """Copy the database behind ``conn`` to ``dest`` and check the copy."""
     try:
-        db.backup_to(conn, dest)
+        db.backup_to(conn, dest, finish=seal)
     except (OSError, sqlite3.Error) as exc:
         raise not_written(dest, exc) from None
     info = inspect(dest)
@@ -191,6 +328,10 @@ def create_postgres_backup(
     info = inspect(dest)
     if not info.ok:
         raise BackupError(f"the copy at {dest} failed its integrity check ({info.integrity})")
+    try:
+        seal(dest)  # after the rename: a crash here leaves a whole backup without a digest (restorable)
+    except (OSError, sqlite3.Error) as exc:
+        raise not_written(dest, exc) from None
     return info
 
 
@@ -232,9 +373,22 @@ class Restored:
     schema_from: int
     schema_to: int
     previous: Path | None  # where the replaced database was kept
+    warnings: tuple[str, ...] = ()
 
 
-def restore(db_path: Path | str, source: Path | str, *, actor: str, secret: str | None) -> Restored:
+KEEP_PREVIOUS = 3  # copies set aside by restore that are kept (restore --keep-previous)
+_ASIDE = re.compile(r"\.before-restore-(\d{8}T\d{6}Z)(?:-(\d+))?")
+
+
+def restore(
+    db_path: Path | str,
+    source: Path | str,
+    *,
+    actor: str,
+    secret: str | None,
+    accept_broken_keys: bool = False,
+    keep_previous: int = KEEP_PREVIOUS,
+) -> Restored:
     """Put the database in ``source`` in place of ``db_path`` while no server runs.
 
     The new file is prepared beside the database (copied, upgraded to this code's schema,
@@ -246,24 +400,36 @@ def restore(db_path: Path | str, source: Path | str, *, actor: str, secret: str 
     if source.resolve() == db_path:
         raise BackupError("the source is the database itself")
     with DatabaseLock(db_path, RESTORE):
-        info = check_restorable(source)
-        check_audit_chain(source, secret)
+        refuse_live_source(source)
         tmp = files.copy_beside(db_path, "restore")  # (those of a restore killed half way removed)
         try:
+            try:
+                copy_in(source, tmp)
+            except OSError as exc:
+                raise not_written(tmp, exc) from None
+            info, warning = _check_copy(tmp, source, secret)
             try:
                 schema_to = _prepare(source, tmp, info, actor=actor, secret=secret)
             except (OSError, sqlite3.Error) as exc:
                 raise not_written(tmp, exc) from None
+            keys = check_keys(tmp, source, secret, accept_broken=accept_broken_keys)
             previous = _set_aside(db_path)
             db.replace_file(tmp, db_path)
+            _prune_set_aside(db_path, keep_previous)
         finally:
             for leftover in (tmp, tmp.with_name(tmp.name + "-wal"), tmp.with_name(tmp.name + "-shm")):
                 leftover.unlink(missing_ok=True)
-    return Restored(info, info.schema_version, schema_to, previous)
+    return Restored(info, info.schema_version, schema_to, previous, tuple(w for w in (warning, keys) if w))
 
 
 def restore_postgres(
-    backend: PostgresBackend, source: Path | str, *, actor: str, secret: str | None, progress: Callable[[str], None]
+    backend: PostgresBackend,
+    source: Path | str,
+    *,
+    actor: str,
+    secret: str | None,
+    progress: Callable[[str], None],
+    accept_broken_keys: bool = False,
 ) -> Restored:
     """Load a backup into an EMPTY PostgreSQL database: the same checks, upgrade and audit entry
     as on SQLite, made in a private temporary copy, which ``migrate-store``'s copy then moves in
@@ -282,30 +448,39 @@ def restore_postgres(
             f"{backend} is not empty: on PostgreSQL, restore loads a backup into an EMPTY database "
             "(create one, point --db at it, then start the servers on it)"
         )
-    info = check_restorable(source)
-    check_audit_chain(source, secret)
+    refuse_live_source(source)
     with files.private_temp_folder("restore") as folder:  # 0700: the copy holds every prompt
         tmp = Path(folder) / "restore.db"
+        try:
+            copy_in(source, tmp)
+        except OSError as exc:
+            raise not_written(tmp, exc) from None
+        info, warning = _check_copy(tmp, source, secret)
         try:
             schema_to = _prepare(source, tmp, info, actor=actor, secret=secret)
         except (OSError, sqlite3.Error) as exc:
             raise not_written(tmp, exc) from None
+        keys = check_keys(tmp, source, secret, accept_broken=accept_broken_keys)
         try:
             move.sqlite_to_postgres(tmp, backend, secret=secret, progress=progress)
         except move.MoveError as exc:
             raise BackupError(str(exc)) from None
-    return Restored(info, info.schema_version, schema_to, None)
+    return Restored(info, info.schema_version, schema_to, None, tuple(w for w in (warning, keys) if w))
+
+
+def _check_copy(tmp: Path, source: Path, secret: str | None) -> tuple[Inspection, str | None]:
+    """Every check of a backup, made on the restore's own copy of it (named as ``source``); the
+    digest's warning, if any."""
+    info = check_restorable(tmp, source)
+    check_audit_chain(tmp, secret, source)
+    return info, check_digest(tmp, source)
 
 
 def _prepare(source: Path, tmp: Path, info: Inspection, *, actor: str, secret: str | None) -> int:
-    """Copy ``source`` to ``tmp``, upgrade it, and audit the restore inside it. Returns its schema."""
-    src = db.open_copy(source)
-    try:
-        db.write_copy(src, tmp)  # tmp is the restore's own working name (removed by the next if left)
-    finally:
-        src.close()
+    """Upgrade the checked copy ``tmp`` of ``source`` and audit the restore inside it. Returns its schema."""
     conn = db.connect(tmp)
     try:
+        conn.execute("DELETE FROM meta WHERE key = ?", (DIGEST_META_KEY,))  # the backup's, not the database's
         db.migrate(conn)
         schema_to = db.schema_version(conn)
     finally:
@@ -353,6 +528,22 @@ def _set_aside(db_path: Path) -> Path | None:
     for stale in (wal, db_path.with_name(db_path.name + "-shm")):
         stale.unlink(missing_ok=True)
     return aside
+
+
+def _prune_set_aside(db_path: Path, keep: int) -> None:
+    """Remove all but the newest ``keep`` copies set aside by earlier restores (each a whole
+    database: kept for ever they filled the disk), once this restore has succeeded."""
+    found = []
+    for path in db_path.parent.glob(glob_escape(db_path.name) + ".before-restore-*"):
+        match = _ASIDE.fullmatch(path.name[len(db_path.name) :])
+        if match:
+            found.append(((match.group(1), int(match.group(2) or 1)), path))
+    for _, path in sorted(found, reverse=True)[max(keep, 0) :]:
+        for old in (path, files.wal_path(path)):
+            try:
+                old.unlink(missing_ok=True)
+            except OSError as exc:  # the restore itself succeeded: say so, not fail it
+                log.warning("could not remove %s, an older copy set aside by restore: %s", old, exc)
 
 
 def _fold_wal(db_path: Path) -> None:

@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from .. import audit
-from ..backup import BackupError, restore, restore_postgres
+from ..backup import KEEP_PREVIOUS, BackupError, restore, restore_postgres
 from ..config import encryption_secret
 from ..dburl import PostgresURL
 from ..store.backends import PostgresBackend
@@ -26,6 +26,20 @@ def register(sub) -> None:
         "PostgreSQL, SRC is loaded into an EMPTY database (nothing is replaced under running servers).",
     )
     p.add_argument("source", metavar="SRC", help="a file written by `stockyard backup` or a snapshot")
+    p.add_argument(
+        "--accept-broken-keys",
+        action="store_true",
+        help="restore even if stored provider keys or webhook secrets in SRC do not decrypt with "
+        "STOCKYARD_ENCRYPTION_KEY (they are named; store them again afterwards)",
+    )
+    p.add_argument(
+        "--keep-previous",
+        type=int,
+        default=KEEP_PREVIOUS,
+        metavar="N",
+        help=f"after a restore that succeeded, keep the newest N <db>.before-restore-* copies and "
+        f"remove older ones (default {KEEP_PREVIOUS}; 0 keeps none, not even this one's)",
+    )
     runs(p, run)
 
 
@@ -39,12 +53,26 @@ def run(args: argparse.Namespace) -> int:
     try:
         if isinstance(target, PostgresURL):
             done = restore_postgres(
-                PostgresBackend(target), args.source, actor=actor, secret=secret, progress=_progress
+                PostgresBackend(target),
+                args.source,
+                actor=actor,
+                secret=secret,
+                progress=_progress,
+                accept_broken_keys=args.accept_broken_keys,
             )
         else:
-            done = restore(target, args.source, actor=actor, secret=secret)
+            done = restore(
+                target,
+                args.source,
+                actor=actor,
+                secret=secret,
+                accept_broken_keys=args.accept_broken_keys,
+                keep_previous=args.keep_previous,
+            )
     except (BackupError, DatabaseBusy) as exc:
         raise CommandError(str(exc)) from None
+    for warning in done.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     src = done.source
     print(f"restored {src.path} into {target}")
     print(
@@ -52,6 +80,6 @@ def run(args: argparse.Namespace) -> int:
         + (f" (upgraded to v{done.schema_to})" if done.schema_to != done.schema_from else "")
     )
     print(f"  audit head  {src.audit_head} ({src.audit_seq} entries in the backup)")
-    if done.previous is not None:
+    if done.previous is not None and done.previous.exists():  # (--keep-previous 0 removes it)
         print(f"  previous database kept as {done.previous}")
     return 0

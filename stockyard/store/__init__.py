@@ -16,6 +16,7 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
+from .. import audit
 from . import db
 from .backends import Backend, backend_for
 from .pgpool import PooledReads, ReadPool
@@ -115,6 +116,7 @@ class Store:
             if self._direct is None:
                 self._direct = self.backend.connect()
             conn = self._direct
+            audit.take_appended()
             begin(conn)
             try:
                 result = job(conn)
@@ -123,6 +125,8 @@ class Store:
                 drop_deferred(conn)
                 conn.execute("ROLLBACK")
                 raise
+            if audit.take_appended():
+                db.sync_wal(conn)  # the audit chain's commits are durable before anyone is told
             return result
 
     def checkpoint_now(self) -> None:

@@ -273,19 +273,22 @@ def migrate(
     return pending
 
 
-def backup_to(conn: sqlite3.Connection, dest: Path | str) -> None:
+def backup_to(conn: sqlite3.Connection, dest: Path | str, finish: Callable[[Path], None] | None = None) -> None:
     """Write a consistent copy of the live database to ``dest`` (temp file, fsync, rename).
 
     The sqlite3 backup API copies every page as of one read snapshot, so the copy is
     consistent even while the server writes. The copy is switched to rollback-journal
     mode: a single self-contained file that any tool can open read-only (Stockyard puts
-    it back in WAL mode when it opens it).
+    it back in WAL mode when it opens it). ``finish`` completes the copy before it is
+    renamed into place (a backup's content digest).
     """
     dest = Path(dest)
     tmp = files.copy_beside(dest, "tmp")  # (those of a process killed while copying removed)
     tmp.unlink(missing_ok=True)
     try:
         write_copy(conn, tmp)
+        if finish is not None:
+            finish(tmp)
         replace_file(tmp, dest)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -303,6 +306,30 @@ def write_copy(conn: sqlite3.Connection, path: Path) -> None:
         target.execute("PRAGMA journal_mode=DELETE")
     finally:
         target.close()
+
+
+def sync_wal(conn: Any) -> None:
+    """Make the transaction just committed on ``conn`` survive a power cut, as ``synchronous=FULL``
+    would: flush the -wal file to disk. For the audit chain's commits only (``audit.take_appended``):
+    ``synchronous=NORMAL`` leaves the last commits to the next checkpoint, and a chain position handed
+    out before a power cut took it would read as tampering. Nothing to do on PostgreSQL."""
+    if dialect_of(conn) != "sqlite":
+        return
+    name = conn.execute("PRAGMA database_list").fetchone()[2]
+    try:
+        fd = os.open(f"{name}-wal", os.O_RDONLY)
+    except FileNotFoundError:  # not in WAL mode: the commit itself was synced
+        return
+    try:
+        os.fdatasync(fd)
+    finally:
+        os.close(fd)
+
+
+def edit_copy(path: Path) -> sqlite3.Connection:
+    """A connection to a copy being prepared (not the live database): no WAL, no pragmas of the
+    server, so it stays one self-contained file."""
+    return sqlite3.connect(path, isolation_level=None)
 
 
 def replace_file(tmp: Path | str, dest: Path | str) -> None:

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from .. import audit
 from ..limits import HeldBytes
 from . import db, files
 from .backends import Backend, backend_for
@@ -580,6 +581,7 @@ class Writer:
     def _run_jobs(self, batch: list[_Item], *, isolated: bool) -> None:
         conn = self._conn
         assert conn is not None
+        audit.take_appended()
         begin(conn)
         if not isolated:
             for many, run in _runs(batch):
@@ -593,7 +595,7 @@ class Writer:
                         raise  # full, read-only, I/O error, a deadlock: the whole batch fails (or runs again)
                     self._rollback()
                     raise _JobFailed() from exc
-            commit(conn)
+            self._commit_durably_if_audited(conn)
             return
         for item in batch:
             conn.execute("SAVEPOINT job")
@@ -608,7 +610,16 @@ class Writer:
                 conn.execute("RELEASE job")
                 discard_deferred(conn)
                 item.error = exc
+        self._commit_durably_if_audited(conn)
+
+    @staticmethod
+    def _commit_durably_if_audited(conn: Any) -> None:
+        """Commit (:func:`commit`: the deferred steps first); a batch holding an audit entry (an admin
+        change, never a proxied request's trace) is flushed to disk before its callers are answered
+        (``db.sync_wal``)."""
         commit(conn)
+        if audit.take_appended():
+            db.sync_wal(conn)
 
     def _rollback(self) -> None:
         conn = self._conn
