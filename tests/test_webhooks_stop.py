@@ -96,20 +96,27 @@ def deliveries(db) -> list[dict]:
         conn.close()
 
 
+def queue_tests(server, receiver: SilentReceiver) -> tuple[dict, list[str]]:
+    """A webhook for every event and ``QUEUED`` test events for it, the first one reaching the receiver
+    (which holds it unanswered): the webhook and the events' ids."""
+    status, hook = api(server, "POST", "/api/webhooks", {"url": receiver.url, "events": ["all"]})
+    assert status == 201, hook
+    sent = []
+    for _ in range(QUEUED):
+        status, body = api(server, "POST", f"/api/webhooks/{hook['id']}/test")
+        assert status == 202, body
+        sent.append(body["event_id"])
+    assert receiver.arrived.wait(10), "the first delivery reached the receiver"
+    return hook, sent
+
+
 def test_events_left_undelivered_at_a_stop_are_logged_as_abandoned_and_sent_by_the_next_start(
     pyz_path, cache_home, mock, tmp_path_factory
 ):
     receiver = SilentReceiver()
     server = start_server(pyz_path, cache_home, mock, tmp_path_factory, "webhookstop", STOCKYARD_ENCRYPTION_KEY=SECRET)
     try:
-        status, hook = api(server, "POST", "/api/webhooks", {"url": receiver.url, "events": ["all"]})
-        assert status == 201, hook
-        sent = []
-        for _ in range(QUEUED):
-            status, body = api(server, "POST", f"/api/webhooks/{hook['id']}/test")
-            assert status == 202, body
-            sent.append(body["event_id"])
-        assert receiver.arrived.wait(10), "the first delivery reached the receiver"
+        hook, sent = queue_tests(server, receiver)
         server.stop()
         rows = deliveries(server.db)
         assert [(r["webhook_id"], r["event"], r["outcome"]) for r in rows] == [
@@ -160,14 +167,7 @@ def test_events_queued_at_a_crash_are_sent_by_the_next_start_once_each_as_made(
     receiver = SilentReceiver()
     server = start_server(pyz_path, cache_home, mock, tmp_path_factory, "webhookkill", STOCKYARD_ENCRYPTION_KEY=SECRET)
     try:
-        status, hook = api(server, "POST", "/api/webhooks", {"url": receiver.url, "events": ["all"]})
-        assert status == 201, hook
-        sent = []
-        for _ in range(QUEUED):
-            status, body = api(server, "POST", f"/api/webhooks/{hook['id']}/test")
-            assert status == 202, body
-            sent.append(body["event_id"])
-        assert receiver.arrived.wait(10), "the first delivery reached the receiver"
+        hook, sent = queue_tests(server, receiver)
         wait_for(lambda: len(outbox(server.db)) == QUEUED, what="the events in the outbox")
         made = {row["event_id"]: json.loads(row["event_json"]) for row in outbox(server.db)}
         server.stop(signal.SIGKILL)
