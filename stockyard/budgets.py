@@ -598,7 +598,7 @@ class BudgetRecords:
         self,
         store: "Store",
         ops: Callable[[], "Operations"],
-        notify: Callable[[str, dict, str], object] = lambda kind, data, summary: None,
+        notify: Callable[..., object] = lambda kind, data, summary, conn=None: None,
     ) -> None:
         self._store = store
         self._ops = ops  # audits as the server
@@ -631,16 +631,15 @@ class BudgetRecords:
                     },
                 )
                 log.warning("%s", text)
-                self._notify(
-                    "budget.warning", {**_budget_data(budget, period_key, spent), "threshold_percent": percent}, text
-                )
+                data = {**_budget_data(budget, period_key, spent), "threshold_percent": percent}
+                self._notify("budget.warning", data, text, conn=conn)
 
         self._store.submit(job)
 
     def exhausted(self, refused: BudgetExceeded) -> None:
-        """A budget refused its first request of a period for want of money: the webhooks hear of
-        it once per budget and period, however many processes (workers, replicas) or restarts see
-        it — recorded like a warning, at threshold ``EXHAUSTED``."""
+        """A budget's period used up (its spend reached the budget, or a start found it spent at its
+        first refusal): the webhooks hear of it once per budget and period, however many processes
+        (workers, replicas) or restarts see it — recorded like a warning, at threshold ``EXHAUSTED``."""
         b = refused.budget
         text = (
             f"budget exhausted: {b.describe()}: {format_usd(refused.spent, 2)} spent in period "
@@ -649,7 +648,7 @@ class BudgetRecords:
 
         def job(conn) -> None:
             if _first_time(conn, b.scope, refused.period_key, EXHAUSTED):
-                self._notify("budget.exhausted", _budget_data(b, refused.period_key, refused.spent), text)
+                self._notify("budget.exhausted", _budget_data(b, refused.period_key, refused.spent), text, conn=conn)
 
         self._store.submit(job)
 

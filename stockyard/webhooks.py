@@ -400,9 +400,14 @@ class Dispatcher:
         self._thread.join(timeout)
         self._abandon()  # a thread still held by a receiver leaves its events here
 
-    def emit(self, kind: str, data: dict[str, Any], summary: str, *, only: str | None = None) -> str | None:
+    def emit(
+        self, kind: str, data: dict[str, Any], summary: str, *, only: str | None = None, conn: Any = None
+    ) -> str | None:
         """Queue an event for every webhook subscribed to ``kind`` (or the one webhook ``only``);
-        never blocks. Returns the event id, or None when dropped (queue full)."""
+        never blocks. Returns the event id, or None when dropped (queue full). ``conn``: the writer
+        job's transaction that decided to tell it (a budget's threshold row), which then keeps its
+        outbox rows too — both or neither survive a crash (a later job's rows left a window where the
+        event was recorded as told and lost)."""
         targets = [h.id for h in self._hooks if h.id == only or (only is None and kind in h.events)]
         if not targets and only is None:
             return None
@@ -412,7 +417,10 @@ class Dispatcher:
             log.warning("webhooks: queue full, event %s dropped", kind)
             return None
         # written before it is queued: its first delivery-log row, which removes it, comes after
-        self._store.submit(lambda conn: keep_outbox(conn, targets, event))
+        if conn is not None:  # (the writer's thread, in its transaction: the delivery's row comes in a later one)
+            keep_outbox(conn, targets, event)
+        else:
+            self._store.submit(lambda conn: keep_outbox(conn, targets, event))
         try:
             self._queue.put_nowait((event, only))
         except queue.Full:  # emitted meanwhile by another thread: its outbox rows go too

@@ -370,6 +370,54 @@ def test_the_reserved_worst_case_is_never_below_the_real_cost(rates, prompt, com
     assert worst_case_cost(price, prompt, completion) >= cost_microcents(price, usage)
 
 
+@pytest.mark.parametrize("kind", ["budget.warning", "budget.exhausted"])
+def test_a_budget_event_is_kept_in_the_transaction_that_records_it_told(tmp_path, kind):
+    """The webhooks' outbox row of a budget event is written by the writer job that records the
+    threshold as told (``budget_warnings``), in its transaction: written by a later job, a crash
+    between the two left the event recorded as told and never sent."""
+    from stockyard import webhooks
+    from stockyard.budgets import BudgetRecords
+    from stockyard.store import Store, Writer, db
+
+    path = tmp_path / "stockyard.db"
+    conn, _ = db.open_and_migrate(path)
+    conn.close()
+    seen: list[tuple[bool, int]] = []
+
+    def notify(kind: str, data: dict, summary: str, conn=None) -> None:
+        assert conn is not None, "the event is told outside the transaction that records it"
+        webhooks.keep_outbox(conn, ["wh_1"], webhooks.new_event(kind, data, summary))
+        told = conn.execute("SELECT count(*) FROM budget_warnings").fetchone()[0]
+        seen.append((conn.in_transaction, told))
+
+    writer = Writer(path).start()
+    store = Store(path, writer)
+    try:
+        records = BudgetRecords(store, lambda: webhooks_ops(store), notify)
+        budget = Budget("key:k1", "key 'k1'", 1000, "day")
+        if kind == "budget.warning":
+            records.warn(budget, "2026-12-03", 800, 80)
+        else:
+            records.exhausted(BudgetExceeded(budget, "2026-12-03", 1000, 0, 500, 0))
+        wait_for(lambda: seen, what="the event told")
+    finally:
+        writer.stop()
+        store.close()
+    assert seen == [(True, 1)]
+    check = db.connect(path)
+    try:
+        assert check.execute("SELECT count(*) FROM webhook_outbox").fetchone()[0] == 1
+    finally:
+        check.close()
+
+
+def webhooks_ops(store):
+    from stockyard import audit
+    from stockyard.operations import Operations
+
+    return Operations(store, audit.ACTOR_SERVER, None)
+
+
 def test_budget_exhausted_is_told_once_per_period_across_processes_and_restarts(tmp_path):
     """Each process's ledger notices a budget's first refusal of a period by itself (workers,
     replicas, a restart); the webhooks hear of it once, as the database records it."""
@@ -385,7 +433,7 @@ def test_budget_exhausted_is_told_once_per_period_across_processes_and_restarts(
         writer = Writer(path).start()
         store = Store(path, writer)
         records = BudgetRecords(
-            store, lambda: None, lambda kind, data, summary: told.append((kind, data["period_start"]))
+            store, lambda: None, lambda kind, data, summary, conn=None: told.append((kind, data["period_start"]))
         )
         records.exhausted(BudgetExceeded(budget, period, 1000, 0, 500, 0))
         writer.stop()
