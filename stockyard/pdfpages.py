@@ -68,39 +68,17 @@ def pdf_pages(data: bytes, inflation: Inflation | None = None) -> int:
     """The pages of a PDF: its page objects, or its page trees' largest count, the larger, in the file's
     bytes and in its object streams (PDF 1.5 keeps objects there, compressed); :data:`MAX_PDF_PAGES`
     when none shows a page or it cannot all be read (an object stream not inflated, a count by
-    reference: an encrypted or crafted PDF, which Gemini may still read whole)."""
-    streams = _object_streams(data, inflation or Inflation())
-    data = _unescaped(data)  # after the streams are cut out: their compressed bytes may hold a '#'
-    if streams is None or _INDIRECT_COUNT.search(data) is not None:
-        return MAX_PDF_PAGES
-    parts = (data, *streams)
-    pages = sum(len(_PAGE.findall(part)) for part in parts)  # a writer packs ~100 objects a stream
-    found = max([pages, *(int(count) for part in parts for count in _COUNT.findall(part))])
-    return min(found, MAX_PDF_PAGES) if found else MAX_PDF_PAGES
+    reference: an encrypted or crafted PDF, which Gemini may still read whole). Read as an upload's
+    pieces are (:class:`PageCounter`), in one piece: one set of rules; an inline PDF is read whatever
+    its first bytes (``pdf=True``: no header looked for), from ``inflation``, the request's budget."""
+    counter = PageCounter(pdf=True)
+    counter.feed(data, final=True, inflation=inflation)
+    return counter.pages() or MAX_PDF_PAGES
 
 
 def _unescaped(data: bytes) -> bytes:
     """``data`` with PDF names' ``#xx`` escapes read (a string's ``#`` too: a count can only grow)."""
     return _NAME_ESCAPE.sub(lambda m: bytes.fromhex(m[1].decode()), data) if b"#" in data else data
-
-
-def _object_streams(data: bytes, inflation: Inflation) -> list[bytes] | None:
-    """Each compressed object stream of a PDF (``/ObjStm`` in what comes before its ``stream`` since
-    the last stream's end) inflated, its names' escapes read; None when one is not Flate, or they
-    inflate to more than ``inflation`` has left (a small stream may inflate to gigabytes)."""
-    out: list[bytes] = []
-    for since, keyword, start, end in _streams(data):
-        end = len(data) if end < 0 else end
-        window = _object_stream(data[since:keyword])
-        if window is None:
-            continue
-        inflated = _inflate(data[start:end], inflation)
-        if inflated is None:
-            if b"/Filter" not in window and inflation.left > 0:  # a plain one: read with the file's bytes
-                continue
-            return None
-        out.append(_unescaped(inflated))
-    return out
 
 
 def _inflate(stream: bytes, inflation: Inflation) -> bytes | None:
@@ -268,7 +246,7 @@ _HEADER = b"%PDF-"  # a PDF starts with it, within its first kilobyte
 @dataclass
 class PageCounter:
     """The pages of a PDF whose bytes pass in pieces (an upload's chunks, a spooled file read in blocks),
-    counted as :func:`pdf_pages` counts a whole one — page objects summed and page-tree counts, in its
+    or whole (:func:`pdf_pages`: one piece) — page objects summed and page-tree counts, in its
     bytes and its object streams, names' escapes read — without holding it: each piece is read with
     the last :data:`CARRY` bytes of the one before (a mark split between two is read once, whole), and
     an object stream open at a piece's end is carried whole (up to :data:`CARRY_MAX`) until it ends. Its state is a few
@@ -292,9 +270,12 @@ class PageCounter:
     seen: int = 0  # bytes at the carry's start whose marks were counted already
     carry: bytes = b""
 
-    def feed(self, data: bytes, offset: int | None = None, final: bool = False) -> None:
+    def feed(
+        self, data: bytes, offset: int | None = None, final: bool = False, inflation: Inflation | None = None
+    ) -> None:
         """Read the next piece (at ``offset``: one at another than :attr:`at` leaves a gap or reads
-        bytes twice, and the count is lost); ``final``: the PDF ends with it."""
+        bytes twice, and the count is lost); ``final``: the PDF ends with it. Its object streams inflate
+        from ``inflation`` (a request's PDFs share one) besides the PDF's own :data:`INFLATE_MAX`."""
         if self.state != "reading":
             return
         if offset is not None and offset != self.at:
@@ -309,7 +290,7 @@ class PageCounter:
                 return
         cut = len(buf) if final else max(0, len(buf) - CARRY)
         self._count_marks(buf, cut)
-        keep = min(cut, self._read_object_streams(buf, final))
+        keep = min(cut, self._read_object_streams(buf, final, inflation))
         self.carry, self.seen = (b"", 0) if final else (buf[keep:], cut - keep)
         if final:
             self.state = "done"
@@ -320,20 +301,22 @@ class PageCounter:
         moved with them); a count by reference leaves the pages uncounted."""
         seen = self.seen
         if b"#" in buf:
-            seen, cut, buf = len(_unescaped(buf[:seen])), len(_unescaped(buf[:cut])), _unescaped(buf)
+            whole = _unescaped(buf)  # a whole PDF (cut at its end) is unescaped once
+            cut = len(whole) if cut == len(buf) else len(_unescaped(buf[:cut]))
+            seen, buf = len(_unescaped(buf[:seen])), whole
         self.objects += sum(1 for found in _PAGE.finditer(buf) if seen <= found.start() < cut)
         counts = [int(found[1]) for found in _COUNT.finditer(buf) if seen <= found.start() < cut]
         self.count = max([self.count, *counts])
         if any(seen <= found.start() < cut for found in _INDIRECT_COUNT.finditer(buf)):
             self.unread = True
 
-    def _read_object_streams(self, buf: bytes, final: bool) -> int:
+    def _read_object_streams(self, buf: bytes, final: bool, budget: Inflation | None) -> int:
         """Inflate each object stream whole in ``buf``, each once (by its offset in the file: the carry
-        brings some back); where one is still open at the end of ``buf``: the offset it starts at, to
-        carry on, else ``len(buf)``."""
+        brings some back), from ``budget`` and what the PDF has left of its own; where one is still open
+        at the end of ``buf``: the offset it starts at, to carry on, else ``len(buf)``."""
         base = self.at - len(buf)  # the file offset of buf[0]
         for since, keyword, start, end in _streams(buf):
-            head = max(since, keyword - CARRY)  # its dictionary, as pdf_pages reads it (a carry's worth)
+            head = max(since, keyword - CARRY)  # its dictionary: since the last stream's end, a carry's worth at most
             window = _object_stream(buf[head:keyword])
             if window is None or base + keyword in self.streams:
                 continue
@@ -343,9 +326,13 @@ class PageCounter:
                     break
                 return head
             self.streams.append(base + keyword)
-            inflation = Inflation(INFLATE_MAX - self.inflated)
+            allowed = INFLATE_MAX - self.inflated
+            allowed = allowed if budget is None else min(allowed, budget.left)
+            inflation = Inflation(allowed)
             out = _inflate(buf[start:end], inflation)
-            self.inflated = INFLATE_MAX - inflation.left
+            self.inflated += allowed - inflation.left
+            if budget is not None:
+                budget.left -= allowed - inflation.left
             if out is None:  # not Flate (a plain one's marks are counted with the file's), or too large
                 self.unread = self.unread or inflation.left <= 0 or b"/Filter" in window
                 continue

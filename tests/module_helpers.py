@@ -69,20 +69,39 @@ def fresh(server, mock):
     mock.clear_replies()
 
 
-def api(server: ServerProcess, method: str, path: str, body: Any = None) -> tuple[int, Any]:
-    status, _, raw = server.request(method, path, body, headers={"Authorization": f"Bearer {ADMIN_KEY}"})
+def api(server: ServerProcess, method: str, path: str, body: Any = None, admin: str = ADMIN_KEY) -> tuple[int, Any]:
+    """An admin API call with the admin key ``admin`` (the module tests' unless a file has its own)."""
+    status, _, raw = server.request(method, path, body, headers={"Authorization": f"Bearer {admin}"})
     return status, json.loads(raw) if raw else None
 
 
 _names = iter(range(1_000_000))
 
 
-def client_key(server: ServerProcess, **fields: Any) -> str:
-    """A new client key with ``fields`` (a name of its own unless given), made through the admin API."""
+def new_key(server: ServerProcess, admin: str = ADMIN_KEY, **fields: Any) -> tuple[str, str]:
+    """A new client key with ``fields``, made through the admin API with the admin key ``admin``: its
+    (secret, name); a name of its own unless ``fields`` give one (a test finds its traces by it)."""
     fields.setdefault("name", f"key-{next(_names)}")
-    status, body = api(server, "POST", "/api/keys", fields)
+    status, body = api(server, "POST", "/api/keys", fields, admin)
     assert status == 201, body
-    return body["key"]
+    return body["key"], fields["name"]
+
+
+def client_key(server: ServerProcess, admin: str = ADMIN_KEY, **fields: Any) -> str:
+    """A new client key's secret (:func:`new_key`)."""
+    return new_key(server, admin, **fields)[0]
+
+
+TRACE_COLUMNS = ("endpoint", "model", "status", "cost_uc", "cost_status")
+
+
+def key_traces(server: ServerProcess, name: str, columns: tuple[str, ...] = TRACE_COLUMNS) -> list[dict]:
+    """The traces of the client key named ``name``, oldest first: their ``columns``."""
+    sql = (
+        f"SELECT {', '.join('t.' + column for column in columns)} FROM traces t"
+        " JOIN client_keys k ON k.id = t.key_id WHERE k.name = ? ORDER BY t.ts"
+    )
+    return server.db_rows(sql, (name,))
 
 
 def put_module(server: ServerProcess, name: str, config: dict | None = None, enabled: bool = True) -> dict:

@@ -19,6 +19,7 @@ import openai
 import pytest
 from conftest import TEST_STORE, ServerProcess, mock_env, wait_for
 from mock_upstream import BACKGROUND_CANCEL_OUTPUT, COMPLETION_TOKENS, PROMPT_TOKENS, Reply
+from module_helpers import key_traces, new_key
 
 ADMIN = "admin-secret-for-background-tests"
 MODEL = "gpt-4o-mini"
@@ -35,26 +36,9 @@ def server(pyz_path, cache_home, mock, tmp_path_factory):
     srv.stop()
 
 
-def new_key(server: ServerProcess, **fields: str) -> tuple[str, str]:
-    """A new key's (secret, name)."""
-    name = f"bg-{secrets.token_hex(6)}"
-    status, _, data = server.request(
-        "POST", "/api/keys", {"name": name, **fields}, headers={"Authorization": f"Bearer {ADMIN}"}
-    )
-    assert status == 201, data
-    return json.loads(data)["key"], name
-
-
-def traces(server: ServerProcess, name: str) -> list[dict]:
-    sql = (
-        "SELECT t.endpoint, t.cost_uc, t.cost_status FROM traces t JOIN client_keys k ON k.id = t.key_id"
-        " WHERE k.name = ? ORDER BY t.ts"
-    )
-    return server.db_rows(sql, (name,))
-
-
 def usage_rows(server: ServerProcess, name: str) -> list[dict]:
-    return [row for row in traces(server, name) if row["endpoint"] == "responses.usage"]
+    rows = key_traces(server, name, ("endpoint", "cost_uc", "cost_status"))
+    return [row for row in rows if row["endpoint"] == "responses.usage"]
 
 
 def cost_of(usage) -> int:
@@ -65,7 +49,7 @@ def test_a_background_response_is_billed_once_across_polls_a_stream_and_a_cancel
     """Its POST costs 0 (nothing used yet, no estimate); the retrieve that sees it in progress bills
     nothing; the stream that runs it to its end bills its usage once, before the end event reaches
     the client; the retrieves and the cancel after that bill nothing more."""
-    secret, name = new_key(server)
+    secret, name = new_key(server, ADMIN)
     client = server.openai(secret)
     made = client.responses.create(model=MODEL, input="a long job", background=True)
     assert made.status == "queued" and made.usage is None
@@ -80,7 +64,7 @@ def test_a_background_response_is_billed_once_across_polls_a_stream_and_a_cancel
     assert client.responses.retrieve(made.id).status == "completed"
     assert client.responses.cancel(made.id).status == "completed"
     assert client.responses.retrieve(made.id).usage == usage
-    rows = wait_for(lambda: (r := traces(server, name)) and len(r) >= 7 and r, what="seven traces")
+    rows = wait_for(lambda: (r := key_traces(server, name)) and len(r) >= 7 and r, what="seven traces")
     assert len(rows) == 7, rows  # create, retrieve, stream, its bill, retrieve, cancel, retrieve
     assert [r["endpoint"] for r in rows].count("responses.usage") == 1, rows
     assert rows[0]["endpoint"] == "responses" and (rows[0]["cost_uc"], rows[0]["cost_status"]) == (0, "exact")
@@ -89,7 +73,7 @@ def test_a_background_response_is_billed_once_across_polls_a_stream_and_a_cancel
 
 def test_a_cancelled_background_response_is_billed_what_the_provider_reports(server, mock):
     """A cancel before its end: the usage the cancel's answer reports (what it made so far), once."""
-    secret, name = new_key(server)
+    secret, name = new_key(server, ADMIN)
     client = server.openai(secret)
     made = client.responses.create(model=MODEL, input="a job to stop", background=True)
     cancelled = client.responses.cancel(made.id)
@@ -103,7 +87,7 @@ def test_a_cancelled_background_response_is_billed_what_the_provider_reports(ser
 def test_a_background_response_that_ended_unseen_is_billed_before_its_delete(server, mock):
     """A delete takes the response, and its usage, away at the provider: one that ended since its key
     last looked is retrieved and billed first."""
-    secret, name = new_key(server)
+    secret, name = new_key(server, ADMIN)
     client = server.openai(secret)
     made = client.responses.create(model=MODEL, input="a job to forget", background=True)
     assert client.responses.retrieve(made.id).status == "in_progress"
@@ -116,7 +100,7 @@ def test_a_background_response_deleted_while_it_runs_is_cancelled_and_billed_fir
     """A delete of one still running would take its usage away while the provider goes on billing it
     (it was never billed, and its hold went back after 30 days: free tokens): it is cancelled first,
     so the provider stops and its cancel's answer states what it used, billed once; then deleted."""
-    secret, name = new_key(server)
+    secret, name = new_key(server, ADMIN)
     client = server.openai(secret)
     made = client.responses.create(model=MODEL, input="a job to drop", background=True, max_output_tokens=1000)
     client.responses.delete(made.id)
@@ -133,8 +117,8 @@ def test_a_background_response_deleted_while_it_runs_is_cancelled_and_billed_fir
 def test_another_keys_background_response_is_404_and_never_reaches_the_provider(server, mock):
     """Key B cannot retrieve, stream, cancel or delete key A's background response (OpenAI's 404), and
     none of it reaches the provider: A's response runs on unbilled, and is billed to A when A looks."""
-    secret_a, name_a = new_key(server)
-    secret_b, name_b = new_key(server)
+    secret_a, name_a = new_key(server, ADMIN)
+    secret_b, name_b = new_key(server, ADMIN)
     a, b = server.openai(secret_a), server.openai(secret_b)
     made = a.responses.create(model=MODEL, input="A's job", background=True)
     before = len(mock.requests)
@@ -158,7 +142,7 @@ def test_another_keys_background_response_is_404_and_never_reaches_the_provider(
 def test_a_background_response_is_billed_at_the_tier_that_served_it(server, mock):
     """Priced as any Responses answer: at the rates of the ``service_tier`` it says served it
     (gpt-4o in priority: 1.7 times its 250 µ¢ a token in and 1,000 out)."""
-    secret, name = new_key(server)
+    secret, name = new_key(server, ADMIN)
     client = server.openai(secret)
     made = client.responses.create(model="gpt-4o", input="a priority job", background=True, service_tier="priority")
     client.responses.retrieve(made.id)
@@ -173,7 +157,7 @@ def test_a_budgeted_keys_burst_of_background_responses_cannot_overspend(server, 
     max_output_tokens: 1,000 × 60 µ¢ and its few input tokens) from its start until it is billed,
     so of 100 started at once only the 5 whose worst cases fit run, the rest are 429 and never
     reach the provider; once they ended and were retrieved, their real costs replace the holds."""
-    secret, name = new_key(server, budget_usd="0.00303", budget_period="total")
+    secret, name = new_key(server, ADMIN, budget_usd="0.00303", budget_period="total")
     body = {"model": MODEL, "input": "a long job", "background": True, "max_output_tokens": 1000}
     before = len(mock.requests)
     with ThreadPoolExecutor(max_workers=100) as pool:
@@ -216,7 +200,7 @@ def test_a_projects_budget_holds_its_keys_background_responses(server, mock):
         "PUT", f"/api/projects/{project}/budget", {"budget_usd": "0.00303", "period": "total"}, headers=admin
     )
     assert status == 200, raw
-    keys = [new_key(server, project=project)[0] for _ in range(2)]
+    keys = [new_key(server, ADMIN, project=project)[0] for _ in range(2)]
     body = {"model": MODEL, "input": "a long job", "background": True, "max_output_tokens": 1000}
     with ThreadPoolExecutor(max_workers=20) as pool:
         answers = list(pool.map(lambda i: (keys[i % 2], start(server, keys[i % 2], body)), range(20)))
@@ -237,7 +221,7 @@ def test_a_turn_after_a_billed_background_response_holds_its_history(server, moc
     response was kept with its queued answer, which has no usage: a turn after it held no history at
     all, so a budgeted key could chain long background turns held at their new input alone. Once it
     is billed its usage is kept with it, and a turn after it holds as one after a synchronous one."""
-    secret, _ = new_key(server, budget_usd="10", budget_period="total")
+    secret, _ = new_key(server, ADMIN, budget_usd="10", budget_period="total")
     client = server.openai(secret)
     sync = client.responses.create(model=MODEL, input="a first turn")
     made = client.responses.create(model=MODEL, input="a first turn", background=True)
@@ -258,7 +242,7 @@ def test_a_background_response_whose_client_left_mid_post_is_still_recorded_and_
     """A client that resets its connection once its background POST reached the provider: the provider
     made the response and runs it, so the answer Stockyard still reads records it as the key's, with
     its hold, and it is billed when it ends (not left running free)."""
-    secret, name = new_key(server, budget_usd="10", budget_period="total")
+    secret, name = new_key(server, ADMIN, budget_usd="10", budget_period="total")
     marker = f"left-{secrets.token_hex(4)}"
     body = json.dumps({"model": MODEL, "input": marker, "background": True, "max_output_tokens": 100}).encode()
     mock.delay_ms = 400
@@ -297,7 +281,7 @@ def test_a_background_response_whose_client_left_mid_post_is_still_recorded_and_
 def test_a_refused_background_post_gives_its_hold_back(server, mock):
     """A background POST the provider refuses (400) started nothing: its hold goes back at once, so
     five refused then leave room for the five worst cases the budget fits."""
-    secret, name = new_key(server, budget_usd="0.00303", budget_period="total")
+    secret, name = new_key(server, ADMIN, budget_usd="0.00303", budget_period="total")
     body = {"model": MODEL, "input": "a long job", "background": True, "max_output_tokens": 1000}
     for _ in range(5):
         mock.enqueue(Reply(status=400, json={"error": {"message": "no", "type": "invalid_request_error"}}))
@@ -309,7 +293,7 @@ def test_a_refused_background_post_gives_its_hold_back(server, mock):
 def test_a_background_response_without_max_output_tokens_holds_the_models_ceiling(server, mock):
     """Without ``max_output_tokens`` the provider may write up to the model's own ceiling (gpt-4o-mini:
     16,384 tokens in the price table), so that is what its budget holds, not the 4,096 default."""
-    secret, _ = new_key(server, budget_usd="10", budget_period="total")
+    secret, _ = new_key(server, ADMIN, budget_usd="10", budget_period="total")
     status, _, raw = start(server, secret, {"model": MODEL, "input": "a long job", "background": True})
     assert status == 200, raw
     (row,) = server.db_rows("SELECT held_uc FROM owned_objects WHERE id = ?", (json.loads(raw)["id"],))
@@ -328,7 +312,7 @@ def test_a_background_responses_hold_outlives_a_restart(pyz_path, cache_home, mo
     body = {"model": MODEL, "input": "a long job", "background": True, "max_output_tokens": 1000}
     srv = ServerProcess(pyz_path, tmp_path / "stockyard.db", env).start()
     try:
-        secret, _ = new_key(srv, budget_usd="0.00303", budget_period="total")
+        secret, _ = new_key(srv, ADMIN, budget_usd="0.00303", budget_period="total")
         made = [start(srv, secret, body) for _ in range(5)]
         assert [status for status, _, _ in made] == [200] * 5, made
         assert start(srv, secret, body)[0] == 429
@@ -351,7 +335,7 @@ def test_a_background_response_nobody_retrieves_is_billed_by_the_watch(pyz_path,
     env = mock_env(cache_home, mock, STOCKYARD_ADMIN_KEY=ADMIN, STOCKYARD_BATCH_POLL="1s")
     srv = ServerProcess(pyz_path, tmp_path / "stockyard.db", env).start()
     try:
-        secret, name = new_key(srv)
+        secret, name = new_key(srv, ADMIN)
         made = srv.openai(secret).responses.create(model=MODEL, input="fire and forget", background=True)
         (billed,) = wait_for(lambda: usage_rows(srv, name), timeout=20, what="the watch's bill")
         looked = [r for r in mock.requests if r.method == "GET" and r.path == f"/v1/responses/{made.id}"]
@@ -369,7 +353,7 @@ def test_two_replicas_streaming_and_retrieving_one_response_bill_it_once(server,
     other retrieves it, many times over); the bill is written by whichever marks it billed first."""
     replica = ServerProcess(server.pyz, server.db, server.env).start()
     try:
-        secret, name = new_key(server)
+        secret, name = new_key(server, ADMIN)
         made = server.openai(secret).responses.create(model=MODEL, input="a shared job", background=True)
         server.openai(secret).responses.retrieve(made.id)  # in progress
         with ThreadPoolExecutor(max_workers=8) as pool:

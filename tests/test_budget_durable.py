@@ -16,11 +16,12 @@ from typing import Callable
 
 import openai
 import pytest
-from conftest import TEST_STORE, ServerProcess, mock_env, open_database, wait_for
+from conftest import TEST_STORE, ServerProcess, open_database, wait_for
 from mock_upstream import Reply
-from test_budget_unknown_cost import MODEL, MOST, priority_answer
+from test_budget_unknown_cost import KEYS, MODEL, MOST, budgeted_server, priority_answer
 
 ADMIN = "admin-secret-for-durable-budget-tests"
+BG = {"bg": ["--budget-usd", "0.01", "--budget-period", "total"]}  # a key for background responses
 TRIES = 30
 
 
@@ -73,39 +74,31 @@ def spend_until_refused(server: ServerProcess, mock, how: str, key: str, user: s
 
 
 @pytest.mark.parametrize(
-    "how, key, user, stop",
+    "stop, spends",
     [
-        ("chat", "tiny", None, signal.SIGTERM),
-        ("chat", "in-project", None, signal.SIGKILL),
-        ("chat", "users", "alice", signal.SIGKILL),
-        ("background", "background", None, signal.SIGTERM),
+        (signal.SIGTERM, [("chat", "tiny", None), ("background", "background", None)]),
+        (signal.SIGKILL, [("chat", "in-project", None), ("chat", "users", "alice")]),
     ],
+    ids=["SIGTERM-key-chat-and-background", "SIGKILL-project-and-end-user"],
 )
-def test_unknown_cost_spend_outlives_a_restart(pyz_path, cache_home, mock, tmp_path, how, key, user, stop):
+def test_unknown_cost_spend_outlives_a_restart(pyz_path, cache_home, mock, tmp_path, stop, spends):
     """A key's, a project's and an end user's budget spent by answers of unknown cost refuse the
-    next request after a restart (or a crash once the traces are written) as they did before it."""
-    env = mock_env(cache_home, mock, STOCKYARD_ADMIN_KEY=ADMIN, STOCKYARD_BATCH_POLL="off")
-    srv = ServerProcess(pyz_path, tmp_path / "s.db", env)
-    budget = ["--budget-usd", "0.0001", "--budget-period", "total"]
-    keys = {"tiny": budget, "in-project": ["--project", "thrifty"], "users": [], "background": budget}
-    srv.keys = srv.create_keys(keys)
-    for args in (
-        ("projects", "budget", "thrifty", "--budget-usd", "0.0001", "--period", "total"),
-        ("modules", "set", "userlimits", "budget_usd=0.0001", "budget_period=total"),
-        ("modules", "enable", "userlimits"),
-    ):
-        done = srv.cli(*args)
-        assert done.returncode == 0, done.stderr
+    next request after a restart (or a crash once the traces are written) as they did before it.
+    The budgets of a stop are spent side by side on one server (each its own scope): one start and
+    one restart a way of stopping, not one a budget."""
+    keys = {name: KEYS[name] for name in ("tiny", "in-project", "users", "background")}
+    srv = budgeted_server(pyz_path, cache_home, mock, tmp_path / "s.db", keys, "total", STOCKYARD_ADMIN_KEY=ADMIN)
     srv.start()
     try:
-        admitted = spend_until_refused(srv, mock, how, key, user)
-        assert 1 <= admitted <= MOST, admitted
-        wait_traced(srv, admitted)
+        admitted = [spend_until_refused(srv, mock, how, key, user) for how, key, user in spends]
+        assert all(1 <= count <= MOST for count in admitted), admitted
+        wait_traced(srv, sum(admitted))
     finally:
         srv.stop(stop)
     again = restarted(srv)
     try:
-        assert ASKS[how](again, mock, key, user) == (429, "budget_exceeded")
+        for how, key, user in spends:
+            assert ASKS[how](again, mock, key, user) == (429, "budget_exceeded"), (how, key, user)
     finally:
         again.stop()
     assert "Traceback" not in srv.log + again.log
@@ -185,9 +178,7 @@ def test_a_crash_between_a_background_bill_and_its_settlement_counts_its_cost(py
     left the hold counted as spent for ever (a ``total`` budget's row is never loaded again), and the
     response, marked billed, was never settled. Now the change is in the bill's own transaction: the
     crash takes both, and the next server bills it once, its cost replacing its hold."""
-    env = mock_env(cache_home, mock, STOCKYARD_ADMIN_KEY=ADMIN, STOCKYARD_BATCH_POLL="off")
-    srv = ServerProcess(pyz_path, tmp_path / "s.db", env)
-    srv.keys = srv.create_keys({"bg": ["--budget-usd", "0.01", "--budget-period", "total"]})
+    srv = budgeted_server(pyz_path, cache_home, mock, tmp_path / "s.db", BG, STOCKYARD_ADMIN_KEY=ADMIN)
     (key_id,) = [r["id"] for r in srv.db_rows("SELECT id FROM client_keys WHERE name = 'bg'")]
     scope = f"key:{key_id}"
     srv.start()
@@ -239,9 +230,7 @@ def test_a_running_background_response_whose_cancel_fails_is_not_deleted(pyz_pat
     counted until the watch's 30-day horizon (and its usage was never billed). Now the delete is not
     sent (503 ``response_not_ended``, Retry-After): the response stays, and its hold ends when its real
     end is seen — here the next retrieve; the delete tried again then goes through."""
-    env = mock_env(cache_home, mock, STOCKYARD_ADMIN_KEY=ADMIN, STOCKYARD_BATCH_POLL="off")
-    srv = ServerProcess(pyz_path, tmp_path / "s.db", env)
-    srv.keys = srv.create_keys({"bg": ["--budget-usd", "0.01", "--budget-period", "total"]})
+    srv = budgeted_server(pyz_path, cache_home, mock, tmp_path / "s.db", BG, STOCKYARD_ADMIN_KEY=ADMIN)
     srv.start()
     try:
         client = srv.openai("bg")
@@ -279,9 +268,7 @@ def test_an_end_users_budget_holds_background_responses_across_a_crash(pyz_path,
     as a key's does (was: a 403 ``background_not_budgeted``). Five fit, the sixth is refused; the holds
     are in the database with the responses, so a crash (SIGKILL) does not give them back; billing one
     replaces its hold with its cost, under the end user's name, and a new one fits again."""
-    env = mock_env(cache_home, mock, STOCKYARD_ADMIN_KEY=ADMIN, STOCKYARD_BATCH_POLL="off")
-    srv = ServerProcess(pyz_path, tmp_path / "s.db", env)
-    srv.keys = srv.create_keys({"app": []})
+    srv = budgeted_server(pyz_path, cache_home, mock, tmp_path / "s.db", {"app": []}, STOCKYARD_ADMIN_KEY=ADMIN)
     for args in (
         ("modules", "set", "userlimits", "budget_usd=0.00303", "budget_period=total"),
         ("modules", "enable", "userlimits"),
@@ -329,9 +316,7 @@ def test_a_crash_as_a_background_response_starts_leaves_its_hold_whole(pyz_path,
     response later took a hold that had never been counted off the spend. Now the reservation turns
     into spend in the transaction that records the response: the ledger's spend is always what the
     database says was billed and is held."""
-    env = mock_env(cache_home, mock, STOCKYARD_ADMIN_KEY=ADMIN, STOCKYARD_BATCH_POLL="off")
-    srv = ServerProcess(pyz_path, tmp_path / "s.db", env)
-    srv.keys = srv.create_keys({"bg": ["--budget-usd", "0.01", "--budget-period", "total"]})
+    srv = budgeted_server(pyz_path, cache_home, mock, tmp_path / "s.db", BG, STOCKYARD_ADMIN_KEY=ADMIN)
     (key_id,) = [r["id"] for r in srv.db_rows("SELECT id FROM client_keys WHERE name = 'bg'")]
     scope = f"key:{key_id}"
     body = {"model": MODEL, "input": "a long job", "background": True, "max_output_tokens": 1000}

@@ -8,6 +8,7 @@ admission), the trace keeps cost ``unknown``, and the log says how to price the 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import openai
 import pytest
@@ -33,28 +34,34 @@ def priority_answer() -> dict:
     }
 
 
-@pytest.fixture(scope="module")
-def server(pyz_path, cache_home, mock, tmp_path_factory):
-    env = mock_env(cache_home, mock, STOCKYARD_BATCH_POLL="off")  # the background responses billed by their retrieves
-    srv = ServerProcess(pyz_path, tmp_path_factory.mktemp("unknown") / "s.db", env)
-    srv.keys = srv.create_keys(
-        {
-            "tiny": ["--budget-usd", "0.0001", "--budget-period", "total"],
-            "open": [],
-            "in-project": ["--project", "thrifty"],
-            "users": [],
-            "background": ["--budget-usd", "0.0001", "--budget-period", "total"],
-            "streamed": ["--budget-usd", "0.0001", "--budget-period", "total"],
-        }
-    )
+BUDGET = ["--budget-usd", "0.0001", "--budget-period", "total"]
+KEYS = {"tiny": BUDGET, "open": [], "in-project": ["--project", "thrifty"], "users": [], "background": BUDGET}
+
+
+def budgeted_server(
+    pyz_path: Path, cache_home, mock, db: Path, keys: dict[str, list[str]], users_period: str | None = None, **env: str
+) -> ServerProcess:
+    """A server (not started) with ``keys`` made, its background responses billed by their retrieves
+    (not the poll); with ``users_period``, project ``thrifty``'s budget (key ``in-project``'s) and each
+    end user's a ``users_period`` (``userlimits``), $0.0001 each. Shared with test_budget_durable.py,
+    whose servers are restarted on the same setup."""
+    server = ServerProcess(pyz_path, db, mock_env(cache_home, mock, STOCKYARD_BATCH_POLL="off", **env))
+    server.keys = server.create_keys(keys)
     for args in (
         ("projects", "budget", "thrifty", "--budget-usd", "0.0001", "--period", "total"),
-        ("modules", "set", "userlimits", "budget_usd=0.0001", "budget_period=day"),
+        ("modules", "set", "userlimits", "budget_usd=0.0001", f"budget_period={users_period}"),
         ("modules", "enable", "userlimits"),
     ):
-        done = srv.cli(*args)
-        assert done.returncode == 0, done.stderr
-    srv.start()
+        if users_period is not None:
+            done = server.cli(*args)
+            assert done.returncode == 0, done.stderr
+    return server
+
+
+@pytest.fixture(scope="module")
+def server(pyz_path, cache_home, mock, tmp_path_factory):
+    db = tmp_path_factory.mktemp("unknown") / "s.db"
+    srv = budgeted_server(pyz_path, cache_home, mock, db, {**KEYS, "streamed": BUDGET}, "day").start()
     yield srv
     srv.stop()
     assert "Traceback" not in srv.log

@@ -51,7 +51,7 @@ def peak_rss(server: ServerProcess) -> int:
 
 # -- what a request is made of ---------------------------------------------------------------
 
-latin1 = st.text(st.characters(codec="latin-1"), max_size=24)
+latin1 = st.text(st.characters(max_codepoint=255), max_size=24)
 
 
 @st.composite

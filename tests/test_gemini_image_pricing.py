@@ -37,17 +37,13 @@ def server(pyz_path, cache_home, mock, tmp_path_factory) -> ServerProcess:
     override = ["--input", "1", "--output", "2", "--media-output", "40"]
     made = proc.cli("prices", "set", "gemini-2.5-flash-image-preview", *override)
     assert made.returncode == 0, made.stderr
-    KEYS["plain"] = new_key(proc, "gimage")
-    KEYS["budget"] = new_key(proc, "gimage-budget", "--budget-usd", "0.03", "--budget-period", "month")
+    KEYS["plain"] = proc.create_keys({"gimage": []})["gimage"]
+    KEYS["budget"] = proc.create_keys({"gimage-budget": ["--budget-usd", "0.03", "--budget-period", "month"]})[
+        "gimage-budget"
+    ]
     proc.start()
     yield proc
     proc.stop()
-
-
-def new_key(server: ServerProcess, name: str, *options: str) -> str:
-    made = server.cli("keys", "create", "--name", name, *options, "--json")
-    assert made.returncode == 0, made.stderr
-    return json.loads(made.stdout)["key"]
 
 
 def generate(server: ServerProcess, model: str, body: dict, key: str | None = None) -> tuple[int, dict, bytes]:

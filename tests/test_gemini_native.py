@@ -34,20 +34,15 @@ def server(pyz_path, cache_home, mock, tmp_path_factory) -> ServerProcess:
         assert proc.cli("prices", "set", model, *args).returncode == 0
     assert proc.cli("modules", "set", "alias", "aliases.house-embedder=gemini-native-embedder").returncode == 0
     assert proc.cli("modules", "enable", "alias").returncode == 0
-    KEYS["genai"] = new_key(proc, "genai")  # before start: client keys are required from the first request
+    KEYS["genai"] = proc.create_keys({"genai": []})[
+        "genai"
+    ]  # before start: client keys are required from the first request
     proc.start()
     yield proc
     proc.stop()
 
 
 KEYS: dict[str, str] = {}
-
-
-def new_key(server: ServerProcess, name: str, *options: str) -> str:
-    """A client key made with the CLI (the running server notices the new key ring)."""
-    made = server.cli("keys", "create", "--name", name, *options, "--json")
-    assert made.returncode == 0, made.stderr
-    return json.loads(made.stdout)["key"]
 
 
 @pytest.fixture(scope="module")
@@ -389,7 +384,7 @@ def test_upstream_errors_pass_through(server, key) -> None:
 
 
 def test_worst_case_counts_candidates_times_their_cap(server) -> None:
-    limited = new_key(server, "genai-tpm", "--tpm", "1000")
+    limited = server.create_keys({"genai-tpm": ["--tpm", "1000"]})["genai-tpm"]
     config = {"maxOutputTokens": 600, "candidateCount": 1}
     path = "/v1beta/models/gemini-native-tpm:generateContent"
     status, _, raw = wait_for(
@@ -405,7 +400,7 @@ def test_worst_case_counts_candidates_times_their_cap(server) -> None:
 
 
 def test_a_key_limited_to_other_models_gets_a_google_403(server) -> None:
-    limited = new_key(server, "genai-models", "--models", "gemini-2.5-pro")
+    limited = server.create_keys({"genai-models": ["--models", "gemini-2.5-pro"]})["genai-models"]
     path = "/v1beta/models/gemini-native-other:generateContent"
     status, _, raw = wait_for(
         lambda: (r := gemini(server, "POST", path, {"contents": CONTENTS}, limited))[0] != 401 and r

@@ -15,6 +15,7 @@ import pydantic
 import pytest
 from conftest import ServerProcess, mock_env, wait_for
 from mock_upstream import COMPLETION_TOKENS, PROMPT_TOKENS, TEXT, TOOL_ARGS, Reply
+from module_helpers import client_key, new_key
 
 ADMIN = "admin-key-for-messages-tests-0123456789"
 ANTHROPIC_KEY = "sk-ant-test-0123456789ANTHROPICSECRET"
@@ -49,11 +50,7 @@ def server(pyz_path, cache_home, mock, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def key(server) -> str:
-    status, _, data = server.request(
-        "POST", "/api/keys", {"name": "msgs"}, headers={"Authorization": f"Bearer {ADMIN}"}
-    )
-    assert status == 201, data
-    return json.loads(data)["key"]
+    return client_key(server, ADMIN, name="msgs")
 
 
 @pytest.fixture(scope="module")
@@ -387,15 +384,8 @@ def test_claude_code_reads_a_pdf_on_a_gpt_model(client, mock):
     assert contents[2]["parts"][1] == inline and contents[4]["parts"][0] == inline
 
 
-def new_key(server: ServerProcess, **fields) -> tuple[str, str]:
-    status, _, data = server.request("POST", "/api/keys", fields, headers={"Authorization": f"Bearer {ADMIN}"})
-    assert status == 201, data
-    made = json.loads(data)
-    return made["key"], made["id"]
-
-
 def test_rate_limit_applies(server, mock):
-    secret, _ = new_key(server, name="msgs-rpm", rpm=1)
+    secret, _ = new_key(server, ADMIN, name="msgs-rpm", rpm=1)
     client = server.anthropic(secret)
     ask = {"model": MODELS["gemini"], "max_tokens": 10, "messages": [{"role": "user", "content": "Hi"}]}
     client.messages.create(**ask)
@@ -406,7 +396,8 @@ def test_rate_limit_applies(server, mock):
 
 
 def test_budget_spend_is_the_translated_cost(server):
-    secret, key_id = new_key(server, name="msgs-budget", budget_usd="1", budget_period="day")
+    secret, name = new_key(server, ADMIN, name="msgs-budget", budget_usd="1", budget_period="day")
+    (key_id,) = [row["id"] for row in server.db_rows("SELECT id FROM client_keys WHERE name = ?", (name,))]
     body = {"model": MODELS["gpt"], "max_tokens": 50, "messages": [{"role": "user", "content": "Hi"}]}
     status, headers, _ = server.request("POST", "/v1/messages", body, headers={"x-api-key": secret})
     assert status == 200
@@ -419,7 +410,7 @@ def test_budget_spend_is_the_translated_cost(server):
         return json.loads(data)["spend_uc"]
 
     assert wait_for(lambda: spend() == cost)
-    zero, _ = new_key(server, name="msgs-broke", budget_usd="0", budget_period="day")
+    zero, _ = new_key(server, ADMIN, name="msgs-broke", budget_usd="0", budget_period="day")
     status, _, raw = server.request("POST", "/v1/messages", body, headers={"x-api-key": zero})
     assert status == 429 and json.loads(raw)["error"]["type"] == "budget_exceeded"
 

@@ -12,11 +12,14 @@ from __future__ import annotations
 import io
 import os
 import time
+import zlib
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from test_gemini_pdf_hold import pdf
 
-from stockyard.pdfpages import CARRY, MAX_PDF_PAGES, PageCounter, count_pages, pdf_pages
+from stockyard.pdfpages import CARRY, MAX_PDF_PAGES, Inflation, PageCounter, count_pages, pdf_pages
 
 
 def counted(data: bytes, piece: int, kept: bool = True) -> PageCounter:
@@ -126,3 +129,66 @@ def test_an_uploaded_pdf_cannot_show_one_page_and_hide_the_rest(how, piece):
     whole = pdf_pages(data)
     assert whole >= 900
     assert counted(data, piece).pages() >= 900
+
+
+def packed_with(objects: bytes) -> bytes:
+    """A PDF whose only object stream (compressed) holds ``objects``: what its reader finds only inflated."""
+    stream = zlib.compress(b"2 0\n" + objects)
+    dictionary = b"<< /Type /ObjStm /N 1 /First 4 /Filter /FlateDecode >>"
+    return b"%PDF-1.5\n3 0 obj\n" + dictionary + b"\nstream\n" + stream + b"\nendstream\nendobj\n%%EOF\n"
+
+
+def _test_pdfs() -> dict[str, bytes]:
+    """The PDFs the tests here and in test_gemini_pdf_hold.py count, and ones whose marks only the object
+    stream holds (a count by reference there; a plain stream; a stream that never ends)."""
+    from test_gemini_pdf_hold import with_decoy
+
+    escaped = pdf(60).replace(b"/Type /Page ", b"/Type /P#61ge ")
+    commented = pdf(60).replace(b"/Type /Page ", b"/Type%x\n/Page ")
+    return {
+        "plain": pdf(40),
+        "packed": pdf(40, packed=True),
+        "decoy-packed": with_decoy(pdf(120, packed=True)),
+        "escaped-names": with_decoy(escaped.replace(b"/Count", b"/C#6funt")),
+        "comments-between": with_decoy(commented.replace(b"/Count", b"/Count%\n")),
+        "count-by-reference": with_decoy(pdf(90)).replace(b"/Count 90", b"/Count 9 0 R"),
+        "packed-count-by-reference": packed_with(b"<< /Type /Pages /Count 9 0 R >>\n" + b"<< /Type /Page >>\n" * 30),
+        "obj-after-the-type": with_decoy(pdf(90, packed=True)).replace(b"/Type /ObjStm ", b"/Type /ObjStm /S /obj "),
+        "no-pages": b"%PDF-1.7\n" + bytes(range(256)) * 20 + b"\n%%EOF\n",
+        "plain-object-stream": b"%PDF-1.5\n1 0 obj\n<< /Type /ObjStm >>\nstream\n"
+        + b"<< /Type /Page >>\n" * 7
+        + b"endstream\n%%EOF\n",
+        "object-stream-never-ending": (packed := pdf(50, packed=True))[: packed.index(b"\nendstream")],
+    }
+
+
+TEST_PDFS = _test_pdfs()
+
+
+@settings(max_examples=40, deadline=None)
+@given(cuts=st.lists(st.floats(0, 1), max_size=12), kept=st.booleans())
+@pytest.mark.parametrize("name", sorted(TEST_PDFS))
+def test_a_pdf_in_random_pieces_is_counted_as_pdf_pages_counts_it_whole(name, cuts, kept):
+    """The two ways of reading a PDF agree on every split of every test PDF: ``pdf_pages`` on the whole
+    bytes and a :class:`PageCounter` fed them in pieces cut anywhere (its state kept between them or not)."""
+    data = TEST_PDFS[name]
+    bounds = sorted({0, len(data), *(int(cut * len(data)) for cut in cuts)})
+    counter = PageCounter()
+    for start, end in zip(bounds, bounds[1:]):
+        if kept:
+            counter = PageCounter.loads(counter.dumps())
+        counter.feed(data[start:end], start, final=end == len(data))
+    assert counter.pages() == pdf_pages(data)
+
+
+def test_one_requests_pdfs_share_one_inflation_budget():
+    """The object streams of one request's PDFs inflate from one budget (:class:`Inflation`): the first
+    PDF is counted, the next one, which the budget no longer reaches, is held at the limit."""
+    data = pdf(300, packed=True)
+    inflated = len(zlib.decompress(data.split(b"stream\n", 1)[1].split(b"\nendstream", 1)[0]))
+    budget = Inflation(inflated + 10)
+    assert pdf_pages(data, budget) == 300
+    assert budget.left == 10
+    assert pdf_pages(data, budget) == MAX_PDF_PAGES
+    assert pdf_pages(data, Inflation(inflated)) == MAX_PDF_PAGES  # all of it spent: the stream may be larger
+    assert pdf_pages(data) == 300

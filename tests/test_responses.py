@@ -26,6 +26,7 @@ from mock_upstream import (
     responses_object,
     responses_stream,
 )
+from module_helpers import client_key
 from openai import BadRequestError, NotFoundError, OpenAI, RateLimitError
 from pydantic import BaseModel
 
@@ -71,15 +72,9 @@ def server(pyz_path, cache_home, mock, tmp_path_factory):
     srv.stop()
 
 
-def new_key(server: ServerProcess, name: str) -> str:
-    status, _, data = server.request("POST", "/api/keys", {"name": name}, headers={"Authorization": f"Bearer {ADMIN}"})
-    assert status == 201, data
-    return json.loads(data)["key"]
-
-
 @pytest.fixture(scope="module")
 def keys(server) -> tuple[str, str]:
-    return new_key(server, "alice"), new_key(server, "bob")
+    return client_key(server, ADMIN, name="alice"), client_key(server, ADMIN, name="bob")
 
 
 @pytest.fixture(scope="module")
@@ -1130,7 +1125,7 @@ def test_a_background_response_is_billed_its_real_usage_once(server, mock):
     cost exactly that usage (gpt-4o-mini: 15 µ¢ a token in, 60 out), however often it is retrieved."""
     tag = secrets.token_hex(6)
     name = f"bg-{tag}"
-    client = server.openai(new_key(server, name))
+    client = server.openai(client_key(server, ADMIN, name=name))
     model = MODELS["passthrough"]
     mock.enqueue(Reply(json={**responses_object({}, 0, model, "queued"), "id": f"resp_{tag}", "background": True}))
     made = client.responses.create(model=model, input="a long job", background=True)

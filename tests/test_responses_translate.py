@@ -919,7 +919,7 @@ def pieces(draw: Any, text: str) -> list[str]:
     return [text[a:b] for a, b in zip(bounds, bounds[1:])]
 
 
-TEXT = st.text(alphabet=st.characters(codec="utf-8", exclude_categories=["Cs"]), max_size=30)
+TEXT = st.text(alphabet=st.characters(exclude_categories=["Cs"]), max_size=30)
 
 
 @st.composite

@@ -16,6 +16,7 @@ from typing import Iterator
 import openai
 import pytest
 from conftest import ServerProcess, base_env, mock_env, wait_for
+from module_helpers import key_traces, new_key
 
 ADMIN = "admin-secret-for-upload-tests-0123456789"
 PROVIDER_KEY = "sk-openai-uploads-PROVIDERSECRET-0123456789"
@@ -53,22 +54,6 @@ def azure(pyz_path, cache_home, mock, tmp_path_factory):
     yield from running(pyz_path, tmp_path_factory, "uploads-azure", env)
 
 
-def new_key(server: ServerProcess) -> tuple[str, str]:
-    """A new key's (secret, name)."""
-    name = f"upload-{secrets.token_hex(6)}"
-    status, _, data = server.request("POST", "/api/keys", {"name": name}, headers={"Authorization": f"Bearer {ADMIN}"})
-    assert status == 201, data
-    return json.loads(data)["key"], name
-
-
-def traces(server: ServerProcess, name: str) -> list[dict]:
-    sql = (
-        "SELECT t.endpoint, t.status, t.cost_uc, t.cost_status FROM traces t"
-        " JOIN client_keys k ON k.id = t.key_id WHERE k.name = ? ORDER BY t.ts"
-    )
-    return server.db_rows(sql, (name,))
-
-
 def calls_to(mock, upload_id: str) -> list:
     return [r for r in mock.requests if r.path.startswith(f"/v1/uploads/{upload_id}")]
 
@@ -85,7 +70,7 @@ def test_the_sdks_chunked_upload_makes_a_file_of_the_keys(server, mock):
     """``upload_file_chunked`` in three parts: the parts reach the provider whole and in order, the
     File the complete makes is the key's (retrieved and downloaded byte for byte), and every call is
     traced at cost 0."""
-    secret, name = new_key(server)
+    secret, name = new_key(server, ADMIN)
     client = server.openai(secret)
     data = secrets.token_bytes(250_000)
     upload = chunked(client, data, 100_000)
@@ -96,7 +81,7 @@ def test_the_sdks_chunked_upload_makes_a_file_of_the_keys(server, mock):
     parts_left = "SELECT id FROM owned_objects WHERE kind = 'upload_part' AND id LIKE ?"
     assert server.db_rows(parts_left, (f"{upload.id}/%",)) == []  # an ended upload's parts are no longer kept
     assert client.files.content(upload.file.id).content == data
-    rows = wait_for(lambda: (r := traces(server, name)) and len(r) >= 7 and r)
+    rows = wait_for(lambda: (r := key_traces(server, name)) and len(r) >= 7 and r)
     made = [r for r in rows if r["endpoint"].startswith("uploads.")]
     assert [r["endpoint"] for r in made] == ["uploads.create"] + ["uploads.parts"] * 3 + ["uploads.complete"]
     assert all((r["status"], r["cost_uc"], r["cost_status"]) == (200, 0, "exact") for r in made)
@@ -106,8 +91,8 @@ def test_the_sdks_chunked_upload_makes_a_file_of_the_keys(server, mock):
 def test_another_keys_upload_parts_and_file_are_openais_404(server, mock):
     """Key B names key A's upload: parts, complete and cancel are OpenAI's 404, the provider unasked;
     nor may B name A's part ids in its own upload's complete, nor read the File A's upload made."""
-    a_secret, _ = new_key(server)
-    b_secret, _ = new_key(server)
+    a_secret, _ = new_key(server, ADMIN)
+    b_secret, _ = new_key(server, ADMIN)
     a, b = server.openai(a_secret), server.openai(b_secret)
     upload = a.uploads.create(bytes=6, filename="a.txt", mime_type="text/plain", purpose="assistants")
     part = a.uploads.parts.create(upload.id, data=b"abcdef")
@@ -138,7 +123,7 @@ def test_another_keys_upload_parts_and_file_are_openais_404(server, mock):
 def test_a_cancel_and_a_part_of_another_upload_of_the_same_key(server, mock):
     """A key's own part of another of its uploads is no part of this one (a 400, unasked); a
     cancelled upload is the provider's to refuse parts for, its answer passed through."""
-    secret, _ = new_key(server)
+    secret, _ = new_key(server, ADMIN)
     client = server.openai(secret)
     first = client.uploads.create(bytes=3, filename="x.txt", mime_type="text/plain", purpose="assistants")
     second = client.uploads.create(bytes=3, filename="y.txt", mime_type="text/plain", purpose="assistants")
@@ -160,7 +145,7 @@ def test_a_cancel_and_a_part_of_another_upload_of_the_same_key(server, mock):
     [({"part_ids": "part_x"}, "part_ids"), ({"part_ids": [1]}, "part_ids"), ({}, "part_ids")],
 )
 def test_a_malformed_complete_is_a_400(server, body, param):
-    secret, _ = new_key(server)
+    secret, _ = new_key(server, ADMIN)
     upload = server.openai(secret).uploads.create(bytes=1, filename="z", mime_type="text/plain", purpose="assistants")
     status, _, raw = server.request(
         "POST", f"/v1/uploads/{upload.id}/complete", body, headers={"Authorization": f"Bearer {secret}"}
@@ -170,7 +155,7 @@ def test_a_malformed_complete_is_a_400(server, body, param):
 
 def test_a_part_over_the_upload_bound_is_a_413_unasked(tight, mock):
     """A part larger than STOCKYARD_MAX_UPLOAD_BYTES is OpenAI's 413 shape, the provider unasked."""
-    secret, _ = new_key(tight)
+    secret, _ = new_key(tight, ADMIN)
     client = tight.openai(secret)
     upload = client.uploads.create(bytes=2 * MIB, filename="b", mime_type="text/plain", purpose="assistants")
     with pytest.raises(openai.APIStatusError) as caught:
@@ -182,7 +167,7 @@ def test_a_part_over_the_upload_bound_is_a_413_unasked(tight, mock):
 def test_a_part_the_client_never_finishes_is_cut_at_the_read_timeout(tight, mock):
     """Half a part, then silence: the server closes the connection at its read deadline, and nothing
     reaches the provider."""
-    secret, _ = new_key(tight)
+    secret, _ = new_key(tight, ADMIN)
     upload = tight.openai(secret).uploads.create(bytes=10, filename="s", mime_type="text/plain", purpose="assistants")
     boundary = "b0undary"
     head = f'--{boundary}\r\nContent-Disposition: form-data; name="data"; filename="data"\r\n\r\n'.encode()
@@ -206,7 +191,7 @@ def test_a_part_the_client_never_finishes_is_cut_at_the_read_timeout(tight, mock
 def test_a_part_over_openais_64_mib_is_a_413_unasked(server, mock):
     """OpenAI's bound on a part (64 MiB, the SDK's part size) is Stockyard's too, under a larger
     STOCKYARD_MAX_UPLOAD_BYTES: the part is refused, the provider unasked."""
-    secret, _ = new_key(server)
+    secret, _ = new_key(server, ADMIN)
     client = server.openai(secret)
     size = 64 * MIB + 1
     upload = client.uploads.create(bytes=size, filename="huge", mime_type="text/plain", purpose="assistants")
@@ -219,7 +204,7 @@ def test_a_part_over_openais_64_mib_is_a_413_unasked(server, mock):
 def test_a_pdf_uploaded_in_parts_is_held_at_the_page_limit(server):
     """Its pages are not counted across parts: its File keeps MAX_PDF_PAGES, as a PDF whose pages
     could not be counted does (a prompt naming it is held at them), and the log says so."""
-    secret, _ = new_key(server)
+    secret, _ = new_key(server, ADMIN)
     client = server.openai(secret)
     data = b"%PDF-1.7\n" + b"x" * 100 + b"\n%%EOF\n"
     made = chunked(client, data, 50, "application/pdf")
@@ -232,7 +217,7 @@ def test_a_pdf_uploaded_in_parts_is_held_at_the_page_limit(server):
 def test_bad_input_is_a_clear_error_in_openais_shape(server, mock):
     """A create that is not JSON is a 400, a GET a 405, a part without a ``data`` file part a 400
     (the provider unasked), and a bare upload path no route: never a 500."""
-    secret, _ = new_key(server)
+    secret, _ = new_key(server, ADMIN)
     auth = {"Authorization": f"Bearer {secret}"}
     status, _, raw = server.request("POST", "/v1/uploads", raw=b"{not json", headers=auth)
     assert status == 400 and json.loads(raw)["error"]["type"]
@@ -251,7 +236,7 @@ def test_bad_input_is_a_clear_error_in_openais_shape(server, mock):
 def test_an_azure_upload_goes_to_azures_uploads_path_and_its_file_is_the_keys(azure, mock):
     """Azure's Uploads API (``/openai/uploads…`` at api-version 2024-10-21 or later, its ``api-key``):
     the SDK's chunked upload through it, the Upload and the File the key's."""
-    secret, _ = new_key(azure)
+    secret, _ = new_key(azure, ADMIN)
     data = secrets.token_bytes(3000)
     made = chunked(azure.openai(secret), data, 1000)
     assert made.status == "completed" and made.file is not None
@@ -260,14 +245,14 @@ def test_an_azure_upload_goes_to_azures_uploads_path_and_its_file_is_the_keys(az
     assert all(r.headers.get("api-key") == AZURE_KEY for r in sent)
     rows = azure.db_rows("SELECT kind, provider FROM owned_objects WHERE id IN (?, ?)", (made.id, made.file.id))
     assert sorted(r["kind"] for r in rows) == ["file", "upload"]
-    other, _ = new_key(azure)
+    other, _ = new_key(azure, ADMIN)
     with pytest.raises(openai.NotFoundError):
         azure.openai(other).uploads.cancel(made.id)
 
 
 def test_a_parts_trace_keeps_the_forms_metadata_never_its_bytes(server):
     """As a ``/v1/files`` upload's: the part's name, filename, type and size, none of its bytes."""
-    secret, _ = new_key(server)
+    secret, _ = new_key(server, ADMIN)
     client = server.openai(secret)
     data = b"secret-marker: the part's bytes never reach a trace\n" * 4
     upload = client.uploads.create(bytes=len(data), filename="p", mime_type="text/plain", purpose="assistants")
@@ -285,8 +270,8 @@ def test_a_parts_trace_keeps_the_forms_metadata_never_its_bytes(server):
 def test_a_batch_file_uploaded_in_parts_runs_for_its_key_and_is_checked_when_the_batch_starts(server, mock):
     """Its lines were not read as it came in parts: the batch reads them back from the provider (a
     line naming another key's file refused, as for any batch), and another key's batch over it is a 404."""
-    a_secret, _ = new_key(server)
-    b_secret, _ = new_key(server)
+    a_secret, _ = new_key(server, ADMIN)
+    b_secret, _ = new_key(server, ADMIN)
     a, b = server.openai(a_secret), server.openai(b_secret)
     line = {"custom_id": "1", "method": "POST", "url": "/v1/chat/completions"}
     body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}

@@ -20,6 +20,7 @@ import openai
 import pytest
 from conftest import TEST_STORE, ServerProcess, mock_env, wait_for
 from mock_upstream import VIDEO_BYTES, VIDEO_FAIL, VIDEOS, Reply, video_asset
+from module_helpers import key_traces, new_key
 
 ADMIN = "admin-secret-for-video-tests-0123456789"
 SORA_UC = 10_000_000  # sora-2: $0.10 a second
@@ -38,26 +39,8 @@ def server(pyz_path, cache_home, mock, tmp_path_factory):
     assert "Traceback" not in srv.log
 
 
-def new_key(server: ServerProcess, **fields: object) -> tuple[str, str]:
-    """A new key's (secret, name)."""
-    name = f"video-{secrets.token_hex(6)}"
-    status, _, data = server.request(
-        "POST", "/api/keys", {"name": name, **fields}, headers={"Authorization": f"Bearer {ADMIN}"}
-    )
-    assert status == 201, data
-    return json.loads(data)["key"], name
-
-
-def traces(server: ServerProcess, name: str) -> list[dict]:
-    sql = (
-        "SELECT t.endpoint, t.model, t.status, t.cost_uc, t.cost_status FROM traces t"
-        " JOIN client_keys k ON k.id = t.key_id WHERE k.name = ? ORDER BY t.ts"
-    )
-    return server.db_rows(sql, (name,))
-
-
 def bills(server: ServerProcess, name: str) -> list[dict]:
-    return [row for row in traces(server, name) if row["endpoint"] == "videos.usage"]
+    return [row for row in key_traces(server, name) if row["endpoint"] == "videos.usage"]
 
 
 def calls_to(mock, video_id: str) -> list:
@@ -77,7 +60,7 @@ def test_the_sdk_makes_polls_lists_downloads_and_deletes_a_video(server, mock):
     """``create_and_poll`` through Stockyard (the SDK's multipart create), the assets streamed through
     byte for byte, and the video billed once, when Stockyard first sees it completed: 8 seconds of
     sora-2 at 1280x720. The create's own trace costs 0 and names the model."""
-    secret, name = new_key(server)
+    secret, name = new_key(server, ADMIN)
     client = server.openai(secret)
     video = client.videos.create_and_poll(
         prompt="a calf in a stockyard", model="sora-2", seconds="8", size="1280x720", poll_interval_ms=1
@@ -98,7 +81,7 @@ def test_the_sdk_makes_polls_lists_downloads_and_deletes_a_video(server, mock):
         client.videos.retrieve(video.id)
     (bill,) = bills(server, name)
     assert bill["cost_uc"] == 8 * SORA_UC and bill["cost_status"] == "exact" and bill["model"] == "sora-2"
-    rows = wait_for(lambda: (r := traces(server, name)) and "videos.delete" in {t["endpoint"] for t in r} and r)
+    rows = wait_for(lambda: (r := key_traces(server, name)) and "videos.delete" in {t["endpoint"] for t in r} and r)
     create = rows[0]
     assert create["endpoint"] == "videos.create" and create["model"] == "sora-2"
     assert (create["cost_uc"], create["cost_status"]) == (0, "exact")
@@ -111,7 +94,7 @@ def test_the_sdk_makes_polls_lists_downloads_and_deletes_a_video(server, mock):
 def test_a_create_with_an_input_reference_file_and_a_json_create_reach_the_provider(server, mock):
     """The SDK's form with an ``input_reference`` image goes on as a form with the file; a JSON body
     goes on as JSON, its defaults (sora-2, 4 seconds, 720x1280) billed once it completed."""
-    secret, name = new_key(server)
+    secret, name = new_key(server, ADMIN)
     client = server.openai(secret)
     image = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 8
     made = client.videos.create(prompt="animate this", input_reference=("ref.png", image, "image/png"))
@@ -128,8 +111,8 @@ def test_a_create_with_an_input_reference_file_and_a_json_create_reach_the_provi
 def test_another_keys_video_is_404_and_never_reaches_the_provider(server, mock):
     """Key B cannot retrieve, download, remix or delete key A's video (OpenAI's 404, the same as for
     an unknown id), nor see it listed; none of it reaches the provider."""
-    alice, _ = new_key(server)
-    bob, bob_name = new_key(server)
+    alice, _ = new_key(server, ADMIN)
+    bob, bob_name = new_key(server, ADMIN)
     video = poll(server.openai(alice), server.openai(alice).videos.create(prompt="alice's").id)
     before = len(calls_to(mock, video.id))
     them = server.openai(bob)
@@ -154,7 +137,7 @@ def test_a_budgeted_keys_burst_of_videos_cannot_overspend(server, mock):
     against $2.00 only 5 reach the provider, the rest are 429 ``budget_exceeded``. A failed job bills
     what the provider bills for it (nothing), so its hold comes back; the completed ones' real costs
     replace theirs."""
-    secret, name = new_key(server, budget_usd="2.00", budget_period="total")
+    secret, name = new_key(server, ADMIN, budget_usd="2.00", budget_period="total")
     body = {"prompt": "a herd", "model": "sora-2", "seconds": "4"}
     before = len([r for r in mock.requests if r.path == "/v1/videos" and r.method == "POST"])
     with ThreadPoolExecutor(max_workers=20) as pool:
@@ -179,7 +162,7 @@ def test_a_budgeted_keys_burst_of_videos_cannot_overspend(server, mock):
 def test_a_failed_video_bills_nothing_and_gives_its_hold_back(server, mock):
     """A job the provider fails (moderation) is not billed by it: its bill costs 0 and its hold
     goes back, so the budget it held is free again."""
-    secret, name = new_key(server, budget_usd="0.40", budget_period="total")
+    secret, name = new_key(server, ADMIN, budget_usd="0.40", budget_period="total")
     client = server.openai(secret)
     failing = client.videos.create(prompt=f"forbidden {VIDEO_FAIL}", seconds="4")
     assert make(server, secret, {"prompt": "another"})[0] == 429  # $0.40 held
@@ -193,7 +176,7 @@ def test_a_failed_video_bills_nothing_and_gives_its_hold_back(server, mock):
 
 def test_a_video_is_billed_once_across_racing_retrieves_lists_and_a_delete(server, mock):
     """Many retrieves, lists and a delete race to see one job end: one bill, whoever saw it first."""
-    secret, name = new_key(server)
+    secret, name = new_key(server, ADMIN)
     client = server.openai(secret)
     made = client.videos.create(prompt="a race", model="sora-2-pro", size="1024x1792", seconds="12")
     assert client.videos.retrieve(made.id).status == "in_progress"
@@ -218,7 +201,7 @@ def test_a_video_is_billed_once_across_racing_retrieves_lists_and_a_delete(serve
 def test_a_video_that_ended_unseen_is_billed_before_its_delete(server, mock):
     """A delete takes the job away at the provider: one that ended since its key last looked is
     retrieved and billed first."""
-    secret, name = new_key(server)
+    secret, name = new_key(server, ADMIN)
     client = server.openai(secret)
     made = client.videos.create(prompt="to forget", model="sora-2-pro", seconds="4", size="1280x720")
     assert client.videos.retrieve(made.id).status == "in_progress"
@@ -230,7 +213,7 @@ def test_a_video_that_ended_unseen_is_billed_before_its_delete(server, mock):
 def test_a_remix_is_a_new_video_of_the_key_billed_at_its_sources_terms(server, mock):
     """A remix of the key's completed video is a new video, the key's, held and billed as the source's
     model, size and seconds are priced."""
-    secret, name = new_key(server, budget_usd="10", budget_period="total")
+    secret, name = new_key(server, ADMIN, budget_usd="10", budget_period="total")
     client = server.openai(secret)
     source = client.videos.create_and_poll(prompt="a calf", seconds="12", poll_interval_ms=1)
     remixed = client.videos.remix(source.id, prompt="a calf, at dusk")
@@ -238,14 +221,14 @@ def test_a_remix_is_a_new_video_of_the_key_billed_at_its_sources_terms(server, m
     assert poll(client, remixed.id).status == "completed"
     assert client.videos.retrieve(remixed.id).seconds == "12"
     assert sorted(b["cost_uc"] for b in bills(server, name)) == [12 * SORA_UC, 12 * SORA_UC]
-    other, _ = new_key(server)
+    other, _ = new_key(server, ADMIN)
     with pytest.raises(openai.NotFoundError):
         server.openai(other).videos.retrieve(remixed.id)
 
 
 def test_the_keys_model_list_and_guard_hold_a_create(server, mock):
     """A key held to other models, or a model guard denies, is refused before the provider is asked."""
-    secret, _ = new_key(server, models=["gpt-4o-mini"])
+    secret, _ = new_key(server, ADMIN, models=["gpt-4o-mini"])
     before = len(mock.requests)
     status, _, raw = make(server, secret, {"prompt": "not for me", "model": "sora-2"})
     assert status == 403 and json.loads(raw)["error"]["code"] == "model_not_allowed", raw
@@ -255,7 +238,7 @@ def test_the_keys_model_list_and_guard_hold_a_create(server, mock):
     )
     assert status == 200, raw
     try:
-        anyone, _ = new_key(server)
+        anyone, _ = new_key(server, ADMIN)
         status, _, raw = make(server, anyone, {"prompt": "denied", "model": "sora-2-pro"})
         assert status == 403 and json.loads(raw)["error"]["code"] == "model_not_allowed", raw
     finally:
@@ -274,7 +257,7 @@ def test_the_keys_model_list_and_guard_hold_a_create(server, mock):
     ],
 )
 def test_bad_create_terms_are_a_400_that_never_reaches_the_provider(server, mock, body, param):
-    secret, _ = new_key(server, budget_usd="10", budget_period="total")
+    secret, _ = new_key(server, ADMIN, budget_usd="10", budget_period="total")
     before = len(mock.requests)
     status, _, raw = make(server, secret, body)
     error = json.loads(raw)["error"]
@@ -284,7 +267,7 @@ def test_bad_create_terms_are_a_400_that_never_reaches_the_provider(server, mock
 
 def test_bad_requests_get_clear_errors(server, mock):
     """Malformed JSON, an unknown variant, a method a path does not take: the client's shape, never a 500."""
-    secret, _ = new_key(server)
+    secret, _ = new_key(server, ADMIN)
     auth = {"Authorization": f"Bearer {secret}"}
     status, _, raw = server.request("POST", "/v1/videos", raw=b"{not json", headers=auth)
     assert status == 400 and "error" in json.loads(raw)
@@ -304,7 +287,7 @@ def test_a_video_nobody_retrieves_is_billed_by_the_watch(pyz_path, cache_home, m
     env = mock_env(cache_home, mock, STOCKYARD_ADMIN_KEY=ADMIN, STOCKYARD_BATCH_POLL="1s")
     srv = ServerProcess(pyz_path, tmp_path / "stockyard.db", env).start()
     try:
-        secret, name = new_key(srv)
+        secret, name = new_key(srv, ADMIN)
         made = srv.openai(secret).videos.create(prompt="fire and forget", seconds="8")
         (bill,) = wait_for(lambda: bills(srv, name), timeout=20, what="the watch's bill")
         assert bill["cost_uc"] == 8 * SORA_UC
@@ -320,7 +303,7 @@ def test_two_replicas_retrieving_one_video_bill_it_once(server, mock):
     bill is written by whichever marks it billed first, and the budget hold follows across them."""
     replica = ServerProcess(server.pyz, server.db, server.env).start()
     try:
-        secret, name = new_key(server, budget_usd="0.80", budget_period="total")
+        secret, name = new_key(server, ADMIN, budget_usd="0.80", budget_period="total")
         made = server.openai(secret).videos.create(prompt="a shared job", seconds="8")
         assert make(replica, secret, {"prompt": "no room"})[0] == 429  # the hold is seen by the replica too
         server.openai(secret).videos.retrieve(made.id)  # in progress
@@ -341,7 +324,7 @@ def test_two_replicas_retrieving_one_video_bill_it_once(server, mock):
 def test_a_video_deleted_while_it_runs_is_billed_its_whole_length_as_an_estimate(server, mock):
     """A delete of a job still running takes away what it made, which nothing here would then see: it
     is billed its whole length (an estimate), once, before the delete goes on."""
-    secret, name = new_key(server)
+    secret, name = new_key(server, ADMIN)
     client = server.openai(secret)
     made = client.videos.create(prompt="to drop", seconds="8")
     assert client.videos.delete(made.id).deleted
@@ -354,7 +337,7 @@ def test_a_video_deleted_while_it_runs_is_billed_its_whole_length_as_an_estimate
 def test_a_lost_create_answer_finds_its_video_or_tells_the_client_not_to_retry(server, mock):
     """The provider made the video but its answer was lost: the one video of the create's terms no key
     owns becomes the key's, with its hold. One the provider never made: a 502 the SDKs do not retry."""
-    secret, name = new_key(server, budget_usd="10", budget_period="total")
+    secret, name = new_key(server, ADMIN, budget_usd="10", budget_period="total")
     client = server.openai(secret)
     prompt = f"lost answer {secrets.token_hex(4)}"
     before = len(mock.requests)
@@ -377,8 +360,8 @@ def test_a_lost_create_answer_finds_its_video_or_tells_the_client_not_to_retry(s
 def test_an_input_reference_naming_another_keys_file_is_404(server, mock):
     """``input_reference`` by ``file_id`` (JSON, or the form's ``input_reference[file_id]``) must be the
     key's own file: the provider would read any key's."""
-    alice, _ = new_key(server)
-    bob, _ = new_key(server)
+    alice, _ = new_key(server, ADMIN)
+    bob, _ = new_key(server, ADMIN)
     theirs = server.openai(alice).files.create(file=("ref.png", b"\x89PNG not really"), purpose="vision")
     before = len(mock.requests)
     status, _, raw = make(server, bob, {"prompt": "x", "input_reference": {"file_id": theirs.id}})
@@ -401,7 +384,7 @@ def test_an_input_reference_naming_another_keys_file_is_404(server, mock):
 
 
 def test_openais_other_video_routes_are_a_clear_404(server, mock):
-    secret, _ = new_key(server)
+    secret, _ = new_key(server, ADMIN)
     auth = {"Authorization": f"Bearer {secret}"}
     for route in ("edits", "extensions", "characters"):
         status, _, raw = server.request("POST", f"/v1/videos/{route}", {"prompt": "x"}, headers=auth)
@@ -411,7 +394,7 @@ def test_openais_other_video_routes_are_a_clear_404(server, mock):
 def test_a_dated_snapshot_is_priced_as_its_model_and_an_unpriced_size_is_refused_under_a_budget(server, mock):
     """sora-2-2025-10-06 bills at sora-2's rate; a size the price table has no price for cannot be held,
     so a budgeted key is refused it (403 ``model_not_priced``) before the provider is asked."""
-    secret, name = new_key(server, budget_usd="10", budget_period="total")
+    secret, name = new_key(server, ADMIN, budget_usd="10", budget_period="total")
     status, _, raw = make(server, secret, {"prompt": "dated", "model": "sora-2-2025-10-06", "seconds": 8})
     assert status == 200, raw
     assert poll(server.openai(secret), json.loads(raw)["id"]).status == "completed"
@@ -429,7 +412,7 @@ def test_a_videos_hold_outlives_a_restart(pyz_path, cache_home, mock, tmp_path):
     env = mock_env(cache_home, mock, STOCKYARD_ADMIN_KEY=ADMIN, STOCKYARD_BATCH_POLL="off")
     srv = ServerProcess(pyz_path, tmp_path / "stockyard.db", env).start()
     try:
-        secret, _ = new_key(srv, budget_usd="0.40", budget_period="total")
+        secret, _ = new_key(srv, ADMIN, budget_usd="0.40", budget_period="total")
         status, _, raw = make(srv, secret, {"prompt": f"held over {VIDEO_FAIL}"})
         assert status == 200, raw
         assert make(srv, secret, {"prompt": "no room"})[0] == 429
@@ -449,8 +432,8 @@ def test_a_lost_create_never_takes_another_keys_video_whose_answer_is_on_its_way
     Alice's create breaks after the provider read it, making nothing. Her lost-answer search sees one
     unowned video of her terms — Bob's, not recorded yet — and must not take it: she gets the 502 that
     says not to retry, and Bob's video is Bob's (Alice gets its 404)."""
-    alice, _ = new_key(server)
-    bob, _ = new_key(server)
+    alice, _ = new_key(server, ADMIN)
+    bob, _ = new_key(server, ADMIN)
     prompt = f"same prompt {secrets.token_hex(4)}"
     made, answer = threading.Event(), threading.Event()
     mock.enqueue(Reply(held=answer, hang_started=made))
@@ -474,7 +457,7 @@ def test_a_delete_whose_look_fails_is_refused_not_left_unbilled(server, mock):
     nothing) is deleted while the provider fails the look the delete makes first (a 500, a 429):
     the delete went on, its hold went back and the video was never billed. Now the delete is refused
     (nothing deleted, the SDK may retry) and the next one bills it once."""
-    secret, name = new_key(server, budget_usd="10", budget_period="total")
+    secret, name = new_key(server, ADMIN, budget_usd="10", budget_period="total")
     client = server.openai(secret)
     made = client.videos.create(prompt=f"downloaded then deleted {secrets.token_hex(4)}", seconds="8")
     with VIDEOS.lock:
