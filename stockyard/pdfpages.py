@@ -318,6 +318,9 @@ class PageCounter:
         for since, keyword, start, end in _streams(buf):
             head = max(since, keyword - CARRY)  # its dictionary: since the last stream's end, a carry's worth at most
             window = _object_stream(buf[head:keyword])
+            if window is None and head > since and b"obj" not in buf[head:keyword]:
+                self.unread = True  # a dictionary longer than the window read: its type cannot be told
+                continue
             if window is None or base + keyword in self.streams:
                 continue
             if end < 0:

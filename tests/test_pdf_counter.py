@@ -105,6 +105,7 @@ def test_many_stream_marks_before_one_end_are_read_in_one_pass():
         "comments-between",
         "count-by-reference",
         "obj-after-the-type",
+        "padded-dictionary",
     ],
 )
 def test_an_uploaded_pdf_cannot_show_one_page_and_hide_the_rest(how, piece):
@@ -125,6 +126,10 @@ def test_an_uploaded_pdf_cannot_show_one_page_and_hide_the_rest(how, piece):
         "count-by-reference": with_decoy(pdf(900, packed=True)).replace(b"/Count 900", b"/Count 9 0 R"),
         # a name ending in "obj" after /Type /ObjStm: the stream's dictionary read from there on lacked the type
         "obj-after-the-type": with_decoy(pdf(900, packed=True)).replace(b"/Type /ObjStm ", b"/Type /ObjStm /S /obj "),
+        # /ObjStm more than a carry's worth before its stream keyword: its type out of the window read
+        "padded-dictionary": with_decoy(pdf(900, packed=True)).replace(
+            b"/Type /ObjStm ", b"/Type /ObjStm /Pad [" + b"0 " * CARRY + b"] "
+        ),
     }[how]
     whole = pdf_pages(data)
     assert whole >= 900
@@ -154,6 +159,10 @@ def _test_pdfs() -> dict[str, bytes]:
         "count-by-reference": with_decoy(pdf(90)).replace(b"/Count 90", b"/Count 9 0 R"),
         "packed-count-by-reference": packed_with(b"<< /Type /Pages /Count 9 0 R >>\n" + b"<< /Type /Page >>\n" * 30),
         "obj-after-the-type": with_decoy(pdf(90, packed=True)).replace(b"/Type /ObjStm ", b"/Type /ObjStm /S /obj "),
+        "padded-dictionary": with_decoy(pdf(90, packed=True)).replace(
+            b"/Type /ObjStm ", b"/Type /ObjStm /Pad [" + b"0 " * CARRY + b"] "
+        ),
+        "padded-plain-stream": pdf(30) + b"9 0 obj\n<< /Pad [" + b"0 " * CARRY + b"] >>\nstream\nxx\nendstream\n",
         "no-pages": b"%PDF-1.7\n" + bytes(range(256)) * 20 + b"\n%%EOF\n",
         "plain-object-stream": b"%PDF-1.5\n1 0 obj\n<< /Type /ObjStm >>\nstream\n"
         + b"<< /Type /Page >>\n" * 7
