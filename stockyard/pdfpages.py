@@ -268,6 +268,7 @@ class PageCounter:
     )
     inflated: int = 0  # bytes inflated so far (at most INFLATE_MAX for a PDF)
     seen: int = 0  # bytes at the carry's start whose marks were counted already
+    judged: int = 0  # the file offset past the last stream keyword whose dictionary was read (once each)
     carry: bytes = b""
 
     def feed(
@@ -316,14 +317,16 @@ class PageCounter:
         at the end of ``buf``: the offset it starts at, to carry on, else ``len(buf)``."""
         base = self.at - len(buf)  # the file offset of buf[0]
         for since, keyword, start, end in _streams(buf):
-            head = max(since, keyword - CARRY)  # its dictionary: since the last stream's end, a carry's worth at most
-            window = _object_stream(buf[head:keyword])
-            if window is None and head > since and b"obj" not in buf[head:keyword]:
-                self.unread = True  # a dictionary longer than the window read: its type cannot be told
+            window = _object_stream(buf[since:keyword])  # its dictionary: since the last stream's end, all held of it
+            if window is None and self._cut_off(buf, base, since, keyword):
+                self.unread = True
                 continue
+            self.judged = max(self.judged, base + keyword + 1)
             if window is None or base + keyword in self.streams:
                 continue
             if end < 0:
+                near = max(since, keyword - CARRY)  # carried from its type's mark, when that is near
+                head = near if _object_stream(buf[near:keyword]) is not None else since
                 if final or len(buf) - head > CARRY_MAX:
                     self.unread = True
                     break
@@ -345,6 +348,13 @@ class PageCounter:
             if _INDIRECT_COUNT.search(out) is not None:
                 self.unread = True
         return len(buf)
+
+    def _cut_off(self, buf: bytes, base: int, since: int, keyword: int) -> bool:
+        """Whether a stream's dictionary may have begun before the bytes held (the last piece's carry):
+        its object's ``obj`` not among them, so whether it is an object stream cannot be told (``/ObjStm``
+        padded more than a carry's worth before its keyword hid its pages). Each stream judged once: the
+        piece before held it whole."""
+        return since == 0 and base > 0 and base + keyword >= self.judged and b"obj" not in buf[:keyword]
 
     def pages(self) -> int | None:
         """The PDF's pages once its last piece was read (:data:`MAX_PDF_PAGES` when they could not be

@@ -179,7 +179,9 @@ TEST_PDFS = _test_pdfs()
 @pytest.mark.parametrize("name", sorted(TEST_PDFS))
 def test_a_pdf_in_random_pieces_is_counted_as_pdf_pages_counts_it_whole(name, cuts, kept):
     """The two ways of reading a PDF agree on every split of every test PDF: ``pdf_pages`` on the whole
-    bytes and a :class:`PageCounter` fed them in pieces cut anywhere (its state kept between them or not)."""
+    bytes and a :class:`PageCounter` fed them in pieces cut anywhere (its state kept between them or not);
+    where a stream's dictionary is longer than a piece's carry (padded), the pieces may not see its type
+    and say the limit instead."""
     data = TEST_PDFS[name]
     bounds = sorted({0, len(data), *(int(cut * len(data)) for cut in cuts)})
     counter = PageCounter()
@@ -187,7 +189,8 @@ def test_a_pdf_in_random_pieces_is_counted_as_pdf_pages_counts_it_whole(name, cu
         if kept:
             counter = PageCounter.loads(counter.dumps())
         counter.feed(data[start:end], start, final=end == len(data))
-    assert counter.pages() == pdf_pages(data)
+    whole = pdf_pages(data)
+    assert counter.pages() in ({whole, MAX_PDF_PAGES} if name.startswith("padded") else {whole})
 
 
 def test_one_requests_pdfs_share_one_inflation_budget():
