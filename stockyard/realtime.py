@@ -428,10 +428,7 @@ class Relay:
             self._end(ws.GOING_AWAY, "session ended")
             reader.join(timeout=CLOSE_WAIT_S + 2 * POLL_S)
             self.upstream.sock.close()
-            try:
-                self._bill_lost()
-            except Exception as exc:  # a bug: one line, the session's log line still written
-                log.error("websocket %s: billing the responses left unfinished failed (%s)", PATH, described(exc))
+            self._bill_left()  # the session's log line still written after a bug there
             self.app.bodies.give(self._arriving.take())
             self._log()
 
@@ -656,6 +653,16 @@ class Relay:
             self._end(ws.INTERNAL, "internal error")
         finally:
             self._settled.set()
+            if self._books_closed:  # the session's end billed what ran before this reader, held, saw the rest
+                self._bill_left()  # those it saw begin since (held by a rate count, say): never free
+
+    def _bill_left(self) -> None:
+        """The responses left running billed as lost (:meth:`_bill_lost`): at the session's end, and
+        again as the provider's reader ends after it (it was held, and saw more begin meanwhile)."""
+        try:
+            self._bill_lost()
+        except Exception as exc:  # a bug: one line
+            log.error("websocket %s: billing the responses left unfinished failed (%s)", PATH, described(exc))
 
     def _read_provider(self) -> None:
         reader = ws.FrameReader(self.app.settings.max_body_bytes, masked=False)

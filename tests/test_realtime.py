@@ -75,6 +75,7 @@ def server(pyz_path, cache_home, mock, tmp_path_factory):
                 "dropped": [],
                 "dropped_budget": ["--budget-usd", "0.05", "--budget-period", "day"],
                 "raced": ["--budget-usd", "1", "--budget-period", "day"],
+                "stalled": ["--rpm", "1000"],
             }
         )
     )
@@ -618,6 +619,36 @@ def test_a_response_done_billed_while_the_session_ends_is_billed_once(server):
     spent = sum(r["cost_uc"] for r in rows)
     sql = "SELECT spent_uc FROM budget_ledger WHERE scope = ? AND period_key <> 'total'"
     wait_for(lambda: {r["spent_uc"] for r in server.db_rows(sql, (f"key:{key_id}",))} == {spent}, 20, "the spend")
+
+
+@pytest.mark.skipif(TEST_STORE != "postgresql", reason="a response's rate count waits for a lock on PostgreSQL only")
+def test_a_response_begun_while_its_reader_was_held_is_billed_after_the_session_ends(server):
+    """The provider's reader is held counting a ``response.created`` in the key's rpm window (another
+    session holds the window's lock) when the client leaves: the session's end finds no response
+    running (its response.created not read yet) and bills none; the reader, let go after that, saw the
+    response begin. It is billed all the same (an estimate, status 502), never free. Before: no trace."""
+    raw = upgrade(server, "stalled")
+    assert raw.event()["type"] == "session.created"
+    raw.send_json({"type": "response.create", "response": {"output_modalities": ["text"]}})
+    raw.until("response.done")  # a first response: the input a lost one is estimated by
+    key_id = server.db_rows("SELECT id FROM client_keys WHERE name = 'stalled'")[0]["id"]
+    other = open_database(server.db)
+    other.execute("START TRANSACTION")
+    other.execute("SELECT pg_advisory_xact_lock(hashtext(?))", (f"rate:{key_id}",))
+    logged = len(server.log_lines)
+    try:
+        raw.send_json({"type": "response.create", "response": {"output_modalities": ["text"]}})
+        assert raw.event()["type"] == "response.created"  # relayed; its count now waits for the lock
+        raw.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        raw.close()
+        ended = lambda: next((x for x in server.log_lines[logged:] if "WS /v1/realtime" in x), None)  # noqa: E731
+        assert " responses=1 " in wait_for(ended, 20, "the session's end")
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    first, lost = traces(server, "stalled", 2)
+    assert (first["status"], lost["status"], lost["outcome"]) == (200, 502, "stream_broken"), lost
+    assert lost["cost_status"] == "estimate" and lost["cost_uc"] > 0
 
 
 def test_client_leaving_mid_response_cancels_and_bills_it(server, mock):
