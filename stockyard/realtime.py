@@ -403,6 +403,7 @@ class Relay:
         self._counted: dict[str, list[tuple[RateLimitModule | UserLimitsModule, Counted | None]]] = {}
         self._read = Usage()  # the input the last response.done read (a lost response's estimate)
         self._books_closed = False  # the responses left running were billed as lost (_bill_lost)
+        self._being_billed: set[str] = set()  # responses whose response.done the reader is billing (_billing)
         self._asked = 0  # the client's response.create sent on, its response.created not seen yet
         self._state_lock = threading.Lock()  # the two above, and _final
         self._final: tuple[int, str, int] | None = None  # the session is ending (_stop): its close codes
@@ -427,10 +428,7 @@ class Relay:
             self._end(ws.GOING_AWAY, "session ended")
             reader.join(timeout=CLOSE_WAIT_S + 2 * POLL_S)
             self.upstream.sock.close()
-            try:
-                self._bill_lost()
-            except Exception as exc:  # a bug: one line, the session's log line still written
-                log.error("websocket %s: billing the responses left unfinished failed (%s)", PATH, described(exc))
+            self._bill_left()  # the session's log line still written after a bug there
             self.app.bodies.give(self._arriving.take())
             self._log()
 
@@ -655,6 +653,16 @@ class Relay:
             self._end(ws.INTERNAL, "internal error")
         finally:
             self._settled.set()
+            if self._books_closed:  # the session's end billed what ran before this reader, held, saw the rest
+                self._bill_left()  # those it saw begin since (held by a rate count, say): never free
+
+    def _bill_left(self) -> None:
+        """The responses left running billed as lost (:meth:`_bill_lost`): at the session's end, and
+        again as the provider's reader ends after it (it was held, and saw more begin meanwhile)."""
+        try:
+            self._bill_lost()
+        except Exception as exc:  # a bug: one line
+            log.error("websocket %s: billing the responses left unfinished failed (%s)", PATH, described(exc))
 
     def _read_provider(self) -> None:
         reader = ws.FrameReader(self.app.settings.max_body_bytes, masked=False)
@@ -750,17 +758,28 @@ class Relay:
             if winding:  # asked for just before the session began to end: cancelled as well
                 self._cancel(ident)
             return True
-        if event.get("type") != "response.done" or self._books_closed:
+        if event.get("type") != "response.done" or not self._billing(ident):
             return True
         self._bill(response, ident, data)
         with self._state_lock:  # billed: no longer running
             self._response_started.pop(ident, None)
+            self._being_billed.discard(ident)
             self._settle()
         if self._winding:
             return True  # the session ends: the rest of its responses are awaited
         if self._budget_left():
             self._key_refused()
         return not self._ended.is_set()
+
+    def _billing(self, ident: str) -> bool:
+        """Whether a ``response.done`` read is this reader's to bill: not once the session's end billed
+        the responses left as lost (a reader slow to end); if so, that end leaves it alone (a bill held
+        past the session's waits, by a settlement waiting on a ledger row, was billed twice)."""
+        with self._state_lock:
+            if self._books_closed:
+                return False
+            self._being_billed.add(ident)
+            return True
 
     def _bill(self, response: dict, ident: str, data: bytes) -> None:
         """One response's trace and its spend."""
@@ -786,9 +805,12 @@ class Relay:
         spend beyond the estimate goes with the trace (``budget_unpriced``). Never free."""
         with self._state_lock:
             lost = [
-                (ident, started, self._relayed.pop(ident, [0, 0])) for ident, started in self._response_started.items()
+                (ident, started, self._relayed.pop(ident, [0, 0]))
+                for ident, started in self._response_started.items()
+                if ident not in self._being_billed  # its response.done is being billed by the reader
             ]
-            self._response_started.clear()
+            for ident, _, _ in lost:
+                del self._response_started[ident]
             self._books_closed = True  # a response.done read after this (a reader slow to end) is not billed twice
             read = self._read
         price = self._price()

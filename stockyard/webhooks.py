@@ -10,7 +10,8 @@ is sent again after a 2xx. A delivery a stop left (``abandoned``) or a crash lef
 retry is resumed by the next server (:meth:`Dispatcher._resume`). An event emitted is written to
 ``webhook_outbox`` too (a row per webhook it goes to), which its first delivery-log row replaces in
 the same write: an event still queued, or being sent, at a crash is sent by the next server
-(:func:`claim_outbox`), with its id and its body as made.
+(:func:`claim_outbox`), with its id and its body as made. A first attempt takes that row as it begins
+(:func:`take_first`), so a server starting beside a live one sends none of its events twice.
 
 JSON deliveries are signed: ``X-Stockyard-Signature: t=<unix seconds>,v1=<hex>``, where the hex
 is HMAC-SHA256 with the webhook's secret over ``"<t>.<body>"``. A receiver recomputes it and
@@ -228,7 +229,8 @@ def keep_outbox(conn, hook_ids: list[str], event: dict[str, Any]) -> None:
 def claim_outbox(
     conn, hook_ids: list[str], before: str, since: str, limit: int, *, now: str
 ) -> tuple[list[tuple[str, dict, int]], int]:
-    """Events emitted before ``before`` and never attempted (their server crashed, or stopped before it
+    """Events emitted before ``before`` (a row its server's first attempt took: that attempt due to be
+    over by then, :func:`take_first`) and never logged (their server crashed, or stopped before it
     logged them), claimed as :func:`claim_left` claims a delivery: the outbox row goes and a delivery-log
     row ``resumed`` at ``now`` keeps the copy for the attempt (a crash before it leaves it to the next
     server). Rows of webhooks deleted since, or emitted before ``since`` (stale news), are dropped.
@@ -240,11 +242,12 @@ def claim_outbox(
     ).fetchall()
     claimed, dropped = [], 0
     for webhook_id, event_id, kept, created_at in rows:
-        taken = conn.execute(
-            "DELETE FROM webhook_outbox WHERE webhook_id = ? AND event_id = ?", (webhook_id, event_id)
+        taken = conn.execute(  # as read: a row its server took meanwhile (take_first) stays its own
+            "DELETE FROM webhook_outbox WHERE webhook_id = ? AND event_id = ? AND created_at = ?",
+            (webhook_id, event_id, created_at),
         ).rowcount
         if taken != 1:
-            continue  # another server claimed it
+            continue  # another server claimed it, or its own server began sending it
         if webhook_id not in hook_ids or created_at < since:
             dropped += 1
             continue
@@ -252,6 +255,23 @@ def claim_outbox(
         log_delivery(conn, (webhook_id, event_id, event["type"], 1, now, None, None, 0, "resumed"), event)
         claimed.append((webhook_id, event, 1))
     return claimed, dropped
+
+
+def take_first(conn, webhook_id: str, event_id: str, until: str) -> bool:
+    """Whether the first attempt of an event this server emitted is still its own to make as it begins:
+    its outbox row dated ``until`` (when the attempt is surely over), so a server starting meanwhile,
+    which claims every row from before its start (a crashed server's, it cannot tell), leaves it, and a
+    crash during the attempt still leaves it to be claimed after that. False when another server
+    claimed it already (its delivery-log row is there); True too when neither row is there (the
+    outbox write was dropped: nobody can have claimed it)."""
+    key = (webhook_id, event_id)
+    taken = conn.execute(
+        "UPDATE webhook_outbox SET created_at = ? WHERE webhook_id = ? AND event_id = ?", (until, *key)
+    )
+    if taken.rowcount == 1:
+        return True
+    row = conn.execute("SELECT 1 FROM webhook_deliveries WHERE webhook_id = ? AND event_id = ?", key).fetchone()
+    return row is None
 
 
 def _unkeep(conn, hook_ids: list[str], event_id: str) -> None:
@@ -562,17 +582,20 @@ class Dispatcher:
         return next((h for h in self._hooks if h.id == hook_id), None)
 
     def _ours(self, d: _Delivery) -> bool:
-        """Whether ``d`` is this server's to send: a first attempt, a resumed one, or a retry whose row's
-        copy it takes now (:func:`take_retry`). A database that is away: sent (at least once, not lost)."""
-        if d.attempt == 1 and d.claimed is None:
-            return True
+        """Whether ``d`` is this server's to send: a first attempt whose outbox row it takes now
+        (:func:`take_first`), a resumed one whose claim is still its own (:func:`take_claimed`), or a
+        retry whose row's copy it takes now (:func:`take_retry`). A database that is away: sent (at
+        least once, not lost)."""
         try:
             now, claimed = now_iso(), d.claimed
+            if d.attempt == 1 and claimed is None:
+                until = to_iso(datetime.fromtimestamp(self._clock() + TIMEOUT_S + RESUME_SLACK_S, timezone.utc))
+                return self._store.write(lambda conn: take_first(conn, d.hook.id, d.event["id"], until))
             if claimed is not None:
                 return self._store.write(lambda conn: take_claimed(conn, d.hook.id, d.event["id"], claimed, now))
             return self._store.write(lambda conn: take_retry(conn, d.hook.id, d.event["id"], d.attempt - 1, now))
         except Exception as exc:
-            log.warning("webhooks: taking the retry of %s to %s failed (%s): sent", d.event["type"], d.hook.id, exc)
+            log.warning("webhooks: taking the delivery of %s to %s failed (%s): sent", d.event["type"], d.hook.id, exc)
             return True
 
     def _resume(self) -> None:

@@ -18,7 +18,7 @@ import time
 from fractions import Fraction
 
 import pytest
-from conftest import OPENAI_KEY, ServerProcess, mock_env, wait_for
+from conftest import OPENAI_KEY, TEST_STORE, ServerProcess, mock_env, open_database, wait_for
 from mock_upstream import RT_AUDIO_BYTES, RT_IMAGE_TOKENS, TEXT, Reply
 from module_helpers import ADMIN_KEY, api, put_module
 from test_responses_websocket import KEY, Raw
@@ -74,6 +74,8 @@ def server(pyz_path, cache_home, mock, tmp_path_factory):
                 "burst": ["--budget-usd", "0.01", "--budget-period", "day"],
                 "dropped": [],
                 "dropped_budget": ["--budget-usd", "0.05", "--budget-period", "day"],
+                "raced": ["--budget-usd", "1", "--budget-period", "day"],
+                "stalled": ["--rpm", "1000"],
             }
         )
     )
@@ -579,6 +581,74 @@ def test_pings_alone_do_not_keep_a_session_open(quick):
             code = struct.unpack("!H", payload[:2])[0]
     assert code == 1000
     raw.close()
+
+
+@pytest.mark.skipif(TEST_STORE != "postgresql", reason="a settlement waits for a row lock in the shared ledger only")
+def test_a_response_done_billed_while_the_session_ends_is_billed_once(server):
+    """The reader is billing a ``response.done`` (its settlement waiting on the shared ledger's row,
+    which another session holds) when the client leaves: the session's end, after its waits (5 s for
+    running responses, 3 s for the reader), still finds the response running and must not bill it
+    again as lost. Before: a second trace (502, an estimate) and its worst case spent beside its cost."""
+    raw = upgrade(server, "raced")
+    assert raw.event()["type"] == "session.created"
+    raw.send_json({"type": "response.create", "response": {"output_modalities": ["text"]}})
+    raw.until("response.done")  # the key's ledger rows are there now
+    key_id = server.db_rows("SELECT id FROM client_keys WHERE name = 'raced'")[0]["id"]
+    other = open_database(server.db)
+    other.execute("BEGIN ISOLATION LEVEL READ COMMITTED")
+    other.execute("SELECT spent_uc FROM budget_ledger WHERE scope = ? FOR UPDATE", (f"key:{key_id}",)).fetchall()
+    logged = len(server.log_lines)
+    try:
+        raw.send_json({"type": "response.create", "response": {"output_modalities": ["text"]}})
+        assert raw.until("response.done")[-1]["type"] == "response.done"  # relayed, its bill now waiting
+        raw.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        raw.close()
+
+        def ended() -> bool:  # the session's log line, or (before) the lost bill's trace written first
+            lines = server.log_lines[logged:]
+            return any("WS /v1/realtime" in x for x in lines) or len(traces(server, "raced", 2)) > 2
+
+        wait_for(ended, 20, "the session's end")
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    line = wait_for(lambda: next((x for x in server.log_lines[logged:] if "WS /v1/realtime" in x), None), 20, "log")
+    rows = traces(server, "raced", 2)
+    assert [(r["status"], r["cost_status"]) for r in rows] == [(200, "exact")] * 2, rows
+    assert " responses=2 " in line, line
+    spent = sum(r["cost_uc"] for r in rows)
+    sql = "SELECT spent_uc FROM budget_ledger WHERE scope = ? AND period_key <> 'total'"
+    wait_for(lambda: {r["spent_uc"] for r in server.db_rows(sql, (f"key:{key_id}",))} == {spent}, 20, "the spend")
+
+
+@pytest.mark.skipif(TEST_STORE != "postgresql", reason="a response's rate count waits for a lock on PostgreSQL only")
+def test_a_response_begun_while_its_reader_was_held_is_billed_after_the_session_ends(server):
+    """The provider's reader is held counting a ``response.created`` in the key's rpm window (another
+    session holds the window's lock) when the client leaves: the session's end finds no response
+    running (its response.created not read yet) and bills none; the reader, let go after that, saw the
+    response begin. It is billed all the same (an estimate, status 502), never free. Before: no trace."""
+    raw = upgrade(server, "stalled")
+    assert raw.event()["type"] == "session.created"
+    raw.send_json({"type": "response.create", "response": {"output_modalities": ["text"]}})
+    raw.until("response.done")  # a first response: the input a lost one is estimated by
+    key_id = server.db_rows("SELECT id FROM client_keys WHERE name = 'stalled'")[0]["id"]
+    other = open_database(server.db)
+    other.execute("START TRANSACTION")
+    other.execute("SELECT pg_advisory_xact_lock(hashtext(?))", (f"rate:{key_id}",))
+    logged = len(server.log_lines)
+    try:
+        raw.send_json({"type": "response.create", "response": {"output_modalities": ["text"]}})
+        assert raw.event()["type"] == "response.created"  # relayed; its count now waits for the lock
+        raw.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        raw.close()
+        ended = lambda: next((x for x in server.log_lines[logged:] if "WS /v1/realtime" in x), None)  # noqa: E731
+        assert " responses=1 " in wait_for(ended, 20, "the session's end")
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    first, lost = traces(server, "stalled", 2)
+    assert (first["status"], lost["status"], lost["outcome"]) == (200, 502, "stream_broken"), lost
+    assert lost["cost_status"] == "estimate" and lost["cost_uc"] > 0
 
 
 def test_client_leaving_mid_response_cancels_and_bills_it(server, mock):

@@ -162,8 +162,9 @@ def test_events_queued_at_a_crash_are_sent_by_the_next_start_once_each_as_made(
 ):
     """The receiver takes the first delivery and never answers; two more events wait behind it. The
     server is killed (SIGKILL: nothing written at the end), the receiver comes back, the server is
-    started again: every event arrives, once, with its id and its body as it was made (its first
-    ``created_at``). Before, they were in memory only and lost without a row."""
+    started again (over a minute later, for the event being sent: ``take_first``): every event
+    arrives, once, with its id and its body as it was made (its first ``created_at``). Before, they
+    were in memory only and lost without a row."""
     receiver = SilentReceiver()
     server = start_server(pyz_path, cache_home, mock, tmp_path_factory, "webhookkill", STOCKYARD_ENCRYPTION_KEY=SECRET)
     try:
@@ -172,6 +173,11 @@ def test_events_queued_at_a_crash_are_sent_by_the_next_start_once_each_as_made(
         made = {row["event_id"]: json.loads(row["event_json"]) for row in outbox(server.db)}
         server.stop(signal.SIGKILL)
         assert deliveries(server.db) == []  # the crash logged nothing
+        # the first event's row, taken as its attempt began, is dated to a minute after that attempt's
+        # end (a server starting before could not tell it from a live server's): the restart comes later
+        now = to_iso(datetime.now(timezone.utc))
+        assert sum(row["created_at"] > now for row in outbox(server.db)) == 1
+        server.db_write("UPDATE webhook_outbox SET created_at = ? WHERE created_at > ?", (now, now))
 
         receiver.let_go()
         receiver.status = 200
@@ -405,3 +411,44 @@ def test_a_resumed_delivery_a_crash_cuts_is_resumed_again_and_sent_by_one_server
     later = now.timestamp() + 86_400
     assert write(lambda: claim_left(conn, ["wh_a", "wh_b"], since, later, 100, now=ago(0))) == []  # sent: done
     conn.close()
+
+
+def test_a_server_starting_beside_a_live_one_leaves_its_queued_events_to_it(database, caplog):
+    """A server (a replica, or a group's checking worker respawned) starts while another still has
+    events to send: one being sent to a slow receiver, two queued behind it, all three in the outbox.
+    Its start claims every outbox row from before it (a crashed server's, it cannot tell), so the live
+    one must not send those again: it takes each event's outbox row as its first attempt begins, and
+    lets go of one claimed meanwhile. Before: each of the three was delivered twice, on each store."""
+    database.open_and_migrate()
+    receiver = SilentReceiver()
+    hooks = [Hook("wh_a", receiver.url, TESTS, "json", "s1")]
+    live_store, starting_store = Store(database), Store(database)
+    live, starting = Dispatcher(live_store, checks=False), None
+    try:
+        live.use(hooks)
+        live.start()
+        sent = [live.emit("webhook.test", {}, "a test") for _ in range(QUEUED)]
+        assert receiver.arrived.wait(10), "the first delivery held by the receiver"
+        kept = "SELECT COUNT(*) FROM webhook_outbox"
+        wait_for(lambda: database.connect().execute(kept).fetchone()[0] == QUEUED, what="the outbox")
+        receiver.status = 200
+        starting = Dispatcher(starting_store, checks=True)  # started now: the rows are from before it
+        starting.use(hooks)
+        starting.start()  # its first resume pass: the outbox rows from before its start
+        wait_for(lambda: len(receiver.got) >= QUEUED - 1, what="the starting server's deliveries")
+        receiver.let_go()  # the live server's first attempt ends (unanswered: a retry, answered later)
+        skipped = "is sent by another server that resumed it"
+
+        def settled() -> bool:  # every event sent twice (before), or the live server let two go
+            return len(receiver.got) >= 2 * QUEUED or (len(receiver.got) >= QUEUED and caplog.text.count(skipped) >= 2)
+
+        wait_for(settled, 20, "the live server done with its events")
+        counts = {event: ids(receiver.got).count(event) for event in sent}
+        assert counts == dict.fromkeys(sent, 1), counts
+    finally:
+        live.stop()
+        if starting is not None:
+            starting.stop()
+        live_store.close()
+        starting_store.close()
+        receiver.close()
