@@ -859,7 +859,12 @@ class Relay:
         for name, kind in LIMITS:
             module = chain.module(name, base)
             if isinstance(module, kind):
-                counted.append((module, module.count_started(base)))
+                try:
+                    entry = module.count_started(base)
+                except Exception as exc:  # the shared windows' database busy or lost: the response goes uncounted
+                    log.warning("realtime: a response not counted in the %s windows: %s", name, described(exc))
+                    entry = None
+                counted.append((module, entry))
         return counted
 
     def _limited(self) -> bool:
