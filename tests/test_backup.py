@@ -21,6 +21,8 @@ from conftest import TEST_STORE, ServerProcess, base_env, mock_env, wait_for
 from ops_helpers import Load, assert_same_content, integrity, open_plain, verify_audit
 
 from stockyard import audit
+from stockyard.backup import Snapshotter, check_digest
+from stockyard.store import db
 
 pytestmark = pytest.mark.skipif(
     TEST_STORE == "postgresql",
@@ -180,6 +182,37 @@ def test_a_snapshot_carries_a_content_digest_that_restore_checks(server, pyz_pat
     assert r.returncode == 1, r.stdout
     assert "does not match the content digest" in r.stderr and "Traceback" not in r.stderr, r.stderr
     assert not target.exists()
+
+
+def test_a_snapshot_due_while_one_is_sealed_is_skipped_and_a_stop_waits_or_abandons(tmp_path, caplog):
+    """The sealing (a read of every row) runs beside the writer, one at a time: a snapshot due
+    meanwhile is skipped and said; a stop with time left waits for the sealing (the snapshot then
+    carries its digest), a stop with none abandons it: its temp file removed, the last snapshot kept.
+    A real database file of some 35 MB, so that its sealing takes a while (about half a second)."""
+    live, path = tmp_path / "live.db", tmp_path / "snap.db"
+    conn = db.connect(live)
+    db.migrate(conn)
+    conn.execute("CREATE TABLE filler (x BLOB)")
+    conn.execute(
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 150000) "
+        "INSERT INTO filler SELECT randomblob(200) FROM n"
+    )
+    temp_files = lambda: list(tmp_path.glob(".snap.db.tmp-*"))  # noqa: E731
+    snap = Snapshotter(path)
+    try:
+        snap.run(conn)
+        snap.run(conn)  # due again while the first is being sealed
+        assert snap.skipped == 1 and "skipped: the previous one is still being sealed" in caplog.text
+        snap.stop(60)
+        assert snap.taken == 1 and snap.failures == 0 and not temp_files()
+        first = path.read_bytes()
+        snap.run(conn)
+        snap.stop(0)  # no time left: the sealing in progress is abandoned
+    finally:
+        conn.close()
+    assert "abandoned at the stop" in caplog.text and snap.taken == 1
+    assert not temp_files() and path.read_bytes() == first, "the last snapshot kept, no temp file left"
+    assert check_digest(path, path) is None, "the snapshot waited for carries its digest, and it matches"
 
 
 def test_wal_is_truncated_when_the_writer_is_idle(server):
