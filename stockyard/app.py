@@ -598,7 +598,10 @@ class App:
         except Exception as exc:
             log.error("could not record server stop in the audit log: %s", exc)
         self.ledger.close()
+        stop_began = time.monotonic()
         self.writer.stop(self.settings.shutdown_grace_s)  # a database that stopped answering: bounded
+        if self.snapshots is not None:  # a snapshot being sealed: finished in the grace left, or abandoned
+            self.snapshots.stop(max(1.0, self.settings.shutdown_grace_s - (time.monotonic() - stop_began)))
         if self.otlp is not None:
             self.otlp.stop()
         self.pool.close()

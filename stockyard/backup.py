@@ -16,6 +16,7 @@ import os
 import re
 import shutil
 import sqlite3
+import threading
 import time
 from dataclasses import dataclass
 from glob import escape as glob_escape
@@ -55,12 +56,15 @@ DIGEST_META_KEY = "backup_digest"
 _DIGEST_LABEL = "sha256-rows-v1:"
 
 
-def content_digest(path: Path) -> str:
+def content_digest(path: Path, cancel: threading.Event | None = None) -> str:
     """SHA-256 of every row of every table of the file at ``path`` (and its schema), read through
     SQLite: SQLite keeps no page checksums, so a byte flipped inside a row passes its integrity
     check; this digest, written into a backup as it is made, does not. Its own ``meta`` row is left
-    out, and each table is read in its own key order (``NOT INDEXED``), so a copy reads the same."""
+    out, and each table is read in its own key order (``NOT INDEXED``), so a copy reads the same.
+    ``cancel`` set ends the reading (``sqlite3.OperationalError``): a server's stop need not wait for it."""
     conn = db.open_copy(path)
+    if cancel is not None:
+        conn.set_progress_handler(cancel.is_set, 10_000)  # checked every 10,000 SQLite steps
     conn.row_factory, conn.text_factory = None, bytes  # the stored bytes, even ones that are not UTF-8
     digest = hashlib.sha256()
     try:
@@ -80,9 +84,9 @@ def content_digest(path: Path) -> str:
     return _DIGEST_LABEL + digest.hexdigest()
 
 
-def seal(path: Path) -> None:
+def seal(path: Path, cancel: threading.Event | None = None) -> None:
     """Write the content digest into the copy at ``path`` (a backup being made, not yet renamed)."""
-    value = content_digest(path)
+    value = content_digest(path, cancel)
     conn = db.edit_copy(path)
     try:
         db.put_meta(conn, DIGEST_META_KEY, value)
@@ -336,28 +340,79 @@ def create_postgres_backup(
 
 
 class Snapshotter:
-    """Keeps one consistent snapshot file fresh, run by the writer thread on a schedule.
+    """Keeps one consistent snapshot file fresh, on a schedule: the copy made by the writer thread,
+    sealed and renamed into place by a thread of its own.
 
     The snapshot is replaced by an atomic rename, so ``cp`` of it (by cron) always reads
-    one complete, consistent database — never a file being written.
+    one complete, consistent database — never a file being written. It carries a content
+    digest, as a backup does; reading every row for it takes seconds on a large database, so
+    the writer does not wait for it: a snapshot due while the last is still being sealed is
+    skipped (and said), and the next one comes at its time.
     """
 
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
         self.taken = 0
         self.failures = 0
+        self.skipped = 0
         self.last_ok_unix: float | None = None
         self.last_duration_s = 0.0
         self.last_size_bytes = 0
+        self._sealing: threading.Thread | None = None
+        self._abandon = threading.Event()  # the server stops: end a sealing still in progress
 
     def run(self, conn: sqlite3.Connection) -> None:
+        """The writer's part: the copy into a temporary file, then the sealing handed on."""
+        if self._sealing is not None and self._sealing.is_alive():
+            self.skipped += 1
+            log.warning("snapshot to %s skipped: the previous one is still being sealed", self.path)
+            return
         started = time.monotonic()
         try:
             _refuse_database_in_use(self.path, "the snapshot was not written: choose another --snapshot path")
-            db.backup_to(conn, self.path)
+            tmp = self._copy(conn)
         except (OSError, sqlite3.Error, BackupError) as exc:
-            self.failures += 1
-            log.error("snapshot to %s failed: %s", self.path, exc)
+            self._failed(exc)
+            return
+        self._sealing = threading.Thread(
+            target=self._seal, args=(tmp, started), name="stockyard-snapshot-seal", daemon=True
+        )
+        self._sealing.start()
+
+    def stop(self, timeout: float) -> None:
+        """Wait up to ``timeout`` for a sealing in progress (after the writer stopped: no new one
+        starts); past it, abandon it — the digest interrupted, its temporary file removed, the
+        previous snapshot kept."""
+        sealing = self._sealing
+        if sealing is None:
+            return
+        sealing.join(timeout)
+        if sealing.is_alive():
+            self._abandon.set()
+            sealing.join(ABANDON_WAIT_S)
+
+    def _copy(self, conn: sqlite3.Connection) -> Path:
+        """The consistent copy, into ``.<name>.tmp-PID-…`` beside the snapshot (removed on failure)."""
+        tmp = files.copy_beside(self.path, "tmp")
+        tmp.unlink(missing_ok=True)
+        try:
+            db.write_copy(conn, tmp)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        return tmp
+
+    def _seal(self, tmp: Path, started: float) -> None:
+        """The sealing thread: digest the copy, then rename it over the snapshot."""
+        try:
+            seal(tmp, self._abandon)
+            db.replace_file(tmp, self.path)
+        except (OSError, sqlite3.Error) as exc:
+            tmp.unlink(missing_ok=True)
+            if self._abandon.is_set():
+                log.warning("snapshot to %s abandoned at the stop: the previous one is kept", self.path)
+            else:
+                self._failed(exc)
             return
         self.last_duration_s = time.monotonic() - started
         self.last_size_bytes = self.path.stat().st_size
@@ -365,6 +420,13 @@ class Snapshotter:
         self.taken += 1
         if self.taken == 1 or self.failures:
             log.info("snapshot written to %s (%s in %.2fs)", self.path, _mb(self.last_size_bytes), self.last_duration_s)
+
+    def _failed(self, exc: Exception) -> None:
+        self.failures += 1
+        log.error("snapshot to %s failed: %s", self.path, exc)
+
+
+ABANDON_WAIT_S = 5.0  # a sealing told to stop ends within the next 10,000 SQLite steps
 
 
 @dataclass(frozen=True)

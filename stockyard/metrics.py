@@ -498,6 +498,12 @@ def store_gauges(app: "App") -> list[tuple[str, str, str, float]]:
                 snap.last_ok_unix or 0,
             ),
             ("snapshot_failures_total", "counter", "Snapshots that could not be written.", snap.failures),
+            (
+                "snapshot_skipped_total",
+                "counter",
+                "Snapshots skipped: due while the last was still being sealed.",
+                snap.skipped,
+            ),
             ("snapshot_size_bytes", "gauge", "Size of the last snapshot.", snap.last_size_bytes),
         ]
     return out

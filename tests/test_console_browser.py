@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import threading
 
 import playwright.sync_api as playwright  # noqa: E402  (requirements-test.txt)
 import pytest
@@ -551,3 +552,47 @@ def test_create_and_revoke_a_key(console, server):
     page.wait_for_selector("main h1:text('Keys')")
     page.locator("main tr", has_text="browser-key").locator(".badge:text('revoked')").wait_for()
     assert key not in page.inner_text("main"), "the secret is shown once only"
+
+
+def test_models_page_shows_a_deployments_reserved_requests(console, server, mock):
+    """Gap: ``/api/models`` reports each deployment's ``reserved`` (chosen for a request, not sent
+    yet), which least-busy and latency count as busy, but the page showed only in flight. Here a
+    budgeted request's deployment fails, its fallback "held" is unpriced (its budget cannot count
+    it: held, never called) and the next fallback is held at the provider: meanwhile "held"'s
+    deployment shows 1 reserved beside its in flight, and none once the request ended."""
+    routes = (("first", "a", "gpt-4o-mini"), ("held", "h", "misc34-unpriced"), ("last", "z", "gpt-4o"))
+    for model, name, upstream in routes:
+        deployment = {"provider": "openai", "model": upstream, "name": name}
+        admin(server, "POST", f"/api/models/{model}/deployments", deployment)
+    admin(server, "PATCH", "/api/models/first", {"fallbacks": ["held", "last"]})
+    admin(server, "PUT", "/api/modules/budget", {"enabled": True, "config": {}})
+    key = admin(server, "POST", "/api/keys", {"name": "reserving", "budget_usd": "1.00", "budget_period": "day"})
+    mock.clear_replies()
+    go, arrived = threading.Event(), threading.Event()
+    mock.enqueue(Reply(status=500))
+    mock.enqueue(Reply(wait=go, hang_started=arrived))
+    answered: list[int] = []
+    body = {"model": "first", "messages": HELLO}
+    asking = threading.Thread(
+        target=lambda: answered.append(server.request("POST", "/v1/chat/completions", body, server.auth(key["key"]))[0])
+    )
+    asking.start()
+    try:
+        assert arrived.wait(10), "the last fallback reached the provider"
+        console.signed_in()
+        page = console.page
+        console.go("models")
+        held = page.locator("section.model[data-model=held] tr[data-deployment=h]")
+        held.locator("text=1 reserved").wait_for()
+        assert "0 + 1 reserved" in held.inner_text()
+        console.shot("models-reserved")
+    finally:
+        go.set()
+        asking.join(30)
+    assert answered == [200]
+    page.locator("section.model[data-model=held] tr[data-deployment=h] >> text=reserved").wait_for(state="detached")
+    admin(server, "PUT", "/api/modules/budget", {"enabled": False, "config": {}})
+    admin(server, "POST", f"/api/keys/{key['id']}/revoke")
+    for model in ("first", "held", "last"):
+        admin(server, "DELETE", f"/api/models/{model}")
+    mock.clear_replies()

@@ -10,6 +10,7 @@ import random
 import time
 
 import pytest
+from conftest import open_database
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from module_helpers import ADMIN_KEY, api, chat, start_server
@@ -434,3 +435,40 @@ def test_ties_are_listed_and_kept_in_byte_order_on_each_store(collated_conn):
     assert [r["user"] for r in costs.report(conn, "user")["rows"]] == ["B-user", "a-user", "c-user"]
     assert [r["user"] for r in costs.report(conn, "user", top=1)["rows"]] == ["B-user", costs.OTHER]
     assert [r["user"] for r in costs.report(conn, "day,user")["rows"]] == ["B-user", "a-user", "c-user"]
+
+
+def test_a_report_by_end_user_without_top_is_bounded_and_says_so(server):
+    """Gap: ``/api/costs?by=user`` without ``top`` answered one row per end user — a key behind a
+    public app can have millions. Without ``top`` a report whose last group is the end user keeps
+    the 1,000 who cost most and sums the rest into one ``(other)`` row, as ``top=1000`` does, and
+    says so (``top_default``); an explicit ``top`` still wins, other groups are not cut, and the
+    CLI (the operator's own process, which the console points to for every user) lists them all."""
+    users = 2500
+    conn = open_database(server.db)
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        for i in range(users):
+            sample_trace(NOW_MS - i, body=None, end_user=f"eu{i:05d}", cost_uc=i + 1).write(conn)
+        conn.execute("COMMIT")
+    finally:
+        conn.close()
+    status, report = api(server, "GET", "/api/costs?by=user")
+    assert status == 200, report
+    assert report["top"] == costs.MAX_TOP == 1000 and report["top_default"] is True
+    rows = report["rows"]
+    named = [r["user"] for r in rows if r["user"] and r["user"].startswith("eu")]  # (the other tests' have none)
+    assert len(rows) == 1001 and named[:2] == [f"eu{users - 1:05d}", f"eu{users - 2:05d}"]
+    assert rows[-1]["user"] == costs.OTHER and rows[-1]["other"] is True and rows[-1]["requests"] >= users - 1000
+    assert sum(r["cost_uc"] for r in rows) == report["total"]["cost_uc"], "the rest is summed, to the micro-cent"
+    status, by_day = api(server, "GET", "/api/costs?by=day,user")
+    assert status == 200 and by_day["top_default"] is True and by_day["total"] == report["total"]
+    assert len(by_day["rows"]) <= 1001 * len({r["day"] for r in by_day["rows"]})
+    status, asked = api(server, "GET", "/api/costs?by=user&top=1000")
+    assert status == 200 and asked["top_default"] is False and asked["rows"] == rows
+    status, five = api(server, "GET", "/api/costs?by=user&top=5")
+    assert status == 200 and len(five["rows"]) == 6 and five["top_default"] is False
+    status, by_model = api(server, "GET", "/api/costs?by=model")
+    assert status == 200 and by_model["top"] is None and by_model["top_default"] is False
+    cli = server.cli("costs", "--by", "user", "--json")
+    assert cli.returncode == 0, cli.stderr
+    assert len(json.loads(cli.stdout)["rows"]) >= users and json.loads(cli.stdout)["top_default"] is False

@@ -59,6 +59,9 @@ def check_groups(by: str) -> list[str]:
 
 OTHER = "(other)"  # with top=N: the name of the row that sums every group not in the top N
 MAX_TOP = 1000
+# A report by end user asked for over the API without top keeps this many: one row per end user of
+# a key behind a public app could be millions (the CLI, the operator's own process, lists them all).
+USERS_TOP = MAX_TOP
 
 
 def check_top(top: int | None, groups: list[str]) -> int | None:
@@ -78,6 +81,7 @@ def report(
     since: str | None = None,
     until: str | None = None,
     top: int | None = None,
+    bound_users: bool = False,
 ) -> dict[str, Any]:
     """Totals grouped ``by`` day, model, provider, key, project, end user or a tag's values — or
     two of them, ``day,model`` (a chart's buckets and series in one read) — plus the grand total
@@ -86,9 +90,15 @@ def report(
     ``top=N`` keeps the N groups of the last of ``by`` that cost most over the range and sums
     the rest into one row per outer group (per day for ``day,user``), named :data:`OTHER` and
     marked ``"other": true`` (every row has ``other`` then): a chart's series without one row
-    per user per day. The rows still add up to the same total, to the micro-cent."""
+    per user per day. The rows still add up to the same total, to the micro-cent.
+
+    ``bound_users``: a report whose last group is the end user, asked without ``top``, is made as
+    with ``top=USERS_TOP`` and says so (``"top_default": true``)."""
     groups = check_groups(by)
     top = check_top(top, groups)
+    top_default = bound_users and top is None and groups[-1] == "user"
+    if top_default:
+        top = USERS_TOP
     first, last = check_range(since, until)
     sources, columns = _source(groups, first, last)
     collate = _BYTE_ORDER[dialect_of(conn)]
@@ -130,6 +140,7 @@ def report(
         "since": first.isoformat() if first else None,
         "until": last.isoformat() if last else None,
         "top": top,
+        "top_default": top_default,
         "rows": out_rows,
         "total": _money(total),
     }

@@ -1,5 +1,5 @@
 // Models: each model clients name with its deployments and their live health (refreshed every
-// second from the server's memory): in flight, time to first byte, cooling down until, breaker
+// second from the server's memory): in flight (and reserved), time to first byte, cooling down until, breaker
 // state, rpm/tpm used against the limits. Add and remove deployments, change the strategy.
 
 import { del, enc, get, patch, post } from "./api.js";
@@ -9,6 +9,16 @@ const REFRESH_MS = 1000;
 
 function used(value, limit) {
   return limit ? `${value} / ${limit}` : `${value}`;
+}
+
+/** In flight, and beside it the requests the deployment was chosen for that are not sent yet
+ * (`reserved`: least-busy and latency count them busy too; one that never falls is a leak). */
+function inFlight(d) {
+  const live = d.health;
+  if (!live) return "";
+  if (!live.reserved) return String(live.in_flight);
+  return h("span", {}, String(live.in_flight),
+    h("span", { class: "muted", title: "chosen for requests not sent yet: counted busy" }, ` + ${live.reserved} reserved`));
 }
 
 function state(d) {
@@ -60,7 +70,7 @@ export async function models(view) {
         { label: "priority", value: (d) => String(d.priority) },
         { label: "key", value: (d) => d.key || "provider's" },
         { label: "health", value: state },
-        { label: "in flight", value: (d) => d.health ? String(d.health.in_flight) : "" },
+        { label: "in flight", value: inFlight },
         { label: "TTFB", value: (d) => d.health && d.health.ttfb_ms !== null ? `${d.health.ttfb_ms} ms` : "" },
         { label: "rpm", value: (d) => d.health ? used(d.health.rpm_used, d.rpm) : "" },
         { label: "tpm", value: (d) => d.health ? used(d.health.tpm_used, d.tpm) : "" },
