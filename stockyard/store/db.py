@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import importlib.resources
+import logging
 import os
 import re
 import sqlite3
@@ -19,6 +20,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from . import files
+
+log = logging.getLogger("stockyard.store")
 
 BUSY_TIMEOUT_MS = 10_000  # STOCKYARD_BUSY_TIMEOUT_MS in a server (set_busy_timeout)
 # The WAL file is cut back to this size whenever it restarts, so one burst of writes does
@@ -320,8 +323,13 @@ def sync_wal(conn: Any) -> None:
         fd = os.open(f"{name}-wal", os.O_RDONLY)
     except FileNotFoundError:  # not in WAL mode: the commit itself was synced
         return
+    except OSError as exc:  # out of descriptors: committed all the same, durable at the next checkpoint
+        log.warning("an audited commit was not flushed to disk at once: %s", exc)
+        return
     try:
         os.fdatasync(fd)
+    except OSError as exc:
+        log.warning("an audited commit was not flushed to disk at once: %s", exc)
     finally:
         os.close(fd)
 
