@@ -41,7 +41,7 @@ def cost_report(r: ApiRequest) -> dict | Response:
             r.query.get("since") or None,
             r.query.get("until") or None,
             top=top,
-            bound_users=True,
+            bounded=True,
         )
     except ValueError as exc:
         raise ProxyError(400, str(exc), code="invalid_value") from None
