@@ -199,8 +199,8 @@ def _with_top(
         else:
             rests[_without(head, at)] = counts
     for head, counts in found:  # the rest: each other group's totals minus its kept rows
-        rest = rests.get(_without(head, at), [0] * len(COUNTS))
-        rests[_without(head, at)] = [t - c for t, c in zip(rest, counts)]
+        key = _without(head, at)
+        rests[key] = [t - c for t, c in zip(rests.get(key) or [0] * len(COUNTS), counts)]
     found += [((*key[:at], None, *key[at:]), rest) for key, rest in rests.items() if any(rest)]
     return _sorted(found, groups)
 
@@ -212,21 +212,25 @@ def _without(head: tuple, at: int) -> tuple:
 
 def _sorted(found: list[tuple[tuple, list[int]]], groups: list[str]) -> list[tuple[tuple, list[int]]]:
     """A top report's rows in :func:`_order`'s order (days in order, other groups by spend, an
-    outer group by its whole spend, in byte order at a tie), each ``(other)`` after the named."""
+    outer group by its whole spend, in byte order at a tie), each ``(other)`` after the named.
+    Sorted per outer group: a 1,000-user report by day has 90,000 rows."""
     cost = COUNTS.index("cost_uc")
-    outer_spend: dict[Any, int] = {}
-    for head, counts in found:
-        outer_spend[head[0]] = outer_spend.get(head[0], 0) + counts[cost]
 
-    def key(row: tuple[tuple, list[int]]) -> tuple:
-        head, counts = row
-        out: list[Any] = []
-        for i, (group, name) in enumerate(zip(groups, head)):
-            spend = outer_spend[name] if i < len(groups) - 1 else counts[cost]
-            out += [name] if group == "day" else [name is None, -spend, name or ""]
-        return tuple(out)
+    def by_spend(name: Any, spend: int) -> tuple:
+        return (name is None, -spend, name or "")
 
-    return sorted(found, key=key)
+    if len(groups) == 1:
+        return sorted(found, key=lambda r: by_spend(r[0][0], r[1][cost]))
+    by_outer: dict[Any, list[tuple[tuple, list[int]]]] = {}
+    for row in found:
+        by_outer.setdefault(row[0][0], []).append(row)
+    if groups[0] == "day":
+        outers = sorted(by_outer)
+    else:
+        spend = {k: sum(c[cost] for _, c in rows) for k, rows in by_outer.items()}
+        outers = sorted(by_outer, key=lambda k: by_spend(k, spend[k]))
+    inner = (lambda r: r[0][1]) if groups[1] == "day" else (lambda r: by_spend(r[0][1], r[1][cost]))
+    return [row for k in outers for row in sorted(by_outer[k], key=inner)]
 
 
 def _name(column: str, collate: str) -> str:
