@@ -83,7 +83,10 @@ def check_top(top: int | None, groups: list[str]) -> int | None:
     if not 1 <= top <= MAX_TOP:
         raise ValueError(f"top must be between 1 and {MAX_TOP}, got {top}")
     if groups[ranked_group(groups)] == "day":
-        raise ValueError("top keeps the largest groups of the last of by (e.g. by=day,user), which cannot be day")
+        raise ValueError(
+            "top keeps the largest groups of the end user or tag in by, else of the last of by "
+            "(e.g. by=day,model), which cannot be day"
+        )
     return top
 
 
