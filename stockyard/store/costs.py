@@ -303,8 +303,8 @@ def _source(groups: list[str], first: date | None, last: date | None) -> tuple[_
 
     ``user`` reads the end users' rollups (with day, key and project), ``tag:NAME``
     ``rollups_tags`` (with day), the rest ``rollups_daily``. A report by user without day reads
-    the whole months of its range from ``rollups_users_months`` (schema 0028); a top report by
-    report by user with day sums its days' totals from ``rollups_users_days``.
+    the whole months of its range from ``rollups_users_months`` (schema 0028); a top report
+    by user with day sums its days' totals from ``rollups_users_days``.
     """
     where, args = _within("day", first, last)
     tags = [g for g in groups if g.startswith(TAG_PREFIX)]
