@@ -168,6 +168,8 @@ def test_top_n_sums_the_rest_exactly(tmp_path_factory, spend, top):
     for by in ("day,user", "day,key", "day,model", "user", "key,model", "day,tag:team"):
         check_top(conn, by, top)
     check_top(conn, "day,user", top, since=iso_utc(NOW_MS - 2 * 86_400_000)[:10])
+    for by in ("user,day", "user,key", "user,project", "key,user", "tag:team", "tag:team,day", "day,tag:team"):
+        check_bounded(costs.report(conn, by), costs.report(conn, by, top=top), top)
     conn.close()
 
 
@@ -207,6 +209,8 @@ def check_users_over(conn, since: str | None, until: str | None) -> None:
         ), (by, since, until)
     for by in ("day,user", "user", "key,user"):
         check_top(conn, by, 2, since, until)
+    for by in ("user,day", "user,key", "user,project"):
+        check_bounded(costs.report(conn, by, since, until), costs.report(conn, by, since, until, top=2), 2)
 
 
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -472,3 +476,79 @@ def test_a_report_by_end_user_without_top_is_bounded_and_says_so(server):
     cli = server.cli("costs", "--by", "user", "--json")
     assert cli.returncode == 0, cli.stderr
     assert len(json.loads(cli.stdout)["rows"]) >= users and json.loads(cli.stdout)["top_default"] is False
+
+
+def check_bounded(full: dict, kept: dict, top: int) -> None:
+    """``kept`` is ``full`` with the client-chosen group (user or tag, wherever it sits in by) cut
+    to the ``top`` that cost most over the range, the rest one ``(other)`` row per other group."""
+    groups = full["groups"]
+    chosen = next(g for g in groups if g == "user" or g.startswith(costs.TAG_PREFIX))
+    assert kept["total"] == full["total"], "exact to the micro-cent"
+    for column in costs.COUNTS:
+        assert sum(r[column] for r in kept["rows"]) == full["total"][column], column
+    spend: dict = {}
+    for r in full["rows"]:
+        spend[r[chosen]] = spend.get(r[chosen], 0) + r["cost_uc"]
+    ranked = sorted(spend, key=lambda g: (-spend[g], g or ""))[:top]
+    named = {r[chosen] for r in kept["rows"] if not r["other"]}
+    assert named == set(ranked) and len(named) <= top
+    rest: dict = {}
+    for f in full["rows"]:
+        if f[chosen] not in named:
+            key = tuple(f[g] for g in groups if g != chosen)
+            rest[key] = [a + f[c] for a, c in zip(rest.get(key, [0] * len(costs.COUNTS)), costs.COUNTS)]
+    tail = [r for r in kept["rows"] if r["other"]]
+    others = {tuple(r[g] for g in groups if g != chosen): [r[c] for c in costs.COUNTS] for r in tail}
+    assert others == rest and all(r[chosen] == costs.OTHER for r in tail)
+    named_rows = [r for r in kept["rows"] if not r["other"]]
+    assert [{**f, "other": False} for f in full["rows"] if f[chosen] in named] == named_rows, "in the same order"
+    if len(groups) > 1 and groups[0] == chosen:  # (other) after every named value, its rows as the full report's
+        assert kept["rows"][len(kept["rows"]) - len(tail) :] == tail
+        if groups[1] == "day":
+            assert [r["day"] for r in tail] == sorted(r["day"] for r in tail)
+        else:
+            assert [r["cost_uc"] for r in tail] == sorted((r["cost_uc"] for r in tail), reverse=True)
+    else:  # each outer group's (other) last in it
+        for i, r in enumerate(kept["rows"]):
+            if r["other"]:
+                assert i + 1 == len(kept["rows"]) or kept["rows"][i + 1][groups[0]] != r[groups[0]]
+
+
+def test_every_report_by_a_client_chosen_group_is_bounded_and_says_so(server):
+    """Gap: only a report whose last group was the end user was bounded; ``by=user,day``,
+    ``user,key``, ``user,project`` and tag reports (Codex's ``session``) answered one row per value
+    the clients chose. Each keeps the 1,000 values that cost most over the range (or an explicit
+    ``top``) and one ``(other)`` per remaining group, adding up to the unbounded report exactly;
+    reports by model, key or day are not cut, and the CLI still lists everything."""
+    users = 1500
+    conn = open_database(server.db)
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        for i in range(users):
+            for day in range(2):
+                sample_trace(
+                    NOW_MS - day * 86_400_000 - i,
+                    body=None,
+                    end_user=f"cu{i:05d}",
+                    key_id=f"key_{i % 3}",
+                    project=f"p{i % 2}",
+                    cost_uc=(i + 1) * (day + 1),
+                    tags='{"session": "s%05d"}' % i,
+                ).write(conn)
+        conn.execute("COMMIT")
+        for by in ("user,day", "user,key", "user,project", "tag:session", "tag:session,day", "day,tag:session"):
+            status, kept = api(server, "GET", f"/api/costs?by={by}")
+            assert status == 200 and kept["top_default"] is True and kept["top"] == 1000, (by, kept)
+            check_bounded(costs.report(conn, by), kept, 1000)
+        status, five = api(server, "GET", "/api/costs?by=user,day&top=5")
+        assert status == 200 and five["top_default"] is False
+        check_bounded(costs.report(conn, "user,day"), five, 5)
+        assert [r["user"] for r in five["rows"]][-2:] == [costs.OTHER] * 2, "(other) after the named, day by day"
+        for by in ("model", "key", "day", "day,key"):
+            status, whole = api(server, "GET", f"/api/costs?by={by}")
+            assert status == 200 and whole["top_default"] is False and whole == costs.report(conn, by), by
+    finally:
+        conn.close()
+    cli = server.cli("costs", "--by", "tag:session", "--json")
+    assert cli.returncode == 0, cli.stderr
+    assert len(json.loads(cli.stdout)["rows"]) == users and json.loads(cli.stdout)["top_default"] is False

@@ -21,10 +21,11 @@ from . import ApiRequest, Param, route
         Param(
             "top",
             "integer",
-            f"keep the N (1 to {costs.MAX_TOP}) groups of the last of by that cost most over the range; "
-            f'the rest summed per outer group (per day for by=day,user) into one row named "{costs.OTHER}" '
-            'with "other": true. A report by user (last of by) asked without top keeps the '
-            f'{costs.USERS_TOP} who cost most, as top={costs.USERS_TOP} does, and says "top_default": true',
+            f"keep the N (1 to {costs.MAX_TOP}) groups that cost most over the range of the end user or tag "
+            "(wherever it is in by), else of the last of by; the rest summed per other group (per day for "
+            f'by=day,user and user,day) into one row named "{costs.OTHER}" with "other": true. A report by '
+            f"user or by a tag asked without top keeps the {costs.USERS_TOP} that cost most, as "
+            f'top={costs.USERS_TOP} does, and says "top_default": true',
         ),
         Param("format", "string", "json (default) or csv: the same CSV as `stockyard costs --csv`"),
     ),
@@ -41,7 +42,7 @@ def cost_report(r: ApiRequest) -> dict | Response:
             r.query.get("since") or None,
             r.query.get("until") or None,
             top=top,
-            bound_users=True,
+            bounded=True,
         )
     except ValueError as exc:
         raise ProxyError(400, str(exc), code="invalid_value") from None

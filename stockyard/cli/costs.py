@@ -27,8 +27,10 @@ def register(sub) -> None:
         "--top",
         type=int,
         metavar="N",
-        help=f"keep the N groups of the last of --by that cost most over the range, the rest summed "
-        f"per outer group (per day for --by day,user) into one row named {costs.OTHER}",
+        help=f"keep the N groups of the end user or tag (wherever it is in --by), else of the last of --by, "
+        f"that cost most over the range, the rest summed per other group (per day for --by day,user) "
+        f"into one row named {costs.OTHER}; without it the CLI lists every group (/api/costs keeps "
+        f"{costs.USERS_TOP} of a user or tag report)",
     )
     p.add_argument("--since", metavar="DATE", help="first day, e.g. 2026-11-01")
     p.add_argument("--until", metavar="DATE", help="last day, e.g. 2026-11-30")
