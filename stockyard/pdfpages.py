@@ -51,6 +51,7 @@ _PAGE = re.compile(rb"/Type" + _WS + rb"/Page(?![A-Za-z])")
 _COUNT = re.compile(rb"/Count" + _WS + rb"(\d{1,7})(?![\d.])(?!" + _WS + rb"\d+" + _WS + rb"R)")
 _INDIRECT_COUNT = re.compile(rb"/Count" + _WS + rb"\d+" + _WS + rb"\d+" + _WS + rb"R")
 _STREAM = re.compile(rb"(?<!end)stream\r?\n")  # a stream's start, not an endstream before a line end
+_PDF_SPACE = b"\x00\t\n\x0c\r "  # PDF's white-space characters
 _NAME_ESCAPE = re.compile(rb"#([0-9A-Fa-f]{2})")  # a name's character by its hex code: /P#61ge is /Page
 INFLATE_MAX = 32 << 20  # bytes of compressed object streams inflated for one request's PDFs (one upload's), at most
 _ASCII_ESCAPE = re.compile(rb"\\u00([0-7][0-9A-Fa-f])")  # a JSON escape of an ASCII character
@@ -92,6 +93,8 @@ def _inflate(stream: bytes, inflation: Inflation) -> bytes | None:
     inflation.left -= len(inflated)
     if inflater.unconsumed_tail or inflation.left <= 0:
         return None
+    if not inflater.eof or inflater.unused_data.strip(_PDF_SPACE):
+        return None  # cut short by an 'endstream' in its bytes, or bytes after its end: not what a reader inflates
     return inflated
 
 
@@ -107,6 +110,13 @@ def _streams(data: bytes) -> Iterator[tuple[int, int, int, int]]:
         if end < 0:
             return
         at = end + len(b"endstream")
+
+
+def _not_plain(window: bytes, stream: bytes) -> bool:
+    """Whether an object stream that did not inflate may hold marks its plain bytes do not show: it has
+    a filter, or a ``stream`` keyword in its bytes (the one before was in a comment or string of its
+    dictionary, whose filter is then among its bytes)."""
+    return b"/Filter" in window or _STREAM.search(stream) is not None
 
 
 def _object_stream(before: bytes) -> bytes | None:
@@ -340,7 +350,7 @@ class PageCounter:
             if budget is not None:
                 budget.left -= allowed - inflation.left
             if out is None:  # not Flate (a plain one's marks are counted with the file's), or too large
-                self.unread = self.unread or inflation.left <= 0 or b"/Filter" in window
+                self.unread = self.unread or inflation.left <= 0 or _not_plain(window, buf[start:end])
                 continue
             out = _unescaped(out)
             self.packed += len(_PAGE.findall(out))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import os
+import struct
 import time
 import zlib
 
@@ -106,6 +107,9 @@ def test_many_stream_marks_before_one_end_are_read_in_one_pass():
         "count-by-reference",
         "obj-after-the-type",
         "padded-dictionary",
+        "stream-keyword-in-a-comment",
+        "stream-keyword-in-a-string",
+        "endstream-in-the-compressed-bytes",
     ],
 )
 def test_an_uploaded_pdf_cannot_show_one_page_and_hide_the_rest(how, piece):
@@ -130,10 +134,42 @@ def test_an_uploaded_pdf_cannot_show_one_page_and_hide_the_rest(how, piece):
         "padded-dictionary": with_decoy(pdf(900, packed=True)).replace(
             b"/Type /ObjStm ", b"/Type /ObjStm /Pad [" + b"0 " * CARRY + b"] "
         ),
+        # review 35: a 'stream' keyword in the object stream's dictionary (before its /Filter) taken for its
+        # start, or an 'endstream' in its compressed bytes taken for its end (a reader goes by /Length)
+        "stream-keyword-in-a-comment": with_decoy(pdf(900, packed=True)).replace(
+            b"/Type /ObjStm ", b"/Type /ObjStm %stream\n"
+        ),
+        "stream-keyword-in-a-string": with_decoy(pdf(900, packed=True)).replace(
+            b"/Type /ObjStm ", b"/Type /ObjStm /S (stream\n) "
+        ),
+        "endstream-in-the-compressed-bytes": with_decoy(endstream_inside(900)),
     }[how]
     whole = pdf_pages(data)
     assert whole >= 900
     assert counted(data, piece).pages() >= 900
+
+
+def endstream_inside(pages: int) -> bytes:
+    """A PDF of ``pages`` whose object stream's compressed bytes hold ``endstream`` (a stored block with
+    its first object, a string, ahead of the compressed rest: the page tree and pages)."""
+    objects = [b"(endstream)", f"<< /Type /Pages /Count {pages} >>".encode()]
+    objects += [b"<< /Type /Page /Parent 3 0 R >>"] * pages
+    offsets, body = [], b""
+    for number, obj in enumerate(objects, start=2):
+        offsets.append(f"{number} {len(body)}")
+        body += obj + b"\n"
+    head = " ".join(offsets).encode() + b"\n"
+    stored = head + objects[0]
+    rest = zlib.compressobj(9, zlib.DEFLATED, -15)
+    raw = rest.compress((head + body)[len(stored) :]) + rest.flush()
+    block = b"\x00" + struct.pack("<HH", len(stored), 0xFFFF ^ len(stored)) + stored  # not the last block
+    stream = b"\x78\x9c" + block + raw + struct.pack(">I", zlib.adler32(head + body))
+    assert zlib.decompress(stream) == head + body
+    sizes = f"/N {len(objects)} /First {len(head)} /Length {len(stream)}"
+    dictionary = f"<< /Type /ObjStm {sizes} /Filter /FlateDecode >>".encode()
+    out = b"%PDF-1.5\n1 0 obj\n<< /Type /Catalog /Pages 3 0 R >>\nendobj\n"
+    out += f"{len(objects) + 2} 0 obj\n".encode() + dictionary + b"\nstream\n" + stream + b"\nendstream\nendobj\n"
+    return out + b"trailer\n<< /Root 1 0 R >>\n%%EOF\n"
 
 
 def packed_with(objects: bytes) -> bytes:
