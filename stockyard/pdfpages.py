@@ -279,6 +279,10 @@ class PageCounter:
     inflated: int = 0  # bytes inflated so far (at most INFLATE_MAX for a PDF)
     seen: int = 0  # bytes at the carry's start whose marks were counted already
     judged: int = 0  # the file offset past the last stream keyword whose dictionary was read (once each)
+    # the last object stream did not inflate and showed no filter: its keyword may have been in a string of
+    # its dictionary (``(stream\nendstream)``), whose rest, filter and all, is the next stream's: that one
+    # is judged an object stream too
+    typed: bool = False
     carry: bytes = b""
 
     def feed(
@@ -328,6 +332,8 @@ class PageCounter:
         base = self.at - len(buf)  # the file offset of buf[0]
         for since, keyword, start, end in _streams(buf):
             window = _object_stream(buf[since:keyword])  # its dictionary: since the last stream's end, all held of it
+            if window is None and self.typed:  # the rest of a dictionary a false keyword cut: judged as it
+                window = _unescaped(buf[since:keyword])
             if window is None and self._cut_off(buf, base, since, keyword):
                 self.unread = True
                 continue
@@ -350,8 +356,11 @@ class PageCounter:
             if budget is not None:
                 budget.left -= allowed - inflation.left
             if out is None:  # not Flate (a plain one's marks are counted with the file's), or too large
-                self.unread = self.unread or inflation.left <= 0 or _not_plain(window, buf[start:end])
+                plain = not _not_plain(window, buf[start:end])
+                self.unread = self.unread or inflation.left <= 0 or not plain
+                self.typed = plain
                 continue
+            self.typed = False
             out = _unescaped(out)
             self.packed += len(_PAGE.findall(out))
             self.packed_count = max([self.packed_count, *(int(count) for count in _COUNT.findall(out))])

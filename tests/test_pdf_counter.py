@@ -110,6 +110,8 @@ def test_many_stream_marks_before_one_end_are_read_in_one_pass():
         "stream-keyword-in-a-comment",
         "stream-keyword-in-a-string",
         "endstream-in-the-compressed-bytes",
+        "stream-and-endstream-in-a-string",
+        "stream-in-a-comment-endstream-in-a-string",
     ],
 )
 def test_an_uploaded_pdf_cannot_show_one_page_and_hide_the_rest(how, piece):
@@ -143,6 +145,13 @@ def test_an_uploaded_pdf_cannot_show_one_page_and_hide_the_rest(how, piece):
             b"/Type /ObjStm ", b"/Type /ObjStm /S (stream\n) "
         ),
         "endstream-in-the-compressed-bytes": with_decoy(endstream_inside(900)),
+        # a false stream that ends before the dictionary does: the real one's keyword follows no /ObjStm
+        "stream-and-endstream-in-a-string": with_decoy(pdf(900, packed=True)).replace(
+            b"/Type /ObjStm ", b"/Type /ObjStm /S (stream\nendstream 1 0 obj) "
+        ),
+        "stream-in-a-comment-endstream-in-a-string": with_decoy(pdf(900, packed=True)).replace(
+            b"/Type /ObjStm ", b"/Type /ObjStm %stream\n/S (endstream)\n"
+        ),
     }[how]
     whole = pdf_pages(data)
     assert whole >= 900
@@ -204,6 +213,11 @@ def _test_pdfs() -> dict[str, bytes]:
         + b"<< /Type /Page >>\n" * 7
         + b"endstream\n%%EOF\n",
         "object-stream-never-ending": (packed := pdf(50, packed=True))[: packed.index(b"\nendstream")],
+        "endstream-in-the-compressed-bytes": endstream_inside(70),
+        "stream-and-endstream-in-a-string": with_decoy(pdf(80, packed=True)).replace(
+            b"/Type /ObjStm ", b"/Type /ObjStm /S (stream\nendstream 1 0 obj) "
+        ),
+        "stream-keyword-in-a-comment": pdf(80, packed=True).replace(b"/Type /ObjStm ", b"/Type /ObjStm %stream\n"),
     }
 
 
