@@ -348,6 +348,9 @@ class PageCounter:
                     break
                 return head
             self.streams.append(base + keyword)
+            if b"/Predictor" in window:  # inflated, its bytes are a predictor's differences, not its objects
+                self.unread = True
+                continue
             allowed = INFLATE_MAX - self.inflated
             allowed = allowed if budget is None else min(allowed, budget.left)
             inflation = Inflation(allowed)

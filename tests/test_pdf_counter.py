@@ -112,6 +112,7 @@ def test_many_stream_marks_before_one_end_are_read_in_one_pass():
         "endstream-in-the-compressed-bytes",
         "stream-and-endstream-in-a-string",
         "stream-in-a-comment-endstream-in-a-string",
+        "a-predictor-on-the-object-stream",
     ],
 )
 def test_an_uploaded_pdf_cannot_show_one_page_and_hide_the_rest(how, piece):
@@ -152,6 +153,8 @@ def test_an_uploaded_pdf_cannot_show_one_page_and_hide_the_rest(how, piece):
         "stream-in-a-comment-endstream-in-a-string": with_decoy(pdf(900, packed=True)).replace(
             b"/Type /ObjStm ", b"/Type /ObjStm %stream\n/S (endstream)\n"
         ),
+        # a reader undoes the PNG predictor its /DecodeParms name after inflating: the marks are differences
+        "a-predictor-on-the-object-stream": with_decoy(predicted(900)),
     }[how]
     whole = pdf_pages(data)
     assert whole >= 900
@@ -177,6 +180,30 @@ def endstream_inside(pages: int) -> bytes:
     sizes = f"/N {len(objects)} /First {len(head)} /Length {len(stream)}"
     dictionary = f"<< /Type /ObjStm {sizes} /Filter /FlateDecode >>".encode()
     out = b"%PDF-1.5\n1 0 obj\n<< /Type /Catalog /Pages 3 0 R >>\nendobj\n"
+    out += f"{len(objects) + 2} 0 obj\n".encode() + dictionary + b"\nstream\n" + stream + b"\nendstream\nendobj\n"
+    return out + b"trailer\n<< /Root 1 0 R >>\n%%EOF\n"
+
+
+def predicted(pages: int, columns: int = 16) -> bytes:
+    """A PDF of ``pages`` whose object stream is compressed after a PNG 'Up' predictor (each byte less
+    the one a row above it), as its ``/DecodeParms`` say: inflated alone, it shows no mark."""
+    objects = [f"<< /Type /Pages /Count {pages} >>".encode()] + [b"<< /Type /Page /Parent 2 0 R >>"] * pages
+    offsets, body = [], b""
+    for number, obj in enumerate(objects, start=2):
+        offsets.append(f"{number} {len(body)}")
+        body += obj + b"\n"
+    head = " ".join(offsets).encode() + b"\n"
+    plain = head + body + b" " * (-len(head + body) % columns)
+    rows = [plain[at : at + columns] for at in range(0, len(plain), columns)]
+    above, rows_up = bytes(columns), []
+    for row in rows:
+        rows_up.append(b"\x02" + bytes((a - b) & 0xFF for a, b in zip(row, above)))
+        above = row
+    stream = zlib.compress(b"".join(rows_up))
+    parms = f"/DecodeParms << /Predictor 12 /Columns {columns} >>"
+    sizes = f"/N {len(objects)} /First {len(head)} /Length {len(stream)}"
+    dictionary = f"<< /Type /ObjStm {sizes} /Filter /FlateDecode {parms} >>".encode()
+    out = b"%PDF-1.5\n1 0 obj\n<< /Type /Catalog /Pages 2 0 R >>\nendobj\n"
     out += f"{len(objects) + 2} 0 obj\n".encode() + dictionary + b"\nstream\n" + stream + b"\nendstream\nendobj\n"
     return out + b"trailer\n<< /Root 1 0 R >>\n%%EOF\n"
 
