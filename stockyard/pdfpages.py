@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import bisect
 import dataclasses
 import json
 import logging
@@ -51,6 +52,7 @@ _PAGE = re.compile(rb"/Type" + _WS + rb"/Page(?![A-Za-z])")
 _COUNT = re.compile(rb"/Count" + _WS + rb"(\d{1,7})(?![\d.])(?!" + _WS + rb"\d+" + _WS + rb"R)")
 _INDIRECT_COUNT = re.compile(rb"/Count" + _WS + rb"\d+" + _WS + rb"\d+" + _WS + rb"R")
 _STREAM = re.compile(rb"(?<!end)stream\r?\n")  # a stream's start, not an endstream before a line end
+_PDF_SPACE = b"\x00\t\n\x0c\r "  # PDF's white-space characters
 _NAME_ESCAPE = re.compile(rb"#([0-9A-Fa-f]{2})")  # a name's character by its hex code: /P#61ge is /Page
 INFLATE_MAX = 32 << 20  # bytes of compressed object streams inflated for one request's PDFs (one upload's), at most
 _ASCII_ESCAPE = re.compile(rb"\\u00([0-7][0-9A-Fa-f])")  # a JSON escape of an ASCII character
@@ -92,6 +94,8 @@ def _inflate(stream: bytes, inflation: Inflation) -> bytes | None:
     inflation.left -= len(inflated)
     if inflater.unconsumed_tail or inflation.left <= 0:
         return None
+    if not inflater.eof or inflater.unused_data.strip(_PDF_SPACE):
+        return None  # cut short by an 'endstream' in its bytes, or bytes after its end: not what a reader inflates
     return inflated
 
 
@@ -107,6 +111,20 @@ def _streams(data: bytes) -> Iterator[tuple[int, int, int, int]]:
         if end < 0:
             return
         at = end + len(b"endstream")
+
+
+def _not_plain(window: bytes, stream: bytes) -> bool:
+    """Whether an object stream that did not inflate may hold marks its plain bytes do not show: it has
+    a filter, or a ``stream`` keyword in its bytes (the one before was in a comment or string of its
+    dictionary, whose filter is then among its bytes)."""
+    return b"/Filter" in window or _STREAM.search(stream) is not None
+
+
+def _holds(offsets: list[int], offset: int) -> bool:
+    """Whether the sorted ``offsets`` hold ``offset``: a look-up in a list was quadratic over many
+    streams (200,000 object streams in 8 MB took minutes)."""
+    at = bisect.bisect_left(offsets, offset)
+    return at < len(offsets) and offsets[at] == offset
 
 
 def _object_stream(before: bytes) -> bytes | None:
@@ -269,6 +287,10 @@ class PageCounter:
     inflated: int = 0  # bytes inflated so far (at most INFLATE_MAX for a PDF)
     seen: int = 0  # bytes at the carry's start whose marks were counted already
     judged: int = 0  # the file offset past the last stream keyword whose dictionary was read (once each)
+    # the last object stream did not inflate and showed no filter: its keyword may have been in a string of
+    # its dictionary (``(stream\nendstream)``), whose rest, filter and all, is the next stream's: that one
+    # is judged an object stream too
+    typed: bool = False
     carry: bytes = b""
 
     def feed(
@@ -293,6 +315,8 @@ class PageCounter:
         self._count_marks(buf, cut)
         keep = min(cut, self._read_object_streams(buf, final, inflation))
         self.carry, self.seen = (b"", 0) if final else (buf[keep:], cut - keep)
+        kept = self.at - len(self.carry)  # a stream before the carry is never read again
+        del self.streams[: bisect.bisect_left(self.streams, kept)]
         if final:
             self.state = "done"
 
@@ -318,11 +342,13 @@ class PageCounter:
         base = self.at - len(buf)  # the file offset of buf[0]
         for since, keyword, start, end in _streams(buf):
             window = _object_stream(buf[since:keyword])  # its dictionary: since the last stream's end, all held of it
+            if window is None and self.typed:  # the rest of a dictionary a false keyword cut: judged as it
+                window = _unescaped(buf[since:keyword])
             if window is None and self._cut_off(buf, base, since, keyword):
                 self.unread = True
                 continue
             self.judged = max(self.judged, base + keyword + 1)
-            if window is None or base + keyword in self.streams:
+            if window is None or _holds(self.streams, base + keyword):
                 continue
             if end < 0:
                 near = max(since, keyword - CARRY)  # carried from its type's mark, when that is near
@@ -331,7 +357,10 @@ class PageCounter:
                     self.unread = True
                     break
                 return head
-            self.streams.append(base + keyword)
+            bisect.insort(self.streams, base + keyword)
+            if b"/Predictor" in window:  # inflated, its bytes are a predictor's differences, not its objects
+                self.unread = True
+                continue
             allowed = INFLATE_MAX - self.inflated
             allowed = allowed if budget is None else min(allowed, budget.left)
             inflation = Inflation(allowed)
@@ -340,8 +369,11 @@ class PageCounter:
             if budget is not None:
                 budget.left -= allowed - inflation.left
             if out is None:  # not Flate (a plain one's marks are counted with the file's), or too large
-                self.unread = self.unread or inflation.left <= 0 or b"/Filter" in window
+                plain = not _not_plain(window, buf[start:end])
+                self.unread = self.unread or inflation.left <= 0 or not plain
+                self.typed = plain
                 continue
+            self.typed = False
             out = _unescaped(out)
             self.packed += len(_PAGE.findall(out))
             self.packed_count = max([self.packed_count, *(int(count) for count in _COUNT.findall(out))])

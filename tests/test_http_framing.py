@@ -6,6 +6,7 @@ answers to HEAD carry no body."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from conftest import ServerProcess, mock_env
@@ -318,3 +319,22 @@ def test_head_on_a_post_only_route_is_a_405_naming_post(server):
     head, rest = head_then_get(server, "/v1/chat/completions")
     assert head.startswith(b"HTTP/1.1 405") and fields(head)["allow"] == "POST"
     assert rest.startswith(b"HTTP/1.1 405"), rest[:200]  # the 405 to HEAD carried no body either
+
+
+@pytest.mark.parametrize("framing", ["Content-Length: 300000", "Transfer-Encoding: chunked"])
+def test_an_upload_that_stops_arriving_is_a_408_and_leaves_no_spool(server, framing):
+    """Review 35: a multipart upload (spooled to disk as it arrives) that stops half way: a 408 in
+    OpenAI's shape, the connection closed, no traceback, and no spool file left in ``uploads/``."""
+    before = server.log.count("Traceback")
+    part = b'--b\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nuser_data\r\n'
+    part += b'--b\r\nContent-Disposition: form-data; name="file"; filename="a.pdf"\r\n'
+    part += b"Content-Type: application/pdf\r\n\r\n%PDF-1.5\n" + b"x" * 200_000
+    body = part if framing.startswith("Content-Length") else b"%x\r\n" % len(part) + part + b"\r\n"
+    head = ["POST /v1/files HTTP/1.1", "Host: 127.0.0.1", "Content-Type: multipart/form-data; boundary=b", framing]
+    with connect(server) as sock:
+        sock.sendall(("\r\n".join(head) + "\r\n\r\n").encode() + body)
+        data = read_until_close(sock, timeout=10)
+    assert_refused(data, 408)
+    assert server.log.count("Traceback") == before
+    uploads = Path(server.db).parent / "uploads"
+    assert not uploads.exists() or not any(uploads.iterdir()), list(uploads.iterdir())

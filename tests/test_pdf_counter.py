@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import os
+import struct
 import time
 import zlib
 
@@ -106,6 +107,12 @@ def test_many_stream_marks_before_one_end_are_read_in_one_pass():
         "count-by-reference",
         "obj-after-the-type",
         "padded-dictionary",
+        "stream-keyword-in-a-comment",
+        "stream-keyword-in-a-string",
+        "endstream-in-the-compressed-bytes",
+        "stream-and-endstream-in-a-string",
+        "stream-in-a-comment-endstream-in-a-string",
+        "a-predictor-on-the-object-stream",
     ],
 )
 def test_an_uploaded_pdf_cannot_show_one_page_and_hide_the_rest(how, piece):
@@ -130,10 +137,75 @@ def test_an_uploaded_pdf_cannot_show_one_page_and_hide_the_rest(how, piece):
         "padded-dictionary": with_decoy(pdf(900, packed=True)).replace(
             b"/Type /ObjStm ", b"/Type /ObjStm /Pad [" + b"0 " * CARRY + b"] "
         ),
+        # review 35: a 'stream' keyword in the object stream's dictionary (before its /Filter) taken for its
+        # start, or an 'endstream' in its compressed bytes taken for its end (a reader goes by /Length)
+        "stream-keyword-in-a-comment": with_decoy(pdf(900, packed=True)).replace(
+            b"/Type /ObjStm ", b"/Type /ObjStm %stream\n"
+        ),
+        "stream-keyword-in-a-string": with_decoy(pdf(900, packed=True)).replace(
+            b"/Type /ObjStm ", b"/Type /ObjStm /S (stream\n) "
+        ),
+        "endstream-in-the-compressed-bytes": with_decoy(endstream_inside(900)),
+        # a false stream that ends before the dictionary does: the real one's keyword follows no /ObjStm
+        "stream-and-endstream-in-a-string": with_decoy(pdf(900, packed=True)).replace(
+            b"/Type /ObjStm ", b"/Type /ObjStm /S (stream\nendstream 1 0 obj) "
+        ),
+        "stream-in-a-comment-endstream-in-a-string": with_decoy(pdf(900, packed=True)).replace(
+            b"/Type /ObjStm ", b"/Type /ObjStm %stream\n/S (endstream)\n"
+        ),
+        # a reader undoes the PNG predictor its /DecodeParms name after inflating: the marks are differences
+        "a-predictor-on-the-object-stream": with_decoy(predicted(900)),
     }[how]
     whole = pdf_pages(data)
     assert whole >= 900
     assert counted(data, piece).pages() >= 900
+
+
+def endstream_inside(pages: int) -> bytes:
+    """A PDF of ``pages`` whose object stream's compressed bytes hold ``endstream`` (a stored block with
+    its first object, a string, ahead of the compressed rest: the page tree and pages)."""
+    objects = [b"(endstream)", f"<< /Type /Pages /Count {pages} >>".encode()]
+    objects += [b"<< /Type /Page /Parent 3 0 R >>"] * pages
+    offsets, body = [], b""
+    for number, obj in enumerate(objects, start=2):
+        offsets.append(f"{number} {len(body)}")
+        body += obj + b"\n"
+    head = " ".join(offsets).encode() + b"\n"
+    stored = head + objects[0]
+    rest = zlib.compressobj(9, zlib.DEFLATED, -15)
+    raw = rest.compress((head + body)[len(stored) :]) + rest.flush()
+    block = b"\x00" + struct.pack("<HH", len(stored), 0xFFFF ^ len(stored)) + stored  # not the last block
+    stream = b"\x78\x9c" + block + raw + struct.pack(">I", zlib.adler32(head + body))
+    assert zlib.decompress(stream) == head + body
+    sizes = f"/N {len(objects)} /First {len(head)} /Length {len(stream)}"
+    dictionary = f"<< /Type /ObjStm {sizes} /Filter /FlateDecode >>".encode()
+    out = b"%PDF-1.5\n1 0 obj\n<< /Type /Catalog /Pages 3 0 R >>\nendobj\n"
+    out += f"{len(objects) + 2} 0 obj\n".encode() + dictionary + b"\nstream\n" + stream + b"\nendstream\nendobj\n"
+    return out + b"trailer\n<< /Root 1 0 R >>\n%%EOF\n"
+
+
+def predicted(pages: int, columns: int = 16) -> bytes:
+    """A PDF of ``pages`` whose object stream is compressed after a PNG 'Up' predictor (each byte less
+    the one a row above it), as its ``/DecodeParms`` say: inflated alone, it shows no mark."""
+    objects = [f"<< /Type /Pages /Count {pages} >>".encode()] + [b"<< /Type /Page /Parent 2 0 R >>"] * pages
+    offsets, body = [], b""
+    for number, obj in enumerate(objects, start=2):
+        offsets.append(f"{number} {len(body)}")
+        body += obj + b"\n"
+    head = " ".join(offsets).encode() + b"\n"
+    plain = head + body + b" " * (-len(head + body) % columns)
+    rows = [plain[at : at + columns] for at in range(0, len(plain), columns)]
+    above, rows_up = bytes(columns), []
+    for row in rows:
+        rows_up.append(b"\x02" + bytes((a - b) & 0xFF for a, b in zip(row, above)))
+        above = row
+    stream = zlib.compress(b"".join(rows_up))
+    parms = f"/DecodeParms << /Predictor 12 /Columns {columns} >>"
+    sizes = f"/N {len(objects)} /First {len(head)} /Length {len(stream)}"
+    dictionary = f"<< /Type /ObjStm {sizes} /Filter /FlateDecode {parms} >>".encode()
+    out = b"%PDF-1.5\n1 0 obj\n<< /Type /Catalog /Pages 2 0 R >>\nendobj\n"
+    out += f"{len(objects) + 2} 0 obj\n".encode() + dictionary + b"\nstream\n" + stream + b"\nendstream\nendobj\n"
+    return out + b"trailer\n<< /Root 1 0 R >>\n%%EOF\n"
 
 
 def packed_with(objects: bytes) -> bytes:
@@ -168,6 +240,11 @@ def _test_pdfs() -> dict[str, bytes]:
         + b"<< /Type /Page >>\n" * 7
         + b"endstream\n%%EOF\n",
         "object-stream-never-ending": (packed := pdf(50, packed=True))[: packed.index(b"\nendstream")],
+        "endstream-in-the-compressed-bytes": endstream_inside(70),
+        "stream-and-endstream-in-a-string": with_decoy(pdf(80, packed=True)).replace(
+            b"/Type /ObjStm ", b"/Type /ObjStm /S (stream\nendstream 1 0 obj) "
+        ),
+        "stream-keyword-in-a-comment": pdf(80, packed=True).replace(b"/Type /ObjStm ", b"/Type /ObjStm %stream\n"),
     }
 
 
@@ -204,3 +281,15 @@ def test_one_requests_pdfs_share_one_inflation_budget():
     assert pdf_pages(data, budget) == MAX_PDF_PAGES
     assert pdf_pages(data, Inflation(inflated)) == MAX_PDF_PAGES  # all of it spent: the stream may be larger
     assert pdf_pages(data) == 300
+
+
+def test_many_object_streams_are_read_in_linear_time():
+    """Review 35: 60,000 empty object streams (2.7 MB), whole and in 64 KB pieces: each stream's offset
+    was looked for in a list of the ones read (50,000 took 15 s, 200,000 minutes: an inline PDF's CPU);
+    and the state kept between an upload's chunks keeps only the offsets its carry may read again."""
+    data = b"%PDF-1.5\n" + b"1 0 obj << /Type /ObjStm >> stream\nendstream\n" * 60_000
+    started = time.monotonic()
+    assert pdf_pages(data) == MAX_PDF_PAGES
+    counter = counted(data, 65536, kept=True)
+    assert counter.pages() == MAX_PDF_PAGES
+    assert time.monotonic() - started < 4

@@ -61,7 +61,14 @@ def copy_beside(dest: Path, kind: str) -> Path:
     ``.<dest name>.<kind>-<pid>-<thread>``, once the copies of processes that are gone are removed
     (:func:`remove_orphaned_copies`, which reads the pid back from this name)."""
     remove_orphaned_copies(dest, kind)
-    return dest.with_name(f".{dest.name}.{kind}-{os.getpid()}-{threading.get_ident()}")
+    made = dest.with_name(f".{dest.name}.{kind}-{os.getpid()}-{threading.get_ident()}")
+    _MADE.add(str(made.resolve()))
+    return made
+
+
+# The copy names this process handed out: one of its pid that is not among them was a former process's
+# with the same pid (a container's server is pid 1 at every start).
+_MADE: set[str] = set()
 
 
 def remove_orphaned_copies(dest: Path, kind: str) -> None:
@@ -72,8 +79,15 @@ def remove_orphaned_copies(dest: Path, kind: str) -> None:
     for start in (prefix, "." + prefix):  # and a copy of a copy (an older restore's ``..NAME.restore-…``)
         for leftover in dest.parent.glob(f"{glob.escape(start)}*"):
             pid = leftover.name[len(start) :].split("-", 1)[0]
-            if pid.isdigit() and not process_alive(int(pid)):
+            if pid.isdigit() and (not process_alive(int(pid)) or _former(int(pid), leftover)):
                 leftover.unlink(missing_ok=True)
+
+
+def _former(pid: int, leftover: Path) -> bool:
+    """Whether a copy named with this process's ``pid`` (or its -wal, -shm, -journal) was left by a
+    former process that had that pid: none of this one's names begins it."""
+    name = str(leftover.resolve())
+    return pid == os.getpid() and not any(name.startswith(made) for made in _MADE)
 
 
 def private_temp_folder(kind: str) -> tempfile.TemporaryDirectory:
