@@ -61,7 +61,7 @@ class _Before(SharedLedger):
 
     def _settle(self, job: Any) -> None:
         conn = self._conn()
-        for budget, key, amount, _ in job.parts:
+        for budget, key, amount, *_ in job.parts:
             args = (budget.scope, key, amount, key, self.replica, amount, job.actual_uc, budget.scope, key)
             conn.execute(_SETTLE_BEFORE, args).fetchone()
             job.settled[budget.scope] = key

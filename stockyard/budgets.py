@@ -161,6 +161,8 @@ class Hold:
     """One request's reservation: (budget, period key, amount) for every budget it touched."""
 
     parts: list[tuple[Budget, str, int]] = field(default_factory=list)
+    # PostgreSQL's shared ledger: the generation of the lease each part was reserved in (SharedLedger)
+    leases: dict[tuple[str, str], int] = field(default_factory=dict)
 
 
 LOWER_HINT = "lower max_tokens or n, or raise the budget"  # what a refused client can do to hold less

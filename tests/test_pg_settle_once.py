@@ -255,12 +255,12 @@ def test_a_retry_racing_its_own_step_still_in_flight_waits_for_it_and_changes_no
     try:
         hold = ledger.reserve([budget], 500, TS)
         ((_, key, amount),) = hold.parts
-        step = step_id()
+        step, lease = step_id(), hold.leases[(budget.scope, key)]
         first.execute("BEGIN ISOLATION LEVEL READ COMMITTED")
-        assert ledger._settle_one(first, budget, key, amount, 123, step) is not None  # applied, not committed
+        assert ledger._settle_one(first, budget, key, amount, 123, step, lease) is not None  # applied, not committed
         retry: list = []
         racing = threading.Thread(
-            target=lambda: retry.append(ledger._settle_one(second, budget, key, amount, 123, step))
+            target=lambda: retry.append(ledger._settle_one(second, budget, key, amount, 123, step, lease))
         )
         racing.start()
         wait_for(

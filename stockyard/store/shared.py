@@ -65,18 +65,20 @@ _RESERVE = f"""/* reserve */ WITH held AS (
     UPDATE budget_ledger SET reserved_uc = reserved_uc + ?
     WHERE scope = ? AND period_key = ? AND spent_uc + reserved_uc + ? <= ?
     RETURNING scope, period_key)
-INSERT INTO budget_leases (scope, period_key, replica, reserved_uc, expires_ms)
-SELECT scope, period_key, ?, ?, {_NOW_MS} + ? FROM held
+INSERT INTO budget_leases (scope, period_key, replica, reserved_uc, expires_ms, generation)
+SELECT scope, period_key, ?, ?, {_NOW_MS} + ?, ? FROM held
 ON CONFLICT (scope, period_key, replica) DO UPDATE
 SET reserved_uc = budget_leases.reserved_uc + excluded.reserved_uc, expires_ms = excluded.expires_ms
-RETURNING reserved_uc"""
+RETURNING generation"""
 
 # The hold leaves the ledger only if this replica's lease still had it (a lease given back
-# as expired already took it out). The ledger row is locked first, as _RESERVE does: two
-# statements that lock the same two rows in opposite orders deadlock under load. The step's id
-# goes into budget_settled next, and nothing changes when it was there already (a retry of a
-# step that committed); the id is contended only by a retry of its own step, which holds nothing
-# else while it waits. No ledger row, no id (and no change).
+# as expired already took it out): the lease it was reserved in, by its generation (a lease given
+# back and made again by a later reservation is another; its hold is not this one's to free).
+# The ledger row is locked first, as _RESERVE does: two statements that lock the same two rows
+# in opposite orders deadlock under load. The step's id goes into budget_settled next, and nothing
+# changes when it was there already (a retry of a step that committed); the id is contended only
+# by a retry of its own step, which holds nothing else while it waits. No ledger row, no id (and
+# no change).
 _SETTLE = """/* settle */ WITH ledger AS MATERIALIZED (
     SELECT scope FROM budget_ledger WHERE scope = ? AND period_key = ? FOR UPDATE),
 step AS (
@@ -84,7 +86,8 @@ step AS (
     ON CONFLICT (id) DO NOTHING RETURNING id),
 freed AS (
     UPDATE budget_leases SET reserved_uc = reserved_uc - ?
-    WHERE scope = (SELECT scope FROM ledger) AND period_key = ? AND replica = ? AND EXISTS (SELECT 1 FROM step)
+    WHERE scope = (SELECT scope FROM ledger) AND period_key = ? AND replica = ? AND generation = ?
+    AND EXISTS (SELECT 1 FROM step)
     RETURNING reserved_uc)
 UPDATE budget_ledger
 SET reserved_uc = reserved_uc - (SELECT CASE WHEN count(*) > 0 THEN ? ELSE 0 END FROM freed), spent_uc = spent_uc + ?
@@ -209,10 +212,12 @@ class SharedLedger(Ledger):
         lease_ms = int(self.lease_s * 1000)
         hold = Hold()
         for budget, key in keyed:
-            if self._hold(conn, budget, key, amount, lease_ms) or (
-                self._lost(conn, budget, key, ts_ms) and self._hold(conn, budget, key, amount, lease_ms)
-            ):
+            lease = self._hold(conn, budget, key, amount, lease_ms)
+            if lease is None and self._lost(conn, budget, key, ts_ms):
+                lease = self._hold(conn, budget, key, amount, lease_ms)
+            if lease is not None:
                 hold.parts.append((budget, key, amount))
+                hold.leases[(budget.scope, key)] = lease
                 continue
             self._give_back(conn, hold)
             spent, reserved = self._row(conn, budget.scope, key)
@@ -244,23 +249,26 @@ class SharedLedger(Ledger):
         log.warning("budget ledger: the row of %s for %s was gone from the database; made again", budget.scope, key)
         return True
 
-    def _hold(self, conn: sqlite3.Connection, budget: Budget, key: str, amount: int, lease_ms: int) -> bool:
-        """Reserve ``amount`` in one budget's row if it fits, and record it in this replica's lease."""
-        args = (amount, budget.scope, key, amount, budget.limit_uc, self.replica, amount, lease_ms)
-        return conn.execute(_RESERVE, args).fetchone() is not None
+    def _hold(self, conn: sqlite3.Connection, budget: Budget, key: str, amount: int, lease_ms: int) -> int | None:
+        """Reserve ``amount`` in one budget's row if it fits, and record it in this replica's lease: the
+        lease's generation (a new lease gets a new one), or None when it does not fit."""
+        generation = int.from_bytes(os.urandom(7), "big")
+        args = (amount, budget.scope, key, amount, budget.limit_uc, self.replica, amount, lease_ms, generation)
+        row = conn.execute(_RESERVE, args).fetchone()
+        return None if row is None else int(row[0])
 
     def _settle_one(
-        self, conn: sqlite3.Connection, budget: Budget, key: str, amount: int, actual_uc: int, step: str
+        self, conn: sqlite3.Connection, budget: Budget, key: str, amount: int, actual_uc: int, step: str, lease: int
     ) -> Any:
-        """Take a hold out of this replica's lease and the row (unless an expiry already gave it
-        back) and add the real cost, unless step ``step`` did already; the row's spend after, or
-        None when nothing changed (no row, or the step was applied before)."""
-        args = (budget.scope, key, step, amount, key, self.replica, amount, actual_uc, budget.scope, key)
+        """Take a hold out of this replica's lease ``lease`` (its generation) and the row (unless an
+        expiry already gave it back) and add the real cost, unless step ``step`` did already; the row's
+        spend after, or None when nothing changed (no row, or the step was applied before)."""
+        args = (budget.scope, key, step, amount, key, self.replica, lease, amount, actual_uc, budget.scope, key)
         return conn.execute(_SETTLE, args).fetchone()
 
     def _give_back(self, conn: sqlite3.Connection, hold: Hold) -> None:
         for budget, key, amount in hold.parts:
-            self._settle_one(conn, budget, key, amount, 0, step_id())
+            self._settle_one(conn, budget, key, amount, 0, step_id(), hold.leases.get((budget.scope, key), 0))
 
     def settle(
         self, hold: Hold | None, actual_uc: int, scopes: Iterable[str], ts_ms: int, trace_id: str | None = None
@@ -301,8 +309,8 @@ class SharedLedger(Ledger):
         transaction's otherwise), taking each step off it once it ran: the thresholds crossed."""
         crossed: list[tuple[Budget, str, int, int]] = []
         while job.parts:
-            budget, key, amount, step = job.parts[0]
-            row = self._settle_one(conn, budget, key, amount, job.actual_uc, step)
+            budget, key, amount, step, lease = job.parts[0]
+            row = self._settle_one(conn, budget, key, amount, job.actual_uc, step, lease)
             job.parts.pop(0)
             job.settled[budget.scope] = key
             # Nothing changed: no row, or the step was applied before and its answer lost (a
@@ -408,7 +416,11 @@ class SharedLedger(Ledger):
 
 def _settlement(hold: Hold | None, actual_uc: int, scopes: Iterable[str], ts_ms: int) -> "_Settlement":
     """A settlement's steps, each with an id of its own."""
-    parts = [(budget, key, amount, step_id()) for budget, key, amount in hold.parts] if hold else []
+    parts = (
+        [(b, key, amount, step_id(), hold.leases.get((b.scope, key), 0)) for b, key, amount in hold.parts]
+        if hold
+        else []
+    )
     return _Settlement(parts, actual_uc, [(scope, step_id()) for scope in scopes], ts_ms)
 
 
@@ -417,7 +429,7 @@ class _Settlement:
     """A settlement's steps still to apply, each with its id: the holds to turn into spend, then
     the spend on the scopes' other current periods (each a statement of its own)."""
 
-    parts: list[tuple[Budget, str, int, str]]  # budget, period key, amount held, step id
+    parts: list[tuple[Budget, str, int, str, int]]  # budget, period key, amount held, step id, lease generation
     actual_uc: int
     scopes: list[tuple[str, str]]  # scope, step id
     ts_ms: int
@@ -427,7 +439,7 @@ class _Settlement:
     def rows(self) -> set[tuple[str, str]]:
         """The (scope, period key) rows it may change: its holds' and its scopes' current periods."""
         current = [period_key(p, self.ts_ms) for p in PERIODS]
-        return {(b.scope, key) for b, key, _, _ in self.parts} | {(s, key) for s, _ in self.scopes for key in current}
+        return {(b.scope, key) for b, key, *_ in self.parts} | {(s, key) for s, _ in self.scopes for key in current}
 
 
 @dataclass
