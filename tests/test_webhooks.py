@@ -189,8 +189,10 @@ def test_an_end_users_budget_warns_and_is_exhausted_naming_the_user(server, rece
         put_module(server, "userlimits", {}, enabled=False)
 
     def carols(kind: str) -> list:
-        receiver.wait(kind, 2)  # the key budget's event (the test before) and carol's
-        return [e for e in receiver.events(kind) if e[2]["data"].get("user") == "carol"]
+        """Carol's events of ``kind``, once one came (the keys' budgets of the tests before tell theirs too)."""
+        return wait_for(
+            lambda: [e for e in receiver.events(kind) if e[2]["data"].get("user") == "carol"], what=f"carol's {kind}"
+        )
 
     [(headers, raw, warning)] = carols("budget.warning")
     assert_signed(hook, headers, raw)
