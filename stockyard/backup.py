@@ -465,23 +465,32 @@ def restore(
         refuse_live_source(source)
         tmp = files.copy_beside(db_path, "restore")  # (those of a restore killed half way removed)
         try:
-            try:
-                copy_in(source, tmp)
-            except OSError as exc:
-                raise not_written(tmp, exc) from None
-            info, warning = _check_copy(tmp, source, secret)
-            try:
-                schema_to = _prepare(source, tmp, info, actor=actor, secret=secret)
-            except (OSError, sqlite3.Error) as exc:
-                raise not_written(tmp, exc) from None
-            keys = check_keys(tmp, source, secret, accept_broken=accept_broken_keys)
+            info, schema_to, warnings = _ready_copy(source, tmp, actor, secret, accept_broken_keys)
             previous = _set_aside(db_path)
             db.replace_file(tmp, db_path)
             _prune_set_aside(db_path, keep_previous)
         finally:
             for leftover in (tmp, tmp.with_name(tmp.name + "-wal"), tmp.with_name(tmp.name + "-shm")):
                 leftover.unlink(missing_ok=True)
-    return Restored(info, info.schema_version, schema_to, previous, tuple(w for w in (warning, keys) if w))
+    return Restored(info, info.schema_version, schema_to, previous, warnings)
+
+
+def _ready_copy(
+    source: Path, tmp: Path, actor: str, secret: str | None, accept_broken_keys: bool
+) -> tuple[Inspection, int, tuple[str, ...]]:
+    """The backup read once into ``tmp`` (a restore's private copy), checked, upgraded and audited there,
+    its keys checked to decrypt: what it was, the schema it is at now, the warnings to show."""
+    try:
+        copy_in(source, tmp)
+    except OSError as exc:
+        raise not_written(tmp, exc) from None
+    info, warning = _check_copy(tmp, source, secret)
+    try:
+        schema_to = _prepare(source, tmp, info, actor=actor, secret=secret)
+    except (OSError, sqlite3.Error) as exc:
+        raise not_written(tmp, exc) from None
+    keys = check_keys(tmp, source, secret, accept_broken=accept_broken_keys)
+    return info, schema_to, tuple(w for w in (warning, keys) if w)
 
 
 def restore_postgres(
@@ -513,21 +522,12 @@ def restore_postgres(
     refuse_live_source(source)
     with files.private_temp_folder("restore") as folder:  # 0700: the copy holds every prompt
         tmp = Path(folder) / "restore.db"
-        try:
-            copy_in(source, tmp)
-        except OSError as exc:
-            raise not_written(tmp, exc) from None
-        info, warning = _check_copy(tmp, source, secret)
-        try:
-            schema_to = _prepare(source, tmp, info, actor=actor, secret=secret)
-        except (OSError, sqlite3.Error) as exc:
-            raise not_written(tmp, exc) from None
-        keys = check_keys(tmp, source, secret, accept_broken=accept_broken_keys)
+        info, schema_to, warnings = _ready_copy(source, tmp, actor, secret, accept_broken_keys)
         try:
             move.sqlite_to_postgres(tmp, backend, secret=secret, progress=progress)
         except move.MoveError as exc:
             raise BackupError(str(exc)) from None
-    return Restored(info, info.schema_version, schema_to, None, tuple(w for w in (warning, keys) if w))
+    return Restored(info, info.schema_version, schema_to, None, warnings)
 
 
 def _check_copy(tmp: Path, source: Path, secret: str | None) -> tuple[Inspection, str | None]:
