@@ -16,6 +16,7 @@ from pathlib import Path
 import clirun
 import pytest
 from conftest import TEST_STORE, base_env
+from test_attack_data33 import integrity
 
 pytestmark = pytest.mark.skipif(TEST_STORE == "postgresql", reason="SQLite files: backup and restore of one file")
 
@@ -25,14 +26,6 @@ BASE_URL = b"http://127.0.0.1:9/data34-v1"
 
 def run(pyz: Path, args: list, env: dict, stdin: str | None = None):
     return clirun.run(pyz, list(map(str, args)), env, stdin)
-
-
-def integrity(path: Path) -> str:
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    try:
-        return conn.execute("PRAGMA integrity_check").fetchone()[0]
-    finally:
-        conn.close()
 
 
 @pytest.fixture(scope="module")

@@ -88,12 +88,17 @@ def again(server: ServerProcess) -> ServerProcess:
     return ServerProcess(server.pyz, server.db, server.env).start()
 
 
-def deliveries(db) -> list[dict]:
+def rows(db, sql: str) -> list[dict]:
+    """The rows ``sql`` reads from a server's database (stopped or running)."""
     conn = open_database(db)
     try:
-        return [dict(r) for r in conn.execute("SELECT * FROM webhook_deliveries ORDER BY id")]
+        return [dict(r) for r in conn.execute(sql)]
     finally:
         conn.close()
+
+
+def deliveries(db) -> list[dict]:
+    return rows(db, "SELECT * FROM webhook_deliveries ORDER BY id")
 
 
 def queue_tests(server, receiver: SilentReceiver) -> tuple[dict, list[str]]:
@@ -150,11 +155,7 @@ def test_events_left_undelivered_at_a_stop_are_logged_as_abandoned_and_sent_by_t
 
 
 def outbox(db) -> list[dict]:
-    conn = open_database(db)
-    try:
-        return [dict(r) for r in conn.execute("SELECT * FROM webhook_outbox ORDER BY created_at")]
-    finally:
-        conn.close()
+    return rows(db, "SELECT * FROM webhook_outbox ORDER BY created_at")
 
 
 def test_events_queued_at_a_crash_are_sent_by_the_next_start_once_each_as_made(
