@@ -483,3 +483,46 @@ def test_a_stop_on_a_full_queue_behind_a_stuck_database_ends_within_its_timeout_
     wait_for(lambda: not writer._thread.is_alive(), 10, "the writer thread to end once the database answers")
     kept = Store(tmp_path / "w.db").read().execute("SELECT key FROM meta WHERE key IN ('a', 'b')").fetchall()
     assert kept == [], "records counted as dropped were written after all"
+
+
+def test_a_done_callback_that_raises_leaves_the_writer_running(writer, database):
+    """Was: ``done`` ran unguarded after the commit, so one that raised ended the writer thread, and
+    every later write was refused (``WriterStopped``) until a restart. Now it is logged and the
+    writer goes on."""
+    writer.submit(put("first"), done=lambda: 1 / 0)
+    writer.call(put("second"), timeout=5)
+    rows = Store(database).read().execute("SELECT key FROM meta WHERE key IN ('first', 'second')").fetchall()
+    assert sorted(r[0] for r in rows) == ["first", "second"] and writer.stats.written >= 2
+
+
+def test_on_postgresql_a_deferred_step_that_raises_fails_its_job_not_the_writer(pg_url):
+    """Was: a step a job defers to its transaction's end (``conn.before_commit``: the shared budget
+    ledger's settlements) ran in the fast path's commit outside any guard: an unexpected error there
+    (not the database's) escaped the batch and ended the writer thread — every later write refused.
+    Now the batch runs again job by job, where that job alone fails with its error and the others commit."""
+    from stockyard.dburl import parse_postgres
+    from stockyard.store.backends import PostgresBackend
+
+    backend = PostgresBackend(parse_postgres(pg_url, {}))
+    backend.open_and_migrate()
+    w = Writer(backend, maxsize=100, linger_s=0.05).start()
+    try:
+
+        def defers_a_bug(conn):
+            conn.execute("INSERT INTO meta (key, value) VALUES ('deferred', 'v')")
+            conn.before_commit.append(lambda c: [][1])
+
+        w.submit(put("before"))
+        failed = w.later(defers_a_bug, urgent=False)
+        w.submit(put("beside"))
+        with pytest.raises(IndexError):
+            failed.result(timeout=10)
+        w.call(put("after"), timeout=10)
+        conn = backend.connect()
+        keys = sorted(
+            r[0] for r in conn.execute("SELECT key FROM meta WHERE key IN ('before', 'deferred', 'beside', 'after')")
+        )
+        conn.close()
+        assert keys == ["after", "before", "beside"]
+    finally:
+        w.stop()

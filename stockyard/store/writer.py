@@ -546,6 +546,11 @@ class Writer:
                     continue
                 self._batch_failed(batch, exc)
                 return
+            except Exception as exc:  # a defect, not the database's: this batch is lost, the writer goes on
+                log.exception("a batch of %d records failed on an unexpected error", len(batch))
+                self._rollback()
+                self._batch_failed(batch, exc)
+                return
         if not self.healthy:
             log.warning(
                 "database writable again after %d failed batches; %d records dropped in all",
@@ -561,7 +566,7 @@ class Writer:
             if item.error is None:
                 self.stats.written += 1
                 if item.done is not None:
-                    item.done()
+                    self._tell_done(item.done)
             elif item.future is None:
                 log.error("dropped a record the database refused: %s", item.error)
             if item.future is not None:
@@ -569,6 +574,14 @@ class Writer:
                     item.future.set_exception(item.error)
                 else:
                     item.future.set_result(item.result)
+
+    @staticmethod
+    def _tell_done(done: Callable[[], None]) -> None:
+        """A committed record's callback; one that fails is logged, never the end of the writer thread."""
+        try:
+            done()
+        except Exception:
+            log.exception("the callback of a committed record failed")
 
     def _reconnect_if_lost(self) -> None:
         """A PostgreSQL connection whose socket broke is replaced before the next batch."""
@@ -591,10 +604,11 @@ class Writer:
                     else:
                         many(conn, [item.job.__self__ for item in run])  # type: ignore[attr-defined]
                 except Exception as exc:
-                    if database_failed(exc) or transient(exc):
-                        raise  # full, read-only, I/O error, a deadlock: the whole batch fails (or runs again)
-                    self._rollback()
-                    raise _JobFailed() from exc
+                    self._isolate_unless_database(exc)
+            try:
+                run_deferred(conn)  # the jobs' steps deferred to the end: one that fails is found job by job
+            except Exception as exc:
+                self._isolate_unless_database(exc)
             self._commit_durably_if_audited(conn)
             return
         for item in batch:
@@ -611,6 +625,15 @@ class Writer:
                 discard_deferred(conn)
                 item.error = exc
         self._commit_durably_if_audited(conn)
+
+    def _isolate_unless_database(self, exc: Exception) -> None:
+        """A job failed in the batch's one transaction: the batch runs again job by job (``_JobFailed``),
+        unless the database is at fault (full, read-only, I/O error, a deadlock: the whole batch fails,
+        or runs again as it was)."""
+        if database_failed(exc) or transient(exc):
+            raise exc
+        self._rollback()
+        raise _JobFailed() from exc
 
     @staticmethod
     def _commit_durably_if_audited(conn: Any) -> None:
@@ -657,7 +680,7 @@ class Writer:
             chunk = [self._waiting.popleft() for _ in range(min(self.batch_max, len(self._waiting)))]
             self._commit(chunk)
 
-    def _batch_failed(self, batch: list[_Item], exc: sqlite3.Error) -> None:
+    def _batch_failed(self, batch: list[_Item], exc: Exception) -> None:
         """The database refused the whole batch (disk full, read-only): count, log, go on.
         PostgreSQL lost (a restart, the network) or held (a lock another session holds past the
         busy timeout: 55P03): the records wait for it instead, retried every ``RETRY_LOST_S``, and
