@@ -453,3 +453,26 @@ def test_a_server_starting_beside_a_live_one_leaves_its_queued_events_to_it(data
         live_store.close()
         starting_store.close()
         receiver.close()
+
+
+def test_removing_a_webhook_removes_its_queued_events(database):
+    """Was: the outbox rows of events queued for a webhook stayed after it was removed, until a checking
+    pass at least 10 minutes later — and for good (up to 1,000 per server) when no webhook remained to
+    start one. Now the removal takes them in its own transaction; another webhook's stay."""
+    from stockyard.operations import Operations
+    from stockyard.operations import webhooks as webhook_ops
+    from stockyard.webhooks import keep_outbox
+
+    database.open_and_migrate()
+    store = Store(database)
+    try:
+        ops = Operations(store, "cli:test", "a-master-secret-0123456789abcdef")
+        kept, _ = webhook_ops.add(ops, {"url": "http://127.0.0.1:9/kept", "events": "all"})
+        gone, _ = webhook_ops.add(ops, {"url": "http://127.0.0.1:9/gone", "events": "all"})
+        event = {"id": "evt_1", "type": "webhook.test", "created_at": to_iso(datetime.now(timezone.utc))}
+        store.write(lambda conn: keep_outbox(conn, [kept["id"], gone["id"]], event))
+        webhook_ops.remove(ops, gone["id"])
+        left = store.read().execute("SELECT webhook_id FROM webhook_outbox").fetchall()
+        assert [r[0] for r in left] == [kept["id"]]
+    finally:
+        store.close()

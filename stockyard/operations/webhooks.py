@@ -134,6 +134,7 @@ def remove(ops: Operations, webhook_id: Any) -> None:
     def apply(conn: sqlite3.Connection) -> None:
         if not conn.execute("DELETE FROM webhooks WHERE id = ?", (webhook_id,)).rowcount:
             raise not_found(f"webhook {webhook_id!r}")
+        conn.execute("DELETE FROM webhook_outbox WHERE webhook_id = ?", (webhook_id,))  # its events queued: moot
 
     with _vault_and_audit_refusals():
         ops.change("webhook.remove", str(webhook_id), {}, apply)
