@@ -36,10 +36,9 @@ DESCRIBED = re.compile(r"^(unset|none|off|keep|a quarter|\()")
 
 
 def section(heading: str) -> str:
-    """README's text under ``heading`` (e.g. ``## Commands``), up to the next heading of its level or above."""
-    level = heading.split(" ", 1)[0]
+    """README's text under ``heading`` (e.g. ``## Commands``), up to the next heading."""
     body = README.split(f"\n{heading}\n", 1)[1]
-    stop = re.search(rf"^#{{1,{len(level)}}} ", body, re.M)
+    stop = re.search(r"^#+ ", body, re.M)
     return body[: stop.start()] if stop else body
 
 
@@ -184,6 +183,26 @@ def test_defaults_readme_states_are_the_defaults(heading, names_at, default_at):
     unset = config.load({}, base)
     for name, value in defaults:
         assert config.load({}, {**base, name: value}) == unset, f"README ({heading}) says {name} defaults to {value!r}"
+
+
+def test_the_times_readme_says_take_seconds_only_are_the_ones_that_refuse_a_duration():
+    """README's Configuration names the times that take a plain number only; every other time of its
+    table (a default written with a unit: ``30 s``, ``5m``) takes a duration such as ``1m``."""
+    intro = section("## Configuration").split("\n|", 1)[0]
+    plain = set(VARIABLE.findall(intro.split("except for", 1)[1]))
+    times = set()
+    for row in table_rows(section("## Configuration")):
+        if re.search(r"\d\s*[smhdw]\b", row[2]):
+            times.update(_expanded(row[1]))
+    assert plain <= times and len(times) > 15, (plain, times)
+    base = {"STOCKYARD_SNAPSHOT": "/nonexistent/snapshot.db"}  # STOCKYARD_SNAPSHOT_EVERY needs one
+    for name in times:
+        try:
+            config.load({}, {**base, name: "1m"})
+        except ValueError:
+            assert name in plain, f"{name} refuses `1m`; README's Configuration says it takes a duration"
+        else:
+            assert name not in plain, f"{name} takes `1m`; README's Configuration says a number only"
 
 
 def test_every_environment_provider_prefix_is_in_its_row():
