@@ -33,6 +33,7 @@ KNOWN = set(VARIABLE.findall("\n".join(p.read_text() for p in (ROOT / "stockyard
 FLAG = re.compile(r"(?<![\w-])--[a-z][a-z0-9-]*")
 # a default README writes in words: nothing to compare with a value
 DESCRIBED = re.compile(r"^(unset|none|off|keep|a quarter|\()")
+SNAPSHOT = {"STOCKYARD_SNAPSHOT": "/nonexistent/snapshot.db"}  # STOCKYARD_SNAPSHOT_EVERY is refused without one
 
 
 def section(heading: str) -> str:
@@ -152,6 +153,8 @@ def _value(variable: str, text: str) -> str | None:
 
 
 def _defaults(rows: list[list[str]], names_at: int, default_at: int) -> list[tuple[str, str]]:
+    """(variable, value) for each default a table states as a value, its names and defaults in the
+    columns given."""
     found = []
     for row in rows:
         names = _expanded(row[names_at])
@@ -179,10 +182,10 @@ def test_defaults_readme_states_are_the_defaults(heading, names_at, default_at):
     rows = table_rows(section(heading))
     defaults = _defaults(rows, names_at, default_at)
     assert len(defaults) > (25 if heading == "## Configuration" else 12), f"{heading}'s defaults were not found"
-    base = {"STOCKYARD_SNAPSHOT": "/nonexistent/snapshot.db"}  # STOCKYARD_SNAPSHOT_EVERY needs one
-    unset = config.load({}, base)
+    unset = config.load({}, SNAPSHOT)
     for name, value in defaults:
-        assert config.load({}, {**base, name: value}) == unset, f"README ({heading}) says {name} defaults to {value!r}"
+        said = f"README ({heading}) says {name} defaults to {value!r}"
+        assert config.load({}, {**SNAPSHOT, name: value}) == unset, said
 
 
 def test_the_times_readme_says_take_seconds_only_are_the_ones_that_refuse_a_duration():
@@ -195,10 +198,9 @@ def test_the_times_readme_says_take_seconds_only_are_the_ones_that_refuse_a_dura
         if re.search(r"\d\s*[smhdw]\b", row[2]):
             times.update(_expanded(row[1]))
     assert plain <= times and len(times) > 15, (plain, times)
-    base = {"STOCKYARD_SNAPSHOT": "/nonexistent/snapshot.db"}  # STOCKYARD_SNAPSHOT_EVERY needs one
     for name in times:
         try:
-            config.load({}, {**base, name: "1m"})
+            config.load({}, {**SNAPSHOT, name: "1m"})
         except ValueError:
             assert name in plain, f"{name} refuses `1m`; README's Configuration says it takes a duration"
         else:
