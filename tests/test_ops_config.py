@@ -52,12 +52,39 @@ def test_durations(text, seconds):
         {"STOCKYARD_SNAPSHOT": "/x.db", "STOCKYARD_SNAPSHOT_EVERY": "0s"},
         {"STOCKYARD_RETENTION_BODIES": "5y"},
         {"STOCKYARD_BODIES_MAX_MB": "-1"},
+        # were read by a bare float()/int(): "30s" stopped the start with "could not convert string to float"
+        # (no name), and 0 or a negative number was taken (an upstream timeout of 0, a body limit of -5)
+        {"STOCKYARD_IDLE_TIMEOUT": "0"},
+        {"STOCKYARD_REQUEST_READ_TIMEOUT": "-1"},
+        {"STOCKYARD_UPSTREAM_CONNECT_TIMEOUT": "soon"},
+        {"STOCKYARD_UPSTREAM_TIMEOUT": "0"},
+        {"STOCKYARD_MAX_BODY_BYTES": "-5"},
+        {"STOCKYARD_BODY_CAP_BYTES": "lots"},
     ],
 )
 def test_bad_values_are_refused_with_the_name(env):
     with pytest.raises(ValueError) as err:
         config.load({}, env)
     assert any(name in str(err.value) for name in ("STOCKYARD_", "--snapshot"))
+
+
+def test_every_timeout_takes_a_duration():
+    """The idle, request-read and upstream timeouts take ``30s``/``2m`` as every other time does."""
+    got = config.load(
+        {},
+        {
+            "STOCKYARD_IDLE_TIMEOUT": "45s",
+            "STOCKYARD_REQUEST_READ_TIMEOUT": "1m",
+            "STOCKYARD_UPSTREAM_CONNECT_TIMEOUT": "2.5",
+            "STOCKYARD_UPSTREAM_TIMEOUT": "15m",
+        },
+    )
+    assert (
+        got.idle_timeout_s,
+        got.request_read_timeout_s,
+        got.upstream_connect_timeout_s,
+        got.upstream_read_timeout_s,
+    ) == (45, 60, 2.5, 900)
 
 
 ROOT = Path(__file__).resolve().parents[1]
