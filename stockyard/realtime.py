@@ -32,6 +32,7 @@ either way (close 1000), ``STOCKYARD_WEBSOCKET_LIFETIME`` (1000), a drain (1001)
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import select
@@ -405,6 +406,10 @@ class Relay:
         self._books_closed = False  # the responses left running were billed as lost (_bill_lost)
         self._being_billed: set[str] = set()  # responses whose response.done the reader is billing (_billing)
         self._asked = 0  # the client's response.create sent on, its response.created not seen yet
+        # where each of those was counted in the rpm/tpm windows as it was sent on (the oldest first)
+        self._asked_counts: collections.deque[list[tuple[RateLimitModule | UserLimitsModule, Counted | None]]] = (
+            collections.deque()
+        )
         self._state_lock = threading.Lock()  # the two above, and _final
         self._final: tuple[int, str, int] | None = None  # the session is ending (_stop): its close codes
         self._winding = False  # the session is ending: running responses are being cancelled and billed
@@ -590,7 +595,8 @@ class Relay:
         """A client's ``response.create``: its key checked again; under a budget, one response at a
         time (OpenAI runs out-of-band ones in parallel, each billed only as it ends: a budget could be
         passed by as many as were sent at once) and none once a budget is used up (by another
-        session of the key). True: sent on, and counted as asked for until its ``response.created``."""
+        session of the key). True: sent on, counted in the rpm/tpm windows now, and counted as asked
+        for until its ``response.created``."""
         if self._key_refused() or self._limited():
             return False
         if self._budgets:
@@ -602,8 +608,10 @@ class Relay:
                 return False
             if not self._budget_left():
                 return False
+        counted = self._count_started()  # now: a burst of creates sent before any response.created is limited too
         with self._state_lock:  # awaited, should the session end before its response.created
             self._asked += 1
+            self._asked_counts.append(counted)
             self._settle()
         return True
 
@@ -748,7 +756,9 @@ class Relay:
         named = response.get("id")
         ident = named if isinstance(named, str) else ""
         if event.get("type") == "response.created":
-            counted = self._count_started()
+            with self._state_lock:  # the client's oldest create counted as it was sent on, or none (server VAD)
+                asked = self._asked_counts.popleft() if self._asked_counts else None
+            counted = asked if asked is not None else self._count_started()
             with self._state_lock:
                 self._response_started[ident] = time.perf_counter()
                 self._counted[ident] = counted
@@ -852,8 +862,10 @@ class Relay:
         return ctx
 
     def _count_started(self) -> list[tuple[RateLimitModule | UserLimitsModule, Counted | None]]:
-        """A response begun, counted at once in the key's and the end user's rpm/tpm windows, as an
-        HTTP request is at admission (whoever asked for it: the client, or server VAD)."""
+        """A response asked for or begun, counted at once in the key's and the end user's rpm/tpm
+        windows, as an HTTP request is at admission: the client's as its ``response.create`` is sent on
+        (eight sent at once, before any ``response.created``, were eight past an rpm of 2), server
+        VAD's at its ``response.created``."""
         chain, base = self.app.path.chain(), self.ctx
         counted = []
         for name, kind in LIMITS:

@@ -68,6 +68,7 @@ def server(pyz_path, cache_home, mock, tmp_path_factory):
                 "minionly": ["--models", "gpt-realtime-mini"],
                 "onerpm": ["--rpm", "1"],
                 "tworpm": ["--rpm", "2"],
+                "burstrpm": ["--rpm", "2"],
                 "leaver": [],
                 "faulter": [],
                 "revoked": [],
@@ -475,6 +476,31 @@ def test_an_open_session_past_the_keys_rpm_refuses_the_next_response(server, moc
     assert raw.event()["type"] == "session.updated"
     raw.close()
     assert [beta for beta, _ in mock.realtime_asked].count("tworpm") == 2
+
+
+def test_a_burst_of_response_creates_is_held_to_the_keys_rpm(server, mock):
+    """A key with rpm 2 sends eight ``response.create`` in one write, before any ``response.created``
+    came back: each is counted as it is sent on (as an HTTP request is at admission), so two reach the
+    provider and six are ``rate_limit_exceeded`` error events (counted only at their response.created,
+    all eight passed the check: a burst was a way past the key's rpm)."""
+    raw = upgrade(server, "burstrpm", extra="OpenAI-Beta: burstrpm\r\n")
+    assert raw.status == 101 and raw.event()["type"] == "session.created"
+    create = json.dumps({"type": "response.create", "response": {"output_modalities": ["text"]}}).encode()
+    frames = b""
+    for _ in range(8):  # masked text frames, all in one segment
+        frames += bytes([0x81, 0x80 | len(create), 0, 0, 0, 0]) + create
+    raw.sock.sendall(frames)
+    done = refused = 0
+    while done + refused < 8:
+        event = raw.event()
+        if event["type"] == "response.done":
+            done += 1
+        elif event["type"] == "error":
+            assert event["error"]["code"] == "rate_limit_exceeded", event
+            refused += 1
+    raw.close()
+    assert (done, refused) == (2, 6)
+    assert [beta for beta, _ in mock.realtime_asked].count("burstrpm") == 2
 
 
 def test_drain_closes_the_session_1001(pyz_path, cache_home, mock, tmp_path):
