@@ -501,6 +501,8 @@ def test_a_burst_of_response_creates_is_held_to_the_keys_rpm(server, mock):
     raw.close()
     assert (done, refused) == (2, 6)
     assert [beta for beta, _ in mock.realtime_asked].count("burstrpm") == 2
+    # ended and logged before the next test reads the log for its own session's line
+    wait_for(lambda: server.metric("websocket_connections_open") == 0, 10, "the session's end")
 
 
 def test_drain_closes_the_session_1001(pyz_path, cache_home, mock, tmp_path):
@@ -649,22 +651,26 @@ def test_a_response_done_billed_while_the_session_ends_is_billed_once(server):
 
 @pytest.mark.skipif(TEST_STORE != "postgresql", reason="a response's rate count waits for a lock on PostgreSQL only")
 def test_a_response_begun_while_its_reader_was_held_is_billed_after_the_session_ends(server):
-    """The provider's reader is held counting a ``response.created`` in the key's rpm window (another
-    session holds the window's lock) when the client leaves: the session's end finds no response
-    running (its response.created not read yet) and bills none; the reader, let go after that, saw the
-    response begin. It is billed all the same (an estimate, status 502), never free. Before: no trace."""
+    """The provider's reader is held counting a ``response.created`` of server VAD's (a response the
+    client did not ask for: counted as it begins) in the key's rpm window (another session holds the
+    window's lock) when the client leaves: the session's end finds no response running (its
+    response.created not read yet) and bills none; the reader, let go after that, saw the response
+    begin. It is billed all the same (an estimate, status 502), never free. Before: no trace."""
     raw = upgrade(server, "stalled")
     assert raw.event()["type"] == "session.created"
     raw.send_json({"type": "response.create", "response": {"output_modalities": ["text"]}})
     raw.until("response.done")  # a first response: the input a lost one is estimated by
+    vad = {"audio": {"input": {"turn_detection": {"type": "server_vad"}}}, "type": "realtime"}
+    raw.send_json({"type": "session.update", "session": vad})
+    assert raw.event()["type"] == "session.updated"
     key_id = server.db_rows("SELECT id FROM client_keys WHERE name = 'stalled'")[0]["id"]
     other = open_database(server.db)
     other.execute("START TRANSACTION")
     other.execute("SELECT pg_advisory_xact_lock(hashtext(?))", (f"rate:{key_id}",))
     logged = len(server.log_lines)
     try:
-        raw.send_json({"type": "response.create", "response": {"output_modalities": ["text"]}})
-        assert raw.event()["type"] == "response.created"  # relayed; its count now waits for the lock
+        raw.send_json({"type": "input_audio_buffer.append", "audio": pcm(1)})  # speech: the provider answers it
+        assert raw.until("response.created")[-1]["type"] == "response.created"  # relayed; its count waits
         raw.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         raw.close()
         ended = lambda: next((x for x in server.log_lines[logged:] if "WS /v1/realtime" in x), None)  # noqa: E731
