@@ -9,7 +9,9 @@ from pathlib import Path
 
 import clirun
 import pytest
-from conftest import TEST_STORE, base_env
+from conftest import TEST_STORE, ServerProcess, base_env, mock_env, wait_for
+from module_helpers import ADMIN_KEY, chat, put_module
+from test_realtime import upgrade
 
 SECRET = "review36-encryption-secret-0123456789abcdef"
 sqlite_only = pytest.mark.skipif(TEST_STORE == "postgresql", reason="SQLite files: restore of one file")
@@ -55,3 +57,37 @@ def test_a_negative_keep_previous_is_refused_and_removes_nothing(pyz_path, env, 
     assert "--keep-previous" in refused.stderr and "0 or more" in refused.stderr, refused.stderr
     assert "Traceback" not in refused.stderr
     assert set_aside(live) == kept
+
+
+def test_a_realtime_response_corrects_the_end_user_window_it_was_counted_in(pyz_path, cache_home, mock, tmp_path):
+    """Hole: a Realtime response is counted in its end user's tpm window as it begins, and its tokens
+    were put in the window the ``userlimits`` options name as it ENDS. An operator who gave the key its
+    own end-user limit meanwhile (an override: window ``key:<id>|user`` instead of ``*|user``) had the
+    response's tokens added to a window that never counted it — and never taken out again, as the
+    window slid (only the entries in it are): the end user's HTTP requests refused for tokens it never
+    used. Now the tokens go where the response was counted."""
+    env = mock_env(cache_home, mock, STOCKYARD_ADMIN_KEY=ADMIN_KEY)
+    srv = ServerProcess(pyz_path, tmp_path / "stockyard.db", env).start()
+    try:
+        srv.keys.update(srv.create_keys({"app": []}))
+        key_id = srv.db_rows("SELECT id FROM client_keys WHERE name = 'app'")[0]["id"]
+        put_module(srv, "userlimits", {"tpm": 1_000_000})
+        raw = upgrade(srv, "app", extra="x-stockyard-user: uma\r\n")
+        assert raw.status == 101 and raw.event()["type"] == "session.created"
+        held = {"output_modalities": ["text"], "metadata": {"mock": "hold"}}  # done only once cancelled
+        raw.send_json({"type": "response.create", "response": held})
+        assert raw.until("response.output_text.delta")[0]["type"] == "response.created"
+        put_module(srv, "userlimits", {"tpm": 1_000_000, "overrides": {f"key:{key_id}": {"tpm": 100}}})
+        uma = {**srv.auth("app"), "x-stockyard-user": "uma"}
+        first = chat(srv, headers=uma, max_tokens=1)
+        assert first[0] == 200, first
+        raw.send_json({"type": "response.cancel"})
+        usage = raw.until("response.done")[-1]["response"]["usage"]
+        assert usage["input_tokens"] + usage["output_tokens"] > 100  # alone more than the key's end-user tpm
+        sql = "SELECT id FROM traces WHERE endpoint = 'realtime' AND end_user = 'uma'"
+        wait_for(lambda: srv.db_rows(sql), 10, "the response billed")
+        second = chat(srv, headers=uma, max_tokens=1)
+        assert second[0] == 200, second  # the window holds the first chat's tokens, not the response's
+        raw.close()
+    finally:
+        srv.stop()

@@ -50,7 +50,13 @@ class _Window:
             self.tokens -= old.tokens
 
 
-Counted = _Entry  # a request counted in a window (``count_started``), its tokens corrected later
+@dataclass(frozen=True)
+class Counted:
+    """A request counted in a window (``count_started``), its tokens corrected later (``count_used``) in
+    that same window: the options naming an end user's window may change meanwhile (an override)."""
+
+    window: str
+    entry: Any  # the limiter's entry (RateLimiter's or SharedRateLimiter's)
 
 
 class RateLimited(Exception):
@@ -256,13 +262,13 @@ class RateLimitModule(Module):
         key = ctx.key
         if key is None or (key.rpm is None and key.tpm is None):
             return None
-        return self.limiter.admit(key.id, None, None, 0)  # no limits given: counted, never refused
+        return Counted(key.id, self.limiter.admit(key.id, None, None, 0))  # no limits given: never refused
 
-    def count_used(self, ctx: RequestContext, entry: Counted | None, tokens: int) -> None:
+    def count_used(self, ctx: RequestContext, counted: Counted | None, tokens: int) -> None:
         """The ``tokens`` a request counted by :meth:`count_started` used, once known."""
         key = ctx.key
-        if key is not None and key.tpm and tokens and entry is not None:
-            self.limiter.correct(key.id, entry, tokens)
+        if key is not None and key.tpm and tokens and counted is not None:
+            self.limiter.correct(counted.window, counted.entry, tokens)
 
     def _admit(self, key_id: str, rpm: int | None, tpm: int | None, tokens: int) -> object:
         return admitted(self.limiter, key_id, rpm, tpm, tokens)

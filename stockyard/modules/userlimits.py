@@ -175,14 +175,14 @@ class UserLimitsModule(Module):
         limits: UserLimits = self.options(ctx)
         if not (limits.rpm or limits.tpm):
             return None
-        return self.limiter.admit(f"{limits.within}|{user}", None, None, 0)  # no limits given: never refused
+        window = f"{limits.within}|{user}"
+        return Counted(window, self.limiter.admit(window, None, None, 0))  # no limits given: never refused
 
-    def count_used(self, ctx: RequestContext, entry: Counted | None, tokens: int) -> None:
-        """The ``tokens`` a request counted by :meth:`count_started` used, once known."""
-        user = ctx.end_user
-        limits: UserLimits = self.options(ctx)
-        if user is not None and limits.tpm and tokens and entry is not None:
-            self.limiter.correct(f"{limits.within}|{user}", entry, tokens)
+    def count_used(self, ctx: RequestContext, counted: Counted | None, tokens: int) -> None:
+        """The ``tokens`` a request counted by :meth:`count_started` used, once known, in the window it
+        was counted in (the options may name another by now: a key's override made meanwhile)."""
+        if counted is not None and tokens:
+            self.limiter.correct(counted.window, counted.entry, tokens)
 
     def budget_of(self, ctx: RequestContext) -> Budget | None:
         """The end user's budget a request counts against (None: it names no end user, or its
