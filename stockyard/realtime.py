@@ -54,7 +54,7 @@ from .logbuffer import access, printable
 from .modules.alias import Alias
 from .modules.early import check_early
 from .modules.guard import Guard
-from .modules.ratelimit import Counted, RateLimitModule
+from .modules.ratelimit import Counted, RateLimited, RateLimitModule
 from .modules.userlimits import UserLimitsModule
 from .pricing import Price, Usage, cost_microcents, format_usd
 from .providers import AZURE_API_VERSION
@@ -91,6 +91,8 @@ AUDIO_DELTAS = ("response.output_audio.delta", "response.audio.delta")  # GA's a
 # a token (``estimate.relayed_tokens``' rule) and its audio at OpenAI's 20 tokens a second of output,
 # which in pcm16 at 24 kHz is 2,400 bytes a token (a lower bound for the 8 kHz G.711 formats)
 AUDIO_BYTES_PER_TOKEN = 2400
+# Where a response was counted: each rpm/tpm module's window entry (``_count_started``)
+Counts = list[tuple[RateLimitModule | UserLimitsModule, Counted | None]]
 # Routes under /v1/realtime that give a browser a way to OpenAI around Stockyard: refused
 UNMETERED = {
     "/v1/realtime/client_secrets": "an ephemeral key",
@@ -401,15 +403,13 @@ class Relay:
         self._response_started: dict[str, float] = {}  # responses running: their response.created's time
         self._relayed: dict[str, list[int]] = {}  # of those, the output relayed: [text characters, audio bytes]
         # and where each was counted in the rpm/tpm windows as it began (its tokens put in as it ends)
-        self._counted: dict[str, list[tuple[RateLimitModule | UserLimitsModule, Counted | None]]] = {}
+        self._counted: dict[str, Counts] = {}
         self._read = Usage()  # the input the last response.done read (a lost response's estimate)
         self._books_closed = False  # the responses left running were billed as lost (_bill_lost)
         self._being_billed: set[str] = set()  # responses whose response.done the reader is billing (_billing)
         self._asked = 0  # the client's response.create sent on, its response.created not seen yet
         # where each of those was counted in the rpm/tpm windows as it was sent on (the oldest first)
-        self._asked_counts: collections.deque[list[tuple[RateLimitModule | UserLimitsModule, Counted | None]]] = (
-            collections.deque()
-        )
+        self._asked_counts: collections.deque[Counts] = collections.deque()
         self._state_lock = threading.Lock()  # the two above, and _final
         self._final: tuple[int, str, int] | None = None  # the session is ending (_stop): its close codes
         self._winding = False  # the session is ending: running responses are being cancelled and billed
@@ -608,7 +608,9 @@ class Relay:
                 return False
             if not self._budget_left():
                 return False
-        counted = self._count_started()  # now: a burst of creates sent before any response.created is limited too
+        counted = self._count_started(asked=True)  # now: a burst sent before any response.created is limited too
+        if counted is None:  # past the rpm after all (another session counted since the check)
+            return False
         with self._state_lock:  # awaited, should the session end before its response.created
             self._asked += 1
             self._asked_counts.append(counted)
@@ -758,7 +760,7 @@ class Relay:
         if event.get("type") == "response.created":
             with self._state_lock:  # the client's oldest create counted as it was sent on, or none (server VAD)
                 asked = self._asked_counts.popleft() if self._asked_counts else None
-            counted = asked if asked is not None else self._count_started()
+            counted = asked if asked is not None else self._count_started() or []
             with self._state_lock:
                 self._response_started[ident] = time.perf_counter()
                 self._counted[ident] = counted
@@ -861,18 +863,22 @@ class Relay:
         a.response_id = ident[:256] or None
         return ctx
 
-    def _count_started(self) -> list[tuple[RateLimitModule | UserLimitsModule, Counted | None]]:
+    def _count_started(self, asked: bool = False) -> Counts | None:
         """A response asked for or begun, counted at once in the key's and the end user's rpm/tpm
         windows, as an HTTP request is at admission: the client's as its ``response.create`` is sent on
         (eight sent at once, before any ``response.created``, were eight past an rpm of 2), server
-        VAD's at its ``response.created``."""
+        VAD's at its ``response.created``. ``asked`` (the client's): refused past an rpm in the same step
+        as it is counted (its ``error`` event ``rate_limit_exceeded`` sent; None), as :meth:`_limited` refuses."""
         chain, base = self.app.path.chain(), self.ctx
         counted = []
         for name, kind in LIMITS:
             module = chain.module(name, base)
             if isinstance(module, kind):
                 try:
-                    entry = module.count_started(base)
+                    entry = module.count_started(base, asked)
+                except RateLimited as exc:
+                    self._send_client(ws.TEXT, error_event("rate_limit_exceeded", exc.message, "rate_limit_error"))
+                    return None
                 except Exception as exc:  # the shared windows' database busy or lost: the response goes uncounted
                     log.warning("realtime: a response not counted in the %s windows: %s", name, described(exc))
                     entry = None
@@ -905,7 +911,7 @@ class Relay:
         with self._state_lock:
             counted = self._counted.pop(ident, None)
         if counted is None:  # its response.created never seen: counted now
-            counted = self._count_started()
+            counted = self._count_started() or []  # (never refused: None only when asked)
         for module, entry in counted:  # the key's and the end user's rpm/tpm windows
             module.count_used(base, entry, usage.prompt_tokens + usage.completion_tokens)
         self.responses += 1

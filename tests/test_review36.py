@@ -9,7 +9,7 @@ from pathlib import Path
 
 import clirun
 import pytest
-from conftest import TEST_STORE, ServerProcess, base_env, mock_env, wait_for
+from conftest import TEST_STORE, ServerProcess, base_env, mock_env, open_database, wait_for
 from module_helpers import ADMIN_KEY, chat, put_module
 from test_realtime import upgrade
 
@@ -91,3 +91,42 @@ def test_a_realtime_response_corrects_the_end_user_window_it_was_counted_in(pyz_
         raw.close()
     finally:
         srv.stop()
+
+
+@pytest.mark.skipif(TEST_STORE != "postgresql", reason="the replicas' shared rate windows: PostgreSQL's")
+def test_two_replicas_sessions_creating_at_once_are_held_to_the_keys_rpm(pyz_path, cache_home, mock, tmp_path):
+    """Hole: a client's ``response.create`` was checked against the key's rpm, then counted with no
+    limit: sessions of a key with rpm 1 on two replicas that both checked before either counted were
+    both sent on. Here both wait on the window's lock (another session holds it) after their check;
+    let go, both were counted and both reached the provider. Now the count is the check (as an HTTP
+    request's admission is): one goes on, the other is told ``rate_limit_exceeded``."""
+    env = mock_env(cache_home, mock, STOCKYARD_ADMIN_KEY=ADMIN_KEY)
+    replicas = [ServerProcess(pyz_path, tmp_path / "stockyard.db", env).start() for _ in range(2)]
+    try:
+        secret = replicas[0].create_keys({"one": ["--rpm", "1"]})["one"]
+        key_id = replicas[0].db_rows("SELECT id FROM client_keys WHERE name = 'one'")[0]["id"]
+        for srv in replicas:
+            srv.keys["one"] = secret
+            wait_for(lambda srv=srv: srv.request("GET", "/v1/models", headers=srv.auth("one"))[0] == 200, 10, "key")
+        sessions = [upgrade(srv, "one", extra="OpenAI-Beta: review36-race\r\n") for srv in replicas]
+        assert all(s.status == 101 and s.event()["type"] == "session.created" for s in sessions)
+        other, watch = open_database(replicas[0].db), open_database(replicas[0].db)
+        other.execute("START TRANSACTION")
+        other.execute("SELECT pg_advisory_xact_lock(hashtext(?))", (f"rate:{key_id}",))
+        try:
+            for raw in sessions:
+                raw.send_json({"type": "response.create", "response": {"output_modalities": ["text"]}})
+            waiting = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+            wait_for(lambda: watch.execute(waiting).fetchone()[0] == 2, 10, "both counts waiting on the window")
+        finally:
+            other.execute("ROLLBACK")
+            other.close()
+            watch.close()
+        ends = sorted(raw.until("response.done")[-1]["type"] for raw in sessions)
+        for raw in sessions:
+            raw.close()
+        assert ends == ["error", "response.done"], ends
+        assert [beta for beta, _ in mock.realtime_asked].count("review36-race") == 1
+    finally:
+        for srv in replicas:
+            srv.stop()

@@ -255,14 +255,16 @@ class RateLimitModule(Module):
         except RateLimited as exc:
             raise exc.error() from None
 
-    def count_started(self, ctx: RequestContext) -> Counted | None:
-        """A request that has begun, counted in the key's window now, never refused: a Realtime
-        response (the provider may start one on its own, so there is none to refuse; the session's
-        next ``response.create`` and the next upgrade ``check`` it). Its tokens: :meth:`count_used`."""
+    def count_started(self, ctx: RequestContext, asked: bool = False) -> Counted | None:
+        """A Realtime response counted in the key's window now. ``asked``: the client's own
+        ``response.create``, refused (``RateLimited``) past the key's rpm in the same step as its count,
+        as ``before`` admits (a check, then a count with no limit, let two sessions that checked at
+        once both through); else one the provider began on its own (server VAD): never refused, the
+        session's next ``response.create`` and the next upgrade are. Its tokens: :meth:`count_used`."""
         key = ctx.key
         if key is None or (key.rpm is None and key.tpm is None):
             return None
-        return Counted(key.id, self.limiter.admit(key.id, None, None, 0))  # no limits given: never refused
+        return Counted(key.id, self.limiter.admit(key.id, key.rpm if asked else None, None, 0))
 
     def count_used(self, ctx: RequestContext, counted: Counted | None, tokens: int) -> None:
         """The ``tokens`` a request counted by :meth:`count_started` used, once known."""

@@ -166,9 +166,9 @@ class UserLimitsModule(Module):
         if used_up is not None:
             raise used_up.error()
 
-    def count_started(self, ctx: RequestContext) -> Counted | None:
-        """A request that has begun (a Realtime response) counted in its end user's rpm/tpm window,
-        never refused, as ``RateLimitModule.count_started`` counts it for the key."""
+    def count_started(self, ctx: RequestContext, asked: bool = False) -> Counted | None:
+        """A Realtime response counted in its end user's rpm/tpm window now, as
+        ``RateLimitModule.count_started`` counts it for the key (``asked``: refused past the rpm)."""
         user = ctx.end_user
         if user is None or ctx.endpoint in FREE_ENDPOINTS:
             return None
@@ -176,7 +176,8 @@ class UserLimitsModule(Module):
         if not (limits.rpm or limits.tpm):
             return None
         window = f"{limits.within}|{user}"
-        return Counted(window, self.limiter.admit(window, None, None, 0))  # no limits given: never refused
+        rpm = limits.rpm if asked else None
+        return Counted(window, self.limiter.admit(window, rpm, None, 0, f"end user {user!r}"))
 
     def count_used(self, ctx: RequestContext, counted: Counted | None, tokens: int) -> None:
         """The ``tokens`` a request counted by :meth:`count_started` used, once known, in the window it
