@@ -597,7 +597,7 @@ class Relay:
         passed by as many as were sent at once) and none once a budget is used up (by another
         session of the key). True: sent on, counted in the rpm/tpm windows now, and counted as asked
         for until its ``response.created``."""
-        if self._key_refused() or self._limited():
+        if self._key_refused():
             return False
         if self._budgets:
             with self._state_lock:
@@ -609,7 +609,7 @@ class Relay:
             if not self._budget_left():
                 return False
         counted = self._count_started(asked=True)  # now: a burst sent before any response.created is limited too
-        if counted is None:  # past the rpm after all (another session counted since the check)
+        if counted is None:  # past the key's (or its end user's) rpm or tpm: told, not sent on
             return False
         with self._state_lock:  # awaited, should the session end before its response.created
             self._asked += 1
@@ -867,8 +867,9 @@ class Relay:
         """A response asked for or begun, counted at once in the key's and the end user's rpm/tpm
         windows, as an HTTP request is at admission: the client's as its ``response.create`` is sent on
         (eight sent at once, before any ``response.created``, were eight past an rpm of 2), server
-        VAD's at its ``response.created``. ``asked`` (the client's): refused past an rpm in the same step
-        as it is counted (its ``error`` event ``rate_limit_exceeded`` sent; None), as :meth:`_limited` refuses."""
+        VAD's at its ``response.created``. ``asked`` (the client's): admitted with its worst case, or
+        refused past an rpm or tpm (an ``error`` event ``rate_limit_exceeded``, type ``rate_limit_error``,
+        saying when the window frees; not sent on, the session goes on): None."""
         chain, base = self.app.path.chain(), self.ctx
         counted = []
         for name, kind in LIMITS:
@@ -884,23 +885,6 @@ class Relay:
                     entry = None
                 counted.append((module, entry))
         return counted
-
-    def _limited(self) -> bool:
-        """A client's ``response.create`` with the key (or its end user) at its rpm or tpm: refused with an
-        ``error`` event ``rate_limit_exceeded`` (not sent on; the session goes on). True if refused."""
-        chain, base = self.app.path.chain(), self.ctx
-        for name, kind in LIMITS:
-            module = chain.module(name, base)
-            if not isinstance(module, kind):
-                continue
-            try:
-                module.check(base)
-            except ProxyError as exc:
-                if exc.code != "rate_limit_exceeded":  # an end user's budget: _budget_left's to say
-                    continue
-                self._send_client(ws.TEXT, error_event(exc.code, exc.message, "rate_limit_error"))
-                return True
-        return False
 
     def _settle_response(self, ctx: RequestContext, ident: str, cost: int | None, spent: int) -> None:
         """A response's trace written, the tokens it used put in the rpm/tpm windows it was counted in

@@ -505,6 +505,39 @@ def test_a_burst_of_response_creates_is_held_to_the_keys_rpm(server, mock):
     wait_for(lambda: server.metric("websocket_connections_open") == 0, 10, "the session's end")
 
 
+def test_a_burst_of_response_creates_is_held_to_the_keys_tpm(server, mock):
+    """A key whose tpm holds one response's worst case (the estimate its upgrade is checked with) and
+    not two sends four ``response.create`` in one write: each is counted with that estimate as it is
+    sent on (as an HTTP request is at admission, then corrected to what it used), so one reaches the
+    provider and three are ``rate_limit_exceeded``. Counted with no tokens until it ended, all four
+    passed the tpm check."""
+    probe = server.create_keys({"tpmprobe": ["--tpm", "1"]})["tpmprobe"]
+    server.keys["tpmprobe"] = probe
+    wait_for(lambda: server.request("GET", "/v1/models", headers=server.auth("tpmprobe"))[0] == 200, 10, "key")
+    worst = int(refusal(upgrade(server, "tpmprobe"))["error"]["message"].split(" may use ")[1].split()[0])
+    server.keys.update(server.create_keys({"bursttpm": ["--tpm", str(worst + worst // 2)]}))
+    wait_for(lambda: server.request("GET", "/v1/models", headers=server.auth("bursttpm"))[0] == 200, 10, "key")
+    raw = upgrade(server, "bursttpm", extra="OpenAI-Beta: bursttpm\r\n")
+    assert raw.status == 101 and raw.event()["type"] == "session.created"
+    held = {"output_modalities": ["text"], "metadata": {"mock": "hold"}}  # running until cancelled: no
+    create = json.dumps({"type": "response.create", "response": held}).encode()  # usage frees the window
+    raw.sock.sendall((bytes([0x81, 0x80 | len(create), 0, 0, 0, 0]) + create) * 4)  # masked frames, one write
+    created = refused = 0
+    while created + refused < 4:
+        event = raw.event()
+        if event["type"] == "response.created":
+            created += 1
+        elif event["type"] == "error":
+            assert event["error"]["code"] == "rate_limit_exceeded", event
+            refused += 1
+    assert (created, refused) == (1, 3)
+    raw.send_json({"type": "response.cancel"})
+    assert raw.until("response.done")[-1]["type"] == "response.done"
+    raw.close()
+    assert [beta for beta, _ in mock.realtime_asked].count("bursttpm") == 1
+    wait_for(lambda: server.metric("websocket_connections_open") == 0, 10, "the session's end")
+
+
 def test_drain_closes_the_session_1001(pyz_path, cache_home, mock, tmp_path):
     """SIGTERM: an open session is closed with 1001 (going away) and the server exits."""
     srv = ServerProcess(pyz_path, tmp_path / "drain.db", mock_env(cache_home, mock)).start()

@@ -257,19 +257,22 @@ class RateLimitModule(Module):
 
     def count_started(self, ctx: RequestContext, asked: bool = False) -> Counted | None:
         """A Realtime response counted in the key's window now. ``asked``: the client's own
-        ``response.create``, refused (``RateLimited``) past the key's rpm in the same step as its count,
-        as ``before`` admits (a check, then a count with no limit, let two sessions that checked at
-        once both through); else one the provider began on its own (server VAD): never refused, the
-        session's next ``response.create`` and the next upgrade are. Its tokens: :meth:`count_used`."""
+        ``response.create``, admitted as ``before`` admits a request — its worst case counted, or
+        ``RateLimited`` past the rpm or tpm, in one step (a check, then a count of no tokens, let a
+        burst of creates, or two sessions checking at once, through); else one the provider began
+        on its own (server VAD): no tokens, never refused (the session's next ``response.create``
+        and the next upgrade are). Its tokens once it ends: :meth:`count_used`."""
         key = ctx.key
         if key is None or (key.rpm is None and key.tpm is None):
             return None
-        return Counted(key.id, self.limiter.admit(key.id, key.rpm if asked else None, None, 0))
+        if not asked:
+            return Counted(key.id, self.limiter.admit(key.id, None, None, 0))
+        return Counted(key.id, self.limiter.admit(key.id, key.rpm, key.tpm, self._tokens(ctx)[0]))
 
     def count_used(self, ctx: RequestContext, counted: Counted | None, tokens: int) -> None:
-        """The ``tokens`` a request counted by :meth:`count_started` used, once known."""
-        key = ctx.key
-        if key is not None and key.tpm and tokens and counted is not None:
+        """The ``tokens`` a request counted by :meth:`count_started` used, once known (in place of
+        its worst case, as ``after`` corrects a request's)."""
+        if counted is not None and ctx.key is not None and ctx.key.tpm:
             self.limiter.correct(counted.window, counted.entry, tokens)
 
     def _admit(self, key_id: str, rpm: int | None, tpm: int | None, tokens: int) -> object:

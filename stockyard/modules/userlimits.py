@@ -168,7 +168,7 @@ class UserLimitsModule(Module):
 
     def count_started(self, ctx: RequestContext, asked: bool = False) -> Counted | None:
         """A Realtime response counted in its end user's rpm/tpm window now, as
-        ``RateLimitModule.count_started`` counts it for the key (``asked``: refused past the rpm)."""
+        ``RateLimitModule.count_started`` counts it for the key (``asked``: admitted, or refused)."""
         user = ctx.end_user
         if user is None or ctx.endpoint in FREE_ENDPOINTS:
             return None
@@ -176,13 +176,15 @@ class UserLimitsModule(Module):
         if not (limits.rpm or limits.tpm):
             return None
         window = f"{limits.within}|{user}"
-        rpm = limits.rpm if asked else None
-        return Counted(window, self.limiter.admit(window, rpm, None, 0, f"end user {user!r}"))
+        if not asked:
+            return Counted(window, self.limiter.admit(window, None, None, 0))
+        tokens = self._tokens(ctx, limits)[0]
+        return Counted(window, self.limiter.admit(window, limits.rpm, limits.tpm, tokens, f"end user {user!r}"))
 
     def count_used(self, ctx: RequestContext, counted: Counted | None, tokens: int) -> None:
         """The ``tokens`` a request counted by :meth:`count_started` used, once known, in the window it
         was counted in (the options may name another by now: a key's override made meanwhile)."""
-        if counted is not None and tokens:
+        if counted is not None:
             self.limiter.correct(counted.window, counted.entry, tokens)
 
     def budget_of(self, ctx: RequestContext) -> Budget | None:
