@@ -461,6 +461,8 @@ def restore(
     db_path, source = Path(db_path).resolve(), Path(source).expanduser()  # a symlink's target, not the link
     if source.resolve() == db_path:
         raise BackupError("the source is the database itself")
+    if keep_previous < 0:  # not "no limit": read as 0 it removed every copy set aside
+        raise BackupError(f"keep_previous must be 0 or more, got {keep_previous}")
     with DatabaseLock(db_path, RESTORE):
         refuse_live_source(source)
         tmp = files.copy_beside(db_path, "restore")  # (those of a restore killed half way removed)
@@ -600,7 +602,7 @@ def _prune_set_aside(db_path: Path, keep: int) -> None:
         match = _ASIDE.fullmatch(path.name[len(db_path.name) :])
         if match:
             found.append(((match.group(1), int(match.group(2) or 1)), path))
-    for _, path in sorted(found, reverse=True)[max(keep, 0) :]:
+    for _, path in sorted(found, reverse=True)[keep:]:
         for old in (path, files.wal_path(path)):
             try:
                 old.unlink(missing_ok=True)

@@ -32,6 +32,7 @@ either way (close 1000), ``STOCKYARD_WEBSOCKET_LIFETIME`` (1000), a drain (1001)
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import select
@@ -53,7 +54,7 @@ from .logbuffer import access, printable
 from .modules.alias import Alias
 from .modules.early import check_early
 from .modules.guard import Guard
-from .modules.ratelimit import Counted, RateLimitModule
+from .modules.ratelimit import Counted, RateLimited, RateLimitModule
 from .modules.userlimits import UserLimitsModule
 from .pricing import Price, Usage, cost_microcents, format_usd
 from .providers import AZURE_API_VERSION
@@ -90,6 +91,8 @@ AUDIO_DELTAS = ("response.output_audio.delta", "response.audio.delta")  # GA's a
 # a token (``estimate.relayed_tokens``' rule) and its audio at OpenAI's 20 tokens a second of output,
 # which in pcm16 at 24 kHz is 2,400 bytes a token (a lower bound for the 8 kHz G.711 formats)
 AUDIO_BYTES_PER_TOKEN = 2400
+# Where a response was counted: each rpm/tpm module's window entry (``_count_started``)
+Counts = list[tuple[RateLimitModule | UserLimitsModule, Counted | None]]
 # Routes under /v1/realtime that give a browser a way to OpenAI around Stockyard: refused
 UNMETERED = {
     "/v1/realtime/client_secrets": "an ephemeral key",
@@ -400,11 +403,13 @@ class Relay:
         self._response_started: dict[str, float] = {}  # responses running: their response.created's time
         self._relayed: dict[str, list[int]] = {}  # of those, the output relayed: [text characters, audio bytes]
         # and where each was counted in the rpm/tpm windows as it began (its tokens put in as it ends)
-        self._counted: dict[str, list[tuple[RateLimitModule | UserLimitsModule, Counted | None]]] = {}
+        self._counted: dict[str, Counts] = {}
         self._read = Usage()  # the input the last response.done read (a lost response's estimate)
         self._books_closed = False  # the responses left running were billed as lost (_bill_lost)
         self._being_billed: set[str] = set()  # responses whose response.done the reader is billing (_billing)
         self._asked = 0  # the client's response.create sent on, its response.created not seen yet
+        # where each of those was counted in the rpm/tpm windows as it was sent on (the oldest first)
+        self._asked_counts: collections.deque[Counts] = collections.deque()
         self._state_lock = threading.Lock()  # the two above, and _final
         self._final: tuple[int, str, int] | None = None  # the session is ending (_stop): its close codes
         self._winding = False  # the session is ending: running responses are being cancelled and billed
@@ -590,8 +595,9 @@ class Relay:
         """A client's ``response.create``: its key checked again; under a budget, one response at a
         time (OpenAI runs out-of-band ones in parallel, each billed only as it ends: a budget could be
         passed by as many as were sent at once) and none once a budget is used up (by another
-        session of the key). True: sent on, and counted as asked for until its ``response.created``."""
-        if self._key_refused() or self._limited():
+        session of the key). True: sent on, counted in the rpm/tpm windows now, and counted as asked
+        for until its ``response.created``."""
+        if self._key_refused():
             return False
         if self._budgets:
             with self._state_lock:
@@ -602,8 +608,12 @@ class Relay:
                 return False
             if not self._budget_left():
                 return False
+        counted = self._count_started(asked=True)  # now: a burst sent before any response.created is limited too
+        if counted is None:  # past the key's (or its end user's) rpm or tpm: told, not sent on
+            return False
         with self._state_lock:  # awaited, should the session end before its response.created
             self._asked += 1
+            self._asked_counts.append(counted)
             self._settle()
         return True
 
@@ -748,7 +758,9 @@ class Relay:
         named = response.get("id")
         ident = named if isinstance(named, str) else ""
         if event.get("type") == "response.created":
-            counted = self._count_started()
+            with self._state_lock:  # the client's oldest create counted as it was sent on, or none (server VAD)
+                asked = self._asked_counts.popleft() if self._asked_counts else None
+            counted = asked if asked is not None else self._count_started() or []
             with self._state_lock:
                 self._response_started[ident] = time.perf_counter()
                 self._counted[ident] = counted
@@ -851,38 +863,28 @@ class Relay:
         a.response_id = ident[:256] or None
         return ctx
 
-    def _count_started(self) -> list[tuple[RateLimitModule | UserLimitsModule, Counted | None]]:
-        """A response begun, counted at once in the key's and the end user's rpm/tpm windows, as an
-        HTTP request is at admission (whoever asked for it: the client, or server VAD)."""
+    def _count_started(self, asked: bool = False) -> Counts | None:
+        """A response asked for or begun, counted at once in the key's and the end user's rpm/tpm
+        windows, as an HTTP request is at admission: the client's as its ``response.create`` is sent on
+        (eight sent at once, before any ``response.created``, were eight past an rpm of 2), server
+        VAD's at its ``response.created``. ``asked`` (the client's): admitted with its worst case, or
+        refused past an rpm or tpm (an ``error`` event ``rate_limit_exceeded``, type ``rate_limit_error``,
+        saying when the window frees; not sent on, the session goes on): None."""
         chain, base = self.app.path.chain(), self.ctx
         counted = []
         for name, kind in LIMITS:
             module = chain.module(name, base)
             if isinstance(module, kind):
                 try:
-                    entry = module.count_started(base)
+                    entry = module.count_started(base, asked)
+                except RateLimited as exc:
+                    self._send_client(ws.TEXT, error_event("rate_limit_exceeded", exc.message, "rate_limit_error"))
+                    return None
                 except Exception as exc:  # the shared windows' database busy or lost: the response goes uncounted
                     log.warning("realtime: a response not counted in the %s windows: %s", name, described(exc))
                     entry = None
                 counted.append((module, entry))
         return counted
-
-    def _limited(self) -> bool:
-        """A client's ``response.create`` with the key (or its end user) at its rpm or tpm: refused with an
-        ``error`` event ``rate_limit_exceeded`` (not sent on; the session goes on). True if refused."""
-        chain, base = self.app.path.chain(), self.ctx
-        for name, kind in LIMITS:
-            module = chain.module(name, base)
-            if not isinstance(module, kind):
-                continue
-            try:
-                module.check(base)
-            except ProxyError as exc:
-                if exc.code != "rate_limit_exceeded":  # an end user's budget: _budget_left's to say
-                    continue
-                self._send_client(ws.TEXT, error_event(exc.code, exc.message, "rate_limit_error"))
-                return True
-        return False
 
     def _settle_response(self, ctx: RequestContext, ident: str, cost: int | None, spent: int) -> None:
         """A response's trace written, the tokens it used put in the rpm/tpm windows it was counted in
@@ -893,7 +895,7 @@ class Relay:
         with self._state_lock:
             counted = self._counted.pop(ident, None)
         if counted is None:  # its response.created never seen: counted now
-            counted = self._count_started()
+            counted = self._count_started() or []  # (never refused: None only when asked)
         for module, entry in counted:  # the key's and the end user's rpm/tpm windows
             module.count_used(base, entry, usage.prompt_tokens + usage.completion_tokens)
         self.responses += 1

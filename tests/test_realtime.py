@@ -68,6 +68,7 @@ def server(pyz_path, cache_home, mock, tmp_path_factory):
                 "minionly": ["--models", "gpt-realtime-mini"],
                 "onerpm": ["--rpm", "1"],
                 "tworpm": ["--rpm", "2"],
+                "burstrpm": ["--rpm", "2"],
                 "leaver": [],
                 "faulter": [],
                 "revoked": [],
@@ -477,6 +478,66 @@ def test_an_open_session_past_the_keys_rpm_refuses_the_next_response(server, moc
     assert [beta for beta, _ in mock.realtime_asked].count("tworpm") == 2
 
 
+def test_a_burst_of_response_creates_is_held_to_the_keys_rpm(server, mock):
+    """A key with rpm 2 sends eight ``response.create`` in one write, before any ``response.created``
+    came back: each is counted as it is sent on (as an HTTP request is at admission), so two reach the
+    provider and six are ``rate_limit_exceeded`` error events (counted only at their response.created,
+    all eight passed the check: a burst was a way past the key's rpm)."""
+    raw = upgrade(server, "burstrpm", extra="OpenAI-Beta: burstrpm\r\n")
+    assert raw.status == 101 and raw.event()["type"] == "session.created"
+    create = json.dumps({"type": "response.create", "response": {"output_modalities": ["text"]}}).encode()
+    frames = b""
+    for _ in range(8):  # masked text frames, all in one segment
+        frames += bytes([0x81, 0x80 | len(create), 0, 0, 0, 0]) + create
+    raw.sock.sendall(frames)
+    done = refused = 0
+    while done + refused < 8:
+        event = raw.event()
+        if event["type"] == "response.done":
+            done += 1
+        elif event["type"] == "error":
+            assert event["error"]["code"] == "rate_limit_exceeded", event
+            refused += 1
+    raw.close()
+    assert (done, refused) == (2, 6)
+    assert [beta for beta, _ in mock.realtime_asked].count("burstrpm") == 2
+    # ended and logged before the next test reads the log for its own session's line
+    wait_for(lambda: server.metric("websocket_connections_open") == 0, 10, "the session's end")
+
+
+def test_a_burst_of_response_creates_is_held_to_the_keys_tpm(server, mock):
+    """A key whose tpm holds one response's worst case (the estimate its upgrade is checked with) and
+    not two sends four ``response.create`` in one write: each is counted with that estimate as it is
+    sent on (as an HTTP request is at admission, then corrected to what it used), so one reaches the
+    provider and three are ``rate_limit_exceeded``. Counted with no tokens until it ended, all four
+    passed the tpm check."""
+    probe = server.create_keys({"tpmprobe": ["--tpm", "1"]})["tpmprobe"]
+    server.keys["tpmprobe"] = probe
+    wait_for(lambda: server.request("GET", "/v1/models", headers=server.auth("tpmprobe"))[0] == 200, 10, "key")
+    worst = int(refusal(upgrade(server, "tpmprobe"))["error"]["message"].split(" may use ")[1].split()[0])
+    server.keys.update(server.create_keys({"bursttpm": ["--tpm", str(worst + worst // 2)]}))
+    wait_for(lambda: server.request("GET", "/v1/models", headers=server.auth("bursttpm"))[0] == 200, 10, "key")
+    raw = upgrade(server, "bursttpm", extra="OpenAI-Beta: bursttpm\r\n")
+    assert raw.status == 101 and raw.event()["type"] == "session.created"
+    held = {"output_modalities": ["text"], "metadata": {"mock": "hold"}}  # running until cancelled: no
+    create = json.dumps({"type": "response.create", "response": held}).encode()  # usage frees the window
+    raw.sock.sendall((bytes([0x81, 0x80 | len(create), 0, 0, 0, 0]) + create) * 4)  # masked frames, one write
+    created = refused = 0
+    while created + refused < 4:
+        event = raw.event()
+        if event["type"] == "response.created":
+            created += 1
+        elif event["type"] == "error":
+            assert event["error"]["code"] == "rate_limit_exceeded", event
+            refused += 1
+    assert (created, refused) == (1, 3)
+    raw.send_json({"type": "response.cancel"})
+    assert raw.until("response.done")[-1]["type"] == "response.done"
+    raw.close()
+    assert [beta for beta, _ in mock.realtime_asked].count("bursttpm") == 1
+    wait_for(lambda: server.metric("websocket_connections_open") == 0, 10, "the session's end")
+
+
 def test_drain_closes_the_session_1001(pyz_path, cache_home, mock, tmp_path):
     """SIGTERM: an open session is closed with 1001 (going away) and the server exits."""
     srv = ServerProcess(pyz_path, tmp_path / "drain.db", mock_env(cache_home, mock)).start()
@@ -623,22 +684,26 @@ def test_a_response_done_billed_while_the_session_ends_is_billed_once(server):
 
 @pytest.mark.skipif(TEST_STORE != "postgresql", reason="a response's rate count waits for a lock on PostgreSQL only")
 def test_a_response_begun_while_its_reader_was_held_is_billed_after_the_session_ends(server):
-    """The provider's reader is held counting a ``response.created`` in the key's rpm window (another
-    session holds the window's lock) when the client leaves: the session's end finds no response
-    running (its response.created not read yet) and bills none; the reader, let go after that, saw the
-    response begin. It is billed all the same (an estimate, status 502), never free. Before: no trace."""
+    """The provider's reader is held counting a ``response.created`` of server VAD's (a response the
+    client did not ask for: counted as it begins) in the key's rpm window (another session holds the
+    window's lock) when the client leaves: the session's end finds no response running (its
+    response.created not read yet) and bills none; the reader, let go after that, saw the response
+    begin. It is billed all the same (an estimate, status 502), never free. Before: no trace."""
     raw = upgrade(server, "stalled")
     assert raw.event()["type"] == "session.created"
     raw.send_json({"type": "response.create", "response": {"output_modalities": ["text"]}})
     raw.until("response.done")  # a first response: the input a lost one is estimated by
+    vad = {"audio": {"input": {"turn_detection": {"type": "server_vad"}}}, "type": "realtime"}
+    raw.send_json({"type": "session.update", "session": vad})
+    assert raw.event()["type"] == "session.updated"
     key_id = server.db_rows("SELECT id FROM client_keys WHERE name = 'stalled'")[0]["id"]
     other = open_database(server.db)
     other.execute("START TRANSACTION")
     other.execute("SELECT pg_advisory_xact_lock(hashtext(?))", (f"rate:{key_id}",))
     logged = len(server.log_lines)
     try:
-        raw.send_json({"type": "response.create", "response": {"output_modalities": ["text"]}})
-        assert raw.event()["type"] == "response.created"  # relayed; its count now waits for the lock
+        raw.send_json({"type": "input_audio_buffer.append", "audio": pcm(1)})  # speech: the provider answers it
+        assert raw.until("response.created")[-1]["type"] == "response.created"  # relayed; its count waits
         raw.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         raw.close()
         ended = lambda: next((x for x in server.log_lines[logged:] if "WS /v1/realtime" in x), None)  # noqa: E731

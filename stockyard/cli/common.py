@@ -58,6 +58,15 @@ def count_arg(text: str) -> int:
         raise argparse.ArgumentTypeError(f"must be a whole number from 1 to {SQLITE_INT_MAX}, got {text!r}") from None
 
 
+def kept_count(text: str) -> int:
+    """A count of things kept (``--keep-previous``): 0 or more. A negative one, "no limit" by habit,
+    would otherwise read as 0 and remove them all."""
+    try:
+        return whole_number(int(text.strip()), 0, SQLITE_INT_MAX)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, 0 or more, got {text!r}") from None
+
+
 def database(args: argparse.Namespace) -> Path | PostgresURL:
     """``--db``, then ``STOCKYARD_DB``, then the default: a file, or a PostgreSQL URL."""
     return resolve_database(getattr(args, "db", None), os.environ)

@@ -11,7 +11,7 @@ from ..config import encryption_secret
 from ..dburl import PostgresURL
 from ..store.backends import PostgresBackend
 from ..store.lock import DatabaseBusy
-from .common import CommandError, database, runs
+from .common import CommandError, database, kept_count, runs
 
 
 def register(sub) -> None:
@@ -34,7 +34,7 @@ def register(sub) -> None:
     )
     p.add_argument(
         "--keep-previous",
-        type=int,
+        type=kept_count,
         default=KEEP_PREVIOUS,
         metavar="N",
         help=f"after a restore that succeeded, keep the newest N <db>.before-restore-* copies and "

@@ -50,7 +50,13 @@ class _Window:
             self.tokens -= old.tokens
 
 
-Counted = _Entry  # a request counted in a window (``count_started``), its tokens corrected later
+@dataclass(frozen=True)
+class Counted:
+    """A request counted in a window (``count_started``), its tokens corrected later (``count_used``) in
+    that same window: the options naming an end user's window may change meanwhile (an override)."""
+
+    window: str
+    entry: Any  # the limiter's entry (RateLimiter's or SharedRateLimiter's)
 
 
 class RateLimited(Exception):
@@ -249,20 +255,25 @@ class RateLimitModule(Module):
         except RateLimited as exc:
             raise exc.error() from None
 
-    def count_started(self, ctx: RequestContext) -> Counted | None:
-        """A request that has begun, counted in the key's window now, never refused: a Realtime
-        response (the provider may start one on its own, so there is none to refuse; the session's
-        next ``response.create`` and the next upgrade ``check`` it). Its tokens: :meth:`count_used`."""
+    def count_started(self, ctx: RequestContext, asked: bool = False) -> Counted | None:
+        """A Realtime response counted in the key's window now. ``asked``: the client's own
+        ``response.create``, admitted as ``before`` admits a request — its worst case counted, or
+        ``RateLimited`` past the rpm or tpm, in one step (a check, then a count of no tokens, let a
+        burst of creates, or two sessions checking at once, through); else one the provider began
+        on its own (server VAD): no tokens, never refused (the session's next ``response.create``
+        and the next upgrade are). Its tokens once it ends: :meth:`count_used`."""
         key = ctx.key
         if key is None or (key.rpm is None and key.tpm is None):
             return None
-        return self.limiter.admit(key.id, None, None, 0)  # no limits given: counted, never refused
+        if not asked:
+            return Counted(key.id, self.limiter.admit(key.id, None, None, 0))
+        return Counted(key.id, self.limiter.admit(key.id, key.rpm, key.tpm, self._tokens(ctx)[0]))
 
-    def count_used(self, ctx: RequestContext, entry: Counted | None, tokens: int) -> None:
-        """The ``tokens`` a request counted by :meth:`count_started` used, once known."""
-        key = ctx.key
-        if key is not None and key.tpm and tokens and entry is not None:
-            self.limiter.correct(key.id, entry, tokens)
+    def count_used(self, ctx: RequestContext, counted: Counted | None, tokens: int) -> None:
+        """The ``tokens`` a request counted by :meth:`count_started` used, once known (in place of
+        its worst case, as ``after`` corrects a request's)."""
+        if counted is not None and ctx.key is not None and ctx.key.tpm:
+            self.limiter.correct(counted.window, counted.entry, tokens)
 
     def _admit(self, key_id: str, rpm: int | None, tpm: int | None, tokens: int) -> object:
         return admitted(self.limiter, key_id, rpm, tpm, tokens)

@@ -166,23 +166,26 @@ class UserLimitsModule(Module):
         if used_up is not None:
             raise used_up.error()
 
-    def count_started(self, ctx: RequestContext) -> Counted | None:
-        """A request that has begun (a Realtime response) counted in its end user's rpm/tpm window,
-        never refused, as ``RateLimitModule.count_started`` counts it for the key."""
+    def count_started(self, ctx: RequestContext, asked: bool = False) -> Counted | None:
+        """A Realtime response counted in its end user's rpm/tpm window now, as
+        ``RateLimitModule.count_started`` counts it for the key (``asked``: admitted, or refused)."""
         user = ctx.end_user
         if user is None or ctx.endpoint in FREE_ENDPOINTS:
             return None
         limits: UserLimits = self.options(ctx)
         if not (limits.rpm or limits.tpm):
             return None
-        return self.limiter.admit(f"{limits.within}|{user}", None, None, 0)  # no limits given: never refused
+        window = f"{limits.within}|{user}"
+        if not asked:
+            return Counted(window, self.limiter.admit(window, None, None, 0))
+        tokens = self._tokens(ctx, limits)[0]
+        return Counted(window, self.limiter.admit(window, limits.rpm, limits.tpm, tokens, f"end user {user!r}"))
 
-    def count_used(self, ctx: RequestContext, entry: Counted | None, tokens: int) -> None:
-        """The ``tokens`` a request counted by :meth:`count_started` used, once known."""
-        user = ctx.end_user
-        limits: UserLimits = self.options(ctx)
-        if user is not None and limits.tpm and tokens and entry is not None:
-            self.limiter.correct(f"{limits.within}|{user}", entry, tokens)
+    def count_used(self, ctx: RequestContext, counted: Counted | None, tokens: int) -> None:
+        """The ``tokens`` a request counted by :meth:`count_started` used, once known, in the window it
+        was counted in (the options may name another by now: a key's override made meanwhile)."""
+        if counted is not None:
+            self.limiter.correct(counted.window, counted.entry, tokens)
 
     def budget_of(self, ctx: RequestContext) -> Budget | None:
         """The end user's budget a request counts against (None: it names no end user, or its
