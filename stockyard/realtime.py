@@ -35,6 +35,7 @@ from __future__ import annotations
 import collections
 import json
 import logging
+import secrets
 import select
 import socket
 import ssl
@@ -86,6 +87,7 @@ CLOSE_WAIT_S = 1.0
 CANCEL_WAIT_S = 5.0  # the client gone: how long a cancelled response's response.done is awaited
 DONE = b'"response.done"'  # in JSON only as the event's type: a string holding it escapes its quotes
 DELTA = b'.delta"'  # an output delta's type (text, audio, transcript, a call's arguments)
+ERROR = b'"error"'  # in an error event (its type, its error object), read only when present
 AUDIO_DELTAS = ("response.output_audio.delta", "response.audio.delta")  # GA's and the beta's
 # What a response that never sent response.done is estimated by: its output text at four characters
 # a token (``estimate.relayed_tokens``' rule) and its audio at OpenAI's 20 tokens a second of output,
@@ -408,8 +410,9 @@ class Relay:
         self._books_closed = False  # the responses left running were billed as lost (_bill_lost)
         self._being_billed: set[str] = set()  # responses whose response.done the reader is billing (_billing)
         self._asked = 0  # the client's response.create sent on, its response.created not seen yet
-        # where each of those was counted in the rpm/tpm windows as it was sent on (the oldest first)
-        self._asked_counts: collections.deque[Counts] = collections.deque()
+        # each of those: its event_id (an error naming it frees it) and where it was counted in the rpm/tpm
+        # windows as it was sent on (the oldest first)
+        self._asked_counts: collections.deque[tuple[str, Counts]] = collections.deque()
         self._state_lock = threading.Lock()  # the two above, and _final
         self._final: tuple[int, str, int] | None = None  # the session is ending (_stop): its close codes
         self._winding = False  # the session is ending: running responses are being cancelled and billed
@@ -582,21 +585,27 @@ class Relay:
             )
             self._send_client(ws.TEXT, error_event("model_change_not_allowed", message))
             return True
-        if event["type"] == "response.create" and not self._may_create():
-            return not self._ended.is_set() and self._final is None
+        payload = text.encode("utf-8")
+        if event["type"] == "response.create":
+            asked_id = event.get("event_id")
+            if not isinstance(asked_id, str) or not asked_id:  # one of ours: the provider's error names it
+                asked_id = f"event_stockyard_{secrets.token_hex(8)}"
+                payload = json_bytes({**event, "event_id": asked_id})
+            if not self._may_create(asked_id):
+                return not self._ended.is_set() and self._final is None
         try:
-            self.provider.send(ws.TEXT, text.encode("utf-8"))
+            self.provider.send(ws.TEXT, payload)
         except ClientGone:
             self._end(1014, "the provider is gone")
             return False
         return True
 
-    def _may_create(self) -> bool:
-        """A client's ``response.create``: its key checked again; under a budget, one response at a
-        time (OpenAI runs out-of-band ones in parallel, each billed only as it ends: a budget could be
-        passed by as many as were sent at once) and none once a budget is used up (by another
-        session of the key). True: sent on, counted in the rpm/tpm windows now, and counted as asked
-        for until its ``response.created``."""
+    def _may_create(self, asked_id: str) -> bool:
+        """A client's ``response.create`` (``asked_id``: its ``event_id``): its key checked again; under
+        a budget, one response at a time (OpenAI runs out-of-band ones in parallel, each billed only as it
+        ends: a budget could be passed by as many as were sent at once) and none once a budget is used up
+        (by another session of the key). True: sent on, counted in the rpm/tpm windows now, and counted
+        as asked for until its ``response.created`` (or the provider's error naming it)."""
         if self._key_refused():
             return False
         if self._budgets:
@@ -613,7 +622,7 @@ class Relay:
             return False
         with self._state_lock:  # awaited, should the session end before its response.created
             self._asked += 1
-            self._asked_counts.append(counted)
+            self._asked_counts.append((asked_id, counted))
             self._settle()
         return True
 
@@ -719,6 +728,8 @@ class Relay:
             self._active = time.monotonic()
             # Scrubbed as an HTTP answer's stream is: an error event may echo the provider's key
             data = self.app.path.scrub.bytes(got.text.encode("utf-8"))
+            if ERROR in data:  # a create it refused is freed before the client hears (and sends the next)
+                self._create_refused(data)
             self._send_client(ws.TEXT, data)
             if DONE in data or b'"response.created"' in data:
                 return self._provider_event(data)
@@ -745,6 +756,27 @@ class Relay:
             else:
                 seen[0] += len(delta)
 
+    def _create_refused(self, data: bytes) -> None:
+        """The provider's ``error`` for a client's ``response.create`` (its ``event_id`` named, as every
+        create goes on with one): no response comes of it, so it is no longer awaited (under a budget the
+        session's next create would be refused as one in progress), and its worst case leaves the tpm window."""
+        try:
+            event = json.loads(data)
+        except ValueError:
+            return
+        error = event.get("error") if isinstance(event, dict) and event.get("type") == "error" else None
+        named = error.get("event_id") if isinstance(error, dict) else None
+        with self._state_lock:
+            found = next((i for i, (asked_id, _) in enumerate(self._asked_counts) if asked_id == named), None)
+            if found is None:
+                return
+            _, counted = self._asked_counts[found]
+            del self._asked_counts[found]
+            self._asked = max(0, self._asked - 1)
+            self._settle()
+        for module, entry in counted:  # counted in the rpm as a request is; no tokens used
+            module.count_used(self.ctx, entry, 0)
+
     def _provider_event(self, data: bytes) -> bool:
         """``response.created`` starts a response's clock; ``response.done`` bills it (after it
         went to the client: a bill never holds the audio back). False once a budget ends the session."""
@@ -759,7 +791,7 @@ class Relay:
         ident = named if isinstance(named, str) else ""
         if event.get("type") == "response.created":
             with self._state_lock:  # the client's oldest create counted as it was sent on, or none (server VAD)
-                asked = self._asked_counts.popleft() if self._asked_counts else None
+                asked = self._asked_counts.popleft()[1] if self._asked_counts else None
             counted = asked if asked is not None else self._count_started() or []
             with self._state_lock:
                 self._response_started[ident] = time.perf_counter()

@@ -3964,6 +3964,15 @@ class RealtimeSession:
             self.images += RT_IMAGE_TOKENS * sum(c.get("type") == "input_image" for c in content)
             self.send("conversation.item.added", previous_item_id=None, item=item)
             self.send("conversation.item.done", previous_item_id=None, item=item)
+        elif (
+            kind == "response.create" and ((event.get("response") or {}).get("metadata") or {}).get("mock") == "reject"
+        ):
+            # as OpenAI refuses a create it cannot run: an error naming the client event, no response.created
+            message = "Invalid value: 'nonsense'. Supported values are: 'text' and 'audio'."
+            error = {"type": "invalid_request_error", "code": "invalid_value", "message": message}
+            self.send(
+                "error", error={**error, "param": "response.output_modalities", "event_id": event.get("event_id")}
+            )
         elif kind == "response.create":
             self.respond(event.get("response") or {})
         elif kind == "response.cancel" and self.held is not None:

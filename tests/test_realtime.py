@@ -931,3 +931,28 @@ def test_a_provider_misbehaving_in_the_handshake_or_after_it(pyz_path, cache_hom
         srv.stop()
         bad.close()
     assert "Traceback" not in srv.log
+
+
+def test_a_create_the_provider_refuses_frees_a_budgeted_session_for_the_next(server, mock):
+    """Was: a ``response.create`` counted as asked for stayed so until a ``response.created`` that a
+    refused create never gets: under a budget every later create of the session was refused
+    (``response_in_progress``), and its end waited out its 5 s for it. Now every create goes on with an
+    ``event_id`` (the client's, or one Stockyard adds) and the provider's ``error`` naming it frees it."""
+    server.keys.update(server.create_keys({"refusedcreate": ["--budget-usd", "1", "--budget-period", "day"]}))
+    wait_for(lambda: server.request("GET", "/v1/models", headers=server.auth("refusedcreate"))[0] == 200, 10, "key")
+    for given in (None, "evt_client_1"):
+        raw = upgrade(server, "refusedcreate")
+        assert raw.status == 101 and raw.event()["type"] == "session.created"
+        refused = {"output_modalities": ["text"], "metadata": {"mock": "reject"}}
+        raw.send_json({"type": "response.create", "response": refused, **({"event_id": given} if given else {})})
+        error = raw.event()
+        assert error["type"] == "error" and error["error"]["code"] == "invalid_value", error
+        if given:
+            assert error["error"]["event_id"] == given  # the client's own id goes on as it sent it
+        raw.send_json({"type": "response.create", "response": {"output_modalities": ["text"]}})
+        events = [raw.event()]
+        while events[-1]["type"] not in ("response.done", "error"):
+            events.append(raw.event())
+        assert events[-1]["type"] == "response.done", events[-1]
+        raw.close()
+    wait_for(lambda: server.metric("websocket_connections_open") == 0, 10, "the sessions' end")
