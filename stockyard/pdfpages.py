@@ -24,8 +24,10 @@ import binascii
 import bisect
 import dataclasses
 import functools
+import itertools
 import json
 import logging
+import operator
 import re
 import zlib
 from dataclasses import dataclass
@@ -88,6 +90,8 @@ def _inflate(stream: memoryview, inflation: Inflation) -> bytes | None:
     has left. What it inflated is spent either way (an error at its end once let each of many streams
     inflate the most for free), and it is fed in blocks: many keywords before one end (each stream's
     bytes running to it) must not copy the rest each time."""
+    if not stream:
+        return None
     inflater, parts = zlib.decompressobj(), []
     try:
         for at in range(0, len(stream), _BLOCK):
@@ -99,7 +103,7 @@ def _inflate(stream: memoryview, inflation: Inflation) -> bytes | None:
                 break
     except zlib.error:
         return None
-    rest = at + _BLOCK if stream else 0  # the bytes after the block it ended in must be white space too
+    rest = at + _BLOCK  # the bytes after the block it ended in must be white space too
     if not inflater.eof or inflater.unused_data.strip(_PDF_SPACE) or not _SPACES.fullmatch(stream, rest):
         return None  # cut short by an 'endstream' in its bytes, or bytes after its end: not what a reader inflates
     return b"".join(parts)
@@ -273,6 +277,28 @@ _LEXEMES = {
 # bytes in the open, and whole strings, hex strings and comments: skipped in one match up to the next mark
 _OPEN = re.compile(rb"(?:[^(<%]++|<<|<[^>]*+>|%[^\r\n]*+[\r\n]|" + _STRING + rb")*+", re.S)
 _BOUND = rb"\x00\t\n\x0c\r ()<>\[\]{}%"  # white space and delimiters but '/'
+# A dictionary's brackets in bytes in the open (the group), its strings, hex strings and comments whole
+_BRACKETS = re.compile(rb"(<<|>>)|%[^\r\n]*+[\r\n]|<[^>]*+>|" + _STRING, re.S)
+_UPS = bytes.maketrans(b"<>", b"\x02\x00")
+_AFTER_DICTIONARY = re.compile(rb">>[\x00\t\n\x0c\r ]*\Z")  # a stream keyword a reader reads follows one
+
+
+def _deeper(depth: int, span: bytes) -> int:
+    """The depth of dictionaries after ``span`` (bytes in the open, its strings, hex strings and comments
+    whole) from ``depth``: a '>>' with none open closes none (a reader skips it), so this depth is never
+    less than that of a reader that starts an object anywhere in the bytes read (a lenient one skips a
+    '<<' where a key should be: less still)."""
+    if b"<<" not in span and b">>" not in span:
+        return depth
+    ups = b"".join(_BRACKETS.findall(span))[::2].translate(_UPS)  # 2 a '<<', 0 a '>>'
+    if len(ups) <= 16:  # most spans: an object's start or end
+        for up in ups:
+            depth = depth + 1 if up else max(0, depth - 1)
+        return depth
+    # the walk that stops at 0 ends at its sum less its lowest point below the start, in C (a step each
+    # in Python took 1.5 s for 4 MB of brackets)
+    lowest = min(map(operator.sub, itertools.accumulate(ups), itertools.count(1)), default=0)
+    return sum(ups) - len(ups) + max(depth, -min(lowest, 0))
 
 
 @functools.cache
@@ -327,6 +353,7 @@ class PageCounter:
     seen: int = 0  # bytes at the carry's start whose marks were counted already
     lexed: int = 0  # the file offset the lexer goes on from, in the open or in a stream's bytes:
     in_data: bool = False  # ... the bytes of a stream, which end at the next 'endstream'
+    depth: int = 0  # dictionaries open there (in the open): a keyword inside one starts no stream
     # The names seen since the last stream keyword in the open — the next one's dictionary is in between,
     # and that stream's bytes too (a reader may end it elsewhere than at our 'endstream') —: an /ObjStm
     # (in the open or a string), a /Filter, a /Predictor. Every stream keyword, wherever it is (a reader
@@ -394,26 +421,29 @@ class PageCounter:
                 stop = self._marks_in(buf, pos, len(buf) if end < 0 else end, "data", final, ends, budget, before)
                 if stop is not None or end < 0:
                     return cut if stop is None else stop
-                pos, self.in_data = end + len(b"endstream"), False
+                pos, self.in_data, self.depth = end + len(b"endstream"), False, 0
                 continue
             mark = self._pattern("open").search(buf, pos)
             limit = cut if mark is None else min(mark.start(), cut)
             skipped = _skip(_OPEN, buf, pos, limit)
+            self.depth = _deeper(self.depth, buf[pos:skipped])
             if skipped == limit and (mark is None or limit == cut):
                 return cut
-            if skipped == limit:  # a mark in the open: a keyword starts a stream's bytes
+            if skipped == limit:  # a mark in the open
                 assert mark is not None
-                if self._mark(buf, mark, "open", final, ends, budget):
+                stream = mark.lastgroup == "keyword" and self._after_dictionary(buf, mark.start())
+                loose = mark.lastgroup == "keyword" and not stream  # inside a dictionary: a reader skips it
+                if self._mark(buf, mark, "loose" if loose else "open", final, ends, budget):
                     return mark.start()
                 pos = mark.end()
-                if mark.lastgroup == "keyword":
+                if stream:  # right after a whole dictionary: a stream's bytes follow, and a new window
                     pos, self.in_data = _skip(_DATA, buf, pos, len(buf)), True
                     self.typed = self.filtered = self.predicted = False
                 continue
             kind, lexeme = _LEXEMES[buf[skipped]]  # a string, hex string or comment the next mark or the cut is in
             found = lexeme.match(buf, skipped)
             if found is not None and found[0] == b"<<":
-                pos = found.end()
+                pos, self.depth = found.end(), self.depth + 1
                 continue
             if found is None and not final and len(buf) - skipped <= CARRY_MAX:
                 return skipped  # open at the end: carried whole
@@ -425,6 +455,11 @@ class PageCounter:
                 return skipped
             pos = end
         return pos
+
+    def _after_dictionary(self, buf: bytes, keyword: int) -> bool:
+        """Whether a stream keyword in the open is one a reader reads: right after a dictionary's end, none
+        left open (pdf.js and PDFium skip one inside a dictionary, and its bytes, as a key that is no name)."""
+        return self.depth == 0 and _AFTER_DICTIONARY.search(buf, max(0, keyword - 64), keyword) is not None
 
     def _pattern(self, kind: str) -> re.Pattern[bytes]:
         """The marks that can still tell something in ``kind`` of bytes: a keyword in the open, elsewhere
@@ -455,8 +490,9 @@ class PageCounter:
         return None
 
     def _mark(self, buf: bytes, found: re.Match, kind: str, final: bool, ends: _Ends, budget: Inflation | None) -> bool:
-        """Note a name found in ``kind`` of bytes (open, string, hex, comment, data), or judge a stream
-        keyword there by the names since the last keyword in the open; True: stop, the stream it starts
+        """Note a name found in ``kind`` of bytes (open, string, hex, comment, data; a keyword in the open
+        but inside a dictionary is loose), or judge a stream keyword there by the names since the last
+        keyword that started a stream's bytes; True: stop, the stream it starts
         is open at ``buf``'s end. An object stream's type in a comment, a hex string or a stream's bytes
         is held at the limit: a reader that starts an object there (the cross-reference table says
         where) reads on in a string where this lexer reads in the open."""

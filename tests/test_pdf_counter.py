@@ -123,6 +123,8 @@ def test_many_stream_marks_before_one_end_are_read_in_one_pass():
         "padded-dictionary-obj-in-a-comment",
         "object-stream-in-a-string",
         "type-in-a-comment-a-reader-starts-in",
+        "keyword-inside-the-dictionary",
+        "keyword-after-a-dictionary-inside-the-dictionary",
     ],
 )
 def test_an_uploaded_pdf_cannot_show_one_page_and_hide_the_rest(how, piece):
@@ -177,6 +179,12 @@ def test_an_uploaded_pdf_cannot_show_one_page_and_hide_the_rest(how, piece):
         "padded-dictionary-obj-in-a-comment": dressed(900, b"/Type /ObjStm /Pad [" + b"0 " * CARRY + b"] %obj\n"),
         "object-stream-in-a-string": in_a_string(with_decoy(pdf(900, packed=True))),
         "type-in-a-comment-a-reader-starts-in": type_in_a_comment(900),
+        # a keyword in the open inside the dictionary, whose bytes inflate: a reader skips it and what follows
+        # as a key that is no name (pdf.js, PDFium) up to the dictionary's end, then reads the real stream
+        "keyword-inside-the-dictionary": dressed(900, b"/Type /ObjStm stream\n" + EMPTY + b"\nendstream "),
+        "keyword-after-a-dictionary-inside-the-dictionary": dressed(
+            900, b"/Type /ObjStm /X << >> stream\n" + EMPTY + b"\nendstream "
+        ),
     }[how]
     whole = pdf_pages(data)
     assert whole >= 900
@@ -298,6 +306,10 @@ def _test_pdfs() -> dict[str, bytes]:
         "object-stream-in-a-string": in_a_string(pdf(60, packed=True)),
         "keyword-then-spaces": pdf(50, packed=True).replace(b">>\nstream\n", b">>\nstream  \r\n"),
         "long-string-over-pieces": dressed(40, b"/S (" + b"x" * 3 * CARRY + b") /Type /ObjStm "),
+        "keyword-inside-the-dictionary": dressed(
+            30, b"/Type /ObjStm /X << /Y [<< >>] >> stream\n" + EMPTY + b"\nendstream "
+        ),
+        "stray-dictionary-ends": pdf(20, packed=True).replace(b"1 0 obj", b">> >> 1 0 obj"),
     }
 
 
