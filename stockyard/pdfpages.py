@@ -354,11 +354,12 @@ class PageCounter:
     lexed: int = 0  # the file offset the lexer goes on from, in the open or in a stream's bytes:
     in_data: bool = False  # ... the bytes of a stream, which end at the next 'endstream'
     depth: int = 0  # dictionaries open there (in the open): a keyword inside one starts no stream
-    # The names seen since the last stream keyword in the open — the next one's dictionary is in between,
-    # and that stream's bytes too (a reader may end it elsewhere than at our 'endstream') —: an /ObjStm
-    # (in the open or a string), a /Filter, a /Predictor. Every stream keyword, wherever it is (a reader
-    # may start an object inside a string), is judged by them; only one in the open starts a new window,
-    # so a false one in a string or comment cuts no dictionary short.
+    # The names seen since the last stream keyword that started a stream's bytes (in the open, right after
+    # a whole dictionary) — the next one's dictionary is in between, and that stream's bytes too (a reader
+    # may end it elsewhere than at our 'endstream') —: an /ObjStm (in the open or a string), a /Filter, a
+    # /Predictor. Every stream keyword, wherever it is (a reader may start an object inside a string), is
+    # judged by them; only one that starts a stream's bytes starts a new window, so a false one in a
+    # string, a comment or a dictionary cuts no dictionary short.
     typed: bool = False
     filtered: bool = False
     predicted: bool = False
@@ -411,8 +412,9 @@ class PageCounter:
     def _lex(self, buf: bytes, cut: int, final: bool, budget: Inflation | None) -> int:
         """Read ``buf`` from :attr:`lexed` to ``cut`` as a reader lexes a PDF — strings, hex strings and
         comments whole, a stream's bytes to its ``endstream`` — judging each stream keyword by the marks
-        since the last one in the open and inflating the object streams; returns the offset in ``buf``
-        to go on from (a stream, string or comment open at its end starts there: carried whole)."""
+        since the last one that started a stream's bytes, and inflating the object streams; returns the
+        offset in ``buf`` to go on from (a stream, string or comment open at its end starts there:
+        carried whole)."""
         pos, ends = self.lexed - (self.at - len(buf)), _Ends(buf)
         while pos < cut and not self.unread:
             if self.in_data:
@@ -492,10 +494,10 @@ class PageCounter:
     def _mark(self, buf: bytes, found: re.Match, kind: str, final: bool, ends: _Ends, budget: Inflation | None) -> bool:
         """Note a name found in ``kind`` of bytes (open, string, hex, comment, data; a keyword in the open
         but inside a dictionary is loose), or judge a stream keyword there by the names since the last
-        keyword that started a stream's bytes; True: stop, the stream it starts
-        is open at ``buf``'s end. An object stream's type in a comment, a hex string or a stream's bytes
-        is held at the limit: a reader that starts an object there (the cross-reference table says
-        where) reads on in a string where this lexer reads in the open."""
+        keyword that started a stream's bytes; True: stop, the stream it starts is open at ``buf``'s end.
+        An object stream's type in a comment, a hex string or a stream's bytes holds the PDF at the limit:
+        a reader that starts an object there (where the cross-reference table says) may read on in a
+        string where this lexer reads in the open."""
         if found.lastgroup != "keyword":
             self.unread = self.unread or (found.lastgroup == "type" and kind in ("comment", "hex", "data"))
             self.typed = self.typed or found.lastgroup == "type"

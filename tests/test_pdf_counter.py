@@ -334,6 +334,51 @@ def test_a_pdf_in_random_pieces_is_counted_as_pdf_pages_counts_it_whole(name, cu
     assert counter.pages() == whole
 
 
+def image(number: int, size: int = 20_000) -> bytes:
+    """An image object: a JPEG stream (not Flate) of ``size`` random bytes."""
+    head = f"{number} 0 obj\n<< /Type /XObject /Subtype /Image /Filter /DCTDecode /Length {size} >>\nstream\n"
+    return head.encode() + os.urandom(size) + b"\nendstream\nendobj\n"
+
+
+def objects_of(data: bytes) -> bytes:
+    """The objects of a PDF made by ``pdf`` but its catalog (to add to another)."""
+    return data.split(b"endobj\n", 1)[1].split(b"trailer")[0]
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [
+        "images-after-the-object-stream",
+        "nested-dictionaries-strings-and-hex-in-its-dictionary",
+        "comments-and-a-crlf-keyword",
+        "a-title-with-stream-words-in-a-string",
+        "two-object-streams",
+    ],
+)
+def test_an_ordinary_pdf_is_counted_exactly(shape):
+    """The lexer counts what writers make at its pages, not at the limit: images (not Flate, with a
+    filter) after the object stream start a new window; nested dictionaries, strings with parentheses
+    and hex strings in the object stream's dictionary, comments and a CRLF after the keyword, a
+    document title speaking of streams, two object streams."""
+    packed = with_decoy(pdf(120, packed=True))
+    data = {
+        "images-after-the-object-stream": packed.replace(b"trailer", image(900) + image(901) + b"trailer"),
+        "nested-dictionaries-strings-and-hex-in-its-dictionary": packed.replace(
+            b"/Type /ObjStm ", b"/Type /ObjStm /X << /A << /B [1 (a (b) \\) c) <4142>] >> /C (>>) >> "
+        ),
+        "comments-and-a-crlf-keyword": packed.replace(b"1 0 obj", b"% a comment (\n1 0 obj").replace(
+            b">>\nstream\n", b">> % the data\r\nstream\r\n"
+        ),
+        "a-title-with-stream-words-in-a-string": packed.replace(
+            b"trailer", b"99 0 obj\n<< /Title (Upstream and stream\n endstream) >>\nendobj\n" + image(98) + b"trailer"
+        ),
+        "two-object-streams": packed.replace(b"trailer", objects_of(pdf(30, packed=True)) + b"trailer"),
+    }[shape]
+    extra = 30 if shape == "two-object-streams" else 0
+    assert pdf_pages(data) == 121 + extra
+    assert counted(data, 1000).pages() == counted(data, CARRY + 1).pages() == 121 + extra
+
+
 def test_one_requests_pdfs_share_one_inflation_budget():
     """The object streams of one request's PDFs inflate from one budget (:class:`Inflation`): the first
     PDF is counted, the next one, which the budget no longer reaches, is held at the limit."""
