@@ -277,8 +277,9 @@ _LEXEMES = {
 # bytes in the open, and whole strings, hex strings and comments: skipped in one match up to the next mark
 _OPEN = re.compile(rb"(?:[^(<%]++|<<|<[^>]*+>|%[^\r\n]*+[\r\n]|" + _STRING + rb")*+", re.S)
 _BOUND = rb"\x00\t\n\x0c\r ()<>\[\]{}%"  # white space and delimiters but '/'
-# A dictionary's brackets in bytes in the open (the group), its strings, hex strings and comments whole
-_BRACKETS = re.compile(rb"(<<|>>)|%[^\r\n]*+[\r\n]|<[^>]*+>|" + _STRING, re.S)
+# strings, hex strings and comments in bytes in the open (blanked before a dictionary's brackets are read)
+_IN_LEXEMES = re.compile(rb"%[^\r\n]*+[\r\n]|<(?<!<<)(?!<)[^>]*+>|" + _STRING, re.S)
+_BRACKET = re.compile(rb"<<|>>")
 _UPS = bytes.maketrans(b"<>", b"\x02\x00")
 _AFTER_DICTIONARY = re.compile(rb">>[\x00\t\n\x0c\r ]*\Z")  # a stream keyword a reader reads follows one
 
@@ -290,7 +291,7 @@ def _deeper(depth: int, span: bytes) -> int:
     '<<' where a key should be: less still)."""
     if b"<<" not in span and b">>" not in span:
         return depth
-    ups = b"".join(_BRACKETS.findall(span))[::2].translate(_UPS)  # 2 a '<<', 0 a '>>'
+    ups = b"".join(_BRACKET.findall(_IN_LEXEMES.sub(b" ", span)))[::2].translate(_UPS)  # 2 a '<<', 0 a '>>'
     if len(ups) <= 16:  # most spans: an object's start or end
         for up in ups:
             depth = depth + 1 if up else max(0, depth - 1)
@@ -301,19 +302,45 @@ def _deeper(depth: int, span: bytes) -> int:
     return sum(ups) - len(ups) + max(depth, -min(lowest, 0))
 
 
+_WHITE = rb"[\x00\t\n\x0c\r ]"
+# an object's header (white space or comments between its words), each run of digits tried once
+_GAP = rb"(?:[\x00\t\n\x0c\r ]|%[^\r\n()<>]*+[\r\n])++"
+_OBJECT = rb"(?<!\d)\d++" + _GAP + rb"\d++" + _GAP + rb"obj(?![^" + _BOUND + b"/])"
+_LINE_OBJECT = rb"(?<!\d)\d++[\x00\t\x0c ]++\d++[\x00\t\x0c ]++obj(?![^" + _BOUND + b"/])"  # in a comment
+# The marks the lexer looks for, by name: each its first byte, outside its group (the regular expression
+# engine then skips to one of those bytes: a pattern of groups read a stream's bytes ten times slower),
+# and the rest; 'in_…': an object's header in a string, comment or hex string (in the open).
+_MARK_PARTS = {
+    "header": (b"o", b"bj(?<=" + _WHITE + b"obj)(?![^" + _BOUND + b"/])"),  # an object's 'obj'
+    "keyword": (b"s", b"tream(?<![^" + _BOUND + b"]stream)(?![^" + _BOUND + b"/])"),
+    "type": (b"/", _name(b"ObjStm")),
+    "filter": (b"/", _name(b"Filter")),
+    "predictor": (b"/", _name(b"Predictor")),
+    "in_string": (rb"\(", rb"[^()]*?" + _OBJECT),
+    "in_comment": (b"%", rb"[^\r\n]*?" + _LINE_OBJECT),
+    "in_hex": (b"<", rb"(?<!<<)(?!<)[^<>]*?" + _OBJECT),
+}
+_HIDDEN = ("in_string", "in_comment", "in_hex")
+_OBJECT_NUMBERS = re.compile(rb"\d+" + _WS + rb"\d+" + _WS + rb"\Z")  # before an object's 'obj'
+
+
 @functools.cache
-def _marks(keyword: bool, type_: bool, filter_: bool, predictor: bool) -> re.Pattern[bytes]:
-    """A pattern of the marks the lexer looks for, each a group of its name: the stream keyword, an object
-    stream's type, a filter, a predictor; those that can tell nothing more left out (a run of /Filter
-    names, or of keywords in strings while no type was seen, took a step each). A mark's first byte stands
-    outside its group: the regular expression engine then skips to an 's' or a '/' (a stream's bytes are
-    read for them too: ten times faster than a pattern of groups)."""
-    marks = [b"s(?P<keyword>tream)(?<![^" + _BOUND + b"]stream)(?![^" + _BOUND + b"/])"] if keyword else []
-    names = [(type_, b"type", b"ObjStm"), (filter_, b"filter", b"Filter"), (predictor, b"predictor", b"Predictor")]
-    if any(wanted for wanted, _, _ in names):
-        groups = (b"(?P<%s>%s)" % (group, _name(name)) for wanted, group, name in names if wanted)
-        marks.append(b"/(?:" + b"|".join(groups) + b")")
-    return re.compile(b"|".join(marks) or b"(?!)")
+def _marks(kind: str, typed: bool, filtered: bool, predicted: bool) -> re.Pattern[bytes]:
+    """The pattern of the marks that can still tell something in ``kind`` of bytes. In the open: a stream
+    keyword, a type until one is seen, a filter or a predictor until one is seen, and an object's header
+    in a string, comment or hex string (one in the open, where readers start objects, tells nothing: a
+    step each for nothing). In a string, comment or hex string: an object's header, a keyword once a
+    type was seen (before: a run of them took a step each), the names as in the open (a type always in a
+    comment or hex string: it holds the PDF at the limit). In a stream's bytes: an object's header (a
+    reader keeps in step with this lexer from its object's header on: what else is there tells nothing)."""
+    if kind == "data":
+        names = ["header"]
+    else:
+        names = ["keyword"] if kind == "open" or typed else []
+        names += ["type"] * (kind in ("comment", "hex") or not typed) + ["filter"] * (not filtered)
+        names += ["predictor"] * (not predicted) + (list(_HIDDEN) if kind == "open" else ["header"])
+    marks = (b"%s(?P<%s>%s)" % (_MARK_PARTS[name][0], name.encode(), _MARK_PARTS[name][1]) for name in names)
+    return re.compile(b"|".join(marks))
 
 
 def _skip(pattern: re.Pattern[bytes], buf: bytes, pos: int, endpos: int) -> int:
@@ -353,7 +380,8 @@ class PageCounter:
     seen: int = 0  # bytes at the carry's start whose marks were counted already
     lexed: int = 0  # the file offset the lexer goes on from, in the open or in a stream's bytes:
     in_data: bool = False  # ... the bytes of a stream, which end at the next 'endstream'
-    depth: int = 0  # dictionaries open there (in the open): a keyword inside one starts no stream
+    depth: int = 0  # dictionaries open in the open at the offset depth_at (read up to a keyword when one
+    depth_at: int = 0  # comes, and at a piece's end): a keyword inside one starts no stream
     # The names seen since the last stream keyword that started a stream's bytes (in the open, right after
     # a whole dictionary) — the next one's dictionary is in between, and that stream's bytes too (a reader
     # may end it elsewhere than at our 'endstream') —: an /ObjStm (in the open or a string), a /Filter, a
@@ -387,6 +415,8 @@ class PageCounter:
         self._count_marks(buf, cut)
         resume = cut if self.unread else self._lex(buf, cut, final, inflation)
         self.lexed = self.at - len(buf) + resume
+        if not final and not self.in_data and not self.unread:
+            self._deepen(buf, resume)  # the carry no longer holds the bytes before it
         keep = max(0, min(cut, resume - 1))  # from a byte before the lexer goes on: a keyword's look-behind
         self.carry, self.seen = (b"", 0) if final else (buf[keep:], cut - keep)
         kept = self.at - len(self.carry)  # a stream before the carry is never read again
@@ -423,16 +453,15 @@ class PageCounter:
                 stop = self._marks_in(buf, pos, len(buf) if end < 0 else end, "data", final, ends, budget, before)
                 if stop is not None or end < 0:
                     return cut if stop is None else stop
-                pos, self.in_data, self.depth = end + len(b"endstream"), False, 0
+                pos, self.in_data = end + len(b"endstream"), False
+                self.depth, self.depth_at = 0, self.at - len(buf) + pos
                 continue
             mark = self._pattern("open").search(buf, pos)
             limit = cut if mark is None else min(mark.start(), cut)
             skipped = _skip(_OPEN, buf, pos, limit)
-            self.depth = _deeper(self.depth, buf[pos:skipped])
             if skipped == limit and (mark is None or limit == cut):
                 return cut
-            if skipped == limit:  # a mark in the open
-                assert mark is not None
+            if skipped == limit and mark is not None:  # a mark in the open
                 stream = mark.lastgroup == "keyword" and self._after_dictionary(buf, mark.start())
                 loose = mark.lastgroup == "keyword" and not stream  # inside a dictionary: a reader skips it
                 if self._mark(buf, mark, "loose" if loose else "open", final, ends, budget):
@@ -445,7 +474,7 @@ class PageCounter:
             kind, lexeme = _LEXEMES[buf[skipped]]  # a string, hex string or comment the next mark or the cut is in
             found = lexeme.match(buf, skipped)
             if found is not None and found[0] == b"<<":
-                pos, self.depth = found.end(), self.depth + 1
+                pos = found.end()
                 continue
             if found is None and not final and len(buf) - skipped <= CARRY_MAX:
                 return skipped  # open at the end: carried whole
@@ -461,14 +490,18 @@ class PageCounter:
     def _after_dictionary(self, buf: bytes, keyword: int) -> bool:
         """Whether a stream keyword in the open is one a reader reads: right after a dictionary's end, none
         left open (pdf.js and PDFium skip one inside a dictionary, and its bytes, as a key that is no name)."""
+        self._deepen(buf, keyword)
         return self.depth == 0 and _AFTER_DICTIONARY.search(buf, max(0, keyword - 64), keyword) is not None
 
+    def _deepen(self, buf: bytes, to: int) -> None:
+        """Read the dictionaries' brackets in the open up to ``to`` in ``buf`` (where the lexer is in the
+        open), from :attr:`depth_at`: only where a keyword needs them (most bytes never do)."""
+        base = self.at - len(buf)
+        self.depth, self.depth_at = _deeper(self.depth, buf[self.depth_at - base : to]), base + to
+
     def _pattern(self, kind: str) -> re.Pattern[bytes]:
-        """The marks that can still tell something in ``kind`` of bytes: a keyword in the open, elsewhere
-        once a type was seen; a type until one is seen (always in a comment, hex string or stream's bytes,
-        where it holds the PDF at the limit); a filter or a predictor until one is seen."""
-        hidden = kind in ("comment", "hex", "data")
-        return _marks(kind == "open" or self.typed, hidden or not self.typed, not self.filtered, not self.predicted)
+        """The marks that can still tell something in ``kind`` of bytes (:func:`_marks`)."""
+        return _marks(kind, self.typed, self.filtered, self.predicted)
 
     def _marks_in(
         self,
@@ -495,9 +528,17 @@ class PageCounter:
         """Note a name found in ``kind`` of bytes (open, string, hex, comment, data; a keyword in the open
         but inside a dictionary is loose), or judge a stream keyword there by the names since the last
         keyword that started a stream's bytes; True: stop, the stream it starts is open at ``buf``'s end.
-        An object stream's type in a comment, a hex string or a stream's bytes holds the PDF at the limit:
-        a reader that starts an object there (where the cross-reference table says) may read on in a
-        string where this lexer reads in the open."""
+        An object's header (``N G obj``: a reader starts an object there, where the cross-reference table
+        says) anywhere but in the open holds the PDF at the limit, and so does an object stream's type in
+        a comment, a hex string or a stream's bytes: the reader may read on in the open where this lexer
+        reads in a string, or count a '<<' it does not (and a false keyword then ends its window)."""
+        if found.lastgroup in _HIDDEN:  # an object's header where this lexer is not in the open
+            self.unread = True
+            return False
+        if found.lastgroup == "header":  # where a reader starts an object: the lexer must be in the open there
+            numbers = _OBJECT_NUMBERS.search(buf, max(0, found.start() - 64), found.start())
+            self.unread = self.unread or (kind != "open" and numbers is not None)
+            return False
         if found.lastgroup != "keyword":
             self.unread = self.unread or (found.lastgroup == "type" and kind in ("comment", "hex", "data"))
             self.typed = self.typed or found.lastgroup == "type"

@@ -125,6 +125,9 @@ def test_many_stream_marks_before_one_end_are_read_in_one_pass():
         "type-in-a-comment-a-reader-starts-in",
         "keyword-inside-the-dictionary",
         "keyword-after-a-dictionary-inside-the-dictionary",
+        "a-string-after-a-false-stream-end-holds-the-header",
+        "a-streams-bytes-hold-the-header",
+        "a-string-holds-the-header",
     ],
 )
 def test_an_uploaded_pdf_cannot_show_one_page_and_hide_the_rest(how, piece):
@@ -185,6 +188,18 @@ def test_an_uploaded_pdf_cannot_show_one_page_and_hide_the_rest(how, piece):
         "keyword-after-a-dictionary-inside-the-dictionary": dressed(
             900, b"/Type /ObjStm /X << >> stream\n" + EMPTY + b"\nendstream "
         ),
+        # the object stream's header where the lexer is not in the open (a reader finds it by the
+        # cross-reference table, and skips a stray ')' or 'endstream' in its dictionary), whose '<<' the
+        # lexer then does not count: in a string opened after an 'endstream' in an image's bytes (a reader
+        # goes by its /Length), in a stream's bytes, in a string
+        "a-string-after-a-false-stream-end-holds-the-header": before_header(
+            dressed(900, b"/Type /ObjStm ) " + JUNK),
+            b"9 0 obj\n<< /Length 14 >>\nstream\nxx\nendstream (\nendstream\nendobj\n",
+        ),
+        "a-streams-bytes-hold-the-header": before_header(
+            dressed(900, b"endstream /Type /ObjStm " + JUNK), b"9 0 obj\n<< >>\nstream\n"
+        ),
+        "a-string-holds-the-header": before_header(dressed(900, b"/Type /ObjStm ) " + JUNK), b"99 0 obj\n("),
     }[how]
     whole = pdf_pages(data)
     assert whole >= 900
@@ -192,6 +207,15 @@ def test_an_uploaded_pdf_cannot_show_one_page_and_hide_the_rest(how, piece):
 
 
 EMPTY = zlib.compress(b"")  # a Flate stream a false stream keyword's bytes may be: it inflates, to nothing
+
+
+JUNK = b"/X << >> stream\n" + EMPTY + b"\nendstream "  # a false stream in a dictionary, after a whole one in it
+
+
+def before_header(data: bytes, extra: bytes) -> bytes:
+    """``data`` with ``extra`` before its object stream's header (``N 0 obj``)."""
+    at = re.search(rb"\d+ 0 obj\n<< (?=[^>]*ObjStm)", data).start()
+    return data[:at] + extra + data[at:]
 
 
 def dressed(pages: int, dictionary: bytes) -> bytes:
