@@ -304,7 +304,7 @@ def _deeper(depth: int, span: bytes) -> int:
 
 _WHITE = rb"[\x00\t\n\x0c\r ]"
 # an object's header (white space or comments between its words), each run of digits tried once
-_GAP = rb"(?:[\x00\t\n\x0c\r ]|%[^\r\n()<>]*+[\r\n])++"
+_GAP = rb"(?:" + _WHITE + rb"|%[^\r\n()<>]*+[\r\n])++"
 _OBJECT = rb"(?<!\d)\d++" + _GAP + rb"\d++" + _GAP + rb"obj(?![^" + _BOUND + b"/])"
 _LINE_OBJECT = rb"(?<!\d)\d++[\x00\t\x0c ]++\d++[\x00\t\x0c ]++obj(?![^" + _BOUND + b"/])"  # in a comment
 # The marks the lexer looks for, by name: each its first byte, outside its group (the regular expression
@@ -383,11 +383,10 @@ class PageCounter:
     depth: int = 0  # dictionaries open in the open at the offset depth_at (read up to a keyword when one
     depth_at: int = 0  # comes, and at a piece's end): a keyword inside one starts no stream
     # The names seen since the last stream keyword that started a stream's bytes (in the open, right after
-    # a whole dictionary) — the next one's dictionary is in between, and that stream's bytes too (a reader
-    # may end it elsewhere than at our 'endstream') —: an /ObjStm (in the open or a string), a /Filter, a
-    # /Predictor. Every stream keyword, wherever it is (a reader may start an object inside a string), is
-    # judged by them; only one that starts a stream's bytes starts a new window, so a false one in a
-    # string, a comment or a dictionary cuts no dictionary short.
+    # a whole dictionary; the next one's dictionary is in between), read outside streams' bytes: an
+    # /ObjStm (in the open or a string), a /Filter, a /Predictor. Every stream keyword, wherever it is (a
+    # reader may start an object inside a string), is judged by them; only one that starts a stream's
+    # bytes starts a new window, so a false one in a string, a comment or a dictionary cuts none short.
     typed: bool = False
     filtered: bool = False
     predicted: bool = False
@@ -530,8 +529,8 @@ class PageCounter:
         keyword that started a stream's bytes; True: stop, the stream it starts is open at ``buf``'s end.
         An object's header (``N G obj``: a reader starts an object there, where the cross-reference table
         says) anywhere but in the open holds the PDF at the limit, and so does an object stream's type in
-        a comment, a hex string or a stream's bytes: the reader may read on in the open where this lexer
-        reads in a string, or count a '<<' it does not (and a false keyword then ends its window)."""
+        a comment or hex string: the reader may read on in the open where this lexer reads in a string,
+        or count a '<<' it does not (and a false keyword then ends its window)."""
         if found.lastgroup in _HIDDEN:  # an object's header where this lexer is not in the open
             self.unread = True
             return False
@@ -540,7 +539,7 @@ class PageCounter:
             self.unread = self.unread or (kind != "open" and numbers is not None)
             return False
         if found.lastgroup != "keyword":
-            self.unread = self.unread or (found.lastgroup == "type" and kind in ("comment", "hex", "data"))
+            self.unread = self.unread or (found.lastgroup == "type" and kind in ("comment", "hex"))
             self.typed = self.typed or found.lastgroup == "type"
             self.filtered = self.filtered or found.lastgroup == "filter"
             self.predicted = self.predicted or found.lastgroup == "predictor"
