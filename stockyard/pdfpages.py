@@ -23,13 +23,16 @@ import base64
 import binascii
 import bisect
 import dataclasses
+import functools
+import itertools
 import json
 import logging
+import operator
 import re
 import zlib
 from dataclasses import dataclass
 from io import RawIOBase
-from typing import IO, Any, Iterator, Mapping
+from typing import IO, Any, Mapping
 
 from .estimate import body_values
 
@@ -51,7 +54,6 @@ _WS = rb"(?:[\s\x00]|%[^\r\n]*[\r\n])*"
 _PAGE = re.compile(rb"/Type" + _WS + rb"/Page(?![A-Za-z])")
 _COUNT = re.compile(rb"/Count" + _WS + rb"(\d{1,7})(?![\d.])(?!" + _WS + rb"\d+" + _WS + rb"R)")
 _INDIRECT_COUNT = re.compile(rb"/Count" + _WS + rb"\d+" + _WS + rb"\d+" + _WS + rb"R")
-_STREAM = re.compile(rb"(?<!end)stream\r?\n")  # a stream's start, not an endstream before a line end
 _PDF_SPACE = b"\x00\t\n\x0c\r "  # PDF's white-space characters
 _NAME_ESCAPE = re.compile(rb"#([0-9A-Fa-f]{2})")  # a name's character by its hex code: /P#61ge is /Page
 INFLATE_MAX = 32 << 20  # bytes of compressed object streams inflated for one request's PDFs (one upload's), at most
@@ -83,41 +85,28 @@ def _unescaped(data: bytes) -> bytes:
     return _NAME_ESCAPE.sub(lambda m: bytes.fromhex(m[1].decode()), data) if b"#" in data else data
 
 
-def _inflate(stream: bytes, inflation: Inflation) -> bytes | None:
-    """A Flate stream's bytes inflated; None when it is not Flate (``inflation`` untouched) or inflates
-    to more than ``inflation`` has left (which it then has spent)."""
+def _inflate(stream: memoryview, inflation: Inflation) -> bytes | None:
+    """A Flate stream's bytes inflated; None when it is not Flate or inflates to more than ``inflation``
+    has left. What it inflated is spent either way (an error at its end once let each of many streams
+    inflate the most for free), and it is fed in blocks: many keywords before one end (each stream's
+    bytes running to it) must not copy the rest each time."""
+    if not stream:
+        return None
+    inflater, parts = zlib.decompressobj(), []
     try:
-        inflater = zlib.decompressobj()
-        inflated = inflater.decompress(stream, max(inflation.left, 1))
+        for at in range(0, len(stream), _BLOCK):
+            parts.append(inflater.decompress(stream[at : at + _BLOCK], max(inflation.left, 1)))
+            inflation.left -= len(parts[-1])
+            if inflater.unconsumed_tail or inflation.left <= 0:
+                return None
+            if inflater.eof:
+                break
     except zlib.error:
         return None
-    inflation.left -= len(inflated)
-    if inflater.unconsumed_tail or inflation.left <= 0:
-        return None
-    if not inflater.eof or inflater.unused_data.strip(_PDF_SPACE):
+    rest = at + _BLOCK  # the bytes after the block it ended in must be white space too
+    if not inflater.eof or inflater.unused_data.strip(_PDF_SPACE) or not _SPACES.fullmatch(stream, rest):
         return None  # cut short by an 'endstream' in its bytes, or bytes after its end: not what a reader inflates
-    return inflated
-
-
-def _streams(data: bytes) -> Iterator[tuple[int, int, int, int]]:
-    """(where the last stream ended — its dictionary is in between —, where its ``stream`` keyword is,
-    where its bytes start, where they end: -1 when ``data`` ends first) of each stream of a PDF, in one
-    pass: the next is looked for after the last one's end, so neither a ``stream`` in a stream's bytes
-    nor many of them before one ``endstream`` is read twice."""
-    at = 0
-    while (found := _STREAM.search(data, at)) is not None:
-        end = data.find(b"endstream", found.end())
-        yield at, found.start(), found.end(), end
-        if end < 0:
-            return
-        at = end + len(b"endstream")
-
-
-def _not_plain(window: bytes, stream: bytes) -> bool:
-    """Whether an object stream that did not inflate may hold marks its plain bytes do not show: it has
-    a filter, or a ``stream`` keyword in its bytes (the one before was in a comment or string of its
-    dictionary, whose filter is then among its bytes)."""
-    return b"/Filter" in window or _STREAM.search(stream) is not None
+    return b"".join(parts)
 
 
 def _holds(offsets: list[int], offset: int) -> bool:
@@ -127,11 +116,23 @@ def _holds(offsets: list[int], offset: int) -> bool:
     return at < len(offsets) and offsets[at] == offset
 
 
-def _object_stream(before: bytes) -> bytes | None:
-    """What comes before a stream (since the last one's end), its names' escapes read, when it says the
-    stream is an object stream (``/ObjStm``); None when it does not."""
-    window = _unescaped(before)
-    return window if b"/ObjStm" in window else None
+def _name(name: bytes) -> bytes:
+    """A pattern of a PDF name (without its '/'), any of its characters written as a ``#xx`` escape."""
+    return b"".join(b"(?:%s|#(?i:%02x))" % (re.escape(bytes([c])), c) for c in name)
+
+
+class _Ends:
+    """Where the next ``endstream`` of one buffer is, looked for once for all the keywords before it
+    (50,000 keywords before one end each looked for it afresh: ~44 GB scanned)."""
+
+    def __init__(self, buf: bytes) -> None:
+        self.buf, self.asked, self.found = buf, -1, -1
+
+    def after(self, at: int) -> int:
+        """The offset of the first ``endstream`` at or after ``at``, -1 when there is none."""
+        if self.asked < 0 or at < self.asked or 0 <= self.found < at:
+            self.asked, self.found = at, self.buf.find(b"endstream", at)
+        return self.found
 
 
 def page_tokens(model: str, body: Any, part: dict) -> int:
@@ -257,8 +258,98 @@ def _is_pdf(inner: dict) -> bool:
 
 
 CARRY = 4096  # bytes of a piece kept for the next: a page's or a count's mark split between two pieces
-CARRY_MAX = 1 << 20  # an object stream open at a piece's end is carried whole up to this size, else not read
+CARRY_MAX = 1 << 20  # an object stream, string or comment open at a piece's end is carried whole up to this size
 _HEADER = b"%PDF-"  # a PDF starts with it, within its first kilobyte
+_BLOCK = 1 << 16  # bytes of a stream fed to the inflater at a time
+_SPACES = re.compile(rb"[\x00\t\n\x0c\r ]*")
+# The lexer (PDF 1.7, 7.2-7.3), which tells the bytes a reader takes for objects from those in strings and
+# comments: a literal string's parentheses balance (nested up to 4 deep here; deeper is not read: the
+# limit) and a backslash escapes the byte after it; a hex string runs to its '>'; a comment to its line's
+# end. What a reader takes for the keyword 'stream' stands after white space or a delimiter (not '/': a name).
+_STRING = rb"\((?:[^()\\]++|\\.)*+\)"
+for _depth in range(3):
+    _STRING = rb"\((?:[^()\\]++|\\.|" + _STRING + rb")*+\)"
+_LEXEMES = {
+    ord("("): ("string", re.compile(_STRING, re.S)),
+    ord("%"): ("comment", re.compile(rb"%[^\r\n]*+[\r\n]")),
+    ord("<"): ("hex", re.compile(rb"<<|<[^>]*+>")),  # '<<' a dictionary's start, in the open
+}
+# bytes in the open, and whole strings, hex strings and comments: skipped in one match up to the next mark
+_OPEN = re.compile(rb"(?:[^(<%]++|<<|<[^>]*+>|%[^\r\n]*+[\r\n]|" + _STRING + rb")*+", re.S)
+_BOUND = rb"\x00\t\n\x0c\r ()<>\[\]{}%"  # white space and delimiters but '/'
+# strings, hex strings and comments in bytes in the open (blanked before a dictionary's brackets are read)
+_IN_LEXEMES = re.compile(rb"%[^\r\n]*+[\r\n]|<(?<!<<)(?!<)[^>]*+>|" + _STRING, re.S)
+_BRACKET = re.compile(rb"<<|>>")
+_UPS = bytes.maketrans(b"<>", b"\x02\x00")
+_AFTER_DICTIONARY = re.compile(rb">>[\x00\t\n\x0c\r ]*\Z")  # a stream keyword a reader reads follows one
+
+
+def _deeper(depth: int, span: bytes) -> int:
+    """The depth of dictionaries after ``span`` (bytes in the open, its strings, hex strings and comments
+    whole) from ``depth``: a '>>' with none open closes none (a reader skips it), so this depth is never
+    less than that of a reader that starts an object anywhere in the bytes read (a lenient one skips a
+    '<<' where a key should be: less still)."""
+    if b"<<" not in span and b">>" not in span:
+        return depth
+    ups = b"".join(_BRACKET.findall(_IN_LEXEMES.sub(b" ", span)))[::2].translate(_UPS)  # 2 a '<<', 0 a '>>'
+    if len(ups) <= 16:  # most spans: an object's start or end
+        for up in ups:
+            depth = depth + 1 if up else max(0, depth - 1)
+        return depth
+    # the walk that stops at 0 ends at its sum less its lowest point below the start, in C (a step each
+    # in Python took 1.5 s for 4 MB of brackets)
+    lowest = min(map(operator.sub, itertools.accumulate(ups), itertools.count(1)), default=0)
+    return sum(ups) - len(ups) + max(depth, -min(lowest, 0))
+
+
+_WHITE = rb"[\x00\t\n\x0c\r ]"
+# an object's header (white space or comments between its words), each run of digits tried once
+_GAP = rb"(?:" + _WHITE + rb"|%[^\r\n()<>]*+[\r\n])++"
+_OBJECT = rb"(?<!\d)\d++" + _GAP + rb"\d++" + _GAP + rb"obj(?![^" + _BOUND + b"/])"
+_LINE_OBJECT = rb"(?<!\d)\d++[\x00\t\x0c ]++\d++[\x00\t\x0c ]++obj(?![^" + _BOUND + b"/])"  # in a comment
+# The marks the lexer looks for, by name: each its first byte, outside its group (the regular expression
+# engine then skips to one of those bytes: a pattern of groups read a stream's bytes ten times slower),
+# and the rest; 'in_…': an object's header in a string, comment or hex string (in the open).
+_MARK_PARTS = {
+    "header": (b"o", b"bj(?<=" + _WHITE + b"obj)(?![^" + _BOUND + b"/])"),  # an object's 'obj'
+    "keyword": (b"s", b"tream(?<![^" + _BOUND + b"]stream)(?![^" + _BOUND + b"/])"),
+    "type": (b"/", _name(b"ObjStm")),
+    "filter": (b"/", _name(b"Filter")),
+    "predictor": (b"/", _name(b"Predictor")),
+    "in_string": (rb"\(", rb"[^()]*?" + _OBJECT),
+    "in_comment": (b"%", rb"[^\r\n]*?" + _LINE_OBJECT),
+    "in_hex": (b"<", rb"(?<!<<)(?!<)[^<>]*?" + _OBJECT),
+}
+_HIDDEN = ("in_string", "in_comment", "in_hex")
+_OBJECT_NUMBERS = re.compile(rb"\d+" + _WS + rb"\d+" + _WS + rb"\Z")  # before an object's 'obj'
+
+
+@functools.cache
+def _marks(kind: str, typed: bool, filtered: bool, predicted: bool) -> re.Pattern[bytes]:
+    """The pattern of the marks that can still tell something in ``kind`` of bytes. In the open: a stream
+    keyword, a type until one is seen, a filter or a predictor until one is seen, and an object's header
+    in a string, comment or hex string (one in the open, where readers start objects, tells nothing: a
+    step each for nothing). In a string, comment or hex string: an object's header, a keyword once a
+    type was seen (before: a run of them took a step each), the names as in the open (a type always in a
+    comment or hex string: it holds the PDF at the limit). In a stream's bytes: an object's header (a
+    reader keeps in step with this lexer from its object's header on: what else is there tells nothing)."""
+    if kind == "data":
+        names = ["header"]
+    else:
+        names = ["keyword"] if kind == "open" or typed else []
+        names += ["type"] * (kind in ("comment", "hex") or not typed) + ["filter"] * (not filtered)
+        names += ["predictor"] * (not predicted) + (list(_HIDDEN) if kind == "open" else ["header"])
+    marks = (b"%s(?P<%s>%s)" % (_MARK_PARTS[name][0], name.encode(), _MARK_PARTS[name][1]) for name in names)
+    return re.compile(b"|".join(marks))
+
+
+def _skip(pattern: re.Pattern[bytes], buf: bytes, pos: int, endpos: int) -> int:
+    """Where ``pattern`` (which matches no bytes too) ends, matched at ``pos`` before ``endpos``."""
+    found = pattern.match(buf, pos, endpos)
+    return pos if found is None else found.end()
+
+
+_DATA = re.compile(rb"[\x00\t\x0c ]*(?:\r\n|\n|\r)?")  # from a stream keyword to its bytes: readers go to the next line
 
 
 @dataclass
@@ -267,11 +358,12 @@ class PageCounter:
     or whole (:func:`pdf_pages`: one piece) — page objects summed and page-tree counts, in its
     bytes and its object streams, names' escapes read — without holding it: each piece is read with
     the last :data:`CARRY` bytes of the one before (a mark split between two is read once, whole), and
-    an object stream open at a piece's end is carried whole (up to :data:`CARRY_MAX`) until it ends. Its state is a few
+    an object stream open at a piece's end is carried whole (up to :data:`CARRY_MAX`) until it ends. Its
+    streams are found by a lexer whose state goes from piece to piece (:meth:`_lex`). Its state is a few
     numbers and the carry (:meth:`dumps`), kept between the requests an upload's chunks come in.
     :meth:`pages` is None when the bytes are not a PDF; :data:`MAX_PDF_PAGES` when its pages could
     not be counted (no page mark, a piece missing or out of order, an object stream too large to carry or
-    not Flate, a count by reference)."""
+    not Flate or its type where a reader may not see it, a count by reference)."""
 
     at: int = 0  # bytes read so far: the offset the next piece must start at
     pdf: bool = False  # the PDF header was seen in the first kilobyte
@@ -286,11 +378,18 @@ class PageCounter:
     )
     inflated: int = 0  # bytes inflated so far (at most INFLATE_MAX for a PDF)
     seen: int = 0  # bytes at the carry's start whose marks were counted already
-    judged: int = 0  # the file offset past the last stream keyword whose dictionary was read (once each)
-    # the last object stream did not inflate and showed no filter: its keyword may have been in a string of
-    # its dictionary (``(stream\nendstream)``), whose rest, filter and all, is the next stream's: that one
-    # is judged an object stream too
+    lexed: int = 0  # the file offset the lexer goes on from, in the open or in a stream's bytes:
+    in_data: bool = False  # ... the bytes of a stream, which end at the next 'endstream'
+    depth: int = 0  # dictionaries open in the open at the offset depth_at (read up to a keyword when one
+    depth_at: int = 0  # comes, and at a piece's end): a keyword inside one starts no stream
+    # The names seen since the last stream keyword that started a stream's bytes (in the open, right after
+    # a whole dictionary; the next one's dictionary is in between), read outside streams' bytes: an
+    # /ObjStm (in the open or a string), a /Filter, a /Predictor. Every stream keyword, wherever it is (a
+    # reader may start an object inside a string), is judged by them; only one that starts a stream's
+    # bytes starts a new window, so a false one in a string, a comment or a dictionary cuts none short.
     typed: bool = False
+    filtered: bool = False
+    predicted: bool = False
     carry: bytes = b""
 
     def feed(
@@ -313,7 +412,11 @@ class PageCounter:
                 return
         cut = len(buf) if final else max(0, len(buf) - CARRY)
         self._count_marks(buf, cut)
-        keep = min(cut, self._read_object_streams(buf, final, inflation))
+        resume = cut if self.unread else self._lex(buf, cut, final, inflation)
+        self.lexed = self.at - len(buf) + resume
+        if not final and not self.in_data and not self.unread:
+            self._deepen(buf, resume)  # the carry no longer holds the bytes before it
+        keep = max(0, min(cut, resume - 1))  # from a byte before the lexer goes on: a keyword's look-behind
         self.carry, self.seen = (b"", 0) if final else (buf[keep:], cut - keep)
         kept = self.at - len(self.carry)  # a stream before the carry is never read again
         del self.streams[: bisect.bisect_left(self.streams, kept)]
@@ -335,58 +438,162 @@ class PageCounter:
         if any(seen <= found.start() < cut for found in _INDIRECT_COUNT.finditer(buf)):
             self.unread = True
 
-    def _read_object_streams(self, buf: bytes, final: bool, budget: Inflation | None) -> int:
-        """Inflate each object stream whole in ``buf``, each once (by its offset in the file: the carry
-        brings some back), from ``budget`` and what the PDF has left of its own; where one is still open
-        at the end of ``buf``: the offset it starts at, to carry on, else ``len(buf)``."""
-        base = self.at - len(buf)  # the file offset of buf[0]
-        for since, keyword, start, end in _streams(buf):
-            window = _object_stream(buf[since:keyword])  # its dictionary: since the last stream's end, all held of it
-            if window is None and self.typed:  # the rest of a dictionary a false keyword cut: judged as it
-                window = _unescaped(buf[since:keyword])
-            if window is None and self._cut_off(buf, base, since, keyword):
-                self.unread = True
+    def _lex(self, buf: bytes, cut: int, final: bool, budget: Inflation | None) -> int:
+        """Read ``buf`` from :attr:`lexed` to ``cut`` as a reader lexes a PDF — strings, hex strings and
+        comments whole, a stream's bytes to its ``endstream`` — judging each stream keyword by the marks
+        since the last one that started a stream's bytes, and inflating the object streams; returns the
+        offset in ``buf`` to go on from (a stream, string or comment open at its end starts there:
+        carried whole)."""
+        pos, ends = self.lexed - (self.at - len(buf)), _Ends(buf)
+        while pos < cut and not self.unread:
+            if self.in_data:
+                end = ends.after(pos)
+                before = cut if end < 0 else None  # the bytes' marks from the cut on are read with the next piece
+                stop = self._marks_in(buf, pos, len(buf) if end < 0 else end, "data", final, ends, budget, before)
+                if stop is not None or end < 0:
+                    return cut if stop is None else stop
+                pos, self.in_data = end + len(b"endstream"), False
+                self.depth, self.depth_at = 0, self.at - len(buf) + pos
                 continue
-            self.judged = max(self.judged, base + keyword + 1)
-            if window is None or _holds(self.streams, base + keyword):
+            mark = self._pattern("open").search(buf, pos)
+            limit = cut if mark is None else min(mark.start(), cut)
+            skipped = _skip(_OPEN, buf, pos, limit)
+            if skipped == limit and (mark is None or limit == cut):
+                return cut
+            if skipped == limit and mark is not None:  # a mark in the open
+                stream = mark.lastgroup == "keyword" and self._after_dictionary(buf, mark.start())
+                loose = mark.lastgroup == "keyword" and not stream  # inside a dictionary: a reader skips it
+                if self._mark(buf, mark, "loose" if loose else "open", final, ends, budget):
+                    return mark.start()
+                pos = mark.end()
+                if stream:  # right after a whole dictionary: a stream's bytes follow, and a new window
+                    pos, self.in_data = _skip(_DATA, buf, pos, len(buf)), True
+                    self.typed = self.filtered = self.predicted = False
                 continue
-            if end < 0:
-                near = max(since, keyword - CARRY)  # carried from its type's mark, when that is near
-                head = near if _object_stream(buf[near:keyword]) is not None else since
-                if final or len(buf) - head > CARRY_MAX:
-                    self.unread = True
-                    break
-                return head
-            bisect.insort(self.streams, base + keyword)
-            if b"/Predictor" in window:  # inflated, its bytes are a predictor's differences, not its objects
-                self.unread = True
+            kind, lexeme = _LEXEMES[buf[skipped]]  # a string, hex string or comment the next mark or the cut is in
+            found = lexeme.match(buf, skipped)
+            if found is not None and found[0] == b"<<":
+                pos = found.end()
                 continue
-            allowed = INFLATE_MAX - self.inflated
-            allowed = allowed if budget is None else min(allowed, budget.left)
-            inflation = Inflation(allowed)
-            out = _inflate(buf[start:end], inflation)
-            self.inflated += allowed - inflation.left
-            if budget is not None:
-                budget.left -= allowed - inflation.left
-            if out is None:  # not Flate (a plain one's marks are counted with the file's), or too large
-                plain = not _not_plain(window, buf[start:end])
-                self.unread = self.unread or inflation.left <= 0 or not plain
-                self.typed = plain
-                continue
-            self.typed = False
-            out = _unescaped(out)
-            self.packed += len(_PAGE.findall(out))
-            self.packed_count = max([self.packed_count, *(int(count) for count in _COUNT.findall(out))])
-            if _INDIRECT_COUNT.search(out) is not None:
-                self.unread = True
-        return len(buf)
+            if found is None and not final and len(buf) - skipped <= CARRY_MAX:
+                return skipped  # open at the end: carried whole
+            if found is None and not final:
+                self.unread = True  # too long to carry
+                return skipped
+            end = len(buf) if found is None else found.end()
+            if self._marks_in(buf, skipped, end, kind, final, ends, budget) is not None:
+                return skipped
+            pos = end
+        return pos
 
-    def _cut_off(self, buf: bytes, base: int, since: int, keyword: int) -> bool:
-        """Whether a stream's dictionary may have begun before the bytes held (the last piece's carry):
-        its object's ``obj`` not among them, so whether it is an object stream cannot be told (``/ObjStm``
-        padded more than a carry's worth before its keyword hid its pages). Each stream judged once: the
-        piece before held it whole."""
-        return since == 0 and base > 0 and base + keyword >= self.judged and b"obj" not in buf[:keyword]
+    def _after_dictionary(self, buf: bytes, keyword: int) -> bool:
+        """Whether a stream keyword in the open is one a reader reads: right after a dictionary's end, none
+        left open (pdf.js and PDFium skip one inside a dictionary, and its bytes, as a key that is no name)."""
+        self._deepen(buf, keyword)
+        return self.depth == 0 and _AFTER_DICTIONARY.search(buf, max(0, keyword - 64), keyword) is not None
+
+    def _deepen(self, buf: bytes, to: int) -> None:
+        """Read the dictionaries' brackets in the open up to ``to`` in ``buf`` (where the lexer is in the
+        open), from :attr:`depth_at`: only where a keyword needs them (most bytes never do)."""
+        base = self.at - len(buf)
+        self.depth, self.depth_at = _deeper(self.depth, buf[self.depth_at - base : to]), base + to
+
+    def _pattern(self, kind: str) -> re.Pattern[bytes]:
+        """The marks that can still tell something in ``kind`` of bytes (:func:`_marks`)."""
+        return _marks(kind, self.typed, self.filtered, self.predicted)
+
+    def _marks_in(
+        self,
+        buf: bytes,
+        start: int,
+        end: int,
+        kind: str,
+        final: bool,
+        ends: _Ends,
+        budget: Inflation | None,
+        before: int | None = None,
+    ) -> int | None:
+        """Note the marks in ``buf[start:end]``, all in ``kind`` of bytes, those that start ``before`` an
+        offset when given; the offset of a keyword whose stream is open at ``buf``'s end, else None."""
+        while not self.unread and (found := self._pattern(kind).search(buf, start, end)) is not None:
+            if before is not None and found.start() >= before:
+                return None
+            if self._mark(buf, found, kind, final, ends, budget):
+                return found.start()
+            start = found.end()
+        return None
+
+    def _mark(self, buf: bytes, found: re.Match, kind: str, final: bool, ends: _Ends, budget: Inflation | None) -> bool:
+        """Note a name found in ``kind`` of bytes (open, string, hex, comment, data; a keyword in the open
+        but inside a dictionary is loose), or judge a stream keyword there by the names since the last
+        keyword that started a stream's bytes; True: stop, the stream it starts is open at ``buf``'s end.
+        An object's header (``N G obj``: a reader starts an object there, where the cross-reference table
+        says) anywhere but in the open holds the PDF at the limit, and so does an object stream's type in
+        a comment or hex string: the reader may read on in the open where this lexer reads in a string,
+        or count a '<<' it does not (and a false keyword then ends its window)."""
+        if found.lastgroup in _HIDDEN:  # an object's header where this lexer is not in the open
+            self.unread = True
+            return False
+        if found.lastgroup == "header":  # where a reader starts an object: the lexer must be in the open there
+            numbers = _OBJECT_NUMBERS.search(buf, max(0, found.start() - 64), found.start())
+            self.unread = self.unread or (kind != "open" and numbers is not None)
+            return False
+        if found.lastgroup != "keyword":
+            self.unread = self.unread or (found.lastgroup == "type" and kind in ("comment", "hex"))
+            self.typed = self.typed or found.lastgroup == "type"
+            self.filtered = self.filtered or found.lastgroup == "filter"
+            self.predicted = self.predicted or found.lastgroup == "predictor"
+            return False
+        if not self.typed:
+            return False
+        start = _skip(_DATA, buf, found.end(), len(buf))
+        return self._read(buf, found.start(), start, final, ends, budget, open_=kind == "open")
+
+    def _read(
+        self,
+        buf: bytes,
+        keyword: int,
+        start: int,
+        final: bool,
+        ends: _Ends,
+        budget: Inflation | None,
+        open_: bool,
+    ) -> bool:
+        """Inflate the object stream whose keyword is at ``keyword`` and bytes at ``start`` (to the next
+        ``endstream``), once (by its offset in the file: the carry brings some back), from ``budget`` and
+        what the PDF has left of its own, and count its marks; True: it is open at ``buf``'s end."""
+        base = self.at - len(buf)  # the file offset of buf[0]
+        if _holds(self.streams, base + keyword):
+            return False
+        end = ends.after(start)
+        if end < 0:
+            if final or len(buf) - keyword > CARRY_MAX:
+                self.unread = True
+                return False
+            return True
+        bisect.insort(self.streams, base + keyword)
+        if self.predicted:  # inflated, its bytes are a predictor's differences, not its objects
+            self.unread = True
+            return False
+        allowed = INFLATE_MAX - self.inflated
+        allowed = allowed if budget is None else min(allowed, budget.left)
+        inflation = Inflation(allowed)
+        out = _inflate(memoryview(buf)[start:end], inflation)
+        self.inflated += allowed - inflation.left
+        if budget is not None:
+            budget.left -= allowed - inflation.left
+        if out is None:
+            # not Flate: a plain one's marks are counted with the file's; one with a filter is not read, nor
+            # one in the open with a keyword in its bytes (its filter may be among them)
+            plain = not self.filtered and not (open_ and buf.find(b"stream", start, end) >= 0)
+            self.unread = self.unread or inflation.left <= 0 or not plain
+            return False
+        out = _unescaped(out)
+        self.packed += len(_PAGE.findall(out))
+        self.packed_count = max([self.packed_count, *(int(count) for count in _COUNT.findall(out))])
+        if _INDIRECT_COUNT.search(out) is not None:
+            self.unread = True
+        return False
 
     def pages(self) -> int | None:
         """The PDF's pages once its last piece was read (:data:`MAX_PDF_PAGES` when they could not be
@@ -407,7 +614,7 @@ class PageCounter:
         if self.state == "reading":
             return "its last chunk was not read"
         if self.unread:
-            return "an object stream was too large to read"
+            return "an object stream could not be read (too large, not Flate, or marked where a reader may not see it)"
         return "no page object or page count in it: encrypted, or damaged"
 
     def _found(self) -> int:
