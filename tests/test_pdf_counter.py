@@ -85,6 +85,7 @@ def test_a_state_that_cannot_be_read_is_lost_not_a_crash():
     assert counter.pages() == MAX_PDF_PAGES and not counter.counted()
 
 
+@pytest.mark.perf  # a time bound: run alone, in the perf phase
 def test_many_stream_marks_before_one_end_are_read_in_one_pass():
     """50,000 object streams' starts and one ``endstream``: each start looked for its end afresh (~44 GB
     scanned, minutes); now the next start is looked for after the last one's end."""
@@ -416,6 +417,7 @@ def test_one_requests_pdfs_share_one_inflation_budget():
     assert pdf_pages(data) == 300
 
 
+@pytest.mark.perf  # a time bound: run alone, in the perf phase
 def test_many_object_streams_are_read_in_linear_time():
     """Review 35: 60,000 empty object streams (2.7 MB), whole and in 64 KB pieces: each stream's offset
     was looked for in a list of the ones read (50,000 took 15 s, 200,000 minutes: an inline PDF's CPU);
