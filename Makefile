@@ -25,12 +25,13 @@ PG_SUITES := tests/test_openai_proxy.py tests/test_keys.py tests/test_budgets.py
 	tests/test_videos.py \
 	tests/test_budget_durable.py tests/test_uploads.py tests/test_realtime.py
 
-# The PostgreSQL store's own test files (each starts a throwaway server, tests/pgcluster.py, and most of
-# their time is spent on it) run in the PostgreSQL job, after PG_SUITES, as a pytest run of their own
+# The PostgreSQL store's own test files (they start a throwaway server, tests/pgcluster.py, and spend
+# most of their time on it) run in the PostgreSQL job, after PG_SUITES, as a pytest run of their own
 # with the usual settings (not STOCKYARD_TEST_STORE), and not in the parallel phase: that phase ran
 # ~3 minutes past the PostgreSQL job, which now ends about when it does.
 PG_FILES := $(wildcard tests/test_pg_*.py) tests/test_pgcluster.py tests/test_store_dialects.py \
-	tests/test_migrate_store.py tests/test_batch_holds.py tests/test_audit.py tests/test_writer.py
+	tests/test_migrate_store.py tests/test_batch_holds.py tests/test_audit.py tests/test_writer.py \
+	tests/test_trace_batches.py tests/test_attack_review13.py
 
 # The files that hold the one-at-a-time tests: those phases collect only them (collecting every
 # test module costs each pytest process seconds; the parallel phase deselects these by marker).
