@@ -25,6 +25,14 @@ PG_SUITES := tests/test_openai_proxy.py tests/test_keys.py tests/test_budgets.py
 	tests/test_videos.py \
 	tests/test_budget_durable.py tests/test_uploads.py tests/test_realtime.py
 
+# The PostgreSQL store's own test files (they start a throwaway server, tests/pgcluster.py, and spend
+# most of their time on it) run in the PostgreSQL job, after PG_SUITES, as a pytest run of their own
+# with the usual settings (not STOCKYARD_TEST_STORE), and not in the parallel phase: that phase ran
+# ~3 minutes past the PostgreSQL job, which now ends about when it does.
+PG_FILES := $(wildcard tests/test_pg_*.py) tests/test_pgcluster.py tests/test_store_dialects.py \
+	tests/test_migrate_store.py tests/test_batch_holds.py tests/test_audit.py tests/test_writer.py \
+	tests/test_trace_batches.py tests/test_attack_review13.py
+
 # The files that hold the one-at-a-time tests: those phases collect only them (collecting every
 # test module costs each pytest process seconds; the parallel phase deselects these by marker).
 SERIAL_FILES := $(shell grep -l 'mark\.serial' tests/test_*.py)
@@ -58,13 +66,18 @@ test:
 	$(PYTHON) -m pip install -q -r requirements-test.txt
 	$(MAKE) --no-print-directory lint
 	$(MAKE) --no-print-directory pyz  # the wheels fetched once, before two test runs build at once
-	@status=0; pg_log=$$(mktemp); \
-	echo "== tests, in parallel on $(TEST_WORKERS) workers; beside them, on $(PG_WORKERS), the core server suites on PostgreSQL"; \
-	(STOCKYARD_TEST_STORE=postgresql $(PYTEST) -n $(PG_WORKERS) --dist loadfile -m "not serial and not perf" $(PG_SUITES) >$$pg_log 2>&1) & pg=$$!; \
-	$(PYTEST) -n $(TEST_WORKERS) --dist loadfile -m "not serial and not perf" || status=1; \
+	@status=0; pg_log=$$(mktemp); pg_files_log=$$(mktemp); \
+	echo "== tests, in parallel on $(TEST_WORKERS) workers; beside them, on $(PG_WORKERS), the core server suites on PostgreSQL, then the PostgreSQL store's own tests"; \
+	(failed=0; \
+	 STOCKYARD_TEST_STORE=postgresql $(PYTEST) -n $(PG_WORKERS) --dist loadfile -m "not serial and not perf" $(PG_SUITES) >$$pg_log 2>&1 || failed=1; \
+	 $(PYTEST) -n $(PG_WORKERS) --dist loadfile -m "not serial and not perf" $(PG_FILES) >$$pg_files_log 2>&1 || failed=1; \
+	 exit $$failed) & pg=$$!; \
+	$(PYTEST) -n $(TEST_WORKERS) --dist loadfile -m "not serial and not perf" $(addprefix --ignore=,$(PG_FILES)) || status=1; \
 	wait $$pg || status=1; \
 	echo "== the core server suites again, on PostgreSQL (STOCKYARD_TEST_STORE=postgresql), run beside the above"; \
-	cat $$pg_log; rm -f $$pg_log; \
+	cat $$pg_log; \
+	echo "== the PostgreSQL store's own test files (PG_FILES, left out of the parallel phase), run beside it after the core suites"; \
+	cat $$pg_files_log; rm -f $$pg_log $$pg_files_log; \
 	echo "== tests that need the machine to themselves (marker serial), one at a time"; \
 	$(PYTEST) -m "serial and not perf" $(SERIAL_FILES) || status=1; \
 	echo "== time bounds (marker perf), one at a time"; \

@@ -11,6 +11,7 @@ from __future__ import annotations
 import http.client
 import json
 import socket
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from conftest import ServerProcess, mock_env, wait_for
@@ -85,22 +86,15 @@ def test_request_bodies_held_at_once_are_bounded_in_bytes(one_mib_server: Server
     held = begun_request(server, 700_000)
     try:
         wait_for(lambda: server.metric("request_bodies_bytes") == 700_000, what="the first body's bytes held")
-        status, headers, body = server.request("POST", "/v1/chat/completions", raw=chat_of(4_000_000))
-        assert status == 503, body[:300]
-        assert json.loads(body)["error"]["code"] == "too_many_request_bodies" and headers["retry-after"] == "1"
-        assert server.metric("request_bodies_refused_total") == 1
-        chunked = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
-        pieces = chat_of(600_000)
-        chunked.request(
-            "POST",
-            "/v1/chat/completions",
-            (pieces[i : i + 50_000] for i in range(0, len(pieces), 50_000)),
-            {"Content-Type": "application/json"},
-            encode_chunked=True,
-        )
-        answer = chunked.getresponse()
-        assert answer.status == 503 and json.loads(answer.read())["error"]["code"] == "too_many_request_bodies"
-        chunked.close()  # a chunked body is counted as it comes
+        with ThreadPoolExecutor(2) as pool:  # each waits BODY_WAIT_S for room: the two waits at once
+            sized = pool.submit(server.request, "POST", "/v1/chat/completions", raw=chat_of(4_000_000))
+            chunked = pool.submit(chunked_chat, server, chat_of(600_000))
+            status, headers, body = sized.result()
+            assert status == 503, body[:300]
+            assert json.loads(body)["error"]["code"] == "too_many_request_bodies" and headers["retry-after"] == "1"
+            status, body = chunked.result()  # a chunked body is counted as it comes
+            assert status == 503 and json.loads(body)["error"]["code"] == "too_many_request_bodies", body[:300]
+        assert server.metric("request_bodies_refused_total") == 2
         status, _, body = server.request("POST", "/v1/chat/completions", raw=chat_of(2_000))
         assert status == 200, body[:300]  # a small body needs no room
     finally:
@@ -110,6 +104,18 @@ def test_request_bodies_held_at_once_are_bounded_in_bytes(one_mib_server: Server
     assert status == 200, body[:300]
     status, _, body = server.request("POST", "/v1/chat/completions", raw=chat_of(1_500_000))
     assert status == 200, body[:300]  # alone, a body larger than the bound is served
+
+
+def chunked_chat(server: ServerProcess, body: bytes) -> tuple[int, bytes]:
+    """POST ``body`` as a chat, sent chunked in pieces of 50 KB; the answer's status and body."""
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    try:
+        pieces = (body[i : i + 50_000] for i in range(0, len(body), 50_000))
+        conn.request("POST", "/v1/chat/completions", pieces, {"Content-Type": "application/json"}, encode_chunked=True)
+        answer = conn.getresponse()
+        return answer.status, answer.read()
+    finally:
+        conn.close()
 
 
 def websocket(server: ServerProcess) -> socket.socket:

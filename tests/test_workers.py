@@ -783,7 +783,14 @@ def test_the_parent_out_of_descriptors_goes_on_serving_the_group(group, mock):
     mock.delay_ms = 100  # the calls overlap: the workers need new connections to the parent
     try:
         with ThreadPoolExecutor(max_workers=40) as pool:
-            list(pool.map(lambda i: group.request("POST", "/v1/chat/completions", BUDGET_MODEL, auth), range(40)))
+            calls = [pool.submit(group.request, "POST", "/v1/chat/completions", BUDGET_MODEL, auth) for _ in range(40)]
+            # the parent's accept got EMFILE (it says so) or it went down; until a descriptor is given
+            # back, the calls waiting would each wait out the workers' CALL_TIMEOUT_S
+            wait_for(lambda: "cannot accept a connection" in group.log or group.proc.poll() is not None, 30)
+            if group.proc.poll() is None:
+                resource.prlimit(parent, resource.RLIMIT_NOFILE, (soft, hard))
+            for call in calls:
+                call.result()
     finally:
         mock.delay_ms = 0
         if group.proc.poll() is None:
