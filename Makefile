@@ -1,8 +1,9 @@
 # Stockyard: `make run` serves (building the pyz when needed), `make test` runs the tests.
 PYTHON ?= python3
 PYZ := dist/stockyard.pyz
-# The tests run in three phases (markers in pytest.ini); every phase runs, and `make test` fails
-# when any of them failed. TEST_WORKERS: pytest-xdist workers for the parallel phases: one more than
+# The tests run in phases (markers in pytest.ini): the parallel phase with the PostgreSQL job beside it
+# (PG_SUITES on PostgreSQL, then PG_FILES), then the serial phase, then the perf phase; every phase
+# runs, and `make test` fails when any of them failed. TEST_WORKERS: pytest-xdist workers for the parallel phases: one more than
 # the cores, as the suite waits on sockets, servers and timeouts about a third of its time (on two
 # cores, 3 workers: 339 s against 438 s with 2, in one hour).
 # --dist loadfile keeps a file on one worker: its tests share one server and some follow each other.
