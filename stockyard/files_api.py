@@ -162,9 +162,13 @@ NOT_FOUND = {
 }
 
 
-def not_found(kind: str, object_id: str, param: str | None = "id") -> ProxyError:
-    """OpenAI's own 404 for an id, the same for one that does not exist and for another key's."""
-    return ProxyError(404, NOT_FOUND[kind].format(object_id), param=param, type="invalid_request_error")
+def not_found(kind: str, object_id: str, param: str | None = "id", where: str = "") -> ProxyError:
+    """OpenAI's own 404 for an id, the same for one that does not exist and for another key's;
+    ``where`` (a batch file's line) goes beside the id, never inside its quotes."""
+    message = NOT_FOUND[kind].format(object_id)
+    if where:
+        message = f"{message.removesuffix('.')} ({where})."
+    return ProxyError(404, message, param=param, type="invalid_request_error")
 
 
 def page_limit(query: dict[str, str], default: int, largest: int) -> int:
@@ -1365,12 +1369,12 @@ class FilesAPI(ProviderCalls):
             for file_id in named:
                 owned = self.ownership.find(file_id, "file", key.id)
                 if owned is None:
-                    raise not_found("file", f"{file_id} (line {number} of the batch file)", "file")
+                    raise not_found("file", file_id, "file", f"line {number} of the batch file")
                 if owned.pages is not None:
                     pages[file_id] = owned.pages
             for container_id in referenced_containers(body) if may_name(line, b"container") else ():
                 if self.ownership.find(container_id, "container", key.id) is None:
-                    raise not_found("container", f"{container_id} (line {number} of the batch file)", "file")
+                    raise not_found("container", container_id, "file", f"line {number} of the batch file")
             stores = referenced_vector_stores(body) if may_name(line, b"vector_store") else {}
             try:
                 check_store_ids(stores)
@@ -1379,7 +1383,7 @@ class FilesAPI(ProviderCalls):
                 raise ProxyError(400, message, param="file", code=exc.code) from None
             theirs = self.ownership.first_of_another(list(stores), "vector_store", key.id)  # an unowned one is shared
             if theirs is not None:
-                raise not_found("vector_store", f"{theirs} (line {number} of the batch file)", "file")
+                raise not_found("vector_store", theirs, "file", f"line {number} of the batch file")
             previous = body.get("previous_response_id")
             if isinstance(previous, str) and self._path.conversations.find(previous, key.id) is None:
                 raise ProxyError(

@@ -9,6 +9,7 @@ import json
 
 import pytest
 from conftest import ServerProcess, mock_env, wait_for
+from openai import NotFoundError
 
 ADMIN = "admin-key-for-iso36-0123456789abcdef"
 
@@ -219,3 +220,19 @@ def test_objects_made_in_open_mode_are_no_keys_once_keys_are_required(pyz_path, 
     finally:
         srv.stop()
     assert "Traceback" not in srv.log
+
+
+def test_a_batch_line_naming_another_keys_object_says_which_id_and_which_line(server, alices):
+    """The id stays the id in OpenAI's message, the line beside it (it was quoted inside the id)."""
+    bob = server.openai("bob")
+    tools = {
+        "container": {"type": "code_interpreter", "container": alices["container"]},
+        "vector_store": {"type": "file_search", "vector_store_ids": [alices["vector_store"]]},
+    }
+    for kind, tool in tools.items():
+        body = {"model": "gpt-4o-mini", "input": "x", "tools": [tool]}
+        line = json.dumps({"custom_id": "1", "method": "POST", "url": "/v1/responses", "body": body}).encode()
+        with pytest.raises(NotFoundError) as refused:  # at the upload, as when the batch starts
+            bob.files.create(file=("b.jsonl", io.BytesIO(line + b"\n")), purpose="batch")
+        message = refused.value.body["message"]
+        assert f"'{alices[kind]}'" in message and "(line 1 of the batch file)" in message, message
