@@ -386,8 +386,10 @@ class Ownership:
         checked), so its bytes alone do not say."""
         if ctx.dialect == ANTHROPIC:
             return self.check_anthropic_objects(ctx)
-        if ctx.key is None or ctx.upload is not None:
+        if ctx.key is None:
             return
+        if ctx.upload is not None:
+            return self.check_form_files(ctx.upload.fields, owner_of(ctx))
         if ctx.dialect == GEMINI:
             if may_name_file(ctx.raw):
                 ctx.pdf_pages.update(self.check_gemini_files(ctx.body, owner_of(ctx)))
@@ -407,6 +409,14 @@ class Ownership:
                 raise not_found("vector_store", theirs, stores[theirs])
         if walk or may_name(ctx.raw, b"file_id"):
             ctx.pdf_pages.update(self.require_files(referenced_files(ctx.body), owner, "file_id"))
+
+    def check_form_files(self, fields: dict[str, str | list[str]], owner: str) -> None:
+        """A multipart form's text fields naming a file by id (``file_id``, ``mask[file_id]``,
+        ``images[][file_id]``: an image edit's JSON shape written as a form) are relayed with it and
+        the provider may read them, so they may name only this key's files, as a JSON body's do."""
+        for name, value in fields.items():
+            if name == "file_id" or name.endswith("[file_id]"):
+                self.require_files([value] if isinstance(value, str) else value, owner, name)
 
     def check_anthropic_objects(self, ctx: RequestContext) -> None:
         """A Messages API call (``/v1/messages``, ``count_tokens``) may name only this key's

@@ -236,3 +236,36 @@ def test_a_batch_line_naming_another_keys_object_says_which_id_and_which_line(se
             bob.files.create(file=("b.jsonl", io.BytesIO(line + b"\n")), purpose="batch")
         message = refused.value.body["message"]
         assert f"'{alices[kind]}'" in message and "(line 1 of the batch file)" in message, message
+
+
+PNG_HEAD = bytes.fromhex("89504e470d0a1a0a0000000d4948445200000001000000010806000000")
+
+
+def form(fields: list[tuple[str, str]], files: list[tuple[str, str, bytes, str]]) -> tuple[bytes, str]:
+    """A multipart/form-data body (its bytes, its Content-Type) with these text fields and files."""
+    boundary = "iso36-boundary-0123456789"
+    parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode() for k, v in fields]
+    for field, name, data, kind in files:
+        head = f'--{boundary}\r\nContent-Disposition: form-data; name="{field}"; filename="{name}"\r\n'
+        parts.append(f"{head}Content-Type: {kind}\r\n\r\n".encode() + data + b"\r\n")
+    return b"".join(parts) + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+
+
+@pytest.mark.parametrize(
+    "path, fields, files",
+    [
+        ("/v1/images/edits", [("model", "gpt-image-1"), ("prompt", "x")], [("image", "a.png", PNG_HEAD, "image/png")]),
+        ("/v1/audio/transcriptions", [("model", "whisper-1")], [("file", "a.wav", b"RIFF0000WAVE", "audio/wav")]),
+    ],
+)
+@pytest.mark.parametrize("field", ["file_id", "mask[file_id]", "images[][file_id]"])
+def test_a_form_field_naming_another_keys_file_is_not_found_unasked(server, alices, mock, path, fields, files, field):
+    """A form's text fields are relayed with it, and OpenAI reads ``mask``/``images`` by ``file_id``
+    (an image edit's JSON shape): one naming another key's file is its 404, before the provider."""
+    raw, kind = form([*fields, (field, alices["file"])], files)
+    before = len(mock.requests)
+    status, _, answer = server.request("POST", path, raw=raw, headers={**server.auth("bob"), "Content-Type": kind})
+    assert status == 404 and json.loads(answer)["error"]["param"] == field, (status, answer)
+    assert not [r.path for r in mock.requests[before:] if alices["file"].encode() in (r.body or b"")]
+    status, _, answer = server.request("POST", path, raw=raw, headers={**server.auth("alice"), "Content-Type": kind})
+    assert status != 404, answer  # the key's own file goes on
