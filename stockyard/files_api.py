@@ -44,6 +44,7 @@ from .modules.ratelimit import admit_call
 from .objectrefs import (
     ANTHROPIC_CONTAINER,
     ANTHROPIC_FILE,
+    CACHE_FIELDS,
     FILE_PREFIX,
     anthropic_container,
     anthropic_container_not_found,
@@ -55,6 +56,7 @@ from .objectrefs import (
     file_uri_id,
     may_name,
     may_name_file,
+    members_named,
     named_caches,
     referenced_containers,
     referenced_files,
@@ -409,6 +411,10 @@ class Ownership:
                 raise not_found("vector_store", theirs, stores[theirs])
         if walk or may_name(ctx.raw, b"file_id"):
             ctx.pdf_pages.update(self.require_files(referenced_files(ctx.body), owner, "file_id"))
+        if walk or may_name(ctx.raw, b"cached_content") or b"cachedContent" in ctx.raw:
+            for _, value in members_named(ctx.body, CACHE_FIELDS):  # Google's OpenAI-compatible API reads them
+                if isinstance(value, str):
+                    self.owned_cache(value, owner)
 
     def check_form_files(self, fields: dict[str, str | list[str]], owner: str) -> None:
         """A multipart form's text fields naming a file by id (``file_id``, ``mask[file_id]``,
@@ -486,11 +492,17 @@ class Ownership:
                 continue
             if not isinstance(value, str):
                 raise ProxyError(400, f"{param} must name a cache: cachedContents/{{id}}", param=param)
-            cache_id = cache_id_of(value)
-            owned = None if cache_id is None else self.find(cache_id, "cached_content", owner_of(ctx))
-            if owned is None:
-                raise cache_not_found(value.removeprefix("cachedContents/"))
+            owned = self.owned_cache(value, owner_of(ctx))
             ctx.caches[owned.id] = owned.tokens
+
+    def owned_cache(self, name: str, owner: str) -> Owned:
+        """The Gemini context cache ``name`` (``cachedContents/{id}`` or a bare id) if ``owner`` made
+        it; else Google's 404, the same for another key's and for one no key has."""
+        cache_id = cache_id_of(name)
+        owned = None if cache_id is None else self.find(cache_id, "cached_content", owner)
+        if owned is None:
+            raise cache_not_found(name.removeprefix("cachedContents/"))
+        return owned
 
     def check_gemini_files(self, body: object, owner: str) -> dict[str, int]:
         """Each Gemini Files API file a body names (``objectrefs.referenced_gemini_files``: a part's

@@ -16,7 +16,8 @@ ADMIN = "admin-key-for-iso36-0123456789abcdef"
 
 @pytest.fixture(scope="module")
 def server(pyz_path, cache_home, mock, tmp_path_factory):
-    env = mock_env(cache_home, mock, STOCKYARD_ADMIN_KEY=ADMIN, STOCKYARD_BATCH_POLL="off")
+    gemini = {"GEMINI_API_KEY": "AIza-iso36-0123456789abcdef", "GEMINI_BASE_URL": mock.url}
+    env = mock_env(cache_home, mock, STOCKYARD_ADMIN_KEY=ADMIN, STOCKYARD_BATCH_POLL="off", **gemini)
     srv = ServerProcess(pyz_path, tmp_path_factory.mktemp("iso36") / "stockyard.db", env)
     srv.keys = srv.create_keys({"alice": ["--project", "team"], "bob": [], "carol": ["--project", "team"]})
     srv.start()
@@ -52,6 +53,10 @@ def alices(server) -> dict[str, str]:
         input_file_id=batch_file.id, endpoint="/v1/chat/completions", completion_window="24h"
     ).id
     made["video"] = client.videos.create(model="sora-2", prompt="secret").id
+    cache = {"model": "models/gemini-cache-model", "contents": [{"role": "user", "parts": [{"text": "secret " * 50}]}]}
+    status, _, answer = server.request("POST", "/v1beta/cachedContents", cache, headers=server.auth("alice"))
+    assert status == 200, answer
+    made["cache"] = json.loads(answer)["name"]
     return made
 
 
@@ -269,3 +274,19 @@ def test_a_form_field_naming_another_keys_file_is_not_found_unasked(server, alic
     assert not [r.path for r in mock.requests[before:] if alices["file"].encode() in (r.body or b"")]
     status, _, answer = server.request("POST", path, raw=raw, headers={**server.auth("alice"), "Content-Type": kind})
     assert status != 404, answer  # the key's own file goes on
+
+
+@pytest.mark.parametrize("who", ["bob", "carol"])
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/responses"])
+def test_another_keys_gemini_cache_in_an_openai_shaped_body_is_not_found_unasked(server, alices, mock, who, path):
+    """Google's OpenAI-compatible API reads a context cache from ``extra_body.google.cached_content``
+    (an ``openai-compatible`` provider relays the body whole): another key's cache is a 404 there too."""
+    ask = {"messages": [{"role": "user", "content": "hi"}]} if path.endswith("completions") else {"input": "hi"}
+    for cache in ({"cached_content": alices["cache"]}, {"cachedContent": alices["cache"]}):
+        body = {"model": "gpt-4o-mini", **ask, "extra_body": {"google": cache}}
+        before = len(mock.requests)
+        status, answer = foreign(server, who, "POST", path, body)
+        assert status == 404, (status, answer)
+        assert not [r.path for r in mock.requests[before:] if alices["cache"].encode() in (r.body or b"")]
+    status, answer = foreign(server, "alice", "POST", path, body)
+    assert status == 200, answer  # the key's own cache goes on
