@@ -1406,6 +1406,15 @@ class FilesAPI(ProviderCalls):
             theirs = self.ownership.first_of_another(list(stores), "vector_store", key.id)  # an unowned one is shared
             if theirs is not None:
                 raise not_found("vector_store", theirs, "file", f"line {number} of the batch file")
+            caches = members_named(body, CACHE_FIELDS) if may_name(line, b"ached") else ()
+            for _, cache in caches:  # Google's OpenAI-compatible batches read them
+                if isinstance(cache, str):
+                    try:
+                        self.ownership.owned_cache(cache, key.id)
+                    except ProxyError as exc:
+                        raise ProxyError(
+                            404, f"{exc.message} (line {number} of the batch file)", param="file"
+                        ) from None
             previous = body.get("previous_response_id")
             if isinstance(previous, str) and self._path.conversations.find(previous, key.id) is None:
                 raise ProxyError(

@@ -290,3 +290,13 @@ def test_another_keys_gemini_cache_in_an_openai_shaped_body_is_not_found_unasked
         assert not [r.path for r in mock.requests[before:] if alices["cache"].encode() in (r.body or b"")]
     status, answer = foreign(server, "alice", "POST", path, body)
     assert status == 200, answer  # the key's own cache goes on
+
+
+def test_a_batch_line_naming_another_keys_gemini_cache_is_not_found(server, alices):
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
+    body["extra_body"] = {"google": {"cached_content": alices["cache"]}}
+    line = json.dumps({"custom_id": "1", "method": "POST", "url": "/v1/chat/completions", "body": body}).encode()
+    with pytest.raises(NotFoundError) as refused:
+        server.openai("bob").files.create(file=("b.jsonl", io.BytesIO(line + b"\n")), purpose="batch")
+    message = refused.value.body["message"]
+    assert alices["cache"].removeprefix("cachedContents/") in message and "line 1 of the batch file" in message
