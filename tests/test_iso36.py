@@ -1,6 +1,6 @@
 """One key never reaches another's provider objects: a matrix of every OpenAI-shaped endpoint and
-body field that names an object, with alice's objects tried by bob (another key) and by carol (a key
-of alice's project), against the mock upstream and one real server process."""
+body field that names an object, with alice's objects tried by bob (another key), by carol (a key
+of alice's project) and by bob naming alice's end user, against the mock upstream and one real server process."""
 
 from __future__ import annotations
 
@@ -28,8 +28,8 @@ def server(pyz_path, cache_home, mock, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def alices(server) -> dict[str, str]:
-    """One of each object alice can make through Stockyard."""
-    client = server.openai("alice")
+    """One of each object alice can make through Stockyard, for her end user "alice"."""
+    client = server.openai("alice", default_headers={"x-stockyard-user": "alice"})
     made = {"file": client.files.create(file=("a.txt", io.BytesIO(b"alice's secret")), purpose="user_data").id}
     made["response"] = client.responses.create(model="gpt-4o-mini", input="hi", store=True).id
     made["conversation"] = client.conversations.create(items=[{"role": "user", "content": "secret"}]).id
@@ -54,18 +54,22 @@ def alices(server) -> dict[str, str]:
     ).id
     made["video"] = client.videos.create(model="sora-2", prompt="secret").id
     cache = {"model": "models/gemini-cache-model", "contents": [{"role": "user", "parts": [{"text": "secret " * 50}]}]}
-    status, _, answer = server.request("POST", "/v1beta/cachedContents", cache, headers=server.auth("alice"))
+    as_alice = {**server.auth("alice"), "x-stockyard-user": "alice"}
+    status, _, answer = server.request("POST", "/v1beta/cachedContents", cache, headers=as_alice)
     assert status == 200, answer
     made["cache"] = json.loads(answer)["name"]
     return made
 
 
 def foreign(server: ServerProcess, who: str, method: str, path: str, body: object = None) -> tuple[int, bytes]:
-    status, _, answer = server.request(method, path, body, headers=server.auth(who))
+    """(status, body) of a request by ``who``; ``name@user`` is that key saying it acts for end user ``user``."""
+    key, _, user = who.partition("@")
+    headers = {**server.auth(key), **({"x-stockyard-user": user} if user else {})}
+    status, _, answer = server.request(method, path, body, headers=headers)
     return status, answer
 
 
-@pytest.mark.parametrize("who", ["bob", "carol"])
+@pytest.mark.parametrize("who", ["bob", "carol", "bob@alice"])
 def test_another_keys_objects_are_not_found_on_their_own_endpoints(server, alices, who):
     paths = [
         ("GET", f"/v1/files/{alices['file']}"),
@@ -125,7 +129,7 @@ def test_another_keys_objects_are_not_found_on_their_own_endpoints(server, alice
     assert server.openai("alice").files.retrieve(alices["file"]).id == alices["file"]
 
 
-@pytest.mark.parametrize("who", ["bob", "carol"])
+@pytest.mark.parametrize("who", ["bob", "carol", "bob@alice"])
 def test_another_keys_objects_are_not_listed(server, alices, who):
     lists = ("/v1/files", "/v1/vector_stores", "/v1/containers", "/v1/batches", "/v1/videos")
     for path in lists:
@@ -135,7 +139,7 @@ def test_another_keys_objects_are_not_listed(server, alices, who):
             assert object_id.encode() not in answer, (path, object_id)
 
 
-@pytest.mark.parametrize("who", ["bob", "carol"])
+@pytest.mark.parametrize("who", ["bob", "carol", "bob@alice"])
 def test_another_keys_objects_named_in_a_body_are_not_found(server, alices, mock, who):
     bodies = [
         {"model": "gpt-4o-mini", "input": "hi", "previous_response_id": alices["response"]},
@@ -276,7 +280,7 @@ def test_a_form_field_naming_another_keys_file_is_not_found_unasked(server, alic
     assert status != 404, answer  # the key's own file goes on
 
 
-@pytest.mark.parametrize("who", ["bob", "carol"])
+@pytest.mark.parametrize("who", ["bob", "carol", "bob@alice"])
 @pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/responses"])
 def test_another_keys_gemini_cache_in_an_openai_shaped_body_is_not_found_unasked(server, alices, mock, who, path):
     """Google's OpenAI-compatible API reads a context cache from ``extra_body.google.cached_content``
