@@ -263,6 +263,7 @@ def form(fields: list[tuple[str, str]], files: list[tuple[str, str, bytes, str]]
 @pytest.mark.parametrize(
     "path, fields, files",
     [
+        ("/v1/videos", [("model", "sora-2"), ("prompt", "x")], []),
         ("/v1/images/edits", [("model", "gpt-image-1"), ("prompt", "x")], [("image", "a.png", PNG_HEAD, "image/png")]),
         ("/v1/audio/transcriptions", [("model", "whisper-1")], [("file", "a.wav", b"RIFF0000WAVE", "audio/wav")]),
     ],
