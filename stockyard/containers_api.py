@@ -130,10 +130,7 @@ class ContainersAPI(ProviderCalls):
             with req.upload() as upload:
                 ctx.raw = json.dumps(upload.metadata()).encode()
                 upload.refuse_stray_files(("file",))
-                field = upload.fields.get("file_id")  # relayed with the form: the provider may read it
-                self.ownership.require_files(
-                    [field] if isinstance(field, str) else field or [], owner_of(ctx), "file_id"
-                )
+                self.ownership.check_form_files(upload.fields, owner_of(ctx))  # relayed: the provider may read them
                 if len([f for f in upload.files if f.name == "file"]) != 1:
                     raise ProxyError(
                         400, "Missing required parameter: 'file' (one file).", param="file", code="invalid_value"

@@ -44,6 +44,7 @@ from .modules.ratelimit import admit_call
 from .objectrefs import (
     ANTHROPIC_CONTAINER,
     ANTHROPIC_FILE,
+    CACHE_FIELDS,
     FILE_PREFIX,
     anthropic_container,
     anthropic_container_not_found,
@@ -55,6 +56,7 @@ from .objectrefs import (
     file_uri_id,
     may_name,
     may_name_file,
+    members_named,
     named_caches,
     referenced_containers,
     referenced_files,
@@ -162,9 +164,13 @@ NOT_FOUND = {
 }
 
 
-def not_found(kind: str, object_id: str, param: str | None = "id") -> ProxyError:
-    """OpenAI's own 404 for an id, the same for one that does not exist and for another key's."""
-    return ProxyError(404, NOT_FOUND[kind].format(object_id), param=param, type="invalid_request_error")
+def not_found(kind: str, object_id: str, param: str | None = "id", where: str = "") -> ProxyError:
+    """OpenAI's own 404 for an id, the same for one that does not exist and for another key's;
+    ``where`` (a batch file's line) goes beside the id, never inside its quotes."""
+    message = NOT_FOUND[kind].format(object_id)
+    if where:
+        message = f"{message.removesuffix('.')} ({where})."
+    return ProxyError(404, message, param=param, type="invalid_request_error")
 
 
 def page_limit(query: dict[str, str], default: int, largest: int) -> int:
@@ -382,8 +388,10 @@ class Ownership:
         checked), so its bytes alone do not say."""
         if ctx.dialect == ANTHROPIC:
             return self.check_anthropic_objects(ctx)
-        if ctx.key is None or ctx.upload is not None:
+        if ctx.key is None:
             return
+        if ctx.upload is not None:
+            return self.check_form_files(ctx.upload.fields, owner_of(ctx))
         if ctx.dialect == GEMINI:
             if may_name_file(ctx.raw):
                 ctx.pdf_pages.update(self.check_gemini_files(ctx.body, owner_of(ctx)))
@@ -403,6 +411,18 @@ class Ownership:
                 raise not_found("vector_store", theirs, stores[theirs])
         if walk or may_name(ctx.raw, b"file_id"):
             ctx.pdf_pages.update(self.require_files(referenced_files(ctx.body), owner, "file_id"))
+        if walk or may_name(ctx.raw, b"cached_content") or b"cachedContent" in ctx.raw:
+            for _, value in members_named(ctx.body, CACHE_FIELDS):  # Google's OpenAI-compatible API reads them
+                if isinstance(value, str):
+                    self.owned_cache(value, owner)
+
+    def check_form_files(self, fields: dict[str, str | list[str]], owner: str) -> None:
+        """A multipart form's text fields naming a file by id (``file_id``, ``mask[file_id]``,
+        ``images[][file_id]``: an image edit's JSON shape written as a form) are relayed with it and
+        the provider may read them, so they may name only this key's files, as a JSON body's do."""
+        for name, value in fields.items():
+            if name == "file_id" or name.endswith("[file_id]"):
+                self.require_files([value] if isinstance(value, str) else value, owner, name)
 
     def check_anthropic_objects(self, ctx: RequestContext) -> None:
         """A Messages API call (``/v1/messages``, ``count_tokens``) may name only this key's
@@ -472,11 +492,17 @@ class Ownership:
                 continue
             if not isinstance(value, str):
                 raise ProxyError(400, f"{param} must name a cache: cachedContents/{{id}}", param=param)
-            cache_id = cache_id_of(value)
-            owned = None if cache_id is None else self.find(cache_id, "cached_content", owner_of(ctx))
-            if owned is None:
-                raise cache_not_found(value.removeprefix("cachedContents/"))
+            owned = self.owned_cache(value, owner_of(ctx))
             ctx.caches[owned.id] = owned.tokens
+
+    def owned_cache(self, name: str, owner: str) -> Owned:
+        """The Gemini context cache ``name`` (``cachedContents/{id}`` or a bare id) if ``owner`` made
+        it; else Google's 404, the same for another key's and for one no key has."""
+        cache_id = cache_id_of(name)
+        owned = None if cache_id is None else self.find(cache_id, "cached_content", owner)
+        if owned is None:
+            raise cache_not_found(name.removeprefix("cachedContents/"))
+        return owned
 
     def check_gemini_files(self, body: object, owner: str) -> dict[str, int]:
         """Each Gemini Files API file a body names (``objectrefs.referenced_gemini_files``: a part's
@@ -1365,12 +1391,12 @@ class FilesAPI(ProviderCalls):
             for file_id in named:
                 owned = self.ownership.find(file_id, "file", key.id)
                 if owned is None:
-                    raise not_found("file", f"{file_id} (line {number} of the batch file)", "file")
+                    raise not_found("file", file_id, "file", f"line {number} of the batch file")
                 if owned.pages is not None:
                     pages[file_id] = owned.pages
             for container_id in referenced_containers(body) if may_name(line, b"container") else ():
                 if self.ownership.find(container_id, "container", key.id) is None:
-                    raise not_found("container", f"{container_id} (line {number} of the batch file)", "file")
+                    raise not_found("container", container_id, "file", f"line {number} of the batch file")
             stores = referenced_vector_stores(body) if may_name(line, b"vector_store") else {}
             try:
                 check_store_ids(stores)
@@ -1379,7 +1405,16 @@ class FilesAPI(ProviderCalls):
                 raise ProxyError(400, message, param="file", code=exc.code) from None
             theirs = self.ownership.first_of_another(list(stores), "vector_store", key.id)  # an unowned one is shared
             if theirs is not None:
-                raise not_found("vector_store", f"{theirs} (line {number} of the batch file)", "file")
+                raise not_found("vector_store", theirs, "file", f"line {number} of the batch file")
+            caches = members_named(body, CACHE_FIELDS) if may_name(line, b"ached") else ()
+            for _, cache in caches:  # Google's OpenAI-compatible batches read them
+                if isinstance(cache, str):
+                    try:
+                        self.ownership.owned_cache(cache, key.id)
+                    except ProxyError as exc:
+                        raise ProxyError(
+                            404, f"{exc.message} (line {number} of the batch file)", param="file"
+                        ) from None
             previous = body.get("previous_response_id")
             if isinstance(previous, str) and self._path.conversations.find(previous, key.id) is None:
                 raise ProxyError(

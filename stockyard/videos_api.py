@@ -204,6 +204,7 @@ class VideosAPI(ProviderCalls):
                 upload.refuse_stray_files(("input_reference",))
                 named = [upload.get("input_reference[file_id]"), referenced_file(upload.get("input_reference"))]
                 self.ownership.require_files(filter(None, named), owner_of(ctx), "input_reference")
+                self.ownership.check_form_files(upload.fields, owner_of(ctx))  # any other relayed file_id field
                 terms = create_terms(upload.get)
                 hold = self._hold(ctx, provider, terms)
                 form = upload.encode()
