@@ -478,6 +478,22 @@ def test_an_open_session_past_the_keys_rpm_refuses_the_next_response(server, moc
     assert [beta for beta, _ in mock.realtime_asked].count("tworpm") == 2
 
 
+def burst(raw: Raw, response: dict, count: int, went_on: str) -> tuple[int, int]:
+    """``count`` ``response.create`` of ``response`` sent in one write (masked text frames, one segment):
+    how many went on (events of type ``went_on``) and how many were refused past a rate limit."""
+    create = json.dumps({"type": "response.create", "response": response}).encode()
+    raw.sock.sendall((bytes([0x81, 0x80 | len(create), 0, 0, 0, 0]) + create) * count)
+    on = refused = 0
+    while on + refused < count:
+        event = raw.event()
+        if event["type"] == went_on:
+            on += 1
+        elif event["type"] == "error":
+            assert event["error"]["code"] == "rate_limit_exceeded", event
+            refused += 1
+    return on, refused
+
+
 def test_a_burst_of_response_creates_is_held_to_the_keys_rpm(server, mock):
     """A key with rpm 2 sends eight ``response.create`` in one write, before any ``response.created``
     came back: each is counted as it is sent on (as an HTTP request is at admission), so two reach the
@@ -485,21 +501,8 @@ def test_a_burst_of_response_creates_is_held_to_the_keys_rpm(server, mock):
     all eight passed the check: a burst was a way past the key's rpm)."""
     raw = upgrade(server, "burstrpm", extra="OpenAI-Beta: burstrpm\r\n")
     assert raw.status == 101 and raw.event()["type"] == "session.created"
-    create = json.dumps({"type": "response.create", "response": {"output_modalities": ["text"]}}).encode()
-    frames = b""
-    for _ in range(8):  # masked text frames, all in one segment
-        frames += bytes([0x81, 0x80 | len(create), 0, 0, 0, 0]) + create
-    raw.sock.sendall(frames)
-    done = refused = 0
-    while done + refused < 8:
-        event = raw.event()
-        if event["type"] == "response.done":
-            done += 1
-        elif event["type"] == "error":
-            assert event["error"]["code"] == "rate_limit_exceeded", event
-            refused += 1
+    assert burst(raw, {"output_modalities": ["text"]}, 8, "response.done") == (2, 6)
     raw.close()
-    assert (done, refused) == (2, 6)
     assert [beta for beta, _ in mock.realtime_asked].count("burstrpm") == 2
     # ended and logged before the next test reads the log for its own session's line
     wait_for(lambda: server.metric("websocket_connections_open") == 0, 10, "the session's end")
@@ -520,17 +523,7 @@ def test_a_burst_of_response_creates_is_held_to_the_keys_tpm(server, mock):
     raw = upgrade(server, "bursttpm", extra="OpenAI-Beta: bursttpm\r\n")
     assert raw.status == 101 and raw.event()["type"] == "session.created"
     held = {"output_modalities": ["text"], "metadata": {"mock": "hold"}}  # running until cancelled: no
-    create = json.dumps({"type": "response.create", "response": held}).encode()  # usage frees the window
-    raw.sock.sendall((bytes([0x81, 0x80 | len(create), 0, 0, 0, 0]) + create) * 4)  # masked frames, one write
-    created = refused = 0
-    while created + refused < 4:
-        event = raw.event()
-        if event["type"] == "response.created":
-            created += 1
-        elif event["type"] == "error":
-            assert event["error"]["code"] == "rate_limit_exceeded", event
-            refused += 1
-    assert (created, refused) == (1, 3)
+    assert burst(raw, held, 4, "response.created") == (1, 3)  # usage frees the window
     raw.send_json({"type": "response.cancel"})
     assert raw.until("response.done")[-1]["type"] == "response.done"
     raw.close()

@@ -7,18 +7,14 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-import clirun
 import pytest
 from conftest import TEST_STORE, ServerProcess, base_env, mock_env, open_database, wait_for
 from module_helpers import ADMIN_KEY, chat, put_module
+from test_data34 import run
 from test_realtime import upgrade
 
 SECRET = "review36-encryption-secret-0123456789abcdef"
 sqlite_only = pytest.mark.skipif(TEST_STORE == "postgresql", reason="SQLite files: restore of one file")
-
-
-def run(pyz: Path, args: list, env: dict, stdin: str | None = None):
-    return clirun.run(pyz, list(map(str, args)), env, stdin)
 
 
 @pytest.fixture(scope="module")
