@@ -211,7 +211,8 @@ def test_a_pdf_uploaded_in_parts_is_held_at_the_page_limit(server):
     assert made.file is not None
     rows = server.db_rows("SELECT kind, pages FROM owned_objects WHERE id = ?", (made.file.id,))
     assert rows == [{"kind": "file", "pages": 1000}]
-    assert f"uploaded in parts as {made.file.id!r} are not counted: held at 1000" in server.log
+    said = f"uploaded in parts as {made.file.id!r} are not counted: held at 1000"
+    wait_for(lambda: said in server.log, 10, "the log line (the server's log is written as it flushes)")
 
 
 def test_bad_input_is_a_clear_error_in_openais_shape(server, mock):
