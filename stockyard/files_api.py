@@ -54,6 +54,7 @@ from .objectrefs import (
     check_store_ids,
     file_not_found,
     file_uri_id,
+    hides_names,
     may_name,
     may_name_file,
     members_named,
@@ -398,20 +399,20 @@ class Ownership:
             return self.check_cached_content(ctx)
         if ctx.dialect not in (OPENAI, RESPONSES):
             return
-        walk, owner = estimate.put_in(ctx), owner_of(ctx)  # items put in: the bytes alone do not say
-        if walk or may_name(ctx.raw, b"container"):
+        walk, owner = estimate.put_in(ctx) or hides_names(ctx.raw), owner_of(ctx)  # items put in: the bytes do not say
+        if walk or b"container" in ctx.raw:
             for container_id, param in referenced_containers(ctx.body).items():
                 if self.find(container_id, "container", owner) is None:
                     raise not_found("container", container_id, param)
-        if walk or may_name(ctx.raw, b"vector_store"):
+        if walk or b"vector_store" in ctx.raw:
             stores = referenced_vector_stores(ctx.body)
             check_store_ids(stores)
             theirs = self.first_of_another(list(stores), "vector_store", owner)
             if theirs is not None:
                 raise not_found("vector_store", theirs, stores[theirs])
-        if walk or may_name(ctx.raw, b"file_id"):
+        if walk or b"file_id" in ctx.raw:
             ctx.pdf_pages.update(self.require_files(referenced_files(ctx.body), owner, "file_id"))
-        if walk or may_name(ctx.raw, b"cached_content") or b"cachedContent" in ctx.raw:
+        if walk or b"cached_content" in ctx.raw or b"cachedContent" in ctx.raw:
             for _, value in members_named(ctx.body, CACHE_FIELDS):  # Google's OpenAI-compatible API reads them
                 if isinstance(value, str):
                     self.owned_cache(value, owner)

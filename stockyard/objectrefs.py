@@ -21,9 +21,16 @@ from .errors import ProxyError
 
 def may_name(raw: bytes, key: bytes) -> bool:
     """Whether a JSON text can hold a member named with ``key`` (``file_id``, ``container``,
-    ``vector_store``): the name is written out, or escaped (``\\u``), or the text is not UTF-8
-    (``json.loads`` reads UTF-16 and UTF-32 too). A fast test that spares most bodies the walks below."""
-    return key in raw or b"\\u" in raw or json.detect_encoding(raw) not in ("utf-8", "utf-8-sig")
+    ``vector_store``): the name is written out, or it may be written otherwise (:func:`hides_names`).
+    A fast test that spares most bodies the walks below."""
+    return key in raw or hides_names(raw)
+
+
+def hides_names(raw: bytes) -> bool:
+    """Whether a JSON text may hold a name not written out as such: escaped (``\\u``), or in a text
+    that is not UTF-8 (``json.loads`` reads UTF-16 and UTF-32 too). Once per body where several
+    names are looked for."""
+    return b"\\u" in raw or json.detect_encoding(raw) not in ("utf-8", "utf-8-sig")
 
 
 # Not walked: the citations of earlier output (``annotations``, ``results``: ids the provider does not

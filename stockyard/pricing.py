@@ -786,6 +786,7 @@ class PriceTable:
     def __init__(self, prices: Mapping[str, Price], checked: str = "") -> None:
         self.checked = checked
         self._memo: dict[tuple[str, str | None], Price | None] = {}
+        self._mode_memo: dict[tuple[str, str | None, str], tuple[Price, Price | None]] = {}
         self._by_provider: dict[str | None, dict[str, Price]] = {}
         for key, price in prices.items():
             if not isinstance(price, Price):
@@ -839,7 +840,16 @@ class PriceTable:
         if not all(kind in MODE_KINDS.get(part, ()) for part in mode.split("/")):
             return None  # another provider's mode of that name is priced its own way (Groq's flex)
         base = self.lookup(model, provider)
-        return None if base is None else mode_price(base, mode)
+        if base is None:
+            return None
+        key = (model, provider, mode)  # a budget's hold prices every request in the dearest mode
+        remembered = self._mode_memo.get(key)
+        if remembered is not None and remembered[0] is base:  # the same price in effect (not a dated change)
+            return remembered[1]
+        scaled = mode_price(base, mode)
+        if len(self._mode_memo) < 10_000 and len(model) <= MEMO_NAME_MAX:
+            self._mode_memo[key] = (base, scaled)
+        return scaled
 
     def lookup(self, model: str, provider: str | None = None) -> Price | None:
         """Price for ``model`` as served by ``provider``, or None when unknown (memoized: the

@@ -143,3 +143,24 @@ def test_a_multiple_that_would_round_a_rate_is_unpriced():
     """No rounding touches a rate: a multiple whose product is not a whole µ¢ per 1M is not guessed."""
     table = PriceTable({"m": Price.from_usd({"input": "0.00000001", "output": "1", "modes": {"us": "1.1"}})})
     assert table.lookup_mode("m", None, "us", "anthropic") is None
+
+
+def test_a_mode_price_is_remembered_and_follows_a_dated_change(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A budget's hold prices each request in the dearest mode, so a mode's price is remembered
+    (``PriceTable.lookup_mode``): the same answer each time, and the changed rates from the day a
+    dated change takes effect, not the ones remembered before it."""
+    import types
+
+    from stockyard import pricing
+
+    dated = {"input": "0.75", "cached_input": "0.075", "output": "3.75"}
+    dated["changes"] = {"on": "2027-01-01", "input": "1.50", "cached_input": "0.15", "output": "7.50"}
+    new_year_s = 1_798_761_600
+    now = [new_year_s - 60.0]
+    monkeypatch.setattr(pricing, "time", types.SimpleNamespace(time=lambda: now[0]))
+    table = PriceTable.from_json('{"models": {"dated": %s}}' % __import__("json").dumps(dated))
+    before = table.lookup_mode("dated", None, "flex", "openai")
+    assert rates(before) == usd("0.375", "0.0375", "0.375", "1.875")
+    assert table.lookup_mode("dated", None, "flex", "openai") is before  # remembered
+    now[0] = new_year_s + 1.0
+    assert rates(table.lookup_mode("dated", None, "flex", "openai")) == usd("0.75", "0.075", "0.75", "3.75")
