@@ -6,8 +6,11 @@ PYZ := dist/stockyard.pyz
 # runs, and `make test` fails when any of them failed. TEST_WORKERS: pytest-xdist workers for the parallel phases: one more than
 # the cores, as the suite waits on sockets, servers and timeouts about a third of its time (on two
 # cores, 3 workers: 339 s against 438 s with 2, in one hour).
-# --dist loadfile keeps a file on one worker: its tests share one server and some follow each other.
+# --dist loadfile keeps a file on one worker: its tests share one server and some follow each other;
+# --no-loadscope-reorder hands the files out in the order collected: the slowest first (SLOW_FIRST in
+# tests/conftest.py), so no long file starts last.
 PYTEST := $(PYTHON) -m pytest -q
+DIST := --dist loadfile --no-loadscope-reorder
 TEST_WORKERS ?= $(shell $(PYTHON) -c 'import os; print(len(os.sched_getaffinity(0)) + 1)')
 # The PostgreSQL run goes beside the parallel phase, which leaves a core idle a third of its time.
 PG_WORKERS ?= 2
@@ -70,10 +73,10 @@ test:
 	@status=0; pg_log=$$(mktemp); pg_files_log=$$(mktemp); \
 	echo "== tests, in parallel on $(TEST_WORKERS) workers; beside them, on $(PG_WORKERS), the core server suites on PostgreSQL, then the PostgreSQL store's own tests"; \
 	(failed=0; \
-	 STOCKYARD_TEST_STORE=postgresql $(PYTEST) -n $(PG_WORKERS) --dist loadfile -m "not serial and not perf" $(PG_SUITES) >$$pg_log 2>&1 || failed=1; \
-	 $(PYTEST) -n $(PG_WORKERS) --dist loadfile -m "not serial and not perf" $(PG_FILES) >$$pg_files_log 2>&1 || failed=1; \
+	 STOCKYARD_TEST_STORE=postgresql $(PYTEST) -n $(PG_WORKERS) $(DIST) -m "not serial and not perf" $(PG_SUITES) >$$pg_log 2>&1 || failed=1; \
+	 $(PYTEST) -n $(PG_WORKERS) $(DIST) -m "not serial and not perf" $(PG_FILES) >$$pg_files_log 2>&1 || failed=1; \
 	 exit $$failed) & pg=$$!; \
-	$(PYTEST) -n $(TEST_WORKERS) --dist loadfile -m "not serial and not perf" $(addprefix --ignore=,$(PG_FILES)) || status=1; \
+	$(PYTEST) -n $(TEST_WORKERS) $(DIST) -m "not serial and not perf" $(addprefix --ignore=,$(PG_FILES)) || status=1; \
 	wait $$pg || status=1; \
 	echo "== the core server suites again, on PostgreSQL (STOCKYARD_TEST_STORE=postgresql), run beside the above"; \
 	cat $$pg_log; \
