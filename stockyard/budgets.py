@@ -32,6 +32,7 @@ from .errors import ProxyError
 from .estimate import PRICED_AUDIO_FORMATS, runs_after_answer, unbounded_server_tools, unpriced_audio_format
 from .imagegen import IMAGE_CALLS_UNCAPPED, tool_calls, uncapped
 from .pricing import format_usd
+from .webhooks import stable_id
 
 if TYPE_CHECKING:
     from .operations import Operations
@@ -600,7 +601,7 @@ class BudgetRecords:
         self,
         store: "Store",
         ops: Callable[[], "Operations"],
-        notify: Callable[..., object] = lambda kind, data, summary, conn=None: None,
+        notify: Callable[..., object] = lambda kind, data, summary, conn=None, event_id=None: None,
     ) -> None:
         self._store = store
         self._ops = ops  # audits as the server
@@ -634,7 +635,8 @@ class BudgetRecords:
                 )
                 log.warning("%s", text)
                 data = {**_budget_data(budget, period_key, spent), "threshold_percent": percent}
-                self._notify("budget.warning", data, text, conn=conn)
+                event_id = stable_id("budget.warning", budget.scope, period_key, percent)
+                self._notify("budget.warning", data, text, conn=conn, event_id=event_id)
 
         self._store.submit(job)
 
@@ -650,7 +652,9 @@ class BudgetRecords:
 
         def job(conn) -> None:
             if _first_time(conn, b.scope, refused.period_key, EXHAUSTED):
-                self._notify("budget.exhausted", _budget_data(b, refused.period_key, refused.spent), text, conn=conn)
+                data = _budget_data(b, refused.period_key, refused.spent)
+                event_id = stable_id("budget.exhausted", b.scope, refused.period_key)
+                self._notify("budget.exhausted", data, text, conn=conn, event_id=event_id)
 
         self._store.submit(job)
 

@@ -421,17 +421,26 @@ class Dispatcher:
         self._abandon()  # a thread still held by a receiver leaves its events here
 
     def emit(
-        self, kind: str, data: dict[str, Any], summary: str, *, only: str | None = None, conn: Any = None
+        self,
+        kind: str,
+        data: dict[str, Any],
+        summary: str,
+        *,
+        only: str | None = None,
+        conn: Any = None,
+        event_id: str | None = None,
     ) -> str | None:
         """Queue an event for every webhook subscribed to ``kind`` (or the one webhook ``only``);
         never blocks. Returns the event id, or None when dropped (queue full). ``conn``: the writer
         job's transaction that decided to tell it (a budget's threshold row), which then keeps its
         outbox rows too — both or neither survive a crash (a later job's rows left a window where the
-        event was recorded as told and lost)."""
+        event was recorded as told and lost). ``event_id``: what the event is about (:func:`stable_id`),
+        for one that may be told again — its job run twice (a batch run again job by job, a retry) —
+        which a receiver must see as the same event (delivery is at least once); else a new id."""
         targets = [h.id for h in self._hooks if h.id == only or (only is None and kind in h.events)]
         if not targets and only is None:
             return None
-        event = new_event(kind, data, summary)
+        event = new_event(kind, data, summary, event_id)
         if self._queue.full():  # (only the delivery thread takes from it: room now is room after)
             self.dropped += 1
             log.warning("webhooks: queue full, event %s dropped", kind)

@@ -384,7 +384,7 @@ def test_a_budget_event_is_kept_in_the_transaction_that_records_it_told(tmp_path
     conn.close()
     seen: list[tuple[bool, int]] = []
 
-    def notify(kind: str, data: dict, summary: str, conn=None) -> None:
+    def notify(kind: str, data: dict, summary: str, conn=None, event_id=None) -> None:
         assert conn is not None, "the event is told outside the transaction that records it"
         webhooks.keep_outbox(conn, ["wh_1"], webhooks.new_event(kind, data, summary))
         told = conn.execute("SELECT count(*) FROM budget_warnings").fetchone()[0]
@@ -411,6 +411,53 @@ def test_a_budget_event_is_kept_in_the_transaction_that_records_it_told(tmp_path
         check.close()
 
 
+@pytest.mark.parametrize("kind", ["budget.warning", "budget.exhausted"])
+def test_a_budget_event_told_twice_by_a_rerun_job_is_one_event_id(tmp_path, kind):
+    """Was: a threshold job run again (its batch failed on another job and ran again job by job, or a
+    PostgreSQL retry) told the webhooks a second time with a new random id, so a receiver that drops
+    repeated ids (delivery is at least once) got two warnings. The id is made from the budget, its
+    period and the threshold: told again, it is the same event."""
+    from stockyard.budgets import BudgetRecords
+    from stockyard.store import Store, Writer, db
+
+    path = tmp_path / "stockyard.db"
+    conn, _ = db.open_and_migrate(path)
+    conn.close()
+    told: list[str | None] = []
+    writer = Writer(path).start()
+    store = Store(path, writer)
+    try:
+        records = BudgetRecords(
+            store, lambda: webhooks_ops(store), lambda k, d, s, conn=None, event_id=None: told.append(event_id)
+        )
+        budget = Budget("key:k1", "key 'k1'", 1000, "day")
+        hold, go = threading.Event(), threading.Event()
+
+        def blocker(conn) -> None:  # keeps the writer busy while the next batch is queued
+            hold.set()
+            go.wait(10)
+
+        def bad(conn) -> None:
+            raise ValueError("a bug in another job of the batch")
+
+        store.submit(blocker)
+        hold.wait(10)
+        if kind == "budget.warning":
+            records.warn(budget, "2026-12-03", 800, 80)
+        else:
+            records.exhausted(BudgetExceeded(budget, "2026-12-03", 1000, 0, 500, 0))
+        store.submit(bad)
+        go.set()
+        wait_for(lambda: len(told) == 2, what="the job told twice: in its batch, then alone")
+        records.warn(budget, "2026-12-04", 800, 80)  # another period: another event
+        wait_for(lambda: len(told) == 3, what="the next period's warning")
+    finally:
+        writer.stop()
+        store.close()
+    assert told[0] is not None and told[0].startswith("evt_")
+    assert told[0] == told[1] != told[2]
+
+
 def webhooks_ops(store):
     from stockyard import audit
     from stockyard.operations import Operations
@@ -433,7 +480,9 @@ def test_budget_exhausted_is_told_once_per_period_across_processes_and_restarts(
         writer = Writer(path).start()
         store = Store(path, writer)
         records = BudgetRecords(
-            store, lambda: None, lambda kind, data, summary, conn=None: told.append((kind, data["period_start"]))
+            store,
+            lambda: None,
+            lambda kind, data, summary, conn=None, event_id=None: told.append((kind, data["period_start"])),
         )
         records.exhausted(BudgetExceeded(budget, period, 1000, 0, 500, 0))
         writer.stop()
