@@ -416,13 +416,18 @@ class Ownership:
                 if isinstance(value, str):
                     self.owned_cache(value, owner)
 
-    def check_form_files(self, fields: dict[str, str | list[str]], owner: str) -> None:
+    def check_form_files(
+        self, fields: dict[str, str | list[str]], owner: str, params: dict[str, str] | None = None
+    ) -> None:
         """A multipart form's text fields naming a file by id (``file_id``, ``mask[file_id]``,
         ``images[][file_id]``: an image edit's JSON shape written as a form) are relayed with it and
-        the provider may read them, so they may name only this key's files, as a JSON body's do."""
+        the provider may read them, so they may name only this key's files, as a JSON body's do.
+        ``params``: the param a field's refusal names where it is not the field's own name (a video's
+        ``input_reference[file_id]`` is its ``input_reference``)."""
         for name, value in fields.items():
             if name == "file_id" or name.endswith("[file_id]"):
-                self.require_files([value] if isinstance(value, str) else value, owner, name)
+                param = (params or {}).get(name, name)
+                self.require_files([value] if isinstance(value, str) else value, owner, param)
 
     def check_anthropic_objects(self, ctx: RequestContext) -> None:
         """A Messages API call (``/v1/messages``, ``count_tokens``) may name only this key's
@@ -1336,6 +1341,7 @@ class FilesAPI(ProviderCalls):
                 raise ProxyError(
                     400, "Missing required parameter: 'file' (one file).", param="file", code="invalid_value"
                 )
+            self.ownership.check_form_files(upload.fields, owner_of(ctx))  # relayed: a file_id field too
             if purpose == "batch":
                 self._check_batch_lines(ctx, provider, upload.open(parts[0]))
             counter = count_pages(upload.open(parts[0]))  # a PDF's, which a prompt naming it is held at
