@@ -61,11 +61,12 @@ def sent_naming(mock: MockUpstream, before: int, *names: str) -> list[str]:
 # -- 1. a Gemini file named by URL in an OpenAI-shaped body -----------------------------------------
 
 
-def gemini_file_bodies(name: str) -> list[tuple[str, dict]]:
-    """Each way an OpenAI-shaped body names a Gemini file by URL (its ``uri`` or its name)."""
+def gemini_file_bodies(name: str, variant: bool = True) -> list[tuple[str, dict]]:
+    """Each way an OpenAI-shaped body names a Gemini file by URL: its ``uri``, its name, and
+    (``variant``) a spelling Google may read as it, which the native path refuses as well."""
     file_id = name.removeprefix("files/")
     bodies = []
-    for url in (URI + file_id, name, URI.upper() + file_id):
+    for url in (URI + file_id, name, *([URI.upper() + file_id] if variant else [])):
         image = {"type": "image_url", "image_url": {"url": url}}
         chat = {"model": MODEL, "messages": [{"role": "user", "content": [image]}]}
         parts = [{"type": "input_image", "image_url": url}]
@@ -91,15 +92,14 @@ def test_another_keys_gemini_file_in_an_openai_shaped_body_is_not_found_unasked(
 
 def test_the_keys_own_gemini_file_in_an_openai_shaped_body_goes_on(server, alices, mock):
     alice = server.openai("alice")
-    for path, body in gemini_file_bodies(alices["gemini_file"]):
+    for path, body in gemini_file_bodies(alices["gemini_file"], variant=False):
         before = len(mock.requests)
         try:
             alice.post(path.removeprefix("/v1"), body=body, cast_to=object)
         except openai.NotFoundError as answer:  # the mock serves no OpenAI-compatible Google endpoint
             assert "File not found" not in str(answer.body), answer.body
-        assert sent_naming(mock, before, alices["gemini_file"].removeprefix("files/")) == [
-            f"/v1beta/openai{path.removeprefix('/v1')}"
-        ]
+        sent = sent_naming(mock, before, alices["gemini_file"].removeprefix("files/"))
+        assert sent == ["/v1beta/openai/chat/completions"], (path, sent)  # Responses translated to chat
 
 
 def test_a_body_naming_no_gemini_file_is_not_refused(server, alices, mock):
@@ -112,6 +112,17 @@ def test_a_body_naming_no_gemini_file_is_not_refused(server, alices, mock):
     except openai.NotFoundError as answer:
         assert "File not found" not in str(answer.body), answer.body
     assert sent_naming(mock, before, "files/abc")
+
+
+def test_a_batch_line_naming_another_keys_gemini_file_is_not_found(server, alices):
+    """Google's OpenAI-compatible batches run their lines under the one provider key too."""
+    image = {"type": "image_url", "image_url": {"url": URI + alices["gemini_file"].removeprefix("files/")}}
+    body = {"model": "gemini-2.5-flash", "messages": [{"role": "user", "content": [image]}]}
+    line = json.dumps({"custom_id": "1", "method": "POST", "url": "/v1/chat/completions", "body": body}).encode()
+    with pytest.raises(openai.NotFoundError) as refused:
+        server.openai("bob").files.create(file=("b.jsonl", io.BytesIO(line + b"\n")), purpose="batch")
+    message = refused.value.body["message"]
+    assert "File not found" in message and "line 1 of the batch file" in message, message
 
 
 # -- 2. a top-level file_id in a video create's JSON and a file upload's form -----------------------
