@@ -16,6 +16,10 @@ from mock_upstream import MockUpstream
 from test_gemini_files import upload
 from test_iso36 import form
 
+from stockyard.conversations_api import NAMED_SQL
+from stockyard.store import Store
+from stockyard.store.backends import SqliteBackend
+
 ADMIN = "admin-key-for-iso37-0123456789abcdef"
 GOOGLE = "googlecompat"  # an openai-compatible provider at Google's OpenAI-compatible endpoint
 MODEL = f"{GOOGLE}/gemini-2.5-flash"  # provider/model: past the native Gemini provider
@@ -208,3 +212,29 @@ def test_an_item_reference_to_another_keys_conversation_item_is_refused_unasked(
         answers.append((refused.value.body["param"], refused.value.body["message"].replace(ref, "ID")))
         assert len(mock.requests) == before
     assert answers[0] == answers[1] and answers[0][0] == "input[0].id", answers
+
+
+def test_a_reference_in_a_conversations_turn_keeps_the_item(server, alices, mock):
+    """A turn appended to a conversation keeps the item a reference named, never the reference."""
+    alice = server.openai("alice")
+    other = alice.conversations.create()
+    alice.responses.create(
+        model="gpt-4o-mini", conversation=other.id, input=[{"type": "item_reference", "id": alices["item"]}]
+    )
+    kept = alice.conversations.items.list(other.id, order="asc").data
+    assert kept[0].type == "message" and kept[0].content[0].text == "alice's secret note", kept
+
+
+def test_items_named_by_id_are_read_through_the_id_index(tmp_path):
+    """The items an item_reference names by a minted id are found by an index search, not a scan of
+    every key's items (test_report_plans shows an item by conversation and id still takes its index)."""
+    backend = SqliteBackend(tmp_path / "stockyard.db")
+    backend.open_and_migrate()
+    store = Store(backend)
+    try:
+        ids = ["msg_x"] * NAMED_SQL.count("?")
+        plan = [r[3] for r in store.read().execute("EXPLAIN QUERY PLAN " + NAMED_SQL, ids)]
+        assert any("USING INDEX conversation_item_ids (id=?)" in step for step in plan), plan
+        assert not any(step.startswith("SCAN") for step in plan), plan
+    finally:
+        store.close()
