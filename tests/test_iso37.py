@@ -17,6 +17,7 @@ from test_gemini_files import upload
 from test_iso36 import form
 
 from stockyard.conversations_api import NAMED_SQL
+from stockyard.objectrefs import may_name_file_url, referenced_file_urls
 from stockyard.store import Store
 from stockyard.store.backends import SqliteBackend
 
@@ -127,6 +128,19 @@ def test_a_batch_line_naming_another_keys_gemini_file_is_not_found(server, alice
         server.openai("bob").files.create(file=("b.jsonl", io.BytesIO(line + b"\n")), purpose="batch")
     message = refused.value.body["message"]
     assert "File not found" in message and "line 1 of the batch file" in message, message
+
+
+def test_only_a_body_with_a_url_member_is_walked_for_gemini_file_urls():
+    """The byte test spares a body without a URL member the walk, and is never fooled by an escape;
+    the walk reads URL members only, never ``metadata`` or text."""
+    plain = {"model": "m", "messages": [{"role": "user", "content": f"see {URI}abc"}]}
+    assert not may_name_file_url(json.dumps(plain).encode())
+    assert referenced_file_urls({**plain, "metadata": {"url": "files/a"}}) == {}
+    image = {"type": "image_url", "image_url": {"url": "files/abc"}}
+    named = {"model": "m", "messages": [{"role": "user", "content": [image]}]}
+    assert may_name_file_url(json.dumps(named).encode())
+    assert may_name_file_url(json.dumps(named).replace("url", "\\u0075rl").encode())  # an escaped member name
+    assert referenced_file_urls(named) == {"files/abc": "messages[0].content[0].image_url.url"}
 
 
 # -- 2. a top-level file_id in a video create's JSON and a file upload's form -----------------------
