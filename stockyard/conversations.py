@@ -386,7 +386,8 @@ class Conversations:
 
     def resolve_references(self, ctx: RequestContext, room: int) -> list[dict]:
         """``item_reference`` input items naming an output item of a response this key stored
-        translated (Stockyard holds its items) are replaced by that item, as OpenAI resolves
+        translated (Stockyard holds its items), or an item of one of its conversations by the id
+        Stockyard minted (:meth:`conversation_items`), are replaced by that item, as OpenAI resolves
         them: the Vercel AI SDK sends earlier turns so while ``store`` is on. Others stay as
         sent (a provider that speaks Responses resolves its own; translation refuses them).
         Returns the items put in (budgets and tpm count them). Each stored response is read
@@ -396,10 +397,15 @@ class Conversations:
         if not isinstance(items, list) or not any(translate.is_reference(item) for item in items):
             return []
         outputs: dict[str, dict[str, dict]] = {}  # response id → its output items by id
+        kept = self.conversation_items(items, ctx.key_id, room)
         sizes: dict[int, int] = {}  # bytes of each item put in, by identity
         resolved, put_in, size = [], [], 0
-        for item in items:
+        for i, item in enumerate(items):
             stored = self.referenced(item, ctx.key_id, outputs)
+            if stored is None and translate.is_reference(item) and minted_here(item):
+                stored = kept.get(item["id"])
+                if stored is None:  # another key's, or one no conversation holds: as any unknown id
+                    raise translate.unknown_item(f"input[{i}]", item["id"])
             if stored is not None:
                 if id(stored) not in sizes:
                     sizes[id(stored)] = len(json.dumps(stored, ensure_ascii=False).encode())
@@ -419,6 +425,16 @@ class Conversations:
             ]
         return put_in
 
+    def conversation_items(self, items: list, key_id: str | None, room: int) -> dict[str, dict]:
+        """The items of this key's conversations that ``item_reference``s name by an id Stockyard
+        minted (``msg_sy…``: no provider knows it, so the item itself must go), by id; at most
+        ``room`` bytes of them."""
+        named = {item["id"] for item in items if translate.is_reference(item) and minted_here(item)}
+        found = self.threads.items_named(named, key_id, room) if named else {}
+        if found is None:
+            raise too_large(room, "input", "the stored items input names by item_reference are")
+        return found
+
     def check_stored_names(self, items: Any, key_id: str | None) -> None:
         """Every input item naming a stored item by its id alone (``translate.stored_name``: an
         ``item_reference`` that :meth:`resolve_references` did not put an item in place of, a
@@ -426,7 +442,8 @@ class Conversations:
         response this key holds: a provider that keeps responses holds every key's under the one
         provider key and would read another's to the model. Otherwise the 400 translation gives
         (``translate.unknown_item``), before any module or provider call. An id a Stockyard
-        conversation gave an item (``minted_here``) names nothing there: it is sent without it.
+        conversation gave an item (``minted_here``) names nothing there: a reference naming one was
+        replaced by the item (:meth:`resolve_references`), an item carrying its content goes without it.
 
         The ids are looked up in the body's order, :data:`HELD_CHUNK` distinct ones at a time, and
         the first chunk naming one this key does not hold ends it: a body of made-up ids costs

@@ -50,6 +50,11 @@ MINTED_ITEM = re.compile(r"^[a-z]+_sy[0-9a-f]{32}$")
 MESSAGE_ROLES = ("user", "assistant", "system", "developer")
 METADATA_KEYS, METADATA_KEY_CHARS, METADATA_VALUE_CHARS = 16, 64, 512
 APPEND_WAIT_S = 30.0  # a read of a conversation waits this long at most for the turn being appended (Writer.call's)
+NAMED_CHUNK = 32  # item ids looked up in one statement (ConversationStore.items_named)
+NAMED_SQL = (
+    "SELECT i.id, i.bytes, i.item, c.key_id FROM conversation_items i JOIN conversations c ON c.id = i.conversation_id "
+    f"WHERE i.id IN ({', '.join('?' * NAMED_CHUNK)})"
+)
 MAX_ITEMS_PER_CALL = 1000  # OpenAI takes 20; each item is work here and a row the writer inserts
 
 
@@ -324,6 +329,26 @@ class ConversationStore:
         if row is None:
             raise item_not_found(item_id)
         return _unpack(row[0])
+
+    def items_named(self, item_ids: set[str], key_id: str | None, room: int) -> dict[str, dict] | None:
+        """The items with these ids in conversations ``key_id`` made, by id (another key's is as
+        unknown): what an ``item_reference`` naming an id Stockyard minted stands for, as no provider
+        knows that id. None when they would pass ``room`` bytes, checked before any is unpacked.
+        Read through the items' id index, :data:`NAMED_CHUNK` ids a statement."""
+        found: dict[str, dict] = {}
+        size = 0
+        ordered = sorted(filter(storable, item_ids))
+        for start in range(0, len(ordered), NAMED_CHUNK):
+            chunk = ordered[start : start + NAMED_CHUNK]
+            chunk += [chunk[-1]] * (NAMED_CHUNK - len(chunk))  # one statement text, whatever the count
+            for item_id, item_bytes, data, owner in self._store.read().execute(NAMED_SQL, chunk).fetchall():
+                if owner != key_id or item_id in found:
+                    continue
+                size += item_bytes
+                if size > room:
+                    return None
+                found[item_id] = _unpack(data)
+        return found
 
     # -- writes (each waits for its commit) ----------------------------------------------------
     def create(self, key_id: str | None, metadata: dict, items: list[dict]) -> Conversation:

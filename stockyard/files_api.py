@@ -16,6 +16,7 @@ recorded once by :mod:`stockyard.batch_costs`.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -57,9 +58,11 @@ from .objectrefs import (
     hides_names,
     may_name,
     may_name_file,
+    may_name_file_url,
     members_named,
     named_caches,
     referenced_containers,
+    referenced_file_urls,
     referenced_files,
     referenced_gemini_files,
     referenced_vector_stores,
@@ -416,14 +419,22 @@ class Ownership:
             for _, value in members_named(ctx.body, CACHE_FIELDS):  # Google's OpenAI-compatible API reads them
                 if isinstance(value, str):
                     self.owned_cache(value, owner)
+        if walk or may_name_file_url(ctx.raw):  # and a Gemini file by its URI where a part has a URL
+            for uri, param in referenced_file_urls(ctx.body).items():
+                self.gemini_file(uri, owner, param)
 
-    def check_form_files(self, fields: dict[str, str | list[str]], owner: str) -> None:
+    def check_form_files(
+        self, fields: dict[str, str | list[str]], owner: str, params: dict[str, str] | None = None
+    ) -> None:
         """A multipart form's text fields naming a file by id (``file_id``, ``mask[file_id]``,
         ``images[][file_id]``: an image edit's JSON shape written as a form) are relayed with it and
-        the provider may read them, so they may name only this key's files, as a JSON body's do."""
+        the provider may read them, so they may name only this key's files, as a JSON body's do.
+        ``params``: the param a field's refusal names where it is not the field's own name (a video's
+        ``input_reference[file_id]`` is its ``input_reference``)."""
         for name, value in fields.items():
             if name == "file_id" or name.endswith("[file_id]"):
-                self.require_files([value] if isinstance(value, str) else value, owner, name)
+                param = (params or {}).get(name, name)
+                self.require_files([value] if isinstance(value, str) else value, owner, param)
 
     def check_anthropic_objects(self, ctx: RequestContext) -> None:
         """A Messages API call (``/v1/messages``, ``count_tokens``) may name only this key's
@@ -514,13 +525,19 @@ class Ownership:
         the URI as the body names it (``RequestContext.pdf_pages``)."""
         pages: dict[str, int] = {}
         for uri in referenced_gemini_files(body):
-            file_id = file_uri_id(uri)
-            owned = None if file_id is None else self.find(FILE_PREFIX + file_id, GEMINI_FILE, owner)
-            if owned is None:
-                raise file_not_found(uri.strip()[:200])
+            owned = self.gemini_file(uri, owner)
             if owned.pages is not None:
                 pages[uri] = owned.pages
         return pages
+
+    def gemini_file(self, uri: str, owner: str, param: str = "name") -> Owned:
+        """The Gemini file a URI names exactly (its ``uri`` or its name) if ``owner`` made it; else
+        Google's 404, the same for another key's, one Stockyard never saw and a variant of a URI."""
+        file_id = file_uri_id(uri)
+        owned = None if file_id is None else self.find(FILE_PREFIX + file_id, GEMINI_FILE, owner)
+        if owned is None:
+            raise file_not_found(uri.strip()[:200], param)
+        return owned
 
     def require_files(self, file_ids: Iterable[str], owner: str, param: str) -> dict[str, int]:
         """Every one of ``file_ids`` must be ``owner``'s file (the provider would read any key's):
@@ -1337,6 +1354,7 @@ class FilesAPI(ProviderCalls):
                 raise ProxyError(
                     400, "Missing required parameter: 'file' (one file).", param="file", code="invalid_value"
                 )
+            self.ownership.check_form_files(upload.fields, owner_of(ctx))  # relayed: a file_id field too
             if purpose == "batch":
                 self._check_batch_lines(ctx, provider, upload.open(parts[0]))
             counter = count_pages(upload.open(parts[0]))  # a PDF's, which a prompt naming it is held at
@@ -1408,14 +1426,11 @@ class FilesAPI(ProviderCalls):
             if theirs is not None:
                 raise not_found("vector_store", theirs, "file", f"line {number} of the batch file")
             caches = members_named(body, CACHE_FIELDS) if may_name(line, b"ached") else ()
-            for _, cache in caches:  # Google's OpenAI-compatible batches read them
+            for _, cache in caches:  # Google's OpenAI-compatible batches read them, and Gemini files by URI
                 if isinstance(cache, str):
-                    try:
-                        self.ownership.owned_cache(cache, key.id)
-                    except ProxyError as exc:
-                        raise ProxyError(
-                            404, f"{exc.message} (line {number} of the batch file)", param="file"
-                        ) from None
+                    on_line(number, functools.partial(self.ownership.owned_cache, cache, key.id))
+            for uri in referenced_file_urls(body) if may_name_file_url(line) else ():
+                on_line(number, functools.partial(self.ownership.gemini_file, uri, key.id))
             previous = body.get("previous_response_id")
             if isinstance(previous, str) and self._path.conversations.find(previous, key.id) is None:
                 raise ProxyError(
@@ -1570,6 +1585,14 @@ class FilesAPI(ProviderCalls):
             owned = self.ownership.find(batch["id"], "batch", owner)
             if owned is not None and not owned.billed:
                 self._on_completed(ctx, provider, batch)
+
+
+def on_line(number: int, check: Callable[[], object]) -> None:
+    """``check`` of an object a batch line names; its 404 says which line (a line has no param)."""
+    try:
+        check()
+    except ProxyError as exc:
+        raise ProxyError(404, f"{exc.message} (line {number} of the batch file)", param="file") from None
 
 
 def batch_lines(source: IO[bytes] | Iterator[bytes]) -> Iterator[tuple[int, bytes, dict]]:

@@ -181,9 +181,9 @@ FILE_DATA = ("fileData", "file_data")  # a part's file, by either spelling Googl
 FILE_URI_FIELDS = ("fileUri", "file_uri")
 
 
-def file_not_found(name: str) -> ProxyError:
+def file_not_found(name: str, param: str = "name") -> ProxyError:
     """Google's 404 for a file, the same for one that does not exist and for another key's."""
-    return ProxyError(404, f"File not found: {name[:200]}", param="name", code="not_found")
+    return ProxyError(404, f"File not found: {name[:200]}", param=param, code="not_found")
 
 
 def file_id_of(name: object) -> str | None:
@@ -240,6 +240,32 @@ def referenced_gemini_files(body: object) -> dict[str, str]:
             stack.extend((f"{where}.{k}", v) for k, v in value.items() if k not in NOT_READ)
         elif isinstance(value, list):
             stack.extend((f"{where}[{i}]", v) for i, v in enumerate(value))
+    return found
+
+
+# Where an OpenAI-shaped body puts a URL: a chat part's ``image_url.url`` (``file``, ``video_url``, …),
+# a Responses ``input_image``'s ``image_url`` and ``input_file``'s ``file_url``. Google's
+# OpenAI-compatible endpoint (``…/v1beta/openai/``) reads a Files API URI there as the uploaded file.
+URL_FIELDS = ("url", "image_url", "file_url", "video_url", "audio_url", "file_uri", "fileUri", "file_data")
+
+
+def may_name_file_url(raw: bytes) -> bool:
+    """Whether an OpenAI-shaped JSON text can hold a member of :data:`URL_FIELDS`
+    (:func:`referenced_file_urls`): a fast test on the bytes (:func:`may_name`) that spares most
+    bodies the walk — a member's name is case-sensitive, so only its escapes can hide it, while the
+    URL itself may be spelt many ways."""
+    return may_name(raw, b"url") or b"ile_uri" in raw or b"ileUri" in raw or b"ile_data" in raw
+
+
+def referenced_file_urls(body: object) -> dict[str, str]:
+    """Each Files API URI (:func:`names_a_file`) an OpenAI-shaped body names where it puts a URL
+    (:data:`URL_FIELDS`), with the param that first names it, anywhere but the caller's
+    ``metadata`` and ``NOT_READ``; text that only mentions one names nothing."""
+    found: dict[str, str] = {}
+    if isinstance(body, dict):
+        for param, value in members_named(body, URL_FIELDS):
+            if isinstance(value, str) and names_a_file(value):
+                found.setdefault(value, param)
     return found
 
 

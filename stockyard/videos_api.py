@@ -44,6 +44,7 @@ from .files_api import (
 from .httpio import Request, check_method, json_object
 from .metrics import Metrics
 from .modules.guard import batch_policy
+from .objectrefs import referenced_files
 from .pricing import Price, Usage, unit_cost
 from .providers import Provider
 from .proxy import Reply, RequestPath
@@ -60,6 +61,7 @@ VIDEO_KINDS = ("openai", "openai-compatible")  # providers with OpenAI's /videos
 LOST_LOOK = 20  # the provider's newest videos searched for one whose create answer was lost
 LIST_LIMITS = (20, 100)  # (default, largest) page size
 SNAPSHOT = re.compile(r"-\d{4}-\d{2}-\d{2}$")  # sora-2-2025-10-06: priced as sora-2
+REFERENCE_FIELD = {"input_reference[file_id]": "input_reference"}  # the param a form's refusal names
 CheckBudget = Callable[[RequestContext, "int | None"], BatchHold]
 
 
@@ -202,9 +204,9 @@ class VideosAPI(ProviderCalls):
                 ctx.raw = json.dumps(upload.metadata()).encode()
                 upload.refuse_repeated()
                 upload.refuse_stray_files(("input_reference",))
-                named = [upload.get("input_reference[file_id]"), referenced_file(upload.get("input_reference"))]
-                self.ownership.require_files(filter(None, named), owner_of(ctx), "input_reference")
-                self.ownership.check_form_files(upload.fields, owner_of(ctx))  # any other relayed file_id field
+                named = referenced_file(upload.get("input_reference"))  # its JSON text; its [file_id] is a field
+                self.ownership.require_files([named] if named else [], owner_of(ctx), "input_reference")
+                self.ownership.check_form_files(upload.fields, owner_of(ctx), REFERENCE_FIELD)
                 terms = create_terms(upload.get)
                 hold = self._hold(ctx, provider, terms)
                 form = upload.encode()
@@ -213,11 +215,19 @@ class VideosAPI(ProviderCalls):
             return
         body = json_object(req.body)
         ctx.raw = req.body
-        named_file = referenced_file(body.get("input_reference"))
-        self.ownership.require_files([named_file] if named_file else [], owner_of(ctx), "input_reference")
+        self.require_body_files(body, owner_of(ctx))
         terms = create_terms(body.get)
         hold = self._hold(ctx, provider, terms)
         self._start(reply, ctx, provider, "/videos", hold, req.body, asked_of(body.get("prompt"), terms))
+
+    def require_body_files(self, body: dict, owner: str) -> None:
+        """A JSON create's files are the key's: its ``input_reference`` (an object or its JSON
+        text), then every other ``file_id`` it holds (a top-level one too): the provider would
+        read any key's. Each id looked up once."""
+        named = referenced_file(body.get("input_reference"))
+        self.ownership.require_files([named] if named else [], owner, "input_reference")
+        others = referenced_files({k: v for k, v in body.items() if k != "input_reference"}) - {named}
+        self.ownership.require_files(sorted(others), owner, "file_id")
 
     def _remix(self, reply: Reply, ctx: RequestContext, req: Request, provider: Provider, video_id: str) -> None:
         """``POST /v1/videos/{id}/remix``: a new video at its source's model, size and seconds, which

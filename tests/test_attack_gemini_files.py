@@ -130,7 +130,8 @@ def test_an_openai_client_cannot_name_another_keys_file_through_a_translation(se
     status, _, raw = server.request(
         "POST", "/v1/chat/completions", body, headers={"Authorization": f"Bearer {server.keys['bob']}"}
     )
-    assert status == 400 and json.loads(raw)["error"]["code"] == "invalid_image_url"
+    # another key's file is the 404 of every body naming one (before the translation's 400 for a file URL)
+    assert status == 404 and json.loads(raw)["error"]["code"] == "not_found", raw
     assert asked(mock) == before
 
 

@@ -184,8 +184,8 @@ def test_another_keys_objects_named_in_a_body_are_not_found(server, alices, mock
     ):
         status, answer = foreign(server, who, "POST", "/v1/batches", batch)
         assert status == 404, (batch, status, answer)
-    # An id a Stockyard conversation minted for alice's item names nothing at a provider: it goes
-    # without it, answered as a made-up id of that shape is — no hint that alice's exists.
+    # An id a Stockyard conversation minted for alice's item is replaced by the item for alice alone:
+    # for another key it is answered as a made-up id of that shape is — no hint that alice's exists.
     minted = [
         foreign(
             server,
