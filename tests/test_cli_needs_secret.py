@@ -26,8 +26,8 @@ NEEDS_SECRET = [
         "a deployment's key",
     ),
     (["models", "change-deployment", "m1", "d1", "--key-stdin"], "a deployment's key"),
-    (["config", "apply", "{dir}/stockyard.toml"], "stockyard.toml: a provider key (api_key_env)"),
-    (["config", "plan", "{dir}/stockyard.toml"], "stockyard.toml: a provider key (api_key_env)"),
+    (["config", "apply", "{dir}/stockyard.toml"], "a provider key {dir}/stockyard.toml names by api_key_env"),
+    (["config", "plan", "{dir}/stockyard.toml"], "a provider key {dir}/stockyard.toml names by api_key_env"),
 ]
 
 
@@ -57,7 +57,7 @@ def test_a_command_storing_a_secret_refuses_without_the_key_and_creates_nothing(
     assert done.returncode == 1, done.stdout + done.stderr
     said = done.stderr.strip()
     assert said.startswith("stockyard: ") and said.count("\n") == 2, said  # its one line, then how to set it
-    assert f"{what} is stored encrypted with STOCKYARD_ENCRYPTION_KEY, which is not set" in said
+    assert f"STOCKYARD_ENCRYPTION_KEY is not set, and {what.format(dir=tmp_path)} is stored encrypted with it" in said
     assert "export STOCKYARD_ENCRYPTION_KEY=" in said and "nothing was changed" in said
     assert "Traceback" not in said and KEY not in said + done.stdout
     assert nothing_made(database, tmp_path)

@@ -155,7 +155,7 @@ def require_secret(what: str) -> str:
     secret = encryption_secret()
     if not secret:
         raise CommandError(
-            f"{what} is stored encrypted with {ENCRYPTION_KEY_VAR}, which is not set; nothing was changed. "
+            f"{ENCRYPTION_KEY_VAR} is not set, and {what} is stored encrypted with it; nothing was changed. "
             + vault.SECRET_HOWTO
         )
     return secret

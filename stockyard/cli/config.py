@@ -75,7 +75,7 @@ def _desired(file: str) -> configfile.Desired:
     if missing:
         raise CommandError(f"{file}: api_key_env names variables that are not set: {', '.join(missing)}")
     if desired.key_env:
-        require_secret(f"{file}: a provider key (api_key_env)")
+        require_secret(f"a provider key {file} names by api_key_env")
     return desired
 
 
