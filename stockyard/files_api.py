@@ -399,6 +399,10 @@ class Ownership:
         if ctx.dialect not in (OPENAI, RESPONSES):
             return
         walk, owner = estimate.put_in(ctx), owner_of(ctx)  # items put in: the bytes alone do not say
+        if ctx.endpoint == "image_edits" and may_name(ctx.raw, b"file_id"):  # a JSON edit's: each named where it is
+            for param, named in members_named(ctx.body, ("file_id",)):
+                if isinstance(named, str):
+                    self.require_files([named], owner, param)
         if walk or may_name(ctx.raw, b"container"):
             for container_id, param in referenced_containers(ctx.body).items():
                 if self.find(container_id, "container", owner) is None:
