@@ -313,8 +313,8 @@ class Pricer:
             return 0 if self.image_price(ctx, model, provider) is not None else None
         if price is None or price.unit != "token":
             return None
-        images = estimate.uploaded_image_tokens(ctx, price) if ctx.endpoint in media.IMAGES else 0
-        a.usage = Usage(prompt_tokens=max(1, estimate.input_tokens(ctx)) + images, media_tokens=images)
+        images = estimate.sent_image_tokens(ctx, price) if ctx.endpoint in media.IMAGES else 0
+        a.usage = Usage(prompt_tokens=max(1, estimate.images_text_tokens(ctx)) + images, media_tokens=images)
         return cost_microcents(price, a.usage)
 
     @staticmethod

@@ -32,7 +32,7 @@ from typing import Any, Iterator
 
 from .context import Attempt, RequestContext
 from .errors import RESPONSES
-from .imagegen import held_tokens, images_api_tokens, tool_calls, without_images
+from .imagegen import edit_references, held_tokens, images_api_tokens, tool_calls, without_images
 from .limits import request_numbers
 from .pricing import PER, WEB_SEARCH_UC, Price, long_cache_write_rate, rates_for, unit_cost
 
@@ -567,9 +567,9 @@ def media_request_cost(
 
     Images: ``n`` × the per-image price (DALL·E), or for token-priced models ``n`` images at the
     request's quality and size (``imagegen.images_api_tokens``, as the image tool's are held), at
-    the dearest output rate (the image output rate), the images an edit uploads
-    (:func:`uploaded_image_tokens`), and for a model that bills its text output apart the text each
-    image may come with (:func:`drawn_text_cost`).
+    the dearest output rate (the image output rate), the images an edit sends
+    (:func:`sent_image_tokens`) beside its text (:func:`images_text_tokens`), and for a model that
+    bills its text output apart the text each image may come with (:func:`drawn_text_cost`).
     Speech: its characters (tts-1); a speech model priced per token cannot be counted (None).
     Transcriptions and translations: :func:`audio_cost`.
     """
@@ -582,7 +582,7 @@ def media_request_cost(
         if price is not None and price.unit == "token":
             each = images_api_tokens(ctx.body, model, default_max_tokens)
             written = drawn_text_cost(price, n, default_max_tokens)  # gpt-image-1.5's text, beside its images
-            return worst_case_cost(price, input_tokens(ctx) + uploaded_image_tokens(ctx, price), each * n) + written
+            return worst_case_cost(price, images_text_tokens(ctx) + sent_image_tokens(ctx, price), each * n) + written
         return None
     if price is None:
         return None
@@ -596,13 +596,28 @@ def media_request_cost(
     return worst_case_cost(price, input_tokens(ctx), default_max_tokens) if price.unit == "token" else None
 
 
-def uploaded_image_tokens(ctx: RequestContext, price: Price) -> int:
-    """Input tokens of the images an edit uploads (its form's file parts, a mask too: which ones
-    a provider reads is its own business), each as an image named by reference is held (the price
-    table's ``image_input_tokens``, else :data:`IMAGE_INPUT_TOKENS`): their bytes are not in
-    ``ctx.raw``, which for a form is its metadata."""
-    files = len(ctx.upload.files) if ctx.upload is not None else 0
-    return files * (price.image_input_tokens or IMAGE_INPUT_TOKENS)
+def sent_image_tokens(ctx: RequestContext, price: Price) -> int:
+    """Input tokens of the images an edit sends — its form's file parts, or a JSON edit's ``images``
+    (``imagegen.edit_references``), a mask too: which ones a provider reads is its own business —
+    each as an image named by reference is held (the price table's ``image_input_tokens``, else
+    :data:`IMAGE_INPUT_TOKENS`), however it is sent: a form's bytes are not in ``ctx.raw`` (its
+    metadata), and a JSON edit's are not counted as its text (:func:`images_text_tokens`)."""
+    if ctx.upload is not None:
+        sent = len(ctx.upload.files)
+    else:
+        sent = len(edit_references(ctx.body)) if ctx.endpoint == "image_edits" else 0
+    return sent * (price.image_input_tokens or IMAGE_INPUT_TOKENS)
+
+
+def images_text_tokens(ctx: RequestContext) -> int:
+    """:func:`input_tokens` of an Images API request, but for a JSON edit's ``image_url`` values: a
+    data URL is the image itself, held as one by :func:`sent_image_tokens` (as text, four bytes a
+    token, a 1 MB image would hold 330,000 tokens). A value's characters are never more than its
+    bytes in the body, escaped or not."""
+    if ctx.upload is not None or ctx.endpoint != "image_edits":
+        return input_tokens(ctx)
+    urls = sum(len(r["image_url"]) for r in edit_references(ctx.body) if "image_url" in r)
+    return size_tokens(len(ctx.raw) - urls)
 
 
 # -- the most an uploaded audio can cost ------------------------------------------------------------

@@ -403,6 +403,10 @@ class Ownership:
         if ctx.dialect not in (OPENAI, RESPONSES):
             return
         walk, owner = estimate.put_in(ctx) or hides_names(ctx.raw), owner_of(ctx)  # items put in: the bytes do not say
+        if ctx.endpoint == "image_edits" and (walk or b"file_id" in ctx.raw):  # a JSON edit's: each named where it is
+            for param, named in members_named(ctx.body, ("file_id",)):
+                if isinstance(named, str):
+                    self.require_files([named], owner, param)
         if walk or b"container" in ctx.raw:
             for container_id, param in referenced_containers(ctx.body).items():
                 if self.find(container_id, "container", owner) is None:

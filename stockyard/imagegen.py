@@ -128,6 +128,17 @@ def output_tokens(model: Any) -> dict[str, dict[str, int]]:
     return own_table(model) or GPT_IMAGE_1_TOKENS
 
 
+IMAGE_REFERENCE = ("image_url", "file_id")  # a JSON image edit's reference names exactly one
+
+
+def edit_references(body: Mapping[str, Any]) -> list[dict]:
+    """The image references a JSON image edit names, its ``images`` and its ``mask`` (each
+    ``{"image_url": …}`` or ``{"file_id": …}``, as ``media.check_json_edit`` lets them through)."""
+    images = body.get("images")
+    found = [*(images if isinstance(images, list) else []), body.get("mask")]
+    return [r for r in found if isinstance(r, dict) and len(r) == 1 and set(r) <= set(IMAGE_REFERENCE)]
+
+
 def images_api_tokens(body: dict, model: str, floor: int) -> int:
     """Output tokens one image of an Images API request (generations, edits) may cost:
     :func:`images_api_image` and its partial images (a stream's previews, 100 tokens each)."""

@@ -174,8 +174,8 @@ def parse_body(ctx: RequestContext) -> None:
         ctx.body_changed = check_request_numbers(body) or ctx.body_changed
         return
     model = body.get("model")
-    if model is None and ctx.endpoint in media.DEFAULT_MODELS:
-        model = media.DEFAULT_MODELS[ctx.endpoint]  # what OpenAI uses when none is named
+    if model is None and ctx.endpoint in media.JSON_DEFAULT_MODELS:
+        model = media.JSON_DEFAULT_MODELS[ctx.endpoint]  # what OpenAI uses when none is named
     if ctx.endpoint in NEEDS_MODEL or ctx.endpoint in media.DEFAULT_MODELS:
         if not isinstance(model, str) or not model.strip():
             raise ProxyError(
@@ -190,6 +190,8 @@ def parse_body(ctx: RequestContext) -> None:
     ctx.client_wants_usage = isinstance(options, dict) and options.get("include_usage") is True
     if check_request_numbers(body):  # 5000.0 became 5000: send the body as checked
         ctx.body_changed = True
+    if ctx.endpoint == "image_edits":  # a JSON edit (a form's is parse_form's): its images by reference
+        media.check_json_edit(body)
 
 
 def parse_form(ctx: RequestContext) -> None:

@@ -77,6 +77,7 @@ from .loglimit import Throttle
 from .modules import redact
 from .modules.ratelimit import admit_call
 from .multipart import Upload
+from .providers import media
 from .responses_socket import PATH as SOCKET_PATH
 from .threadcache import ThreadCache
 
@@ -100,7 +101,8 @@ PROXY_ROUTES: dict[str, tuple[str, str]] = {
     "/v1/images/variations": ("image_variations", OPENAI),
     "/v1/moderations": ("moderations", OPENAI),
 }
-MULTIPART_ENDPOINTS = ("transcriptions", "translations", "image_edits", "image_variations")  # streamed uploads
+# Streamed uploads (an image edit's: or JSON, ``media.is_json_edit``).
+MULTIPART_ENDPOINTS = ("transcriptions", "translations", "image_edits", "image_variations")
 # Answered for any Host and Origin: load balancers and probes address a server by its IP.
 OPEN_ROUTES = ("/healthz", "/readyz")
 CHUNK_LINE_MAX = 4096  # a chunk-size line with its extensions
@@ -1083,7 +1085,8 @@ class Handler(BaseHTTPRequestHandler):
         """A proxied request: the key from the headers, then the body, then the request path."""
         if not self._key_accepted(ctx):
             return
-        if ctx.endpoint in MULTIPART_ENDPOINTS:
+        content_type = self.headers.get("Content-Type")
+        if ctx.endpoint in MULTIPART_ENDPOINTS and not media.is_json_edit(ctx.endpoint, content_type):
             ctx.upload = self.upload()  # spooled; the trace keeps its metadata, never the file bytes
             ctx.raw = json.dumps(ctx.upload.metadata(), ensure_ascii=False).encode()
         else:

@@ -26,12 +26,14 @@ if TYPE_CHECKING:
 # `cryptography` is imported by the functions that use it: a server whose provider keys come
 # from the environment never loads it (about 7 MiB of resident memory; bench/README.md).
 
-MISSING_SECRET_HELP = (
-    "STOCKYARD_ENCRYPTION_KEY is not set, so Stockyard cannot store or read provider keys. "
+SECRET_HOWTO = (  # how to set the secret: every refusal for want of it ends with this
     "Create a secret once and keep it outside the database (a backup of the database must "
     "not contain it), for example:\n"
     "  export STOCKYARD_ENCRYPTION_KEY=$(python3 -c 'import secrets; print(secrets.token_urlsafe(32))')\n"
     "Use the same value every time Stockyard runs against this database."
+)
+MISSING_SECRET_HELP = (
+    "STOCKYARD_ENCRYPTION_KEY is not set, so Stockyard cannot store or read provider keys. " + SECRET_HOWTO
 )
 
 PREVIOUS_SECRETS_VAR = "STOCKYARD_PREVIOUS_ENCRYPTION_KEYS"

@@ -809,6 +809,40 @@ def _image_form(call: Call, fields: dict, files: list) -> Reply:
     return Reply(json=openai_images(model, n, fields.get("response_format")))
 
 
+JSON_EDIT_MODEL = "gpt-image-1.5"  # what OpenAI edits with when a JSON edit names no model
+JSON_EDIT_IMAGES = 16  # the most ``images`` a JSON edit may reference
+
+
+def _image_edit(call: Call, scripted: Reply | None) -> Reply:
+    """``POST /v1/images/edits``: the multipart form, or OpenAI's JSON edit (its OpenAPI spec's
+    ``EditImageBodyJsonParam``): ``images``, 1 to 16 references, and an optional ``mask``, each
+    ``{"image_url": …}`` (a URL or a data URL) or ``{"file_id": …}``; GPT image models only."""
+    if call.req.headers.get("content-type", "").startswith("application/json"):
+        return _api_route(_json_edit)(call, scripted)
+    return _form_route(_image_form)(call, scripted)
+
+
+def _json_edit(call: Call, model: str) -> Reply:
+    """A JSON edit answered as OpenAI answers it (a malformed one: its 400; a file it does not hold: its 404)."""
+    body, model = call.body, model or JSON_EDIT_MODEL
+    if not model.startswith("gpt-image"):
+        return openai_error(400, f"JSON image edits take GPT image models; {model} takes a multipart form (mock).")
+    images = body.get("images")
+    if not isinstance(images, list) or not 1 <= len(images) <= JSON_EDIT_IMAGES:
+        return openai_error(400, f"Invalid 'images': expected an array of 1 to {JSON_EDIT_IMAGES} references (mock).")
+    for ref in [*images, *([body["mask"]] if "mask" in body else [])]:
+        if not (isinstance(ref, dict) and len(ref) == 1 and set(ref) <= {"image_url", "file_id"}):
+            return openai_error(400, "An image reference is {'image_url': …} or {'file_id': …} (mock).")
+        if not isinstance(ref.get("image_url", ref.get("file_id")), str):
+            return openai_error(400, "An image reference's value must be a string (mock).")
+        if "file_id" in ref and ref["file_id"] not in FILES.files:
+            return openai_error(404, f"No such File object: {ref['file_id']}")
+    n = _lenient_int(body.get("n")) or 1
+    if body.get("stream") is True:
+        return Reply(sse=image_stream(model, n, body, "image_edit"))
+    return Reply(json=openai_images(model, n, body.get("response_format")))
+
+
 def _moderations(call: Call, model: str) -> Reply:
     given = call.body.get("input")
     inputs = given if isinstance(given, list) else [given]
@@ -3501,7 +3535,7 @@ ROUTES: dict[tuple[str, str], Route] = {
     ("POST", "/v1/audio/translations"): _form_route(lambda call, fields, files: _transcript(call, fields, files, True)),
     ("POST", "/v1/audio/speech"): _api_route(_speech),
     ("POST", "/v1/images/generations"): _api_route(_images),
-    ("POST", "/v1/images/edits"): _form_route(_image_form),
+    ("POST", "/v1/images/edits"): _image_edit,
     ("POST", "/v1/images/variations"): _form_route(_image_form),
     ("POST", "/v1/moderations"): _api_route(_moderations),
 }

@@ -612,8 +612,8 @@ def test_a_malformed_form_is_a_400_and_leaves_no_spool(server, key):
         headers={"Authorization": f"Bearer {key}", "Content-Type": "multipart/form-data; boundary=BB"},
     )
     assert status == 400 and "closing boundary" in json.loads(body)["error"]["message"]
-    status, _, body = server.request(
-        "POST", "/v1/images/edits", {"model": "dall-e-2"}, headers={"Authorization": f"Bearer {key}"}
+    status, _, body = server.request(  # a JSON body to a form's route (an image edit may be JSON: its own tests)
+        "POST", "/v1/images/variations", {"model": "dall-e-2"}, headers={"Authorization": f"Bearer {key}"}
     )
     assert status == 400 and json.loads(body)["error"]["code"] == "invalid_content_type"
     wait_for(lambda: spool_fds(server) == [], what="the spool to be closed")

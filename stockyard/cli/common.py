@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence, TextIO
 
-from .. import audit
-from ..config import encryption_secret, resolve_database
+from .. import audit, vault
+from ..config import ENCRYPTION_KEY_VAR, encryption_secret, resolve_database
 from ..dburl import PostgresURL
 from ..limits import SQLITE_INT_MAX, whole_number
 from ..operations import Operations
@@ -133,7 +133,7 @@ def _needs_upgrade(path: Path) -> bool:
         conn.close()
 
 
-def open_ops(args: argparse.Namespace, *, create: bool = True) -> Operations:
+def open_ops(args: argparse.Namespace, *, create: bool = True, encrypts: str | None = None) -> Operations:
     """The operations layer for a change made from the CLI, attributed to the OS user.
 
     Whoever can write the database file is an administrator; a running server picks the
@@ -141,9 +141,24 @@ def open_ops(args: argparse.Namespace, *, create: bool = True) -> Operations:
     providers, modules) makes the database if there is none yet — the same way a first
     ``serve`` does — so configuration can exist before the first start, and the proxy is
     never open. Commands that act on an existing database only (``reload``, ``audit note``)
-    pass ``create=False`` and say there is nothing yet.
+    pass ``create=False`` and say there is nothing yet. A change that stores a secret encrypted
+    names it in ``encrypts``: without the key it is refused first (:func:`require_secret`).
     """
-    return Operations(open_store(args, must_exist=not create), audit.actor_cli(), encryption_secret())
+    secret = require_secret(encrypts) if encrypts else encryption_secret()
+    return Operations(open_store(args, must_exist=not create), audit.actor_cli(), secret)
+
+
+def require_secret(what: str) -> str:
+    """STOCKYARD_ENCRYPTION_KEY for a change that stores ``what`` encrypted, else the refusal
+    saying what to set — before any database is opened, so a refused command leaves no new
+    database behind (an empty file, or a PostgreSQL database's tables)."""
+    secret = encryption_secret()
+    if not secret:
+        raise CommandError(
+            f"{ENCRYPTION_KEY_VAR} is not set, and {what} is stored encrypted with it; nothing was changed. "
+            + vault.SECRET_HOWTO
+        )
+    return secret
 
 
 def print_json_lines(rows: Iterable[dict[str, Any]], out: TextIO | None = None) -> None:

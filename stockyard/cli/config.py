@@ -11,7 +11,7 @@ from .. import audit, configfile, vault
 from ..operations import Operations, Refused
 from ..operations import models as model_ops
 from ..operations import providers as provider_ops
-from .common import CommandError, actions, open_ops, open_store, runs
+from .common import CommandError, actions, open_ops, open_store, require_secret, runs
 
 
 def register(sub) -> None:
@@ -64,17 +64,23 @@ def export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _prepare(ops: Operations, file: str) -> tuple[configfile.Desired, list[configfile.Change]]:
+def _desired(file: str) -> configfile.Desired:
+    """FILE read, the variables its ``api_key_env`` names set, and the secret their keys are
+    stored with: checked before any database is opened, so a refused file leaves none behind."""
     try:
         desired = configfile.read(file)
     except configfile.ConfigFileError as exc:
         raise CommandError(str(exc)) from None
-    env = os.environ
-    missing = configfile.missing_variables(desired, env)
+    missing = configfile.missing_variables(desired, os.environ)
     if missing:
         raise CommandError(f"{file}: api_key_env names variables that are not set: {', '.join(missing)}")
-    if desired.key_env and not ops.secret:
-        raise CommandError(f"{file}: api_key_env needs STOCKYARD_ENCRYPTION_KEY to store the keys encrypted")
+    if desired.key_env:
+        require_secret(f"a provider key {file} names by api_key_env")
+    return desired
+
+
+def _prepare(ops: Operations, desired: configfile.Desired) -> list[configfile.Change]:
+    """The changes that make the database match ``desired`` (its stored keys read to compare)."""
     conn = ops.store.read()
     try:
         keys = {p.name: p.api_key for p in provider_ops.stored(conn, ops.secret)} if desired.key_env else {}
@@ -82,12 +88,12 @@ def _prepare(ops: Operations, file: str) -> tuple[configfile.Desired, list[confi
             keys.update({f"{m}/{d}": k for (m, d), k in model_ops.stored_keys(conn, ops.secret).items()})
     except vault.VaultError as exc:
         raise CommandError(str(exc)) from None
-    return desired, configfile.plan(configfile.current(conn), desired, env, keys)
+    return configfile.plan(configfile.current(conn), desired, os.environ, keys)
 
 
 def plan(args: argparse.Namespace) -> int:
-    ops = open_ops(args)
-    _, changes = _prepare(ops, args.file)
+    desired = _desired(args.file)
+    changes = _prepare(open_ops(args), desired)
     for change in changes:
         print(change.line())
     print(f"{len(changes)} change{'s' if len(changes) != 1 else ''}" if changes else "no changes")
@@ -95,14 +101,17 @@ def plan(args: argparse.Namespace) -> int:
 
 
 def apply(args: argparse.Namespace) -> int:
-    ops = open_ops(args)
-    apply_file(ops, args.file)
+    desired = _desired(args.file)
+    apply_file(open_ops(args), args.file, desired)
     return 0
 
 
-def apply_file(ops: Operations, file: str) -> list[configfile.Change]:
-    """Apply a file (``config apply`` and ``serve --config``); prints what changed."""
-    desired, changes = _prepare(ops, file)
+def apply_file(ops: Operations, file: str, desired: configfile.Desired | None = None) -> list[configfile.Change]:
+    """Apply a file (``config apply`` and ``serve --config``), ``desired`` when it was read
+    already; prints what changed."""
+    if desired is None:
+        desired = _desired(file)
+    changes = _prepare(ops, desired)
     if not changes:
         print(f"{file}: no changes")
         return changes

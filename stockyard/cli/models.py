@@ -15,6 +15,8 @@ from ..operations import models as model_ops
 from .common import actions, open_ops, open_store, print_json_lines, print_table, runs
 from .providers import read_secret
 
+DEPLOYMENT_KEY = "a deployment's key"  # what --key-stdin stores encrypted (refusals name it)
+
 
 def register(sub) -> None:
     acts = actions(
@@ -176,7 +178,7 @@ def run_remove(args: argparse.Namespace) -> int:
 
 
 def run_deploy(args: argparse.Namespace) -> int:
-    ops = open_ops(args)
+    ops = open_ops(args, encrypts=DEPLOYMENT_KEY if args.key_stdin else None)
     fields = _deployment_fields(args)
     name = model_ops.add_deployment(ops, args.model, fields)
     key = fields.get("api_key")
@@ -186,9 +188,10 @@ def run_deploy(args: argparse.Namespace) -> int:
 
 
 def run_change(args: argparse.Namespace) -> int:
+    ops = open_ops(args, encrypts=DEPLOYMENT_KEY if args.key_stdin else None)  # before the key is read
     fields = _deployment_fields(args)
     fields.pop("name")  # the positional: which deployment, not a new name
-    model_ops.update_deployment(open_ops(args), args.model, args.name, fields)
+    model_ops.update_deployment(ops, args.model, args.name, fields)
     print(f"changed deployment {args.name!r} of model {args.model!r}")
     return 0
 

@@ -19,6 +19,8 @@ from ..providers import KINDS
 from ..providers.adapters import field_tables
 from .common import CommandError, open_ops, open_store, print_json_lines, print_table, runs
 
+PROVIDER_KEY = "a provider key"  # what --key-stdin stores encrypted (refusals name it)
+
 
 def register(sub) -> None:
     p = sub.add_parser(
@@ -172,7 +174,7 @@ def run_capabilities(args: argparse.Namespace) -> int:
 
 
 def run_add(args: argparse.Namespace) -> int:
-    ops = open_ops(args)  # adding providers before the first `serve` is fine
+    ops = open_ops(args, encrypts=PROVIDER_KEY if args.key_stdin else None)  # before the first `serve` too
     key = read_secret("provider key: ") if args.key_stdin else None
     row_id = provider_ops.add(
         ops,
@@ -190,7 +192,7 @@ def run_add(args: argparse.Namespace) -> int:
 
 
 def run_set_key(args: argparse.Namespace) -> int:
-    ops = open_ops(args)
+    ops = open_ops(args, encrypts=PROVIDER_KEY)
     key = read_secret("provider key: ")
     provider_ops.update(ops, args.name, api_key=key)
     print(f"stored a new key for {args.name!r} ({vault.last4(key)}, encrypted)")

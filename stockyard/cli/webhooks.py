@@ -82,7 +82,7 @@ def run_add(args: argparse.Namespace) -> int:
     ):
         if value is not None:
             fields[name] = value
-    described, secret = webhook_ops.add(open_ops(args), fields)
+    described, secret = webhook_ops.add(open_ops(args, encrypts="a webhook's signing secret"), fields)
     print(f"added webhook {described['id']} for {', '.join(described['events'])}")
     print(f"signing secret (shown once; the receiver verifies X-Stockyard-Signature with it): {secret}")
     return 0

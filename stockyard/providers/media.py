@@ -1,12 +1,12 @@
 """OpenAI's media endpoints — audio, images, moderations — passed through to OpenAI-kind providers.
 
 No translation: the body goes as the client sent it (a multipart form re-encoded from its
-spool, ``multipart.Upload.encode``, or JSON), with the model name routing chose. Answers come
-back with their own Content-Type (a transcript may be text, SRT or VTT; speech is audio,
-relayed chunk by chunk as it arrives: ``relays_bytes``). Streamed transcriptions and images
-(``stream``: :data:`STREAMED`) are relayed event by event (:class:`MediaStream`,
-:class:`ImageStream`). What they bill in — images, seconds of audio, characters of speech,
-tokens — is read here into ``ctx.attempt`` for ``billing``.
+spool, ``multipart.Upload.encode``, or JSON — an image edit may be either: :func:`is_json_edit`),
+with the model name routing chose. Answers come back with their own Content-Type (a transcript
+may be text, SRT or VTT; speech is audio, relayed chunk by chunk as it arrives: ``relays_bytes``).
+Streamed transcriptions and images (``stream``: :data:`STREAMED`) are relayed event by event
+(:class:`MediaStream`, :class:`ImageStream`). What they bill in — images, seconds of audio,
+characters of speech, tokens — is read here into ``ctx.attempt`` for ``billing``.
 """
 
 from __future__ import annotations
@@ -15,8 +15,10 @@ import json
 from typing import Any, BinaryIO
 
 from ..context import RequestContext
+from ..errors import ProxyError
 from ..estimate import images_asked
-from ..imagegen import drawn_tokens, drawn_usage, image_usage, images_api_image
+from ..imagegen import IMAGE_REFERENCE, drawn_tokens, drawn_usage, image_usage, images_api_image
+from ..limits import show
 from ..pricing import Usage
 from . import Provider
 from .base import Adapter, StreamTranslator, UpstreamCall, sse_data, sse_object
@@ -47,6 +49,10 @@ DEFAULT_MODELS = {
     "image_variations": "dall-e-2",
     "moderations": "omni-moderation-latest",
 }
+# A JSON image edit (OpenAI's ``EditImageBodyJsonParam``): its images named, not uploaded — GPT image models only.
+JSON_EDIT_MODEL = "gpt-image-1.5"  # OpenAI's default for one (the form's, dall-e-2, takes no JSON)
+JSON_DEFAULT_MODELS = {**DEFAULT_MODELS, "image_edits": JSON_EDIT_MODEL}  # a JSON body's
+JSON_EDIT_IMAGES = 16  # the most ``images`` one names
 # What an Azure OpenAI deployment serves of these (its data-plane API has no moderations or variations).
 AZURE_ENDPOINTS = ("transcriptions", "translations", "speech", "image_generations", "image_edits")
 
@@ -64,6 +70,59 @@ def upstream_body(ctx: RequestContext, model: str) -> tuple[bytes | BinaryIO, di
         changed["model"] = model  # routing chose another name (provider/model, an alias)
     encoded = upload.encode(changed)
     return encoded, {"Content-Type": encoded.content_type, "Content-Length": str(encoded.length)}
+
+
+def is_json_edit(endpoint: str, content_type: str | None) -> bool:
+    """Whether a request to a multipart endpoint is OpenAI's JSON image edit instead: an image edit
+    whose Content-Type is ``application/json``. Any other type but a form's is a 400 naming the two
+    it takes (the other endpoints take forms alone: ``multipart.boundary_of`` refuses the rest)."""
+    if endpoint != "image_edits":
+        return False
+    kind = (content_type or "").partition(";")[0].strip().lower()
+    if kind == "application/json":
+        return True
+    if kind != "multipart/form-data":
+        raise ProxyError(
+            400,
+            "/v1/images/edits takes multipart/form-data (its 'image' files) or application/json "
+            f"(its 'images' by URL or file id), not {kind[:100] or 'a body without Content-Type'!r}",
+            code="invalid_content_type",
+        )
+    return False
+
+
+def check_json_edit(body: dict) -> None:
+    """A JSON edit's ``images`` (1 to :data:`JSON_EDIT_IMAGES`) and its ``mask`` if any, each an
+    object naming exactly one of ``image_url`` and ``file_id`` by a non-empty string, else OpenAI's
+    400 naming where: Stockyard reads them (each file must be the key's, each image is held by the
+    budget), so a shape it could misread never reaches the provider."""
+    images = body.get("images")
+    if images is None:
+        hint = " ('image' is the multipart form's field: JSON names them in 'images')" if "image" in body else ""
+        message = f"'images' is required: 1 to {JSON_EDIT_IMAGES} image references{hint}"
+        raise ProxyError(400, message, param="images", code="missing_required_parameter")
+    if not isinstance(images, list) or not 1 <= len(images) <= JSON_EDIT_IMAGES:
+        got = f"{len(images)} of them" if isinstance(images, list) else show(images)
+        message = f"'images' must be an array of 1 to {JSON_EDIT_IMAGES} image references, got {got}"
+        raise ProxyError(400, message, param="images", code="invalid_value")
+    for i, reference in enumerate(images):
+        _check_reference(reference, f"images[{i}]")
+    if body.get("mask") is not None:
+        _check_reference(body["mask"], "mask")
+
+
+def _check_reference(reference: object, where: str) -> None:
+    """One image reference (OpenAI's ``ImageRefParam``): ``{"image_url": …}`` or ``{"file_id": …}``."""
+    if not isinstance(reference, dict) or len(reference) != 1 or not set(reference) <= set(IMAGE_REFERENCE):
+        got = show(reference)
+        if isinstance(reference, dict):
+            got = f"the keys {', '.join(repr(k[:40]) for k in list(reference)[:4])}" if reference else "an empty object"
+        message = f"'{where}' must be an object with exactly one of 'image_url' and 'file_id', got {got}"
+        raise ProxyError(400, message, param=where, code="invalid_value")
+    name, value = next(iter(reference.items()))
+    if not isinstance(value, str) or not value:
+        message = f"'{where}.{name}' must be a non-empty string, got {show(value)}"
+        raise ProxyError(400, message, param=f"{where}.{name}", code="invalid_value")
 
 
 class MediaAdapter(Adapter):
