@@ -901,15 +901,18 @@ class Relay:
         (eight sent at once, before any ``response.created``, were eight past an rpm of 2), server
         VAD's at its ``response.created``. ``asked`` (the client's): admitted with its worst case, or
         refused past an rpm or tpm (an ``error`` event ``rate_limit_exceeded``, type ``rate_limit_error``,
-        saying when the window frees; not sent on, the session goes on): None."""
+        saying when the window frees; not sent on, the session goes on): None, and a window that counted
+        it before another refused it keeps it as a request of no tokens, as an HTTP refusal's is."""
         chain, base = self.app.path.chain(), self.ctx
-        counted = []
+        counted: Counts = []
         for name, kind in LIMITS:
             module = chain.module(name, base)
             if isinstance(module, kind):
                 try:
                     entry = module.count_started(base, asked)
                 except RateLimited as exc:
+                    for counted_by, counted_entry in counted:  # never sent on: counted, no tokens used
+                        counted_by.count_used(base, counted_entry, 0)
                     self._send_client(ws.TEXT, error_event("rate_limit_exceeded", exc.message, "rate_limit_error"))
                     return None
                 except Exception as exc:  # the shared windows' database busy or lost: the response goes uncounted
