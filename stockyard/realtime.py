@@ -406,7 +406,8 @@ class Relay:
         self._relayed: dict[str, list[int]] = {}  # of those, the output relayed: [text characters, audio bytes]
         # and where each was counted in the rpm/tpm windows as it began (its tokens put in as it ends)
         self._counted: dict[str, Counts] = {}
-        self._read = Usage()  # the input the last response.done read (a lost response's estimate)
+        # the input the last response.done read (a lost response's estimate); None: none came yet
+        self._read: Usage | None = None
         self._books_closed = False  # the responses left running were billed as lost (_bill_lost)
         self._being_billed: set[str] = set()  # responses whose response.done the reader is billing (_billing)
         self._asked = 0  # the client's response.create sent on, its response.created not seen yet
@@ -844,9 +845,11 @@ class Relay:
         """The responses that never sent ``response.done`` (the provider dropped, or a cancel took
         longer than ``CANCEL_WAIT_S``): each a trace all the same (status 502, ``stream_broken``), its
         cost an estimate — the input the last response read (a conversation only grows) and the
-        output it relayed — and, under a budget, its worst case spent (that input and the model's
-        whole output ceiling as audio), as an answer whose cost cannot be known spends its hold: the
-        spend beyond the estimate goes with the trace (``budget_unpriced``). Never free."""
+        output it relayed —, or unknown before any ``response.done`` said what the session's input is
+        (an estimate of its output alone, nothing at all before any, would report it as cheap or free);
+        under a budget, its worst case spent (that input and the model's whole output ceiling as
+        audio), as an answer whose cost cannot be known spends its hold: the spend beyond the estimate
+        goes with the trace (``budget_unpriced``). Never free."""
         with self._state_lock:
             lost = [
                 (ident, started, self._relayed.pop(ident, [0, 0]))
@@ -861,18 +864,19 @@ class Relay:
         for ident, started, (chars, audio_bytes) in lost:
             audio = -(-audio_bytes // AUDIO_BYTES_PER_TOKEN)
             output = -(-chars // 4) + audio
-            usage = replace(read, completion_tokens=output, media_output_tokens=audio)
-            cost = cost_microcents(price, usage) if price is not None else None
+            usage = replace(read or Usage(), completion_tokens=output, media_output_tokens=audio)
+            cost = cost_microcents(price, usage) if price is not None and read is not None else None
             ctx = self._response_ctx(ident)
             ctx.started, a = started, ctx.attempt
             a.status, a.outcome, a.error_type = 502, "stream_broken", "upstream_incomplete"
-            a.error_message = f"the provider sent no response.done for {printable(ident, 100)}: its cost is an estimate"
             a.usage, a.usage_estimated, a.cost_uc = usage, True, cost
             a.cost_status = "estimate" if cost is not None else "unknown"
+            said = "an estimate" if cost is not None else "unknown"
+            a.error_message = f"the provider sent no response.done for {printable(ident, 100)}: its cost is {said}"
             spent = cost or 0
             if self._budgets and price is not None:
                 ceiling = max(output, price.max_output_tokens or self.app.settings.default_max_tokens)
-                worst = cost_microcents(price, replace(read, completion_tokens=ceiling, media_output_tokens=ceiling))
+                worst = cost_microcents(price, replace(usage, completion_tokens=ceiling, media_output_tokens=ceiling))
                 spent = max(spent, worst)
                 ctx.unpriced_spent_uc = spent - (cost or 0)
             self._settle_response(ctx, ident, cost, spent)

@@ -346,6 +346,29 @@ def test_a_response_without_response_done_is_traced_as_an_estimate(server):
     assert lost["completion_tokens"] == -(-len(TEXT) // 4)  # the held response relayed its text whole
 
 
+def test_a_first_response_lost_before_any_output_is_of_unknown_cost(server):
+    """The provider drops during the session's first response, before it relayed any output: neither
+    its input (no ``response.done`` read one before it) nor its output is known, so its trace's cost
+    is unknown (NULL), as an answer billed at an amount no price tells — counted as unpriced by the
+    reports, not as free (an estimate of 0)."""
+    server.keys.update(server.create_keys({"lost_first": []}))
+    wait_for(lambda: server.request("GET", "/v1/models", headers=server.auth("lost_first"))[0] == 200, 10, "key")
+    raw = upgrade(server, "lost_first")
+    assert raw.event()["type"] == "session.created"
+    raw.send_json({"type": "response.create", "response": {"metadata": {"mock": "hold-silent"}}})
+    assert raw.until("response.output_item.added")[-1]["type"] == "response.output_item.added"
+    raw.send_json({"type": "mock.drop"})
+    assert raw.close_code() == 1014
+    raw.close()
+    (lost,) = traces(server, "lost_first", 1)
+    assert (lost["status"], lost["outcome"], lost["usage_estimated"]) == (502, "stream_broken", 1)
+    assert (lost["cost_status"], lost["cost_uc"]) == ("unknown", None), lost
+    status, report = api(server, "GET", "/api/costs?by=key")
+    assert status == 200
+    (row,) = [r for r in report["rows"] if r["key_name"] == "lost_first"]
+    assert (row["requests"], row["unknown_cost"], row["cost_uc"]) == (1, 1, 0)
+
+
 def test_a_lost_response_spends_a_budget_its_worst_case(server):
     """Under a budget ($0.05) a response without ``response.done`` spends its worst case (the
     input the last one read, none here, and the model's whole output ceiling as audio: gpt-realtime's
