@@ -926,11 +926,17 @@ class Relay:
         return counted
 
     def _settle_response(self, ctx: RequestContext, ident: str, cost: int | None, spent: int) -> None:
-        """A response's trace written, the tokens it used put in the rpm/tpm windows it was counted in
-        as it began, ``spent`` from its budgets."""
+        """``spent`` from its budgets, a response's trace written, the tokens it used put in the rpm/tpm
+        windows it was counted in as it began. The spend first, as a request's after hooks settle
+        before its trace: a group's parent (``groupstate``) must learn of it before its trace can
+        commit, or a resync reading the trace in between counts it twice."""
         app, base, usage = self.app, self.ctx, ctx.attempt.usage
         assert usage is not None
-        app.tracer.finish(ctx)
+        try:
+            if self._budgets:
+                app.ledger.settle(None, spent, self._scopes, ctx.ts_ms, trace_id=ctx.trace_id)
+        finally:
+            app.tracer.finish(ctx)
         with self._state_lock:
             counted = self._counted.pop(ident, None)
         if counted is None:  # its response.created never seen: counted now
@@ -940,8 +946,6 @@ class Relay:
         self.responses += 1
         self.cost_uc += cost or 0
         self.priced = self.priced and cost is not None
-        if self._budgets:
-            app.ledger.settle(None, spent, self._scopes, ctx.ts_ms, trace_id=ctx.trace_id)
 
     def _budget_left(self) -> bool:
         """After a response's spend: a budget used up ends the session (its ``error`` event, 1008;
