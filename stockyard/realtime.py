@@ -926,12 +926,16 @@ class Relay:
         return counted
 
     def _settle_response(self, ctx: RequestContext, ident: str, cost: int | None, spent: int) -> None:
-        """``spent`` from its budgets, a response's trace written, the tokens it used put in the rpm/tpm
-        windows it was counted in as it began. The spend first, as a request's after hooks settle
-        before its trace: a group's parent (``groupstate``) must learn of it before its trace can
-        commit, or a resync reading the trace in between counts it twice."""
+        """A response counted in the session's log line, ``spent`` from its budgets, its trace written,
+        the tokens it used put in the rpm/tpm windows it was counted in as it began. The spend before
+        the trace, as a request's after hooks settle before its trace: a group's parent (``groupstate``)
+        must learn of it before its trace can commit, or a resync reading the trace in between counts
+        it twice."""
         app, base, usage = self.app, self.ctx, ctx.attempt.usage
         assert usage is not None
+        self.responses += 1
+        self.cost_uc += cost or 0
+        self.priced = self.priced and cost is not None
         try:
             if self._budgets:
                 app.ledger.settle(None, spent, self._scopes, ctx.ts_ms, trace_id=ctx.trace_id)
@@ -943,9 +947,6 @@ class Relay:
             counted = self._count_started() or []  # (never refused: None only when asked)
         for module, entry in counted:  # the key's and the end user's rpm/tpm windows
             module.count_used(base, entry, usage.prompt_tokens + usage.completion_tokens)
-        self.responses += 1
-        self.cost_uc += cost or 0
-        self.priced = self.priced and cost is not None
 
     def _budget_left(self) -> bool:
         """After a response's spend: a budget used up ends the session (its ``error`` event, 1008;
