@@ -18,6 +18,8 @@ from .providers import Provider, media
 log = logging.getLogger("stockyard")
 
 BILLABLE_WITHOUT_USAGE = ("ok", "client_disconnected", "stream_broken")  # an answer went out: estimate it
+# The report row of the failed attempts whose model neither the provider named nor a price knows
+UNCONFIRMED_MODEL = "(unconfirmed)"
 
 
 class Pricer:
@@ -167,9 +169,20 @@ class Pricer:
         """Cost of the request's current attempt (or of ``attempt``) from the provider's usage,
         before the modules' after hooks see the outcome. Never raises."""
         try:
-            self._price(ctx, attempt or ctx.attempt)
+            a = attempt or ctx.attempt
+            a.rollup_model = self.rollup_model(a)
+            self._price(ctx, a)
         except Exception as exc:  # a pricing bug must not lose the trace
             log.error("pricing failed for %s: %s", ctx.trace_id, exc)
+
+    def rollup_model(self, a: Attempt) -> str | None:
+        """The model a failed attempt's rollup row goes under when the provider never named the
+        model it served: the price table's name for it, else :data:`UNCONFIRMED_MODEL`. The name is
+        the client's (a prefix route sends on ``openai/<anything>``) and rollups are kept for ever,
+        so a made-up name must not make a report row of its own. None: its own (served) name."""
+        if a.provider is None or a.served_model is not None or (a.status < 400 and a.outcome == "ok"):
+            return None
+        return self.table.priced_name(a.upstream_model or "", a.provider.name) or UNCONFIRMED_MODEL
 
     def _price(self, ctx: RequestContext, a: Attempt) -> None:
         """An estimate when no usage came back, or only a stream's start's (cut before its output

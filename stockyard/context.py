@@ -207,6 +207,9 @@ class Attempt:
     upstream_model: str | None = None
     served_model: str | None = None
     asked_model: str | None = None  # the name a budget priced this attempt by (a fallback's own)
+    # The model name its rollup row goes under when not its own (``billing.Pricer.rollup_model``):
+    # a failed attempt's whose model the provider never named.
+    rollup_model: str | None = None
     status: int = 0
     outcome: str = "ok"
     error_type: str | None = None

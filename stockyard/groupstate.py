@@ -18,7 +18,11 @@ die between a commit and the settlement that follows it (a batch's record), or b
 settlement and the commit of the trace that records it (an answer's): so the parent then reloads
 every period it holds from the database (:meth:`StateServer.resync`), counting beside it what the
 live workers settled and have not committed yet (settlements name their trace: the database says
-whether it is there). The parent dying ends the group (the workers watch it). The spend of a
+whether it is there; so a settlement naming its trace is sent before the trace can commit — a
+request's after hooks, a Realtime response's bill —, or a resync between the two would read it
+in the database and the settlement add it again). A request's hold, however long it runs, is
+kept by a resync (it is not spent yet, so not in the database) until it settles or its worker
+dies. The parent dying ends the group (the workers watch it). The spend of a
 period is loaded from the rollups the first time the parent sees it, like one server's ledger
 after a start.
 """

@@ -866,7 +866,19 @@ class PriceTable:
         return None if found is None else found.current()
 
     def _lookup(self, model: str, provider: str | None = None) -> Price | None:
-        """The uncached lookup.
+        """The uncached lookup."""
+        found = self._entry(model, provider)
+        return None if found is None else self._by_provider[found[0]][found[1]]
+
+    def priced_name(self, model: str, provider: str | None = None) -> str | None:
+        """The table's own name (without its provider) of the entry that prices ``model`` at
+        ``provider`` — ``gpt-4o-mini`` for ``GPT-4o-mini-2024-07-18`` —, None when none does but
+        ``*``: one name for every spelling and snapshot of a known model."""
+        found = self._entry(model, provider)
+        return None if found is None or found[1] == "*" else found[1]
+
+    def _entry(self, model: str, provider: str | None) -> tuple[str | None, str] | None:
+        """Where the price of ``model`` is: (provider space, key), or None when unknown.
 
         Order: entries qualified with ``provider``; entries qualified with a
         provider named in the model ('groq/llama-…'); bare entries for the full
@@ -885,15 +897,15 @@ class PriceTable:
         if head:
             attempts.append((None, rest))
         for space, wanted in attempts:
-            found = self._longest(self._by_provider.get(space, {}), wanted)
-            if found is not None:
-                return found
+            key = self._longest(self._by_provider.get(space, {}), wanted)
+            if key is not None:
+                return space, key
         return None
 
     @staticmethod
-    def _longest(names: Mapping[str, Price], model: str) -> Price | None:
+    def _longest(names: Mapping[str, Price], model: str) -> str | None:
         """The exact key, else the snapshot's key; '*' (length 0) only when nothing else matches."""
         hits = [key for key in names if key_names(key, model)]
         if not hits:
             return None
-        return names[max(hits, key=lambda k: 0 if k == "*" else len(k))]
+        return max(hits, key=lambda k: 0 if k == "*" else len(k))

@@ -406,7 +406,8 @@ class Relay:
         self._relayed: dict[str, list[int]] = {}  # of those, the output relayed: [text characters, audio bytes]
         # and where each was counted in the rpm/tpm windows as it began (its tokens put in as it ends)
         self._counted: dict[str, Counts] = {}
-        self._read = Usage()  # the input the last response.done read (a lost response's estimate)
+        # the input the last response.done read (a lost response's estimate); None: none came yet
+        self._read: Usage | None = None
         self._books_closed = False  # the responses left running were billed as lost (_bill_lost)
         self._being_billed: set[str] = set()  # responses whose response.done the reader is billing (_billing)
         self._asked = 0  # the client's response.create sent on, its response.created not seen yet
@@ -844,9 +845,11 @@ class Relay:
         """The responses that never sent ``response.done`` (the provider dropped, or a cancel took
         longer than ``CANCEL_WAIT_S``): each a trace all the same (status 502, ``stream_broken``), its
         cost an estimate — the input the last response read (a conversation only grows) and the
-        output it relayed — and, under a budget, its worst case spent (that input and the model's
-        whole output ceiling as audio), as an answer whose cost cannot be known spends its hold: the
-        spend beyond the estimate goes with the trace (``budget_unpriced``). Never free."""
+        output it relayed —, or unknown before any ``response.done`` said what the session's input is
+        (an estimate of its output alone, nothing at all before any, would report it as cheap or free);
+        under a budget, its worst case spent (that input and the model's whole output ceiling as
+        audio), as an answer whose cost cannot be known spends its hold: the spend beyond the estimate
+        goes with the trace (``budget_unpriced``). Never free."""
         with self._state_lock:
             lost = [
                 (ident, started, self._relayed.pop(ident, [0, 0]))
@@ -861,18 +864,19 @@ class Relay:
         for ident, started, (chars, audio_bytes) in lost:
             audio = -(-audio_bytes // AUDIO_BYTES_PER_TOKEN)
             output = -(-chars // 4) + audio
-            usage = replace(read, completion_tokens=output, media_output_tokens=audio)
-            cost = cost_microcents(price, usage) if price is not None else None
+            usage = replace(read or Usage(), completion_tokens=output, media_output_tokens=audio)
+            cost = cost_microcents(price, usage) if price is not None and read is not None else None
             ctx = self._response_ctx(ident)
             ctx.started, a = started, ctx.attempt
             a.status, a.outcome, a.error_type = 502, "stream_broken", "upstream_incomplete"
-            a.error_message = f"the provider sent no response.done for {printable(ident, 100)}: its cost is an estimate"
             a.usage, a.usage_estimated, a.cost_uc = usage, True, cost
             a.cost_status = "estimate" if cost is not None else "unknown"
+            said = "an estimate" if cost is not None else "unknown"
+            a.error_message = f"the provider sent no response.done for {printable(ident, 100)}: its cost is {said}"
             spent = cost or 0
             if self._budgets and price is not None:
                 ceiling = max(output, price.max_output_tokens or self.app.settings.default_max_tokens)
-                worst = cost_microcents(price, replace(read, completion_tokens=ceiling, media_output_tokens=ceiling))
+                worst = cost_microcents(price, replace(usage, completion_tokens=ceiling, media_output_tokens=ceiling))
                 spent = max(spent, worst)
                 ctx.unpriced_spent_uc = spent - (cost or 0)
             self._settle_response(ctx, ident, cost, spent)
@@ -901,15 +905,18 @@ class Relay:
         (eight sent at once, before any ``response.created``, were eight past an rpm of 2), server
         VAD's at its ``response.created``. ``asked`` (the client's): admitted with its worst case, or
         refused past an rpm or tpm (an ``error`` event ``rate_limit_exceeded``, type ``rate_limit_error``,
-        saying when the window frees; not sent on, the session goes on): None."""
+        saying when the window frees; not sent on, the session goes on): None, and a window that counted
+        it before another refused it keeps it as a request of no tokens, as an HTTP refusal's is."""
         chain, base = self.app.path.chain(), self.ctx
-        counted = []
+        counted: Counts = []
         for name, kind in LIMITS:
             module = chain.module(name, base)
             if isinstance(module, kind):
                 try:
                     entry = module.count_started(base, asked)
                 except RateLimited as exc:
+                    for counted_by, counted_entry in counted:  # never sent on: counted, no tokens used
+                        counted_by.count_used(base, counted_entry, 0)
                     self._send_client(ws.TEXT, error_event("rate_limit_exceeded", exc.message, "rate_limit_error"))
                     return None
                 except Exception as exc:  # the shared windows' database busy or lost: the response goes uncounted
@@ -919,22 +926,27 @@ class Relay:
         return counted
 
     def _settle_response(self, ctx: RequestContext, ident: str, cost: int | None, spent: int) -> None:
-        """A response's trace written, the tokens it used put in the rpm/tpm windows it was counted in
-        as it began, ``spent`` from its budgets."""
+        """A response counted in the session's log line, ``spent`` from its budgets, its trace written,
+        the tokens it used put in the rpm/tpm windows it was counted in as it began. The spend before
+        the trace, as a request's after hooks settle before its trace: a group's parent (``groupstate``)
+        must learn of it before its trace can commit, or a resync reading the trace in between counts
+        it twice."""
         app, base, usage = self.app, self.ctx, ctx.attempt.usage
         assert usage is not None
-        app.tracer.finish(ctx)
+        self.responses += 1
+        self.cost_uc += cost or 0
+        self.priced = self.priced and cost is not None
+        try:
+            if self._budgets:
+                app.ledger.settle(None, spent, self._scopes, ctx.ts_ms, trace_id=ctx.trace_id)
+        finally:
+            app.tracer.finish(ctx)
         with self._state_lock:
             counted = self._counted.pop(ident, None)
         if counted is None:  # its response.created never seen: counted now
             counted = self._count_started() or []  # (never refused: None only when asked)
         for module, entry in counted:  # the key's and the end user's rpm/tpm windows
             module.count_used(base, entry, usage.prompt_tokens + usage.completion_tokens)
-        self.responses += 1
-        self.cost_uc += cost or 0
-        self.priced = self.priced and cost is not None
-        if self._budgets:
-            app.ledger.settle(None, spent, self._scopes, ctx.ts_ms, trace_id=ctx.trace_id)
 
     def _budget_left(self) -> bool:
         """After a response's spend: a budget used up ends the session (its ``error`` event, 1008;

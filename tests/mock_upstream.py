@@ -4054,6 +4054,9 @@ class RealtimeSession:
         self.send("response.created", response=response)
         item = {"id": f"item_out_{ident}", "type": "message", "role": "assistant", "status": "completed"}
         self.send("response.output_item.added", response_id=ident, output_index=0, item={**item, "content": []})
+        if (asked.get("metadata") or {}).get("mock") == "hold-silent":  # no output yet; the rest waits for a cancel
+            self.held = (response, item, [], False)
+            return
         where = {"response_id": ident, "item_id": item["id"], "output_index": 0, "content_index": 0}
         if audio:
             for piece in RT_TRANSCRIPT:

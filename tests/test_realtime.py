@@ -346,6 +346,29 @@ def test_a_response_without_response_done_is_traced_as_an_estimate(server):
     assert lost["completion_tokens"] == -(-len(TEXT) // 4)  # the held response relayed its text whole
 
 
+def test_a_first_response_lost_before_any_output_is_of_unknown_cost(server):
+    """The provider drops during the session's first response, before it relayed any output: neither
+    its input (no ``response.done`` read one before it) nor its output is known, so its trace's cost
+    is unknown (NULL), as an answer billed at an amount no price tells — counted as unpriced by the
+    reports, not as free (an estimate of 0)."""
+    server.keys.update(server.create_keys({"lost_first": []}))
+    wait_for(lambda: server.request("GET", "/v1/models", headers=server.auth("lost_first"))[0] == 200, 10, "key")
+    raw = upgrade(server, "lost_first")
+    assert raw.event()["type"] == "session.created"
+    raw.send_json({"type": "response.create", "response": {"metadata": {"mock": "hold-silent"}}})
+    assert raw.until("response.output_item.added")[-1]["type"] == "response.output_item.added"
+    raw.send_json({"type": "mock.drop"})
+    assert raw.close_code() == 1014
+    raw.close()
+    (lost,) = traces(server, "lost_first", 1)
+    assert (lost["status"], lost["outcome"], lost["usage_estimated"]) == (502, "stream_broken", 1)
+    assert (lost["cost_status"], lost["cost_uc"]) == ("unknown", None), lost
+    status, report = api(server, "GET", "/api/costs?by=key")
+    assert status == 200
+    (row,) = [r for r in report["rows"] if r["key_name"] == "lost_first"]
+    assert (row["requests"], row["unknown_cost"], row["cost_uc"]) == (1, 1, 0)
+
+
 def test_a_lost_response_spends_a_budget_its_worst_case(server):
     """Under a budget ($0.05) a response without ``response.done`` spends its worst case (the
     input the last one read, none here, and the model's whole output ceiling as audio: gpt-realtime's
@@ -508,18 +531,24 @@ def test_a_burst_of_response_creates_is_held_to_the_keys_rpm(server, mock):
     wait_for(lambda: server.metric("websocket_connections_open") == 0, 10, "the session's end")
 
 
+def key_for_a_response_and_a_half(server: ServerProcess, name: str) -> None:
+    """A key ``name`` whose tpm holds one response's worst case (the estimate its upgrade is
+    checked with, read from a probe key's refusal) and not two."""
+    probe = f"{name}-probe"
+    server.keys.update(server.create_keys({probe: ["--tpm", "1"]}))
+    wait_for(lambda: server.request("GET", "/v1/models", headers=server.auth(probe))[0] == 200, 10, "key")
+    worst = int(refusal(upgrade(server, probe))["error"]["message"].split(" may use ")[1].split()[0])
+    server.keys.update(server.create_keys({name: ["--tpm", str(worst + worst // 2)]}))
+    wait_for(lambda: server.request("GET", "/v1/models", headers=server.auth(name))[0] == 200, 10, "key")
+
+
 def test_a_burst_of_response_creates_is_held_to_the_keys_tpm(server, mock):
     """A key whose tpm holds one response's worst case (the estimate its upgrade is checked with) and
     not two sends four ``response.create`` in one write: each is counted with that estimate as it is
     sent on (as an HTTP request is at admission, then corrected to what it used), so one reaches the
     provider and three are ``rate_limit_exceeded``. Counted with no tokens until it ended, all four
     passed the tpm check."""
-    probe = server.create_keys({"tpmprobe": ["--tpm", "1"]})["tpmprobe"]
-    server.keys["tpmprobe"] = probe
-    wait_for(lambda: server.request("GET", "/v1/models", headers=server.auth("tpmprobe"))[0] == 200, 10, "key")
-    worst = int(refusal(upgrade(server, "tpmprobe"))["error"]["message"].split(" may use ")[1].split()[0])
-    server.keys.update(server.create_keys({"bursttpm": ["--tpm", str(worst + worst // 2)]}))
-    wait_for(lambda: server.request("GET", "/v1/models", headers=server.auth("bursttpm"))[0] == 200, 10, "key")
+    key_for_a_response_and_a_half(server, "bursttpm")
     raw = upgrade(server, "bursttpm", extra="OpenAI-Beta: bursttpm\r\n")
     assert raw.status == 101 and raw.event()["type"] == "session.created"
     held = {"output_modalities": ["text"], "metadata": {"mock": "hold"}}  # running until cancelled: no
@@ -761,6 +790,31 @@ def test_each_response_counts_against_an_end_users_rpm(server):
         refusal(again)
         other = upgrade(server, "alice", extra="x-stockyard-user: frank\r\n")
         assert other.status == 101
+        other.close()
+    finally:
+        put_module(server, "userlimits", {}, enabled=False)
+
+
+def test_a_create_the_end_users_rpm_refuses_gives_the_keys_tokens_back(server):
+    """The key's window counts a ``response.create`` first, then its end user's refuses it (rpm 1, used
+    by an HTTP request of another key): never sent on, the key's entry keeps no tokens (as an HTTP
+    request's that ``userlimits`` refuses after ``ratelimit`` counted it), so a key whose tpm holds one
+    response's worst case and a half still opens another end user's session. Left at its worst case,
+    the refused create filled it."""
+    key_for_a_response_and_a_half(server, "rtusers")
+    put_module(server, "userlimits", {"rpm": 1})
+    try:
+        raw = upgrade(server, "rtusers", extra="x-stockyard-user: gail\r\n")
+        assert raw.status == 101 and raw.event()["type"] == "session.created"
+        chat = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
+        headers = {**server.auth("alice"), "x-stockyard-user": "gail"}
+        assert server.request("POST", "/v1/chat/completions", chat, headers=headers)[0] == 200  # gail's minute used
+        raw.send_json({"type": "response.create", "response": {"output_modalities": ["text"]}})
+        refused = raw.event()
+        assert refused["type"] == "error" and "end user 'gail'" in refused["error"]["message"], refused
+        raw.close()
+        other = upgrade(server, "rtusers", extra="x-stockyard-user: hank\r\n")
+        assert other.status == 101, refusal(other) if other.status == 429 else other.head
         other.close()
     finally:
         put_module(server, "userlimits", {}, enabled=False)

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import pytest
 from conftest import TEST_STORE, ServerProcess, base_env, mock_env, wait_for
+from mock_upstream import Reply
 
 from stockyard.budgets import Budget, BudgetExceeded
 from stockyard.groupstate import RemoteLedger, RemoteRateLimiter, StateClient, StateLost, StateServer
@@ -595,6 +596,61 @@ def test_sigterm_stops_every_worker_after_its_requests_in_flight(group, mock):
 
 
 @pytest.mark.serial
+def worker_serving(server: ServerProcess, conn: http.client.HTTPConnection) -> int:
+    """The pid of the worker holding ``conn``'s other end (its socket's inode, read from /proc)."""
+    client_port = conn.sock.getsockname()[1]
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            local, remote = (int(f.split(":")[1], 16) for f in fields[1:3])
+            if local == server.port and remote == client_port:
+                inodes.add(fields[9])
+    for pid in workers_of(server):
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            try:
+                if os.readlink(fd).removeprefix("socket:[").removesuffix("]") in inodes:
+                    return pid
+            except OSError:
+                continue
+    raise AssertionError("no worker holds the connection")
+
+
+@pytest.mark.skipif(
+    TEST_STORE == "postgresql",
+    reason="SQLite only: on PostgreSQL the workers' ledger is the database's own rows, with no parent to resync",
+)
+def test_a_requests_hold_open_across_a_resync_still_counts(group, mock):
+    """A request whose budget hold is open (its answer still being made) when a worker dies and the
+    parent reloads every budget's spend from the database: the hold is kept — not spent yet, so not in
+    the database, and not forgotten — so another request its budget has no room for beside it is still
+    refused (a hold lives until it settles or its worker dies, however long the request runs)."""
+    status, _ = api(group, "POST", "/api/prices", {"model": "mock-budget", "input": "0", "output": "1"})
+    assert status == 200
+    # each request holds 1,000 output tokens at $1 per 1M (100,000 µ¢); the budget has room for one and a half
+    status, key = api(group, "POST", "/api/keys", {"name": "long", "budget_usd": "0.0015", "budget_period": "total"})
+    assert status == 201, key
+    auth = {"Authorization": f"Bearer {key['key']}", "Content-Type": "application/json"}
+    conns = wait_for_key(group, {"Authorization": auth["Authorization"]})
+    body = json.dumps({**BUDGET_MODEL, "max_tokens": 1000})
+    answered, started = threading.Event(), threading.Event()
+    mock.enqueue(Reply(held=answered, hang_started=started))
+    conns[0].request("POST", "/v1/chat/completions", body=body, headers=auth)
+    assert started.wait(10), "the long request reached the provider"
+    serving = worker_serving(group, conns[0])
+    (other,) = workers_of(group) - {serving}
+    conns[1].close()
+    os.kill(other, signal.SIGKILL)
+    wait_for(lambda: "budget spend reloaded from the database" in group.log, what="the resync")
+    status, _, text = group.request("POST", "/v1/chat/completions", json.loads(body), auth)
+    assert status == 429 and b"budget_exceeded" in text, (status, text)
+    answered.set()
+    long = conns[0].getresponse()
+    assert long.status == 200, long.read()
+    long.read()
+    conns[0].close()
+
+
 def test_a_killed_worker_is_replaced(group):
     first = workers_of(group)
     victim = min(first)

@@ -190,6 +190,7 @@ class TraceRow:
     key_name: str | None = None
     served_mode: str | None = None  # the mode its answer says served it (priority, flex, fast, us): its cost's
     unpriced_spent_uc: int = 0  # what budgets spent beyond its cost (unknown): ``budget_unpriced``, not a column
+    rollup_model: str | None = None  # the model its rollup row goes under when not its own (not a column)
     request_body: bytes | None = None
     response_body: bytes | None = None
     request_truncated: bool = False
@@ -301,9 +302,8 @@ class RollupSums:
             # is counted per day, key and project only (under no provider and no model).
             self.daily.setdefault((day, key_id, project, "", ""), []).append(counts)
             return
-        self.daily.setdefault((day, key_id, project, r.provider or "", r.served_model or r.model or ""), []).append(
-            counts
-        )
+        model = r.rollup_model or r.served_model or r.model or ""
+        self.daily.setdefault((day, key_id, project, r.provider or "", model), []).append(counts)
         self.users.setdefault((day, key_id, project, r.end_user or ""), []).append(counts)
         if r.unpriced_spent_uc:
             where = (day, key_id, project, r.end_user or "")
@@ -468,6 +468,7 @@ def trace_row_from(
         key_name=getattr(ctx.key, "name", None),
         served_mode=a.served_mode,
         unpriced_spent_uc=ctx.unpriced_spent_uc if attempt is None else 0,
+        rollup_model=a.rollup_model,
         request_body=request_body,
         response_body=response_body,
         request_truncated=req_trunc,
