@@ -28,7 +28,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from functools import partial
 from io import RawIOBase
-from typing import IO, Any, BinaryIO, Callable, Iterable, Iterator, cast
+from typing import IO, Any, BinaryIO, Callable, Iterable, Iterator, TypeVar, cast
 from urllib.parse import urlencode
 
 from . import estimate
@@ -81,6 +81,7 @@ from .upstream import SHUTDOWN_CODE, UpstreamError, UpstreamResponse
 OBJECT_ID = r"((?!\.+(?:/|$))[A-Za-z0-9_.-]{1,200})"
 PATH = re.compile(rf"^/v1/(files|batches)(?:/{OBJECT_ID}(/content|/cancel)?)?$")
 log = logging.getLogger("stockyard.files")
+T = TypeVar("T")  # what a check of a batch line's object found (on_line)
 FILE_KINDS = ("openai", "azure", "openai-compatible")  # providers that serve files and batches
 PROVIDER_HEADER = "x-stockyard-provider"
 OPEN_OWNER = ""  # the one owner in open mode (no client keys)
@@ -420,8 +421,20 @@ class Ownership:
                 if isinstance(value, str):
                     self.owned_cache(value, owner)
         if walk or may_name_file_url(ctx.raw):  # and a Gemini file by its URI where a part has a URL
-            for uri, param in referenced_file_urls(ctx.body).items():
-                self.gemini_file(uri, owner, param)
+            ctx.pdf_pages.update(self.gemini_files_by_url(ctx.body, owner))
+
+    def gemini_files_by_url(self, body: object, owner: str, line: int | None = None) -> dict[str, int]:
+        """Each Gemini file an OpenAI-shaped body names by URL (``objectrefs.referenced_file_urls``:
+        Google's OpenAI-compatible endpoint reads it) is ``owner``'s, else Google's 404 (``line``: the
+        batch line's, saying so); the pages of those that are PDFs Stockyard counted, by the URI as the
+        body names it, which a budget holds as the native path's ``fileData`` (``check_gemini_files``)."""
+        pages: dict[str, int] = {}
+        for uri, param in referenced_file_urls(body).items():
+            check = functools.partial(self.gemini_file, uri, owner, param)
+            owned = check() if line is None else on_line(line, check)
+            if owned.pages is not None:
+                pages[uri] = owned.pages
+        return pages
 
     def check_form_files(
         self, fields: dict[str, str | list[str]], owner: str, params: dict[str, str] | None = None
@@ -1429,8 +1442,8 @@ class FilesAPI(ProviderCalls):
             for _, cache in caches:  # Google's OpenAI-compatible batches read them, and Gemini files by URI
                 if isinstance(cache, str):
                     on_line(number, functools.partial(self.ownership.owned_cache, cache, key.id))
-            for uri in referenced_file_urls(body) if may_name_file_url(line) else ():
-                on_line(number, functools.partial(self.ownership.gemini_file, uri, key.id))
+            if may_name_file_url(line):
+                pages.update(self.ownership.gemini_files_by_url(body, key.id, number))
             previous = body.get("previous_response_id")
             if isinstance(previous, str) and self._path.conversations.find(previous, key.id) is None:
                 raise ProxyError(
@@ -1587,10 +1600,11 @@ class FilesAPI(ProviderCalls):
                 self._on_completed(ctx, provider, batch)
 
 
-def on_line(number: int, check: Callable[[], object]) -> None:
-    """``check`` of an object a batch line names; its 404 says which line (a line has no param)."""
+def on_line(number: int, check: Callable[[], T]) -> T:
+    """``check`` of an object a batch line names (what it found); its 404 says which line (a line has
+    no param)."""
     try:
-        check()
+        return check()
     except ProxyError as exc:
         raise ProxyError(404, f"{exc.message} (line {number} of the batch file)", param="file") from None
 
