@@ -35,7 +35,7 @@ from . import estimate
 from .budgets import owner_scopes
 from .context import Conversation, RequestContext, Route
 from .conversations import kept_history_tokens
-from .conversations_api import item_list
+from .conversations_api import item_list, minted_here
 from .errors import ANTHROPIC, GEMINI, OPENAI, RESPONSES, ClientGone, ProxyError
 from .httpio import DuplicateMember, Request, check_method, json_object, unique_members, whole_number
 from .keys import KeyRecord
@@ -69,6 +69,7 @@ from .objectrefs import (
 )
 from .pdfpages import count_pages, uploaded_pages
 from .providers import AZURE_API_VERSION, Provider, Registry
+from .providers.responses import is_reference
 from .providers.responses_adapters import upstream_headers
 from .proxy import REQUEST_ID_HEADERS, Reply, RequestPath, fail, passed_headers, refused, send_error, unexpected
 from .store import Store, storable
@@ -1391,7 +1392,9 @@ class FilesAPI(ProviderCalls):
         (``previous_response_id``) and their output items (``item_reference``s, reasoning items and
         image generation calls by id: ``Conversations.check_stored_names``); a ``conversation``
         (Stockyard's, which it cannot put in front
-        of a line the provider runs) is refused. A line too long to hold is refused, never skipped.
+        of a line the provider runs) is refused, as is an ``item_reference`` to a Stockyard
+        conversation's item (:func:`refuse_conversation_items`: the file's bytes go as uploaded). A
+        line too long to hold is refused, never skipped.
 
         Returns the batch's worst-case cost (µ¢, each line as a budget reserves it, at the batch
         price), or None when a line's model has no price: what a budget holds the batch to."""
@@ -1452,6 +1455,7 @@ class FilesAPI(ProviderCalls):
                     param="file",
                     code="not_found",
                 )
+            refuse_conversation_items(body.get("input"), number)
             try:  # its item references: the key's own response items, as on /v1/responses
                 self._path.conversations.check_stored_names(body.get("input"), key.id)
             except ProxyError as exc:  # the field it names (input[i].id) said, as the line has no param
@@ -1607,6 +1611,24 @@ def on_line(number: int, check: Callable[[], T]) -> T:
         return check()
     except ProxyError as exc:
         raise ProxyError(404, f"{exc.message} (line {number} of the batch file)", param="file") from None
+
+
+def refuse_conversation_items(items: object, number: int) -> None:
+    """A 400 for batch line ``number`` whose ``input`` has an ``item_reference`` to an item by the id a
+    Stockyard conversation minted (``msg_sy…``): no provider knows that id, and Stockyard relays a
+    batch file's bytes as uploaded (or reads back one uploaded elsewhere), so it cannot put the item
+    in as ``/v1/responses`` does. Nothing is looked up: the key's own item, another key's and an
+    unknown one are the same refusal."""
+    for i, item in enumerate(items if isinstance(items, list) else ()):
+        if is_reference(item) and minted_here(item):
+            raise ProxyError(
+                400,
+                f"line {number} of the batch file: input[{i}] is an item_reference to {item['id'][:100]!r}, an "
+                "item of a Stockyard conversation, which the provider does not hold and Stockyard does not put "
+                "in a batch line: send the item itself in 'input'",
+                param="file",
+                code="conversation_item_in_batch",
+            )
 
 
 def batch_lines(source: IO[bytes] | Iterator[bytes]) -> Iterator[tuple[int, bytes, dict]]:

@@ -142,3 +142,44 @@ def test_a_batch_line_naming_a_gemini_pdf_by_url_holds_its_pages(server):
     with pytest.raises(openai.RateLimitError) as refused:
         client.batches.create(**fields)
     assert hold_of(refused.value) >= PAGES * PAGE_25 * IN_25 // 2
+
+
+# -- 2. a batch line naming a conversation item by the id Stockyard minted ---------------------------
+
+
+def reference_line(item_id: str) -> bytes:
+    """A batch file of one ``/v1/responses`` line sending an ``item_reference`` to ``item_id``."""
+    body = {
+        "model": "gpt-4o-mini",
+        "input": [{"type": "item_reference", "id": item_id}, {"role": "user", "content": "Go on."}],
+    }
+    return json.dumps({"custom_id": "r", "method": "POST", "url": "/v1/responses", "body": body}).encode() + b"\n"
+
+
+def test_a_batch_line_naming_a_minted_conversation_item_is_refused_naming_the_line(server, mock):
+    """Stockyard relays a batch file's bytes as uploaded (and reads back one uploaded elsewhere at the
+    batch's create): it cannot put the stored item in a line, and the provider knows no ``msg_sy…``
+    id. The line is refused, at the upload and at the create, the same for the key's own item,
+    another key's and one no conversation holds (nothing is looked up: nothing is told)."""
+    alice = server.openai("alice")
+    conversation = alice.conversations.create(items=[{"role": "user", "content": "alice's note"}])
+    own = alice.conversations.items.list(conversation.id).data[0].id
+    secret, _ = new_key(server, ADMIN)
+    bob = server.openai(secret)
+    theirs = bob.conversations.create(items=[{"role": "user", "content": "bob's note"}])
+    bobs = bob.conversations.items.list(theirs.id).data[0].id
+    for item_id in (own, bobs, "msg_sy" + "0" * 32):
+        before = len(mock.requests)
+        with pytest.raises(openai.BadRequestError) as refused:
+            alice.files.create(file=("in.jsonl", io.BytesIO(reference_line(item_id))), purpose="batch")
+        error = refused.value.body
+        assert error["code"] == "conversation_item_in_batch" and error["param"] == "file", error
+        assert "line 1 of the batch file" in error["message"] and item_id in error["message"], error
+        assert "send the item itself" in error["message"], error
+        assert not [r for r in mock.requests[before:] if r.path == "/v1/files"]
+    unchecked = alice.files.create(file=("in.jsonl", io.BytesIO(reference_line(own))), purpose="user_data")
+    before = len(mock.requests)
+    with pytest.raises(openai.BadRequestError) as refused:
+        alice.batches.create(input_file_id=unchecked.id, endpoint="/v1/responses", completion_window="24h")
+    assert refused.value.body["code"] == "conversation_item_in_batch", refused.value.body
+    assert not [r for r in mock.requests[before:] if r.method == "POST" and r.path == "/v1/batches"]
