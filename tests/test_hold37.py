@@ -124,7 +124,7 @@ def test_a_budget_for_the_text_but_not_the_pages_is_refused_and_one_for_both_is_
     assert answer["choices"][0]["message"]["content"], answer
     sent = [r for r in mock.requests if r.path == "/v1/chat/completions" and made["uri"].encode() in r.body]
     assert len(sent) == 1
-    (trace,) = [t for t in key_traces(server, name) if t["endpoint"] == "chat"]
+    (trace,) = wait_for(lambda: [t for t in key_traces(server, name) if t["endpoint"] == "chat"], what="its trace")
     assert trace["status"] == 200 and trace["cost_uc"] > 0, trace
     wait_for(lambda: api(server, "GET", f"/api/keys/{name}", admin=ADMIN)[1]["spend_uc"] == trace["cost_uc"])
 
