@@ -55,10 +55,19 @@ def budgeted(server: ServerProcess, usd: str) -> tuple[str, str]:
     return new_key(server, ADMIN, budget_usd=usd, budget_period="total")
 
 
-def uploaded_pdf(server: ServerProcess, secret: str, data: bytes = pdf(PAGES, packed=True)) -> dict:
-    """A file (a 300-page PDF) uploaded through Stockyard's Gemini Files API (google-genai's resumable upload)."""
+def uploaded_pdf(server: ServerProcess, secret: str) -> dict:
+    """A 300-page PDF uploaded through Stockyard's Gemini Files API (google-genai's resumable upload)."""
+    return uploaded(server, secret, pdf(PAGES, packed=True), "application/pdf")
+
+
+def uploaded_notes(server: ServerProcess, secret: str) -> dict:
+    """A text file uploaded the same way: no pages."""
+    return uploaded(server, secret, b"notes " * 300, "text/plain")
+
+
+def uploaded(server: ServerProcess, secret: str, data: bytes, kind: str) -> dict:
     server.keys = {**server.keys, secret: secret}
-    return upload(server, secret, data, mimeType="application/pdf")
+    return upload(server, secret, data, mimeType=kind)
 
 
 def bodies(made: dict) -> list[tuple[str, dict]]:
@@ -93,12 +102,12 @@ def refused_hold(server: ServerProcess, mock, secret: str, path: str, body: dict
 
 
 def test_a_gemini_pdf_named_by_url_is_held_at_its_pages(server, mock):
-    """The hold a one-µ¢ key is refused with: a file that is no PDF (its URI as long) is held as one
-    image; the 300-page PDF at its pages at Gemini's rate, less that image — as a native ``fileData``
-    part naming it is held (``test_uploaded_pdf_hold``). Was: as the file that is no PDF."""
+    """The hold a one-µ¢ key is refused with: a text file (its URI as long) is held as one image; the
+    300-page PDF at its pages at Gemini's rate, less that image — as a native ``fileData`` part naming
+    it is held (``test_uploaded_pdf_hold``). Was: as the text file."""
     secret, _ = budgeted(server, "0.00000001")
     made = uploaded_pdf(server, secret)
-    other = uploaded_pdf(server, secret, b"not a PDF: notes " * 100)
+    other = uploaded_notes(server, secret)
     assert len(other["uri"]) == len(made["uri"]) and len(other["name"]) == len(made["name"])
     for (path, body), (_, plain) in zip(bodies(made), bodies(other), strict=True):
         text = refused_hold(server, mock, secret, path, plain)
@@ -109,7 +118,7 @@ def test_a_budget_for_the_text_but_not_the_pages_is_refused_and_one_for_both_is_
     """Between what the text costs and what the pages do: refused before the provider (it was served).
     A budget that covers the pages: served, and its spend is the billed cost."""
     tight, _ = budgeted(server, "0.00000001")
-    path, plain = bodies(uploaded_pdf(server, tight, b"not a PDF: notes " * 100))[0]
+    path, plain = bodies(uploaded_notes(server, tight))[0]
     room = refused_hold(server, mock, tight, path, plain) + 1000 * IN_25  # the text and an image, and then some
     secret, name = budgeted(server, str(Decimal(room) / USD))
     made = uploaded_pdf(server, secret)
