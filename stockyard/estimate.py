@@ -331,7 +331,7 @@ def referenced_images(body: Any, raw: bytes, walk: bool = False) -> int:
     (:func:`may_hold`), or ``walk``: the body holds what ``raw`` does not (:func:`put_in`)."""
     if not (walk or may_hold(raw, _REFERENCE_MARKS)):
         return 0
-    return sum(_by_reference(value) for value in body_values(body) if isinstance(value, dict))
+    return sum(by_reference(value) for value in body_values(body) if isinstance(value, dict))
 
 
 # A JSON escape of an ASCII character (``\\u0031`` is "1"): what could spell a mark otherwise.
@@ -368,7 +368,7 @@ _REFERENCE_MARKS = quoted(
 )
 
 
-def _by_reference(part: dict) -> bool:
+def by_reference(part: dict) -> bool:
     """A content part that points at an image or file: OpenAI chat ``image_url`` / ``file``,
     Responses ``input_image`` / ``input_file``, Anthropic ``image`` / ``document`` with a url or file
     source, a Gemini ``fileData`` part."""

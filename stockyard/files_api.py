@@ -28,14 +28,14 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from functools import partial
 from io import RawIOBase
-from typing import IO, Any, BinaryIO, Callable, Iterable, Iterator, cast
+from typing import IO, Any, BinaryIO, Callable, Iterable, Iterator, TypeVar, cast
 from urllib.parse import urlencode
 
 from . import estimate
 from .budgets import owner_scopes
 from .context import Conversation, RequestContext, Route
 from .conversations import kept_history_tokens
-from .conversations_api import item_list
+from .conversations_api import item_list, minted_here
 from .errors import ANTHROPIC, GEMINI, OPENAI, RESPONSES, ClientGone, ProxyError
 from .httpio import DuplicateMember, Request, check_method, json_object, unique_members, whole_number
 from .keys import KeyRecord
@@ -69,6 +69,7 @@ from .objectrefs import (
 )
 from .pdfpages import count_pages, uploaded_pages
 from .providers import AZURE_API_VERSION, Provider, Registry
+from .providers.responses import is_reference
 from .providers.responses_adapters import upstream_headers
 from .proxy import REQUEST_ID_HEADERS, Reply, RequestPath, fail, passed_headers, refused, send_error, unexpected
 from .store import Store, storable
@@ -81,6 +82,7 @@ from .upstream import SHUTDOWN_CODE, UpstreamError, UpstreamResponse
 OBJECT_ID = r"((?!\.+(?:/|$))[A-Za-z0-9_.-]{1,200})"
 PATH = re.compile(rf"^/v1/(files|batches)(?:/{OBJECT_ID}(/content|/cancel)?)?$")
 log = logging.getLogger("stockyard.files")
+T = TypeVar("T")  # what a check of a batch line's object found (on_line)
 FILE_KINDS = ("openai", "azure", "openai-compatible")  # providers that serve files and batches
 PROVIDER_HEADER = "x-stockyard-provider"
 OPEN_OWNER = ""  # the one owner in open mode (no client keys)
@@ -424,8 +426,20 @@ class Ownership:
                 if isinstance(value, str):
                     self.owned_cache(value, owner)
         if walk or may_name_file_url(ctx.raw):  # and a Gemini file by its URI where a part has a URL
-            for uri, param in referenced_file_urls(ctx.body).items():
-                self.gemini_file(uri, owner, param)
+            ctx.pdf_pages.update(self.gemini_files_by_url(ctx.body, owner))
+
+    def gemini_files_by_url(self, body: object, owner: str, line: int | None = None) -> dict[str, int]:
+        """Each Gemini file an OpenAI-shaped body names by URL (``objectrefs.referenced_file_urls``:
+        Google's OpenAI-compatible endpoint reads it) is ``owner``'s, else Google's 404 (``line``: the
+        batch line's, saying so); the pages of those that are PDFs Stockyard counted, by the URI as the
+        body names it, which a budget holds as the native path's ``fileData`` (``check_gemini_files``)."""
+        pages: dict[str, int] = {}
+        for uri, param in referenced_file_urls(body).items():
+            check = functools.partial(self.gemini_file, uri, owner, param)
+            owned = check() if line is None else on_line(line, check)
+            if owned.pages is not None:
+                pages[uri] = owned.pages
+        return pages
 
     def check_form_files(
         self, fields: dict[str, str | list[str]], owner: str, params: dict[str, str] | None = None
@@ -1382,7 +1396,9 @@ class FilesAPI(ProviderCalls):
         (``previous_response_id``) and their output items (``item_reference``s, reasoning items and
         image generation calls by id: ``Conversations.check_stored_names``); a ``conversation``
         (Stockyard's, which it cannot put in front
-        of a line the provider runs) is refused. A line too long to hold is refused, never skipped.
+        of a line the provider runs) is refused, as is an ``item_reference`` to a Stockyard
+        conversation's item (:func:`refuse_conversation_items`: the file's bytes go as uploaded). A
+        line too long to hold is refused, never skipped.
 
         Returns the batch's worst-case cost (µ¢, each line as a budget reserves it, at the batch
         price), or None when a line's model has no price: what a budget holds the batch to."""
@@ -1433,8 +1449,8 @@ class FilesAPI(ProviderCalls):
             for _, cache in caches:  # Google's OpenAI-compatible batches read them, and Gemini files by URI
                 if isinstance(cache, str):
                     on_line(number, functools.partial(self.ownership.owned_cache, cache, key.id))
-            for uri in referenced_file_urls(body) if may_name_file_url(line) else ():
-                on_line(number, functools.partial(self.ownership.gemini_file, uri, key.id))
+            if may_name_file_url(line):
+                pages.update(self.ownership.gemini_files_by_url(body, key.id, number))
             previous = body.get("previous_response_id")
             if isinstance(previous, str) and self._path.conversations.find(previous, key.id) is None:
                 raise ProxyError(
@@ -1443,6 +1459,7 @@ class FilesAPI(ProviderCalls):
                     param="file",
                     code="not_found",
                 )
+            refuse_conversation_items(body.get("input"), number)
             try:  # its item references: the key's own response items, as on /v1/responses
                 self._path.conversations.check_stored_names(body.get("input"), key.id)
             except ProxyError as exc:  # the field it names (input[i].id) said, as the line has no param
@@ -1591,12 +1608,31 @@ class FilesAPI(ProviderCalls):
                 self._on_completed(ctx, provider, batch)
 
 
-def on_line(number: int, check: Callable[[], object]) -> None:
-    """``check`` of an object a batch line names; its 404 says which line (a line has no param)."""
+def on_line(number: int, check: Callable[[], T]) -> T:
+    """``check`` of an object a batch line names (what it found); its 404 says which line (a line has
+    no param)."""
     try:
-        check()
+        return check()
     except ProxyError as exc:
         raise ProxyError(404, f"{exc.message} (line {number} of the batch file)", param="file") from None
+
+
+def refuse_conversation_items(items: object, number: int) -> None:
+    """A 400 for batch line ``number`` whose ``input`` has an ``item_reference`` to an item by the id a
+    Stockyard conversation minted (``msg_sy…``): no provider knows that id, and Stockyard relays a
+    batch file's bytes as uploaded (or reads back one uploaded elsewhere), so it cannot put the item
+    in as ``/v1/responses`` does. Nothing is looked up: the key's own item, another key's and an
+    unknown one are the same refusal."""
+    for i, item in enumerate(items if isinstance(items, list) else ()):
+        if is_reference(item) and minted_here(item):
+            raise ProxyError(
+                400,
+                f"line {number} of the batch file: input[{i}] is an item_reference to {item['id'][:100]!r}, an "
+                "item of a Stockyard conversation, which the provider does not hold and Stockyard does not put "
+                "in a batch line: send the item itself in 'input'",
+                param="file",
+                code="conversation_item_in_batch",
+            )
 
 
 def batch_lines(source: IO[bytes] | Iterator[bytes]) -> Iterator[tuple[int, bytes, dict]]:

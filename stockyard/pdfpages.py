@@ -12,7 +12,8 @@ tokens, far more than its bytes at four a token when its pages are small. An inl
 Stockyard translates) is held at its pages (:func:`pdf_pages`, read from the PDF), less the bytes the
 body estimate counted for it already; a PDF by reference at the pages Stockyard counted when it was
 uploaded through it (:class:`PageCounter` as its bytes passed: a Gemini file, an OpenAI or Anthropic
-file; ``RequestContext.pdf_pages``, from ``files_api.Ownership``'s checks of the files a prompt names),
+file, a Gemini file an OpenAI-shaped body names by URL for Google's OpenAI-compatible endpoint;
+``RequestContext.pdf_pages``, from ``files_api.Ownership``'s checks of the files a prompt names),
 and a Gemini ``fileData`` PDF Stockyard did not count at Gemini's limit of :data:`MAX_PDF_PAGES`
 pages, each less the image the reference is held as already (``estimate.image_tokens``).
 """
@@ -34,7 +35,8 @@ from dataclasses import dataclass
 from io import RawIOBase
 from typing import IO, Any, Mapping
 
-from .estimate import body_values
+from .estimate import body_values, by_reference
+from .objectrefs import URL_FIELDS, names_a_file
 
 log = logging.getLogger("stockyard.files")
 MAX_PDF_PAGES = 1000  # Gemini reads PDFs of up to 1,000 pages (its document-processing page)
@@ -171,7 +173,8 @@ def held_pdf_tokens(
     """Input tokens a request's PDFs add to what the body estimate holds (its bytes at four a token,
     and ``image_tokens`` for each file it names by reference): each inline PDF's pages less its
     base64 at four bytes a token; each by reference that ``known`` counts (file id or Gemini file
-    URI → pages) at its pages, a Gemini ``fileData`` PDF it does not at :data:`MAX_PDF_PAGES`, each
+    URI → pages) at its pages (a Gemini file's URI also where an OpenAI-shaped part puts a URL:
+    :func:`_pages_by_url`), a Gemini ``fileData`` PDF it does not at :data:`MAX_PDF_PAGES`, each
     less one image. A page at Gemini's rate (``gemini``, :func:`page_tokens`), else at its text and
     an image (:data:`PAGE_TEXT_TOKENS` + ``image_tokens``). The body is walked when ``raw`` may show a
     PDF (:func:`may_hold_pdf`), or ``walk``: it holds what ``raw`` does not (``estimate.put_in``: a
@@ -186,6 +189,7 @@ def held_pdf_tokens(
         inline, by_reference = _pdf_of(part)
         pages = _referenced_pages(part, by_reference if gemini else None, known)
         if inline is None and pages is None:
+            extra += _pages_by_url(model, body, part, known, image_tokens) if known else 0
             continue
         per_page = page_tokens(model, body, part) if gemini else PAGE_TEXT_TOKENS + image_tokens
         if inline is not None:
@@ -205,6 +209,23 @@ def _referenced_pages(part: dict, uri: str | None, known: Mapping[str, int]) -> 
         return known.get(uri, MAX_PDF_PAGES)
     file_id = part.get("file_id")
     return known[file_id] if isinstance(file_id, str) and file_id in known else None
+
+
+def _pages_by_url(model: str, body: dict, part: dict, known: Mapping[str, int], image_tokens: int) -> int:
+    """Input tokens the Gemini files' PDFs an OpenAI-shaped content ``part`` names by URL add
+    (``objectrefs.URL_FIELDS``, its own or its object's: a chat ``image_url.url``, a Responses
+    ``file_url``; Google's OpenAI-compatible endpoint reads them): the pages ``known`` counts, at
+    Gemini's rate (only Google reads its files), less the image the estimate held for a part by
+    reference (``estimate.by_reference``). A part has a ``type``: its object's members are not
+    walked again as one."""
+    if not isinstance(part.get("type"), str):
+        return 0
+    places = [part, *(value for value in part.values() if isinstance(value, dict))]
+    named = [v for place in places for v in (place.get(name) for name in URL_FIELDS) if isinstance(v, str)]
+    pages = sum(known[uri] for uri in named if uri in known and names_a_file(uri))
+    if not pages:
+        return 0
+    return max(0, pages * page_tokens(model, body, part) - (image_tokens if by_reference(part) else 0))
 
 
 def may_hold_pdf(raw: bytes) -> bool:
