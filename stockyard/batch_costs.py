@@ -38,12 +38,13 @@ from .budgets import owner_scopes, user_of
 from .config import Settings
 from .context import RequestContext, claude_mode
 from .errors import OPENAI
-from .files_api import BATCH_PRICE, BatchSpend, Billed, lines_of, mark_billed, upstream_path
+from .files_api import BATCH_PRICE, LINE_ENDPOINTS, BatchSpend, Billed, lines_of, mark_billed, upstream_path
+from .imagegen import image_usage
 from .keys import KeyRing
 from .metrics import Metrics
 from .modules.budget import spent_uc
 from .pricing import Price, Usage, cost_numerator, discounted_microcents
-from .providers import Provider, Registry
+from .providers import Provider, Registry, media
 from .providers.anthropic import thinking_chars, with_thinking
 from .providers.responses_adapters import upstream_headers
 from .proxy import RequestPath
@@ -71,6 +72,31 @@ def openai_usage_of(doc: dict) -> tuple[str, Usage, str | None] | None:
         return None
     named = body.get("model")
     return (named if isinstance(named, str) else ""), Usage.from_openai(body["usage"]), None
+
+
+def openai_images_usage_of(model: str) -> UsageOf:
+    """An images batch's output lines (``/v1/images/generations`` or ``/v1/images/edits``): an images
+    answer names no model, so a line is the batch's ``model`` (OpenAI runs one model a batch), and its
+    usage is read as the images endpoint reads it (``imagegen.image_usage``: its output is images,
+    at the image output rate, unless split)."""
+
+    def usage_of(doc: dict) -> tuple[str, Usage, str | None] | None:
+        body = openai_response_of(doc)
+        if body is None or not isinstance(body.get("usage"), dict):
+            return None
+        named = body.get("model")
+        return (named if isinstance(named, str) and named else model), image_usage(body["usage"]), None
+
+    return usage_of
+
+
+def openai_line_usage(batch: dict) -> UsageOf:
+    """How an OpenAI batch's output lines are read: by its ``endpoint`` (Azure's without ``/v1``)."""
+    endpoint = batch.get("endpoint")
+    if isinstance(endpoint, str) and LINE_ENDPOINTS.get(f"/v1{endpoint.removeprefix('/v1')}") in media.IMAGES:
+        model = batch.get("model")
+        return openai_images_usage_of(model if isinstance(model, str) else "")
+    return openai_usage_of
 
 
 def anthropic_usage_of(doc: dict) -> tuple[str, Usage, str | None] | None:
@@ -170,7 +196,7 @@ def openai_output(provider: Provider, batch: dict) -> BatchOutput:
         OPENAI,
         path,
         lambda p: upstream_headers(p, "*/*"),
-        openai_usage_of,
+        openai_line_usage(batch),
         {"batch_id": batch["id"], "output_file_id": batch.get("output_file_id")},
     )
 
