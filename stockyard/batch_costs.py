@@ -59,8 +59,9 @@ MAX_WAITING = 1000  # ended batches waiting for the one reader; beyond, one wait
 Look = Callable[[RequestContext, Provider, str], "str | None"]  # retrieve a batch for its owner: its status
 
 
-# One result line → (its model, its usage, the mode that served it: ``context.claude_mode``), None: no usage
-UsageOf = Callable[[dict], "tuple[str, Usage, str | None] | None"]
+# One result line → (its model, its usage, the mode that served it: ``context.claude_mode``), None: nothing
+# billed; its usage None: billed, but it does not say for what (its cost is unknown)
+UsageOf = Callable[[dict], "tuple[str, Usage | None, str | None] | None"]
 
 
 def openai_usage_of(doc: dict) -> tuple[str, Usage, str | None] | None:
@@ -78,14 +79,17 @@ def openai_images_usage_of(model: str) -> UsageOf:
     """An images batch's output lines (``/v1/images/generations`` or ``/v1/images/edits``): an images
     answer names no model, so a line is the batch's ``model`` (OpenAI runs one model a batch), and its
     usage is read as the images endpoint reads it (``imagegen.image_usage``: its output is images,
-    at the image output rate, unless split)."""
+    at the image output rate, unless split). An answer with images but no usage (a model billed per
+    image) costs what it does not say: unknown, as on the endpoint."""
 
-    def usage_of(doc: dict) -> tuple[str, Usage, str | None] | None:
+    def usage_of(doc: dict) -> tuple[str, Usage | None, str | None] | None:
         body = openai_response_of(doc)
-        if body is None or not isinstance(body.get("usage"), dict):
+        usage = body.get("usage") if body is not None else None
+        if body is None or (not isinstance(usage, dict) and not isinstance(body.get("data"), list)):
             return None
         named = body.get("model")
-        return (named if isinstance(named, str) and named else model), image_usage(body["usage"]), None
+        named = named if isinstance(named, str) and named else model
+        return named, image_usage(usage) if isinstance(usage, dict) else None, None
 
     return usage_of
 
@@ -154,10 +158,13 @@ class BatchTotal:
             return
         model, usage, mode = found
         self.lines += 1
-        self.fees_uc += (self._fees_of(doc) if self._fees_of is not None else 0) + usage.fees_uc
-        usage = dataclasses.replace(usage, fees_uc=0)  # the fees its usage states (Claude's searches): whole too
         if model not in self.models:
             self.models.append(model)
+        if usage is None:  # billed for what its answer does not say
+            self.unpriced.add(f"{model or 'a line'} (no usage)")
+            return
+        self.fees_uc += (self._fees_of(doc) if self._fees_of is not None else 0) + usage.fees_uc
+        usage = dataclasses.replace(usage, fees_uc=0)  # the fees its usage states (Claude's searches): whole too
         self.usage = self.usage.plus(usage)
         price = price_of(model, mode)
         if price is None or price.unit != "token":  # a token answer cannot be priced per image or second

@@ -147,18 +147,21 @@ def test_azure_lines_name_their_endpoints_without_v1(app):
         assert azure is not None and openai is not None and abs(azure - openai) <= WRAPPER_UC  # "/v1": its bytes
 
 
-def bill_images(app: App, batch_id: str, model: str, endpoint: str = "/v1/images/generations") -> dict:
-    """An images batch ended with one answered line (an images answer: no model in it, as OpenAI's);
-    its owner sees it: the usage trace it left."""
-    answer = {"created": 1, "data": [{"b64_json": "AA=="}], "usage": mock_image_usage(model)}
+def bill_images(app: App, batch_id: str, model: str, usage: bool = True) -> dict:
+    """An images batch ended with one answered line (an images answer: no model in it, as OpenAI's;
+    its usage unless not ``usage``); its owner sees it: the usage trace it left."""
+    answer: dict = {"created": 1, "data": [{"b64_json": "AA=="}]}
+    if usage:
+        answer["usage"] = mock_image_usage(model)
     line = {"id": "batch_req_1", "custom_id": "r0", "response": {"status_code": 200, "body": answer}, "error": None}
     with FILES.lock:
         output = FILES.add_file("out.jsonl", "batch_output", json.dumps(line).encode() + b"\n")
     provider = app.registry().by_name["openai"]
     app.ownership.claim(batch_id, "batch", request_of(app).key_id, "openai")
-    batch = {"id": batch_id, "endpoint": endpoint, "model": model, "output_file_id": output["id"]}
+    batch = {"id": batch_id, "endpoint": "/v1/images/generations", "model": model, "output_file_id": output["id"]}
     app.batch_costs.record_now(request_of(app), provider, openai_output(provider, batch))
-    return dict(app.store.read().execute("SELECT * FROM traces WHERE endpoint = 'batches.usage'").fetchone())
+    sql = "SELECT * FROM traces WHERE endpoint = 'batches.usage' AND model = ?"
+    return dict(app.store.read().execute(sql, (model,)).fetchone())
 
 
 def mock_image_usage(model: str) -> dict:
@@ -183,3 +186,10 @@ def test_an_image_batchs_results_are_priced_as_image_answers(app, model):
     row = bill_images(app, f"batch_{model}", model)
     assert row["cost_status"] == "exact" and row["model"] == model
     assert full % 2 == 0 and row["cost_uc"] == full * BATCH_PRICE[0] // BATCH_PRICE[1]
+
+
+def test_an_image_answer_without_its_usage_leaves_the_batch_cost_unknown(app):
+    """Was (once image lines were read at all): an answered line without usage counted nothing, so the
+    batch cost 0. The images endpoint records such an answer's cost as unknown; so does a batch."""
+    row = bill_images(app, "batch_no_usage", "gpt-image-1", usage=False)
+    assert row["cost_status"] == "unknown" and row["cost_uc"] is None
