@@ -1484,12 +1484,9 @@ class FilesAPI(ProviderCalls):
                     param="file",
                     code="conversation_in_batch",
                 )
-            try:  # as the endpoint checks them: a cap the budget cannot read is refused
-                check_request_numbers(body)  # (an integral float is read as its int, as the provider reads it)
-            except ProxyError as exc:
-                raise ProxyError(
-                    400, f"line {number} of the batch file: {exc.message}", param="file", code=exc.code
-                ) from None
+            # as the endpoint checks them: a cap the budget cannot read is refused (an integral float is
+            # read as its int, as the provider reads it)
+            check_line(number, functools.partial(check_request_numbers, body))
             if worst is not None:
                 cost = self._line_cost(ctx, provider, endpoint, body, line, pages)
                 worst = None if cost is None else worst + cost
@@ -1507,7 +1504,7 @@ class FilesAPI(ProviderCalls):
         """The worst case of one batch line as a budget reserves the call it makes to ``endpoint``
         (outputs, predictions, images, tools, the conversation it continues, the ``pages`` of the PDFs
         it names by file id), at the batch price, rounded up; None when its model has no price in tokens
-        (an images line: none it is billed by)."""
+        (an images line's: :meth:`_image_line_cost`)."""
         one = RequestContext(endpoint, OPENAI, ctx.client_addr, {})
         one.body, one.raw, one.pdf_pages = body, line, pages or {}
         if endpoint in media.IMAGES:
