@@ -16,7 +16,14 @@ from conftest import ServerProcess, admitted_once_billed, mock_env, open_databas
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from mock_upstream import FILES, IMAGE_TEXT_OUTPUT_TOKENS, IMAGE_USAGE, PROMPT_TOKENS, Reply
-from openai import APIConnectionError, APIStatusError, NotFoundError, PermissionDeniedError, RateLimitError
+from openai import (
+    APIConnectionError,
+    APIStatusError,
+    BadRequestError,
+    NotFoundError,
+    PermissionDeniedError,
+    RateLimitError,
+)
 from rawhttp import connect, read_response, read_until_close
 
 from stockyard.batch_costs import BATCH_PRICE
@@ -530,6 +537,20 @@ def test_an_image_batch_is_held_at_its_images_and_costs_their_price(server, mock
     text_in, image_in = IMAGE_USAGE["input_tokens_details"].values()
     full = text_in * 500 + image_in * 800 + IMAGE_USAGE["output_tokens"] * 3200 + IMAGE_TEXT_OUTPUT_TOKENS * 1000
     assert [(r["cost_uc"], r["cost_status"]) for r in rows] == [(full // 2, "exact")]
+
+
+def test_a_line_for_an_endpoint_no_hold_counts_is_a_400_naming_it_at_upload(server, mock):
+    """Was: a /v1/videos line (OpenAI's batches take them) was held as a chat call; a batch hold here
+    cannot count a video, so the file is refused, the provider never sent it."""
+    alice = server.openai("alice")
+    line = {"custom_id": "v0", "method": "POST", "url": "/v1/videos", "body": {"model": "sora-2", "prompt": "x"}}
+    data = image_line({"model": "gpt-image-1", "prompt": "x"}) + (json.dumps(line) + "\n").encode()
+    mock.clear()
+    with pytest.raises(BadRequestError) as err:
+        alice.files.create(file=("in.jsonl", io.BytesIO(data)), purpose="batch")
+    assert err.value.code == "unsupported_batch_endpoint" and err.value.body["param"] == "file"
+    assert err.value.body["message"].startswith("line 2 of the batch file names the url '/v1/videos'")
+    assert not [r for r in mock.requests if r.path == "/v1/files"]
 
 
 def test_batches_started_together_are_held_together(server):
