@@ -38,12 +38,13 @@ from .budgets import owner_scopes, user_of
 from .config import Settings
 from .context import RequestContext, claude_mode
 from .errors import OPENAI
-from .files_api import BATCH_PRICE, BatchSpend, Billed, lines_of, mark_billed, upstream_path
+from .files_api import BATCH_PRICE, LINE_ENDPOINTS, BatchSpend, Billed, lines_of, mark_billed, upstream_path
+from .imagegen import image_usage
 from .keys import KeyRing
 from .metrics import Metrics
 from .modules.budget import spent_uc
 from .pricing import Price, Usage, cost_numerator, discounted_microcents
-from .providers import Provider, Registry
+from .providers import Provider, Registry, media
 from .providers.anthropic import thinking_chars, with_thinking
 from .providers.responses_adapters import upstream_headers
 from .proxy import RequestPath
@@ -58,8 +59,9 @@ MAX_WAITING = 1000  # ended batches waiting for the one reader; beyond, one wait
 Look = Callable[[RequestContext, Provider, str], "str | None"]  # retrieve a batch for its owner: its status
 
 
-# One result line → (its model, its usage, the mode that served it: ``context.claude_mode``), None: no usage
-UsageOf = Callable[[dict], "tuple[str, Usage, str | None] | None"]
+# One result line → (its model, its usage, the mode that served it: ``context.claude_mode``), None: nothing
+# billed; its usage None: billed, but it does not say for what (its cost is unknown)
+UsageOf = Callable[[dict], "tuple[str, Usage | None, str | None] | None"]
 
 
 def openai_usage_of(doc: dict) -> tuple[str, Usage, str | None] | None:
@@ -71,6 +73,34 @@ def openai_usage_of(doc: dict) -> tuple[str, Usage, str | None] | None:
         return None
     named = body.get("model")
     return (named if isinstance(named, str) else ""), Usage.from_openai(body["usage"]), None
+
+
+def openai_images_usage_of(model: str) -> UsageOf:
+    """An images batch's output lines (``/v1/images/generations`` or ``/v1/images/edits``): an images
+    answer names no model, so a line is the batch's ``model`` (OpenAI runs one model a batch), and its
+    usage is read as the images endpoint reads it (``imagegen.image_usage``: its output is images,
+    at the image output rate, unless split). An answer with images but no usage (a model billed per
+    image) costs what it does not say: unknown, as on the endpoint."""
+
+    def usage_of(doc: dict) -> tuple[str, Usage | None, str | None] | None:
+        body = openai_response_of(doc)
+        usage = body.get("usage") if body is not None else None
+        if body is None or (not isinstance(usage, dict) and not isinstance(body.get("data"), list)):
+            return None
+        named = body.get("model")
+        named = named if isinstance(named, str) and named else model
+        return named, image_usage(usage) if isinstance(usage, dict) else None, None
+
+    return usage_of
+
+
+def openai_line_usage(batch: dict) -> UsageOf:
+    """How an OpenAI batch's output lines are read: by its ``endpoint`` (Azure's without ``/v1``)."""
+    endpoint = batch.get("endpoint")
+    if isinstance(endpoint, str) and LINE_ENDPOINTS.get(f"/v1{endpoint.removeprefix('/v1')}") in media.IMAGES:
+        model = batch.get("model")
+        return openai_images_usage_of(model if isinstance(model, str) else "")
+    return openai_usage_of
 
 
 def anthropic_usage_of(doc: dict) -> tuple[str, Usage, str | None] | None:
@@ -128,10 +158,13 @@ class BatchTotal:
             return
         model, usage, mode = found
         self.lines += 1
-        self.fees_uc += (self._fees_of(doc) if self._fees_of is not None else 0) + usage.fees_uc
-        usage = dataclasses.replace(usage, fees_uc=0)  # the fees its usage states (Claude's searches): whole too
         if model not in self.models:
             self.models.append(model)
+        if usage is None:  # billed for what its answer does not say
+            self.unpriced.add(f"{model or 'a line'} (no usage)")
+            return
+        self.fees_uc += (self._fees_of(doc) if self._fees_of is not None else 0) + usage.fees_uc
+        usage = dataclasses.replace(usage, fees_uc=0)  # the fees its usage states (Claude's searches): whole too
         self.usage = self.usage.plus(usage)
         price = price_of(model, mode)
         if price is None or price.unit != "token":  # a token answer cannot be priced per image or second
@@ -170,7 +203,7 @@ def openai_output(provider: Provider, batch: dict) -> BatchOutput:
         OPENAI,
         path,
         lambda p: upstream_headers(p, "*/*"),
-        openai_usage_of,
+        openai_line_usage(batch),
         {"batch_id": batch["id"], "output_file_id": batch.get("output_file_id")},
     )
 

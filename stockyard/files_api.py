@@ -68,7 +68,7 @@ from .objectrefs import (
     referenced_vector_stores,
 )
 from .pdfpages import count_pages, uploaded_pages
-from .providers import AZURE_API_VERSION, Provider, Registry
+from .providers import AZURE_API_VERSION, Provider, Registry, media
 from .providers.responses import is_reference
 from .providers.responses_adapters import upstream_headers
 from .proxy import REQUEST_ID_HEADERS, Reply, RequestPath, fail, passed_headers, refused, send_error, unexpected
@@ -242,15 +242,40 @@ def _keeps_nothing(provider: Provider, response: dict) -> None:
 OWNER_CHUNK = 500  # ids looked up per statement (PostgreSQL and SQLite both take this many parameters)
 
 
-# The URLs a batch line may name, as the endpoints they are (what a budget reserves for each).
+# The URLs a batch line may name, as the endpoints they are (what a budget reserves for each): those
+# of OpenAI's batch ``endpoint`` enum a hold here can count (not ``/v1/videos``). Azure's lines name
+# them without ``/v1``.
 LINE_ENDPOINTS = {
     "/v1/chat/completions": "chat",
     "/v1/completions": "completions",
     "/v1/embeddings": "embeddings",
     "/v1/responses": "responses",
     "/v1/moderations": "moderations",
+    "/v1/images/generations": "image_generations",  # GPT image models, at the batch price too
+    "/v1/images/edits": "image_edits",  # JSON edits only: a JSONL line carries no form
 }
-BATCH_PRICE = (1, 2)  # the Batch API's price: half the model's normal rates (OpenAI's rule)
+BATCH_PRICE = (1, 2)  # the Batch API's price: half the model's normal rates (OpenAI's rule, images too)
+
+
+def line_endpoint(url: object, number: int) -> str:
+    """The endpoint a batch line's ``url`` names (its query aside; Azure's without ``/v1``): what
+    its hold counts. A line naming none is held as a chat call (no provider runs it: the file fails
+    their validation); one naming an endpoint no hold here counts is a 400 naming the line, never
+    held as another endpoint's call."""
+    if url is None:
+        return "chat"
+    path = url.split("?", 1)[0].rstrip("/") if isinstance(url, str) else ""
+    found = LINE_ENDPOINTS.get(path) or LINE_ENDPOINTS.get(f"/v1{path}")
+    if found is None:
+        shown = repr(url[:100]) if isinstance(url, str) else f"a {type(url).__name__}"
+        known = ", ".join(LINE_ENDPOINTS)
+        raise ProxyError(
+            400,
+            f"line {number} of the batch file names the url {shown}: a batch line here may name {known}",
+            param="file",
+            code="unsupported_batch_endpoint",
+        )
+    return found
 
 
 def restricted(key: KeyRecord | None) -> bool:
@@ -1411,6 +1436,7 @@ class FilesAPI(ProviderCalls):
         route = self._path.registry().routes_to
         worst: int | None = 0
         for number, line, request in batch_lines(source):
+            endpoint = line_endpoint(request.get("url"), number)
             body = request.get("body")
             body = body if isinstance(body, dict) else {}
             model = body.get("model")
@@ -1425,6 +1451,8 @@ class FilesAPI(ProviderCalls):
                     code="model_not_allowed",
                 )
             refused_model(policy, provider, request, number)
+            if endpoint == "image_edits":  # a JSON edit's shape, as the endpoint reads it: each image is held
+                check_line(number, functools.partial(media.check_json_edit, body))
             named = referenced_files(body) if may_name(line, b"file_id") else set()
             pages = {}  # the pages of the PDFs it names that Stockyard counted (a budget holds them)
             for file_id in named:
@@ -1473,14 +1501,11 @@ class FilesAPI(ProviderCalls):
                     param="file",
                     code="conversation_in_batch",
                 )
-            try:  # as the endpoint checks them: a cap the budget cannot read is refused
-                check_request_numbers(body)  # (an integral float is read as its int, as the provider reads it)
-            except ProxyError as exc:
-                raise ProxyError(
-                    400, f"line {number} of the batch file: {exc.message}", param="file", code=exc.code
-                ) from None
+            # as the endpoint checks them: a cap the budget cannot read is refused (an integral float is
+            # read as its int, as the provider reads it)
+            check_line(number, functools.partial(check_request_numbers, body))
             if worst is not None:
-                cost = self._line_cost(ctx, provider, request.get("url"), body, line, pages)
+                cost = self._line_cost(ctx, provider, endpoint, body, line, pages)
                 worst = None if cost is None else worst + cost
         return worst
 
@@ -1488,21 +1513,23 @@ class FilesAPI(ProviderCalls):
         self,
         ctx: RequestContext,
         provider: Provider,
-        url: object,
+        endpoint: str,
         body: dict,
         line: bytes,
         pages: dict[str, int] | None = None,
     ) -> int | None:
-        """The worst case of one batch line as a budget reserves the call it makes (outputs,
-        predictions, images, tools, the conversation it continues, the ``pages`` of the PDFs it
-        names by file id), at the batch price, rounded up; None when its model has no price in tokens."""
+        """The worst case of one batch line as a budget reserves the call it makes to ``endpoint``
+        (outputs, predictions, images, tools, the conversation it continues, the ``pages`` of the PDFs
+        it names by file id), at the batch price, rounded up; None when its model has no price in tokens
+        (an images line's: :meth:`_image_line_cost`)."""
+        one = RequestContext(endpoint, OPENAI, ctx.client_addr, {})
+        one.body, one.raw, one.pdf_pages = body, line, pages or {}
+        if endpoint in media.IMAGES:
+            return self._image_line_cost(one, provider)
         model = body.get("model")
         price = self._path.pricer.price_of(Route(provider, model), model) if isinstance(model, str) else None
         if price is None or price.unit != "token":
             return None
-        path = url.split("?", 1)[0].rstrip("/") if isinstance(url, str) else ""
-        one = RequestContext(LINE_ENDPOINTS.get(path, "chat"), OPENAI, ctx.client_addr, {})
-        one.body, one.raw, one.pdf_pages = body, line, pages or {}
         previous = body.get("previous_response_id")
         row = self._path.conversations.find(previous, ctx.key_id) if isinstance(previous, str) else None
         if row is not None and row.passthrough:  # the provider bills the conversation it keeps as input
@@ -1514,6 +1541,17 @@ class FilesAPI(ProviderCalls):
         calls = self._path.pricer.held_call_fees(one, provider, str(model), price) or 0
         part, whole = BATCH_PRICE
         return -(-(full - calls) * part // whole) + calls
+
+    def _image_line_cost(self, one: RequestContext, provider: Provider) -> int | None:
+        """An Images API line's worst case as ``/v1/images/…`` holds the call (``Pricer.worst_case``:
+        ``n`` images at its quality and size at the model's image price, an edit's images sent, the
+        prompt), at the batch price, rounded up; None when its model has no price."""
+        model = one.body.get("model")
+        model = model if isinstance(model, str) and model else media.JSON_DEFAULT_MODELS[one.endpoint]
+        pricer, cap = self._path.pricer, self._path.settings.default_max_tokens
+        full = pricer.worst_case(one, Route(provider, model), model, cap)
+        part, whole = BATCH_PRICE
+        return None if full is None else -(-full * part // whole)
 
     # -- lists ---------------------------------------------------------------------------------
     def _list(self, reply: Reply, ctx: RequestContext, collection: str, query: dict[str, str]) -> None:
@@ -1606,6 +1644,15 @@ class FilesAPI(ProviderCalls):
             owned = self.ownership.find(batch["id"], "batch", owner)
             if owned is not None and not owned.billed:
                 self._on_completed(ctx, provider, batch)
+
+
+def check_line(number: int, check: Callable[[], object]) -> None:
+    """``check`` of a batch line's body; its 400 says which line and what in it (a line has no param)."""
+    try:
+        check()
+    except ProxyError as exc:
+        message = f"line {number} of the batch file: {exc.message}"
+        raise ProxyError(400, message, param="file", code=exc.code) from None
 
 
 def on_line(number: int, check: Callable[[], T]) -> T:

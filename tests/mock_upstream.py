@@ -1714,7 +1714,8 @@ class FilesState:
 
 FILES = FilesState()
 FILES_PATH = re.compile(r"^/v1/(files|batches)(?:/([A-Za-z0-9_.-]+)(/content|/cancel)?)?$")
-BATCH_ENDPOINTS = ("/v1/chat/completions", "/v1/embeddings", "/v1/completions", "/v1/responses")
+IMAGE_BATCH_ENDPOINTS = ("/v1/images/generations", "/v1/images/edits")  # answered as the Images API answers
+BATCH_ENDPOINTS = ("/v1/chat/completions", "/v1/embeddings", "/v1/completions", "/v1/responses", *IMAGE_BATCH_ENDPOINTS)
 
 
 def _page(items: list[dict], query: dict[str, str], default_limit: int) -> dict:
@@ -1754,6 +1755,8 @@ def batch_output(batch: dict, data: bytes) -> tuple[list[str], list[str]]:
             continue
         if batch["endpoint"] == "/v1/responses":
             answer = responses_object(body, i, model, "completed", _responses_output(body, i))
+        elif batch["endpoint"] in IMAGE_BATCH_ENDPOINTS:  # an images answer: no model in it, as OpenAI's
+            answer = openai_images(model, _lenient_int(body.get("n")) or 1, body.get("response_format"))
         else:
             answer = (
                 openai_embeddings(body, model) if batch["endpoint"] == "/v1/embeddings" else openai_chat(body, i, model)
@@ -1762,6 +1765,17 @@ def batch_output(batch: dict, data: bytes) -> tuple[list[str], list[str]]:
         line["error"] = None
         out.append(_dumps(line))
     return out, errors
+
+
+def _batch_model(data: bytes) -> str | None:
+    """The model a batch runs (its first line's, as OpenAI's batch object says it: one model a batch)."""
+    for raw in data.splitlines():
+        try:
+            body = jsonlib.loads(raw).get("body") or {}
+        except (ValueError, AttributeError):
+            continue
+        return body.get("model") if isinstance(body, dict) else None
+    return None
 
 
 def _advance(batch: dict) -> None:
@@ -1928,6 +1942,7 @@ def _batches(call: Call, batch_id: str | None, action: str | None) -> Reply:
             "id": f"batch_mock{now:010d}",
             "object": "batch",
             "endpoint": body["endpoint"],
+            "model": _batch_model(FILES.contents[body["input_file_id"]]),
             "errors": None,
             "input_file_id": body["input_file_id"],
             "completion_window": "24h",

@@ -15,8 +15,15 @@ import pytest
 from conftest import ServerProcess, admitted_once_billed, mock_env, open_database, wait_for
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from mock_upstream import FILES, PROMPT_TOKENS, Reply
-from openai import APIConnectionError, APIStatusError, NotFoundError, PermissionDeniedError, RateLimitError
+from mock_upstream import FILES, IMAGE_TEXT_OUTPUT_TOKENS, IMAGE_USAGE, PROMPT_TOKENS, Reply
+from openai import (
+    APIConnectionError,
+    APIStatusError,
+    BadRequestError,
+    NotFoundError,
+    PermissionDeniedError,
+    RateLimitError,
+)
 from rawhttp import connect, read_response, read_until_close
 
 from stockyard.batch_costs import BATCH_PRICE
@@ -49,6 +56,7 @@ def server(pyz_path, cache_home, mock, tmp_path_factory):
             "race": ["--budget-usd", "0.05", "--budget-period", "day"],
             "holder": ["--budget-usd", "0.05", "--budget-period", "day"],
             "drawer": ["--budget-usd", "0.05", "--budget-period", "day"],
+            "painter": ["--budget-usd", "0.40", "--budget-period", "day"],
         }
     )
     srv.start()
@@ -493,6 +501,56 @@ def test_a_batch_line_with_the_image_tool_holds_its_images(server):
     (row,) = server.db_rows("SELECT held_uc FROM owned_objects WHERE id = ?", (batch.id,))
     text = -(-len(json.dumps(line)) // 4) * 15 + 16 * 60  # gpt-4o-mini: the whole line at 15 µ¢ a token, the cap at 60
     assert 544_000 < row["held_uc"] <= 544_000 + -(-text // 2), row["held_uc"]
+
+
+def image_line(body: dict) -> bytes:
+    line = {"custom_id": "img-0", "method": "POST", "url": "/v1/images/generations", "body": body}
+    return (json.dumps(line) + "\n").encode()
+
+
+def test_an_image_batch_is_held_at_its_images_and_costs_their_price(server, mock):
+    """Was: a /v1/images/generations line was held as a chat call: four high 1024x1536 images of
+    gpt-image-1 (4 × 6,240 tokens at $40 per 1M: $0.4992 at the batch price) held as four choices of
+    the 4,096-token cap (~$0.33), which a $0.40 budget covers; and the images answer names no model,
+    so the batch's cost was unknown. Now the line holds its images and is refused; a covered one is
+    served and costs its answer's usage at gpt-image-1.5's image rates, halved."""
+    painter = server.openai("painter")
+    four = {"model": "gpt-image-1", "prompt": "a lighthouse", "n": 4, "quality": "high", "size": "1024x1536"}
+    source = painter.files.create(file=("in.jsonl", io.BytesIO(image_line(four))), purpose="batch")
+    mock.clear()
+    with pytest.raises(RateLimitError) as err:
+        painter.batches.create(input_file_id=source.id, endpoint="/v1/images/generations", completion_window="24h")
+    assert err.value.code == "budget_exceeded"
+    assert not [r for r in mock.requests if r.method == "POST" and r.path == "/v1/batches"]  # never started
+
+    one = {"model": "gpt-image-1.5", "prompt": "a lighthouse", "quality": "low", "size": "1024x1024"}
+    source = painter.files.create(file=("in.jsonl", io.BytesIO(image_line(one))), purpose="batch")
+    batch = painter.batches.create(input_file_id=source.id, endpoint="/v1/images/generations", completion_window="24h")
+    (held,) = server.db_rows("SELECT held_uc FROM owned_objects WHERE id = ?", (batch.id,))
+    # one low square image: 272 tokens at $32 per 1M, its text (the 4,096 cap at $10), its prompt: ~$0.025
+    assert 272 * 3200 // 2 < held["held_uc"] < 2_600_000, held
+    done = painter.batches.retrieve(batch.id)
+    assert done.status == "completed" and done.request_counts.completed == 1
+    rows = wait_for(
+        lambda: [r for r in traces(server, "batches.usage") if r["model"] == "gpt-image-1.5"], what="the usage row"
+    )
+    text_in, image_in = IMAGE_USAGE["input_tokens_details"].values()
+    full = text_in * 500 + image_in * 800 + IMAGE_USAGE["output_tokens"] * 3200 + IMAGE_TEXT_OUTPUT_TOKENS * 1000
+    assert [(r["cost_uc"], r["cost_status"]) for r in rows] == [(full // 2, "exact")]
+
+
+def test_a_line_for_an_endpoint_no_hold_counts_is_a_400_naming_it_at_upload(server, mock):
+    """Was: a /v1/videos line (OpenAI's batches take them) was held as a chat call; a batch hold here
+    cannot count a video, so the file is refused, the provider never sent it."""
+    alice = server.openai("alice")
+    line = {"custom_id": "v0", "method": "POST", "url": "/v1/videos", "body": {"model": "sora-2", "prompt": "x"}}
+    data = image_line({"model": "gpt-image-1", "prompt": "x"}) + (json.dumps(line) + "\n").encode()
+    mock.clear()
+    with pytest.raises(BadRequestError) as err:
+        alice.files.create(file=("in.jsonl", io.BytesIO(data)), purpose="batch")
+    assert err.value.code == "unsupported_batch_endpoint" and err.value.body["param"] == "file"
+    assert err.value.body["message"].startswith("line 2 of the batch file names the url '/v1/videos'")
+    assert not [r for r in mock.requests if r.path == "/v1/files"]
 
 
 def test_batches_started_together_are_held_together(server):
