@@ -50,10 +50,13 @@ GENERATION = re.compile(r"gemini-(\d+)")
 # PDF whitespace (NUL and form feed too) and comments, which stand where whitespace may.
 _WS = rb"(?:[\s\x00]|%[^\r\n]*[\r\n])*"
 # A page object (``/Type /Page``, not ``/Pages``), and a page tree's count of the pages under it
-# (direct; one by reference, ``/Count 5 0 R``, says nothing here: the PDF is then unreadable).
+# (direct; one by reference, ``/Count 5 0 R``, says nothing here: the PDF is then unreadable). A count is
+# any number a reader takes for one: ``900.0`` (pdf.js's ``Number.isInteger`` holds), ``+900``, ``0900``.
 _PAGE = re.compile(rb"/Type" + _WS + rb"/Page(?![A-Za-z])")
-_COUNT = re.compile(rb"/Count" + _WS + rb"(\d{1,7})(?![\d.])(?!" + _WS + rb"\d+" + _WS + rb"R)")
-_INDIRECT_COUNT = re.compile(rb"/Count" + _WS + rb"\d+" + _WS + rb"\d+" + _WS + rb"R")
+# Runs of digits are possessive: tried split in two ("\d+ \d+", no space between), 40 KB of them after a
+# /Count took 28 s of CPU; readers never split one either.
+_COUNT = re.compile(rb"/Count" + _WS + rb"\+?(\d++(?:\.\d*+)?|\.\d++)(?!" + _WS + rb"\d++" + _WS + rb"R)")
+_INDIRECT_COUNT = re.compile(rb"/Count" + _WS + rb"\d++" + _WS + rb"\d++" + _WS + rb"R")
 _PDF_SPACE = b"\x00\t\n\x0c\r "  # PDF's white-space characters
 _NAME_ESCAPE = re.compile(rb"#([0-9A-Fa-f]{2})")  # a name's character by its hex code: /P#61ge is /Page
 INFLATE_MAX = 32 << 20  # bytes of compressed object streams inflated for one request's PDFs (one upload's), at most
@@ -78,6 +81,16 @@ def pdf_pages(data: bytes, inflation: Inflation | None = None) -> int:
     counter = PageCounter(pdf=True)
     counter.feed(data, final=True, inflation=inflation)
     return counter.pages() or MAX_PDF_PAGES
+
+
+def _count_value(number: bytes) -> int:
+    """A page tree's count as written (digits, maybe a fraction): a fraction rounds up, and a count of
+    more than seven digits is past any limit (the number is never made: a 10 MB one would take seconds)."""
+    whole, _, fraction = number.partition(b".")
+    whole = whole.lstrip(b"0")
+    if len(whole) > 7:
+        return 10**7
+    return int(whole or b"0") + (fraction.strip(b"0") != b"")
 
 
 def _unescaped(data: bytes) -> bytes:
@@ -433,7 +446,7 @@ class PageCounter:
             cut = len(whole) if cut == len(buf) else len(_unescaped(buf[:cut]))
             seen, buf = len(_unescaped(buf[:seen])), whole
         self.objects += sum(1 for found in _PAGE.finditer(buf) if seen <= found.start() < cut)
-        counts = [int(found[1]) for found in _COUNT.finditer(buf) if seen <= found.start() < cut]
+        counts = [_count_value(found[1]) for found in _COUNT.finditer(buf) if seen <= found.start() < cut]
         self.count = max([self.count, *counts])
         if any(seen <= found.start() < cut for found in _INDIRECT_COUNT.finditer(buf)):
             self.unread = True
@@ -590,7 +603,7 @@ class PageCounter:
             return False
         out = _unescaped(out)
         self.packed += len(_PAGE.findall(out))
-        self.packed_count = max([self.packed_count, *(int(count) for count in _COUNT.findall(out))])
+        self.packed_count = max([self.packed_count, *map(_count_value, _COUNT.findall(out))])
         if _INDIRECT_COUNT.search(out) is not None:
             self.unread = True
         return False

@@ -1,0 +1,121 @@
+"""The page counter against real readers: PDFs built byte by byte (a cross-reference table or stream, so
+a reader opens them as written, not repaired), counted by :func:`pdf_pages` and by PDFium and pypdf
+(installed for the tests only, never in the pyz) where they read them. A crafted PDF must never count
+fewer pages than a reader that takes it sees (pdf.js, which no test here runs, as its source reads)."""
+
+from __future__ import annotations
+
+import io
+import struct
+import time
+import zlib
+
+import pytest
+
+from stockyard.pdfpages import MAX_PDF_PAGES, pdf_pages
+
+PAGE = b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] >>"
+CATALOG = b"<< /Type /Catalog /Pages 2 0 R >>"
+
+
+def with_table(objects: dict[int, bytes]) -> bytes:
+    """A PDF of ``objects`` (number → its bytes between ``obj`` and ``endobj``), 1 the catalog, with a
+    cross-reference table."""
+    out, offsets = b"%PDF-1.7\n", {}
+    for number in sorted(objects):
+        offsets[number] = len(out)
+        out += b"%d 0 obj\n%s\nendobj\n" % (number, objects[number])
+    size, start = max(objects) + 1, len(out)
+    out += b"xref\n0 %d\n0000000000 65535 f \n" % size
+    for number in range(1, size):
+        out += b"%010d 00000 n \n" % offsets[number] if number in offsets else b"0000000000 00000 f \n"
+    return out + b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (size, start)
+
+
+def repeated_kids(pages: int, count: bytes) -> bytes:
+    """A page tree of ``pages`` kids that are one page object, its ``/Count`` written as ``count``: only the
+    count (or the kids) tells the pages, the page objects do not."""
+    kids = b"[" + b"3 0 R " * pages + b"]"
+    return with_table({1: CATALOG, 2: b"<< /Type /Pages /Kids %s /Count %s >>" % (kids, count), 3: PAGE})
+
+
+def packed(pages: int, dictionary: bytes = b"/Type /ObjStm ", decoy: bool = True) -> bytes:
+    """A PDF of ``pages`` whose page tree and pages are in a compressed object stream (its dictionary
+    beginning with ``dictionary``) that a cross-reference stream points into; ``decoy``: a page object in
+    a comment besides (one page the counter sees without the object stream)."""
+    objects = [
+        b"<< /Type /Pages /Kids [%s] /Count %d >>" % (b" ".join(b"%d 0 R" % (3 + i) for i in range(pages)), pages)
+    ]
+    objects += [PAGE] * pages
+    offsets, body = [], b""
+    for number, obj in enumerate(objects, start=2):
+        offsets.append(b"%d %d" % (number, len(body)))
+        body += obj + b"\n"
+    head = b" ".join(offsets) + b"\n"
+    stream, packer = zlib.compress(head + body), 3 + pages
+    out = b"%PDF-1.7\n" + (b"% << /Type /Page >>\n" if decoy else b"")
+    catalog = len(out)
+    out += b"1 0 obj\n" + CATALOG + b"\nendobj\n"
+    at = len(out)
+    sizes = b"/N %d /First %d /Filter /FlateDecode /Length %d" % (len(objects), len(head), len(stream))
+    out += b"%d 0 obj\n<< %s%s >>\nstream\n%s\nendstream\nendobj\n" % (packer, dictionary, sizes, stream)
+    rows = [(0, 0, 65535), (1, catalog, 0), *((2, packer, i) for i in range(len(objects))), (1, at, 0)]
+    rows.append((1, len(out), 0))  # the cross-reference stream itself
+    table = b"".join(struct.pack(">BIH", *row) for row in rows)
+    xref = b"<< /Type /XRef /Size %d /W [1 4 2] /Root 1 0 R /Length %d >>" % (len(rows), len(table))
+    start = len(out)
+    out += b"%d 0 obj\n%s\nstream\n%s\nendstream\nendobj\n" % (packer + 1, xref, table)
+    return out + b"startxref\n%d\n%%%%EOF\n" % start
+
+
+def readers(data: bytes) -> dict[str, int | None]:
+    """The pages PDFium and pypdf see in ``data`` (None: the reader refuses it)."""
+    pdfium = pytest.importorskip("pypdfium2")
+    pypdf = pytest.importorskip("pypdf")
+    seen: dict[str, int | None] = {}
+    try:
+        seen["pdfium"] = len(pdfium.PdfDocument(data))
+    except pdfium.PdfiumError:
+        seen["pdfium"] = None
+    try:
+        seen["pypdf"] = len(pypdf.PdfReader(io.BytesIO(data)).pages)
+    except (pypdf.errors.PyPdfError, KeyError, AssertionError, TypeError):
+        seen["pypdf"] = None
+    return seen
+
+
+def test_the_builders_make_pdfs_readers_read():
+    """The PDFs built here are ones real readers open as written: the test can tell a count from theirs."""
+    assert readers(packed(40, decoy=False)) == {"pdfium": 40, "pypdf": 40}
+    assert pdf_pages(packed(40, decoy=False)) == 40
+    assert readers(repeated_kids(30, b"30")) == {"pdfium": 30, "pypdf": 30}
+    assert pdf_pages(repeated_kids(30, b"30")) == 30
+
+
+@pytest.mark.parametrize("count", [b"900.0", b"900.", b"899.5", b"+900", b"0000000900", b"00000000000900.00"])
+def test_a_page_count_written_as_any_number_is_counted(count):
+    """A ``/Count`` that is a real number, signed or zero-padded: readers take it as a number (PDFium and
+    pypdf see 900 pages; pdf.js's ``Number.isInteger(900.0)`` holds), so the counter does (a fraction
+    rounded up); it read no count and held one page object at one page."""
+    data = repeated_kids(900, count)
+    assert all(pages == 900 for pages in readers(data).values()) or count == b"899.5"
+    assert pdf_pages(data) >= 900
+
+
+def test_a_count_too_large_to_be_a_page_count_is_the_limit():
+    """Eight digits and more (any count past the limit, zero-padded or not) hold the limit, not the page
+    objects' one."""
+    assert pdf_pages(repeated_kids(3, b"123456789")) == MAX_PDF_PAGES
+    assert pdf_pages(repeated_kids(3, b"0000000000123456789.5")) == MAX_PDF_PAGES
+
+
+@pytest.mark.perf  # a time bound: run alone, in the perf phase
+@pytest.mark.parametrize("after", [b"", b" 0 R", b".5"])
+def test_a_long_run_of_digits_after_a_count_is_read_in_linear_time(after):
+    """40 KB of digits after a ``/Count`` (a 54 KB inline PDF): the count by reference's pattern tried the run
+    split in two at every place (28 s of CPU; 160 KB of them, minutes); 10 MB of them now read in well under
+    a second, and never made into a number."""
+    started = time.monotonic()
+    assert pdf_pages(repeated_kids(3, b"9" * 40_000 + after)) == MAX_PDF_PAGES
+    assert pdf_pages(repeated_kids(3, b"9" * (10 << 20) + after)) == MAX_PDF_PAGES
+    assert time.monotonic() - started < 2
