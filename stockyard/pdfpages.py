@@ -320,13 +320,17 @@ _WHITE = rb"[\x00\t\n\x0c\r ]"
 _GAP = rb"(?:" + _WHITE + rb"|%[^\r\n()<>]*+[\r\n])++"
 _OBJECT = rb"(?<!\d)\d++" + _GAP + rb"\d++" + _GAP + rb"obj(?![^" + _BOUND + b"/])"
 _LINE_OBJECT = rb"(?<!\d)\d++[\x00\t\x0c ]++\d++[\x00\t\x0c ]++obj(?![^" + _BOUND + b"/])"  # in a comment
+# An object stream's type: its /Type /ObjStm, or a direct /First (its first object's offset) — pdf.js reads
+# an object stream by its /First and /N alone and checks no /Type (PDFium and pypdf refuse one without); an
+# outline's /First is by reference, and /FirstChar another name.
+_FIRST = _name(b"First") + rb"(?=[\x00\t\n\x0c\r %])" + _WS + rb"[+.\d](?!\d*+" + _WS + rb"\d++" + _WS + rb"R)"
 # The marks the lexer looks for, by name: each its first byte, outside its group (the regular expression
 # engine then skips to one of those bytes: a pattern of groups read a stream's bytes ten times slower),
 # and the rest; 'in_…': an object's header in a string, comment or hex string (in the open).
 _MARK_PARTS = {
     "header": (b"o", b"bj(?<=" + _WHITE + b"obj)(?![^" + _BOUND + b"/])"),  # an object's 'obj'
     "keyword": (b"s", b"tream(?<![^" + _BOUND + b"]stream)(?![^" + _BOUND + b"/])"),
-    "type": (b"/", _name(b"ObjStm")),
+    "type": (b"/", b"(?:" + _name(b"ObjStm") + b"|" + _FIRST + b")"),
     "filter": (b"/", _name(b"Filter")),
     "predictor": (b"/", _name(b"Predictor")),
     "in_string": (rb"\(", rb"[^()]*?" + _OBJECT),

@@ -119,3 +119,25 @@ def test_a_long_run_of_digits_after_a_count_is_read_in_linear_time(after):
     assert pdf_pages(repeated_kids(3, b"9" * 40_000 + after)) == MAX_PDF_PAGES
     assert pdf_pages(repeated_kids(3, b"9" * (10 << 20) + after)) == MAX_PDF_PAGES
     assert time.monotonic() - started < 2
+
+
+def test_an_object_stream_without_its_type_is_read_as_pdfjs_reads_it():
+    """pdf.js reads an object stream by its ``/First`` and ``/N`` alone (``XRef.fetchCompressed`` checks
+    no ``/Type``), where PDFium and pypdf refuse the file: the counter reads a stream whose dictionary
+    has a direct ``/First`` as an object stream (it counted the decoy page only)."""
+    untyped = packed(900, dictionary=b"")
+    assert readers(untyped) == {"pdfium": None, "pypdf": None}  # no reader here takes it: pdf.js does
+    assert readers(packed(900)) == {"pdfium": 900, "pypdf": 900}
+    assert pdf_pages(untyped) >= 900
+    assert pdf_pages(packed(900, dictionary=b"/First 0 ")) >= 900  # an earlier /First: the last one wins
+
+
+def test_an_outlines_first_and_a_fonts_first_char_are_no_object_streams_type():
+    """An outline's ``/First`` (by reference) and a font's ``/FirstChar`` before an image that is not Flate
+    leave an ordinary PDF counted exactly; a direct ``/First`` there is an object stream's that cannot be
+    inflated: the limit, as one typed ``/ObjStm`` is."""
+    image = b"9 0 obj\n<< /Subtype /Image /Filter /DCTDecode /Length 4 >>\nstream\nxxxx\nendstream\nendobj\n"
+    data = packed(50, decoy=False)
+    ordinary = b"8 0 obj\n<< /Type /Outlines /First 7 0 R /Last 7 0 R >>\nendobj\n<< /FirstChar 32 >>\n" + image
+    assert pdf_pages(data.replace(b"1 0 obj\n", ordinary + b"1 0 obj\n", 1)) == 50
+    assert pdf_pages(data.replace(b"1 0 obj\n", b"<< /First 7 >>\n" + image + b"1 0 obj\n", 1)) == MAX_PDF_PAGES
