@@ -334,7 +334,10 @@ _MARK_PARTS = {
     "filter": (b"/", _name(b"Filter")),
     "predictor": (b"/", _name(b"Predictor")),
     "in_string": (rb"\(", rb"[^()]*?" + _OBJECT),
-    "in_comment": (b"%", rb"[^\r\n]*?" + _LINE_OBJECT),
+    "in_comment": (
+        b"%",
+        rb"[^\r\n%]*?" + _LINE_OBJECT,
+    ),  # from the line's last % before it: each % tried to the line's end was quadratic
     "in_hex": (b"<", rb"(?<!<<)(?!<)[^<>]*?" + _OBJECT),
 }
 _HIDDEN = ("in_string", "in_comment", "in_hex")
