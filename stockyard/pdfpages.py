@@ -48,7 +48,10 @@ RESOLUTION_TOKENS = {"LOW": 280, "MEDIUM": 560, "HIGH": 1120, "ULTRA_HIGH": 2240
 PDF_DEFAULT_RESOLUTION = "MEDIUM"
 GENERATION = re.compile(r"gemini-(\d+)")
 # PDF whitespace (NUL and form feed too) and comments, which stand where whitespace may.
-_WS = rb"(?:[\s\x00]|%[^\r\n]*[\r\n])*"
+# A comment here is at most 256 bytes (each mark scanned a longer one to its line's end: 64 KB of "/Type %"
+# on one line took 3.5 s of CPU); a name a mark starts with followed by a longer one is _LONG_COMMENT's.
+_WS = rb"(?:[\s\x00]|%[^\r\n]{0,256}+[\r\n])*+"
+_LONG_COMMENT = re.compile(rb"/(?:Type|Count|First)" + _WS + rb"%[^\r\n]{256}")
 # A page object (``/Type /Page``, not ``/Pages``), and a page tree's count of the pages under it
 # (direct; one by reference, ``/Count 5 0 R``, says nothing here: the PDF is then unreadable). A count is
 # any number a reader takes for one: ``900.0`` (pdf.js's ``Number.isInteger`` holds), ``+900``, ``0900``.
@@ -317,7 +320,10 @@ def _deeper(depth: int, span: bytes) -> int:
 
 _WHITE = rb"[\x00\t\n\x0c\r ]"
 # an object's header (white space or comments between its words), each run of digits tried once
-_GAP = rb"(?:" + _WHITE + rb"|%[^\r\n()<>]*+[\r\n])++"
+_GAP = rb"(?:" + _WHITE + rb"|%[^\r\n()<>]{0,256}+[\r\n])++"  # a comment at most 256 bytes long, as in _WS
+# the start of an object's header with a longer comment in it (a reader reads on; looked for to its end
+# from each run of digits, 64 KB of "1 %" in a string took 2 s of CPU): held as the header is
+_LONG_GAP = rb"(?<!\d)\d++(?:" + _GAP + rb"\d++)?(?:" + _GAP + rb")?%[^\r\n()<>]{256}"
 _OBJECT = rb"(?<!\d)\d++" + _GAP + rb"\d++" + _GAP + rb"obj(?![^" + _BOUND + b"/])"
 _LINE_OBJECT = rb"(?<!\d)\d++[\x00\t\x0c ]++\d++[\x00\t\x0c ]++obj(?![^" + _BOUND + b"/])"  # in a comment
 # An object stream's type: its /Type /ObjStm, or a direct /First (its first object's offset) — pdf.js reads
@@ -333,12 +339,12 @@ _MARK_PARTS = {
     "type": (b"/", b"(?:" + _name(b"ObjStm") + b"|" + _FIRST + b")"),
     "filter": (b"/", _name(b"Filter")),
     "predictor": (b"/", _name(b"Predictor")),
-    "in_string": (rb"\(", rb"[^()]*?" + _OBJECT),
+    "in_string": (rb"\(", rb"[^()]*?(?:" + _OBJECT + b"|" + _LONG_GAP + b")"),
     "in_comment": (
         b"%",
         rb"[^\r\n%]*?" + _LINE_OBJECT,
     ),  # from the line's last % before it: each % tried to the line's end was quadratic
-    "in_hex": (b"<", rb"(?<!<<)(?!<)[^<>]*?" + _OBJECT),
+    "in_hex": (b"<", rb"(?<!<<)(?!<)[^<>]*?(?:" + _OBJECT + b"|" + _LONG_GAP + b")"),
 }
 _HIDDEN = ("in_string", "in_comment", "in_hex")
 _OBJECT_NUMBERS = re.compile(rb"\d+" + _WS + rb"\d+" + _WS + rb"\Z")  # before an object's 'obj'
@@ -457,6 +463,8 @@ class PageCounter:
         self.count = max([self.count, *counts])
         if any(seen <= found.start() < cut for found in _INDIRECT_COUNT.finditer(buf)):
             self.unread = True
+        if any(seen <= found.start() < cut for found in _LONG_COMMENT.finditer(buf)):
+            self.unread = True  # a mark may stand after it: not read
 
     def _lex(self, buf: bytes, cut: int, final: bool, budget: Inflation | None) -> int:
         """Read ``buf`` from :attr:`lexed` to ``cut`` as a reader lexes a PDF — strings, hex strings and
@@ -611,7 +619,7 @@ class PageCounter:
         out = _unescaped(out)
         self.packed += len(_PAGE.findall(out))
         self.packed_count = max([self.packed_count, *map(_count_value, _COUNT.findall(out))])
-        if _INDIRECT_COUNT.search(out) is not None:
+        if _INDIRECT_COUNT.search(out) is not None or _LONG_COMMENT.search(out) is not None:
             self.unread = True
         return False
 

@@ -153,3 +153,33 @@ def test_a_long_line_of_percent_signs_is_read_in_linear_time():
     assert time.monotonic() - started < 1
     hidden = packed(900).replace(b"1 0 obj\n", b"%% a %% comment %% 7 0 obj\n1 0 obj\n", 1)
     assert pdf_pages(hidden) == MAX_PDF_PAGES
+
+
+@pytest.mark.perf  # a time bound: run alone, in the perf phase
+@pytest.mark.parametrize("line", [b"/Type %", b"/Count %", b"/First %", b"(1 %", b"<1 %"])
+def test_many_marks_before_one_long_comment_are_read_in_linear_time(line):
+    """64 KB of ``/Type %`` (or a count's, a first's, or ``1 %`` in a string or hex string: an object's header)
+    on one line: each mark's comment was scanned to the line's end (2-7 s of CPU each; 4 MB, hours); a
+    comment is now read up to 256 bytes, and a longer one after a mark holds the limit."""
+    started = time.monotonic()
+    assert pdf_pages(b"%PDF-1.7\n" + line * (64 << 10) + b"\n") == MAX_PDF_PAGES
+    assert time.monotonic() - started < 1
+
+
+@pytest.mark.parametrize(
+    "where",
+    [
+        b"/Type %{long}\n/Page",  # a page object, its type past a long comment
+        b"/Count %{long}\n900",  # a page tree's count
+        b"/First %{long}\n0",  # an object stream's (pdf.js reads it by /First)
+        b"(9 0 %{long}\nobj",  # an object's header in a string, where a reader may start an object
+        b"(9 %{long}\n0 obj",
+    ],
+)
+def test_a_mark_past_a_long_comment_holds_the_limit(where):
+    """A comment longer than the 256 bytes the marks read through, in a mark: a reader reads on past it, so
+    the PDF is held at the limit, never at the one decoy page."""
+    mark = where.replace(b"{long}", b"x" * 300)
+    assert pdf_pages(packed(900).replace(b"1 0 obj\n", mark + b"\n1 0 obj\n", 1)) == MAX_PDF_PAGES
+    short = where.replace(b"{long}", b"x" * 200)  # a short one is read through, as before
+    assert pdf_pages(packed(900).replace(b"1 0 obj\n", short + b"\n1 0 obj\n", 1)) >= 900
