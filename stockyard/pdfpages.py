@@ -410,9 +410,9 @@ class PageCounter:
     depth_at: int = 0  # comes, and at a piece's end): a keyword inside one starts no stream
     # The names seen since the last stream keyword that started a stream's bytes (in the open, right after
     # a whole dictionary; the next one's dictionary is in between), read outside streams' bytes: an
-    # /ObjStm (in the open or a string), a /Filter, a /Predictor. Every stream keyword, wherever it is (a
-    # reader may start an object inside a string), is judged by them; only one that starts a stream's
-    # bytes starts a new window, so a false one in a string, a comment or a dictionary cuts none short.
+    # /ObjStm or a direct /First (in the open or a string), a /Filter, a /Predictor. Every stream keyword,
+    # wherever it is (a reader may start an object inside a string), is judged by them; only one that starts
+    # a stream's bytes starts a new window, so a false one in a string, a comment or a dictionary cuts none short.
     typed: bool = False
     filtered: bool = False
     predicted: bool = False
