@@ -50,12 +50,18 @@ RESOLUTION_TOKENS = {"LOW": 280, "MEDIUM": 560, "HIGH": 1120, "ULTRA_HIGH": 2240
 PDF_DEFAULT_RESOLUTION = "MEDIUM"
 GENERATION = re.compile(r"gemini-(\d+)")
 # PDF whitespace (NUL and form feed too) and comments, which stand where whitespace may.
-_WS = rb"(?:[\s\x00]|%[^\r\n]*[\r\n])*"
+# A comment here is at most 256 bytes (each mark scanned a longer one to its line's end: 64 KB of "/Type %"
+# on one line took 3.5 s of CPU); a name a mark starts with followed by a longer one is _LONG_COMMENT's.
+_WS = rb"(?:[\s\x00]|%[^\r\n]{0,256}+[\r\n])*+"
+_LONG_COMMENT = re.compile(rb"/(?:Type|Count|First)" + _WS + rb"%[^\r\n]{256}")
 # A page object (``/Type /Page``, not ``/Pages``), and a page tree's count of the pages under it
-# (direct; one by reference, ``/Count 5 0 R``, says nothing here: the PDF is then unreadable).
+# (direct; one by reference, ``/Count 5 0 R``, says nothing here: the PDF is then unreadable). A count is
+# any number a reader takes for one: ``900.0`` (pdf.js's ``Number.isInteger`` holds), ``+900``, ``0900``.
 _PAGE = re.compile(rb"/Type" + _WS + rb"/Page(?![A-Za-z])")
-_COUNT = re.compile(rb"/Count" + _WS + rb"(\d{1,7})(?![\d.])(?!" + _WS + rb"\d+" + _WS + rb"R)")
-_INDIRECT_COUNT = re.compile(rb"/Count" + _WS + rb"\d+" + _WS + rb"\d+" + _WS + rb"R")
+# Runs of digits are possessive: tried split in two ("\d+ \d+", no space between), 40 KB of them after a
+# /Count took 28 s of CPU; readers never split one either.
+_COUNT = re.compile(rb"/Count" + _WS + rb"\+?(\d++(?:\.\d*+)?|\.\d++)(?!" + _WS + rb"\d++" + _WS + rb"R)")
+_INDIRECT_COUNT = re.compile(rb"/Count" + _WS + rb"\d++" + _WS + rb"\d++" + _WS + rb"R")
 _PDF_SPACE = b"\x00\t\n\x0c\r "  # PDF's white-space characters
 _NAME_ESCAPE = re.compile(rb"#([0-9A-Fa-f]{2})")  # a name's character by its hex code: /P#61ge is /Page
 INFLATE_MAX = 32 << 20  # bytes of compressed object streams inflated for one request's PDFs (one upload's), at most
@@ -80,6 +86,16 @@ def pdf_pages(data: bytes, inflation: Inflation | None = None) -> int:
     counter = PageCounter(pdf=True)
     counter.feed(data, final=True, inflation=inflation)
     return counter.pages() or MAX_PDF_PAGES
+
+
+def _count_value(number: bytes) -> int:
+    """A page tree's count as written (digits, maybe a fraction): a fraction rounds up, and a count of
+    more than seven digits is past any limit (the number is never made: a 10 MB one would take seconds)."""
+    whole, _, fraction = number.partition(b".")
+    whole = whole.lstrip(b"0")
+    if len(whole) > 7:
+        return 10**7
+    return int(whole or b"0") + (fraction.strip(b"0") != b"")
 
 
 def _unescaped(data: bytes) -> bytes:
@@ -325,21 +341,31 @@ def _deeper(depth: int, span: bytes) -> int:
 
 _WHITE = rb"[\x00\t\n\x0c\r ]"
 # an object's header (white space or comments between its words), each run of digits tried once
-_GAP = rb"(?:" + _WHITE + rb"|%[^\r\n()<>]*+[\r\n])++"
+_GAP = rb"(?:" + _WHITE + rb"|%[^\r\n()<>]{0,256}+[\r\n])++"  # a comment at most 256 bytes long, as in _WS
+# the start of an object's header with a longer comment in it (a reader reads on; looked for to its end
+# from each run of digits, 64 KB of "1 %" in a string took 2 s of CPU): held as the header is
+_LONG_GAP = rb"(?<!\d)\d++(?:" + _GAP + rb"\d++)?(?:" + _GAP + rb")?%[^\r\n()<>]{256}"
 _OBJECT = rb"(?<!\d)\d++" + _GAP + rb"\d++" + _GAP + rb"obj(?![^" + _BOUND + b"/])"
 _LINE_OBJECT = rb"(?<!\d)\d++[\x00\t\x0c ]++\d++[\x00\t\x0c ]++obj(?![^" + _BOUND + b"/])"  # in a comment
+# An object stream's type: its /Type /ObjStm, or a direct /First (its first object's offset) — pdf.js reads
+# an object stream by its /First and /N alone and checks no /Type (PDFium and pypdf refuse one without); an
+# outline's /First is by reference, and /FirstChar another name.
+_FIRST = _name(b"First") + rb"(?=[\x00\t\n\x0c\r %])" + _WS + rb"[+.\d](?!\d*+" + _WS + rb"\d++" + _WS + rb"R)"
 # The marks the lexer looks for, by name: each its first byte, outside its group (the regular expression
 # engine then skips to one of those bytes: a pattern of groups read a stream's bytes ten times slower),
 # and the rest; 'in_…': an object's header in a string, comment or hex string (in the open).
 _MARK_PARTS = {
     "header": (b"o", b"bj(?<=" + _WHITE + b"obj)(?![^" + _BOUND + b"/])"),  # an object's 'obj'
     "keyword": (b"s", b"tream(?<![^" + _BOUND + b"]stream)(?![^" + _BOUND + b"/])"),
-    "type": (b"/", _name(b"ObjStm")),
+    "type": (b"/", b"(?:" + _name(b"ObjStm") + b"|" + _FIRST + b")"),
     "filter": (b"/", _name(b"Filter")),
     "predictor": (b"/", _name(b"Predictor")),
-    "in_string": (rb"\(", rb"[^()]*?" + _OBJECT),
-    "in_comment": (b"%", rb"[^\r\n]*?" + _LINE_OBJECT),
-    "in_hex": (b"<", rb"(?<!<<)(?!<)[^<>]*?" + _OBJECT),
+    "in_string": (rb"\(", rb"[^()]*?(?:" + _OBJECT + b"|" + _LONG_GAP + b")"),
+    "in_comment": (
+        b"%",
+        rb"[^\r\n%]*?" + _LINE_OBJECT,
+    ),  # from the line's last % before it: each % tried to the line's end was quadratic
+    "in_hex": (b"<", rb"(?<!<<)(?!<)[^<>]*?(?:" + _OBJECT + b"|" + _LONG_GAP + b")"),
 }
 _HIDDEN = ("in_string", "in_comment", "in_hex")
 _OBJECT_NUMBERS = re.compile(rb"\d+" + _WS + rb"\d+" + _WS + rb"\Z")  # before an object's 'obj'
@@ -405,9 +431,9 @@ class PageCounter:
     depth_at: int = 0  # comes, and at a piece's end): a keyword inside one starts no stream
     # The names seen since the last stream keyword that started a stream's bytes (in the open, right after
     # a whole dictionary; the next one's dictionary is in between), read outside streams' bytes: an
-    # /ObjStm (in the open or a string), a /Filter, a /Predictor. Every stream keyword, wherever it is (a
-    # reader may start an object inside a string), is judged by them; only one that starts a stream's
-    # bytes starts a new window, so a false one in a string, a comment or a dictionary cuts none short.
+    # /ObjStm or a direct /First (in the open or a string), a /Filter, a /Predictor. Every stream keyword,
+    # wherever it is (a reader may start an object inside a string), is judged by them; only one that starts
+    # a stream's bytes starts a new window, so a false one in a string, a comment or a dictionary cuts none short.
     typed: bool = False
     filtered: bool = False
     predicted: bool = False
@@ -454,10 +480,12 @@ class PageCounter:
             cut = len(whole) if cut == len(buf) else len(_unescaped(buf[:cut]))
             seen, buf = len(_unescaped(buf[:seen])), whole
         self.objects += sum(1 for found in _PAGE.finditer(buf) if seen <= found.start() < cut)
-        counts = [int(found[1]) for found in _COUNT.finditer(buf) if seen <= found.start() < cut]
+        counts = [_count_value(found[1]) for found in _COUNT.finditer(buf) if seen <= found.start() < cut]
         self.count = max([self.count, *counts])
         if any(seen <= found.start() < cut for found in _INDIRECT_COUNT.finditer(buf)):
             self.unread = True
+        if any(seen <= found.start() < cut for found in _LONG_COMMENT.finditer(buf)):
+            self.unread = True  # a mark may stand after it: not read
 
     def _lex(self, buf: bytes, cut: int, final: bool, budget: Inflation | None) -> int:
         """Read ``buf`` from :attr:`lexed` to ``cut`` as a reader lexes a PDF — strings, hex strings and
@@ -611,8 +639,8 @@ class PageCounter:
             return False
         out = _unescaped(out)
         self.packed += len(_PAGE.findall(out))
-        self.packed_count = max([self.packed_count, *(int(count) for count in _COUNT.findall(out))])
-        if _INDIRECT_COUNT.search(out) is not None:
+        self.packed_count = max([self.packed_count, *map(_count_value, _COUNT.findall(out))])
+        if _INDIRECT_COUNT.search(out) is not None or _LONG_COMMENT.search(out) is not None:
             self.unread = True
         return False
 

@@ -1,0 +1,185 @@
+"""The page counter against real readers: PDFs built byte by byte (a cross-reference table or stream, so
+a reader opens them as written, not repaired), counted by :func:`pdf_pages` and by PDFium and pypdf
+(installed for the tests only, never in the pyz) where they read them. A crafted PDF must never count
+fewer pages than a reader that takes it sees (pdf.js, which no test here runs, as its source reads)."""
+
+from __future__ import annotations
+
+import io
+import struct
+import time
+import zlib
+
+import pytest
+
+from stockyard.pdfpages import MAX_PDF_PAGES, pdf_pages
+
+PAGE = b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] >>"
+CATALOG = b"<< /Type /Catalog /Pages 2 0 R >>"
+
+
+def with_table(objects: dict[int, bytes]) -> bytes:
+    """A PDF of ``objects`` (number → its bytes between ``obj`` and ``endobj``), 1 the catalog, with a
+    cross-reference table."""
+    out, offsets = b"%PDF-1.7\n", {}
+    for number in sorted(objects):
+        offsets[number] = len(out)
+        out += b"%d 0 obj\n%s\nendobj\n" % (number, objects[number])
+    size, start = max(objects) + 1, len(out)
+    out += b"xref\n0 %d\n0000000000 65535 f \n" % size
+    for number in range(1, size):
+        out += b"%010d 00000 n \n" % offsets[number] if number in offsets else b"0000000000 00000 f \n"
+    return out + b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (size, start)
+
+
+def repeated_kids(pages: int, count: bytes) -> bytes:
+    """A page tree of ``pages`` kids that are one page object, its ``/Count`` written as ``count``: only the
+    count (or the kids) tells the pages, the page objects do not."""
+    kids = b"[" + b"3 0 R " * pages + b"]"
+    return with_table({1: CATALOG, 2: b"<< /Type /Pages /Kids %s /Count %s >>" % (kids, count), 3: PAGE})
+
+
+def packed(pages: int, dictionary: bytes = b"/Type /ObjStm ", decoy: bool = True) -> bytes:
+    """A PDF of ``pages`` whose page tree and pages are in a compressed object stream (its dictionary
+    beginning with ``dictionary``) that a cross-reference stream points into; ``decoy``: a page object in
+    a comment besides (one page the counter sees without the object stream)."""
+    objects = [
+        b"<< /Type /Pages /Kids [%s] /Count %d >>" % (b" ".join(b"%d 0 R" % (3 + i) for i in range(pages)), pages)
+    ]
+    objects += [PAGE] * pages
+    offsets, body = [], b""
+    for number, obj in enumerate(objects, start=2):
+        offsets.append(b"%d %d" % (number, len(body)))
+        body += obj + b"\n"
+    head = b" ".join(offsets) + b"\n"
+    stream, packer = zlib.compress(head + body), 3 + pages
+    out = b"%PDF-1.7\n" + (b"% << /Type /Page >>\n" if decoy else b"")
+    catalog = len(out)
+    out += b"1 0 obj\n" + CATALOG + b"\nendobj\n"
+    at = len(out)
+    sizes = b"/N %d /First %d /Filter /FlateDecode /Length %d" % (len(objects), len(head), len(stream))
+    out += b"%d 0 obj\n<< %s%s >>\nstream\n%s\nendstream\nendobj\n" % (packer, dictionary, sizes, stream)
+    rows = [(0, 0, 65535), (1, catalog, 0), *((2, packer, i) for i in range(len(objects))), (1, at, 0)]
+    rows.append((1, len(out), 0))  # the cross-reference stream itself
+    table = b"".join(struct.pack(">BIH", *row) for row in rows)
+    xref = b"<< /Type /XRef /Size %d /W [1 4 2] /Root 1 0 R /Length %d >>" % (len(rows), len(table))
+    start = len(out)
+    out += b"%d 0 obj\n%s\nstream\n%s\nendstream\nendobj\n" % (packer + 1, xref, table)
+    return out + b"startxref\n%d\n%%%%EOF\n" % start
+
+
+def readers(data: bytes) -> dict[str, int | None]:
+    """The pages PDFium and pypdf see in ``data`` (None: the reader refuses it)."""
+    pdfium = pytest.importorskip("pypdfium2")
+    pypdf = pytest.importorskip("pypdf")
+    seen: dict[str, int | None] = {}
+    try:
+        seen["pdfium"] = len(pdfium.PdfDocument(data))
+    except pdfium.PdfiumError:
+        seen["pdfium"] = None
+    try:
+        seen["pypdf"] = len(pypdf.PdfReader(io.BytesIO(data)).pages)
+    except (pypdf.errors.PyPdfError, KeyError, AssertionError, TypeError):
+        seen["pypdf"] = None
+    return seen
+
+
+def test_the_builders_make_pdfs_readers_read():
+    """The PDFs built here are ones real readers open as written: the test can tell a count from theirs."""
+    assert readers(packed(40, decoy=False)) == {"pdfium": 40, "pypdf": 40}
+    assert pdf_pages(packed(40, decoy=False)) == 40
+    assert readers(repeated_kids(30, b"30")) == {"pdfium": 30, "pypdf": 30}
+    assert pdf_pages(repeated_kids(30, b"30")) == 30
+
+
+@pytest.mark.parametrize("count", [b"900.0", b"900.", b"899.5", b"+900", b"0000000900", b"00000000000900.00"])
+def test_a_page_count_written_as_any_number_is_counted(count):
+    """A ``/Count`` that is a real number, signed or zero-padded: readers take it as a number (PDFium and
+    pypdf see 900 pages; pdf.js's ``Number.isInteger(900.0)`` holds), so the counter does (a fraction
+    rounded up); it read no count and held one page object at one page."""
+    data = repeated_kids(900, count)
+    assert all(pages == 900 for pages in readers(data).values()) or count == b"899.5"
+    assert pdf_pages(data) >= 900
+
+
+def test_a_count_too_large_to_be_a_page_count_is_the_limit():
+    """Eight digits and more (any count past the limit, zero-padded or not) hold the limit, not the page
+    objects' one."""
+    assert pdf_pages(repeated_kids(3, b"123456789")) == MAX_PDF_PAGES
+    assert pdf_pages(repeated_kids(3, b"0000000000123456789.5")) == MAX_PDF_PAGES
+
+
+@pytest.mark.perf  # a time bound: run alone, in the perf phase
+@pytest.mark.parametrize("after", [b"", b" 0 R", b".5"])
+def test_a_long_run_of_digits_after_a_count_is_read_in_linear_time(after):
+    """40 KB of digits after a ``/Count`` (a 54 KB inline PDF): the count by reference's pattern tried the run
+    split in two at every place (28 s of CPU; 160 KB of them, minutes); 10 MB of them now read in well under
+    a second, and never made into a number."""
+    started = time.monotonic()
+    assert pdf_pages(repeated_kids(3, b"9" * 40_000 + after)) == MAX_PDF_PAGES
+    assert pdf_pages(repeated_kids(3, b"9" * (10 << 20) + after)) == MAX_PDF_PAGES
+    assert time.monotonic() - started < 2
+
+
+def test_an_object_stream_without_its_type_is_read_as_pdfjs_reads_it():
+    """pdf.js reads an object stream by its ``/First`` and ``/N`` alone (``XRef.fetchCompressed`` checks
+    no ``/Type``), where PDFium and pypdf refuse the file: the counter reads a stream whose dictionary
+    has a direct ``/First`` as an object stream (it counted the decoy page only)."""
+    untyped = packed(900, dictionary=b"")
+    assert readers(untyped) == {"pdfium": None, "pypdf": None}  # no reader here takes it: pdf.js does
+    assert readers(packed(900)) == {"pdfium": 900, "pypdf": 900}
+    assert pdf_pages(untyped) >= 900
+    assert pdf_pages(packed(900, dictionary=b"/First 0 ")) >= 900  # an earlier /First: the last one wins
+
+
+def test_an_outlines_first_and_a_fonts_first_char_are_no_object_streams_type():
+    """An outline's ``/First`` (by reference) and a font's ``/FirstChar`` before an image that is not Flate
+    leave an ordinary PDF counted exactly; a direct ``/First`` there is an object stream's that cannot be
+    inflated: the limit, as one typed ``/ObjStm`` is."""
+    image = b"9 0 obj\n<< /Subtype /Image /Filter /DCTDecode /Length 4 >>\nstream\nxxxx\nendstream\nendobj\n"
+    data = packed(50, decoy=False)
+    ordinary = b"8 0 obj\n<< /Type /Outlines /First 7 0 R /Last 7 0 R >>\nendobj\n<< /FirstChar 32 >>\n" + image
+    assert pdf_pages(data.replace(b"1 0 obj\n", ordinary + b"1 0 obj\n", 1)) == 50
+    assert pdf_pages(data.replace(b"1 0 obj\n", b"<< /First 7 >>\n" + image + b"1 0 obj\n", 1)) == MAX_PDF_PAGES
+
+
+@pytest.mark.perf  # a time bound: run alone, in the perf phase
+def test_a_long_line_of_percent_signs_is_read_in_linear_time():
+    """16 KB of ``%`` on one line (a 22 KB inline PDF): an object's header in a comment was looked for from
+    each ``%`` to the line's end (4.5 s of CPU; 256 KB of them, minutes); now from the line's last ``%``
+    before it, and 32 KB (~20 s before) read in milliseconds. A header in a comment still holds the limit."""
+    started = time.monotonic()
+    assert pdf_pages(b"%PDF-1.7\n" + b"%" * (32 << 10)) == MAX_PDF_PAGES
+    assert time.monotonic() - started < 1
+    hidden = packed(900).replace(b"1 0 obj\n", b"%% a %% comment %% 7 0 obj\n1 0 obj\n", 1)
+    assert pdf_pages(hidden) == MAX_PDF_PAGES
+
+
+@pytest.mark.perf  # a time bound: run alone, in the perf phase
+@pytest.mark.parametrize("line", [b"/Type %", b"/Count %", b"/First %", b"(1 %", b"<1 %"])
+def test_many_marks_before_one_long_comment_are_read_in_linear_time(line):
+    """64 KB of ``/Type %`` (or a count's, a first's, or ``1 %`` in a string or hex string: an object's header)
+    on one line: each mark's comment was scanned to the line's end (2-7 s of CPU each; 4 MB, hours); a
+    comment is now read up to 256 bytes, and a longer one after a mark holds the limit."""
+    started = time.monotonic()
+    assert pdf_pages(b"%PDF-1.7\n" + line * (64 << 10) + b"\n") == MAX_PDF_PAGES
+    assert time.monotonic() - started < 1
+
+
+@pytest.mark.parametrize(
+    "where",
+    [
+        b"/Type %{long}\n/Page",  # a page object, its type past a long comment
+        b"/Count %{long}\n900",  # a page tree's count
+        b"/First %{long}\n0",  # an object stream's (pdf.js reads it by /First)
+        b"(9 0 %{long}\nobj",  # an object's header in a string, where a reader may start an object
+        b"(9 %{long}\n0 obj",
+    ],
+)
+def test_a_mark_past_a_long_comment_holds_the_limit(where):
+    """A comment longer than the 256 bytes the marks read through, in a mark: a reader reads on past it, so
+    the PDF is held at the limit, never at the one decoy page."""
+    mark = where.replace(b"{long}", b"x" * 300)
+    assert pdf_pages(packed(900).replace(b"1 0 obj\n", mark + b"\n1 0 obj\n", 1)) == MAX_PDF_PAGES
+    short = where.replace(b"{long}", b"x" * 200)  # a short one is read through, as before
+    assert pdf_pages(packed(900).replace(b"1 0 obj\n", short + b"\n1 0 obj\n", 1)) >= 900
