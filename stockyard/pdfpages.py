@@ -319,6 +319,19 @@ _IN_LEXEMES = re.compile(rb"%[^\r\n]*+[\r\n]|<(?<!<<)(?!<)[^>]*+>|" + _STRING, r
 _BRACKET = re.compile(rb"<<|>>")
 _UPS = bytes.maketrans(b"<>", b"\x02\x00")
 _AFTER_DICTIONARY = re.compile(rb">>[\x00\t\n\x0c\r ]*\Z")  # a stream keyword a reader reads follows one
+# A page tree's /Kids: readers walk each reference in them, a repeated one each time (900 references to one
+# page are 900 pages to PDFium and pypdf whatever the /Count; a tree of 10 × 10 × 10 repeats, 1,000), so a
+# reference repeated in any /Kids holds the PDF at the limit, as does a /Kids by reference (its array is not
+# read here), a comment at its start longer than _WS reads, or anything but references in it. A token is
+# read up to _KID_SPAN bytes (far less than CARRY: one that starts before a piece's cut is whole in it).
+_KIDS = re.compile(b"/" + _name(b"Kids") + rb"(?![^" + _BOUND + rb"/])")
+_PLAIN_KIDS = re.compile(rb"/Kids(?![^" + _BOUND + rb"/])")  # bytes without '#': a literal is looked for faster
+_KIDS_VALUE = re.compile(_WS + rb"(?:(?P<array>\[)|(?P<held>[\d%]))?")
+_KID = re.compile(_WS + rb"(?:(?P<kid>\d++)" + _WS + rb"\d++" + _WS + rb"R(?![^" + _BOUND + rb"/])|(?P<end>\]))")
+_KID_SPAN = 512
+# /Kids arrays and distinct references in them a PDF's state keeps (an ordinary tree of 1,000 pages has
+# ~1,200, ~3,000 at two kids a node); past it, the PDF is held at the limit and they are no longer kept.
+KIDS_MAX = 4 * MAX_PDF_PAGES
 
 
 def _deeper(depth: int, span: bytes) -> int:
@@ -437,6 +450,13 @@ class PageCounter:
     typed: bool = False
     filtered: bool = False
     predicted: bool = False
+    # The /Kids read (:meth:`_count_kids`): the object numbers referenced, sorted, and the /Kids names; the file
+    # offset their reading goes on from (a token that starts before a piece's cut is read whole in it), and
+    # whether that is inside an array.
+    kids: list[int] = dataclasses.field(default_factory=list)
+    kid_arrays: int = 0
+    kids_at: int = 0
+    in_kids: bool = False
     carry: bytes = b""
 
     def feed(
@@ -459,6 +479,10 @@ class PageCounter:
                 return
         cut = len(buf) if final else max(0, len(buf) - CARRY)
         self._count_marks(buf, cut)
+        base = self.at - len(buf)
+        start = max(self.kids_at - base, self.seen)  # the seen bytes: a state from before kids were read
+        kids_at, self.in_kids = self._count_kids(buf, start, len(buf) if final else cut, self.in_kids)
+        self.kids_at = base + kids_at
         resume = cut if self.unread else self._lex(buf, cut, final, inflation)
         self.lexed = self.at - len(buf) + resume
         if not final and not self.in_data and not self.unread:
@@ -486,6 +510,57 @@ class PageCounter:
             self.unread = True
         if any(seen <= found.start() < cut for found in _LONG_COMMENT.finditer(buf)):
             self.unread = True  # a mark may stand after it: not read
+
+    def _count_kids(self, buf: bytes, pos: int, end: int, in_array: bool) -> tuple[int, bool]:
+        """Read the /Kids names and the references in their arrays that start in ``buf[pos:end]`` (a
+        token may end past ``end``), ``in_array`` if ``pos`` is inside one; returns where to go on from
+        and whether that is inside an array. A reference repeated in any of them (a page readers walk
+        more than once), a /Kids by reference or holding anything else holds the PDF at the limit."""
+        names = _KIDS if b"#" in buf else _PLAIN_KIDS
+        while pos < end and not self._kids_done():
+            if not in_array:
+                name = names.search(buf, pos)
+                if name is None or name.start() >= end:
+                    return end, False
+                value = _KIDS_VALUE.match(buf, name.end())
+                assert value is not None  # all of it optional: it always matches
+                self.unread = value["held"] is not None or value.end() - name.end() > _KID_SPAN
+                self.kid_arrays += 1
+                self._bound_kids()
+                pos, in_array = value.end(), value["array"] is not None
+                continue
+            kid = _KID.match(buf, pos)
+            if kid is None or kid.end() - pos > _KID_SPAN:
+                self.unread = True
+                break
+            pos, in_array = kid.end(), kid["end"] is None
+            if in_array:
+                self._note_kid(kid["kid"])
+        return pos, in_array
+
+    def _note_kid(self, digits: bytes) -> None:
+        """Note a reference in a /Kids by its object number (readers resolve ``3 0 R`` and ``3 1 R`` alike):
+        a repeated one holds the PDF at the limit, and so do more than :data:`KIDS_MAX` kept."""
+        number = digits.lstrip(b"0")
+        if len(number) > 10:  # no reader's object number
+            self.unread = True
+            return
+        at = bisect.bisect_left(self.kids, key := int(number or b"0"))
+        if at < len(self.kids) and self.kids[at] == key:
+            self.unread = True
+            return
+        self.kids.insert(at, key)
+        self._bound_kids()
+
+    def _bound_kids(self) -> None:
+        """Past :data:`KIDS_MAX` /Kids names and references (more pages than the limit, or crafted) the PDF
+        is held at the limit and its kids are no longer kept: the state between an upload's chunks is small."""
+        if len(self.kids) + self.kid_arrays > KIDS_MAX:
+            self.count, self.kids = max(self.count, MAX_PDF_PAGES), []
+
+    def _kids_done(self) -> bool:
+        """Whether the PDF is held at the limit already: its /Kids can tell no more."""
+        return self.unread or max(self.count, self.packed_count) >= MAX_PDF_PAGES
 
     def _lex(self, buf: bytes, cut: int, final: bool, budget: Inflation | None) -> int:
         """Read ``buf`` from :attr:`lexed` to ``cut`` as a reader lexes a PDF — strings, hex strings and
@@ -640,6 +715,7 @@ class PageCounter:
         out = _unescaped(out)
         self.packed += len(_PAGE.findall(out))
         self.packed_count = max([self.packed_count, *map(_count_value, _COUNT.findall(out))])
+        self._count_kids(out, 0, len(out), False)
         if _INDIRECT_COUNT.search(out) is not None or _LONG_COMMENT.search(out) is not None:
             self.unread = True
         return False

@@ -20,6 +20,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_gemini_pdf_hold import pdf, with_decoy
+from test_pdf_readers import packed as packed_pdf
+from test_pdf_readers import repeated_kids, repeated_tree
 
 from stockyard.pdfpages import CARRY, MAX_PDF_PAGES, Inflation, PageCounter, count_pages, pdf_pages
 
@@ -335,6 +337,12 @@ def _test_pdfs() -> dict[str, bytes]:
             30, b"/Type /ObjStm /X << /Y [<< >>] >> stream\n" + EMPTY + b"\nendstream "
         ),
         "stray-dictionary-ends": pdf(20, packed=True).replace(b"1 0 obj", b">> >> 1 0 obj"),
+        # a page tree's kids: 900 distinct ones in one array longer than a carry (exact), and repeated (the limit)
+        "long-kids-array": pdf(900),
+        "repeated-kids": repeated_kids(900, None),
+        "repeated-kids-tree": repeated_tree(10, [None, b"100", b"10"]),
+        "repeated-kids-packed": packed_pdf(1, decoy=False, repeat=900),
+        "kids-by-reference": pdf(30).replace(b"/Kids [", b"/Kids 99 0 R [", 1),
     }
 
 
@@ -365,9 +373,16 @@ def image(number: int, size: int = 20_000) -> bytes:
     return head.encode() + os.urandom(size) + b"\nendstream\nendobj\n"
 
 
-def objects_of(data: bytes) -> bytes:
-    """The objects of a PDF made by ``pdf`` but its catalog (to add to another)."""
-    return data.split(b"endobj\n", 1)[1].split(b"trailer")[0]
+def another_object_stream(pages: int, first: int) -> bytes:
+    """An object stream (compressed) of a page tree of ``pages`` pages, its objects numbered from ``first``
+    (their own numbers: the same ones twice are two versions of one object, and its kids repeated)."""
+    kids = " ".join(f"{first + 1 + i} 0 R" for i in range(pages))
+    objects = [f"<< /Type /Pages /Kids [{kids}] /Count {pages} >>".encode()]
+    objects += [f"<< /Type /Page /Parent {first} 0 R >>".encode()] * pages
+    head = " ".join(f"{first + i} {sum(len(o) + 1 for o in objects[:i])}" for i in range(len(objects))).encode()
+    stream = zlib.compress(head + b"\n" + b"".join(o + b"\n" for o in objects))
+    dictionary = f"<< /Type /ObjStm /N {len(objects)} /First {len(head) + 1} /Filter /FlateDecode >>".encode()
+    return f"{first + len(objects)} 0 obj\n".encode() + dictionary + b"\nstream\n" + stream + b"\nendstream\nendobj\n"
 
 
 @pytest.mark.parametrize(
@@ -397,7 +412,7 @@ def test_an_ordinary_pdf_is_counted_exactly(shape):
         "a-title-with-stream-words-in-a-string": packed.replace(
             b"trailer", b"99 0 obj\n<< /Title (Upstream and stream\n endstream) >>\nendobj\n" + image(98) + b"trailer"
         ),
-        "two-object-streams": packed.replace(b"trailer", objects_of(pdf(30, packed=True)) + b"trailer"),
+        "two-object-streams": packed.replace(b"trailer", another_object_stream(30, 200) + b"trailer"),
     }[shape]
     extra = 30 if shape == "two-object-streams" else 0
     assert pdf_pages(data) == 121 + extra
