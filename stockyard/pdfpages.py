@@ -80,7 +80,8 @@ def pdf_pages(data: bytes, inflation: Inflation | None = None) -> int:
     """The pages of a PDF: its page objects, or its page trees' largest count, the larger, in the file's
     bytes and in its object streams (PDF 1.5 keeps objects there, compressed); :data:`MAX_PDF_PAGES`
     when none shows a page or it cannot all be read (an object stream not inflated, a count by
-    reference: an encrypted or crafted PDF, which Gemini may still read whole). Read as an upload's
+    reference: an encrypted or crafted PDF, which Gemini may still read whole), or a page tree's kids
+    repeat one (readers walk it each time, whatever the count). Read as an upload's
     pieces are (:class:`PageCounter`), in one piece: one set of rules; an inline PDF is read whatever
     its first bytes (``pdf=True``: no header looked for), from ``inflation``, the request's budget."""
     counter = PageCounter(pdf=True)
@@ -420,10 +421,13 @@ class PageCounter:
     the last :data:`CARRY` bytes of the one before (a mark split between two is read once, whole), and
     an object stream open at a piece's end is carried whole (up to :data:`CARRY_MAX`) until it ends. Its
     streams are found by a lexer whose state goes from piece to piece (:meth:`_lex`). Its state is a few
-    numbers and the carry (:meth:`dumps`), kept between the requests an upload's chunks come in.
+    numbers, the /Kids' object numbers and the carry (:meth:`dumps`), kept between the requests an
+    upload's chunks come in.
     :meth:`pages` is None when the bytes are not a PDF; :data:`MAX_PDF_PAGES` when its pages could
     not be counted (no page mark, a piece missing or out of order, an object stream too large to carry or
-    not Flate or its type where a reader may not see it, a count by reference)."""
+    not Flate or its type where a reader may not see it, a count by reference, a reference repeated in
+    a page tree's /Kids or one not read: :meth:`_count_kids`). Its /Kids' object numbers are kept up
+    to :data:`KIDS_MAX`; past it the PDF is held at the limit."""
 
     at: int = 0  # bytes read so far: the offset the next piece must start at
     pdf: bool = False  # the PDF header was seen in the first kilobyte
@@ -739,7 +743,10 @@ class PageCounter:
         if self.state == "reading":
             return "its last chunk was not read"
         if self.unread:
-            return "an object stream could not be read (too large, not Flate, or marked where a reader may not see it)"
+            return (
+                "an object stream could not be read (too large, not Flate, or marked where a reader may not see it),"
+                " or a page tree's /Kids repeat a page or could not be read"
+            )
         return "no page object or page count in it: encrypted, or damaged"
 
     def _found(self) -> int:

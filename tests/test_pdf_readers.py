@@ -311,3 +311,21 @@ def test_four_megabytes_of_kids_are_read_in_linear_time(unit):
     assert pdf_pages(data) == MAX_PDF_PAGES
     assert in_pieces(data, 1 << 20) == MAX_PDF_PAGES
     assert time.monotonic() - started < 1.2
+
+
+def test_an_incremental_update_that_rewrites_the_page_tree_is_held_at_the_limit():
+    """An update appending a page rewrites the tree's node, its kids named again: readers see the new
+    version only (2 pages), the counter sees a kid repeated and holds the limit, over and never under (it
+    does not tell one object's versions apart)."""
+    first = with_table({1: CATALOG, 2: b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>", 3: PAGE})
+    start = int(first.rsplit(b"startxref\n", 1)[1].split(b"\n")[0])
+    update, offsets = b"", {}
+    for number, obj in ((2, b"<< /Type /Pages /Kids [3 0 R 4 0 R] /Count 2 >>"), (4, PAGE)):
+        offsets[number] = len(first) + len(update)
+        update += b"%d 0 obj\n%s\nendobj\n" % (number, obj)
+    table = len(first) + len(update)
+    update += b"xref\n0 1\n0000000000 65535 f \n2 1\n%010d 00000 n \n4 1\n%010d 00000 n \n" % (offsets[2], offsets[4])
+    update += b"trailer\n<< /Size 5 /Root 1 0 R /Prev %d >>\nstartxref\n%d\n%%%%EOF\n" % (start, table)
+    assert readers(first) == {"pdfium": 1, "pypdf": 1} and pdf_pages(first) == 1
+    assert readers(first + update) == {"pdfium": 2, "pypdf": 2}
+    assert pdf_pages(first + update) == MAX_PDF_PAGES

@@ -23,6 +23,7 @@ import pytest
 from conftest import ServerProcess, mock_env, wait_for
 from test_gemini_files import chunk, upload, upload_url
 from test_gemini_pdf_hold import CAP, IN_25, OUT_25, REFUSAL, USD, pdf
+from test_pdf_readers import repeated_kids
 
 GEMINI_KEY = "AIza-uploadpdf-0123456789abcdefPROVIDERSECRET"
 ANTHROPIC_KEY = "sk-ant-uploadpdf-0123456789PROVIDERSECRET"
@@ -104,6 +105,17 @@ def test_a_gemini_pdf_whose_pages_cannot_be_counted_is_held_at_the_limit_and_the
     held, body = gemini_hold(server, key, made)
     assert held == bytes_hold(body, IN_25, OUT_25) + 1000 * 258 * IN_25
     wait_for(lambda: "could not be counted" in server.log and made["name"] in server.log, what="the log line")
+
+
+def test_a_gemini_upload_whose_page_tree_repeats_a_kid_is_held_at_the_limit(server):
+    """900 references to one page in its /Kids, in 1,000-byte chunks (the array split between them, the
+    kids read kept in the database): readers walk 900 pages; it was held at the one page object."""
+    key = tight_key(server)
+    data = repeated_kids(900, b"1")
+    made = gemini_upload(server, key, data, piece=1000)
+    held, body = gemini_hold(server, key, made)
+    assert held == bytes_hold(body, IN_25, OUT_25) + 1000 * 258 * IN_25
+    wait_for(lambda: "/Kids repeat a page" in server.log and made["name"] in server.log, what="the log line")
 
 
 def test_a_gemini_file_that_is_not_a_pdf_keeps_the_limit(server):
