@@ -458,7 +458,7 @@ class PageCounter:
     # offset their reading goes on from (a token that starts before a piece's cut is read whole in it), and
     # whether that is inside an array.
     kids: list[int] = dataclasses.field(default_factory=list)
-    kid_arrays: int = 0
+    kids_names: int = 0
     kids_at: int = 0
     in_kids: bool = False
     carry: bytes = b""
@@ -528,8 +528,9 @@ class PageCounter:
                     return end, False
                 value = _KIDS_VALUE.match(buf, name.end())
                 assert value is not None  # all of it optional: it always matches
-                self.unread = value["held"] is not None or value.end() - name.end() > _KID_SPAN
-                self.kid_arrays += 1
+                if value["held"] is not None or value.end() - name.end() > _KID_SPAN:
+                    self.unread = True  # its array by reference, or past a comment longer than _WS reads
+                self.kids_names += 1
                 self._bound_kids()
                 pos, in_array = value.end(), value["array"] is not None
                 continue
@@ -559,7 +560,7 @@ class PageCounter:
     def _bound_kids(self) -> None:
         """Past :data:`KIDS_MAX` /Kids names and references (more pages than the limit, or crafted) the PDF
         is held at the limit and its kids are no longer kept: the state between an upload's chunks is small."""
-        if len(self.kids) + self.kid_arrays > KIDS_MAX:
+        if len(self.kids) + self.kids_names > KIDS_MAX:
             self.count, self.kids = max(self.count, MAX_PDF_PAGES), []
 
     def _kids_done(self) -> bool:
