@@ -460,7 +460,9 @@ class Ownership:
         run the request's code there, with the files left in it) and its Anthropic files
         (``anthropic_files``) wherever a ``file_id`` stands — a document's or image's
         ``{"type": "file"}`` source, a ``container_upload``, a code execution result sent back: a
-        file holds a prompt. The provider holds every key's under the one provider key, so another
+        file holds a prompt — and the Gemini files it names by URL (:meth:`gemini_files_by_url`: routed
+        to Google's OpenAI-compatible endpoint, a URL source is translated to a part's URL, which Google
+        reads the uploaded file from). The provider holds every key's under the one provider key, so another
         key's, or one Stockyard never saw (a container made before they were owned: the client
         leaves ``container`` out and gets a new one), is Anthropic's 404 here, before any module or
         provider call; a ``container`` of another shape is its 400, in open mode too. The files the
@@ -481,9 +483,12 @@ class Ownership:
 
         ctx.claim_made = claim
         self.require_anthropic_container(ctx.body, None if ctx.key is None else owner)
-        if ctx.key is None or not may_name(ctx.raw, b"file_id"):  # open mode: one owner
+        if ctx.key is None:  # open mode: one owner
             return
-        ctx.pdf_pages.update(self.require_anthropic_files(ctx.body, owner))
+        if may_name_file_url(ctx.raw):  # a URL source goes to an OpenAI-compatible Google endpoint as a part's URL
+            ctx.pdf_pages.update(self.gemini_files_by_url(ctx.body, owner))
+        if may_name(ctx.raw, b"file_id"):
+            ctx.pdf_pages.update(self.require_anthropic_files(ctx.body, owner))
 
     def require_anthropic_container(self, body: object, owner: str | None, where: str = "") -> None:
         """The container a Messages body names (``objectrefs.anthropic_container``: a malformed one is
