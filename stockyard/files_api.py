@@ -406,9 +406,8 @@ class Ownership:
             return
         walk, owner = estimate.put_in(ctx) or hides_names(ctx.raw), owner_of(ctx)  # items put in: the bytes do not say
         if ctx.endpoint == "image_edits" and (walk or b"file_id" in ctx.raw):  # a JSON edit's: each named where it is
-            for param, named in members_named(ctx.body, ("file_id",)):
-                if isinstance(named, str):
-                    self.require_files([named], owner, param)
+            for named, param in first_places(ctx.body, "file_id").items():
+                self.require_files([named], owner, param)
         if walk or b"container" in ctx.raw:
             for container_id, param in referenced_containers(ctx.body).items():
                 if self.find(container_id, "container", owner) is None:
@@ -1611,6 +1610,16 @@ class FilesAPI(ProviderCalls):
             owned = self.ownership.find(batch["id"], "batch", owner)
             if owned is not None and not owned.billed:
                 self._on_completed(ctx, provider, batch)
+
+
+def first_places(body: dict, name: str) -> dict[str, str]:
+    """Each string a member called ``name`` holds in ``body`` (``objectrefs.members_named``), with the
+    first place that names it: each is looked up once, however often a body repeats it."""
+    found: dict[str, str] = {}
+    for param, value in members_named(body, (name,)):
+        if isinstance(value, str):
+            found.setdefault(value, param)
+    return found
 
 
 def on_line(number: int, check: Callable[[], T]) -> T:
