@@ -406,7 +406,7 @@ class Ownership:
             return
         walk, owner = estimate.put_in(ctx) or hides_names(ctx.raw), owner_of(ctx)  # items put in: the bytes do not say
         if ctx.endpoint == "image_edits" and (walk or b"file_id" in ctx.raw):  # a JSON edit's: each named where it is
-            for named, param in first_places(ctx.body, "file_id").items():
+            for named, param in first_places(ctx.body, ("file_id",)).items():
                 self.require_files([named], owner, param)
         if walk or b"container" in ctx.raw:
             for container_id, param in referenced_containers(ctx.body).items():
@@ -421,9 +421,8 @@ class Ownership:
         if walk or b"file_id" in ctx.raw:
             ctx.pdf_pages.update(self.require_files(referenced_files(ctx.body), owner, "file_id"))
         if walk or b"cached_content" in ctx.raw or b"cachedContent" in ctx.raw:
-            for _, value in members_named(ctx.body, CACHE_FIELDS):  # Google's OpenAI-compatible API reads them
-                if isinstance(value, str):
-                    self.owned_cache(value, owner)
+            for value in first_places(ctx.body, CACHE_FIELDS):  # Google's OpenAI-compatible API reads them
+                self.owned_cache(value, owner)
         if walk or may_name_file_url(ctx.raw):  # and a Gemini file by its URI where a part has a URL
             ctx.pdf_pages.update(self.gemini_files_by_url(ctx.body, owner))
 
@@ -1449,10 +1448,9 @@ class FilesAPI(ProviderCalls):
             theirs = self.ownership.first_of_another(list(stores), "vector_store", key.id)  # an unowned one is shared
             if theirs is not None:
                 raise not_found("vector_store", theirs, "file", f"line {number} of the batch file")
-            caches = members_named(body, CACHE_FIELDS) if may_name(line, b"ached") else ()
-            for _, cache in caches:  # Google's OpenAI-compatible batches read them, and Gemini files by URI
-                if isinstance(cache, str):
-                    on_line(number, functools.partial(self.ownership.owned_cache, cache, key.id))
+            caches = first_places(body, CACHE_FIELDS) if may_name(line, b"ached") else {}
+            for cache in caches:  # Google's OpenAI-compatible batches read them, and Gemini files by URI
+                on_line(number, functools.partial(self.ownership.owned_cache, cache, key.id))
             if may_name_file_url(line):
                 pages.update(self.ownership.gemini_files_by_url(body, key.id, number))
             previous = body.get("previous_response_id")
@@ -1612,11 +1610,11 @@ class FilesAPI(ProviderCalls):
                 self._on_completed(ctx, provider, batch)
 
 
-def first_places(body: dict, name: str) -> dict[str, str]:
-    """Each string a member called ``name`` holds in ``body`` (``objectrefs.members_named``), with the
-    first place that names it: each is looked up once, however often a body repeats it."""
+def first_places(body: dict, names: tuple[str, ...]) -> dict[str, str]:
+    """Each string a member called one of ``names`` holds in ``body`` (``objectrefs.members_named``),
+    with the first place that names it: each is looked up once, however often a body repeats it."""
     found: dict[str, str] = {}
-    for param, value in members_named(body, (name,)):
+    for param, value in members_named(body, names):
         if isinstance(value, str):
             found.setdefault(value, param)
     return found

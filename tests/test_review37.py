@@ -76,3 +76,24 @@ def test_a_json_edit_naming_one_file_many_times_looks_it_up_once(tmp_path):
         assert (refused.value.status, refused.value.param) == (404, "extra[1000].file_id")
     finally:
         store.close()
+
+
+def test_a_body_naming_one_context_cache_many_times_looks_it_up_once(tmp_path):
+    """As a file id: a Gemini context cache an OpenAI-shaped body names by ``cached_content`` (Google's
+    OpenAI-compatible endpoint reads it) is looked up once however often the body repeats it."""
+    backend = SqliteBackend(tmp_path / "stockyard.db")
+    backend.open_and_migrate()
+    store = Store(backend)
+    try:
+        ownership = Ownership(store, None)
+        assert ownership.claim("own-cache", "cached_content", "key-1", "gemini")
+        named = {"cached_content": "cachedContents/own-cache"}
+        body = {"model": "gemini-2.5-flash", "messages": [], "extra_body": {"google": [named] * 1000}}
+        ctx = RequestContext("chat", OPENAI, "127.0.0.1", {}, raw=json.dumps(body).encode(), body=body)
+        ctx.key, ctx.key_id = "a client key", "key-1"
+        looked: list[str] = []
+        store.read().set_trace_callback(lambda sql: looked.append(sql) if "FROM owned_objects" in sql else None)
+        ownership.check_references(ctx)
+        assert len(looked) == 1, len(looked)
+    finally:
+        store.close()
