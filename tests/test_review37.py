@@ -4,10 +4,12 @@ openai-compatible provider on the mock upstream), the official SDKs as clients."
 
 from __future__ import annotations
 
+import io
 import json
 
 import anthropic
 import pytest
+from test_iso36 import form
 from test_iso37 import MODEL, URI, alices, sent_naming, server  # noqa: F401 (fixtures)
 
 from stockyard.context import RequestContext
@@ -97,3 +99,22 @@ def test_a_body_naming_one_context_cache_many_times_looks_it_up_once(tmp_path):
         assert len(looked) == 1, len(looked)
     finally:
         store.close()
+
+
+def test_an_input_reference_naming_file_id_twice_is_refused_unasked(server, alices, mock):
+    """A video create's ``input_reference`` as JSON text (a form's field, or a JSON create's string)
+    naming ``file_id`` twice: the check read the last (the key's own file), a provider's parser may
+    read the first (another key's). A 400 as for any body naming a member twice, before the provider."""
+    bobs = server.openai("bob").files.create(file=("b.txt", io.BytesIO(b"bob's own")), purpose="user_data").id
+    text = '{"file_id": "%s", "file_id": "%s"}' % (alices["file"], bobs)
+    raw, kind = form([("model", "sora-2"), ("prompt", "x"), ("input_reference", text)], [])
+    before = len(mock.requests)
+    as_bob = {**server.auth("bob"), "Content-Type": kind}
+    status, _, answer = server.request("POST", "/v1/videos", raw=raw, headers=as_bob)
+    assert status == 400, (status, answer)
+    error = json.loads(answer)["error"]
+    assert (error["param"], error["code"]) == ("input_reference", "duplicate_key"), error
+    body = {"model": "sora-2", "prompt": "x", "input_reference": text}
+    status, _, answer = server.request("POST", "/v1/videos", body, headers=server.auth("bob"))
+    assert status == 400 and json.loads(answer)["error"]["code"] == "duplicate_key", (status, answer)
+    assert not sent_naming(mock, before, alices["file"])
