@@ -219,17 +219,17 @@ def _pages_by_url(
     (``objectrefs.URL_FIELDS``, its own or its object's: a chat ``image_url.url``, a Responses
     ``file_url``; Google's OpenAI-compatible endpoint reads them): the pages ``known`` counts, at
     Gemini's rate (only Google reads its files), less the image the estimate held for a part by
-    reference (``estimate.by_reference``). A part has a ``type``; an object whose URLs a part's were
-    read as (``read``, walked parent first: a Claude image's ``source``, which has a ``type`` too) is
-    not read again as a part of its own."""
+    reference (``estimate.by_reference``). A part has a ``type``; an object whose URLs were counted as
+    a part's (``read``, walked parent first: a Claude image's ``source``, which has a ``type`` too) is
+    not counted again as a part of its own."""
     if not isinstance(part.get("type"), str) or id(part) in read:
         return 0
     places = [part, *(value for value in part.values() if isinstance(value, dict))]
-    read.update(map(id, places))
     named = [v for place in places for v in (place.get(name) for name in URL_FIELDS) if isinstance(v, str)]
     pages = sum(known[uri] for uri in named if uri in known and names_a_file(uri))
     if not pages:
         return 0
+    read.update(map(id, places))  # counted here: an object among them is not a part of its own
     return max(0, pages * page_tokens(model, body, part) - (image_tokens if by_reference(part) else 0))
 
 
