@@ -32,7 +32,7 @@ from typing import Any, Iterator
 
 from .context import Attempt, RequestContext
 from .errors import RESPONSES
-from .imagegen import edit_references, held_tokens, images_api_tokens, tool_calls, without_images
+from .imagegen import edit_references, form_references, held_tokens, images_api_tokens, tool_calls, without_images
 from .limits import request_numbers
 from .pricing import PER, WEB_SEARCH_UC, Price, long_cache_write_rate, rates_for, unit_cost
 
@@ -597,13 +597,14 @@ def media_request_cost(
 
 
 def sent_image_tokens(ctx: RequestContext, price: Price) -> int:
-    """Input tokens of the images an edit sends — its form's file parts, or a JSON edit's ``images``
+    """Input tokens of the images an edit sends — its form's file parts and reference fields
+    (``imagegen.form_references``), or a JSON edit's ``images``
     (``imagegen.edit_references``), a mask too: which ones a provider reads is its own business —
     each as an image named by reference is held (the price table's ``image_input_tokens``, else
     :data:`IMAGE_INPUT_TOKENS`), however it is sent: a form's bytes are not in ``ctx.raw`` (its
     metadata), and a JSON edit's are not counted as its text (:func:`images_text_tokens`)."""
-    if ctx.upload is not None:
-        sent = len(ctx.upload.files)
+    if ctx.upload is not None:  # its file parts, and the images its fields name as the JSON's do
+        sent = len(ctx.upload.files) + form_references(ctx.upload.fields)
     else:
         sent = len(edit_references(ctx.body)) if ctx.endpoint == "image_edits" else 0
     return sent * (price.image_input_tokens or IMAGE_INPUT_TOKENS)

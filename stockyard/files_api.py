@@ -431,9 +431,8 @@ class Ownership:
             return
         walk, owner = estimate.put_in(ctx) or hides_names(ctx.raw), owner_of(ctx)  # items put in: the bytes do not say
         if ctx.endpoint == "image_edits" and (walk or b"file_id" in ctx.raw):  # a JSON edit's: each named where it is
-            for param, named in members_named(ctx.body, ("file_id",)):
-                if isinstance(named, str):
-                    self.require_files([named], owner, param)
+            for named, param in first_places(ctx.body, ("file_id",)).items():
+                self.require_files([named], owner, param)
         if walk or b"container" in ctx.raw:
             for container_id, param in referenced_containers(ctx.body).items():
                 if self.find(container_id, "container", owner) is None:
@@ -447,9 +446,8 @@ class Ownership:
         if walk or b"file_id" in ctx.raw:
             ctx.pdf_pages.update(self.require_files(referenced_files(ctx.body), owner, "file_id"))
         if walk or b"cached_content" in ctx.raw or b"cachedContent" in ctx.raw:
-            for _, value in members_named(ctx.body, CACHE_FIELDS):  # Google's OpenAI-compatible API reads them
-                if isinstance(value, str):
-                    self.owned_cache(value, owner)
+            for value in first_places(ctx.body, CACHE_FIELDS):  # Google's OpenAI-compatible API reads them
+                self.owned_cache(value, owner)
         if walk or may_name_file_url(ctx.raw):  # and a Gemini file by its URI where a part has a URL
             ctx.pdf_pages.update(self.gemini_files_by_url(ctx.body, owner))
 
@@ -485,7 +483,9 @@ class Ownership:
         run the request's code there, with the files left in it) and its Anthropic files
         (``anthropic_files``) wherever a ``file_id`` stands — a document's or image's
         ``{"type": "file"}`` source, a ``container_upload``, a code execution result sent back: a
-        file holds a prompt. The provider holds every key's under the one provider key, so another
+        file holds a prompt — and the Gemini files it names by URL (:meth:`gemini_files_by_url`: routed
+        to Google's OpenAI-compatible endpoint, a URL source is translated to a part's URL, which Google
+        reads the uploaded file from). The provider holds every key's under the one provider key, so another
         key's, or one Stockyard never saw (a container made before they were owned: the client
         leaves ``container`` out and gets a new one), is Anthropic's 404 here, before any module or
         provider call; a ``container`` of another shape is its 400, in open mode too. The files the
@@ -506,9 +506,12 @@ class Ownership:
 
         ctx.claim_made = claim
         self.require_anthropic_container(ctx.body, None if ctx.key is None else owner)
-        if ctx.key is None or not may_name(ctx.raw, b"file_id"):  # open mode: one owner
+        if ctx.key is None:  # open mode: one owner
             return
-        ctx.pdf_pages.update(self.require_anthropic_files(ctx.body, owner))
+        if may_name_file_url(ctx.raw):  # a URL source goes to an OpenAI-compatible Google endpoint as a part's URL
+            ctx.pdf_pages.update(self.gemini_files_by_url(ctx.body, owner))
+        if may_name(ctx.raw, b"file_id"):
+            ctx.pdf_pages.update(self.require_anthropic_files(ctx.body, owner))
 
     def require_anthropic_container(self, body: object, owner: str | None, where: str = "") -> None:
         """The container a Messages body names (``objectrefs.anthropic_container``: a malformed one is
@@ -1473,10 +1476,9 @@ class FilesAPI(ProviderCalls):
             theirs = self.ownership.first_of_another(list(stores), "vector_store", key.id)  # an unowned one is shared
             if theirs is not None:
                 raise not_found("vector_store", theirs, "file", f"line {number} of the batch file")
-            caches = members_named(body, CACHE_FIELDS) if may_name(line, b"ached") else ()
-            for _, cache in caches:  # Google's OpenAI-compatible batches read them, and Gemini files by URI
-                if isinstance(cache, str):
-                    on_line(number, functools.partial(self.ownership.owned_cache, cache, key.id))
+            caches = first_places(body, CACHE_FIELDS) if may_name(line, b"ached") else {}
+            for cache in caches:  # Google's OpenAI-compatible batches read them, and Gemini files by URI
+                on_line(number, functools.partial(self.ownership.owned_cache, cache, key.id))
             if may_name_file_url(line):
                 pages.update(self.ownership.gemini_files_by_url(body, key.id, number))
             previous = body.get("previous_response_id")
@@ -1653,6 +1655,16 @@ def check_line(number: int, check: Callable[[], object]) -> None:
     except ProxyError as exc:
         message = f"line {number} of the batch file: {exc.message}"
         raise ProxyError(400, message, param="file", code=exc.code) from None
+
+
+def first_places(body: dict, names: tuple[str, ...]) -> dict[str, str]:
+    """Each string a member called one of ``names`` holds in ``body`` (``objectrefs.members_named``),
+    with the first place that names it: each is looked up once, however often a body repeats it."""
+    found: dict[str, str] = {}
+    for param, value in members_named(body, names):
+        if isinstance(value, str):
+            found.setdefault(value, param)
+    return found
 
 
 def on_line(number: int, check: Callable[[], T]) -> T:

@@ -139,6 +139,17 @@ def edit_references(body: Mapping[str, Any]) -> list[dict]:
     return [r for r in found if isinstance(r, dict) and len(r) == 1 and set(r) <= set(IMAGE_REFERENCE)]
 
 
+FORM_REFERENCE = tuple(f"[{name}]" for name in IMAGE_REFERENCE)  # how a form field names one: mask[file_id]
+
+
+def form_references(fields: Mapping[str, str | list[str]]) -> int:
+    """How many images a form edit names in its text fields, the JSON edit's shape written as a form
+    (``images[][image_url]``, ``mask[file_id]``, a list's field once a value): relayed beside its file
+    parts, so the provider may read each as an image."""
+    named = (value for name, value in fields.items() if name.endswith(FORM_REFERENCE))
+    return sum(1 if isinstance(value, str) else len(value) for value in named)
+
+
 def images_api_tokens(body: dict, model: str, floor: int) -> int:
     """Output tokens one image of an Images API request (generations, edits) may cost:
     :func:`images_api_image` and its partial images (a stream's previews, 100 tokens each)."""

@@ -200,13 +200,14 @@ def held_pdf_tokens(
     if not isinstance(body, dict) or (not walk and not known and not may_hold_pdf(raw)):
         return 0
     extra, inflation = 0, Inflation()
+    read: set[int] = set()  # the objects a part's URLs were read from (_pages_by_url), by identity
     for part in body_values(body):
         if not isinstance(part, dict):
             continue
         inline, by_reference = _pdf_of(part)
         pages = _referenced_pages(part, by_reference if gemini else None, known)
         if inline is None and pages is None:
-            extra += _pages_by_url(model, body, part, known, image_tokens) if known else 0
+            extra += _pages_by_url(model, body, part, known, image_tokens, read) if known else 0
             continue
         per_page = page_tokens(model, body, part) if gemini else PAGE_TEXT_TOKENS + image_tokens
         if inline is not None:
@@ -228,20 +229,24 @@ def _referenced_pages(part: dict, uri: str | None, known: Mapping[str, int]) -> 
     return known[file_id] if isinstance(file_id, str) and file_id in known else None
 
 
-def _pages_by_url(model: str, body: dict, part: dict, known: Mapping[str, int], image_tokens: int) -> int:
+def _pages_by_url(
+    model: str, body: dict, part: dict, known: Mapping[str, int], image_tokens: int, read: set[int]
+) -> int:
     """Input tokens the Gemini files' PDFs an OpenAI-shaped content ``part`` names by URL add
     (``objectrefs.URL_FIELDS``, its own or its object's: a chat ``image_url.url``, a Responses
     ``file_url``; Google's OpenAI-compatible endpoint reads them): the pages ``known`` counts, at
     Gemini's rate (only Google reads its files), less the image the estimate held for a part by
-    reference (``estimate.by_reference``). A part has a ``type``: its object's members are not
-    walked again as one."""
-    if not isinstance(part.get("type"), str):
+    reference (``estimate.by_reference``). A part has a ``type``; an object whose URLs were counted as
+    a part's (``read``, walked parent first: a Claude image's ``source``, which has a ``type`` too) is
+    not counted again as a part of its own."""
+    if not isinstance(part.get("type"), str) or id(part) in read:
         return 0
     places = [part, *(value for value in part.values() if isinstance(value, dict))]
     named = [v for place in places for v in (place.get(name) for name in URL_FIELDS) if isinstance(v, str)]
     pages = sum(known[uri] for uri in named if uri in known and names_a_file(uri))
     if not pages:
         return 0
+    read.update(map(id, places))  # counted here: an object among them is not a part of its own
     return max(0, pages * page_tokens(model, body, part) - (image_tokens if by_reference(part) else 0))
 
 

@@ -41,7 +41,7 @@ from .files_api import (
     owner_of,
     page_limit,
 )
-from .httpio import Request, check_method, json_object
+from .httpio import DuplicateMember, Request, check_method, json_object, unique_members
 from .metrics import Metrics
 from .modules.guard import batch_policy
 from .objectrefs import referenced_files
@@ -112,10 +112,14 @@ def create_terms(fields: Callable[[str], object]) -> tuple[str, int, str]:
 
 def referenced_file(reference: object) -> str | None:
     """The file an ``input_reference`` names by id (``{"file_id": …}``, as JSON or a form's JSON
-    text), or None: the provider would read any key's file."""
+    text), or None: the provider would read any key's file. JSON text naming a member twice is a
+    400, as a body is (``httpio.unique_members``): the provider's parser may read the other one."""
     if isinstance(reference, str) and reference.lstrip().startswith("{"):
         try:
-            reference = json.loads(reference)
+            reference = json.loads(reference, object_pairs_hook=unique_members)
+        except DuplicateMember as exc:
+            message = f"'input_reference' names {exc.name[:64]!r} twice in one object; send each name once"
+            raise ProxyError(400, message, param="input_reference", code="duplicate_key") from None
         except ValueError:
             return None
     file_id = reference.get("file_id") if isinstance(reference, dict) else None

@@ -192,3 +192,26 @@ def test_a_batch_line_naming_a_minted_conversation_item_is_refused_naming_the_li
         alice.batches.create(input_file_id=unchecked.id, endpoint="/v1/responses", completion_window="24h")
     assert refused.value.body["code"] == "conversation_item_in_batch", refused.value.body
     assert not [r for r in mock.requests[before:] if r.method == "POST" and r.path == "/v1/batches"]
+
+
+def test_a_gemini_pdf_named_by_a_claude_image_url_is_held_at_its_pages(server, mock):
+    """A Messages body routed to Google's OpenAI-compatible endpoint is translated to chat, its image
+    ``url`` source to an ``image_url`` part Google reads the file from: the PDF's pages are held as in
+    an OpenAI-shaped body (its ownership is checked there: test_review37)."""
+    import anthropic
+
+    secret, _ = budgeted(server, "0.00000001")
+    holds = []
+    for made in (uploaded_pdf(server, secret), uploaded_notes(server, secret)):
+        image = {"type": "image", "source": {"type": "url", "url": made["uri"]}}
+        content = [image, {"type": "text", "text": "Sum up."}]
+        before = len(mock.requests)
+        with pytest.raises(anthropic.RateLimitError) as refused:
+            server.anthropic(secret).messages.create(
+                model=MODEL, max_tokens=CAP, messages=[{"role": "user", "content": content}]
+            )
+        assert len(mock.requests) == before
+        found = re.search(REFUSAL, refused.value.body["error"]["message"])
+        assert found, refused.value.body
+        holds.append(int(Decimal(found[1]) * USD))
+    assert holds[0] == holds[1] + (PAGES * PAGE_25 - IMAGE) * IN_25, holds

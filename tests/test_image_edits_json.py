@@ -189,3 +189,20 @@ def test_a_json_edit_is_held_as_the_same_form_edit_is(server, mock):
     answer = edit(server, "roomy", {**asked, **inline})  # $0.05 holds it: its images are not held as text
     assert answer.status_code == 200
     assert server.trace(answer.headers["x-stockyard-trace-id"])["cost_status"] == "exact"
+
+
+def test_a_form_naming_images_by_reference_fields_is_held_at_each(server, mock):
+    """A form may name images as the JSON does, in fields (``images[][image_url]``, ``mask[file_id]``:
+    relayed, and held to the key's files, ``Ownership.check_form_files``): each is held as an image, as
+    a file part is — a form of one file and a mask by URL was held as one image."""
+    mock.clear()
+    asked = {"model": "gpt-image-1", "prompt": "add a boat", "quality": "low", "size": "1024x1024"}
+    image = ("in.png", PNG, "image/png")
+    two_files = held(server, lambda c: c.images.edit(image=image, mask=("m.png", PNG, "image/png"), **asked))
+    by_field = {"mask": {"image_url": URL}}  # the SDK writes it as the form field mask[image_url]
+    one_and_a_field = held(server, lambda c: c.images.edit(image=image, **asked, extra_body=by_field))
+    assert abs(one_and_a_field - two_files) < Decimal("0.001"), (one_and_a_field, two_files)
+    two = {"images": [{"image_url": URL}], "mask": {"image_url": URL}}  # images[][image_url], mask[image_url]
+    one_and_two_fields = held(server, lambda c: c.images.edit(image=image, **asked, extra_body=two))
+    assert one_and_two_fields - two_files > Decimal("0.015"), (one_and_two_fields, two_files)  # 1,600 tokens: $0.016
+    assert edits_sent(mock) == []
