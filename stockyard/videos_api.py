@@ -10,7 +10,10 @@ A remix (``POST /v1/videos/{id}/remix``) is a new video of the key's, at its sou
 The create holds its worst case — its ``seconds`` (OpenAI's default 4) × the rate — against the
 key's and its project's budgets, as a batch does (``App.check_batch_budget``; a model without a
 price is refused under a budget), after the key's rate limit, its model allow-list and guard's
-model lists. Its own trace costs 0: the job has made nothing yet. When Stockyard first sees the job
+model lists; and, where the create names an end user (``attribution``) and ``userlimits`` runs for
+it, against that end user's budget too, counted in the end user's rpm (``with_user_hold``). A
+create's model goes out renamed by ``alias``, held and billed at its target. Its own trace costs 0:
+the job has made nothing yet. When Stockyard first sees the job
 end (a retrieve, a list, the retrieve a delete makes first, or the batch watch's look at one nobody
 asks about), one ``videos.usage`` trace bills what the provider bills — a completed video its
 ``seconds`` at the rate, a failed one nothing — written in the transaction that marks it billed

@@ -135,6 +135,10 @@ def test_an_end_users_rpm_counts_video_creates(server, mock):
     secret, _ = new_key(server)
     assert [make(server, secret, {"prompt": f"p{i}"}, user="ian-videos")[0] for i in range(3)] == [200, 200, 429]
     assert make(server, secret, {"prompt": "another user"}, user="jo-videos")[0] == 200
+    before = creates(mock)
+    status, body = make(server, secret, {"prompt": "a bad user", "user": 5})
+    assert status == 400 and body["error"]["param"] == "user", body  # as a chat call's, before the provider
+    assert creates(mock) == before
 
 
 def test_an_aliased_model_goes_out_renamed_and_is_held_at_its_target(server, mock):

@@ -15,7 +15,8 @@ request's worst case is reserved in the server's :class:`~stockyard.budgets.Ledg
 lock (so 100 concurrent requests against a budget for 10 admit exactly 10) and settles to the
 real cost; spend survives restarts through ``rollups_users`` (and ``budget_unpriced``). A background
 response holds its worst case until it is billed, recorded with it (``stockyard.background``), as a
-key's budget holds it. The rate limits are the
+key's budget holds it; a video create holds its known worst case so (:meth:`UserLimitsModule.hold_known`).
+The rate limits are the
 ``ratelimit`` module's exact sliding windows, one per user.
 """
 
