@@ -168,3 +168,16 @@ def test_an_aliased_model_goes_out_renamed_and_is_held_at_its_target(server, moc
     wait_for(lambda: len(created()) == 2, what="the creates' traces")
     assert created() == ["house-video", "plain-video"]  # the trace's model as asked
     assert [r["cost_uc"] for r in key_traces(server, name) if r["endpoint"] == "videos.usage"] == [4 * PRO_UC]
+
+
+def test_an_end_users_refusal_gives_the_keys_hold_back(server, mock):
+    """Under a $1.00 key budget and a $0.40 end-user budget, an $0.80 video for the end user is the
+    end user's refusal, and the key's $0.80 held a moment for it comes back: the key then makes an
+    $0.80 video for nobody in particular (a kept hold would leave only $0.20)."""
+    put_module(server, "budget")
+    user_budget(server, "0.40")
+    secret, _ = new_key(server, budget_usd="1.00", budget_period="total")
+    status, body = make(server, secret, {"prompt": "too long", "seconds": "8"}, user="kim-videos")
+    assert status == 429 and "end user 'kim-videos'" in body["error"]["message"], body
+    status, body = make(server, secret, {"prompt": "the key's own", "seconds": "8"})
+    assert status == 200, body
