@@ -914,7 +914,7 @@ class ProviderCalls:
         counted in the window its model calls use — the ``ratelimit`` module's, shared by the
         workers of a group and by PostgreSQL replicas — where that module runs for the key. A
         call uses no tokens, so tpm is not asked. End-user limits do not apply: these calls
-        name no end user."""
+        name no end user (a video create or remix does: ``VideosAPI._hold``)."""
         admit_call(self._path.chain(), ctx)
 
     def _owned(self, ctx: RequestContext, object_id: str, kind: str, missing: ProxyError) -> tuple[Owned, Provider]:

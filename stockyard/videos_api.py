@@ -10,7 +10,10 @@ A remix (``POST /v1/videos/{id}/remix``) is a new video of the key's, at its sou
 The create holds its worst case — its ``seconds`` (OpenAI's default 4) × the rate — against the
 key's and its project's budgets, as a batch does (``App.check_batch_budget``; a model without a
 price is refused under a budget), after the key's rate limit, its model allow-list and guard's
-model lists. Its own trace costs 0: the job has made nothing yet. When Stockyard first sees the job
+model lists; and, where the create names an end user (``attribution``) and ``userlimits`` runs for
+it, against that end user's budget too, counted in the end user's rpm (``with_user_hold``). A
+create's model goes out renamed by ``alias``, held and billed at its target. Its own trace costs 0:
+the job has made nothing yet. When Stockyard first sees the job
 end (a retrieve, a list, the retrieve a delete makes first, or the batch watch's look at one nobody
 asks about), one ``videos.usage`` trace bills what the provider bills — a completed video its
 ``seconds`` at the rate, a failed one nothing — written in the transaction that marks it billed
@@ -21,11 +24,13 @@ relayed chunk by chunk, never held whole.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from functools import partial
 from typing import Any, Callable
 
+from .attribution import attribute
 from .batch_costs import bill_once, settle_billed
 from .context import RequestContext, Route
 from .errors import OPENAI, ProxyError
@@ -35,6 +40,7 @@ from .files_api import (
     BatchSpend,
     Ownership,
     ProviderCalls,
+    allowed_providers,
     id_action_endpoint,
     id_action_route,
     not_found,
@@ -43,7 +49,9 @@ from .files_api import (
 )
 from .httpio import DuplicateMember, Request, check_method, json_object, unique_members
 from .metrics import Metrics
+from .modules.alias import Alias
 from .modules.guard import batch_policy
+from .modules.userlimits import KnownHold, UserLimitsModule
 from .objectrefs import referenced_files
 from .pricing import Price, Usage, unit_cost
 from .providers import Provider
@@ -63,6 +71,7 @@ LIST_LIMITS = (20, 100)  # (default, largest) page size
 SNAPSHOT = re.compile(r"-\d{4}-\d{2}-\d{2}$")  # sora-2-2025-10-06: priced as sora-2
 REFERENCE_FIELD = {"input_reference[file_id]": "input_reference"}  # the param a form's refusal names
 CheckBudget = Callable[[RequestContext, "int | None"], BatchHold]
+LOWER_VIDEO = "lower its seconds, choose a smaller size or a cheaper model, or raise the budget"  # a refusal's hint
 
 
 def route_of(path: str) -> tuple[str | None, str] | None:
@@ -108,6 +117,34 @@ def create_terms(fields: Callable[[str], object]) -> tuple[str, int, str]:
     if not isinstance(text, str) or not text.isascii() or not text.isdigit() or not 0 < int(text[:6]) <= MAX_SECONDS:
         raise invalid("seconds", f"'seconds' must be a whole number of seconds from 1 to {MAX_SECONDS}, such as \"4\"")
     return model, int(text), size
+
+
+def with_user_hold(hold: BatchHold, user: KnownHold | None) -> BatchHold:
+    """The key's hold of a new video with its end user's beside it: recorded with the video
+    (``held_user``), made spend in the same transaction, given back with it when none was made,
+    replaced by its cost when it is billed (``batch_costs.bill_once``)."""
+    if user is None:
+        return hold
+    recorded: list[bool] = []
+    key_end_in = hold.end_in
+
+    def end_in(conn: Any) -> Callable[[], None]:
+        done = [key_end_in(conn)] if key_end_in is not None else []
+        done.append(user.end_in(conn))
+
+        def committed() -> None:
+            recorded.append(True)
+            for call in done:
+                call()
+
+        return committed
+
+    def end(created: bool) -> None:
+        hold.end(created)
+        if not recorded:
+            user.end(created)
+
+    return dataclasses.replace(hold, end=end, user_scope=user.budget.scope, user_held_uc=user.held_uc, end_in=end_in)
 
 
 def referenced_file(reference: object) -> str | None:
@@ -211,18 +248,24 @@ class VideosAPI(ProviderCalls):
                 named = referenced_file(upload.get("input_reference"))  # its JSON text; its [file_id] is a field
                 self.ownership.require_files([named] if named else [], owner_of(ctx), "input_reference")
                 self.ownership.check_form_files(upload.fields, owner_of(ctx), REFERENCE_FIELD)
-                terms = create_terms(upload.get)
-                hold = self._hold(ctx, provider, terms)
-                form = upload.encode()
+                ctx.body = dict(upload.fields)  # its ``user`` names the end user, as a JSON body's does
+                attribute(ctx)
+                asked_terms = create_terms(upload.get)
+                provider, terms = self._aliased(ctx, provider, asked_terms)
+                hold = self._hold(ctx, provider, terms, asked_terms[0])
+                form = upload.encode(None if terms == asked_terms else {"model": terms[0]})
                 asked = asked_of(upload.get("prompt"), terms)
                 self._start(reply, ctx, provider, "/videos", hold, form, asked, form.content_type, form.length)
             return
         body = json_object(req.body)
-        ctx.raw = req.body
+        ctx.raw, ctx.body = req.body, body
+        attribute(ctx)
         self.require_body_files(body, owner_of(ctx))
-        terms = create_terms(body.get)
-        hold = self._hold(ctx, provider, terms)
-        self._start(reply, ctx, provider, "/videos", hold, req.body, asked_of(body.get("prompt"), terms))
+        asked_terms = create_terms(body.get)
+        provider, terms = self._aliased(ctx, provider, asked_terms)
+        hold = self._hold(ctx, provider, terms, asked_terms[0])
+        sent = req.body if terms == asked_terms else json.dumps({**body, "model": terms[0]}).encode()
+        self._start(reply, ctx, provider, "/videos", hold, sent, asked_of(body.get("prompt"), terms))
 
     def require_body_files(self, body: dict, owner: str) -> None:
         """A JSON create's files are the key's: its ``input_reference`` (an object or its JSON
@@ -237,33 +280,77 @@ class VideosAPI(ProviderCalls):
         """``POST /v1/videos/{id}/remix``: a new video at its source's model, size and seconds, which
         the source (retrieved first; an ended one is billed as any look bills it) says."""
         body = json_object(req.body)
+        ctx.body = body
+        attribute(ctx)  # before the source's look: a bad ``user`` is a 400 with nothing asked
         answer, source = self._call(ctx, provider, "GET", f"/videos/{video_id}")
         if answer.status >= 300 or not isinstance(source, dict):
             return self._send(reply, ctx, answer)
         self._seen(ctx, provider, source)
         ctx.raw = req.body
         terms = create_terms(source.get)
-        hold = self._hold(ctx, provider, terms)
+        hold = self._hold(ctx, provider, terms, terms[0])
         asked = {**asked_of(body.get("prompt"), terms), "remixed_from_video_id": video_id}
         self._start(reply, ctx, provider, f"/videos/{video_id}/remix", hold, req.body, asked)
 
-    def _hold(self, ctx: RequestContext, provider: Provider, terms: tuple[str, int, str]) -> BatchHold:
-        """The key's model allow-list and guard's lists, then the worst case reserved on its budgets
-        (a 429 when it does not fit; a 403 for a model without a price under a budget)."""
+    def _aliased(
+        self, ctx: RequestContext, provider: Provider, terms: tuple[str, int, str]
+    ) -> tuple[Provider, tuple[str, int, str]]:
+        """The provider and terms a create goes out with: its model renamed by the ``alias`` module,
+        as a chat call's is (a split's pick too); a target ``provider/model`` naming a configured
+        provider goes to that provider, which must be one of the key's that serve videos."""
+        module = self._path.chain().module("alias", ctx)
+        if not isinstance(module, Alias):
+            return provider, terms
+        ctx.model = terms[0]
+        module.before(ctx)
+        target = ctx.routed_model or terms[0]
+        head, sep, rest = target.partition("/")
+        registry = self._path.registry()
+        named = registry.by_name.get(head) if sep and rest else None
+        if named is not None:
+            if named not in allowed_providers(registry, ctx.key, VIDEO_KINDS):
+                raise ProxyError(
+                    403,
+                    f"model {terms[0]!r} is an alias of {target!r}, at a provider this key may not make videos with",
+                    param="model",
+                    code="provider_not_allowed",
+                )
+            provider, target = named, rest
+        return provider, (target, *terms[1:])
+
+    def _hold(self, ctx: RequestContext, provider: Provider, terms: tuple[str, int, str], asked: str) -> BatchHold:
+        """The key's model allow-list (for the model ``asked``, as the gate checks a chat call's) and
+        guard's lists (for the model that goes out too), then the worst case reserved on the key's
+        budgets and the end user's (a 429 when it does not fit; a 403 for a model without a price
+        under a budget); the end user's rpm counted (``userlimits``)."""
         model, seconds, size = terms
-        ctx.model = model
+        ctx.model = asked  # the trace's, as asked; an alias's target goes out
         key = ctx.key
-        if key is not None and not key.allows_model(f"{provider.name}/{model}", self._path.registry().routes_to):
+        if key is not None and not key.allows_model(f"{provider.name}/{asked}", self._path.registry().routes_to):
             raise ProxyError(
-                403, f"client key {key.prefix}… may not use model {model!r}", param="model", code="model_not_allowed"
+                403, f"client key {key.prefix}… may not use model {asked!r}", param="model", code="model_not_allowed"
             )
         policy = batch_policy(self._path.chain(), ctx)
-        refusal = policy(provider.name, model) if policy is not None else None
-        if refusal is not None:
-            raise refusal
+        refusals = [policy(provider.name, name) for name in dict.fromkeys((asked, model))] if policy else []
+        for refusal in refusals:
+            if refusal is not None:
+                raise refusal
         price = video_price(self._path.pricer, provider, model, size)
+        worst = None if price is None else unit_cost(price, seconds)
         self._check_budget(ctx, 0)  # used up: 429 first
-        return self._check_budget(ctx, None if price is None else unit_cost(price, seconds))
+        hold = self._check_budget(ctx, worst)
+        try:
+            return with_user_hold(hold, self._user_hold(ctx, worst))
+        except BaseException:
+            hold.end(False)
+            raise
+
+    def _user_hold(self, ctx: RequestContext, worst: int | None) -> KnownHold | None:
+        """The end user's rpm counted and ``worst`` held on its budget, where ``userlimits`` runs."""
+        module = self._path.chain().module("userlimits", ctx)
+        if not isinstance(module, UserLimitsModule):
+            return None
+        return module.hold_known(ctx, worst, "video", LOWER_VIDEO)
 
     def _start(
         self,

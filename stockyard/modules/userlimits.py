@@ -15,7 +15,8 @@ request's worst case is reserved in the server's :class:`~stockyard.budgets.Ledg
 lock (so 100 concurrent requests against a budget for 10 admit exactly 10) and settles to the
 real cost; spend survives restarts through ``rollups_users`` (and ``budget_unpriced``). A background
 response holds its worst case until it is billed, recorded with it (``stockyard.background``), as a
-key's budget holds it. The rate limits are the
+key's budget holds it; a video create holds its known worst case so (:meth:`UserLimitsModule.hold_known`).
+The rate limits are the
 ``ratelimit`` module's exact sliding windows, one per user.
 """
 
@@ -23,7 +24,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from .. import estimate
 from ..budgets import (
@@ -31,6 +32,8 @@ from ..budgets import (
     PERIODS,
     Budget,
     BudgetExceeded,
+    Hold,
+    Ledger,
     check_countable,
     lowering_hint,
     unpriced_refusal,
@@ -55,6 +58,36 @@ def _usd(value: str) -> str:
     if value.strip():
         microcents_from_usd(value)  # ValueError with a clear message when it is not an amount
     return value.strip()
+
+
+def unread_spend(exc: Exception) -> ProxyError:
+    """The 503 for an end user's spend the database could not give (said in the log once a minute)."""
+    _UNREAD.say(log, logging.ERROR, "end-user budget spend could not be loaded: %s", exc)
+    return ProxyError(
+        503, "the budget's spend could not be read from the database; try again shortly", code="budget_unavailable"
+    )
+
+
+@dataclass(frozen=True)
+class KnownHold:
+    """A known worst case (a video's) reserved on an end user's budget for work billed after the
+    fact: recorded with the object it makes, whose transaction turns it into spend (``end_in``)
+    until the object is billed; ``end(False)`` gives it back when no object was recorded."""
+
+    budget: Budget
+    held_uc: int
+    reservation: Hold
+    ledger: Ledger
+    ts_ms: int
+
+    def end_in(self, conn: Any) -> Callable[[], None]:
+        """In the transaction that records the object: the reservation becomes the spend its hold is."""
+        return self.ledger.settle_in(conn, self.reservation, self.held_uc, (self.budget.scope,), self.ts_ms)
+
+    def end(self, created: bool) -> None:
+        """No ``end_in`` ran: spent when the object was made all the same, else given back."""
+        scopes = (self.budget.scope,) if created else ()
+        self.ledger.settle(self.reservation, self.held_uc if created else 0, scopes, self.ts_ms)
 
 
 @dataclass(frozen=True)
@@ -136,12 +169,40 @@ class UserLimitsModule(Module):
         except BudgetExceeded as exc:
             raise exc.error(lowering_hint(ctx)) from None
         except Exception as exc:  # the spend could not be read: refuse rather than guess
-            _UNREAD.say(log, logging.ERROR, "end-user budget spend could not be loaded: %s", exc)
+            raise unread_spend(exc) from None
+
+    def hold_known(self, ctx: RequestContext, worst: int | None, what: str, hint: str) -> KnownHold | None:
+        """For a call outside the chain that costs a known worst case (µ¢; None: no price), billed
+        when its job ends (a video): the end user's rpm counted, and ``worst`` reserved on its budget,
+        or the 429 (403 for no price) ``before`` gives. None: no end user, or no budget for it.
+        A job uses no tokens: tpm is not asked. ``what`` and ``hint`` word the refusals."""
+        user = ctx.end_user
+        if user is None:
+            return None
+        limits: UserLimits = self.options(ctx)
+        if limits.rpm:
+            try:
+                admitted(self.limiter, f"{limits.within}|{user}", limits.rpm, None, 0, f"end user {user!r}")
+            except RateLimited as exc:
+                raise exc.error(ctx) from None
+        budget = self.budget_of(ctx)
+        if budget is None:
+            return None
+        if worst is None:
             raise ProxyError(
-                503,
-                "the budget's spend could not be read from the database; try again shortly",
-                code="budget_unavailable",
-            ) from None
+                403,
+                f"the {what} names a model with no price, so the budget per end user cannot be enforced; "
+                "an operator can add one with `stockyard prices set`",
+                param="model",
+                code="model_not_priced",
+            )
+        ledger = self.services.ledger
+        try:
+            return KnownHold(budget, worst, ledger.reserve([budget], worst, ctx.ts_ms), ledger, ctx.ts_ms)
+        except BudgetExceeded as exc:
+            raise exc.error(hint) from None
+        except Exception as exc:  # the spend could not be read: refuse rather than guess, as ``before``
+            raise unread_spend(exc) from None
 
     def check(self, ctx: RequestContext) -> None:
         """``before``'s refusal of an end user past its rpm or tpm, or with no budget left, counting
