@@ -96,3 +96,25 @@ def test_an_unknown_path_without_sdk_headers_stays_openais(server: ServerProcess
         "param": None,
         "code": "not_found",
     }
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda c: c.realtime.client_secrets.create(session={"type": "realtime", "model": "gpt-realtime"}),
+        lambda c: c.realtime.translations.client_secrets.create(session={"model": "gpt-realtime-translate"}),
+    ],
+    ids=["client_secrets", "translations/client_secrets"],
+)
+def test_ephemeral_realtime_keys_are_refused_saying_why(server: ServerProcess, mock: MockUpstream, call) -> None:
+    """Every Realtime route that mints an ephemeral key (the translation API's too) is OpenAI's 403
+    ``unsupported_endpoint`` saying a browser holding it would bypass metering, never a bare 404 nor
+    a key minted on the provider's account."""
+    since = len(mock.requests)
+    with pytest.raises(openai.PermissionDeniedError) as failure:
+        call(server.openai("alice"))
+    error = failure.value.response.json()["error"]
+    assert error["code"] == "unsupported_endpoint"
+    assert error["message"].startswith(failure.value.request.url.path + " is not served: an ephemeral key")
+    assert "meter" in error["message"]
+    assert untouched(mock, since, "/v1/realtime")
