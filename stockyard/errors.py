@@ -61,12 +61,15 @@ class ProxyError(Exception):
     param: str | None = None
     type: str | None = None
     headers: dict[str, str] = field(default_factory=dict)
+    # the shape whatever the path's: an unserved path's 404 for the SDK that asked (``server.unrouted``)
+    dialect: str | None = None
 
     def __post_init__(self) -> None:
         super().__init__(self.message)
 
     def body(self, dialect: str) -> bytes:
-        return error_body(dialect, self.status, self.message, code=self.code, param=self.param, type_=self.type)
+        shape = self.dialect or dialect
+        return error_body(shape, self.status, self.message, code=self.code, param=self.param, type_=self.type)
 
 
 # What a request's own text can raise deep in a translation, as well as a ProxyError: refusal_of's 400s.

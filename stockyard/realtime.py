@@ -100,6 +100,7 @@ UNMETERED = {
     "/v1/realtime/client_secrets": "an ephemeral key",
     "/v1/realtime/sessions": "an ephemeral key",
     "/v1/realtime/transcription_sessions": "an ephemeral key",
+    "/v1/realtime/translations/client_secrets": "an ephemeral key",  # the Realtime Translation API's
     "/v1/realtime/calls": "a WebRTC call",
 }
 

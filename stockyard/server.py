@@ -1069,7 +1069,7 @@ class Handler(BaseHTTPRequestHandler):
                 req = Request(method, self.path, self._headers_dict(), self._body, self._client_ip(), self.upload)
                 self._respond(fn(app, req))
                 return
-        raise ProxyError(404, f"no route for {method} {path}", code="not_found")
+        raise unrouted(method, path, self._headers_dict(), query)
 
     def _handled(
         self, ctx: RequestContext, handle: Callable[[Handler, RequestContext, Request], None], req: Request
@@ -1389,6 +1389,20 @@ def _dialect_of(target: str, headers: Container[str] | None = None) -> str:
     ):
         return ANTHROPIC
     return GEMINI if gemini_api.is_native(path) else OPENAI
+
+
+def unrouted(method: str, path: str, headers: dict[str, str], query: str) -> ProxyError:
+    """The 404 for a path Stockyard does not serve (README: "Not served"), in the shape of the SDK
+    that asked, whatever the path: an Anthropic SDK's (``anthropic-version``) on ``/v1/skills``
+    must raise its own NotFoundError, a Google client's (its key as x-goog-api-key or ``?key=``)
+    on ``/v1/tunedModels`` Google's; else the path's (``_dialect_of``)."""
+    if anthropic_files.is_anthropic(headers):
+        shape: str | None = ANTHROPIC
+    elif gemini_api.google_client(headers, query):
+        shape = GEMINI
+    else:
+        shape = None
+    return ProxyError(404, f"no route for {method} {path}", code="not_found", dialect=shape)
 
 
 # -- operational routes ---------------------------------------------------------------------------
