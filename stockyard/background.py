@@ -124,7 +124,8 @@ class BackgroundResponses:
         held = int(getattr(ctx.state.get(COVER), "held", 0))  # none without a budget
         project = ctx.key.project if ctx.key is not None else None
         user_held, user_scope = user_hold(ctx)
-        hold = BatchHold(held, lambda _: None, project, user_scope, user_held, self._holds_spent(ctx, held, user_held))
+        spent = self._holds_spent(ctx, held, user_held)
+        hold = BatchHold(held, lambda _: None, project, user_scope, user_held, spent, end_user=ctx.end_user)
         try:
             claimed = self._ownership.claim(response["id"], KIND, owner_of(ctx), provider.name, hold)
         except Exception as exc:  # the store refused it: estimated as a request without usage

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 from . import estimate
-from .budgets import owner_scopes, user_of
+from .budgets import owner_scopes
 from .config import Settings
 from .context import RequestContext, claude_mode
 from .errors import OPENAI
@@ -222,8 +222,7 @@ def bill_once(
         billed = mark_billed(conn, object_id, kind)
         if billed is None:
             return None
-        if billed.user_scope:  # an end user's budget held it: billed under that user's name
-            row.end_user = user_of(billed.user_scope)
+        row.end_user = billed.billed_user or row.end_user  # the end user its request named, budget or not
         cost, user_cost = spent_uc(ctx, billed.held_uc), spent_uc(ctx, billed.user_held_uc)
         # what its budgets spend beyond a cost that is unknown: kept with it
         row.unpriced_spent_uc = max(cost, user_cost) - estimate.billed_uc(ctx)

@@ -32,7 +32,7 @@ from typing import IO, Any, BinaryIO, Callable, Iterable, Iterator, TypeVar, cas
 from urllib.parse import urlencode
 
 from . import estimate
-from .budgets import owner_scopes
+from .budgets import owner_scopes, user_of
 from .context import Conversation, RequestContext, Route
 from .conversations import kept_history_tokens
 from .conversations_api import item_list, minted_here
@@ -641,8 +641,8 @@ class Ownership:
         pages: int | None = None,
     ) -> bool:
         """Record a new object as ``owner``'s (a batch with what it holds, and the project it holds
-        it against, until billed; a context cache with its ``tokens``, when known; an uploaded PDF with
-        its ``pages``); False when the
+        it against, until billed, and the end user its bill names; a context cache with its ``tokens``,
+        when known; an uploaded PDF with its ``pages``); False when the
         id was already held (it keeps its first owner). ``hold.end_in`` runs in the same transaction
         (the reservation becomes the spend its hold is), and what it leaves once that committed."""
         now = int(time.time() * 1000)
@@ -659,12 +659,13 @@ class Ownership:
             held_project,
             held_user,
             hold.user_held_uc,
+            hold.end_user,
             tokens,
             pages,
         )
         sql = (
-            "INSERT OR IGNORE INTO owned_objects (id, kind, key_id, provider, created_at, held_uc,"
-            " held_project, held_user, held_user_uc, tokens, pages) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            "INSERT OR IGNORE INTO owned_objects (id, kind, key_id, provider, created_at, held_uc, held_project,"
+            " held_user, held_user_uc, end_user, tokens, pages) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
         )
 
         def job(conn: sqlite3.Connection) -> Callable[[], None] | None:
@@ -826,6 +827,13 @@ class Billed:
     user_scope: str | None = None  # the end user's budget it holds ``user_held_uc`` against (background)
     user_held_uc: int = 0
     settle: Callable[[], None] = lambda: None
+    end_user: str | None = None  # the end user the request that made it named (schema 0039): its bill's
+
+    @property
+    def billed_user(self) -> str | None:
+        """The end user its bill names: the one its request named, else (recorded before schema 0039)
+        the one whose budget held it."""
+        return self.end_user or (user_of(self.user_scope) if self.user_scope else None)
 
 
 @dataclass(frozen=True)
@@ -843,6 +851,7 @@ class BatchHold:
     # in the transaction that records the object: its reservations become the spend its hold is
     # (``Ledger.settle_in``); returns what is left to do once that committed
     end_in: Callable[[Any], Callable[[], None]] | None = None
+    end_user: str | None = None  # the end user its request named (attribution), budget or not: its bill's
 
 
 def mark_billed(conn: sqlite3.Connection, batch_id: str, kind: str = "batch") -> Billed | None:
@@ -850,12 +859,13 @@ def mark_billed(conn: sqlite3.Connection, batch_id: str, kind: str = "batch") ->
     what it held (µ¢, 0 for none), which its cost replaces; None for every other."""
     row = conn.execute(
         "UPDATE owned_objects SET billed = 1 WHERE id = ? AND kind = ? AND billed = 0"
-        " RETURNING held_uc, held_project, held_user, held_user_uc",
+        " RETURNING held_uc, held_project, held_user, held_user_uc, end_user",
         (batch_id, kind),
     ).fetchone()
     if row is None:
         return None
-    return Billed(int(row["held_uc"]), row["held_project"], row["held_user"], int(row["held_user_uc"]))
+    held_user_uc = int(row["held_user_uc"])
+    return Billed(int(row["held_uc"]), row["held_project"], row["held_user"], held_user_uc, end_user=row["end_user"])
 
 
 # -- the routes -----------------------------------------------------------------------------------

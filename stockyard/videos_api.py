@@ -340,7 +340,8 @@ class VideosAPI(ProviderCalls):
         self._check_budget(ctx, 0)  # used up: 429 first
         hold = self._check_budget(ctx, worst)
         try:
-            return with_user_hold(hold, self._user_hold(ctx, worst))
+            held = with_user_hold(hold, self._user_hold(ctx, worst))
+            return dataclasses.replace(held, end_user=ctx.end_user)  # its bill's, budget or not
         except BaseException:
             hold.end(False)
             raise

@@ -368,3 +368,26 @@ def test_two_replicas_streaming_and_retrieving_one_response_bill_it_once(server,
         assert billed["cost_uc"] == cost_of(seen[-1].usage)
     finally:
         replica.stop()
+
+
+def test_a_background_bill_names_its_end_user_without_a_budget(server, mock):
+    """The end user a background POST names (its ``user``) is its bill's, with no end-user budget
+    holding it (``userlimits`` off): the ``responses.usage`` trace names the user, and
+    ``/api/costs?by=user`` counts its cost under that user."""
+    secret, name = new_key(server, ADMIN)
+    client = server.openai(secret)
+    made = client.responses.create(model=MODEL, input="a job for u1", background=True, user="u1")
+    client.responses.retrieve(made.id)  # in progress
+    done = client.responses.retrieve(made.id)
+    assert done.status == "completed"
+    rows = key_traces(server, name, ("endpoint", "cost_uc", "end_user"))
+    assert [(r["end_user"], r["cost_uc"]) for r in rows if r["endpoint"] == "responses.usage"] == [
+        ("u1", cost_of(done.usage))
+    ]
+
+    def u1_spend() -> int:
+        status, _, raw = server.request("GET", "/api/costs?by=user", headers={"Authorization": f"Bearer {ADMIN}"})
+        assert status == 200, raw
+        return sum(r["cost_uc"] for r in json.loads(raw)["rows"] if r["user"] == "u1")
+
+    wait_for(lambda: u1_spend() == cost_of(done.usage), what="u1's billed background response")

@@ -181,3 +181,25 @@ def test_an_end_users_refusal_gives_the_keys_hold_back(server, mock):
     assert status == 429 and "end user 'kim-videos'" in body["error"]["message"], body
     status, body = make(server, secret, {"prompt": "the key's own", "seconds": "8"})
     assert status == 200, body
+
+
+def test_a_video_bill_names_its_end_user_without_a_budget(server, mock):
+    """The end user a create names is the bill's, budget or not: with ``userlimits`` off (``user`` in
+    the body) and on with an rpm and no budget (the header), each completed video's cost shows under
+    its end user in ``/api/costs?by=user`` and on its ``videos.usage`` trace."""
+    secret, name = new_key(server)
+    client = server.openai(secret)
+    status, off = make(server, secret, {"prompt": "nobody limits", "seconds": "4", "user": "u1"})
+    assert status == 200, off
+    assert client.videos.poll(off["id"], poll_interval_ms=1).status == "completed"
+    wait_for(lambda: user_spend(server, "u1") == 4 * SORA_UC, what="u1's billed video")
+    put_module(server, "userlimits", {"rpm": 100})  # on, no budget
+    status, rpm_only = make(server, secret, {"prompt": "counted, not held", "seconds": "4"}, user="u2")
+    assert status == 200, rpm_only
+    assert client.videos.poll(rpm_only["id"], poll_interval_ms=1).status == "completed"
+    wait_for(lambda: user_spend(server, "u2") == 4 * SORA_UC, what="u2's billed video")
+    rows = key_traces(server, name, ("endpoint", "cost_uc", "end_user"))
+    assert sorted((r["end_user"], r["cost_uc"]) for r in rows if r["endpoint"] == "videos.usage") == [
+        ("u1", 4 * SORA_UC),
+        ("u2", 4 * SORA_UC),
+    ]
