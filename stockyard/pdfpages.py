@@ -386,6 +386,7 @@ _MARK_PARTS = {
     "header": (b"o", b"bj(?<=" + _BEFORE_OBJ + b"obj)(?![^" + _BOUND + b"/])"),  # an object's 'obj'
     "keyword": (b"s", b"tream(?<![^" + _BOUND + b"]stream)(?![^" + _BOUND + b"/])"),
     "type": (b"/", b"(?:" + _name(b"ObjStm") + b"|" + _FIRST + b")"),
+    "packed": (b"/", _name(b"ObjStm")),  # an object stream's type in a stream's bytes (pypdf and PDFium need it)
     "filter": (b"/", _name(b"Filter")),
     "predictor": (b"/", _name(b"Predictor")),
     "in_string": (rb"\(", rb"[^()]*?(?:" + _OBJECT + b"|" + _LONG_GAP + b")"),
@@ -407,9 +408,11 @@ def _marks(kind: str, typed: bool, filtered: bool, predicted: bool) -> re.Patter
     step each for nothing). In a string, comment or hex string: an object's header, a keyword once a
     type was seen (before: a run of them took a step each), the names as in the open (a type always in a
     comment or hex string: it holds the PDF at the limit). In a stream's bytes: an object's header (a
-    reader keeps in step with this lexer from its object's header on: what else is there tells nothing)."""
+    reader keeps in step with this lexer from its object's header on: what else is there tells nothing)
+    and an object stream's ``/ObjStm`` (its dictionary there: pypdf starts an object at any two numbers
+    and three bytes, which no header pattern can tell from a binary stream's; it holds the PDF at the limit)."""
     if kind == "data":
-        names = ["header"]
+        names = ["header", "packed"]
     else:
         names = ["keyword"] if kind == "open" or typed else []
         names += ["type"] * (kind in ("comment", "hex") or not typed) + ["filter"] * (not filtered)
@@ -672,10 +675,11 @@ class PageCounter:
         keyword that started a stream's bytes; True: stop, the stream it starts is open at ``buf``'s end.
         An object's header (``N G obj``, its numbers in any shape a reader takes, :data:`_NUMBER`: a reader
         starts an object there, where the cross-reference table says) anywhere but in the open holds the
-        PDF at the limit, and so does an object stream's type in
-        a comment or hex string: the reader may read on in the open where this lexer reads in a string,
-        or count a '<<' it does not (and a false keyword then ends its window)."""
-        if found.lastgroup in _HIDDEN:  # an object's header where this lexer is not in the open
+        PDF at the limit, and so does an object stream's type in a comment, hex string or a stream's
+        bytes: the reader may read on in the open where this lexer reads in a string, or count a '<<' it
+        does not (and a false keyword then ends its window), or start an object at a header in another
+        shape (pypdf: any two numbers and three bytes)."""
+        if found.lastgroup in (*_HIDDEN, "packed"):  # a header, or an /ObjStm in a stream's bytes: not in the open
             self.unread = True
             return False
         if found.lastgroup == "header":  # where a reader starts an object: the lexer must be in the open there
