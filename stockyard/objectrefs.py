@@ -246,15 +246,22 @@ def referenced_gemini_files(body: object) -> dict[str, str]:
 # Where an OpenAI-shaped body puts a URL: a chat part's ``image_url.url`` (``file``, ``video_url``, …),
 # a Responses ``input_image``'s ``image_url`` and ``input_file``'s ``file_url``. Google's
 # OpenAI-compatible endpoint (``…/v1beta/openai/``) reads a Files API URI there as the uploaded file.
-URL_FIELDS = ("url", "image_url", "file_url", "video_url", "audio_url", "file_uri", "fileUri", "file_data")
+# Its JSON may be read by proto-JSON rules, which take a field's lowerCamelCase name as well as its
+# proto name (as ``CACHE_FIELDS``): each member's camelCase spelling is one too (Google's docs say
+# neither way for this endpoint; held to the key's files either way).
+URL_FIELDS = (
+    *("url", "image_url", "file_url", "video_url", "audio_url", "file_uri", "file_data"),
+    *("imageUrl", "fileUrl", "videoUrl", "audioUrl", "fileUri", "fileData"),
+)
+URL_MARKS = (b"Url", b"ile_uri", b"ileUri", b"ile_data", b"ileData")  # the rest of URL_FIELDS' names but "url"
 
 
 def may_name_file_url(raw: bytes) -> bool:
     """Whether an OpenAI-shaped JSON text can hold a member of :data:`URL_FIELDS`
     (:func:`referenced_file_urls`): a fast test on the bytes (:func:`may_name`) that spares most
     bodies the walk — a member's name is case-sensitive, so only its escapes can hide it, while the
-    URL itself may be spelt many ways."""
-    return may_name(raw, b"url") or b"ile_uri" in raw or b"ileUri" in raw or b"ile_data" in raw
+    URL itself may be spelt many ways. ``Url`` and ``ileData`` are the camelCase spellings'."""
+    return may_name(raw, b"url") or any(part in raw for part in URL_MARKS)
 
 
 def referenced_file_urls(body: object) -> dict[str, str]:

@@ -359,13 +359,22 @@ def _deeper(depth: int, span: bytes) -> int:
 
 
 _WHITE = rb"[\x00\t\n\x0c\r ]"
+# A number in an object's header as readers take one: PDFium reads a generation written as any number
+# ("-0", "+0", "0.", ".0", "--0", "0-0"), pdf.js's lexer a number up to its first byte that is none ("0obj" is
+# 0 then 'obj'; "0-" 0) and a sign alone as 0 ("- obj"; "-\n0 obj" is then "-", "0", "obj" here, as
+# long). Each run tried once.
+_NUMBER = rb"[-+.\d]++"
+_NUMBER_START = rb"(?<![-+.\d])"
+_BEFORE_OBJ = rb"[-.\d\x00\t\n\x0c\r ]"  # what 'obj' follows in a header: white space, or its number's end
 # an object's header (white space or comments between its words), each run of digits tried once
 _GAP = rb"(?:" + _WHITE + rb"|%[^\r\n()<>]{0,256}+[\r\n])++"  # a comment at most 256 bytes long, as in _WS
 # the start of an object's header with a longer comment in it (a reader reads on; looked for to its end
 # from each run of digits, 64 KB of "1 %" in a string took 2 s of CPU): held as the header is
-_LONG_GAP = rb"(?<!\d)\d++(?:" + _GAP + rb"\d++)?(?:" + _GAP + rb")?%[^\r\n()<>]{256}"
-_OBJECT = rb"(?<!\d)\d++" + _GAP + rb"\d++" + _GAP + rb"obj(?![^" + _BOUND + b"/])"
-_LINE_OBJECT = rb"(?<!\d)\d++[\x00\t\x0c ]++\d++[\x00\t\x0c ]++obj(?![^" + _BOUND + b"/])"  # in a comment
+_LONG_GAP = _NUMBER_START + _NUMBER + rb"(?:" + _GAP + _NUMBER + rb")?(?:" + _GAP + rb")?%[^\r\n()<>]{256}"
+_OBJECT = _NUMBER_START + _NUMBER + _GAP + _NUMBER + rb"(?:" + _GAP + rb")?obj(?![^" + _BOUND + b"/])"
+_LINE_OBJECT = (  # in a comment
+    _NUMBER_START + _NUMBER + rb"[\x00\t\x0c ]++" + _NUMBER + rb"[\x00\t\x0c ]*+obj(?![^" + _BOUND + b"/])"
+)
 # An object stream's type: its /Type /ObjStm, or a direct /First (its first object's offset) — pdf.js reads
 # an object stream by its /First and /N alone and checks no /Type (PDFium and pypdf refuse one without); an
 # outline's /First is by reference, and /FirstChar another name.
@@ -374,9 +383,10 @@ _FIRST = _name(b"First") + rb"(?=[\x00\t\n\x0c\r %])" + _WS + rb"[+.\d](?!\d*+" 
 # engine then skips to one of those bytes: a pattern of groups read a stream's bytes ten times slower),
 # and the rest; 'in_…': an object's header in a string, comment or hex string (in the open).
 _MARK_PARTS = {
-    "header": (b"o", b"bj(?<=" + _WHITE + b"obj)(?![^" + _BOUND + b"/])"),  # an object's 'obj'
+    "header": (b"o", b"bj(?<=" + _BEFORE_OBJ + b"obj)(?![^" + _BOUND + b"/])"),  # an object's 'obj'
     "keyword": (b"s", b"tream(?<![^" + _BOUND + b"]stream)(?![^" + _BOUND + b"/])"),
     "type": (b"/", b"(?:" + _name(b"ObjStm") + b"|" + _FIRST + b")"),
+    "packed": (b"/", _name(b"ObjStm")),  # an object stream's type in a stream's bytes (pypdf and PDFium need it)
     "filter": (b"/", _name(b"Filter")),
     "predictor": (b"/", _name(b"Predictor")),
     "in_string": (rb"\(", rb"[^()]*?(?:" + _OBJECT + b"|" + _LONG_GAP + b")"),
@@ -387,7 +397,7 @@ _MARK_PARTS = {
     "in_hex": (b"<", rb"(?<!<<)(?!<)[^<>]*?(?:" + _OBJECT + b"|" + _LONG_GAP + b")"),
 }
 _HIDDEN = ("in_string", "in_comment", "in_hex")
-_OBJECT_NUMBERS = re.compile(rb"\d+" + _WS + rb"\d+" + _WS + rb"\Z")  # before an object's 'obj'
+_OBJECT_NUMBERS = re.compile(_NUMBER + _WS + _NUMBER + _WS + rb"\Z")  # before an object's 'obj'
 
 
 @functools.cache
@@ -398,9 +408,11 @@ def _marks(kind: str, typed: bool, filtered: bool, predicted: bool) -> re.Patter
     step each for nothing). In a string, comment or hex string: an object's header, a keyword once a
     type was seen (before: a run of them took a step each), the names as in the open (a type always in a
     comment or hex string: it holds the PDF at the limit). In a stream's bytes: an object's header (a
-    reader keeps in step with this lexer from its object's header on: what else is there tells nothing)."""
+    reader keeps in step with this lexer from its object's header on: what else is there tells nothing)
+    and an object stream's ``/ObjStm`` (its dictionary there: pypdf starts an object at any two numbers
+    and three bytes, which no header pattern can tell from a binary stream's; it holds the PDF at the limit)."""
     if kind == "data":
-        names = ["header"]
+        names = ["header", "packed"]
     else:
         names = ["keyword"] if kind == "open" or typed else []
         names += ["type"] * (kind in ("comment", "hex") or not typed) + ["filter"] * (not filtered)
@@ -661,11 +673,13 @@ class PageCounter:
         """Note a name found in ``kind`` of bytes (open, string, hex, comment, data; a keyword in the open
         but inside a dictionary is loose), or judge a stream keyword there by the names since the last
         keyword that started a stream's bytes; True: stop, the stream it starts is open at ``buf``'s end.
-        An object's header (``N G obj``: a reader starts an object there, where the cross-reference table
-        says) anywhere but in the open holds the PDF at the limit, and so does an object stream's type in
-        a comment or hex string: the reader may read on in the open where this lexer reads in a string,
-        or count a '<<' it does not (and a false keyword then ends its window)."""
-        if found.lastgroup in _HIDDEN:  # an object's header where this lexer is not in the open
+        An object's header (``N G obj``, its numbers in any shape a reader takes, :data:`_NUMBER`: a reader
+        starts an object there, where the cross-reference table says) anywhere but in the open holds the
+        PDF at the limit, and so does an object stream's type in a comment, hex string or a stream's
+        bytes: the reader may read on in the open where this lexer reads in a string, or count a '<<' it
+        does not (and a false keyword then ends its window), or start an object at a header in another
+        shape (pypdf: any two numbers and three bytes)."""
+        if found.lastgroup in (*_HIDDEN, "packed"):  # a header, or an /ObjStm in a stream's bytes: not in the open
             self.unread = True
             return False
         if found.lastgroup == "header":  # where a reader starts an object: the lexer must be in the open there

@@ -215,3 +215,25 @@ def test_a_gemini_pdf_named_by_a_claude_image_url_is_held_at_its_pages(server, m
         assert found, refused.value.body
         holds.append(int(Decimal(found[1]) * USD))
     assert holds[0] == holds[1] + (PAGES * PAGE_25 - IMAGE) * IN_25, holds
+
+
+def test_a_gemini_pdf_named_under_a_camel_case_url_member_is_held_at_its_pages(server, mock):
+    """Google's JSON may read ``imageUrl`` as ``image_url`` (proto-JSON rules take both): a PDF named
+    there is held at its pages as under ``image_url`` (test_iso37: it is checked to be the key's). Was:
+    as the text file."""
+    secret, _ = budgeted(server, "0.00000001")
+    made, other = uploaded_pdf(server, secret), uploaded_notes(server, secret)
+    for path, part in [
+        ("/chat/completions", {"type": "image_url", "imageUrl": "URI"}),
+        ("/chat/completions", {"type": "file", "file": {"fileData": "URI"}}),
+        ("/responses", {"type": "input_file", "fileUrl": "URI"}),
+    ]:
+        holds = []
+        for uri in (made["uri"], other["uri"]):
+            named = json.loads(json.dumps(part).replace('"URI"', json.dumps(uri)))
+            content = [named, {"type": "text" if path == "/chat/completions" else "input_text", "text": "Sum up."}]
+            body = {"model": MODEL, "messages": [{"role": "user", "content": content}], "max_tokens": CAP}
+            if path == "/responses":
+                body = {"model": MODEL, "input": [{"role": "user", "content": content}], "max_output_tokens": CAP}
+            holds.append(refused_hold(server, mock, secret, path, body))
+        assert holds[0] - holds[1] >= (PAGES * PAGE_25 - IMAGE) * IN_25, (part, holds)

@@ -17,7 +17,7 @@ from test_gemini_files import upload
 from test_iso36 import form
 
 from stockyard.conversations_api import NAMED_SQL
-from stockyard.objectrefs import may_name_file_url, referenced_file_urls
+from stockyard.objectrefs import URL_FIELDS, may_name_file_url, referenced_file_urls
 from stockyard.store import Store
 from stockyard.store.backends import SqliteBackend
 
@@ -80,6 +80,30 @@ def gemini_file_bodies(name: str, variant: bool = True) -> list[tuple[str, dict]
     return bodies
 
 
+# Google's endpoint parses JSON by proto-JSON rules, which take a field's lowerCamelCase name as well as
+# its proto name (``image_url`` and ``imageUrl``): each URL member's camelCase spelling, holding the URL itself.
+CAMEL_PARTS = [
+    ("/v1/chat/completions", {"type": "image_url", "imageUrl": "URL"}),
+    ("/v1/chat/completions", {"type": "file", "file": {"fileData": "URL"}}),
+    ("/v1/chat/completions", {"type": "video_url", "videoUrl": "URL"}),
+    ("/v1/chat/completions", {"type": "input_audio", "audioUrl": "URL"}),
+    ("/v1/responses", {"type": "input_image", "imageUrl": "URL"}),
+    ("/v1/responses", {"type": "input_file", "fileUrl": "URL"}),
+]
+
+
+def camel_bodies(name: str) -> list[tuple[str, dict]]:
+    """Each :data:`CAMEL_PARTS` part naming the Gemini file ``name`` by its ``uri``, in its body."""
+    url, bodies = URI + name.removeprefix("files/"), []
+    for path, part in CAMEL_PARTS:
+        named = json.loads(json.dumps(part).replace('"URL"', json.dumps(url)))
+        if path == "/v1/responses":
+            bodies.append((path, {"model": MODEL, "input": [{"role": "user", "content": [named]}]}))
+        else:
+            bodies.append((path, {"model": MODEL, "messages": [{"role": "user", "content": [named]}]}))
+    return bodies
+
+
 def test_another_keys_gemini_file_in_an_openai_shaped_body_is_not_found_unasked(server, alices, mock):
     """Google's OpenAI-compatible endpoint reads an uploaded file from a part's URL: another key's
     file (or one Stockyard never saw) is the native path's 404, in OpenAI's shape, before the provider."""
@@ -96,8 +120,10 @@ def test_another_keys_gemini_file_in_an_openai_shaped_body_is_not_found_unasked(
 
 
 def test_the_keys_own_gemini_file_in_an_openai_shaped_body_goes_on(server, alices, mock):
+    """Under a camelCase member too (in chat: a Responses body is translated, its unknown members left out)."""
     alice = server.openai("alice")
-    for path, body in gemini_file_bodies(alices["gemini_file"], variant=False):
+    camel = [(path, body) for path, body in camel_bodies(alices["gemini_file"]) if path == "/v1/chat/completions"]
+    for path, body in gemini_file_bodies(alices["gemini_file"], variant=False) + camel:
         before = len(mock.requests)
         try:
             alice.post(path.removeprefix("/v1"), body=body, cast_to=object)
@@ -141,6 +167,37 @@ def test_only_a_body_with_a_url_member_is_walked_for_gemini_file_urls():
     assert may_name_file_url(json.dumps(named).encode())
     assert may_name_file_url(json.dumps(named).replace("url", "\\u0075rl").encode())  # an escaped member name
     assert referenced_file_urls(named) == {"files/abc": "messages[0].content[0].image_url.url"}
+
+
+def test_another_keys_gemini_file_under_a_camel_case_url_member_is_not_found_unasked(server, alices, mock):
+    """``imageUrl``, ``fileUrl``, ``videoUrl``, ``audioUrl`` and ``fileData`` name a file as their
+    snake_case spellings do: another key's is the same 404, before the provider."""
+    bob = server.openai("bob")
+    for path, body in camel_bodies(alices["gemini_file"]):
+        before = len(mock.requests)
+        with pytest.raises(openai.NotFoundError) as refused:
+            bob.post(path.removeprefix("/v1"), body=body, cast_to=object)
+        error = refused.value.body
+        assert error["code"] == "not_found" and "File not found" in error["message"], (body, error)
+        assert error["param"].endswith(("Url", "fileData")), error
+        assert not sent_naming(mock, before, alices["gemini_file"].removeprefix("files/"))
+
+
+def test_a_camel_case_url_member_is_walked_for_gemini_file_urls():
+    """The byte test lets a body whose only URL member is camelCase through to the walk, which reads it."""
+    for _, body in camel_bodies("files/abc"):
+        raw = json.dumps(body).encode()
+        assert may_name_file_url(raw), body
+        assert list(referenced_file_urls(body)) == [URI + "abc"], body
+    only = {"model": "m", "messages": [{"role": "user", "content": [{"type": "x", "imageUrl": "files/abc"}]}]}
+    assert may_name_file_url(json.dumps(only).encode())
+    assert referenced_file_urls(only) == {"files/abc": "messages[0].content[0].imageUrl"}
+    part = {"type": "file", "file": {"fileData": "files/a"}}
+    data = {"model": "m", "messages": [{"role": "user", "content": [part]}]}
+    assert may_name_file_url(json.dumps(data).encode())
+    assert referenced_file_urls(data) == {"files/a": "messages[0].content[0].file.fileData"}
+    for name in URL_FIELDS:  # each member the walk reads, the byte test lets through
+        assert may_name_file_url(json.dumps({"input": [{name: "files/a"}]}).encode()), name
 
 
 # -- 2. a top-level file_id in a video create's JSON and a file upload's form -----------------------

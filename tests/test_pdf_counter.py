@@ -343,6 +343,10 @@ def _test_pdfs() -> dict[str, bytes]:
         "repeated-kids-tree": repeated_tree(10, [None, b"100", b"10"]),
         "repeated-kids-packed": packed_pdf(1, decoy=False, repeat=900),
         "kids-by-reference": pdf(30).replace(b"/Kids [", b"/Kids 99 0 R [", 1),
+        # an object stream's header in a stream's bytes in a shape PDFium, pdf.js or pypdf takes
+        "header-minus-zero-in-a-streams-bytes": packed_pdf(60, header=b"%d -0 obj\n", hidden=True),
+        "header-0obj-in-a-streams-bytes": packed_pdf(60, header=b"%d 0obj\n", hidden=True),
+        "header-pypdf-takes-in-a-streams-bytes": packed_pdf(60, header=b"%d 0 xyz\n", hidden=True),
     }
 
 

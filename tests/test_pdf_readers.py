@@ -60,11 +60,20 @@ def distinct_kids(pages: int) -> bytes:
     return with_table({**objects, **{3 + i: PAGE for i in range(pages)}})
 
 
-def packed(pages: int, dictionary: bytes = b"/Type /ObjStm ", decoy: bool = True, repeat: int = 1) -> bytes:
+def packed(
+    pages: int,
+    dictionary: bytes = b"/Type /ObjStm ",
+    decoy: bool = True,
+    repeat: int = 1,
+    header: bytes = b"%d 0 obj\n",
+    hidden: bool = False,
+) -> bytes:
     """A PDF of ``pages`` whose page tree and pages are in a compressed object stream (its dictionary
-    beginning with ``dictionary``) that a cross-reference stream points into; ``decoy``: a page object in
-    a comment besides (one page the counter sees without the object stream); ``repeat``: each page that
-    many times in the tree's kids (its count still ``pages``)."""
+    beginning with ``dictionary``, its object's ``header`` with its number at ``%d``) that a
+    cross-reference stream points into; ``decoy``: a page object in a comment besides (one page the
+    counter sees without the object stream); ``repeat``: each page that many times in the tree's kids (its
+    count still ``pages``); ``hidden``: the object stream's object inside another stream's bytes (a reader
+    finds it by its offset, wherever it is)."""
     kids = b" ".join(b"%d 0 R" % (3 + i) for i in range(pages) for _ in range(repeat))
     objects = [b"<< /Type /Pages /Kids [%s] /Count %d >>" % (kids, pages)]
     objects += [PAGE] * pages
@@ -77,9 +86,12 @@ def packed(pages: int, dictionary: bytes = b"/Type /ObjStm ", decoy: bool = True
     out = b"%PDF-1.7\n" + (b"% << /Type /Page >>\n" if decoy else b"")
     catalog = len(out)
     out += b"1 0 obj\n" + CATALOG + b"\nendobj\n"
-    at = len(out)
     sizes = b"/N %d /First %d /Filter /FlateDecode /Length %d" % (len(objects), len(head), len(stream))
-    out += b"%d 0 obj\n<< %s%s >>\nstream\n%s\nendstream\nendobj\n" % (packer, dictionary, sizes, stream)
+    inner = header % packer + b"<< %s%s >>\nstream\n%s\nendstream\nendobj\n" % (dictionary, sizes, stream)
+    if hidden:
+        out += b"%d 0 obj\n<< /Length %d >>\nstream\n" % (packer + 2, len(inner))
+    at = len(out)
+    out += inner + (b"\nendstream\nendobj\n" if hidden else b"")
     rows = [(0, 0, 65535), (1, catalog, 0), *((2, packer, i) for i in range(len(objects))), (1, at, 0)]
     rows.append((1, len(out), 0))  # the cross-reference stream itself
     table = b"".join(struct.pack(">BIH", *row) for row in rows)
@@ -329,3 +341,42 @@ def test_an_incremental_update_that_rewrites_the_page_tree_is_held_at_the_limit(
     assert readers(first) == {"pdfium": 1, "pypdf": 1} and pdf_pages(first) == 1
     assert readers(first + update) == {"pdfium": 2, "pypdf": 2}
     assert pdf_pages(first + update) == MAX_PDF_PAGES
+
+
+# An object's header as readers take it, its object number at %d: PDFium (and pypdf, the first two) reads a
+# generation written as any number ("-0", "0.", "0-0": its digits), and pdf.js's source reads a number up to
+# its first byte that is none ("0obj": 0, then 'obj'), a sign alone or before line breaks as 0 ("- obj").
+READ_BY_PDFIUM = [b"%d -0 obj\n", b"%d +0 obj\n", b"%d 0.0 obj\n", b"%d 0. obj\n", b"%d .0 obj\n", b"%d --0 obj\n"]
+READ_BY_PDFIUM += [b"%d 0-0 obj\n"]
+READ_BY_PDFJS = [b"%d 0obj\n", b"%d 0.obj\n", b"%d 0-obj\n", b"%d -0obj\n", b"%d - obj\n", b"%d -\n0 obj\n"]
+# pypdf reads the numbers with Python's int() ("0_0" is 0) and then any three bytes, 'obj' or not: no header
+# pattern can know these in a stream's bytes without taking many a binary stream's for one; the object
+# stream's /Type /ObjStm there (which pypdf needs) holds the PDF at the limit instead.
+READ_BY_PYPDF = [b"%d 0_0 obj\n", b"%d 0 xyz\n", b"%d 0 R>>\n"]
+
+
+@pytest.mark.parametrize("header", READ_BY_PDFIUM + READ_BY_PDFJS + READ_BY_PYPDF)
+def test_an_object_header_in_any_shape_a_reader_takes_is_seen_in_a_streams_bytes(header):
+    """The object stream's object inside another stream's bytes, its header in a shape a reader takes but
+    not ``N G obj`` (digits, white space between): the counter saw no header there and counted the one
+    decoy page, where PDFium reads 900 (pdf.js too, by its source). Held at the limit, whole and in an
+    upload's chunks; the same header in the open is an ordinary object, counted exactly."""
+    data = packed(900, header=header, hidden=True)
+    if header in READ_BY_PDFIUM:
+        assert readers(data)["pdfium"] == 900
+    if header in READ_BY_PYPDF:
+        assert readers(data)["pypdf"] == 900
+    assert pdf_pages(data) == MAX_PDF_PAGES
+    assert in_pieces(data, 64) == in_pieces(data, CARRY + 1) == MAX_PDF_PAGES
+    assert pdf_pages(packed(900, header=header, decoy=False)) == 900
+
+
+@pytest.mark.parametrize("header", [b"%d -0 obj", b"%d 0obj", b"%d 0. obj", b"%d -\n0 obj"])
+@pytest.mark.parametrize("where", [b"(%s)", b"%%%s\n", b"<%s>"])
+def test_an_object_header_in_any_shape_a_reader_takes_is_seen_in_a_string_or_comment(header, where):
+    """As a header in a string, comment or hex string (a reader may start an object there) holds the PDF
+    at the limit, so does one in another shape a reader takes (a comment's on one line)."""
+    if where == b"%%%s\n" and b"\n" in header:
+        header = header.replace(b"\n", b" ")
+    mark = where % (header % 9)
+    assert pdf_pages(packed(900).replace(b"1 0 obj\n", mark + b"\n1 0 obj\n", 1)) == MAX_PDF_PAGES
