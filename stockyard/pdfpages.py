@@ -81,8 +81,8 @@ def pdf_pages(data: bytes, inflation: Inflation | None = None) -> int:
     bytes and in its object streams (PDF 1.5 keeps objects there, compressed); :data:`MAX_PDF_PAGES`
     when none shows a page or it cannot all be read (an object stream not inflated, a count by
     reference: an encrypted or crafted PDF, which Gemini may still read whole), or a page tree's kids
-    repeat one (readers walk it each time, whatever the count). Read as an upload's
-    pieces are (:class:`PageCounter`), in one piece: one set of rules; an inline PDF is read whatever
+    repeat one (readers walk it each time, whatever the count; not in a later version of one object). Read
+    as an upload's pieces are (:class:`PageCounter`), in one piece: one set of rules; an inline PDF is read whatever
     its first bytes (``pdf=True``: no header looked for), from ``inflation``, the request's budget."""
     counter = PageCounter(pdf=True)
     counter.feed(data, final=True, inflation=inflation)
@@ -327,8 +327,9 @@ _UPS = bytes.maketrans(b"<>", b"\x02\x00")
 _AFTER_DICTIONARY = re.compile(rb">>[\x00\t\n\x0c\r ]*\Z")  # a stream keyword a reader reads follows one
 # A page tree's /Kids: readers walk each reference in them, a repeated one each time (900 references to one
 # page are 900 pages to PDFium and pypdf whatever the /Count; a tree of 10 × 10 × 10 repeats, 1,000), so a
-# reference repeated in any /Kids holds the PDF at the limit, as does a /Kids by reference (its array is not
-# read here), a comment at its start longer than _WS reads, or anything but references in it. A token is
+# reference repeated in any /Kids (but in a later version of the same object: _R_OBJECTS) holds the PDF at
+# the limit, as does a /Kids by reference (its array is not read here), a comment at its start longer than
+# _WS reads, or anything but references in it. A token is
 # read up to _KID_SPAN bytes (far less than CARRY: one that starts before a piece's cut is whole in it).
 _KIDS = re.compile(b"/" + _name(b"Kids") + rb"(?![^" + _BOUND + rb"/])")
 _PLAIN_KIDS = re.compile(rb"/Kids(?![^" + _BOUND + rb"/])")  # bytes without '#': a literal is looked for faster
@@ -342,27 +343,18 @@ KIDS_MAX = 4 * MAX_PDF_PAGES
 # read backwards in the bytes reversed from each ``obj`` token (``jbo``: the engine skips to it), or an
 # ``endobj``. A reference named again in a later version of the same object (an incremental update: Acrobat's
 # Save, a signature, a form fill) is no repeat. Only a plain header (white space of at most 64 bytes between
-# its words, numbers of at most 12 digits) that follows an ``endobj`` names its object: any other ``obj``
-# (a comment in it, or one inside another object's dictionary, where pdf.js skips a key that is no name) is an
-# object not known, whose kids are never a later version. A header is at most _OBJECT_SPAN bytes: a piece
-# keeps that many before its cut, so one that ends after it is whole in the next.
+# its words, numbers of at most 12 digits) that follows an ``endobj`` names its object: any other ``obj`` (a
+# comment in its header, or a header inside another object's dictionary with no ``endobj`` before it, where
+# readers skip it) starts an object not known, whose kids are never a later version. A header is at most
+# _OBJECT_SPAN bytes: a piece keeps that many before its cut, so one that ends after it is whole in the next.
 _R_SPACE = rb"[\x00\t\n\x0c\r ]"
-_R_OBJECTS = re.compile(
-    rb"jbo(?<![^"
-    + _BOUND
-    + rb"/]jbo)(?:(?P<end>dne)(?![^"
-    + _BOUND
-    + rb"])|(?=["
-    + _BOUND
-    + rb"0-9]|\Z)(?:"
-    + _R_SPACE
-    + rb"{0,64}+\d{1,12}+"
-    + _R_SPACE
-    + rb"{1,64}+(?P<number>\d{1,12}+)(?![^"
-    + _BOUND
-    + rb"]))?)"
-)
-_R_HEADER = re.compile(_R_OBJECTS.pattern.replace(b"(?:(?P<end>dne)(?![^" + _BOUND + rb"])|", b"(?:(?!dne)", 1))
+_R_TOKEN = rb"jbo(?<![^" + _BOUND + rb"/]jbo)"  # 'obj' not followed by a regular character
+_R_END = rb"(?P<end>dne)(?![^" + _BOUND + rb"])"  # 'endobj' not after one
+# 'obj' after white space, a delimiter or its generation's digits, and a plain header's numbers before it
+_R_WORDS = rb"(?=[" + _BOUND + rb"0-9]|\Z)(?:" + _R_SPACE + rb"{0,64}+\d{1,12}+" + _R_SPACE + rb"{1,64}+"
+_R_WORDS += rb"(?P<number>\d{1,12}+)(?![^" + _BOUND + rb"]))?"
+_R_OBJECTS = re.compile(_R_TOKEN + rb"(?:" + _R_END + rb"|" + _R_WORDS + rb")")
+_R_HEADER = re.compile(_R_TOKEN + rb"(?!dne)" + _R_WORDS)  # any but an 'endobj'
 _OBJECT_SPAN = 256
 
 
@@ -457,8 +449,9 @@ class PageCounter:
     :meth:`pages` is None when the bytes are not a PDF; :data:`MAX_PDF_PAGES` when its pages could
     not be counted (no page mark, a piece missing or out of order, an object stream too large to carry or
     not Flate or its type where a reader may not see it, a count by reference, a reference repeated in
-    a page tree's /Kids or one not read: :meth:`_count_kids`). Its /Kids' object numbers are kept up
-    to :data:`KIDS_MAX`; past it the PDF is held at the limit."""
+    a page tree's /Kids — but in a later version of the object that named it — or one not read:
+    :meth:`_count_kids`). Its /Kids' object numbers, and the object and version that named each, are kept
+    up to :data:`KIDS_MAX`; past it the PDF is held at the limit."""
 
     at: int = 0  # bytes read so far: the offset the next piece must start at
     pdf: bool = False  # the PDF header was seen in the first kilobyte
