@@ -558,7 +558,7 @@ class PageCounter:
         anything else holds the PDF at the limit. ``base``: ``buf``'s file offset, its objects' headers
         read (:meth:`_note_objects`); None: an object stream's bytes, whose objects are not known here."""
         names = _KIDS if b"#" in buf else _PLAIN_KIDS
-        owner, reversed_ = (self.kids_owner[0], self.kids_owner[1]) if base is not None else (-1, -1), b""
+        owner = (self.kids_owner[0], self.kids_owner[1]) if base is not None else (-1, -1)
         while pos < end and not self._kids_done():
             if not in_array:
                 name = names.search(buf, pos)
@@ -566,8 +566,7 @@ class PageCounter:
                     pos = end
                     break
                 if base is not None:
-                    reversed_ = reversed_ or buf[::-1]
-                    self._note_objects(reversed_, name.start(), base)
+                    self._note_objects(buf, name.start(), base)
                     owner = (self.owner, self.owner_at)
                 value = _KIDS_VALUE.match(buf, name.end())
                 assert value is not None  # all of it optional: it always matches
@@ -585,33 +584,35 @@ class PageCounter:
             if in_array:
                 self._note_kid(kid["kid"], owner)
         if base is not None and end < len(buf) and not self._kids_done():  # the next piece goes on from the cut
-            self._note_objects(reversed_ or buf[::-1], end, base)
+            self._note_objects(buf, end, base)
             self.kids_owner = list(owner)  # an array open at the cut: its object's
         return pos, in_array
 
-    def _note_objects(self, reversed_: bytes, to: int, base: int) -> None:
+    def _note_objects(self, buf: bytes, to: int, base: int) -> None:
         """Read the objects' headers and 'endobj's whose ``obj`` ends after :attr:`objects_at` and at or before
-        ``to`` in the piece at file offset ``base`` (``reversed_``: its bytes reversed), to know the object
-        the bytes at ``to`` belong to: the last header, named when an 'endobj' or none came between it and
-        the one before (else, or not plain, or cut at the piece's start: -1, not known)."""
-        size, since = len(reversed_), max(0, self.objects_at - base)
+        ``to`` in ``buf`` (at file offset ``base``), to know the object the bytes at ``to`` belong to: the last
+        header, named when an 'endobj' or none came between it and the one before (else, or not plain, or cut
+        at the piece's start: -1, not known). Read in those bytes reversed (and the :data:`_OBJECT_SPAN`
+        before them, and the byte after: an 'obj' followed by a regular character is none), each once."""
+        since = max(0, self.objects_at - base)
         if to <= since:
             return
-        stop, endpos = size - since, min(size, size - since + _OBJECT_SPAN)
-        found = _R_OBJECTS.search(reversed_, size - to, endpos)
-        ended = found is not None and found.start() < stop and found["end"] is not None
-        header = _R_HEADER.search(reversed_, found.end(), endpos) if ended and found is not None else found
-        header = header if header is not None and header.start() < stop else None
-        before = None if header is None else _R_OBJECTS.search(reversed_, header.end(), endpos)
-        clean = None if before is None or before.start() >= stop else before["end"] is not None
+        start, stop = max(0, since - _OBJECT_SPAN), min(len(buf), to + 1)
+        reversed_, last = buf[start:stop][::-1], stop - since  # matches from ``last`` on ended by ``since``
+        found = _R_OBJECTS.search(reversed_, stop - to)
+        ended = found is not None and found.start() < last and found["end"] is not None
+        header = _R_HEADER.search(reversed_, found.end()) if ended and found is not None else found
+        header = header if header is not None and header.start() < last else None
+        before = None if header is None else _R_OBJECTS.search(reversed_, header.end())
+        clean = None if before is None or before.start() >= last else before["end"] is not None
         self.objects_at = base + to
         if header is None:
             self.closed = self.closed or ended
             return
-        plain = header["number"] is not None and (header.end() < size or base == 0)
+        plain = header["number"] is not None and (header.end() < len(reversed_) or base + start == 0)
         number = int(header["number"][::-1]) if plain else -1
         self.owner = number if (self.closed if clean is None else clean) else -1
-        self.owner_at, self.closed = base + size - header.start(), ended
+        self.owner_at, self.closed = base + stop - header.start(), ended
 
     def _note_kid(self, digits: bytes, owner: tuple[int, int]) -> None:
         """Note a reference in a /Kids by its object number (readers resolve ``3 0 R`` and ``3 1 R`` alike)

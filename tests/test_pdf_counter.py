@@ -398,6 +398,23 @@ def test_a_pdf_updated_many_times_is_counted_as_readers_count_it():
         assert counted(data, piece).pages() == 61, piece
 
 
+def test_an_update_is_read_alike_wherever_a_chunk_ends():
+    """An update whose new version of the tree's node follows a word beginning with ``obj`` (no header: a
+    reader reads ``objx`` as one word) and a header with a comment in it (an object not known): cut at every
+    byte among them, two pieces count what the whole counts (a piece ending after ``obj`` read a header
+    there; one starting inside a header read another number)."""
+    update = b"7 0 objx\nendobj\n12 %c\n0 obj\n<< >>\nendobj\n2 0 obj\n<< /Type /Pages /Kids [3 0 R] >>\nendobj\n"
+    data = ONE_PAGE + b" " * (2 * CARRY) + update + b" " * (2 * CARRY)
+    assert pdf_pages(data) == 1
+    at = len(ONE_PAGE) + 2 * CARRY - 8
+    for cut in range(at, at + len(update)):  # the piece's cut: its last CARRY bytes are read with the next
+        counter = PageCounter()
+        counter.feed(data[: cut + CARRY], 0)
+        counter = PageCounter.loads(counter.dumps())
+        counter.feed(data[cut + CARRY :], cut + CARRY, final=True)
+        assert counter.pages() == 1, cut
+
+
 def test_a_state_kept_before_the_kids_objects_were_is_read_as_not_known():
     """A state written before a kid's object was kept (an upload begun on an older replica): its kids' objects
     are not known, so a kid named again is a repeat (the limit), never a later version, and no crash; the
