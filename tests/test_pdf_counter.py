@@ -399,11 +399,12 @@ def test_a_pdf_updated_many_times_is_counted_as_readers_count_it():
 
 
 def test_an_update_is_read_alike_wherever_a_chunk_ends():
-    """An update whose new version of the tree's node follows a word beginning with ``obj`` (no header: a
-    reader reads ``objx`` as one word) and a header with a comment in it (an object not known): cut at every
-    byte among them, two pieces count what the whole counts (a piece ending after ``obj`` read a header
-    there; one starting inside a header read another number)."""
-    update = b"7 0 objx\nendobj\n12 %c\n0 obj\n<< >>\nendobj\n2 0 obj\n<< /Type /Pages /Kids [3 0 R] >>\nendobj\n"
+    """An update whose words beginning with ``obj`` are no headers (a reader reads ``objx`` as one word: one
+    in the new version of the tree's node, which names its kid again) beside a header with a comment in it
+    (an object not known): cut at every byte among them, two pieces count what the whole counts, 1 page (a
+    piece ending between ``obj`` and ``x`` read a header there, and the node's kids as another object's)."""
+    update = b"7 0 objx\nendobj\n12 %c\n0 obj\n<< >>\nendobj\n2 0 obj\n<< /Type /Pages /X 5 0 objx /Kids [3 0 R] >>\n"
+    update += b"endobj\n"
     data = ONE_PAGE + b" " * (2 * CARRY) + update + b" " * (2 * CARRY)
     assert pdf_pages(data) == 1
     at = len(ONE_PAGE) + 2 * CARRY - 8
