@@ -81,8 +81,8 @@ def pdf_pages(data: bytes, inflation: Inflation | None = None) -> int:
     bytes and in its object streams (PDF 1.5 keeps objects there, compressed); :data:`MAX_PDF_PAGES`
     when none shows a page or it cannot all be read (an object stream not inflated, a count by
     reference: an encrypted or crafted PDF, which Gemini may still read whole), or a page tree's kids
-    repeat one (readers walk it each time, whatever the count). Read as an upload's
-    pieces are (:class:`PageCounter`), in one piece: one set of rules; an inline PDF is read whatever
+    repeat one (readers walk it each time, whatever the count; not in a later version of one object). Read
+    as an upload's pieces are (:class:`PageCounter`), in one piece: one set of rules; an inline PDF is read whatever
     its first bytes (``pdf=True``: no header looked for), from ``inflation``, the request's budget."""
     counter = PageCounter(pdf=True)
     counter.feed(data, final=True, inflation=inflation)
@@ -327,8 +327,9 @@ _UPS = bytes.maketrans(b"<>", b"\x02\x00")
 _AFTER_DICTIONARY = re.compile(rb">>[\x00\t\n\x0c\r ]*\Z")  # a stream keyword a reader reads follows one
 # A page tree's /Kids: readers walk each reference in them, a repeated one each time (900 references to one
 # page are 900 pages to PDFium and pypdf whatever the /Count; a tree of 10 × 10 × 10 repeats, 1,000), so a
-# reference repeated in any /Kids holds the PDF at the limit, as does a /Kids by reference (its array is not
-# read here), a comment at its start longer than _WS reads, or anything but references in it. A token is
+# reference repeated in any /Kids (but in a later version of the same object: _R_OBJECTS) holds the PDF at
+# the limit, as does a /Kids by reference (its array is not read here), a comment at its start longer than
+# _WS reads, or anything but references in it. A token is
 # read up to _KID_SPAN bytes (far less than CARRY: one that starts before a piece's cut is whole in it).
 _KIDS = re.compile(b"/" + _name(b"Kids") + rb"(?![^" + _BOUND + rb"/])")
 _PLAIN_KIDS = re.compile(rb"/Kids(?![^" + _BOUND + rb"/])")  # bytes without '#': a literal is looked for faster
@@ -338,6 +339,23 @@ _KID_SPAN = 512
 # /Kids arrays and distinct references in them a PDF's state keeps (an ordinary tree of 1,000 pages has
 # ~1,200, ~3,000 at two kids a node); past it, the PDF is held at the limit and they are no longer kept.
 KIDS_MAX = 4 * MAX_PDF_PAGES
+# The object a /Kids belongs to: the nearest header before it (``5 0 obj``, ``5 0obj`` as pdf.js lexes it),
+# read backwards in the bytes reversed from each ``obj`` token (``jbo``: the engine skips to it), or an
+# ``endobj``. A reference named again in a later version of the same object (an incremental update: Acrobat's
+# Save, a signature, a form fill) is no repeat. Only a plain header (white space of at most 64 bytes between
+# its words, numbers of at most 12 digits) that follows an ``endobj`` names its object: any other ``obj`` (a
+# comment in its header, or a header inside another object's dictionary with no ``endobj`` before it, where
+# readers skip it) starts an object not known, whose kids are never a later version. A header is at most
+# _OBJECT_SPAN bytes: a piece keeps that many before its cut, so one that ends after it is whole in the next.
+_R_SPACE = rb"[\x00\t\n\x0c\r ]"
+_R_TOKEN = rb"jbo(?<![^" + _BOUND + rb"/]jbo)"  # 'obj' not followed by a regular character
+_R_END = rb"(?P<end>dne)(?![^" + _BOUND + rb"])"  # 'endobj' not after one
+# 'obj' after white space, a delimiter or its generation's digits, and a plain header's numbers before it
+_R_WORDS = rb"(?=[" + _BOUND + rb"0-9]|\Z)(?:" + _R_SPACE + rb"{0,64}+\d{1,12}+" + _R_SPACE + rb"{1,64}+"
+_R_WORDS += rb"(?P<number>\d{1,12}+)(?![^" + _BOUND + rb"]))?"
+_R_OBJECTS = re.compile(_R_TOKEN + rb"(?:" + _R_END + rb"|" + _R_WORDS + rb")")
+_R_HEADER = re.compile(_R_TOKEN + rb"(?!dne)" + _R_WORDS)  # any but an 'endobj'
+_OBJECT_SPAN = 256
 
 
 def _deeper(depth: int, span: bytes) -> int:
@@ -443,8 +461,9 @@ class PageCounter:
     :meth:`pages` is None when the bytes are not a PDF; :data:`MAX_PDF_PAGES` when its pages could
     not be counted (no page mark, a piece missing or out of order, an object stream too large to carry or
     not Flate or its type where a reader may not see it, a count by reference, a reference repeated in
-    a page tree's /Kids or one not read: :meth:`_count_kids`). Its /Kids' object numbers are kept up
-    to :data:`KIDS_MAX`; past it the PDF is held at the limit."""
+    a page tree's /Kids — but in a later version of the object that named it — or one not read:
+    :meth:`_count_kids`). Its /Kids' object numbers, and the object and version that named each, are kept
+    up to :data:`KIDS_MAX`; past it the PDF is held at the limit."""
 
     at: int = 0  # bytes read so far: the offset the next piece must start at
     pdf: bool = False  # the PDF header was seen in the first kilobyte
@@ -476,6 +495,16 @@ class PageCounter:
     # whether that is inside an array.
     kids: list[int] = dataclasses.field(default_factory=list)
     kids_names: int = 0
+    # For each kid, the object whose /Kids named it (-1: not known) and the file offset of that version's header
+    # (:meth:`_note_objects`); the object the bytes read belong to, its header's offset, whether an 'endobj'
+    # came after it (the next header then starts an object), and the file offset objects are read up to.
+    kid_owners: list[int] = dataclasses.field(default_factory=list)
+    kid_versions: list[int] = dataclasses.field(default_factory=list)
+    owner: int = -1
+    owner_at: int = -1
+    kids_owner: list[int] = dataclasses.field(default_factory=lambda: [-1, -1])  # the open array's (owner, owner_at)
+    closed: bool = True
+    objects_at: int = 0
     kids_at: int = 0
     in_kids: bool = False
     carry: bytes = b""
@@ -502,13 +531,14 @@ class PageCounter:
         self._count_marks(buf, cut)
         base = self.at - len(buf)
         start = max(self.kids_at - base, self.seen)  # the seen bytes: a state from before kids were read
-        kids_at, self.in_kids = self._count_kids(buf, start, len(buf) if final else cut, self.in_kids)
+        kids_at, self.in_kids = self._count_kids(buf, start, len(buf) if final else cut, self.in_kids, base)
         self.kids_at = base + kids_at
         resume = cut if self.unread else self._lex(buf, cut, final, inflation)
         self.lexed = self.at - len(buf) + resume
         if not final and not self.in_data and not self.unread:
             self._deepen(buf, resume)  # the carry no longer holds the bytes before it
-        keep = max(0, min(cut, resume - 1))  # from a byte before the lexer goes on: a keyword's look-behind
+        # from a byte before the lexer goes on (a keyword's look-behind) and an object's header before the cut
+        keep = max(0, min(cut - _OBJECT_SPAN, resume - 1))
         self.carry, self.seen = (b"", 0) if final else (buf[keep:], cut - keep)
         kept = self.at - len(self.carry)  # a stream before the carry is never read again
         del self.streams[: bisect.bisect_left(self.streams, kept)]
@@ -532,17 +562,24 @@ class PageCounter:
         if any(seen <= found.start() < cut for found in _LONG_COMMENT.finditer(buf)):
             self.unread = True  # a mark may stand after it: not read
 
-    def _count_kids(self, buf: bytes, pos: int, end: int, in_array: bool) -> tuple[int, bool]:
+    def _count_kids(self, buf: bytes, pos: int, end: int, in_array: bool, base: int | None = None) -> tuple[int, bool]:
         """Read the /Kids names and the references in their arrays that start in ``buf[pos:end]`` (a
         token may end past ``end``), ``in_array`` if ``pos`` is inside one; returns where to go on from
         and whether that is inside an array. A reference repeated in any of them (a page readers walk
-        more than once), a /Kids by reference or holding anything else holds the PDF at the limit."""
+        more than once) but in a later version of the same object, a /Kids by reference or holding
+        anything else holds the PDF at the limit. ``base``: ``buf``'s file offset, its objects' headers
+        read (:meth:`_note_objects`); None: an object stream's bytes, whose objects are not known here."""
         names = _KIDS if b"#" in buf else _PLAIN_KIDS
+        owner = (self.kids_owner[0], self.kids_owner[1]) if base is not None else (-1, -1)
         while pos < end and not self._kids_done():
             if not in_array:
                 name = names.search(buf, pos)
                 if name is None or name.start() >= end:
-                    return end, False
+                    pos = end
+                    break
+                if base is not None:
+                    self._note_objects(buf, name.start(), base)
+                    owner = (self.owner, self.owner_at)
                 value = _KIDS_VALUE.match(buf, name.end())
                 assert value is not None  # all of it optional: it always matches
                 if value["held"] is not None or value.end() - name.end() > _KID_SPAN:
@@ -557,28 +594,63 @@ class PageCounter:
                 break
             pos, in_array = kid.end(), kid["end"] is None
             if in_array:
-                self._note_kid(kid["kid"])
+                self._note_kid(kid["kid"], owner)
+        if base is not None and end < len(buf) and not self._kids_done():  # the next piece goes on from the cut
+            self._note_objects(buf, end, base)
+            self.kids_owner = list(owner)  # an array open at the cut: its object's
         return pos, in_array
 
-    def _note_kid(self, digits: bytes) -> None:
-        """Note a reference in a /Kids by its object number (readers resolve ``3 0 R`` and ``3 1 R`` alike):
-        a repeated one holds the PDF at the limit, and so do more than :data:`KIDS_MAX` kept."""
+    def _note_objects(self, buf: bytes, to: int, base: int) -> None:
+        """Read the objects' headers and 'endobj's whose ``obj`` ends after :attr:`objects_at` and at or before
+        ``to`` in ``buf`` (at file offset ``base``), to know the object the bytes at ``to`` belong to: the last
+        header, named when an 'endobj' or none came between it and the one before (else, or not plain, or cut
+        at the piece's start: -1, not known). Read in those bytes reversed (and the :data:`_OBJECT_SPAN`
+        before them, and the byte after: an 'obj' followed by a regular character is none), each once."""
+        since = max(0, self.objects_at - base)
+        if to <= since:
+            return
+        start, stop = max(0, since - _OBJECT_SPAN), min(len(buf), to + 1)
+        reversed_, last = buf[start:stop][::-1], stop - since  # matches from ``last`` on ended by ``since``
+        found = _R_OBJECTS.search(reversed_, stop - to)
+        ended = found is not None and found.start() < last and found["end"] is not None
+        header = _R_HEADER.search(reversed_, found.end()) if ended and found is not None else found
+        header = header if header is not None and header.start() < last else None
+        before = None if header is None else _R_OBJECTS.search(reversed_, header.end())
+        clean = None if before is None or before.start() >= last else before["end"] is not None
+        self.objects_at = base + to
+        if header is None:
+            self.closed = self.closed or ended
+            return
+        plain = header["number"] is not None and (header.end() < len(reversed_) or base + start == 0)
+        number = int(header["number"][::-1]) if plain else -1
+        self.owner = number if (self.closed if clean is None else clean) else -1
+        self.owner_at, self.closed = base + stop - header.start(), ended
+
+    def _note_kid(self, digits: bytes, owner: tuple[int, int]) -> None:
+        """Note a reference in a /Kids by its object number (readers resolve ``3 0 R`` and ``3 1 R`` alike)
+        and the ``owner`` whose /Kids named it (its number, -1 not known, and its header's offset): a repeated
+        one holds the PDF at the limit unless named again by a later version of the object that named it
+        (an incremental update: readers see one version), and so do more than :data:`KIDS_MAX` kept."""
         number = digits.lstrip(b"0")
         if len(number) > 10:  # no reader's object number
             self.unread = True
             return
         at = bisect.bisect_left(self.kids, key := int(number or b"0"))
         if at < len(self.kids) and self.kids[at] == key:
-            self.unread = True
+            later = owner[0] >= 0 and self.kid_owners[at] == owner[0] and self.kid_versions[at] != owner[1]
+            self.unread = self.unread or not later
+            self.kid_versions[at] = owner[1]
             return
         self.kids.insert(at, key)
+        self.kid_owners.insert(at, owner[0])
+        self.kid_versions.insert(at, owner[1])
         self._bound_kids()
 
     def _bound_kids(self) -> None:
         """Past :data:`KIDS_MAX` /Kids names and references (more pages than the limit, or crafted) the PDF
         is held at the limit and its kids are no longer kept: the state between an upload's chunks is small."""
         if len(self.kids) + self.kids_names > KIDS_MAX:
-            self.count, self.kids = max(self.count, MAX_PDF_PAGES), []
+            self.count, self.kids, self.kid_owners, self.kid_versions = max(self.count, MAX_PDF_PAGES), [], [], []
 
     def _kids_done(self) -> bool:
         """Whether the PDF is held at the limit already: its /Kids can tell no more."""
@@ -791,9 +863,13 @@ class PageCounter:
             return cls()
         try:
             state = json.loads(text)
-            return cls(**{**state, "carry": base64.b64decode(state["carry"])})
+            counter = cls(**{**state, "carry": base64.b64decode(state["carry"])})
         except (ValueError, TypeError, KeyError, binascii.Error):
             return cls(state="lost")
+        if len(counter.kid_owners) != len(counter.kids) or len(counter.kid_versions) != len(counter.kids):
+            # a state from before the kids' objects were kept: not known, so never a later version
+            counter.kid_owners, counter.kid_versions = [-1] * len(counter.kids), [-1] * len(counter.kids)
+        return counter
 
 
 def count_pages(source: IO[bytes] | RawIOBase, block: int = 1 << 20) -> PageCounter:

@@ -10,6 +10,7 @@ and the file is held at Gemini's 1,000-page limit.
 from __future__ import annotations
 
 import io
+import json
 import os
 import re
 import struct
@@ -20,8 +21,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_gemini_pdf_hold import pdf, with_decoy
+from test_pdf_readers import CATALOG, PAGE, readers, repeated_kids, repeated_tree, updated, with_table
 from test_pdf_readers import packed as packed_pdf
-from test_pdf_readers import repeated_kids, repeated_tree
 
 from stockyard.pdfpages import CARRY, MAX_PDF_PAGES, Inflation, PageCounter, count_pages, pdf_pages
 
@@ -347,7 +348,26 @@ def _test_pdfs() -> dict[str, bytes]:
         "header-minus-zero-in-a-streams-bytes": packed_pdf(60, header=b"%d -0 obj\n", hidden=True),
         "header-0obj-in-a-streams-bytes": packed_pdf(60, header=b"%d 0obj\n", hidden=True),
         "header-pypdf-takes-in-a-streams-bytes": packed_pdf(60, header=b"%d 0 xyz\n", hidden=True),
+        # an incremental update: the tree's node written again naming its kids (exact), a second node naming
+        # one of them (the limit), and a long update of many versions of one node
+        "incremental-update": updated(ONE_PAGE, {2: b"<< /Type /Pages /Kids [3 0 R 4 0 R] /Count 2 >>", 4: PAGE}),
+        "update-naming-a-page-twice": updated(ONE_PAGE, {2: b"<< /Kids [3 0 R 4 0 R] >>", 4: b"<< /Kids [3 0 R] >>"}),
+        "many-updates": many_updates(60),
     }
+
+
+ONE_PAGE = with_table({1: CATALOG, 2: b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>", 3: PAGE})
+
+
+def many_updates(times: int) -> bytes:
+    """A one-page PDF updated ``times`` times, each update writing the tree's node again (its kids and a padded
+    title longer than a piece's carry) and adding a page: ``times`` + 1 pages."""
+    data = ONE_PAGE
+    for added in range(times):
+        kids = b" ".join(b"%d 0 R" % number for number in [3, *range(100, 101 + added)])
+        node = b"<< /Type /Pages /Title (%s) /Kids [%s] >>" % (b"x" * 5000, kids)
+        data = updated(data, {2: node, 100 + added: PAGE})
+    return data
 
 
 TEST_PDFS = _test_pdfs()
@@ -369,6 +389,54 @@ def test_a_pdf_in_random_pieces_is_counted_as_pdf_pages_counts_it_whole(name, cu
         counter.feed(data[start:end], start, final=end == len(data))
     whole = pdf_pages(data)
     assert counter.pages() == whole
+
+
+def test_a_pdf_updated_many_times_is_counted_as_readers_count_it():
+    """60 incremental updates, each writing the page tree's node again with a page added (a kid named in 61
+    versions of one object, each version's header farther than a carry from its /Kids): 61 pages, whole and
+    in an upload's chunks of any size, as PDFium and pypdf see them."""
+    data = many_updates(60)
+    assert readers(data) == {"pdfium": 61, "pypdf": 61}
+    assert pdf_pages(data) == 61
+    for piece in (1, 7, 64, 1000, CARRY + 1, 1 << 20):
+        assert counted(data, piece).pages() == 61, piece
+
+
+def test_an_update_is_read_alike_wherever_a_chunk_ends():
+    """An update whose words beginning with ``obj`` are no headers (a reader reads ``objx`` as one word: one
+    in the new version of the tree's node, which names its kid again) beside a header with a comment in it
+    (an object not known): cut at every byte among them, two pieces count what the whole counts, 1 page (a
+    piece ending between ``obj`` and ``x`` read a header there, and the node's kids as another object's)."""
+    update = b"7 0 objx\nendobj\n12 %c\n0 obj\n<< >>\nendobj\n2 0 obj\n<< /Type /Pages /X 5 0 objx /Kids [3 0 R] >>\n"
+    update += b"endobj\n"
+    data = ONE_PAGE + b" " * (2 * CARRY) + update + b" " * (2 * CARRY)
+    assert pdf_pages(data) == 1
+    at = len(ONE_PAGE) + 2 * CARRY - 8
+    for cut in range(at, at + len(update)):  # the piece's cut: its last CARRY bytes are read with the next
+        counter = PageCounter()
+        counter.feed(data[: cut + CARRY], 0)
+        counter = PageCounter.loads(counter.dumps())
+        counter.feed(data[cut + CARRY :], cut + CARRY, final=True)
+        assert counter.pages() == 1, cut
+
+
+def test_a_state_kept_before_the_kids_objects_were_is_read_as_not_known():
+    """A state written before a kid's object was kept (an upload begun on an older replica): its kids' objects
+    are not known, so a kid named again is a repeat (the limit), never a later version, and no crash; the
+    same state with them counts the update's one page."""
+    first = ONE_PAGE + b" " * (2 * CARRY)
+    update = b"2 0 obj\n<< /Type /Pages /Kids [3 0 R] >>\nendobj\n"
+    counter = PageCounter()
+    counter.feed(first, 0)
+    state = json.loads(counter.dumps())
+    assert state["kids"] == [3] and state["kid_owners"] == [2]
+    kept = PageCounter.loads(json.dumps(state))
+    kept.feed(update, len(first), final=True)
+    assert kept.pages() == 1
+    del state["kid_owners"], state["kid_versions"]
+    older = PageCounter.loads(json.dumps(state))
+    older.feed(update, len(first), final=True)
+    assert older.pages() == MAX_PDF_PAGES
 
 
 def image(number: int, size: int = 20_000) -> bytes:

@@ -6,6 +6,7 @@ fewer pages than a reader that takes it sees (pdf.js, which no test here runs, a
 from __future__ import annotations
 
 import io
+import re
 import struct
 import time
 import zlib
@@ -325,22 +326,33 @@ def test_four_megabytes_of_kids_are_read_in_linear_time(unit):
     assert time.monotonic() - started < 1.2
 
 
-def test_an_incremental_update_that_rewrites_the_page_tree_is_held_at_the_limit():
-    """An update appending a page rewrites the tree's node, its kids named again: readers see the new
-    version only (2 pages), the counter sees a kid repeated and holds the limit, over and never under (it
-    does not tell one object's versions apart)."""
-    first = with_table({1: CATALOG, 2: b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>", 3: PAGE})
+def updated(first: bytes, objects: dict[int, bytes]) -> bytes:
+    """``first`` (a PDF from :func:`with_table`) with an incremental update appended, as Acrobat's Save, a
+    signature or a form fill writes one: ``objects`` (number → its bytes) written again or added after the
+    file's end, a cross-reference section naming only them and a trailer whose ``/Prev`` is the first one's."""
     start = int(first.rsplit(b"startxref\n", 1)[1].split(b"\n")[0])
     update, offsets = b"", {}
-    for number, obj in ((2, b"<< /Type /Pages /Kids [3 0 R 4 0 R] /Count 2 >>"), (4, PAGE)):
+    for number in sorted(objects):
         offsets[number] = len(first) + len(update)
-        update += b"%d 0 obj\n%s\nendobj\n" % (number, obj)
+        update += b"%d 0 obj\n%s\nendobj\n" % (number, objects[number])
     table = len(first) + len(update)
-    update += b"xref\n0 1\n0000000000 65535 f \n2 1\n%010d 00000 n \n4 1\n%010d 00000 n \n" % (offsets[2], offsets[4])
-    update += b"trailer\n<< /Size 5 /Root 1 0 R /Prev %d >>\nstartxref\n%d\n%%%%EOF\n" % (start, table)
+    update += b"xref\n0 1\n0000000000 65535 f \n"
+    update += b"".join(b"%d 1\n%010d 00000 n \n" % (number, offsets[number]) for number in sorted(objects))
+    size = max(int(re.findall(rb"/Size (\d+)", first)[-1]), max(objects) + 1)
+    trailer = b"trailer\n<< /Size %d /Root 1 0 R /Prev %d >>\nstartxref\n%d\n%%%%EOF\n" % (size, start, table)
+    return first + update + trailer
+
+
+def test_an_incremental_update_that_rewrites_the_page_tree_is_counted_as_readers_count_it():
+    """An update appending a page rewrites the tree's node, its kids named again in the new version of the
+    same object: readers see the new version only (2 pages), and so does the counter, whole and in an
+    upload's chunks (it held the limit: a kid named twice, ~$5-9 of a budget for a 2-page PDF)."""
+    first = with_table({1: CATALOG, 2: b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>", 3: PAGE})
+    data = updated(first, {2: b"<< /Type /Pages /Kids [3 0 R 4 0 R] /Count 2 >>", 4: PAGE})
     assert readers(first) == {"pdfium": 1, "pypdf": 1} and pdf_pages(first) == 1
-    assert readers(first + update) == {"pdfium": 2, "pypdf": 2}
-    assert pdf_pages(first + update) == MAX_PDF_PAGES
+    assert readers(data) == {"pdfium": 2, "pypdf": 2}
+    assert pdf_pages(data) == 2
+    assert in_pieces(data, 64) == in_pieces(data, CARRY + 1) == 2
 
 
 # An object's header as readers take it, its object number at %d: PDFium (and pypdf, the first two) reads a
@@ -380,3 +392,58 @@ def test_an_object_header_in_any_shape_a_reader_takes_is_seen_in_a_string_or_com
         header = header.replace(b"\n", b" ")
     mark = where % (header % 9)
     assert pdf_pages(packed(900).replace(b"1 0 obj\n", mark + b"\n1 0 obj\n", 1)) == MAX_PDF_PAGES
+
+
+def test_an_update_rewriting_the_roots_kids_with_a_page_added_is_counted_as_readers_count_it():
+    """A tree of two nodes under its root: an update rewrites the root's kids (its two nodes again and a page
+    added beside them) and adds the page; the nodes' own kids are not written again: readers see 3 pages."""
+    first = with_table(
+        {
+            1: CATALOG,
+            2: b"<< /Type /Pages /Kids [4 0 R 5 0 R] >>",
+            3: PAGE,
+            4: b"<< /Type /Pages /Parent 2 0 R /Kids [3 0 R] >>",
+            5: b"<< /Type /Pages /Parent 2 0 R /Kids [6 0 R] >>",
+            6: PAGE,
+        }
+    )
+    data = updated(first, {2: b"<< /Type /Pages /Kids [4 0 R 5 0 R 7 0 R] >>", 7: PAGE})
+    assert readers(first) == {"pdfium": 2, "pypdf": 2} and pdf_pages(first) == 2
+    assert readers(data) == {"pdfium": 3, "pypdf": 3}
+    assert pdf_pages(data) == 3
+    assert in_pieces(data, 64) == in_pieces(data, CARRY + 1) == 3
+
+
+@pytest.mark.parametrize(
+    "objects",
+    [
+        # a second node naming a page the root names already: readers walk it twice
+        {2: b"<< /Type /Pages /Kids [3 0 R 4 0 R] >>", 4: b"<< /Type /Pages /Parent 2 0 R /Kids [3 0 R] >>"},
+        # a new node naming the page, the root's new version naming it and the node
+        {4: b"<< /Type /Pages /Parent 2 0 R /Kids [3 0 R] >>", 2: b"<< /Type /Pages /Kids [4 0 R 3 0 R] >>"},
+        # the rewritten node naming a page twice in its one array
+        {2: b"<< /Type /Pages /Kids [3 0 R 3 0 R] >>"},
+    ],
+    ids=["a-second-node", "the-node-first", "twice-in-the-new-array"],
+)
+def test_an_update_that_names_a_page_from_a_second_node_or_twice_is_the_limit(objects):
+    """An update whose new objects name a page twice in the tree readers walk (a second node naming a page
+    the first names, or one array naming it twice): readers walk it each time, the counter holds the limit
+    (only a reference named again in a later version of the same object is no repeat)."""
+    first = with_table({1: CATALOG, 2: b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>", 3: PAGE})
+    data = updated(first, objects)
+    assert max(readers(data).values()) == 2, readers(data)
+    assert pdf_pages(data) == MAX_PDF_PAGES
+    assert in_pieces(data, 64) == in_pieces(data, CARRY + 1) == MAX_PDF_PAGES
+
+
+def test_a_header_inside_another_object_is_no_later_version():
+    """An object's header written inside another object's dictionary (no ``endobj`` between them, where a
+    reader reading that object skips it as a key that is no name): its kids are the other object's, so a
+    page they name that the header's object named before is a repeat, the limit (it was read as a later
+    version of that object: 1 page, where readers walk 2)."""
+    crafted = b"<< /Type /Pages /Parent 2 0 R /X 1 2 0 obj /Kids [3 0 R] >>"
+    data = with_table({1: CATALOG, 2: b"<< /Type /Pages /Kids [3 0 R 4 0 R] /Count 1 >>", 3: PAGE, 4: crafted})
+    assert max(readers(data).values()) == 2, readers(data)
+    assert pdf_pages(data) == MAX_PDF_PAGES
+    assert in_pieces(data, 64) == in_pieces(data, CARRY + 1) == MAX_PDF_PAGES

@@ -23,7 +23,7 @@ import pytest
 from conftest import ServerProcess, mock_env, wait_for
 from test_gemini_files import chunk, upload, upload_url
 from test_gemini_pdf_hold import CAP, IN_25, OUT_25, REFUSAL, USD, pdf
-from test_pdf_readers import repeated_kids
+from test_pdf_readers import CATALOG, PAGE, repeated_kids, updated, with_table
 
 GEMINI_KEY = "AIza-uploadpdf-0123456789abcdefPROVIDERSECRET"
 ANTHROPIC_KEY = "sk-ant-uploadpdf-0123456789PROVIDERSECRET"
@@ -116,6 +116,31 @@ def test_a_gemini_upload_whose_page_tree_repeats_a_kid_is_held_at_the_limit(serv
     held, body = gemini_hold(server, key, made)
     assert held == bytes_hold(body, IN_25, OUT_25) + 1000 * 258 * IN_25
     wait_for(lambda: "/Kids repeat a page" in server.log and made["name"] in server.log, what="the log line")
+
+
+ADDED = {
+    2: b"<< /Type /Pages /Kids [%s] /Count 11 >>" % b" ".join(b"%d 0 R" % n for n in [3, *range(4, 14)]),
+    **{number: PAGE for number in range(4, 14)},
+}
+
+
+@pytest.mark.parametrize(
+    ("objects", "pages"),
+    [
+        (ADDED, 11),  # the node written again, ten pages added (more than the image the reference is held as)
+        ({2: b"<< /Type /Pages /Kids [3 0 R 4 0 R] >>", 4: b"<< /Type /Pages /Kids [3 0 R] >>"}, 1000),
+    ],
+    ids=["pages-added", "a-second-node-naming-a-page"],
+)
+def test_a_gemini_upload_of_an_updated_pdf_is_held_at_the_pages_readers_see(server, objects, pages):
+    """A PDF saved with an incremental update rewriting its page tree's node (Acrobat's Save), in 100-byte
+    chunks: held at its 11 pages (it was held at 1,000: a kid named again); an update adding a second node
+    naming a page readers then walk twice is held at the limit."""
+    key = tight_key(server)
+    data = updated(with_table({1: CATALOG, 2: b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>", 3: PAGE}), objects)
+    made = gemini_upload(server, key, data, piece=100)
+    held, body = gemini_hold(server, key, made)
+    assert held == bytes_hold(body, IN_25, OUT_25) + pages * 258 * IN_25
 
 
 def test_a_gemini_file_that_is_not_a_pdf_keeps_the_limit(server):
