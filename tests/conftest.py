@@ -458,7 +458,17 @@ class ServerProcess:
         """``keys create --name NAME *ARGS`` for each of ``specs``: each key's secret by name."""
         made = {name: self.cli("keys", "create", "--name", name, *extra) for name, extra in specs.items()}
         assert all(m.returncode == 0 for m in made.values()), [m.stderr for m in made.values()]
+        running = self.proc is not None and self.proc.poll() is None
+        if running and made:  # a running server reads CLI changes within ~0.5 s: until then it is open
+            wait_for(self.requires_keys, what="the server requiring the client keys made by the CLI")
         return {name: m.stdout.strip() for name, m in made.items()}
+
+    def requires_keys(self) -> bool:
+        """Whether the server refuses an unknown client key (it has read a key the CLI made): before,
+        in open mode, any key is served as no key, and a test of one key's objects would pass or
+        fail by the race (another key's request served as keyless)."""
+        status, _, _ = self.request("GET", "/v1/models", headers={"Authorization": "Bearer sk-sy-no-such-key"})
+        return status == 401
 
 
 def leave_stream(server: "ServerProcess", path: str, body: dict, seen: bytes, key: str | None = None) -> str:
