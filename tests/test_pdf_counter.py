@@ -394,11 +394,11 @@ def test_a_pdf_in_random_pieces_is_counted_as_pdf_pages_counts_it_whole(name, cu
 def test_a_pdf_updated_many_times_is_counted_as_readers_count_it():
     """60 incremental updates, each writing the page tree's node again with a page added (a kid named in 61
     versions of one object, each version's header farther than a carry from its /Kids): 61 pages, whole and
-    in an upload's chunks of any size, as PDFium and pypdf see them."""
+    in an upload's chunks, as PDFium and pypdf see them."""
     data = many_updates(60)
     assert readers(data) == {"pdfium": 61, "pypdf": 61}
     assert pdf_pages(data) == 61
-    for piece in (1, 7, 64, 1000, CARRY + 1, 1 << 20):
+    for piece in (64, 1000, CARRY + 1, 1 << 20):  # (every cut of an update: the next test)
         assert counted(data, piece).pages() == 61, piece
 
 
