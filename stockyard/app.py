@@ -33,6 +33,7 @@ from .budgets import (
     load_project_budgets,
     scopes_of,
     seconds_left,
+    unpriced_job_refusal,
 )
 from .chain import Chain, HookFailures
 from .config import Settings
@@ -271,13 +272,7 @@ class App:
         and ``param`` name it in the refusals."""
         budgets = self.budgets_of(ctx)
         if budgets and worst is None:
-            raise ProxyError(
-                403,
-                f"the {what} names a model with no price, so the budget on this key cannot be enforced; "
-                "an operator can add one with `stockyard prices set`",
-                param=param,
-                code="model_not_priced",
-            )
+            raise unpriced_job_refusal(what, "on this key", param)
         if budgets and worst:
             try:
                 hold = self.ledger.reserve(budgets, worst, ctx.ts_ms)

@@ -307,6 +307,18 @@ def mode_refusal(field: str, value: Any, whose: str, where: str = "") -> ProxyEr
     )
 
 
+def unpriced_job_refusal(what: str, whose: str, param: str = "model") -> ProxyError:
+    """The 403 for a job billed after the fact (a batch, a video) whose model has no price: its worst
+    case cannot be held. ``whose``: "on this key", "per end user"."""
+    return ProxyError(
+        403,
+        f"the {what} names a model with no price, so the budget {whose} cannot be enforced; "
+        "an operator can add one with `stockyard prices set`",
+        param=param,
+        code="model_not_priced",
+    )
+
+
 def unpriced_refusal(model: str, whose: str) -> ProxyError:
     """The 403 for a model whose request a budget cannot count: no price, or a price in a unit its
     answer does not report (``Pricer.worst_case`` None). ``whose``: "on this key", "per end user"."""

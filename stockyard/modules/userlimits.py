@@ -36,6 +36,7 @@ from ..budgets import (
     Ledger,
     check_countable,
     lowering_hint,
+    unpriced_job_refusal,
     unpriced_refusal,
     user_budget,
 )
@@ -189,13 +190,7 @@ class UserLimitsModule(Module):
         if budget is None:
             return None
         if worst is None:
-            raise ProxyError(
-                403,
-                f"the {what} names a model with no price, so the budget per end user cannot be enforced; "
-                "an operator can add one with `stockyard prices set`",
-                param="model",
-                code="model_not_priced",
-            )
+            raise unpriced_job_refusal(what, "per end user")
         ledger = self.services.ledger
         try:
             return KnownHold(budget, worst, ledger.reserve([budget], worst, ctx.ts_ms), ledger, ctx.ts_ms)
