@@ -411,6 +411,12 @@ class Dispatcher:
     def start(self) -> None:
         self._thread.start()
 
+    def idle(self) -> bool:
+        """Whether no event is queued or in hand, no delivery being made and no retry waiting: what
+        this server would still send is nothing (a stop now would abandon none)."""
+        with self._left_lock:
+            return self._queue.unfinished_tasks == 0 and self._sending is None and not self._waiting
+
     def stop(self, timeout: float = 5.0) -> None:
         self._stop.set()
         try:
@@ -529,16 +535,19 @@ class Dispatcher:
             item = self._queue.get(timeout=max(0.01, min(wait, 1.0)))
         except queue.Empty:
             return next_check
-        if item is _WAKE:
+        try:
+            if item is _WAKE:
+                return next_check
+            pending = self._deliveries(*item)
+            while pending and not self._stop.is_set():  # stopping: the rest are abandoned, not sent
+                self._attempt(pending.pop(0))
+            if pending:
+                with self._left_lock:
+                    self._waiting += pending  # attempt 1, due now: abandoned with the rest
+                    heapq.heapify(self._waiting)
             return next_check
-        pending = self._deliveries(*item)
-        while pending and not self._stop.is_set():  # stopping: the rest are abandoned, not sent
-            self._attempt(pending.pop(0))
-        if pending:
-            with self._left_lock:
-                self._waiting += pending  # attempt 1, due now: abandoned with the rest
-                heapq.heapify(self._waiting)
-        return next_check
+        finally:
+            self._queue.task_done()  # (idle: every event taken is done with)
 
     def _next_retry(self) -> _Delivery | None:
         """The retry due now, taken off the heap (None: none, or stopping)."""
