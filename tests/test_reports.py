@@ -567,9 +567,132 @@ def test_every_report_by_a_client_chosen_group_is_bounded_and_says_so(server):
         assert [r["user"] for r in five["rows"]][-2:] == [costs.OTHER] * 2, "(other) after the named, day by day"
         for by in ("model", "key", "day", "day,key"):
             status, whole = api(server, "GET", f"/api/costs?by={by}")
-            assert status == 200 and whole["top_default"] is False and whole == costs.report(conn, by), by
+            assert (
+                status == 200
+                and whole["top_default"] is False
+                and whole == costs.report(conn, by, page_rows=costs.PAGE_ROWS)
+            ), by
     finally:
         conn.close()
     cli = server.cli("costs", "--by", "tag:session", "--json")
     assert cli.returncode == 0, cli.stderr
     assert len(json.loads(cli.stdout)["rows"]) == users and json.loads(cli.stdout)["top_default"] is False
+
+
+def walk_pages(conn, by: str, rows_max: int, top: int | None = None, since: str | None = None) -> list[dict]:
+    """Every page of a paged report, the first to the last, each checked against its bound."""
+    pages, page = [], None
+    while True:
+        got = costs.report(conn, by, since, top=top, page=page, page_rows=rows_max)
+        days = {r["day"] for r in got["rows"]}
+        assert len(got["rows"]) <= rows_max or len(days) == 1, (by, rows_max, got)
+        for column in costs.COUNTS:
+            assert got["total"][column] == sum(r[column] for r in got["rows"]), "a page totals its own rows"
+        if pages:
+            assert min(days, default=page) >= page, "a page starts at the day it was asked for"
+        pages.append(got)
+        if not got["has_more"]:
+            assert got["next_page"] is None
+            return pages
+        assert got["next_page"] > max(days), "the next page starts after this one's days"
+        page = got["next_page"]
+
+
+def same_rows(by: str, pages: list[dict], whole: dict) -> None:
+    """The pages' rows are the whole report's: in its order where days come first (the days in
+    order, each as the whole report has it), else the same rows."""
+    rows = [r for p in pages for r in p["rows"]]
+    if by.startswith("day,"):
+        assert rows == whole["rows"], by
+    else:
+        key = lambda r: json.dumps(r, sort_keys=True)  # noqa: E731
+        assert sorted(rows, key=key) == sorted(whole["rows"], key=key), by
+    for column in costs.COUNTS:
+        assert sum(p["total"][column] for p in pages) == whole["total"][column], "the pages add up to the report"
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    spend=st.lists(
+        st.tuples(st.integers(0, 9), st.integers(0, len(USERS) - 1), st.integers(0, 3), st.integers(0, 10**12)),
+        max_size=40,
+    ),
+    rows_max=st.integers(1, 12),
+    top=st.sampled_from([None, 1, 3]),
+)
+def test_a_report_walked_page_by_page_is_the_whole_report(tmp_path_factory, migrated, spend, rows_max, top):
+    """Issue 18: a report by day and another group over the API answers whole days, at most
+    ``page_rows`` rows a page (a day with more alone); walked by ``next_page`` the pages are the
+    whole report, row for row, and each page totals its own rows. A top report ranks over the
+    whole range on every page, so its pages hold the same named groups as the whole report."""
+    conn = copy_of(migrated, tmp_path_factory.mktemp("pages"))
+    write_spend(conn, spend)
+    since = iso_utc(NOW_MS - 6 * 86_400_000)[:10]
+    for by in ("day,user", "day,model", "day,key", "user,day", "key,day", "day,tag:team", "tag:team,day"):
+        if top and by == "key,day":
+            continue  # (top ranks the last group: day cannot be)
+        for first in (None, since):
+            pages = walk_pages(conn, by, rows_max, top, first)
+            same_rows(by, pages, costs.report(conn, by, first, top=top))
+    conn.close()
+
+
+def test_pages_on_each_store(database):
+    """The paging statements (each day's groups counted, the ranked group's members) on both stores."""
+    conn = database.connect()
+    db.migrate(conn)
+    write_spend(conn, [(d, u, m, 1000 * u + 10 * m + d) for d in range(5) for u in range(8) for m in range(2)])
+    for by, top in (("day,user", None), ("day,user", 3), ("user,day", 2), ("day,model", None), ("day,tag:team", 1)):
+        pages = walk_pages(conn, by, 9, top)
+        assert len(pages) > 1, by
+        same_rows(by, pages, costs.report(conn, by, top=top))
+    whole = costs.report(conn, "day,model", page_rows=costs.PAGE_ROWS)
+    assert whole["has_more"] is False and whole["next_page"] is None and len(whole["rows"]) == 5 * 2
+    alone = costs.report(conn, "model", page_rows=1)
+    assert alone["has_more"] is False and len(alone["rows"]) == 2, "a report without day is not paged"
+    conn.close()
+
+
+def test_the_api_pages_a_big_report_by_day_and_says_where_the_next_starts(server):
+    """Over the API, ``by=day,user`` for 2 days of 3,000 end users (top=1,000 by default: 1,001 rows
+    a day at most) answers 2,002 rows in one page; asked by day and key for 12 days of 500 keys
+    (6,000 rows) it answers whole days within PAGE_ROWS and the next_page, in JSON and (a Link
+    header) in CSV; a page outside the range, not a day, or on a report without day is a 400."""
+    keys, days = 500, 12
+    conn = open_database(server.db)
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        for day in range(days):
+            for k in range(keys):
+                sample_trace(NOW_MS - day * 86_400_000 - k, body=None, key_id=f"pk_{k:04d}", cost_uc=k + 1).write(conn)
+        conn.execute("COMMIT")
+    finally:
+        conn.close()
+    since = iso_utc(NOW_MS - (days - 1) * 86_400_000)[:10]
+    status, first = api(server, "GET", f"/api/costs?by=day,key&since={since}")
+    assert status == 200 and first["has_more"] is True, first.get("error")
+    assert len(first["rows"]) <= costs.PAGE_ROWS and len(first["rows"]) >= keys * (costs.PAGE_ROWS // keys - 1)
+    assert first["next_page"] > max(r["day"] for r in first["rows"])
+    rows, page, asked = list(first["rows"]), first, 1
+    while page["has_more"]:
+        status, page = api(server, "GET", f"/api/costs?by=day,key&since={since}&page={page['next_page']}")
+        assert status == 200, page
+        rows += page["rows"]
+        asked += 1
+    assert asked == 2 and sum(r["requests"] for r in rows if r["key"].startswith("pk_")) == keys * days
+    status, headers, body = server.request(
+        "GET", f"/api/costs?by=day,key&since={since}&format=csv", headers={"Authorization": f"Bearer {ADMIN_KEY}"}
+    )
+    assert status == 200 and body.decode().count("\n") == len(first["rows"]) + 2  # head, rows, TOTAL
+    assert headers["link"] == (
+        f'</api/costs?by=day%2Ckey&since={since}&format=csv&page={first["next_page"]}>; rel="next"'
+    )
+    status, one = api(server, "GET", f"/api/costs?by=day&since={since}")
+    assert status == 200 and one["has_more"] is False and one["next_page"] is None
+    for query, says in (
+        (f"by=day,key&since={since}&page=2000-01-01", "of the report's range"),
+        ("by=day,key&page=tomorrow", "page"),
+        ("by=key&page=2026-01-01", "by day and another group"),
+    ):
+        status, bad = api(server, "GET", f"/api/costs?{query}")
+        assert status == 400 and says in bad["error"]["message"], (query, bad)

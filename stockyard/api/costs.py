@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from urllib.parse import urlencode
 
 from ..errors import ProxyError
 from ..httpio import Response
@@ -27,6 +28,14 @@ from . import ApiRequest, Param, route
             f"user or by a tag asked without top keeps the {costs.USERS_TOP} that cost most, as "
             f'top={costs.USERS_TOP} does, and says "top_default": true',
         ),
+        Param(
+            "page",
+            "string",
+            "a report by day and another group answers whole days, at most "
+            f"{costs.PAGE_ROWS:,} rows a page (a day with more alone), with has_more and the next_page "
+            "(a day) to pass here for the next; each page totals its own rows. With format=csv the next "
+            'page is in a Link header (rel="next")',
+        ),
         Param("format", "string", "json (default) or csv: the same CSV as `stockyard costs --csv`"),
     ),
 )
@@ -43,6 +52,8 @@ def cost_report(r: ApiRequest) -> dict | Response:
             r.query.get("until") or None,
             top=top,
             bounded=True,
+            page=r.query.get("page") or None,
+            page_rows=costs.PAGE_ROWS,
         )
     except ValueError as exc:
         raise ProxyError(400, str(exc), code="invalid_value") from None
@@ -50,4 +61,6 @@ def cost_report(r: ApiRequest) -> dict | Response:
         return result
     out = io.StringIO()
     costs.write_csv(result, out)
-    return Response(200, out.getvalue().encode(), "text/csv; charset=utf-8")
+    more = result.get("next_page")
+    link = {"Link": f'</api/costs?{urlencode({**r.query, "page": more})}>; rel="next"'} if more else {}
+    return Response(200, out.getvalue().encode(), "text/csv; charset=utf-8", link)

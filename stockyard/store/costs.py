@@ -63,6 +63,10 @@ MAX_TOP = 1000
 # keeps this many: one row per end user or Codex session of a key behind a public app could be
 # millions (the CLI, the operator's own process, lists them all).
 USERS_TOP = MAX_TOP
+# A report by day and another group over the API answers whole days, at most this many rows a page
+# (one day more than that alone): 90 days of 1,000 users would be 90,000 rows, ~1.5 s to make and
+# megabytes to send. The console's chart (365 days of top=10) fits one page.
+PAGE_ROWS = 5_000
 
 
 def client_chosen(group: str) -> bool:
@@ -97,6 +101,8 @@ def report(
     until: str | None = None,
     top: int | None = None,
     bounded: bool = False,
+    page: str | None = None,
+    page_rows: int | None = None,
 ) -> dict[str, Any]:
     """Totals grouped ``by`` day, model, provider, key, project, end user or a tag's values — or
     two of them, ``day,model`` (a chart's buckets and series in one read) — plus the grand total
@@ -109,7 +115,12 @@ def report(
     per user per day. The rows still add up to the same total, to the micro-cent.
 
     ``bounded``: a report by a client-chosen group (end user, tag), asked without ``top``, is
-    made as with ``top=USERS_TOP`` and says so (``"top_default": true``)."""
+    made as with ``top=USERS_TOP`` and says so (``"top_default": true``).
+
+    ``page_rows``: the report says ``"has_more"`` and the ``"next_page"`` to ask for; one by day
+    and another group holds whole days from ``page`` (a day of the range; None: its first) while
+    its rows stay within ``page_rows`` (one day at least), and totals the page's rows
+    (:func:`_page`). A top report still ranks over the whole range."""
     groups = check_groups(by)
     top = check_top(top, groups)
     top_default = bounded and top is None and any(client_chosen(g) for g in groups)
@@ -117,6 +128,13 @@ def report(
         top = USERS_TOP
     first, last = check_range(since, until)
     sources, columns = _source(groups, first, last)
+    next_page = None
+    if page_rows is not None and len(groups) > 1 and "day" in groups:
+        days, next_page = _page(conn, groups, columns, first, last, page, page_rows, top)
+        window, _ = _source(groups, *days)  # the page's days; the ranking stays the range's
+        sources = _Sources(window.rows, sources.ranked, window.totals)
+    elif page is not None:
+        raise ValueError("page pages a report by day and another group (e.g. by=day,user)")
     collate = _BYTE_ORDER[dialect_of(conn)]
     names = [_name(c, collate) for c in columns]
     sums = ", ".join(f"SUM({c}) AS {c}" for c in COUNTS)
@@ -159,7 +177,49 @@ def report(
         "top_default": top_default,
         "rows": out_rows,
         "total": _money(total),
+        **({"has_more": next_page is not None, "next_page": next_page} if page_rows is not None else {}),
     }
+
+
+def _page(
+    conn: sqlite3.Connection,
+    groups: list[str],
+    columns: list[str],
+    first: date | None,
+    last: date | None,
+    page: str | None,
+    rows_max: int,
+    top: int | None,
+) -> tuple[tuple[date | None, date | None], str | None]:
+    """A page of a report by day and another group: its first and last day, and the day the next
+    page starts at (None: the last page). Its days are whole, as many as keep its rows within
+    ``rows_max`` (the first day whatever its rows), counted per day: the groups each day has; in a
+    top report ``top`` + 1, or fewer when the ranked group has fewer members in the days left
+    (counting each day's end users would read every user's rows: an end user report's days come
+    from its per-day totals, a row a day)."""
+    start = first
+    if page is not None:
+        start = parse_day(page, "page")
+        if (first and start < first) or (last and start > last):
+            raise ValueError(f"page must be a day of the report's range (its next_page), got {page[:20]!r}")
+    left, _ = _source(groups, start, last)
+    if top:
+        ranked, name = left.ranked, columns[ranked_group(groups)]
+        (members,) = conn.execute(
+            f"SELECT COUNT(*) FROM ({ranked.select(f'DISTINCT {name}')}) AS m", ranked.args
+        ).fetchone()
+        table, most = left.totals, min(top + 1, members)
+        counts = ((day, most) for (day,) in conn.execute(f"{table.select('DISTINCT day')} ORDER BY day", table.args))
+    else:
+        table, other = left.rows, next(c for c in columns if c != "day")
+        sql = f"SELECT day, COUNT(*) FROM ({table.select(f'DISTINCT day, {other}')}) AS d GROUP BY day ORDER BY day"
+        counts = ((day, n) for day, n in conn.execute(sql, table.args))
+    held, last_day = 0, None
+    for day, n in counts:
+        if last_day is not None and held + n > rows_max:
+            return (start, parse_day(last_day)), day
+        held, last_day = held + n, day
+    return (start, last), None
 
 
 def _with_top(
