@@ -55,11 +55,11 @@ from .objectrefs import (
     check_store_ids,
     file_not_found,
     file_uri_id,
+    first_places,
     hides_names,
     may_name,
     may_name_file,
     may_name_file_url,
-    members_named,
     named_caches,
     referenced_containers,
     referenced_file_urls,
@@ -1665,16 +1665,6 @@ def check_line(number: int, check: Callable[[], object]) -> None:
     except ProxyError as exc:
         message = f"line {number} of the batch file: {exc.message}"
         raise ProxyError(400, message, param="file", code=exc.code) from None
-
-
-def first_places(body: dict, names: tuple[str, ...]) -> dict[str, str]:
-    """Each string a member called one of ``names`` holds in ``body`` (``objectrefs.members_named``),
-    with the first place that names it: each is looked up once, however often a body repeats it."""
-    found: dict[str, str] = {}
-    for param, value in members_named(body, names):
-        if isinstance(value, str):
-            found.setdefault(value, param)
-    return found
 
 
 def on_line(number: int, check: Callable[[], T]) -> T:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterator
+from typing import Callable
 from urllib.parse import unquote
 
 from .errors import ProxyError
@@ -264,16 +265,23 @@ def may_name_file_url(raw: bytes) -> bool:
     return may_name(raw, b"url") or any(part in raw for part in URL_MARKS)
 
 
+def first_places(body: object, names: tuple[str, ...], keep: Callable[[str], bool] | None = None) -> dict[str, str]:
+    """Each string a member called one of ``names`` holds in ``body`` (:func:`members_named`), or
+    each ``keep`` takes, with the first place that names it: each is looked up once, however often
+    a body repeats it."""
+    found: dict[str, str] = {}
+    if isinstance(body, dict):
+        for param, value in members_named(body, names):
+            if isinstance(value, str) and value not in found and (keep is None or keep(value)):
+                found[value] = param
+    return found
+
+
 def referenced_file_urls(body: object) -> dict[str, str]:
     """Each Files API URI (:func:`names_a_file`) an OpenAI-shaped body names where it puts a URL
     (:data:`URL_FIELDS`), with the param that first names it, anywhere but the caller's
     ``metadata`` and ``NOT_READ``; text that only mentions one names nothing."""
-    found: dict[str, str] = {}
-    if isinstance(body, dict):
-        for param, value in members_named(body, URL_FIELDS):
-            if isinstance(value, str) and names_a_file(value):
-                found.setdefault(value, param)
-    return found
+    return first_places(body, URL_FIELDS, names_a_file)
 
 
 ANTHROPIC_FILE = "anthropic_file"  # an Anthropic Files API file's kind in owned_objects (anthropic_files)
