@@ -1677,21 +1677,28 @@ def on_line(number: int, check: Callable[[], T]) -> T:
 
 
 def refuse_conversation_items(items: object, number: int) -> None:
-    """A 400 for batch line ``number`` whose ``input`` has an ``item_reference`` to an item by the id a
-    Stockyard conversation minted (``msg_sy…``): no provider knows that id, and Stockyard relays a
-    batch file's bytes as uploaded (or reads back one uploaded elsewhere), so it cannot put the item
-    in as ``/v1/responses`` does. Nothing is looked up: the key's own item, another key's and an
-    unknown one are the same refusal."""
+    """A 400 for batch line ``number`` whose ``input`` has an item with the id a Stockyard conversation
+    minted (``msg_sy…``): an ``item_reference`` to it, or the item itself carrying it (as a
+    conversation's items are listed). No provider knows that id, and Stockyard relays a batch file's
+    bytes as uploaded (or reads back one uploaded elsewhere), so it can neither put the item in nor
+    leave the id off as ``/v1/responses`` does. Nothing is looked up: the key's own item, another
+    key's and an unknown one are the same refusal."""
     for i, item in enumerate(items if isinstance(items, list) else ()):
-        if is_reference(item) and minted_here(item):
-            raise ProxyError(
-                400,
-                f"line {number} of the batch file: input[{i}] is an item_reference to {item['id'][:100]!r}, an "
-                "item of a Stockyard conversation, which the provider does not hold and Stockyard does not put "
-                "in a batch line: send the item itself in 'input'",
-                param="file",
-                code="conversation_item_in_batch",
-            )
+        if not minted_here(item):
+            continue
+        named = repr(item["id"][:100])
+        what, fix = (
+            (f"is an item_reference to {named}", "send the item itself in 'input'")
+            if is_reference(item)
+            else (f"carries the id {named}", "send the item without its 'id'")
+        )
+        raise ProxyError(
+            400,
+            f"line {number} of the batch file: input[{i}] {what}, an item of a Stockyard conversation, which "
+            f"the provider does not hold and Stockyard does not put in a batch line: {fix}",
+            param="file",
+            code="conversation_item_in_batch",
+        )
 
 
 def batch_lines(source: IO[bytes] | Iterator[bytes]) -> Iterator[tuple[int, bytes, dict]]:

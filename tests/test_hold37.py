@@ -186,6 +186,14 @@ def test_a_batch_line_naming_a_minted_conversation_item_is_refused_naming_the_li
         assert "line 1 of the batch file" in error["message"] and item_id in error["message"], error
         assert "send the item itself" in error["message"], error
         assert not [r for r in mock.requests[before:] if r.path == "/v1/files"]
+    listed = alice.conversations.items.list(conversation.id).data[0].model_dump(exclude_none=True)
+    carried = {"custom_id": "c", "method": "POST", "url": "/v1/responses", "body": {"model": "gpt-4o-mini"}}
+    carried["body"]["input"] = [listed, {"role": "user", "content": "Go on."}]  # the item as listed: its id
+    with pytest.raises(openai.BadRequestError) as refused:
+        alice.files.create(file=("in.jsonl", io.BytesIO(json.dumps(carried).encode())), purpose="batch")
+    error = refused.value.body
+    assert error["code"] == "conversation_item_in_batch" and "input[0] carries the id" in error["message"], error
+    assert "send the item without its 'id'" in error["message"], error
     unchecked = alice.files.create(file=("in.jsonl", io.BytesIO(reference_line(own))), purpose="user_data")
     before = len(mock.requests)
     with pytest.raises(openai.BadRequestError) as refused:
