@@ -126,6 +126,14 @@ def test_costs_by_two_dimensions_add_up_to_each_alone(conn):
 USERS = [f"u{i}" for i in range(8)]
 
 
+def spends(days: int) -> st.SearchStrategy[list[tuple[int, int, int, int]]]:
+    """Up to 40 (days ago, user, model, cost) tuples for :func:`write_spend`, days ago up to ``days``."""
+    return st.lists(
+        st.tuples(st.integers(0, days), st.integers(0, len(USERS) - 1), st.integers(0, 3), st.integers(0, 10**12)),
+        max_size=40,
+    )
+
+
 def write_spend(conn, spend: list[tuple[int, int, int, int]]) -> None:
     """Traces from (days ago, user, model, cost) tuples; user 0 names no end user."""
     conn.execute("BEGIN IMMEDIATE")
@@ -176,10 +184,7 @@ def check_top(conn, by: str, top: int, since: str | None = None, until: str | No
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
-    spend=st.lists(
-        st.tuples(st.integers(0, 4), st.integers(0, len(USERS) - 1), st.integers(0, 3), st.integers(0, 10**12)),
-        max_size=40,
-    ),
+    spend=spends(4),
     top=st.integers(1, 5),
 )
 def test_top_n_sums_the_rest_exactly(tmp_path_factory, migrated, spend, top):
@@ -235,10 +240,7 @@ def check_users_over(conn, since: str | None, until: str | None) -> None:
 
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
-    spend=st.lists(
-        st.tuples(st.integers(0, 130), st.integers(0, len(USERS) - 1), st.integers(0, 3), st.integers(0, 10**12)),
-        max_size=40,
-    ),
+    spend=spends(130),
     start=st.integers(0, 140),
     length=st.integers(0, 100),
 )
@@ -613,10 +615,7 @@ def same_rows(by: str, pages: list[dict], whole: dict) -> None:
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
-    spend=st.lists(
-        st.tuples(st.integers(0, 9), st.integers(0, len(USERS) - 1), st.integers(0, 3), st.integers(0, 10**12)),
-        max_size=40,
-    ),
+    spend=spends(9),
     rows_max=st.integers(1, 12),
     top=st.sampled_from([None, 1, 3]),
 )
