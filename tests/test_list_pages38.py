@@ -10,19 +10,63 @@ still reaches every one.
 from __future__ import annotations
 
 import io
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from conftest import ServerProcess, mock_env
-from mock_upstream import GEMINI_FILES
+from mock_upstream import ANTHROPIC_FILES, FILES, GEMINI_FILES
 from test_gemini_files import call, upload
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # the SDK marks the Sora API deprecated
 
 GEMINI_KEY = "AIza-pages-0123456789abcdefPROVIDERSECRET"
 ANTHROPIC_KEY = "sk-ant-test-pages-0123456789abcdefANTHROPICSECRET"
 GEMINI_PROVIDER_PAGE = 100  # what Stockyard asks of Google a page (gemini_cache.PROVIDER_PAGE)
+FAR = 2_100  # objects of no key's at the provider: more than one list request read (20 pages of 100)
+
+
+class StuckLists(BaseHTTPRequestHandler):
+    """An OpenAI-compatible provider whose file list ignores ``after``: the same page of another's
+    file, saying ``has_more``, however it is asked (a file made here is ``file-stuck-mine``)."""
+
+    lists = 0  # list calls answered
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("content-length") or 0))
+        self._answer({"id": "file-stuck-mine", "object": "file", "bytes": 3, "created_at": 1, "filename": "a"})
+
+    def do_GET(self) -> None:
+        StuckLists.lists += 1
+        page = {"object": "list", "data": [{"id": "file-stuck-theirs", "object": "file"}], "has_more": True}
+        self._answer(page)
+
+    def _answer(self, doc: dict) -> None:
+        data = json.dumps({**doc, "first_id": None, "last_id": None} if "data" in doc else doc).encode()
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args) -> None:
+        pass
 
 
 @pytest.fixture(scope="module")
-def server(pyz_path, cache_home, mock, tmp_path_factory) -> ServerProcess:
+def stuck():
+    """The ``StuckLists`` provider, on a port of its own."""
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), StuckLists)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}/v1"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+@pytest.fixture(scope="module")
+def server(pyz_path, cache_home, mock, tmp_path_factory, stuck) -> ServerProcess:
     env = mock_env(
         cache_home,
         mock,
@@ -30,9 +74,11 @@ def server(pyz_path, cache_home, mock, tmp_path_factory) -> ServerProcess:
         GEMINI_BASE_URL=mock.url,
         ANTHROPIC_API_KEY=ANTHROPIC_KEY,
         ANTHROPIC_BASE_URL=mock.url,
+        GROQ_API_KEY="gsk-pages-0123456789abcdef",
+        GROQ_BASE_URL=stuck,
     )
     srv = ServerProcess(pyz_path, tmp_path_factory.mktemp("pages38") / "stockyard.db", env)
-    srv.keys = srv.create_keys({"alice": [], "bob": []})
+    srv.keys = srv.create_keys({"alice": [], "bob": [], "carol": []})
     srv.start()
     yield srv
     srv.stop()
@@ -124,3 +170,79 @@ def test_openai_files_auto_paging_gives_each_of_the_keys_own_once_in_either_orde
     last = alice.files.list(purpose="pages38", limit=2, order="asc", after=mine[2])
     assert [f.id for f in last.data] == mine[3:] and last.has_more is False
     assert [f.id for f in server.openai("bob").files.list(purpose="pages38", limit=1)] == theirs[::-1]
+
+
+@pytest.fixture
+def newer_of_no_key():
+    """A call that adds ``FAR`` OpenAI files (purpose ``pages38-far``) and Anthropic files no key
+    owns, newer than any made before it; gone after the test (the mock's lists are the other test
+    files' too)."""
+    made: list[str] = []
+    theirs: list[str] = []
+
+    def fill() -> None:
+        with FILES.lock:
+            made.extend(FILES.add_file("far.jsonl", "pages38-far", b"{}\n")["id"] for _ in range(FAR))
+        with ANTHROPIC_FILES.lock:
+            theirs.extend(ANTHROPIC_FILES.add("far.txt", "text/plain", b"x", False)["id"] for _ in range(FAR))
+
+    yield fill
+    with FILES.lock:
+        for file_id in made:
+            del FILES.files[file_id], FILES.contents[file_id]
+    with ANTHROPIC_FILES.lock:
+        for file_id in theirs:
+            del ANTHROPIC_FILES.files[file_id], ANTHROPIC_FILES.contents[file_id]
+
+
+def test_a_keys_objects_past_many_of_others_are_listed_not_an_empty_page_saying_has_more(
+    server, newer_of_no_key
+) -> None:
+    """One list request read 20 provider pages at most: past 2,000 newer objects of others, the key's
+    own came as an empty page with ``has_more`` true and no ``last_id`` — the SDKs stopped there (the
+    key's files never listed), and a client asking again with the ``last_id`` it got asked for the
+    first page again, for ever. A page now goes on reading until it holds one of the key's, so it
+    always has a cursor to go on from."""
+    openai_files = server.openai("alice").files
+    anthropic_files = server.anthropic("alice").beta.files
+    oldest = [
+        openai_files.create(file=(f"old{n}.jsonl", io.BytesIO(b"{}\n")), purpose="pages38-far").id for n in range(3)
+    ]
+    uploaded = [anthropic_files.upload(file=(f"old{n}.txt", b"x", "text/plain")).id for n in range(3)]
+    newer_of_no_key()
+
+    page = openai_files.list(purpose="pages38-far", limit=2)
+    assert [f.id for f in page.data] == oldest[:0:-1] and page.has_more is True
+    assert [f.id for f in openai_files.list(purpose="pages38-far", limit=2)] == oldest[::-1]
+    assert [f.id for f in openai_files.list(purpose="pages38-far", limit=2, order="asc")] == oldest
+
+    page = anthropic_files.list(limit=2)
+    assert [f.id for f in page.data] == uploaded[:0:-1] and page.has_more is True
+    assert [f.id for f in anthropic_files.list(limit=2)] == uploaded[::-1]
+
+
+def test_a_key_holding_none_of_a_list_gets_the_empty_page_without_the_provider_read(server, mock) -> None:
+    """A page reads on until it holds one of the key's: a key that holds none of that kind at the
+    provider would have every list read the provider's whole; its empty page is answered unasked."""
+    server.openai("bob").files.create(file=("b.jsonl", io.BytesIO(b"{}\n")), purpose="pages38")
+    before = len(mock.requests)
+    carol = server.openai("carol")
+    lists = (carol.files.list, carol.batches.list, carol.containers.list, carol.videos.list, carol.vector_stores.list)
+    for listed in (each(limit=2) for each in lists):
+        assert listed.data == [] and listed.has_more is False
+    anthropic = server.anthropic("carol")
+    for page in (anthropic.beta.files.list(limit=2), anthropic.messages.batches.list(limit=2)):
+        assert page.data == [] and page.has_more is False
+    assert [r.path for r in mock.requests[before:]] == []
+    assert [f.id for f in server.openai("bob").files.list(purpose="pages38", limit=1)]  # bob's are read
+
+
+def test_a_provider_list_that_never_moves_on_ends_the_page_not_the_server(server) -> None:
+    """A page reads on until it holds one of the key's: a provider answering the same page whatever
+    ``after`` says (has_more, none of the key's) would be read for ever; its page comes once more at
+    most, and the client gets the page read so far, ``has_more`` false."""
+    alice = server.openai("alice", default_headers={"x-stockyard-provider": "groq"})
+    assert alice.files.create(file=("a.jsonl", io.BytesIO(b"{}\n")), purpose="batch").id == "file-stuck-mine"
+    before = StuckLists.lists
+    page = alice.files.list(limit=2)
+    assert page.data == [] and page.has_more is False and StuckLists.lists - before == 2
