@@ -44,7 +44,7 @@ from urllib.parse import urlencode
 
 from .context import RequestContext
 from .errors import ProxyError
-from .files_api import MAX_LIST_PAGES, Ownership, ProviderCalls, owner_of
+from .files_api import Answer, Ownership, ProviderCalls, owner_of
 from .httpio import Request, check_method, json_object
 from .keys import check_model
 from .modules.guard import batch_policy
@@ -188,15 +188,21 @@ class GoogleCalls(ProviderCalls):
     ) -> None:
         """The key's objects of ``kind`` from the provider's pages at ``rest`` (their ``field`` list;
         ``id_of`` an object's ``name`` is the id it is owned under) filtered, ``pageSize`` at a time;
-        ``nextPageToken`` (Stockyard's: :func:`encode_token`) while the provider holds more, or was not
-        read to its end."""
+        ``nextPageToken`` (Stockyard's: :func:`encode_token`) only once one more of the key's is
+        found: google-genai's Pager takes the first item of the page a token names, and an empty one
+        raises IndexError out of the client's loop. So the provider's pages are read on until then or
+        their end (Google's files expire in two days and caches at their TTL: its lists stay short);
+        a key holding none of ``kind`` there gets the empty page unasked."""
         size = page_size(query)
         token, given = decode_token(query.get("pageToken") or "")
         owner = owner_of(ctx)
         found: list[dict] = []
         next_token: str | None = None
-        answer = None
-        for _ in range(MAX_LIST_PAGES):
+        answer = Answer(200, {"content-type": "application/json"})
+        ctx.attempt.status = 200  # the trace's, when no provider call is made (a call sets its own)
+        asked_tokens = {token}
+        reading = self.ownership.holds_any(kind, owner, provider.name)
+        while reading:
             asked = {"pageSize": str(PROVIDER_PAGE), **({"pageToken": token} if token else {})}
             answer, doc = self._call(ctx, provider, "GET", rest, query=asked)
             if answer.status >= 400 or not isinstance(doc, dict):
@@ -209,22 +215,17 @@ class GoogleCalls(ProviderCalls):
             marks = given_marks([i for _, i in page], given)  # of those still on the page: bounded
             page = [(item, i) for item, i in page if given_mark(i) not in marks]
             room = size - len(found)
-            if len(page) > room:
+            if len(page) > room:  # one more of the key's than the page holds: the next page has some
                 found += [item for item, _ in page[:room]]
                 next_token = encode_token(token, sorted(marks | {given_mark(i) for _, i in page[:room]}))
                 break
             found += [item for item, _ in page]
             given = set()
             after = doc.get("nextPageToken")
-            if not isinstance(after, str) or not after:
+            if not isinstance(after, str) or not after or after in asked_tokens:  # the end, or no way on
                 break
             token = after
-            if len(found) == size:
-                next_token = encode_token(token, [])
-                break
-        else:
-            next_token = encode_token(token, [])  # not read to its end: the client asks again
-        assert answer is not None
+            asked_tokens.add(token)
         page_doc: dict = {field: found}
         if next_token:
             page_doc["nextPageToken"] = next_token

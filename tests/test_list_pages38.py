@@ -147,6 +147,38 @@ def test_gemini_files_paged_without_deletes_are_each_given_once(server) -> None:
         call(server, "alice", "DELETE", f"/v1beta/{name}")
 
 
+def test_a_gemini_page_token_always_leads_to_more_of_the_keys(server) -> None:
+    """google-genai's Pager reads the page a nextPageToken names and takes its first item: an empty
+    page there raises IndexError out of the client's ``for`` loop. A page filled by the key's last
+    files at the end of the provider's page, with more of others after, said nextPageToken and led
+    to an empty page; the token now comes only once one more of the key's is known to follow."""
+    start_a_provider_page()
+    mine = [upload(server, "alice", b"d" * (n + 1))["name"] for n in range(2)]
+    others = [f"nobodyafter{n:06d}" for n in range(GEMINI_PROVIDER_PAGE + 5)]
+    with GEMINI_FILES.lock:  # a full provider page and more, of no key's, after them
+        GEMINI_FILES.files.update({i: {"name": f"files/{i}", "mimeType": "text/plain"} for i in others})
+    try:
+        walk_past_others(server, mine)
+    finally:
+        with GEMINI_FILES.lock:
+            for file_id in others:
+                del GEMINI_FILES.files[file_id]
+
+
+def walk_past_others(server: ServerProcess, mine: list[str]) -> None:
+    """alice's ``mine`` fill a page of 2, a provider page of others' after them: no token; then one
+    more of hers after those, and the token leads to it."""
+    status, _, page = call(server, "alice", "GET", "/v1beta/files?pageSize=2")
+    assert status == 200 and [f["name"] for f in page["files"]] == mine and "nextPageToken" not in page, page
+    extra = upload(server, "alice", b"e")["name"]  # one more of the key's, past the others
+    status, _, page = call(server, "alice", "GET", "/v1beta/files?pageSize=2")
+    assert [f["name"] for f in page["files"]] == mine and page.get("nextPageToken"), page
+    status, _, rest = call(server, "alice", "GET", f"/v1beta/files?pageSize=2&pageToken={page['nextPageToken']}")
+    assert status == 200 and [f["name"] for f in rest["files"]] == [extra] and "nextPageToken" not in rest, rest
+    for name in [*mine, extra]:
+        call(server, "alice", "DELETE", f"/v1beta/{name}")
+
+
 # -- OpenAI: limit, after, order, has_more -------------------------------------------------------
 
 
@@ -233,6 +265,9 @@ def test_a_key_holding_none_of_a_list_gets_the_empty_page_without_the_provider_r
     anthropic = server.anthropic("carol")
     for page in (anthropic.beta.files.list(limit=2), anthropic.messages.batches.list(limit=2)):
         assert page.data == [] and page.has_more is False
+    for path, field in (("/v1beta/files?pageSize=2", "files"), ("/v1beta/cachedContents", "cachedContents")):
+        status, _, doc = call(server, "carol", "GET", path)
+        assert status == 200 and doc == {field: []}, doc
     assert [r.path for r in mock.requests[before:]] == []
     assert [f.id for f in server.openai("bob").files.list(purpose="pages38", limit=1)]  # bob's are read
 
