@@ -10,6 +10,7 @@ still reaches every one.
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -281,3 +282,20 @@ def test_a_provider_list_that_never_moves_on_ends_the_page_not_the_server(server
     before = StuckLists.lists
     page = alice.files.list(limit=2)
     assert page.data == [] and page.has_more is False and StuckLists.lists - before == 2
+
+
+def test_input_items_with_a_repeated_id_are_each_walked_once(server) -> None:
+    """A response Stockyard keeps (one translated for Claude) lists its input items itself, ``after``
+    an item id: an input naming one id twice (OpenAI refuses it; Claude never sees the ids) had the
+    SDK's walk come back to the first of them for ever. A repeated id is given a new one when kept."""
+    client = server.openai("alice")
+    texts = ["one", "two", "three", "four"]
+    ids = ["msg_same", "msg_same", "msg_other", "msg_same"]
+    made = client.responses.create(
+        model="claude-pages-model",
+        input=[{"type": "message", "role": "user", "content": t, "id": i} for t, i in zip(texts, ids)],
+    )
+    for order, expected in (("asc", texts), ("desc", texts[::-1])):
+        walked = list(itertools.islice(client.responses.input_items.list(made.id, limit=1, order=order), 10))
+        assert [item.content[0].text for item in walked] == expected, order
+        assert len({item.id for item in walked}) == 4 and walked[0 if order == "asc" else 3].id == "msg_same"
