@@ -25,6 +25,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # the SDK
 GEMINI_KEY = "AIza-pages-0123456789abcdefPROVIDERSECRET"
 ANTHROPIC_KEY = "sk-ant-test-pages-0123456789abcdefANTHROPICSECRET"
 GEMINI_PROVIDER_PAGE = 100  # what Stockyard asks of Google a page (gemini_cache.PROVIDER_PAGE)
+HI = [{"role": "user", "content": "hi"}]
 FAR = 2_100  # objects of no key's at the provider: more than one list request read (20 pages of 100)
 
 
@@ -299,3 +300,24 @@ def test_input_items_with_a_repeated_id_are_each_walked_once(server) -> None:
         walked = list(itertools.islice(client.responses.input_items.list(made.id, limit=1, order=order), 10))
         assert [item.content[0].text for item in walked] == expected, order
         assert len({item.id for item in walked}) == 4 and walked[0 if order == "asc" else 3].id == "msg_same"
+
+
+# -- Anthropic: limit, after_id, before_id, has_more ------------------------------------------------
+
+
+def test_message_batches_walked_newer_with_before_id_give_each_of_the_keys_once(server) -> None:
+    """The SDK walks ``before_id`` pages by each page's ``first_id``: every batch of the key's newer
+    than the cursor comes once (each page the ``limit`` nearest it, newest first), none of another's."""
+    alice, bob = server.anthropic("alice").messages.batches, server.anthropic("bob").messages.batches
+    request = {"custom_id": "one", "params": {"model": "claude-pages-model", "max_tokens": 8, "messages": HI}}
+    mine = []
+    for n in range(5):
+        mine.append(alice.create(requests=[request]).id)
+        if n % 2 == 0:
+            bob.create(requests=[request])
+    first = alice.list(before_id=mine[0], limit=2)
+    assert [b.id for b in first.data] == [mine[2], mine[1]] and first.has_more is True
+    assert [b.id for b in alice.list(before_id=mine[0], limit=2)] == [mine[2], mine[1], mine[4], mine[3]]
+    last = alice.list(before_id=mine[3], limit=2)
+    assert [b.id for b in last.data] == [mine[4]] and last.has_more is False
+    assert [b.id for b in alice.list(after_id=mine[4], limit=3)] == mine[3::-1]
