@@ -91,14 +91,25 @@ def server(pyz_path, cache_home, mock, tmp_path_factory, stuck) -> ServerProcess
 # -- Gemini: pageSize, pageToken, nextPageToken ------------------------------------------------
 
 
-def start_a_provider_page() -> None:
-    """Fill the mock's Files list (shared with the other test files of this worker) to a multiple of
-    Stockyard's provider page with files no key owns: the next uploads then share one provider page,
-    whose own token (an offset at the mock) a deletion on it does not move."""
+@pytest.fixture
+def start_a_provider_page():
+    """A call that fills the mock's Files list (shared with the other test files of this worker) to a
+    multiple of Stockyard's provider page with files no key owns: the next uploads then share one
+    provider page, whose own token (an offset at the mock) a deletion on it does not move. The
+    fillers go after the test."""
+    made: list[str] = []
+
+    def fill() -> None:
+        with GEMINI_FILES.lock:
+            while len(GEMINI_FILES.files) % GEMINI_PROVIDER_PAGE:
+                file_id = f"nobodys{len(GEMINI_FILES.files):06d}"
+                GEMINI_FILES.files[file_id] = {"name": f"files/{file_id}", "mimeType": "text/plain"}
+                made.append(file_id)
+
+    yield fill
     with GEMINI_FILES.lock:
-        while len(GEMINI_FILES.files) % GEMINI_PROVIDER_PAGE:
-            file_id = f"nobodys{len(GEMINI_FILES.files):06d}"
-            GEMINI_FILES.files[file_id] = {"name": f"files/{file_id}", "mimeType": "text/plain", "state": "ACTIVE"}
+        for file_id in made:
+            GEMINI_FILES.files.pop(file_id, None)
 
 
 def walk_gemini_files(server: ServerProcess, who: str, size: int, delete: bool) -> list[str]:
@@ -121,7 +132,7 @@ def walk_gemini_files(server: ServerProcess, who: str, size: int, delete: bool) 
     raise AssertionError(f"the list never ended: {names}")
 
 
-def test_gemini_files_deleted_as_they_are_listed_are_every_one_reached(server) -> None:
+def test_gemini_files_deleted_as_they_are_listed_are_every_one_reached(server, start_a_provider_page) -> None:
     """The token carried how many of the key's files on the provider's page were given already: once
     the client deleted those, the next page skipped as many others (a page of 2 over 7 files deleted
     4 and left 3, never listed). It carries which were given, so none is skipped."""
@@ -139,7 +150,7 @@ def test_gemini_files_deleted_as_they_are_listed_are_every_one_reached(server) -
     assert len(theirs) == 3 and not theirs & set(mine)
 
 
-def test_gemini_files_paged_without_deletes_are_each_given_once(server) -> None:
+def test_gemini_files_paged_without_deletes_are_each_given_once(server, start_a_provider_page) -> None:
     start_a_provider_page()
     mine = [upload(server, "alice", b"c" * (n + 1))["name"] for n in range(5)]
     for size in (1, 2, 3, 100):
@@ -149,7 +160,7 @@ def test_gemini_files_paged_without_deletes_are_each_given_once(server) -> None:
         call(server, "alice", "DELETE", f"/v1beta/{name}")
 
 
-def test_a_gemini_page_token_always_leads_to_more_of_the_keys(server) -> None:
+def test_a_gemini_page_token_always_leads_to_more_of_the_keys(server, start_a_provider_page) -> None:
     """google-genai's Pager reads the page a nextPageToken names and takes its first item: an empty
     page there raises IndexError out of the client's ``for`` loop. A page filled by the key's last
     files at the end of the provider's page, with more of others after, said nextPageToken and led
