@@ -118,10 +118,12 @@ def too_large(max_bytes: int, param: str) -> ProxyError:
 def normalized(raw: Any) -> list[dict]:
     """Items as a conversation (and ``input_items``) lists them: text input is a user message, a
     message's text content an ``input_text`` (``output_text`` for the assistant) part, a missing
-    ``type`` is ``message``, a missing id is minted. Anything not an object is skipped (validated
-    elsewhere)."""
+    ``type`` is ``message``, a missing id is minted, and so is one an earlier item has (a list's
+    ``after`` names one item: the SDKs' walk of a page ending at a repeated id came back to it for
+    ever). Anything not an object is skipped (validated elsewhere)."""
     raw = [{"role": "user", "content": raw}] if isinstance(raw, str) else raw
     out = []
+    seen: set[str] = set()
     for item in raw if isinstance(raw, list) else []:
         if not isinstance(item, dict):
             continue
@@ -130,8 +132,9 @@ def normalized(raw: Any) -> list[dict]:
         if kind == "message" and isinstance(item.get("content"), str):
             part = "output_text" if item.get("role") == "assistant" else "input_text"
             item["content"] = [{"type": part, "text": item["content"]}]
-        if not (isinstance(item.get("id"), str) and item["id"]):
+        if not (isinstance(item.get("id"), str) and item["id"]) or item["id"] in seen:
             item["id"] = new_item_id(kind)
+        seen.add(item["id"])
         out.append(item)
     return out
 

@@ -89,7 +89,8 @@ OPEN_OWNER = ""  # the one owner in open mode (no client keys)
 GEMINI_FILE = "gemini_file"  # Gemini's Files API (gemini_files): owned under its name, ``files/{id}``
 AZURE_BATCH_VERSION = "2024-10-21"  # the first GA api-version with files and batches
 LIST_PAGE = 100  # objects asked of the provider per page while filtering a list (batches allow 100 at most)
-MAX_LIST_PAGES = 20  # provider pages one list request reads at most; past that, has_more says "ask again"
+MAX_LIST_PAGES = 20  # provider pages a list request reads at most once it holds one of the key's objects;
+# past that, has_more says "ask again" after its last one (until then it reads on: see read_on)
 LIST_LIMITS = {"files": (10000, 10000), "batches": (20, 100)}  # (default, largest) page size, as OpenAI's
 KIND = {"files": "file", "batches": "batch"}
 LOST_BATCH_LOOK = 20  # the provider's newest batches searched for one whose create answer was lost
@@ -187,6 +188,14 @@ def page_limit(query: dict[str, str], default: int, largest: int) -> int:
             400, f"'limit' must be a whole number from 1 to {largest}", param="limit", code="invalid_value"
         )
     return limit
+
+
+def read_on(found: list, pages: int) -> bool:
+    """Whether a list filtered to a key's objects reads another provider page (the provider holding
+    more): until the page holds one of the key's, whatever it took — the SDKs go on from the last
+    object given, so a page of none saying ``has_more`` had them stop there (or, asking again
+    without a cursor, get the first page for ever) — then up to ``MAX_LIST_PAGES`` pages in all."""
+    return not found or pages < MAX_LIST_PAGES
 
 
 def id_page_query(query: dict[str, str], default: int, largest: int) -> tuple[int, str | None, str | None]:
@@ -605,6 +614,12 @@ class Ownership:
             if theirs:
                 return next(i for i in chunk if i in theirs)
         return None
+
+    def holds_any(self, kind: str, owner: str, provider: str) -> bool:
+        """Whether ``owner`` holds any object of ``kind`` at ``provider``: a list of none need not
+        read the provider's (all of it, once a list reads on until it finds one of the key's)."""
+        sql = "SELECT 1 FROM owned_objects WHERE key_id = ? AND kind = ? AND provider = ? LIMIT 1"
+        return self._store.read().execute(sql, (owner, kind, provider)).fetchone() is not None
 
     def owned(self, ids: list[str], kind: str, owner: str, provider: str) -> set[str]:
         """Which of ``ids`` at ``provider`` belong to ``owner`` (one no row can hold is no one's)."""
@@ -1220,22 +1235,29 @@ class ProviderCalls:
             # another key's id, or none: the provider's page after it would say whether it exists
             # and where it stands among the key's own, so it is an unknown id's empty page, unasked
             return self.unknown_cursor_page(ctx), []
-        for _ in range(MAX_LIST_PAGES):
+        if not self.ownership.holds_any(kind, owner, provider.name):
+            return self.unknown_cursor_page(ctx), []  # none to find: the whole list is not read for them
+        asked_after = {after}
+        pages = 0
+        while True:
             asked = {**passed, "limit": str(LIST_PAGE), **({"after": after} if after else {})}
             answer, doc = self._call(ctx, provider, "GET", rest, query=asked)
             if answer.status >= 400 or not isinstance(doc, dict) or not isinstance(doc.get("data"), list):
                 return answer, []
+            pages += 1
             items = [d for d in doc["data"] if isinstance(d, dict) and isinstance(d.get("id"), str)]
             mine = self.ownership.owned([d["id"] for d in items], kind, owner, provider.name)
             found += [d for d in items if d["id"] in mine]
             if len(found) > limit:
                 found, has_more = found[:limit], True
                 break
-            if not doc.get("has_more") or not items:
+            if not doc.get("has_more") or not items or items[-1]["id"] in asked_after:  # the end, or no way on
                 break
             after = items[-1]["id"]
-        else:
-            has_more = True  # not read to its end: the client asks again after the last id
+            asked_after.add(after)
+            if not read_on(found, pages):
+                has_more = True  # not read to its end: the client asks again after the last id
+                break
         answer.data = json.dumps(item_list(found, has_more)).encode()
         self._keep(ctx, answer)
         return answer, found
@@ -1262,15 +1284,21 @@ class ProviderCalls:
         found: list[dict] = []
         has_more = False
         answer = Answer(200, {"content-type": "application/json"})
-        pages = MAX_LIST_PAGES if not cursor or self.ownership.owned([cursor], kind, owner, provider.name) else 0
         ctx.attempt.status = 200  # the trace's, when no provider call is made (a call sets its own)
-        for _ in range(pages):
+        if cursor and not self.ownership.owned([cursor], kind, owner, provider.name):
+            return answer, found, has_more
+        if not self.ownership.holds_any(kind, owner, provider.name):
+            return answer, found, has_more  # none to find: the whole list is not read for them
+        asked_from = {cursor}
+        pages = 0
+        while True:
             asked = {**(passed or {}), "limit": str(LIST_PAGE)}
             if cursor:
                 asked["before_id" if before else "after_id"] = cursor
             answer, doc = self._call(ctx, provider, "GET", rest, query=asked)
             if answer.status >= 400 or not isinstance(doc, dict) or not isinstance(doc.get("data"), list):
                 return answer, None, False
+            pages += 1
             items = [d for d in doc["data"] if isinstance(d, dict) and isinstance(d.get("id"), str)]
             mine = self.ownership.owned([d["id"] for d in items], kind, owner, provider.name)
             page = [d for d in items if d["id"] in mine]
@@ -1278,15 +1306,18 @@ class ProviderCalls:
             if len(found) > limit:
                 found, has_more = (found[-limit:] if before else found[:limit]), True
                 break
-            if not doc.get("has_more") or not items:
+            cursor = (items[0]["id"] if before else items[-1]["id"]) if items else None
+            if not doc.get("has_more") or cursor is None or cursor in asked_from:  # the end, or no way on
                 break
-            cursor = items[0]["id"] if before else items[-1]["id"]
-        else:
-            has_more = pages > 0  # not read to its end: the client asks again from the last id
+            asked_from.add(cursor)
+            if not read_on(found, pages):
+                has_more = True  # not read to its end: the client asks again from the last id
+                break
         return answer, found, has_more
 
     def unknown_cursor_page(self, ctx: RequestContext) -> Answer:
-        """The empty page a list answers, unasked, for a cursor that is not one of the key's own."""
+        """The empty page a list answers, unasked, for a cursor that is not one of the key's own
+        (and for a key that holds none of the list's objects at the provider)."""
         answer = Answer(200, {"content-type": "application/json"}, json.dumps(item_list([], False)).encode())
         ctx.attempt.status = 200  # the trace's: no provider call sets it
         self._keep(ctx, answer)

@@ -8,7 +8,8 @@ caches under the one provider key, so they are owned here as files and container
 (``files_api``: ``Ownership``, the ``owned_objects`` table, kind ``cached_content``; open mode has
 one owner, ``''``). Another key gets Google's 404, as for a missing cache, unasked; a list is the
 provider's pages filtered to the key's own, paged with a token of Stockyard's (the provider's
-token and how many of the key's caches on that page were given already). A generateContent,
+token and which of the key's caches on that page were given already, so a client that deletes each
+cache as it is listed still reaches every one). A generateContent,
 streamGenerateContent or countTokens naming another key's cache is a 404 before any module or
 provider call (``Ownership.check_references``). A PATCH's body may name no other cache than its URL's
 (a ``name`` of another key's would otherwise go upstream beside it).
@@ -35,6 +36,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import json
 import re
 from typing import Callable
@@ -42,7 +44,7 @@ from urllib.parse import urlencode
 
 from .context import RequestContext
 from .errors import ProxyError
-from .files_api import MAX_LIST_PAGES, Ownership, ProviderCalls, owner_of
+from .files_api import Answer, Ownership, ProviderCalls, owner_of
 from .httpio import Request, check_method, json_object
 from .keys import check_model
 from .modules.guard import batch_policy
@@ -58,7 +60,9 @@ KINDS = ("gemini",)  # providers that keep caches
 PATH = re.compile(rf"^/(?:v1beta|v1)/cachedContents(?:/({CACHE_ID.pattern}))?$")
 PAGE_SIZE, MAX_PAGE_SIZE = 50, 1000  # a list's default and largest pageSize
 PROVIDER_PAGE = 100  # objects asked of the provider per page while filtering a list
-MAX_TOKEN = 4096  # the longest pageToken read
+MAX_TOKEN = 4096  # the longest pageToken read (PROVIDER_PAGE marks and Google's token fit)
+MARK_CHARS = 12  # hex digits of a given object's id kept in a pageToken (given_mark)
+Given = set[str] | int  # what a pageToken says was given of its provider page
 # What Google's update changes: the expiry alone (``ttl`` or ``expireTime``, by either spelling
 # its JSON reads); a body may also name its own cache (``name``: a client sending the object back).
 UPDATABLE = frozenset({"ttl", "expireTime", "expire_time"})
@@ -113,27 +117,49 @@ def check_update(body: dict, mask: str | None) -> None:
         )
 
 
-def encode_token(provider_token: str | None, given: int) -> str:
-    """A list's nextPageToken: the provider page to read next, and how many of the key's on it were given."""
+def given_mark(object_id: str) -> str:
+    """How a pageToken names an object of the provider's page that was given already: a short digest
+    of its id (a page holds at most ``PROVIDER_PAGE`` of the key's; a count of them would skip others
+    once one given is deleted, as a client deleting each object it lists does)."""
+    return hashlib.sha256(object_id.encode()).hexdigest()[:MARK_CHARS]
+
+
+def encode_token(provider_token: str | None, given: list[str]) -> str:
+    """A list's nextPageToken: the provider page to read next, and the marks (:func:`given_mark`) of
+    the key's objects on it that were given already."""
     return base64.urlsafe_b64encode(json.dumps([provider_token, given]).encode()).decode().rstrip("=")
 
 
-def decode_token(token: str) -> tuple[str | None, int]:
-    """What :func:`encode_token` wrote; anything else is a 400."""
+def decode_token(token: str) -> tuple[str | None, Given]:
+    """What :func:`encode_token` wrote (or, from a server before it, a count of objects given);
+    anything else is a 400."""
     if not token:
-        return None, 0
+        return None, set()
     try:
         if len(token) > MAX_TOKEN:
             raise ValueError
         value = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
         provider_token, given = value
-        if not (provider_token is None or isinstance(provider_token, str)) or type(given) is not int or given < 0:
+        if not (provider_token is None or isinstance(provider_token, str)):
             raise ValueError
-        return provider_token, given
+        if type(given) is int and given >= 0:
+            return provider_token, given
+        if not isinstance(given, list) or not all(isinstance(m, str) and len(m) == MARK_CHARS for m in given):
+            raise ValueError
+        return provider_token, set(given)
     except (ValueError, TypeError, binascii.Error, UnicodeDecodeError, RecursionError):  # forged: nested deep
         raise ProxyError(
             400, "pageToken is not one this server gave", param="pageToken", code="invalid_value"
         ) from None
+
+
+def given_marks(page: list[str], given: Given) -> set[str]:
+    """The marks of the key's objects on a provider page (``page``: their ids, in its order) given
+    already: those of ``given`` still on it (a deleted one's is dropped, so a token stays short), or
+    for an older server's count the marks of that many first ones."""
+    if isinstance(given, int):
+        return {given_mark(i) for i in page[:given]}
+    return given & {given_mark(i) for i in page}
 
 
 def page_size(query: dict[str, str]) -> int:
@@ -162,15 +188,21 @@ class GoogleCalls(ProviderCalls):
     ) -> None:
         """The key's objects of ``kind`` from the provider's pages at ``rest`` (their ``field`` list;
         ``id_of`` an object's ``name`` is the id it is owned under) filtered, ``pageSize`` at a time;
-        ``nextPageToken`` (Stockyard's: :func:`encode_token`) while the provider holds more, or was not
-        read to its end."""
+        ``nextPageToken`` (Stockyard's: :func:`encode_token`) only once one more of the key's is
+        found: google-genai's Pager takes the first item of the page a token names, and an empty one
+        raises IndexError out of the client's loop. So the provider's pages are read on until then or
+        their end (Google's files expire in two days and caches at their TTL: its lists stay short);
+        a key holding none of ``kind`` there gets the empty page unasked."""
         size = page_size(query)
-        token, skip = decode_token(query.get("pageToken") or "")
+        token, given = decode_token(query.get("pageToken") or "")
         owner = owner_of(ctx)
         found: list[dict] = []
         next_token: str | None = None
-        answer = None
-        for _ in range(MAX_LIST_PAGES):
+        answer = Answer(200, {"content-type": "application/json"})
+        ctx.attempt.status = 200  # the trace's, when no provider call is made (a call sets its own)
+        asked_tokens = {token}
+        reading = self.ownership.holds_any(kind, owner, provider.name)
+        while reading:
             asked = {"pageSize": str(PROVIDER_PAGE), **({"pageToken": token} if token else {})}
             answer, doc = self._call(ctx, provider, "GET", rest, query=asked)
             if answer.status >= 400 or not isinstance(doc, dict):
@@ -179,24 +211,21 @@ class GoogleCalls(ProviderCalls):
             items = [item for item in listed if isinstance(item, dict)] if isinstance(listed, list) else []
             ids = [id_of(item.get("name")) for item in items]
             mine = self.ownership.owned([i for i in ids if i], kind, owner, provider.name)
-            page = [item for item, object_id in zip(items, ids) if object_id in mine]
-            given, page, skip = skip, page[skip:], 0
+            page = [(item, i) for item, i in zip(items, ids) if i is not None and i in mine]
+            marks = given_marks([i for _, i in page], given)  # of those still on the page: bounded
+            page = [(item, i) for item, i in page if given_mark(i) not in marks]
             room = size - len(found)
-            if len(page) > room:
-                found += page[:room]
-                next_token = encode_token(token, given + room)
+            if len(page) > room:  # one more of the key's than the page holds: the next page has some
+                found += [item for item, _ in page[:room]]
+                next_token = encode_token(token, sorted(marks | {given_mark(i) for _, i in page[:room]}))
                 break
-            found += page
+            found += [item for item, _ in page]
+            given = set()
             after = doc.get("nextPageToken")
-            if not isinstance(after, str) or not after:
+            if not isinstance(after, str) or not after or after in asked_tokens:  # the end, or no way on
                 break
             token = after
-            if len(found) == size:
-                next_token = encode_token(token, 0)
-                break
-        else:
-            next_token = encode_token(token, 0)  # not read to its end: the client asks again
-        assert answer is not None
+            asked_tokens.add(token)
         page_doc: dict = {field: found}
         if next_token:
             page_doc["nextPageToken"] = next_token
