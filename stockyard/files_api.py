@@ -91,6 +91,9 @@ AZURE_BATCH_VERSION = "2024-10-21"  # the first GA api-version with files and ba
 LIST_PAGE = 100  # objects asked of the provider per page while filtering a list (batches allow 100 at most)
 MAX_LIST_PAGES = 20  # provider pages a list request reads at most once it holds one of the key's objects;
 # past that, has_more says "ask again" after its last one (until then it reads on: see read_on)
+# ... and while it holds none: a key whose objects all went at the provider (expired, deleted elsewhere)
+# would have each list of it read the provider's whole list, a call per LIST_PAGE objects
+MAX_SEARCH_PAGES = 200
 LIST_LIMITS = {"files": (10000, 10000), "batches": (20, 100)}  # (default, largest) page size, as OpenAI's
 KIND = {"files": "file", "batches": "batch"}
 LOST_BATCH_LOOK = 20  # the provider's newest batches searched for one whose create answer was lost
@@ -192,10 +195,10 @@ def page_limit(query: dict[str, str], default: int, largest: int) -> int:
 
 def read_on(found: list, pages: int) -> bool:
     """Whether a list filtered to a key's objects reads another provider page (the provider holding
-    more): until the page holds one of the key's, whatever it took — the SDKs go on from the last
-    object given, so a page of none saying ``has_more`` had them stop there (or, asking again
-    without a cursor, get the first page for ever) — then up to ``MAX_LIST_PAGES`` pages in all."""
-    return not found or pages < MAX_LIST_PAGES
+    more): until the page holds one of the key's — the SDKs go on from the last object given, so a
+    page of none saying ``has_more`` had them stop there (or, asking again without a cursor, get the
+    first page for ever) — within ``MAX_SEARCH_PAGES``, then up to ``MAX_LIST_PAGES`` pages in all."""
+    return pages < (MAX_LIST_PAGES if found else MAX_SEARCH_PAGES)
 
 
 def id_page_query(query: dict[str, str], default: int, largest: int) -> tuple[int, str | None, str | None]:

@@ -44,7 +44,7 @@ from urllib.parse import urlencode
 
 from .context import RequestContext
 from .errors import ProxyError
-from .files_api import Answer, Ownership, ProviderCalls, owner_of
+from .files_api import MAX_SEARCH_PAGES, Answer, Ownership, ProviderCalls, owner_of
 from .httpio import Request, check_method, json_object
 from .keys import check_model
 from .modules.guard import batch_policy
@@ -191,8 +191,9 @@ class GoogleCalls(ProviderCalls):
         ``nextPageToken`` (Stockyard's: :func:`encode_token`) only once one more of the key's is
         found: google-genai's Pager takes the first item of the page a token names, and an empty one
         raises IndexError out of the client's loop. So the provider's pages are read on until then or
-        their end (Google's files expire in two days and caches at their TTL: its lists stay short);
-        a key holding none of ``kind`` there gets the empty page unasked."""
+        their end (Google's files expire in two days and caches at their TTL: its lists stay short),
+        within ``MAX_SEARCH_PAGES`` (then a token to go on from there); a key holding none of ``kind``
+        there gets the empty page unasked."""
         size = page_size(query)
         token, given = decode_token(query.get("pageToken") or "")
         owner = owner_of(ctx)
@@ -226,6 +227,9 @@ class GoogleCalls(ProviderCalls):
                 break
             token = after
             asked_tokens.add(token)
+            if len(asked_tokens) > MAX_SEARCH_PAGES:  # a bound on one request's reads: the client asks on
+                next_token = encode_token(token, [])
+                break
         page_doc: dict = {field: found}
         if next_token:
             page_doc["nextPageToken"] = next_token

@@ -14,11 +14,14 @@ import itertools
 import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from conftest import ServerProcess, mock_env
 from mock_upstream import ANTHROPIC_FILES, FILES, GEMINI_FILES
 from test_gemini_files import call, upload
+
+from stockyard.files_api import MAX_SEARCH_PAGES
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # the SDK marks the Sora API deprecated
 
@@ -41,6 +44,11 @@ class StuckLists(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         StuckLists.lists += 1
+        after = parse_qs(urlsplit(self.path).query).get("after", ["file-endless-0"])[0]
+        if "purpose=endless" in self.path:  # a list that never ends, none of it the key's: ids go on
+            next_id = f"file-endless-{int(after.rsplit('-', 1)[1]) + 1}"
+            self._answer({"object": "list", "data": [{"id": next_id, "object": "file"}], "has_more": True})
+            return
         page = {"object": "list", "data": [{"id": "file-stuck-theirs", "object": "file"}], "has_more": True}
         self._answer(page)
 
@@ -294,6 +302,19 @@ def test_a_provider_list_that_never_moves_on_ends_the_page_not_the_server(server
     before = StuckLists.lists
     page = alice.files.list(limit=2)
     assert page.data == [] and page.has_more is False and StuckLists.lists - before == 2
+
+
+def test_a_provider_list_of_none_of_the_keys_is_read_within_a_bound(server) -> None:
+    """A key whose objects all went at the provider (expired, deleted elsewhere) holds rows still, so a
+    page reads on looking for one: within MAX_SEARCH_PAGES provider pages, then the empty page says
+    ``has_more`` (ask again), as past MAX_LIST_PAGES once one is found — one list request never reads a
+    provider's whole list, however long."""
+    alice = server.openai("alice", default_headers={"x-stockyard-provider": "groq"})
+    alice.files.create(file=("a.jsonl", io.BytesIO(b"{}\n")), purpose="batch")
+    before = StuckLists.lists
+    page = alice.files.list(limit=2, purpose="endless")
+    assert page.data == [] and page.has_more is True
+    assert StuckLists.lists - before == MAX_SEARCH_PAGES
 
 
 def test_input_items_with_a_repeated_id_are_each_walked_once(server) -> None:
