@@ -96,6 +96,21 @@ def unsupported(param: str, what: str) -> ProxyError:
     return ProxyError(400, message, param=param, code="unsupported_parameter")
 
 
+THREAD_UNSUPPORTED = "thread_unsupported_request"
+
+
+def thread_unsupported() -> ProxyError:
+    """The 400 for a message thread (``thread``: Anthropic keeps the conversation and the client sends
+    only its new messages), which a chat provider cannot hold, in the shape Anthropic refuses a request
+    Threads cannot take: its ``error.details.error_code`` tells the anthropic SDK (its tool runner threads
+    by default) to send the whole conversation again without ``thread``, where a plain 400 ended the run."""
+    message = (
+        "thread: message threads are not supported for this provider (it speaks Chat Completions, not Messages);"
+        " send the full conversation without 'thread'"
+    )
+    return ProxyError(400, message, param="thread", code=THREAD_UNSUPPORTED, details={"error_code": THREAD_UNSUPPORTED})
+
+
 def invalid(param: str, message: str) -> ProxyError:
     return ProxyError(400, message, param=param, code="invalid_request")
 
@@ -111,6 +126,8 @@ def to_chat(body: dict, kind: str = "openai", provider: str | None = None) -> di
     """A Messages request body → the Chat Completions body for provider ``provider`` (a name) of ``kind``."""
     if not isinstance(body, dict):
         raise invalid("body", "the request body must be a JSON object")
+    if present(body, "thread"):
+        raise thread_unsupported()
     for key in body:
         if key not in KNOWN_FIELDS and key not in IGNORED_FIELDS and present(body, key):
             if key not in KIND_FIELDS.get(kind, ()):

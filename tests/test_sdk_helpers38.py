@@ -1,0 +1,393 @@
+"""The official SDKs' high-level helpers, end to end through a real Stockyard server.
+
+Users judge Stockyard on "my SDK works unchanged": beyond ``create``, apps use the helpers — the
+OpenAI SDK's ``chat.completions.parse``/``stream`` (its event accumulator), ``responses.parse``/
+``stream``, ``pydantic_function_tool``, raw and streaming responses, its retries and timeouts; the
+Anthropic SDK's ``messages.stream`` (snapshots, tool input deltas, thinking), ``messages.parse``,
+``count_tokens`` and the beta ``tool_runner``. Each is run on the routes a user has: GPT natively,
+Claude natively, and the translated pairs (the OpenAI SDK to Claude, the Anthropic SDK to GPT),
+against the mock upstream; each test asserts what the user sees and the trace's exact cost.
+"""
+
+from __future__ import annotations
+
+import json
+
+import anthropic
+import openai
+import pydantic
+import pytest
+from anthropic.lib.tools import beta_tool
+from conftest import ServerProcess, mock_env, wait_for
+from mock_upstream import THINKING_SIGNATURE, THINKING_TEXT, Reply
+from module_helpers import key_traces, new_key
+
+ADMIN = "admin-key-for-sdk-helpers-0123456789"
+ANTHROPIC_KEY = "sk-ant-test-0123456789SDKHELPERSSECRET"
+GPT, CLAUDE = "gpt-4o-mini", "claude-haiku-4-5"
+# The mock's 12 input and 5 output tokens at each model's list price (µ¢ per token: gpt-4o-mini
+# $0.15/$0.60 per 1M → 15/60; claude-haiku-4-5 $1/$5 per 1M → 100/500).
+COST_UC = {GPT: 12 * 15 + 5 * 60, CLAUDE: 12 * 100 + 5 * 500}
+TRACE_COLUMNS = ("endpoint", "model", "status", "cost_uc", "cost_status", "prompt_tokens", "completion_tokens")
+
+
+class City(pydantic.BaseModel):
+    city: str
+
+
+class GetWeather(pydantic.BaseModel):
+    """The weather in a city."""
+
+    city: str
+
+
+@pytest.fixture(scope="module")
+def server(pyz_path, cache_home, mock, tmp_path_factory):
+    env = mock_env(
+        cache_home, mock, ANTHROPIC_API_KEY=ANTHROPIC_KEY, ANTHROPIC_BASE_URL=mock.url, STOCKYARD_ADMIN_KEY=ADMIN
+    )
+    proc = ServerProcess(pyz_path, tmp_path_factory.mktemp("sdk38") / "stockyard.db", env)
+    proc.start()
+    yield proc
+    proc.stop()
+    assert "Traceback" not in proc.log
+    assert ANTHROPIC_KEY not in proc.log
+
+
+@pytest.fixture
+def key(server, mock) -> tuple[str, str]:
+    """A client key of this test's own: (secret, name), so its traces are this test's."""
+    mock.clear_replies()
+    return new_key(server, ADMIN)
+
+
+def traces(server: ServerProcess, name: str, count: int = 1, columns: tuple[str, ...] = TRACE_COLUMNS) -> list[dict]:
+    """The key's ``count`` traces once the writer committed them, oldest first."""
+    return wait_for(
+        lambda: (rows := key_traces(server, name, columns)) and len(rows) >= count and rows,
+        what=f"{count} traces of {name}",
+    )
+
+
+def assert_billed(server: ServerProcess, name: str, endpoint: str, model: str) -> None:
+    """One trace for the key: a 200 on ``endpoint`` for ``model`` at its exact cost."""
+    rows = traces(server, name)
+    assert rows == [
+        {
+            "endpoint": endpoint,
+            "model": model,
+            "status": 200,
+            "cost_uc": COST_UC[model],
+            "cost_status": "exact",
+            "prompt_tokens": 12,
+            "completion_tokens": 5,
+        }
+    ]
+
+
+def last_sent(mock, path: str) -> dict:
+    """The body of the newest upstream request on ``path``."""
+    return next(r.json for r in reversed(mock.requests) if r.path == path)
+
+
+# --------------------------------------------------------------------------- OpenAI SDK: chat
+
+
+@pytest.mark.parametrize("model", [GPT, CLAUDE])
+def test_chat_parse_with_a_pydantic_response_format(server, key, mock, model):
+    client = server.openai(key[0])
+    raw = client.chat.completions.with_raw_response.parse(
+        model=model, messages=[{"role": "user", "content": "Which city?"}], response_format=City
+    )
+    completion = raw.parse()
+    assert completion.choices[0].message.parsed == City(city="Paris")
+    assert raw.headers["x-stockyard-trace-id"].startswith("tr_")
+    assert_billed(server, key[1], "chat", model)
+
+
+@pytest.mark.parametrize("model", [GPT, CLAUDE])
+def test_chat_parse_with_strict_pydantic_function_tools(server, key, mock, model):
+    client = server.openai(key[0])
+    completion = client.chat.completions.parse(
+        model=model,
+        messages=[{"role": "user", "content": "Weather in Paris?"}],
+        tools=[openai.pydantic_function_tool(GetWeather)],
+    )
+    call = completion.choices[0].message.tool_calls[0]
+    assert call.function.name == "GetWeather"
+    assert call.function.parsed_arguments == GetWeather(city="Paris")
+    assert completion.choices[0].finish_reason == "tool_calls"
+    assert_billed(server, key[1], "chat", model)
+
+
+@pytest.mark.parametrize("model", [GPT, CLAUDE])
+def test_chat_stream_helper_accumulates_tool_call_argument_deltas(server, key, mock, model):
+    client = server.openai(key[0])
+    with client.chat.completions.stream(
+        model=model,
+        messages=[{"role": "user", "content": "Weather in Paris?"}],
+        tools=[openai.pydantic_function_tool(GetWeather)],
+        stream_options={"include_usage": True},
+    ) as stream:
+        assert stream._response.headers["x-stockyard-trace-id"].startswith("tr_")
+        events = list(stream)
+        final = stream.get_final_completion()
+    deltas = [e.arguments_delta for e in events if e.type == "tool_calls.function.arguments.delta"]
+    assert "".join(deltas).replace(" ", "") == '{"city":"Paris"}' and len(deltas) >= 2
+    done = [e for e in events if e.type == "tool_calls.function.arguments.done"]
+    assert [(e.name, e.parsed_arguments) for e in done] == [("GetWeather", GetWeather(city="Paris"))]
+    call = final.choices[0].message.tool_calls[0]
+    assert call.function.parsed_arguments == GetWeather(city="Paris") and call.id
+    assert final.choices[0].finish_reason == "tool_calls"
+    assert (final.usage.prompt_tokens, final.usage.completion_tokens) == (12, 5)
+    assert_billed(server, key[1], "chat", model)
+
+
+@pytest.mark.parametrize("model", [GPT, CLAUDE])
+def test_chat_stream_helper_parses_a_response_format(server, key, mock, model):
+    client = server.openai(key[0])
+    with client.chat.completions.stream(
+        model=model, messages=[{"role": "user", "content": "Which city?"}], response_format=City
+    ) as stream:
+        events = list(stream)
+        final = stream.get_final_completion()
+    done = [e for e in events if e.type == "content.done"]
+    assert [e.parsed for e in done] == [City(city="Paris")]
+    assert "".join(e.delta for e in events if e.type == "content.delta") == done[0].content
+    assert final.choices[0].message.parsed == City(city="Paris")
+    assert_billed(server, key[1], "chat", model)
+
+
+@pytest.mark.parametrize("model", [GPT, CLAUDE])
+def test_with_streaming_response_reads_the_trace_header_before_the_body(server, key, mock, model):
+    client = server.openai(key[0])
+    with client.chat.completions.with_streaming_response.create(
+        model=model, messages=[{"role": "user", "content": "Say hello"}], stream=True
+    ) as response:
+        trace_id = response.headers["x-stockyard-trace-id"]
+        assert response.headers["content-type"].startswith("text/event-stream")
+        text = "".join(chunk.choices[0].delta.content or "" for chunk in response.parse() if chunk.choices)
+    assert text == "Hello from mock"
+    assert server.trace(trace_id)["cost_uc"] == COST_UC[model]
+
+
+# --------------------------------------------------------------------------- OpenAI SDK: responses
+
+
+@pytest.mark.parametrize("model", [GPT, CLAUDE])
+def test_responses_stream_with_a_text_format(server, key, mock, model):
+    client = server.openai(key[0])
+    with client.responses.stream(model=model, input="Which city?", text_format=City) as stream:
+        events = list(stream)
+        final = stream.get_final_response()
+    assert final.output_parsed == City(city="Paris")
+    assert final.status == "completed"
+    kinds = [e.type for e in events]
+    assert kinds[0] == "response.created" and kinds[-1] == "response.completed"
+    assert "".join(e.delta for e in events if e.type == "response.output_text.delta") == final.output_text
+    assert (final.usage.input_tokens, final.usage.output_tokens) == (12, 5)
+    assert_billed(server, key[1], "responses", model)
+
+
+@pytest.mark.parametrize("model", [GPT, CLAUDE])
+def test_responses_parse_with_strict_pydantic_function_tools(server, key, mock, model):
+    client = server.openai(key[0])
+    response = client.responses.parse(
+        model=model, input="Weather in Paris?", tools=[openai.pydantic_function_tool(GetWeather)]
+    )
+    calls = [item for item in response.output if item.type == "function_call"]
+    assert [(c.name, c.parsed_arguments) for c in calls] == [("GetWeather", GetWeather(city="Paris"))]
+    assert_billed(server, key[1], "responses", model)
+
+
+@pytest.mark.parametrize("model", [GPT, CLAUDE])
+def test_responses_stream_tool_call_argument_deltas(server, key, mock, model):
+    client = server.openai(key[0])
+    with client.responses.stream(
+        model=model, input="Weather in Paris?", tools=[openai.pydantic_function_tool(GetWeather)]
+    ) as stream:
+        events = list(stream)
+        final = stream.get_final_response()
+    deltas = "".join(e.delta for e in events if e.type == "response.function_call_arguments.delta")
+    assert deltas.replace(" ", "") == '{"city":"Paris"}'
+    calls = [item for item in final.output if item.type == "function_call"]
+    assert [(c.name, c.parsed_arguments) for c in calls] == [("GetWeather", GetWeather(city="Paris"))]
+    assert_billed(server, key[1], "responses", model)
+
+
+# --------------------------------------------------------------------------- OpenAI SDK: transport
+
+
+def test_max_retries_retries_a_stockyard_5xx(server, key, mock):
+    """The provider's 503 reaches the client as a 503 the SDK retries: the second try is served."""
+    mock.enqueue(Reply(status=503, headers={"retry-after-ms": "10"}))
+    client = server.openai(key[0], max_retries=2)
+    raw = client.chat.completions.with_raw_response.create(
+        model=GPT, messages=[{"role": "user", "content": "Say hello"}]
+    )
+    assert raw.parse().choices[0].message.content == "Hello from mock"
+    assert raw.retries_taken == 1
+    rows = traces(server, key[1], 2)
+    assert [(r["status"], r["cost_uc"]) for r in rows] == [(503, None), (200, COST_UC[GPT])]
+
+
+def test_timeout_raises_and_the_request_is_traced(server, key, mock):
+    """The SDK's ``timeout`` gives up on a slow answer; the provider still bills the call it was
+    sent, so Stockyard reads the answer to its end and traces it billed, the client gone."""
+    mock.enqueue(Reply(hang_s=2))
+    client = server.openai(key[0], timeout=0.5)
+    with pytest.raises(openai.APITimeoutError):
+        client.chat.completions.create(model=GPT, messages=[{"role": "user", "content": "Say hello"}])
+    rows = traces(server, key[1], columns=(*TRACE_COLUMNS, "outcome"))
+    assert [(r["outcome"], r["cost_uc"]) for r in rows] == [("client_disconnected", COST_UC[GPT])]
+
+
+def test_models_list_auto_pages(server, key):
+    client = server.openai(key[0])
+    ids = [model.id for model in client.models.list()]
+    assert GPT in ids and len(ids) == len(set(ids))
+
+
+# --------------------------------------------------------------------------- Anthropic SDK
+
+
+@pytest.mark.parametrize("model", [GPT, CLAUDE])
+def test_messages_stream_tool_input_json_and_snapshots(server, key, mock, model):
+    client = anthropic_client(server, key)
+    tool = {"name": "get_weather", "description": "weather", "input_schema": GetWeather.model_json_schema()}
+    partials, snapshots = [], []
+    with client.messages.stream(
+        model=model, max_tokens=200, tools=[tool], messages=[{"role": "user", "content": "Weather in Paris?"}]
+    ) as stream:
+        assert stream.response.headers["x-stockyard-trace-id"].startswith("tr_")
+        for event in stream:
+            if event.type == "input_json":
+                partials.append(event.partial_json)
+                snapshots.append(stream.current_message_snapshot.content[-1].input)
+        final = stream.get_final_message()
+    assert "".join(partials).replace(" ", "") == '{"city":"Paris"}'
+    assert snapshots[-1] == {"city": "Paris"}
+    block = final.content[-1]
+    assert (block.type, block.name, block.input) == ("tool_use", "get_weather", {"city": "Paris"})
+    assert final.stop_reason == "tool_use"
+    assert (final.usage.input_tokens, final.usage.output_tokens) == (12, 5)
+    assert_billed(server, key[1], "messages", model)
+
+
+def test_messages_stream_thinking_blocks(server, key, mock):
+    client = anthropic_client(server, key)
+    with client.messages.stream(
+        model=CLAUDE,
+        max_tokens=4000,
+        thinking={"type": "enabled", "budget_tokens": 2000},
+        messages=[{"role": "user", "content": "Say hello"}],
+    ) as stream:
+        events = list(stream)
+        text = stream.get_final_text()
+        final = stream.get_final_message()
+    assert "".join(e.thinking for e in events if e.type == "thinking") == THINKING_TEXT
+    assert [e.signature for e in events if e.type == "signature"] == [THINKING_SIGNATURE]
+    assert [b.type for b in final.content] == ["thinking", "text"]
+    assert final.content[0].signature == THINKING_SIGNATURE and text == "Hello from mock"
+    assert_billed(server, key[1], "messages", CLAUDE)
+
+
+@pytest.mark.parametrize("model", [GPT, CLAUDE])
+def test_messages_text_stream(server, key, mock, model):
+    client = anthropic_client(server, key)
+    with client.messages.stream(
+        model=model, max_tokens=100, messages=[{"role": "user", "content": "Say hello"}]
+    ) as stream:
+        text = "".join(stream.text_stream)
+        final = stream.get_final_message()
+    assert text == "Hello from mock" == final.content[0].text
+    assert final.stop_reason == "end_turn"
+    assert_billed(server, key[1], "messages", model)
+
+
+@pytest.mark.parametrize("model", [GPT, CLAUDE])
+@pytest.mark.parametrize("stream", [False, True])
+def test_messages_parse_output_format(server, key, mock, model, stream):
+    client = anthropic_client(server, key)
+    ask = dict(model=model, max_tokens=100, messages=[{"role": "user", "content": "Which city?"}], output_format=City)
+    if stream:
+        with client.messages.stream(**ask) as events:
+            final = events.get_final_message()
+    else:
+        final = client.messages.parse(**ask)
+    assert final.parsed_output == City(city="Paris")
+    assert_billed(server, key[1], "messages", model)
+
+
+@pytest.mark.parametrize("model", [GPT, CLAUDE])
+def test_count_tokens_with_raw_response(server, key, mock, model):
+    client = anthropic_client(server, key)
+    raw = client.messages.with_raw_response.count_tokens(
+        model=model, messages=[{"role": "user", "content": "Say hello"}]
+    )
+    assert raw.parse().input_tokens > 0
+    assert raw.headers["x-stockyard-trace-id"].startswith("tr_")
+
+
+@pytest.mark.parametrize("model", [GPT, CLAUDE])
+@pytest.mark.parametrize("stream", [False, True])
+def test_beta_tool_runner_runs_the_tool_and_answers(server, key, mock, model, stream):
+    """The tool runner runs over a message thread by default (``thread`` create, then a continue with
+    only the tool result). Claude's goes through as sent; a GPT model's was a plain 400 that ended the
+    run: now it is Anthropic's ``thread_unsupported_request``, and the SDK goes on without a thread."""
+    ran = []
+
+    @beta_tool
+    def get_weather(city: str) -> str:
+        """The weather in a city.
+
+        Args:
+            city: the city
+        """
+        ran.append(city)
+        return "sunny"
+
+    client = anthropic_client(server, key)
+    runner = client.beta.messages.tool_runner(
+        model=model,
+        max_tokens=200,
+        tools=[get_weather],
+        messages=[{"role": "user", "content": "Weather in Paris?"}],
+        stream=stream,
+    )
+    messages = [m.get_final_message() for m in runner] if stream else list(runner)
+    assert ran == ["Paris"]
+    assert [m.stop_reason for m in messages] == ["tool_use", "end_turn"]
+    assert messages[-1].content[0].text == "Hello from mock"
+    if model == CLAUDE:
+        sent = [r for r in mock.requests if r.path == "/v1/messages" and r.json.get("model") == CLAUDE][-2:]
+        assert [r.json["thread"]["type"] for r in sent] == ["create", "continue"]
+        assert sent[1].json["thread"]["previous_message_id"] == messages[0].id
+        assert "tools" not in sent[1].json and len(sent[1].json["messages"]) == 1
+        assert "message-threads-2026-08-12" in sent[1].headers["anthropic-beta"]
+        refused = []
+    else:
+        assert all("thread" not in r.json for r in mock.requests if r.json and r.json.get("model") == GPT)
+        refused = [(400, None)]  # the threaded first turn, refused before any provider call
+    rows = traces(server, key[1], 2 + len(refused))
+    assert [(r["status"], r["cost_uc"]) for r in rows] == refused + [(200, COST_UC[model])] * 2
+
+
+def test_a_thread_to_a_chat_provider_is_refused_as_anthropic_refuses_one(server, key):
+    """A thread to a GPT model: the 400 names the field and carries ``details.error_code``, which the
+    SDK reads to resend without the thread (a raw client, to see the body)."""
+    body = {
+        "model": GPT,
+        "max_tokens": 50,
+        "thread": {"type": "create"},
+        "messages": [{"role": "user", "content": "Hi"}],
+    }
+    status, _, raw = server.request("POST", "/v1/messages?beta=true", body, headers={"x-api-key": key[0]})
+    error = json.loads(raw)["error"]
+    assert status == 400 and error["type"] == "invalid_request_error"
+    assert error["details"] == {"error_code": "thread_unsupported_request"}
+    assert error["message"].startswith("thread: ")
+
+
+def anthropic_client(server: ServerProcess, key: tuple[str, str]) -> anthropic.Anthropic:
+    return server.anthropic(key[0])
