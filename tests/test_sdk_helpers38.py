@@ -85,9 +85,12 @@ def assert_billed(server: ServerProcess, name: str, endpoint: str, model: str) -
     ]
 
 
-def last_sent(mock, path: str) -> dict:
-    """The body of the newest upstream request on ``path``."""
-    return next(r.json for r in reversed(mock.requests) if r.path == path)
+def sent_tool(mock, model: str) -> dict:
+    """The first tool of the newest upstream request for ``model``, as its provider takes tools: OpenAI's
+    function (chat) or tool (Responses), Claude's tool."""
+    body = next(r.json for r in reversed(mock.requests) if isinstance(r.json, dict) and r.json.get("model") == model)
+    tool = body["tools"][0]
+    return tool.get("function", tool)
 
 
 # --------------------------------------------------------------------------- OpenAI SDK: chat
@@ -117,6 +120,7 @@ def test_chat_parse_with_strict_pydantic_function_tools(server, key, mock, model
     assert call.function.name == "GetWeather"
     assert call.function.parsed_arguments == GetWeather(city="Paris")
     assert completion.choices[0].finish_reason == "tool_calls"
+    assert sent_tool(mock, model)["strict"] is True  # Claude's strict tool use: was dropped
     assert_billed(server, key[1], "chat", model)
 
 
@@ -197,6 +201,7 @@ def test_responses_parse_with_strict_pydantic_function_tools(server, key, mock, 
     )
     calls = [item for item in response.output if item.type == "function_call"]
     assert [(c.name, c.parsed_arguments) for c in calls] == [("GetWeather", GetWeather(city="Paris"))]
+    assert sent_tool(mock, model)["strict"] is True
     assert_billed(server, key[1], "responses", model)
 
 
