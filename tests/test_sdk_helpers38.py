@@ -12,6 +12,7 @@ against the mock upstream; each test asserts what the user sees and the trace's 
 from __future__ import annotations
 
 import json
+import time
 
 import anthropic
 import openai
@@ -236,6 +237,24 @@ def test_max_retries_retries_a_stockyard_5xx(server, key, mock):
     assert [(r["status"], r["cost_uc"]) for r in rows] == [(503, None), (200, COST_UC[GPT])]
 
 
+@pytest.mark.parametrize("model", [GPT, CLAUDE])
+def test_max_retries_honours_the_retry_after_of_a_relayed_429(server, key, mock, model):
+    """The provider's 429 and its Retry-After reach the SDK, which waits that long (past its own
+    backoff, under a second for a first retry) and tries again: served, both tries traced."""
+    mock.enqueue(Reply(status=429, headers={"retry-after": "1"}))
+    ask = {"model": model, "messages": [{"role": "user", "content": "Say hello"}]}
+    started = time.monotonic()
+    if model == GPT:
+        raw = server.openai(key[0], max_retries=1).chat.completions.with_raw_response.create(**ask)
+    else:
+        raw = server.anthropic(key[0], max_retries=1).messages.with_raw_response.create(**ask, max_tokens=50)
+    waited = time.monotonic() - started
+    assert raw.retries_taken == 1 and waited >= 1.0
+    assert raw.headers["x-stockyard-trace-id"] == traces(server, key[1], 2, ("id",))[1]["id"]
+    rows = traces(server, key[1], 2)
+    assert [(r["status"], r["cost_uc"]) for r in rows] == [(429, None), (200, COST_UC[model])]
+
+
 def test_timeout_raises_and_the_request_is_traced(server, key, mock):
     """The SDK's ``timeout`` gives up on a slow answer; the provider still bills the call it was
     sent, so Stockyard reads the answer to its end and traces it billed, the client gone."""
@@ -376,6 +395,35 @@ def test_beta_tool_runner_runs_the_tool_and_answers(server, key, mock, model, st
         refused = [(400, None)]  # the threaded first turn, refused before any provider call
     rows = traces(server, key[1], 2 + len(refused))
     assert [(r["status"], r["cost_uc"]) for r in rows] == refused + [(200, COST_UC[model])] * 2
+
+
+def test_beta_tool_runner_with_thinking_goes_on_unthreaded_on_claudes_refusal(server, key, mock):
+    """Threads take no ``thinking``: Anthropic's ``thread_unsupported_request`` (its ``details``) is
+    relayed as it came, so the SDK sends the turn again without the thread and the loop goes on."""
+
+    @beta_tool
+    def get_weather(city: str) -> str:
+        """The weather in a city.
+
+        Args:
+            city: the city
+        """
+        return "sunny"
+
+    runner = anthropic_client(server, key).beta.messages.tool_runner(
+        model=CLAUDE,
+        max_tokens=4000,
+        thinking={"type": "enabled", "budget_tokens": 2000},
+        tools=[get_weather],
+        messages=[{"role": "user", "content": "Weather in Paris?"}],
+    )
+    messages = list(runner)
+    assert [[b.type for b in m.content] for m in messages] == [["thinking", "tool_use"], ["thinking", "text"]]
+    sent = [r.json for r in mock.requests if r.path == "/v1/messages" and r.json.get("model") == CLAUDE][-3:]
+    assert ["thread" in body for body in sent] == [True, False, False]
+    assert len(sent[2]["messages"]) == 3  # the whole conversation, unthreaded
+    rows = traces(server, key[1], 3)
+    assert [(r["status"], r["cost_uc"]) for r in rows] == [(400, None)] + [(200, COST_UC[CLAUDE])] * 2
 
 
 def test_a_thread_to_a_chat_provider_is_refused_as_anthropic_refuses_one(server, key):
