@@ -20,7 +20,7 @@ import pydantic
 import pytest
 from anthropic.lib.tools import beta_tool
 from conftest import ServerProcess, mock_env, wait_for
-from mock_upstream import THINKING_SIGNATURE, THINKING_TEXT, Reply
+from mock_upstream import THINKING_SIGNATURE, THINKING_TEXT, Reply, anthropic_blocks_stream
 from module_helpers import key_traces, new_key
 
 ADMIN = "admin-key-for-sdk-helpers-0123456789"
@@ -176,6 +176,37 @@ def test_with_streaming_response_reads_the_trace_header_before_the_body(server, 
     assert server.trace(trace_id)["cost_uc"] == COST_UC[model]
 
 
+def test_chat_stream_helper_keeps_claudes_parallel_tool_calls_apart(server, key, mock):
+    """Claude's text then two tool_use blocks: the chat stream's tool call indexes keep each call's
+    argument deltas apart, for the chat and the Responses stream helpers alike."""
+    content = [
+        {"type": "text", "text": "Checking both."},
+        {"type": "tool_use", "id": "toolu_1", "name": "GetWeather", "input": {"city": "Paris"}},
+        {"type": "tool_use", "id": "toolu_2", "name": "GetWeather", "input": {"city": "Rome"}},
+    ]
+    mock.enqueue(
+        Reply(sse=anthropic_blocks_stream(content, 1, CLAUDE)), Reply(sse=anthropic_blocks_stream(content, 2, CLAUDE))
+    )
+    client = server.openai(key[0])
+    ask = {"model": CLAUDE, "tools": [openai.pydantic_function_tool(GetWeather)]}
+    with client.chat.completions.stream(**ask, messages=[{"role": "user", "content": "Paris and Rome?"}]) as stream:
+        events = list(stream)
+        message = stream.get_final_completion().choices[0].message
+    assert message.content == "Checking both."
+    assert [(c.id, c.function.parsed_arguments) for c in message.tool_calls] == [
+        ("toolu_1", GetWeather(city="Paris")),
+        ("toolu_2", GetWeather(city="Rome")),
+    ]
+    done = [(e.index, e.parsed_arguments) for e in events if e.type == "tool_calls.function.arguments.done"]
+    assert done == [(0, GetWeather(city="Paris")), (1, GetWeather(city="Rome"))]
+    with client.responses.stream(**ask, input="Paris and Rome?") as stream:
+        output = stream.get_final_response().output
+    calls = [(o.call_id, o.parsed_arguments) for o in output if o.type == "function_call"]
+    assert calls == [("toolu_1", GetWeather(city="Paris")), ("toolu_2", GetWeather(city="Rome"))]
+    rows = traces(server, key[1], 2)
+    assert [(r["endpoint"], r["cost_uc"]) for r in rows] == [("chat", COST_UC[CLAUDE]), ("responses", COST_UC[CLAUDE])]
+
+
 # --------------------------------------------------------------------------- OpenAI SDK: responses
 
 
@@ -296,6 +327,52 @@ def test_messages_stream_tool_input_json_and_snapshots(server, key, mock, model)
     assert final.stop_reason == "tool_use"
     assert (final.usage.input_tokens, final.usage.output_tokens) == (12, 5)
     assert_billed(server, key[1], "messages", model)
+
+
+def chat_chunk(delta: dict | None, finish: str | None = None, usage: dict | None = None) -> str:
+    """One chat.completion.chunk of a scripted GPT stream (no choice with ``delta`` None: the usage chunk)."""
+    choices = [] if delta is None else [{"index": 0, "delta": delta, "finish_reason": finish}]
+    chunk = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": GPT, "choices": choices}
+    return json.dumps({**chunk, **({"usage": usage} if usage else {})})
+
+
+def test_messages_stream_keeps_gpts_parallel_tool_calls_apart(server, key, mock):
+    """GPT's text then two tool calls (the first's arguments in pieces): three content blocks, each
+    call's input_json deltas in its own block, as the snapshot shows while it streams."""
+    call = {"type": "function", "function": {"name": "get_weather", "arguments": ""}}
+    mock.enqueue(
+        Reply(
+            sse=[
+                chat_chunk({"role": "assistant", "content": "Checking."}),
+                chat_chunk({"tool_calls": [{"index": 0, "id": "call_a", **call}]}),
+                chat_chunk({"tool_calls": [{"index": 0, "function": {"arguments": '{"city":'}}]}),
+                chat_chunk({"tool_calls": [{"index": 0, "function": {"arguments": '"Paris"}'}}]}),
+                chat_chunk({"tool_calls": [{"index": 1, "id": "call_b", **call}]}),
+                chat_chunk({"tool_calls": [{"index": 1, "function": {"arguments": '{"city":"Rome"}'}}]}),
+                chat_chunk({}, "tool_calls"),
+                chat_chunk(None, usage={"prompt_tokens": 12, "completion_tokens": 5, "total_tokens": 17}),
+                "[DONE]",
+            ]
+        )
+    )
+    tool = {"name": "get_weather", "description": "weather", "input_schema": GetWeather.model_json_schema()}
+    snapshots = []
+    with anthropic_client(server, key).messages.stream(
+        model=GPT, max_tokens=100, tools=[tool], messages=[{"role": "user", "content": "Paris and Rome?"}]
+    ) as stream:
+        for event in stream:
+            if event.type == "input_json":
+                snapshots.append([getattr(b, "input", None) for b in stream.current_message_snapshot.content])
+        final = stream.get_final_message()
+    assert snapshots[-1] == [None, {"city": "Paris"}, {"city": "Rome"}]
+    assert [(b.type, getattr(b, "id", None)) for b in final.content] == [
+        ("text", None),
+        ("tool_use", "call_a"),
+        ("tool_use", "call_b"),
+    ]
+    assert [b.input for b in final.content[1:]] == [{"city": "Paris"}, {"city": "Rome"}]
+    assert final.stop_reason == "tool_use"
+    assert_billed(server, key[1], "messages", GPT)
 
 
 def test_messages_stream_thinking_blocks(server, key, mock):
