@@ -1093,7 +1093,8 @@ def relay_stream(
                     waits: list[Future] = []
                     ctx.claims_deferred = waits  # the relay thread waits on no claim: the writer runs it
                     try:
-                        return path.relay.carry(Stream(handoff, client, relayed, ctx.deadline, waits))
+                        sse = translator.content_type.startswith("text/event-stream")  # a probe is a comment
+                        return path.relay.carry(Stream(handoff, client, relayed, ctx.deadline, waits, sse))
                     finally:
                         ctx.claims_deferred = None
         return b""

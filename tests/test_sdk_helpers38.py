@@ -12,6 +12,8 @@ against the mock upstream; each test asserts what the user sees and the trace's 
 from __future__ import annotations
 
 import json
+import socket
+import threading
 import time
 
 import anthropic
@@ -22,6 +24,7 @@ from anthropic.lib.tools import beta_tool
 from conftest import ServerProcess, mock_env, wait_for
 from mock_upstream import THINKING_SIGNATURE, THINKING_TEXT, Reply, anthropic_blocks_stream
 from module_helpers import key_traces, new_key
+from rawhttp import connect, read_until_close, statuses
 
 ADMIN = "admin-key-for-sdk-helpers-0123456789"
 ANTHROPIC_KEY = "sk-ant-test-0123456789SDKHELPERSSECRET"
@@ -295,6 +298,45 @@ def test_timeout_raises_and_the_request_is_traced(server, key, mock):
         client.chat.completions.create(model=GPT, messages=[{"role": "user", "content": "Say hello"}])
     rows = traces(server, key[1], columns=(*TRACE_COLUMNS, "outcome"))
     assert [(r["outcome"], r["cost_uc"]) for r in rows] == [("client_disconnected", COST_UC[GPT])]
+
+
+@pytest.mark.parametrize("model", [GPT, CLAUDE])
+def test_a_stream_whose_client_timed_out_while_its_provider_was_silent_ends_then(server, key, mock, model):
+    """The SDK's read timeout mid-stream (a provider silent while it thinks): Stockyard noticed the
+    client gone only at its next write, after the silence — the provider kept generating for nobody,
+    and the trace said ``ok`` when the rest went in one write. Now the relay watches the client's
+    socket: the provider's connection closes during the silence and the trace says the client left."""
+    hung_up = threading.Event()
+    mock.enqueue(Reply(hang_s=5, hang_after=3, hung_up=hung_up))
+    client = server.openai(key[0], timeout=0.5)
+    with pytest.raises(openai.APITimeoutError):
+        with client.chat.completions.stream(model=model, messages=[{"role": "user", "content": "Say hello"}]) as stream:
+            assert next(iter(stream)).type == "chunk"  # the stream was established
+            list(stream)
+    assert hung_up.wait(3)  # well before the provider's 5 s silence ended
+    rows = traces(server, key[1], columns=(*TRACE_COLUMNS, "outcome"))
+    assert [r["outcome"] for r in rows] == ["client_disconnected"]
+
+
+def test_a_half_closed_client_still_gets_its_whole_stream(server, key, mock):
+    """A client that shuts down only its sending side still reads (RFC 9112 §9.6): the relay's probes
+    (two SSE comments, which the SDKs skip) find it there, and the answer goes on to its end."""
+    mock.enqueue(Reply(hang_s=1.5, hang_after=3))
+    body = json.dumps({"model": CLAUDE, "stream": True, "messages": [{"role": "user", "content": "Say hello"}]})
+    sock = connect(server)
+    try:
+        sock.sendall(
+            f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\nAuthorization: Bearer {key[0]}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n{body}".encode()
+        )
+        sock.shutdown(socket.SHUT_WR)
+        answer = read_until_close(sock)
+    finally:
+        sock.close()
+    assert statuses(answer) == [200] and b"data: [DONE]" in answer
+    assert answer.count(b"\r\n:\n\n\r\n") == 2  # the two probes, each an SSE comment of its own chunk
+    rows = traces(server, key[1], columns=(*TRACE_COLUMNS, "outcome"))
+    assert [(r["outcome"], r["cost_uc"]) for r in rows] == [("ok", COST_UC[CLAUDE])]
 
 
 def test_models_list_auto_pages(server, key):
