@@ -463,6 +463,9 @@ class StreamRelay:
         try:
             try:
                 self._want(stream, read=False, write=False)
+            except (KeyError, ValueError, OSError):
+                pass
+            try:  # on its own: the client's socket never stays in the selector past its stream
                 self._stop_listening(stream)
             except (KeyError, ValueError, OSError):
                 pass
