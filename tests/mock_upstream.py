@@ -3788,7 +3788,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         reply = self._resolve(req, n, scripted)
         if scripted is not None and scripted.held is not None and scripted.held_after is None:
             self._gate(scripted, scripted.held)
-        headers = {"x-request-id": f"req_mock_{n}", "request-id": f"req_mock_{n}"}
+        # the request id as each provider names it: Anthropic's ``request-id``, OpenAI's ``x-request-id``
+        headers = {"request-id" if "anthropic-version" in req.headers else "x-request-id": f"req_mock_{n}"}
         for extra in (reply.headers, scripted.headers if scripted else {}):
             headers.update({name.lower(): value for name, value in extra.items()})
         cut = scripted.cut_after if scripted else None

@@ -339,6 +339,27 @@ def test_a_half_closed_client_still_gets_its_whole_stream(server, key, mock):
     assert [(r["outcome"], r["cost_uc"]) for r in rows] == [("ok", COST_UC[CLAUDE])]
 
 
+@pytest.mark.parametrize("sdk", ["openai", "anthropic"])
+@pytest.mark.parametrize("model", [GPT, CLAUDE])
+def test_the_providers_request_id_is_where_the_sdk_reads_it(server, key, mock, sdk, model):
+    """A response's ``_request_id`` and an error's ``request_id`` (what a user quotes to the
+    provider's support): the openai SDK reads ``x-request-id``, the anthropic SDK ``request-id``, and
+    OpenAI and Anthropic each send only their own — a translated answer's was None."""
+    ask = {"model": model, "max_tokens": 50, "messages": [{"role": "user", "content": "Say hello"}]}
+    if sdk == "openai":
+        create, failure = server.openai(key[0]).chat.completions.create, openai.APIStatusError
+    else:
+        create, failure = anthropic_client(server, key).messages.create, anthropic.APIStatusError
+    answer = create(**ask)
+    rows = traces(server, key[1], columns=("upstream_request_id",))
+    assert answer._request_id == rows[0]["upstream_request_id"] and answer._request_id.startswith("req_mock_")
+    mock.enqueue(Reply(status=500))
+    with pytest.raises(failure) as failed:
+        create(**ask)
+    rows = traces(server, key[1], 2, ("upstream_request_id",))
+    assert failed.value.request_id == rows[1]["upstream_request_id"] and failed.value.request_id.startswith("req_mock_")
+
+
 def test_models_list_auto_pages(server, key):
     client = server.openai(key[0])
     ids = [model.id for model in client.models.list()]
