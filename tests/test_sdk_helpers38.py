@@ -15,6 +15,7 @@ import json
 import socket
 import threading
 import time
+from typing import Iterator
 
 import anthropic
 import openai
@@ -25,6 +26,11 @@ from conftest import ServerProcess, mock_env, wait_for
 from mock_upstream import THINKING_SIGNATURE, THINKING_TEXT, Reply, anthropic_blocks_stream
 from module_helpers import key_traces, new_key
 from rawhttp import connect, read_until_close, statuses
+from test_stream_relay import END, Provider, Relayed, chunk, closed_by_us, event, read_payload, relay_one, unframe
+
+from stockyard.errors import ClientGone
+from stockyard.streamrelay import PROBE, StreamRelay
+from stockyard.upstream import Pool
 
 ADMIN = "admin-key-for-sdk-helpers-0123456789"
 ANTHROPIC_KEY = "sk-ant-test-0123456789SDKHELPERSSECRET"
@@ -584,3 +590,62 @@ def test_a_thread_to_a_chat_provider_is_refused_as_anthropic_refuses_one(server,
 
 def anthropic_client(server: ServerProcess, key: tuple[str, str]) -> anthropic.Anthropic:
     return server.anthropic(key[0])
+
+
+# --------------------------------------------------------------------------- the relay's watch on its client
+
+
+@pytest.fixture
+def provider() -> Iterator[Provider]:
+    p = Provider()
+    yield p
+    p.listener.close()
+
+
+@pytest.fixture
+def pool() -> Iterator[Pool]:
+    p = Pool(connect_timeout=5, read_timeout=5)
+    yield p
+    p.close()
+
+
+def sse_relayed(pool: Pool, provider: Provider) -> Relayed:
+    """A stream handed to a relay of its own (``test_stream_relay.relay_one``), as an SSE stream's:
+    probed at its client's end-of-file."""
+    s = relay_one(StreamRelay(), pool, provider)
+    s.stream.probe = PROBE  # set before the client does anything: read by the relay at its end-of-file only
+    return s
+
+
+def test_relay_a_client_gone_while_its_provider_is_silent_ends_the_stream(pool, provider) -> None:
+    s = sse_relayed(pool, provider)
+    s.client.close()  # the provider sends nothing more: only the client's socket can tell
+    assert isinstance(s.wait(3), ClientGone)
+    assert closed_by_us(s.upstream)
+
+
+def test_relay_a_half_closed_client_is_probed_and_read_on(pool, provider) -> None:
+    s = sse_relayed(pool, provider)
+    s.client.shutdown(socket.SHUT_WR)
+    probes = read_payload(s.client, 2 * len(b":\n\n"))  # both probes, while the provider is silent
+    s.upstream.sendall(chunk(event(1)) + END)
+    assert s.wait() is None
+    assert unframe(probes) + s.received() == b":\n\n:\n\n" + event(1)
+
+
+def test_relay_a_pipelined_request_is_no_departure(pool, provider) -> None:
+    s = sse_relayed(pool, provider)
+    s.client.sendall(b"GET /v1/models HTTP/1.1\r\n")  # the client's next request, early
+    wait_for(lambda: not s.stream.listening, what="the relay to stop watching the client")
+    s.upstream.sendall(chunk(event(1)) + END)
+    assert s.wait() is None and s.received() == event(1)  # no probe
+    assert s.stream.client.recv(64, socket.MSG_DONTWAIT) == b"GET /v1/models HTTP/1.1\r\n"  # left for the server
+
+
+def test_relay_a_stream_that_is_not_sse_is_not_probed(pool, provider) -> None:
+    """Gemini's JSON-array stream has no comment to write: an end-of-file stops the watch."""
+    s = relay_one(StreamRelay(), pool, provider)
+    s.client.shutdown(socket.SHUT_WR)
+    wait_for(lambda: not s.stream.listening, what="the relay to stop watching the client")
+    s.upstream.sendall(chunk(event(1)) + END)
+    assert s.wait() is None and s.received() == event(1)
