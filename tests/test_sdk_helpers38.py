@@ -367,9 +367,11 @@ def test_the_providers_request_id_is_where_the_sdk_reads_it(server, key, mock, s
 
 
 def test_models_list_auto_pages(server, key):
-    client = server.openai(key[0])
-    ids = [model.id for model in client.models.list()]
-    assert GPT in ids and len(ids) == len(set(ids))
+    """``models.list()`` iterates every page: one here, every provider's models in it, each once."""
+    page = server.openai(key[0]).models.list()
+    ids = [model.id for model in page]
+    assert not page.has_next_page()
+    assert GPT in ids and "claude-sonnet-4-5-20250929" in ids and len(ids) == len(set(ids))
 
 
 # --------------------------------------------------------------------------- Anthropic SDK
@@ -495,8 +497,15 @@ def test_count_tokens_with_raw_response(server, key, mock, model):
     raw = client.messages.with_raw_response.count_tokens(
         model=model, messages=[{"role": "user", "content": "Say hello"}]
     )
-    assert raw.parse().input_tokens > 0
-    assert raw.headers["x-stockyard-trace-id"].startswith("tr_")
+    count = raw.parse().input_tokens
+    trace = server.trace(raw.headers["x-stockyard-trace-id"])
+    seen = tuple(trace[k] for k in ("endpoint", "status", "cost_uc", "cost_status", "provider"))
+    provider = "anthropic" if model == CLAUDE else None  # a GPT model's count asks no provider
+    assert seen == ("count_tokens", 200, None, "none", provider)  # not billed
+    if model == CLAUDE:
+        assert count == 12  # Claude's own count, passed through
+    else:
+        assert 0 < count < 20  # Stockyard's estimate ("Say hello" and the turn's overhead): no provider call
 
 
 @pytest.mark.parametrize("model", [GPT, CLAUDE])
