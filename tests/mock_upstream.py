@@ -1709,14 +1709,25 @@ def _background_look(call: Call, response_id: str, action: str | None) -> Reply:
         response = {**response, "id": response_id, "background": True, "service_tier": tier}  # the tier that served it
         RESPONSES_STATE.responses[response_id] = (response, items)
     if call.req.query.get("stream") == "true" and not action:
-        running = {**response, "status": "in_progress", "usage": None}
-
-        def event(kind: str, seq: int, obj: dict) -> str:
-            return f"event: {kind}\ndata: " + _dumps({"type": kind, "sequence_number": seq, "response": obj})
-
-        events = [event("response.in_progress", 0, running), event("response.completed", 1, response)]
-        return Reply(sse=events)
+        return Reply(sse=background_replay(body, n, response, call.req.query.get("starting_after")))
     return Reply(json=response)
+
+
+def background_replay(body: dict, n: int, response: dict, starting_after: str | None) -> list[str]:
+    """A background response's stream as OpenAI replays it (``GET …?stream=true``): every event from
+    ``response.created`` (sequence 0), or those after ``starting_after``; its response objects the
+    stored one's (id, ``background``, tier), ``response.completed`` carrying it whole."""
+    after = int(starting_after) if starting_after is not None else -1
+    names = {k: response[k] for k in ("id", "background", "service_tier")}
+    events = []
+    for block in responses_stream(body, n, response["model"]):
+        kind, data = block.split("\n", 1)[0].removeprefix("event: "), jsonlib.loads(block.split("data: ", 1)[1])
+        if data["sequence_number"] <= after:
+            continue
+        if "response" in data:
+            data["response"] = response if kind == "response.completed" else {**data["response"], **names}
+        events.append(_event(kind, data))
+    return events
 
 
 def _stored_response(call: Call, scripted: Reply | None) -> Reply:

@@ -261,6 +261,24 @@ def test_responses_stream_tool_call_argument_deltas(server, key, mock, model):
     assert_billed(server, key[1], "responses", model)
 
 
+def test_responses_stream_resumes_a_background_response(server, key, mock):
+    """``responses.stream(response_id=…)`` replays a background response from ``response.created``
+    (its accumulator wants it first: the mock's replay began at ``response.in_progress``), and with
+    ``starting_after`` resumes after that event; the response is billed once, by the stream that ran it."""
+    client = server.openai(key[0])
+    made = client.responses.create(model=GPT, input="a long job", background=True)
+    with client.responses.stream(response_id=made.id) as stream:
+        kinds = [event.type for event in stream]
+        final = stream.get_final_response()
+    assert kinds[0] == "response.created" and kinds[-1] == "response.completed"
+    assert (final.id, final.status, final.output_text) == (made.id, "completed", "Hello from mock")
+    with client.responses.stream(response_id=made.id, starting_after=2) as stream:
+        assert [event.sequence_number for event in stream][0] == 3
+    rows = traces(server, key[1], 4, ("endpoint", "cost_uc"))
+    billed = [r["cost_uc"] for r in rows if r["endpoint"] == "responses.usage"]
+    assert billed == [COST_UC[GPT]]
+
+
 # --------------------------------------------------------------------------- OpenAI SDK: transport
 
 
