@@ -28,6 +28,9 @@ Field table (Messages → chat):
   sends it, and a chat provider has no such context: the conversation goes as the client sent it).
 - ``top_k`` → the chat ``top_k`` a Gemini provider takes (``generationConfig.topK``; OpenCode sends
   Gemini models 64); refused for the other kinds, whose chat APIs have no such field.
+- ``thread`` (a message thread: Anthropic keeps the conversation) → refused as Anthropic refuses a request
+  Threads cannot take (``error.details.error_code`` ``thread_unsupported_request``): the SDK then sends the
+  whole conversation without it.
 - refused: any other field, block or tool type.
 
 Answers: reasoning text (``reasoning_content``) becomes a ``thinking`` block; a tool call's Gemini
