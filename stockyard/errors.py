@@ -63,13 +63,17 @@ class ProxyError(Exception):
     headers: dict[str, str] = field(default_factory=dict)
     # the shape whatever the path's: an unserved path's 404 for the SDK that asked (``server.unrouted``)
     dialect: str | None = None
+    # Anthropic's ``error.details`` (an ``error_code`` the SDK acts on: a message thread's rejection)
+    details: dict | None = None
 
     def __post_init__(self) -> None:
         super().__init__(self.message)
 
     def body(self, dialect: str) -> bytes:
         shape = self.dialect or dialect
-        return error_body(shape, self.status, self.message, code=self.code, param=self.param, type_=self.type)
+        return error_body(
+            shape, self.status, self.message, code=self.code, param=self.param, type_=self.type, details=self.details
+        )
 
 
 # What a request's own text can raise deep in a translation, as well as a ProxyError: refusal_of's 400s.
@@ -133,13 +137,16 @@ def error_body(
     code: str | None = None,
     param: str | None = None,
     type_: str | None = None,
+    details: dict | None = None,
 ) -> bytes:
-    """The JSON error body a client of ``dialect`` expects."""
+    """The JSON error body a client of ``dialect`` expects (``details``: Anthropic's, on its error)."""
     if dialect == GEMINI:
         return json.dumps(google_error(status, message, code)).encode()
     kind = type_ or error_type(dialect, status)
     if dialect == ANTHROPIC:
         payload: dict = {"type": "error", "error": {"type": kind, "message": message}}
+        if details:
+            payload["error"]["details"] = details
     else:
         payload = {"error": {"message": message, "type": kind, "param": param, "code": code}}
     return json.dumps(payload).encode()

@@ -221,6 +221,15 @@ def passed_headers(headers: dict[str, str]) -> dict[str, str]:
     return {k: v for k, v in headers.items() if k in PASS_HEADERS or k.startswith(PASS_PREFIXES)}
 
 
+def request_id_header(dialect: str, request_id: str | None) -> dict[str, str]:
+    """The provider's request id under the name the client's SDK reads it from (a response's
+    ``_request_id``, an error's ``request_id``): the anthropic SDK's ``request-id``, the openai SDK's
+    ``x-request-id``. A translated answer's provider sends it under the other name (or Google's)."""
+    if request_id is None or dialect == GEMINI:
+        return {}
+    return {"request-id" if dialect == ANTHROPIC else "x-request-id": request_id}
+
+
 def handle(path: RequestPath, reply: Reply, ctx: RequestContext) -> None:
     """Run one proxied request to its end; always leaves a trace."""
     chain = path.chain()  # one snapshot for the whole request, even if a reload swaps it meanwhile
@@ -664,7 +673,12 @@ def attempt(path: RequestPath, reply: Reply, ctx: RequestContext) -> Failure | N
     )
     if provider.kind == "gemini":  # Gemini says the tier that served it in a header only
         ctx.attempt.serve_gemini(upstream_headers.get(GEMINI_TIER_HEADER))
-    headers = {"x-stockyard-trace-id": ctx.trace_id, **ctx.reply_headers, **passed_headers(upstream_headers)}
+    headers = {
+        "x-stockyard-trace-id": ctx.trace_id,
+        **ctx.reply_headers,
+        **request_id_header(ctx.dialect, ctx.attempt.upstream_request_id),
+        **passed_headers(upstream_headers),
+    }
     if resp.status >= 400:
         return error_answer(path, ctx, resp, adapter, headers, started, ts_ms)
     if adapter.relays_bytes(ctx):
@@ -1093,7 +1107,8 @@ def relay_stream(
                     waits: list[Future] = []
                     ctx.claims_deferred = waits  # the relay thread waits on no claim: the writer runs it
                     try:
-                        return path.relay.carry(Stream(handoff, client, relayed, ctx.deadline, waits))
+                        sse = translator.content_type.startswith("text/event-stream")  # a probe is a comment
+                        return path.relay.carry(Stream(handoff, client, relayed, ctx.deadline, waits, sse))
                     finally:
                         ctx.claims_deferred = None
         return b""

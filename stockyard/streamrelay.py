@@ -15,6 +15,14 @@ leaves its future in the stream's ``waits``; the stream then holds those bytes a
 the write is committed (its failure ends the stream, as a failing ``convert`` does), while the
 other streams go on.
 
+A client that leaves while its provider is silent (a model reasoning, a tool running) is noticed then,
+not at the next write: the relay also waits for its socket to turn readable. Bytes there are its next
+request (it is not watched further); an end-of-file may be a half-close, so an SSE stream is written a
+comment (``PROBE``, which SSE clients skip) and, ``PROBE_S`` later, another: a client that closed both
+ways answered the first with a reset, and the second fails — the stream ends ``ClientGone`` and its
+provider's connection is closed (it stops generating). A client still reading takes both and is not
+watched further; so is a TLS client, whose socket holds records, not bytes to peek at.
+
 Writes never block this thread: a client that reads slowly keeps its bytes in its stream's
 outbound buffer (written when its socket says it can take more), and while that buffer holds
 more than ``write_cap`` its upstream socket is not read (backpressure: bounded memory, and the
@@ -43,6 +51,8 @@ from .upstream import Handoff, UpstreamError, shutdown_error
 
 log = logging.getLogger("stockyard.proxy")
 
+PROBE = b"3\r\n:\n\n\r\n"  # an SSE comment, chunk-framed: written to a client whose end-of-file came
+PROBE_S = 0.5  # after the first probe: time for the client's reset to come back before the second
 WRITE_CAP = 256 * 1024  # a stream's bytes waiting for its client beyond which its provider is not read
 READ_SIZE = 65536
 # A held stream (its bytes waiting for a write) waits no longer than its provider's read timeout,
@@ -82,6 +92,9 @@ class Stream:
         "client_fd",
         "waits",
         "held",
+        "probe",
+        "listening",
+        "probe_at",
     )
 
     def __init__(
@@ -91,6 +104,7 @@ class Stream:
         convert: Callable[[list[bytes]], bytes],
         deadline: float | None,
         waits: list[Future] | None = None,
+        sse: bool = False,
     ) -> None:
         self.handoff = handoff
         self.client = client
@@ -108,6 +122,10 @@ class Stream:
         # writes ``convert`` started that its last bytes wait for (it appends their futures here)
         self.waits: list[Future] = waits if waits is not None else []
         self.held = b""  # those converted bytes, not chunk-framed, until the writes are committed
+        self.probe = PROBE if sse else b""  # what a client whose end-of-file came is written, to see if it left
+        # its socket watched for readable (a client leaving while the provider is silent): not a TLS one
+        self.listening = type(client) is socket.socket
+        self.probe_at: float | None = None  # when the second probe goes (the first went at its end-of-file)
 
     def due(self) -> float:
         """When a timer of this stream runs out (the deadline, a read or a write stall)."""
@@ -118,6 +136,8 @@ class Stream:
             due = min(due, self.wrote_at + self.write_timeout)
         if self.waits:  # held: not read, but not waiting for ever on the database either
             due = min(due, self.read_at + self.hold_limit())
+        if self.probe_at is not None:
+            due = min(due, self.probe_at)
         return due
 
     def hold_limit(self) -> float:
@@ -206,7 +226,7 @@ class StreamRelay:
         timeout = None
         if self._timers:
             timeout = max(0.0, self._timers[0][0] - time.perf_counter())
-        for key, _ in self._selector.select(timeout):
+        for key, events in self._selector.select(timeout):
             if key.data is None:
                 self._arrive()
                 continue
@@ -216,6 +236,8 @@ class StreamRelay:
             try:
                 if upstream:
                     self._read(stream)
+                elif events & selectors.EVENT_READ and stream.listening:
+                    self._client_readable(stream)
                 else:
                     self._send(stream)
             except Exception as exc:  # a translator's bug: the request thread raises it, as before
@@ -239,6 +261,7 @@ class StreamRelay:
         for stream in arrivals:
             self._live.add(stream)
             try:
+                self._watch_client(stream, 0)  # watched for leaving while its provider is silent
                 self._want(stream, read=True)
                 if stream.handoff.buffered:
                     self._take(stream, stream.handoff.buffered)
@@ -371,12 +394,60 @@ class StreamRelay:
             if read:
                 self._timer(stream)
         if write != stream.writing:
-            if write:
-                self._selector.register(stream.client_fd, selectors.EVENT_WRITE, (stream, False))
-                self._timer(stream)  # a write stall may run out before the timer there is
-            else:
-                self._selector.unregister(stream.client_fd)
+            before = self._client_events(stream)
             stream.writing = write
+            self._watch_client(stream, before)
+            if write:
+                self._timer(stream)  # a write stall may run out before the timer there is
+
+    @staticmethod
+    def _client_events(stream: Stream) -> int:
+        """What the selector waits for on the client's socket: writable while bytes wait, readable
+        while it is watched for leaving."""
+        write = selectors.EVENT_WRITE if stream.writing else 0
+        return write | (selectors.EVENT_READ if stream.listening and not stream.done.is_set() else 0)
+
+    def _watch_client(self, stream: Stream, before: int) -> None:
+        """The client's socket in the selector as ``_client_events`` says now (``before``: as it was)."""
+        now = self._client_events(stream)
+        if now == before:
+            return
+        if not before:
+            self._selector.register(stream.client_fd, now, (stream, False))
+        elif not now:
+            self._selector.unregister(stream.client_fd)
+        else:
+            self._selector.modify(stream.client_fd, now, (stream, False))
+
+    def _stop_listening(self, stream: Stream) -> None:
+        before = self._client_events(stream)
+        stream.listening = False
+        self._watch_client(stream, before)
+
+    def _client_readable(self, stream: Stream) -> None:
+        """The client's socket turned readable mid-stream: a reset (it left), its next request's
+        bytes (it stays: not watched further), or its end-of-file (it may have left: probed)."""
+        try:
+            peeked = stream.client.recv(1, socket.MSG_PEEK)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            return self._finish(stream, ClientGone())
+        self._stop_listening(stream)
+        if not peeked and stream.probe:
+            stream.probe_at = time.perf_counter() + PROBE_S
+            self._timer(stream)
+            stream.out += stream.probe
+            self._send(stream)
+
+    def _probe_again(self, stream: Stream) -> None:
+        """``PROBE_S`` after the first probe: a client that closed both ways reset the connection
+        since, and this write fails (``_send`` ends the stream); one still reading takes it."""
+        stream.probe_at = None
+        stream.out += stream.probe
+        self._send(stream)
+        if not stream.done.is_set():
+            self._timer(stream)  # the stream's other timers (this entry was its own)
 
     def _finish(self, stream: Stream, error: BaseException | None) -> None:
         """The stream ended (``error`` None: cleanly): out of the selector, the provider's
@@ -392,6 +463,10 @@ class StreamRelay:
         try:
             try:
                 self._want(stream, read=False, write=False)
+            except (KeyError, ValueError, OSError):
+                pass
+            try:  # on its own: the client's socket never stays in the selector past its stream
+                self._stop_listening(stream)
             except (KeyError, ValueError, OSError):
                 pass
             stream.handoff.response.end_handoff(stream.handoff, error is None)
@@ -421,6 +496,8 @@ class StreamRelay:
                 continue
             if stream.deadline is not None and now >= stream.deadline:
                 self._finish(stream, UpstreamError("timeout", "the request passed its deadline"))
+            elif stream.probe_at is not None and now >= stream.probe_at:
+                self._probe_again(stream)
             elif stream.out and stream.write_timeout and now >= stream.wrote_at + stream.write_timeout:
                 self._finish(stream, ClientGone())
             elif stream.waits and all(isinstance(f, Unheld) or f.done() for f in stream.waits):

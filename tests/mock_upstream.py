@@ -60,7 +60,7 @@ import sys
 import threading
 import time
 import wave
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 from urllib.parse import parse_qsl, urlsplit
 
@@ -430,6 +430,13 @@ def _openai_tool_call(name: str) -> dict:
     return {"id": "call_mock1", "type": "function", "function": {"name": name, "arguments": _dumps(TOOL_ARGS)}}
 
 
+def _chat_text(body: dict) -> str:
+    """The answer's text: the JSON ``{"city":"Paris"}`` when ``response_format`` asks for a json_schema
+    (OpenAI's structured outputs answer JSON that fits it, which the SDKs' parse helpers read), else TEXT."""
+    fmt = body.get("response_format")
+    return _dumps(TOOL_ARGS) if isinstance(fmt, dict) and fmt.get("type") == "json_schema" else TEXT
+
+
 def openai_chat(body: dict, n: int, model: str) -> dict:
     """A non-streamed `chat.completion` object."""
     tool = _first_openai_tool(body)
@@ -437,7 +444,7 @@ def openai_chat(body: dict, n: int, model: str) -> dict:
         message = {"role": "assistant", "content": None, "tool_calls": [_openai_tool_call(tool)], "refusal": None}
         finish = "tool_calls"
     else:
-        message = {"role": "assistant", "content": TEXT, "refusal": None}
+        message = {"role": "assistant", "content": _chat_text(body), "refusal": None}
         finish = "stop"
     if draws(body):
         message["images"] = [chat_image()]
@@ -459,10 +466,9 @@ def _chat_deltas(body: dict) -> tuple[list[dict], str]:
     """The `delta` objects of a streamed chat answer, and its finish reason."""
     tool = _first_openai_tool(body)
     if not tool:
-        return (
-            [{"role": "assistant", "content": "", "refusal": None}] + [{"content": piece} for piece in TEXT_PIECES],
-            "stop",
-        )
+        text = _chat_text(body)
+        pieces = TEXT_PIECES if text == TEXT else [text[:5], text[5:]]  # the JSON in two pieces
+        return [{"role": "assistant", "content": "", "refusal": None}] + [{"content": p} for p in pieces], "stop"
     head = {"index": 0, "id": "call_mock1", "type": "function", "function": {"name": tool, "arguments": ""}}
     deltas = [{"role": "assistant", "content": None, "tool_calls": [head], "refusal": None}]
     deltas += [{"tool_calls": [{"index": 0, "function": {"arguments": piece}}]} for piece in TOOL_ARG_PIECES]
@@ -1071,6 +1077,77 @@ def anthropic_thinking_refusal(body: dict) -> Reply | None:
     )
 
 
+# Anthropic's message threads (beta ``message-threads-2026-08-12``; the anthropic SDK's tool runner uses them
+# by default): a request with ``thread`` ``{"type": "create"}`` has its conversation kept under its reply's id; one
+# with ``{"type": "continue", "previous_message_id": …}`` sends only the new messages (no ``system``, no ``tools``)
+# and is answered over the kept conversation. The SDK reads ``error.details.error_code`` to recover.
+MESSAGE_THREADS_BETA = "message-threads-2026-08-12"
+THREAD_CREATE_ONLY = ("system", "tools")
+THREAD_UNSUPPORTED = ("cache_control", "context_management")  # top-level fields Threads do not take (and thinking)
+
+
+def thread_error(status: int, error_code: str, message: str, **details: Any) -> Reply:
+    """Anthropic's rejection of a thread request: its error with ``details.error_code``."""
+    reply = anthropic_error(status, message)
+    reply.json["error"]["details"] = {"error_code": error_code, **details}
+    return reply
+
+
+class MessageThreads:
+    """The conversations Anthropic keeps for message threads, by the id of the reply that ended them."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._kept: dict[str, dict] = {}  # reply id → the body that conversation is, its reply appended
+        self._continued: set[str] = set()
+
+    def expand(self, req: Recorded) -> Recorded | Reply:
+        """The request as the model sees it (a continue over its kept conversation, no ``thread``), or the refusal."""
+        body = req.json
+        thread = body.get("thread") if isinstance(body, dict) else None
+        if thread is None or not req.path.rstrip("/").endswith("/v1/messages"):
+            return req
+        if MESSAGE_THREADS_BETA not in req.headers.get("anthropic-beta", ""):
+            return anthropic_error(400, f"thread: requires the anthropic-beta header {MESSAGE_THREADS_BETA}")
+        unsupported = [f for f in THREAD_UNSUPPORTED if body.get(f) is not None] + ["thinking"] * _thinking_on(body)
+        if unsupported:
+            return thread_error(
+                400, "thread_unsupported_request", "thread: not supported with this request", unsupported=unsupported
+            )
+        rest = {k: v for k, v in body.items() if k != "thread"}
+        kind = thread.get("type") if isinstance(thread, dict) else None
+        if kind == "create":
+            return replace(req, json=rest)
+        if kind != "continue":
+            return anthropic_error(400, "thread.type: Input should be 'create' or 'continue'")
+        repeated = [f for f in THREAD_CREATE_ONLY if f in body]
+        if repeated:
+            return anthropic_error(400, f"{repeated[0]}: leave it out of a thread's continue request")
+        previous = thread.get("previous_message_id")
+        with self._lock:
+            kept = self._kept.get(previous)
+            continued = previous in self._continued
+        if continued:
+            return thread_error(400, "thread_already_continued", f"thread {previous} was continued already")
+        if kept is None:
+            return thread_error(404, "thread_not_found", f"no thread for previous_message_id {previous}")
+        return replace(req, json={**kept, **rest, "messages": kept["messages"] + list(rest["messages"])})
+
+    def keep(self, req: Recorded, asked: Recorded, n: int) -> None:
+        """After a default 200 answer to a thread request: its conversation and reply, kept under the reply's id."""
+        thread = req.json.get("thread") if isinstance(req.json, dict) else None
+        if not isinstance(thread, dict):
+            return
+        body = asked.json
+        reply = anthropic_message(body, n, str(body.get("model")))
+        kept = {k: body[k] for k in ("system", "tools") if k in body}
+        kept["messages"] = [*body["messages"], {"role": "assistant", "content": reply["content"]}]
+        with self._lock:
+            if thread.get("type") == "continue":
+                self._continued.add(thread.get("previous_message_id"))
+            self._kept[reply["id"]] = kept
+
+
 # Server-side compaction (``context_management.edits`` of type ``compact_…``): the summary is a sampling
 # step of its own, which Anthropic bills but leaves out of the top-level usage: only ``usage.iterations``
 # (its ``compaction`` entry beside the ``message`` one) counts it.
@@ -1632,14 +1709,25 @@ def _background_look(call: Call, response_id: str, action: str | None) -> Reply:
         response = {**response, "id": response_id, "background": True, "service_tier": tier}  # the tier that served it
         RESPONSES_STATE.responses[response_id] = (response, items)
     if call.req.query.get("stream") == "true" and not action:
-        running = {**response, "status": "in_progress", "usage": None}
-
-        def event(kind: str, seq: int, obj: dict) -> str:
-            return f"event: {kind}\ndata: " + _dumps({"type": kind, "sequence_number": seq, "response": obj})
-
-        events = [event("response.in_progress", 0, running), event("response.completed", 1, response)]
-        return Reply(sse=events)
+        return Reply(sse=background_replay(body, n, response, call.req.query.get("starting_after")))
     return Reply(json=response)
+
+
+def background_replay(body: dict, n: int, response: dict, starting_after: str | None) -> list[str]:
+    """A background response's stream as OpenAI replays it (``GET …?stream=true``): every event from
+    ``response.created`` (sequence 0), or those after ``starting_after``; its response objects the
+    stored one's (id, ``background``, tier), ``response.completed`` carrying it whole."""
+    after = int(starting_after) if starting_after is not None else -1
+    names = {k: response[k] for k in ("id", "background", "service_tier")}
+    events = []
+    for block in responses_stream(body, n, response["model"]):
+        kind, data = block.split("\n", 1)[0].removeprefix("event: "), jsonlib.loads(block.split("data: ", 1)[1])
+        if data["sequence_number"] <= after:
+            continue
+        if "response" in data:
+            data["response"] = response if kind == "response.completed" else {**data["response"], **names}
+        events.append(_event(kind, data))
+    return events
 
 
 def _stored_response(call: Call, scripted: Reply | None) -> Reply:
@@ -3711,7 +3799,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         reply = self._resolve(req, n, scripted)
         if scripted is not None and scripted.held is not None and scripted.held_after is None:
             self._gate(scripted, scripted.held)
-        headers = {"x-request-id": f"req_mock_{n}", "request-id": f"req_mock_{n}"}
+        # the request id as each provider names it: Anthropic's ``request-id``, OpenAI's ``x-request-id``
+        headers = {"request-id" if "anthropic-version" in req.headers else "x-request-id": f"req_mock_{n}"}
         for extra in (reply.headers, scripted.headers if scripted else {}):
             headers.update({name.lower(): value for name, value in extra.items()})
         cut = scripted.cut_after if scripted else None
@@ -3757,12 +3846,17 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def _resolve(self, req: Recorded, n: int, scripted: Reply | None) -> Reply:
         """The reply to send: the provider's refusal of a request it would refuse whatever it
         answers (reasoning state not sent back), scripted content, else the route's default."""
-        refusal = self._refusal(req)
+        asked = self.server.mock.threads.expand(req)
+        if isinstance(asked, Reply):
+            return asked
+        refusal = self._refusal(asked)
         if refusal is not None:
             return refusal
-        reply = self._reply(req, n, scripted)
+        reply = self._reply(asked, n, scripted)
         if GEMINI_PATH.match(req.path) and reply.status == 200:
             self.server.mock._note_signatures(gemini_signatures(reply))
+        if reply.status == 200 and not (scripted is not None and scripted.has_content()):
+            self.server.mock.threads.keep(req, asked, n)
         return reply
 
     def _refusal(self, req: Recorded) -> Reply | None:
@@ -4132,6 +4226,7 @@ class MockUpstream:
         self._signed: dict[tuple[str, str], str] = {}  # Gemini 3 function calls answered, and their signatures
         self.realtime_done: list[dict] = []  # every Realtime response.done sent, oldest first
         self.realtime_asked: list[tuple[str, dict]] = []  # each response begun: its OpenAI-Beta, its ask
+        self.threads = MessageThreads()  # Anthropic's message threads
 
     # -- lifecycle
 

@@ -294,9 +294,10 @@ def test_client_disconnect_is_quiet(mock: MockUpstream, capfd: pytest.CaptureFix
 
 
 def test_anthropic_message_and_stream_order(mock: MockUpstream) -> None:
-    resp, raw, _ = call(mock, "POST", "/v1/messages", {"model": "claude-x", "max_tokens": 10})
+    ask = {"model": "claude-x", "max_tokens": 10}
+    resp, raw, _ = call(mock, "POST", "/v1/messages", ask, headers={"anthropic-version": "2023-06-01"})
     body = json.loads(raw)
-    assert resp.getheader("request-id").startswith("req_mock_")
+    assert resp.getheader("request-id").startswith("req_mock_") and resp.getheader("x-request-id") is None
     assert body["type"] == "message" and body["content"] == [{"type": "text", "text": "Hello from mock"}]
     assert body["usage"]["input_tokens"] == 12 and body["stop_reason"] == "end_turn"
 

@@ -131,7 +131,11 @@ CHAT_FIELDS: dict[str, Field] = {
     "temperature": Field(TRANSLATED, "temperature"),
     "top_p": Field(TRANSLATED, "top_p"),
     "stop": Field(TRANSLATED, "stop_sequences"),
-    "tools": Field(TRANSLATED, "tools with input_schema; a tool's cache_control (on it or its function) → on the tool"),
+    "tools": Field(
+        TRANSLATED,
+        "tools with input_schema; a function's strict: true → the tool's (strict tool use); a tool's cache_control"
+        " (on it or its function) → on the tool",
+    ),
     "tool_choice": Field(
         TRANSLATED,
         "tool_choice auto/none/any/tool; allowed_tools → only those tools sent, with auto/any (a turn whose tools"
@@ -429,6 +433,8 @@ def translate_tools(tools: Any) -> list[dict]:
         entry = {"name": fn["name"], "input_schema": fn.get("parameters") or {"type": "object", "properties": {}}}
         if fn.get("description"):
             entry["description"] = fn["description"]
+        if fn.get("strict") is True:  # strict tool use: Claude's input then fits the schema, as OpenAI's does
+            entry["strict"] = True
         mark = tool_mark(tool, fn)
         if mark is not None:
             entry["cache_control"] = mark

@@ -28,6 +28,9 @@ Field table (Messages → chat):
   sends it, and a chat provider has no such context: the conversation goes as the client sent it).
 - ``top_k`` → the chat ``top_k`` a Gemini provider takes (``generationConfig.topK``; OpenCode sends
   Gemini models 64); refused for the other kinds, whose chat APIs have no such field.
+- ``thread`` (a message thread: Anthropic keeps the conversation) → refused as Anthropic refuses a request
+  Threads cannot take (``error.details.error_code`` ``thread_unsupported_request``): the SDK then sends the
+  whole conversation without it.
 - refused: any other field, block or tool type.
 
 Answers: reasoning text (``reasoning_content``) becomes a ``thinking`` block; a tool call's Gemini
@@ -96,6 +99,21 @@ def unsupported(param: str, what: str) -> ProxyError:
     return ProxyError(400, message, param=param, code="unsupported_parameter")
 
 
+THREAD_UNSUPPORTED = "thread_unsupported_request"
+
+
+def thread_unsupported() -> ProxyError:
+    """The 400 for a message thread (``thread``: Anthropic keeps the conversation and the client sends
+    only its new messages), which a chat provider cannot hold, in the shape Anthropic refuses a request
+    Threads cannot take: its ``error.details.error_code`` tells the anthropic SDK (its tool runner threads
+    by default) to send the whole conversation again without ``thread``, where a plain 400 ended the run."""
+    message = (
+        "thread: message threads are not supported for this provider (it speaks Chat Completions, not Messages);"
+        " send the full conversation without 'thread'"
+    )
+    return ProxyError(400, message, param="thread", code=THREAD_UNSUPPORTED, details={"error_code": THREAD_UNSUPPORTED})
+
+
 def invalid(param: str, message: str) -> ProxyError:
     return ProxyError(400, message, param=param, code="invalid_request")
 
@@ -111,6 +129,8 @@ def to_chat(body: dict, kind: str = "openai", provider: str | None = None) -> di
     """A Messages request body → the Chat Completions body for provider ``provider`` (a name) of ``kind``."""
     if not isinstance(body, dict):
         raise invalid("body", "the request body must be a JSON object")
+    if present(body, "thread"):
+        raise thread_unsupported()
     for key in body:
         if key not in KNOWN_FIELDS and key not in IGNORED_FIELDS and present(body, key):
             if key not in KIND_FIELDS.get(kind, ()):
