@@ -26,7 +26,19 @@ from conftest import ServerProcess, mock_env, wait_for
 from mock_upstream import THINKING_SIGNATURE, THINKING_TEXT, Reply, anthropic_blocks_stream
 from module_helpers import key_traces, new_key
 from rawhttp import connect, read_until_close, statuses
-from test_stream_relay import END, Provider, Relayed, chunk, closed_by_us, event, read_payload, relay_one, unframe
+from test_stream_relay import (  # noqa: F401 (pool, provider: the fixtures)
+    END,
+    Provider,
+    Relayed,
+    chunk,
+    closed_by_us,
+    event,
+    pool,
+    provider,
+    read_payload,
+    relay_one,
+    unframe,
+)
 
 from stockyard.errors import ClientGone
 from stockyard.streamrelay import PROBE, StreamRelay
@@ -620,20 +632,6 @@ def anthropic_client(server: ServerProcess, key: tuple[str, str]) -> anthropic.A
 
 
 # --------------------------------------------------------------------------- the relay's watch on its client
-
-
-@pytest.fixture
-def provider() -> Iterator[Provider]:
-    p = Provider()
-    yield p
-    p.listener.close()
-
-
-@pytest.fixture
-def pool() -> Iterator[Pool]:
-    p = Pool(connect_timeout=5, read_timeout=5)
-    yield p
-    p.close()
 
 
 def sse_relayed(pool: Pool, provider: Provider) -> Relayed:
