@@ -3,9 +3,11 @@ with the right status — never a 500, a traceback, or a lost trace."""
 
 from __future__ import annotations
 
+import io
 import json
 import socket
 
+import openai
 import pytest
 from conftest import ServerProcess, mock_env, wait_for
 from hypothesis import HealthCheck, given, settings
@@ -131,6 +133,9 @@ def test_upstream_reset_is_502_after_one_stale_retry(server, mock):
 def test_a_get_on_a_reused_connection_that_closes_unanswered_goes_once_more(server, mock):
     """A GET may go twice (idempotent): on a reused connection that closes before any answer (it may
     have been stale), it is sent once more on a new one, never more."""
+    openai.OpenAI(base_url=server.url + "/v1", api_key="open-mode", max_retries=0).files.create(
+        file=("held.jsonl", io.BytesIO(b"{}\n")), purpose="batch"
+    )  # a listing of none of the owner's would not ask the provider
     server.request("GET", "/v1/files")  # pool warm (the listing asks the provider)
     mock.clear()
     mock.enqueue(Reply(reset=True), Reply(reset=True), Reply(reset=True))
