@@ -268,14 +268,14 @@ def report_times(b: Bench) -> list[Row]:
         Row(f"cost report {name}", f"{ms:.1f} ms", f"<= {REPORT_MAX_MS:g} ms", ms <= REPORT_MAX_MS)
         for name, ms in times.items()
     ]
-    pages, got, slowest, took = walk_report(path)
+    pages, got, page_ms, all_ms = walk_report(path)
     rows.append(
         Row(
             "cost report by=day,user, all 90 days, every page",
-            f"{slowest:.1f} ms",
+            f"{page_ms:.1f} ms",
             f"<= {REPORT_MAX_MS:g} ms",
-            slowest <= REPORT_MAX_MS,
-            f"the slowest of {pages} pages ({got:,} rows, {took:.0f} ms in all)",
+            page_ms <= REPORT_MAX_MS,
+            f"the slowest of {pages} pages ({got:,} rows, {all_ms:.0f} ms in all)",
         )
     )
     rows.append(
