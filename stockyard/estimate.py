@@ -171,9 +171,10 @@ def _repeats(event: bytes) -> bool:
 def input_tokens(ctx: RequestContext) -> int:
     """The client's body, and the stored items Stockyard sends with it (``history_tokens``: the
     conversation a Responses ``previous_response_id`` continues, a ``conversation``'s items, the
-    items ``item_reference``s name)."""
+    items ``item_reference``s name), or that the provider keeps and bills as input with it (the
+    message thread an Anthropic ``thread`` continue names: ``thread_tokens``)."""
     history = ctx.conversation.history_tokens if ctx.conversation is not None else 0
-    return text_tokens(ctx.raw) + history
+    return text_tokens(ctx.raw) + history + ctx.thread_tokens
 
 
 def _largest(body: dict) -> tuple[int | None, int | None]:
