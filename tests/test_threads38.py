@@ -113,6 +113,9 @@ def test_another_keys_thread_and_a_made_up_one_are_the_same_404_unasked(
     columns = ("endpoint", "status", "provider")
     rows = wait_for(lambda: (found := key_traces(server, "bob", columns)) and len(found) >= 6 and found)
     assert rows == [{"endpoint": e, "status": 404, "provider": None} for e in ["messages"] * 2 + ["count_tokens"]] * 2
+    with pytest.raises(anthropic.NotFoundError):  # a create naming a reply is held to the key's as well
+        create(server, "bob", thread={"type": "create", "previous_message_id": alices})
+    assert mock.requests[before:] == []
     assert create(server, "bob").id != alices  # bob's own thread
 
 
