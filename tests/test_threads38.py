@@ -245,3 +245,22 @@ def test_open_mode_is_one_owner(pyz_path, cache_home, mock, tmp_path_factory) ->
     finally:
         srv.stop()
     assert "Traceback" not in srv.log
+
+
+def test_a_threads_size_is_a_count_not_bytes_for_the_long_context_tier() -> None:
+    """The kept size is Anthropic's own count: a long-context tier (Claude Sonnet 4.5 above 200k tokens)
+    is chosen by it as it is, not by the most a tokenizer could make of bytes (a token a byte), which
+    would have held a 60k-token thread's continue at the tier's double rates."""
+    from stockyard.context import RequestContext
+    from stockyard.estimate import request_cost
+    from stockyard.pricing import Price
+
+    tier = Price(input=6_000_000, cached_input=600_000, cache_write=7_500_000, output=22_500_000)
+    price = Price(3_000_000, 300_000, 3_750_000, 15_000_000, long_context_above=200_000, long_context=tier)
+    body = {"model": "claude-sonnet-4-5", "max_tokens": 10, "messages": MORE, "thread": go_on("msg_1")}
+    ctx = RequestContext("messages", "anthropic", "127.0.0.1", {}, raw=json.dumps(body).encode(), body=body)
+    alone = request_cost(ctx, price, 4096)
+    ctx.thread_tokens = 60_000
+    assert request_cost(ctx, price, 4096) == alone + 60_000 * 3_750_000 // 1_000_000  # the dearest standard rate
+    ctx.thread_tokens = 210_000  # above the tier: every token at its rates
+    assert request_cost(ctx, price, 4096) > (210_000 * 7_500_000 + 10 * 22_500_000) // 1_000_000
