@@ -406,7 +406,7 @@ class Owned:
     key_id: str
     provider: str
     billed: bool
-    tokens: int | None = None  # a Gemini context cache's tokens (None: not known)
+    tokens: int | None = None  # a Gemini context cache's tokens, a message thread's size (None: not known)
     pages: int | None = None  # an uploaded PDF's pages (pdfpages.PageCounter; None: not a PDF, or not counted)
 
 
