@@ -393,6 +393,12 @@ class RequestContext:
     # write here rather than waiting for it, and the relay holds the bytes converted with it until
     # it is committed (streamrelay: the other streams go on meanwhile)
     claims_deferred: list[Future] | None = None
+    # Anthropic's message threads (files_api.Ownership.check_anthropic_objects): the conversation the reply a
+    # ``thread`` continue names holds, in tokens, which Anthropic bills as this request's input (the worst case
+    # counts it: estimate.input_tokens); and kept(reply id, tokens), which the native adapter calls with each
+    # reply of a thread request before it goes on, so the key may continue it (and no other key)
+    thread_tokens: int = 0
+    thread_kept: Callable[[str, int], None] | None = None
     # writes that keep what the answer made (a stored response's row, a conversation's new turn), left
     # to the writer without holding the client's bytes: (what they keep, their future); the request
     # thread waits for them before its trace, which notes a failure (Conversations.settle)

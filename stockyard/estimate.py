@@ -171,9 +171,10 @@ def _repeats(event: bytes) -> bool:
 def input_tokens(ctx: RequestContext) -> int:
     """The client's body, and the stored items Stockyard sends with it (``history_tokens``: the
     conversation a Responses ``previous_response_id`` continues, a ``conversation``'s items, the
-    items ``item_reference``s name)."""
+    items ``item_reference``s name), or that the provider keeps and bills as input with it (the
+    message thread an Anthropic ``thread`` continue names: ``thread_tokens``)."""
     history = ctx.conversation.history_tokens if ctx.conversation is not None else 0
-    return text_tokens(ctx.raw) + history
+    return text_tokens(ctx.raw) + history + ctx.thread_tokens
 
 
 def _largest(body: dict) -> tuple[int | None, int | None]:
@@ -512,8 +513,8 @@ def request_cost(
     Gemini: ``pdfpages.held_pdf_tokens``)."""
     conv, walk = ctx.conversation, put_in(ctx)
     images = image_tokens(ctx.body, ctx.raw, price, walk, conv.history_images if conv is not None else 0)
-    text = input_tokens(ctx) + sent_back
-    inputs = text + images + fetched_tokens(ctx.body) + media
+    text = input_tokens(ctx) - ctx.thread_tokens + sent_back  # a thread's size is a count, not bytes: not in text
+    inputs = text + ctx.thread_tokens + images + fetched_tokens(ctx.body) + media
     outputs = output_tokens(ctx, output_ceiling(price, default_max_tokens))
     long_writes = asks_long_cache(ctx.body, ctx.raw, walk)
     most = most_tokens(inputs, text)

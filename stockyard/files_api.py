@@ -47,12 +47,14 @@ from .objectrefs import (
     ANTHROPIC_FILE,
     CACHE_FIELDS,
     FILE_PREFIX,
+    MESSAGE_THREAD,
     anthropic_container,
     anthropic_container_not_found,
     anthropic_file_not_found,
     cache_id_of,
     cache_not_found,
     check_store_ids,
+    continued_message,
     file_not_found,
     file_uri_id,
     first_places,
@@ -66,6 +68,7 @@ from .objectrefs import (
     referenced_files,
     referenced_gemini_files,
     referenced_vector_stores,
+    thread_not_found,
 )
 from .pdfpages import count_pages, uploaded_pages
 from .providers import AZURE_API_VERSION, Provider, Registry, media
@@ -372,6 +375,23 @@ class LineTap:
 # -- ownership ------------------------------------------------------------------------------------
 
 
+def _keeping_thread(message_id: str, owner: str, provider: str, tokens: int) -> Callable[[sqlite3.Connection], None]:
+    """The write job that records a message thread's reply as ``owner``'s with the ``tokens`` the thread
+    holds after it, or sets them on ``owner``'s row (a stream's start recorded its worst case, its end the
+    count); a reply id another key holds keeps its owner and size."""
+    insert = (
+        "INSERT OR IGNORE INTO owned_objects (id, kind, key_id, provider, created_at, tokens) VALUES (?, ?, ?, ?, ?, ?)"
+    )
+    update = "UPDATE owned_objects SET tokens = ? WHERE id = ? AND kind = ? AND key_id = ?"
+    row = (message_id, MESSAGE_THREAD, owner, provider, int(time.time() * 1000), tokens)
+
+    def job(conn: sqlite3.Connection) -> None:
+        if conn.execute(insert, row).rowcount != 1:
+            conn.execute(update, (tokens, message_id, MESSAGE_THREAD, owner))
+
+    return job
+
+
 def _inserting_new(ids: list[str], kind: str, owner: str, provider: str) -> Callable[[sqlite3.Connection], None]:
     """The write job that records ``ids`` as ``owner``'s, one held already keeping its owner."""
     now = int(time.time() * 1000)
@@ -386,7 +406,7 @@ class Owned:
     key_id: str
     provider: str
     billed: bool
-    tokens: int | None = None  # a Gemini context cache's tokens (None: not known)
+    tokens: int | None = None  # a Gemini context cache's tokens, a message thread's size (None: not known)
     pages: int | None = None  # an uploaded PDF's pages (pdfpages.PageCounter; None: not a PDF, or not counted)
 
 
@@ -504,7 +524,7 @@ class Ownership:
         code execution tool writes for this call and the container it runs in are claimed for the
         key (``ctx.claim_made``, which the native adapter calls before the answer naming them goes
         on), in open mode too: on the stream relay's thread left to the writer (``ctx.claims_deferred``),
-        the stream's bytes held until it is committed."""
+        the stream's bytes held until it is committed. A message thread (:meth:`check_thread`) alike."""
         owner = owner_of(ctx)
 
         def claim(kind: str, ids: set[str]) -> None:
@@ -518,12 +538,44 @@ class Ownership:
 
         ctx.claim_made = claim
         self.require_anthropic_container(ctx.body, None if ctx.key is None else owner)
+        self.check_thread(ctx, owner)
         if ctx.key is None:  # open mode: one owner
             return
         if may_name_file_url(ctx.raw):  # a URL source goes to an OpenAI-compatible Google endpoint as a part's URL
             ctx.pdf_pages.update(self.gemini_files_by_url(ctx.body, owner))
         if may_name(ctx.raw, b"file_id"):
             ctx.pdf_pages.update(self.require_anthropic_files(ctx.body, owner))
+
+    def check_thread(self, ctx: RequestContext, owner: str) -> None:
+        """A Messages call's ``thread`` (Anthropic's message threads: it keeps the conversation under each
+        reply's id, and a ``continue`` names the reply it goes on from) may continue only a reply this key
+        had (in open mode: the one owner's): Anthropic sees one owner, Stockyard's provider key, and would go
+        on from any key's conversation. Another key's, or one Stockyard never recorded, is Anthropic's
+        ``thread_not_found`` 404 here, before any module or provider call (its SDK then sends the whole
+        conversation under a new thread). The conversation it continues is billed as the call's input:
+        its size goes on ``ctx.thread_tokens`` for the worst case. A thread request's replies are recorded
+        as the key's with that size (``ctx.thread_kept``, which the native adapter calls before the reply
+        naming it goes on; on the stream relay's thread left to the writer, as claims are)."""
+        previous = continued_message(ctx.body)
+        if previous is not None:
+            owned = self.find(previous, MESSAGE_THREAD, owner)
+            if owned is None:
+                raise thread_not_found(previous)
+            ctx.thread_tokens = owned.tokens or 0
+        if ctx.endpoint != "messages" or ctx.body.get("thread") is None:
+            return
+
+        def kept(message_id: str, tokens: int) -> None:
+            provider = ctx.attempt.provider
+            if provider is None or not storable(message_id):
+                return
+            job = _keeping_thread(message_id, owner, provider.name, tokens)
+            if ctx.claims_deferred is not None:
+                ctx.claims_deferred.append(self._store.write_later(job, queue_wait=0.0))
+            else:
+                self._store.write(job)
+
+        ctx.thread_kept = kept
 
     def require_anthropic_container(self, body: object, owner: str | None, where: str = "") -> None:
         """The container a Messages body names (``objectrefs.anthropic_container``: a malformed one is

@@ -63,6 +63,7 @@ from .pricing import WEB_SEARCH_UC
 from .providers import Provider
 from .providers.anthropic import auth_headers, base_path
 from .providers.anthropic import headers as anthropic_headers
+from .providers.messages import THREAD_UNSUPPORTED
 from .proxy import Reply, RequestPath, checked_model_name
 
 log = logging.getLogger("stockyard.message_batches")
@@ -100,6 +101,15 @@ def not_found(batch_id: str) -> ProxyError:
 
 def invalid(message: str, code: str = "invalid_request") -> ProxyError:
     return ProxyError(400, message, code=code)
+
+
+def thread_in_batch(i: int) -> ProxyError:
+    """A batch request's ``thread`` is refused as Anthropic refuses a request Threads cannot take
+    (``details.error_code``): a batch's results come back long after, unread by the key's requests, so
+    Stockyard could neither hold a continue to the key's own threads and their size nor record its reply."""
+    param = f"requests.{i}.params.thread"
+    message = f"{param}: message threads are not taken in a message batch; send the full conversation without 'thread'"
+    return ProxyError(400, message, param=param, code=THREAD_UNSUPPORTED, details={"error_code": THREAD_UNSUPPORTED})
 
 
 def anthropic_output(provider: Provider, batch_id: str) -> BatchOutput:
@@ -269,6 +279,8 @@ class MessageBatches(ProviderCalls):
             raise invalid(f"requests.{i}.params.model: {exc.message}", exc.code or "invalid_model") from None
         if "max_tokens" not in params or params["max_tokens"] is None:
             raise invalid(f"requests.{i}.params.max_tokens: is required")
+        if params.get("thread") is not None:
+            raise thread_in_batch(i)
         return params
 
     def _route(

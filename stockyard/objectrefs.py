@@ -333,3 +333,39 @@ def anthropic_container(body: object, where: str = "") -> str | None:
 def anthropic_container_not_found(container_id: str, where: str = "") -> ProxyError:
     """Anthropic's 404 for a container, the same for one that does not exist and for another key's."""
     return ProxyError(404, f"{where}Container not found: {container_id[:200]}", param="container", code="not_found")
+
+
+MESSAGE_THREAD = "message_thread"  # a message thread's reply in owned_objects: the key that may continue it
+THREAD_TYPES = ("create", "continue")
+
+
+def continued_message(body: object) -> str | None:
+    """The reply a Messages body's ``thread`` continues (``{"type": "continue", "previous_message_id": …}``;
+    Anthropic keeps the conversation under that reply's id), None for no thread or a new one. Any other
+    shape is Anthropic's 400, in open mode too: a ``type`` Stockyard does not know might name a reply
+    it does not check."""
+    thread = body.get("thread") if isinstance(body, dict) else None
+    if thread is None:
+        return None
+    if not isinstance(thread, dict) or thread.get("type") not in THREAD_TYPES:
+        message = "thread.type: Input should be 'create' or 'continue'"
+        raise ProxyError(400, message, param="thread.type", code="invalid_request")
+    previous = thread.get("previous_message_id")
+    if thread["type"] == "create" and previous is None:
+        return None
+    if not isinstance(previous, str) or not previous:
+        message = "thread.previous_message_id: must be the id of a reply of this thread (a non-empty string)"
+        raise ProxyError(400, message, param="thread.previous_message_id", code="invalid_request")
+    return previous
+
+
+def thread_not_found(message_id: str) -> ProxyError:
+    """Anthropic's 404 for a thread, the same for one that does not exist and for another key's: its
+    ``details.error_code`` tells the SDK to send the whole conversation again under a new thread."""
+    return ProxyError(
+        404,
+        f"thread.previous_message_id: no thread found for {message_id[:200]}",
+        param="thread.previous_message_id",
+        code="not_found",
+        details={"error_code": "thread_not_found"},
+    )

@@ -23,7 +23,7 @@ from urllib.parse import parse_qs
 
 from ..context import RequestContext
 from ..errors import ProxyError
-from ..estimate import WEB_SEARCH_USES, text_tokens, web_search_uses
+from ..estimate import WEB_SEARCH_USES, input_tokens, output_tokens, text_tokens, web_search_uses
 from ..httpio import json_bytes
 from ..objectrefs import ANTHROPIC_CONTAINER, ANTHROPIC_FILE, written_files
 from ..pricing import MAX_SEARCHES, WEB_SEARCH_UC, Usage
@@ -1165,6 +1165,28 @@ def claim_container(ctx: RequestContext, container: Any) -> None:
         ctx.claim_made(ANTHROPIC_CONTAINER, {container["id"]})
 
 
+def thread_size(ctx: RequestContext, usage: Any, final: bool = True) -> int:
+    """The tokens a message thread holds after this reply, which its next ``continue`` is billed as input
+    at least: the reply's input (cache reads and writes too) and output, as its usage counts them. Before
+    the ``final`` count (a stream's start) the output is the request's cap; without a readable usage the
+    input is Stockyard's estimate: never less than the thread may hold."""
+    seen = readable_usage(usage)
+    cap = output_tokens(ctx, ctx.default_output_cap)
+    if not seen:
+        return input_tokens(ctx) + cap
+    names = ("input_tokens", "cache_read_input_tokens", "cache_creation_input_tokens")
+    prompt = sum(seen.get(name, 0) for name in names)
+    return prompt + (seen.get("output_tokens", 0) if final else cap)
+
+
+def keep_thread(ctx: RequestContext, message: dict, usage: Any, final: bool = True) -> None:
+    """A thread request's reply (its ``id``: a whole answer's, a stream's ``message_start``) becomes the
+    key's with the thread's size (``ctx.thread_kept``) before it goes on: the key may continue it, no other."""
+    reply_id = message.get("id")
+    if ctx.thread_kept is not None and isinstance(reply_id, str) and reply_id:
+        ctx.thread_kept(reply_id, thread_size(ctx, usage, final))
+
+
 class AnthropicNativeAdapter(Adapter):
     """Anthropic-dialect clients to an Anthropic provider: bytes pass through untouched, but for
     the thinking blocks Stockyard made (and thinking, when the tool loop is left without one)."""
@@ -1197,6 +1219,7 @@ class AnthropicNativeAdapter(Adapter):
             ctx.attempt.serve(message.get("model"), message.get("id"))
             claim_written(ctx, message.get("content"), body)
             claim_container(ctx, message.get("container"))
+            keep_thread(ctx, message, message.get("usage"))
             ctx.attempt.serve_claude(message.get("usage"))
             if readable_usage(message.get("usage")):
                 ctx.attempt.usage = with_searches(Usage.from_anthropic(message["usage"]), searches_in(message))
@@ -1213,6 +1236,7 @@ class AnthropicNativeStream(StreamTranslator):
         self.ctx = ctx
         self.usage: dict = {}
         self.searched = 0  # web searches that returned results (each billed, whatever the usage says)
+        self.message: dict = {}  # message_start's message: a thread's reply, sized again by message_delta
 
     def feed(self, event: bytes) -> list[bytes]:
         data = sse_data(event)
@@ -1229,6 +1253,8 @@ class AnthropicNativeStream(StreamTranslator):
             self.ctx.attempt.serve(message.get("model"), message.get("id"))
             claim_container(self.ctx, message.get("container"))
             take_usage(self.ctx, self.usage, message.get("usage"), self.searched)
+            self.message = message
+            keep_thread(self.ctx, message, self.usage, final=False)
         elif kind == "content_block_start" and search_ran(payload.get("content_block")):
             self.searched += 1
             take_usage(self.ctx, self.usage, {}, self.searched)
@@ -1238,6 +1264,8 @@ class AnthropicNativeStream(StreamTranslator):
             delta = payload.get("delta")
             claim_container(self.ctx, delta.get("container") if isinstance(delta, dict) else None)
             take_usage(self.ctx, self.usage, payload.get("usage"), self.searched, final=True)
+            if readable_usage(payload.get("usage")):
+                keep_thread(self.ctx, self.message, self.usage)
         elif kind == "message_stop":
             self.complete = True
         elif kind == "error":
