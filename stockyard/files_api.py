@@ -375,19 +375,26 @@ class LineTap:
 # -- ownership ------------------------------------------------------------------------------------
 
 
-def _keeping_thread(message_id: str, owner: str, provider: str, tokens: int) -> Callable[[sqlite3.Connection], None]:
+def _keeping_thread(
+    message_id: str, owner: str, provider: str, tokens: int, continued: str | None
+) -> Callable[[sqlite3.Connection], None]:
     """The write job that records a message thread's reply as ``owner``'s with the ``tokens`` the thread
     holds after it, or sets them on ``owner``'s row (a stream's start recorded its worst case, its end the
-    count); a reply id another key holds keeps its owner and size."""
+    count); a reply id another key holds keeps its owner and size. The reply it ``continued`` goes:
+    Anthropic lets a reply be continued once, so a thread keeps one row, not one a turn (a second
+    continue of it is the unknown reply's 404, after which the SDK sends the whole conversation)."""
     insert = (
         "INSERT OR IGNORE INTO owned_objects (id, kind, key_id, provider, created_at, tokens) VALUES (?, ?, ?, ?, ?, ?)"
     )
     update = "UPDATE owned_objects SET tokens = ? WHERE id = ? AND kind = ? AND key_id = ?"
+    delete = "DELETE FROM owned_objects WHERE id = ? AND kind = ? AND key_id = ?"
     row = (message_id, MESSAGE_THREAD, owner, provider, int(time.time() * 1000), tokens)
 
     def job(conn: sqlite3.Connection) -> None:
         if conn.execute(insert, row).rowcount != 1:
             conn.execute(update, (tokens, message_id, MESSAGE_THREAD, owner))
+        if continued is not None and continued != message_id:
+            conn.execute(delete, (continued, MESSAGE_THREAD, owner))
 
     return job
 
@@ -569,7 +576,7 @@ class Ownership:
             provider = ctx.attempt.provider
             if provider is None or not storable(message_id):
                 return
-            job = _keeping_thread(message_id, owner, provider.name, tokens)
+            job = _keeping_thread(message_id, owner, provider.name, tokens, previous)
             if ctx.claims_deferred is not None:
                 ctx.claims_deferred.append(self._store.write_later(job, queue_wait=0.0))
             else:

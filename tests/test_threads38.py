@@ -86,6 +86,11 @@ def test_a_thread_goes_on_reply_after_reply_for_its_key(server: ServerProcess, m
     sent = [r.json for r in mock.requests if r.path.endswith("/v1/messages")][-3:]
     assert [b["thread"] for b in sent] == [CREATE, go_on(first.id), go_on(second.id)]  # passed through
     assert thread_row(server, third.id) == {"kind": "message_thread", "name": "alice", "tokens": 12 + 5}
+    assert thread_row(server, first.id) is None and thread_row(server, second.id) is None  # one row a thread
+    before = len(mock.requests)
+    with pytest.raises(anthropic.NotFoundError) as failure:  # a reply continued already: Anthropic's is a 400
+        create(server, "alice", messages=MORE, thread=go_on(first.id))
+    assert error_of(failure)["details"] == {"error_code": "thread_not_found"} and mock.requests[before:] == []
 
 
 def test_another_keys_thread_and_a_made_up_one_are_the_same_404_unasked(
