@@ -47,6 +47,7 @@ from .objectrefs import (
     ANTHROPIC_FILE,
     CACHE_FIELDS,
     FILE_PREFIX,
+    MESSAGE_REPLY,
     MESSAGE_THREAD,
     anthropic_container,
     anthropic_container_not_found,
@@ -55,6 +56,7 @@ from .objectrefs import (
     cache_not_found,
     check_store_ids,
     continued_message,
+    diagnosed_message,
     file_not_found,
     file_uri_id,
     first_places,
@@ -399,6 +401,24 @@ def _keeping_thread(
     return job
 
 
+def _keeping_reply(
+    message_id: str, owner: str, provider: str, named: str | None
+) -> Callable[[sqlite3.Connection], None]:
+    """The write job that records the reply to a request opting in to diagnostics as ``owner``'s (a
+    later request's ``diagnostics.previous_message_id`` may name it); the reply that request ``named``
+    goes, as a thread's continued reply does: a key's diagnostics keep one row, not one a turn."""
+    insert = "INSERT OR IGNORE INTO owned_objects (id, kind, key_id, provider, created_at) VALUES (?, ?, ?, ?, ?)"
+    delete = "DELETE FROM owned_objects WHERE id = ? AND kind = ? AND key_id = ?"
+    row = (message_id, MESSAGE_REPLY, owner, provider, int(time.time() * 1000))
+
+    def job(conn: sqlite3.Connection) -> None:
+        conn.execute(insert, row)
+        if named is not None and named != message_id:
+            conn.execute(delete, (named, MESSAGE_REPLY, owner))
+
+    return job
+
+
 def _inserting_new(ids: list[str], kind: str, owner: str, provider: str) -> Callable[[sqlite3.Connection], None]:
     """The write job that records ``ids`` as ``owner``'s, one held already keeping its owner."""
     now = int(time.time() * 1000)
@@ -562,27 +582,51 @@ class Ownership:
         conversation under a new thread). The conversation it continues is billed as the call's input:
         its size goes on ``ctx.thread_tokens`` for the worst case. A thread request's replies are recorded
         as the key's with that size (``ctx.thread_kept``, which the native adapter calls before the reply
-        naming it goes on; on the stream relay's thread left to the writer, as claims are)."""
+        naming it goes on; on the stream relay's thread left to the writer, as claims are), and so are the
+        replies of a request carrying ``diagnostics``, whose ``previous_message_id`` is held alike
+        (:meth:`check_diagnosed`)."""
         previous = continued_message(ctx.body)
         if previous is not None:
             owned = self.find(previous, MESSAGE_THREAD, owner)
             if owned is None:
                 raise thread_not_found(previous)
             ctx.thread_tokens = owned.tokens or 0
-        if ctx.endpoint != "messages" or ctx.body.get("thread") is None:
+        named = self.check_diagnosed(ctx, owner)
+        threaded, diagnosed = ctx.body.get("thread") is not None, ctx.body.get("diagnostics") is not None
+        if ctx.endpoint != "messages" or not (threaded or diagnosed):
             return
 
         def kept(message_id: str, tokens: int) -> None:
             provider = ctx.attempt.provider
             if provider is None or not storable(message_id):
                 return
-            job = _keeping_thread(message_id, owner, provider.name, tokens, previous)
+            jobs = [_keeping_thread(message_id, owner, provider.name, tokens, previous)] if threaded else []
+            jobs += [_keeping_reply(message_id, owner, provider.name, named)] if diagnosed else []
+
+            def job(conn: sqlite3.Connection) -> None:
+                for each in jobs:
+                    each(conn)
+
             if ctx.claims_deferred is not None:
                 ctx.claims_deferred.append(self._store.write_later(job, queue_wait=0.0))
             else:
                 self._store.write(job)
 
         ctx.thread_kept = kept
+
+    def check_diagnosed(self, ctx: RequestContext, owner: str) -> str | None:
+        """A Messages call's ``diagnostics.previous_message_id`` (``objectrefs.diagnosed_message``) goes to
+        Anthropic only when it names a reply this key had to a request opting in to diagnostics, or a
+        thread's (in open mode: the one owner's); any other id goes as ``null``, opted in with nothing to
+        compare: Anthropic sees one owner and would say how this prompt differs from another key's (its
+        model, system, tools, the tokens a cache would have read). Another key's reply and an unknown id are
+        the same. The key's own id it names (None for none), whose row its reply's replaces."""
+        named = diagnosed_message(ctx.body)
+        if named is None or any(self.find(named, kind, owner) for kind in (MESSAGE_REPLY, MESSAGE_THREAD)):
+            return named
+        ctx.body = {**ctx.body, "diagnostics": {**ctx.body["diagnostics"], "previous_message_id": None}}
+        ctx.body_changed = True
+        return None
 
     def require_anthropic_container(self, body: object, owner: str | None, where: str = "") -> None:
         """The container a Messages body names (``objectrefs.anthropic_container``: a malformed one is

@@ -84,7 +84,8 @@ def test_a_malformed_diagnostics_is_a_400_unasked(server: ServerProcess, mock: M
 
 
 def test_a_message_batch_naming_a_reply_in_diagnostics_is_refused(server: ServerProcess, mock: MockUpstream) -> None:
-    alices = server.anthropic("alice").messages.create(model=MODEL, max_tokens=16, messages=HI, extra_body=diagnosed(None))
+    alice = server.anthropic("alice").messages
+    alices = alice.create(model=MODEL, max_tokens=16, messages=HI, extra_body=diagnosed(None))
     before = len(mock.requests)
     params = {"model": MODEL, "max_tokens": 16, "messages": MORE, **diagnosed(alices.id)}
     with pytest.raises(anthropic.BadRequestError) as failure:
