@@ -99,6 +99,9 @@ MAX_LIST_PAGES = 20  # provider pages a list request reads at most once it holds
 # ... and while it holds none: a key whose objects all went at the provider (expired, deleted elsewhere)
 # would have each list of it read the provider's whole list, a call per LIST_PAGE objects
 MAX_SEARCH_PAGES = 200
+# A reply to a request opting in to Anthropic's diagnostics is the key's to name for a day (files_api._keeping_reply):
+# the comparison is of prompt-cache prefixes, which live an hour at most
+REPLY_KEPT_MS = 24 * 3600 * 1000
 LIST_LIMITS = {"files": (10000, 10000), "batches": (20, 100)}  # (default, largest) page size, as OpenAI's
 KIND = {"files": "file", "batches": "batch"}
 LOST_BATCH_LOOK = 20  # the provider's newest batches searched for one whose create answer was lost
@@ -406,15 +409,19 @@ def _keeping_reply(
 ) -> Callable[[sqlite3.Connection], None]:
     """The write job that records the reply to a request opting in to diagnostics as ``owner``'s (a
     later request's ``diagnostics.previous_message_id`` may name it); the reply that request ``named``
-    goes, as a thread's continued reply does: a key's diagnostics keep one row, not one a turn."""
+    goes, as a thread's continued reply does (a chain of turns keeps one row), and so do the key's
+    older than ``REPLY_KEPT_MS``: the last reply of each chain would otherwise stay for ever."""
     insert = "INSERT OR IGNORE INTO owned_objects (id, kind, key_id, provider, created_at) VALUES (?, ?, ?, ?, ?)"
     delete = "DELETE FROM owned_objects WHERE id = ? AND kind = ? AND key_id = ?"
-    row = (message_id, MESSAGE_REPLY, owner, provider, int(time.time() * 1000))
+    expire = "DELETE FROM owned_objects WHERE key_id = ? AND kind = ? AND created_at < ?"
+    now = int(time.time() * 1000)
+    row = (message_id, MESSAGE_REPLY, owner, provider, now)
 
     def job(conn: sqlite3.Connection) -> None:
         conn.execute(insert, row)
         if named is not None and named != message_id:
             conn.execute(delete, (named, MESSAGE_REPLY, owner))
+        conn.execute(expire, (owner, MESSAGE_REPLY, now - REPLY_KEPT_MS))
 
     return job
 

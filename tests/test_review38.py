@@ -15,7 +15,7 @@ import json
 
 import anthropic
 import pytest
-from conftest import ServerProcess, mock_env
+from conftest import ServerProcess, mock_env, wait_for
 from mock_upstream import MockUpstream
 from module_helpers import ADMIN_KEY
 
@@ -32,7 +32,7 @@ def server(pyz_path, cache_home, mock, tmp_path_factory) -> ServerProcess:
         cache_home, mock, ANTHROPIC_API_KEY=ANTHROPIC_KEY, ANTHROPIC_BASE_URL=mock.url, STOCKYARD_ADMIN_KEY=ADMIN_KEY
     )
     srv = ServerProcess(pyz_path, tmp_path_factory.mktemp("review38") / "stockyard.db", env)
-    srv.keys = srv.create_keys({"alice": [], "bob": []})
+    srv.keys = srv.create_keys({"alice": [], "bob": [], "carol": []})
     srv.start()
     yield srv
     srv.stop()
@@ -92,3 +92,27 @@ def test_a_message_batch_naming_a_reply_in_diagnostics_is_refused(server: Server
         server.anthropic("bob").messages.batches.create(requests=[{"custom_id": "a", "params": params}])
     assert "requests.0.params.diagnostics.previous_message_id" in failure.value.response.json()["error"]["message"]
     assert mock.requests[before:] == []
+
+
+def owned_replies(server: ServerProcess, key: str) -> list[str]:
+    sql = (
+        "SELECT o.id FROM owned_objects o JOIN client_keys k ON k.id = o.key_id"
+        " WHERE o.kind = 'message_reply' AND k.name = ? ORDER BY o.id"
+    )
+    return [row["id"] for row in server.db_rows(sql, (key,))]
+
+
+def test_a_keys_replies_kept_for_diagnostics_are_one_a_chain_and_a_day_at_most(
+    server: ServerProcess, mock: MockUpstream
+) -> None:
+    messages = server.anthropic("carol").messages
+    first = messages.create(model=MODEL, max_tokens=16, messages=HI, extra_body=diagnosed(None)).id
+    other = messages.create(model=MODEL, max_tokens=16, messages=HI, extra_body=diagnosed(None)).id
+    assert wait_for(lambda: owned_replies(server, "carol") == sorted([first, other]))
+    server.db_write("UPDATE owned_objects SET created_at = created_at - 86400001 WHERE id = ?", (other,))
+    second = messages.create(model=MODEL, max_tokens=16, messages=MORE, extra_body=diagnosed(first)).id
+    # the reply named gave way to its next; the one older than a day went
+    assert wait_for(lambda: owned_replies(server, "carol") == [second])
+    before = len(mock.requests)
+    messages.create(model=MODEL, max_tokens=16, messages=MORE, extra_body=diagnosed(other))
+    assert sent_diagnostics(mock, before) == [{"previous_message_id": None}]
