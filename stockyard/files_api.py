@@ -599,7 +599,8 @@ class Ownership:
                 raise thread_not_found(previous)
             ctx.thread_tokens = owned.tokens or 0
         named = self.check_diagnosed(ctx, owner)
-        threaded, diagnosed = ctx.body.get("thread") is not None, ctx.body.get("diagnostics") is not None
+        threaded = ctx.body.get("thread") is not None
+        diagnosed = ctx.key is not None and ctx.body.get("diagnostics") is not None  # open mode: as sent
         if ctx.endpoint != "messages" or not (threaded or diagnosed):
             return
 
@@ -624,12 +625,15 @@ class Ownership:
     def check_diagnosed(self, ctx: RequestContext, owner: str) -> str | None:
         """A Messages call's ``diagnostics.previous_message_id`` (``objectrefs.diagnosed_message``) goes to
         Anthropic only when it names a reply this key had to a request opting in to diagnostics, or a
-        thread's (in open mode: the one owner's); any other id goes as ``null``, opted in with nothing to
-        compare: Anthropic sees one owner and would say how this prompt differs from another key's (its
-        model, system, tools, the tokens a cache would have read). Another key's reply and an unknown id are
-        the same. The key's own id it names (None for none), whose row its reply's replaces."""
+        thread's; any other id goes as ``null``, opted in with nothing to compare: Anthropic sees one owner
+        and would say how this prompt differs from another key's (its model, system, tools, the tokens a
+        cache would have read). Another key's reply and an unknown id are the same. In open mode (one
+        owner) it goes as sent, unrecorded. The key's own id it names (None for none), whose row its
+        reply's replaces."""
         named = diagnosed_message(ctx.body)
-        if named is None or any(self.find(named, kind, owner) for kind in (MESSAGE_REPLY, MESSAGE_THREAD)):
+        if named is None or ctx.key is None:
+            return named
+        if any(self.find(named, kind, owner) for kind in (MESSAGE_REPLY, MESSAGE_THREAD)):
             return named
         ctx.body = {**ctx.body, "diagnostics": {**ctx.body["diagnostics"], "previous_message_id": None}}
         ctx.body_changed = True

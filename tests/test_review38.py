@@ -6,7 +6,8 @@ model, system, tools changed, or the messages, with the tokens a cache would hav
 one owner, Stockyard's provider key, so a key naming another key's reply there would learn of that
 conversation what a thread continue is refused for. Stockyard records the replies of requests that opt
 in (``diagnostics`` present) as the key's, and a ``previous_message_id`` that is not the key's goes to
-Anthropic as ``null`` (opted in, nothing to compare): another key's and a made-up id alike.
+Anthropic as ``null`` (opted in, nothing to compare): another key's and a made-up id alike. Open mode has
+one owner: its ids go as sent.
 """
 
 from __future__ import annotations
@@ -116,3 +117,18 @@ def test_a_keys_replies_kept_for_diagnostics_are_one_a_chain_and_a_day_at_most(
     before = len(mock.requests)
     messages.create(model=MODEL, max_tokens=16, messages=MORE, extra_body=diagnosed(other))
     assert sent_diagnostics(mock, before) == [{"previous_message_id": None}]
+
+
+def test_open_mode_sends_diagnostics_as_they_are(pyz_path, cache_home, mock, tmp_path_factory) -> None:
+    env = mock_env(cache_home, mock, ANTHROPIC_API_KEY=ANTHROPIC_KEY, ANTHROPIC_BASE_URL=mock.url)
+    srv = ServerProcess(pyz_path, tmp_path_factory.mktemp("review38open") / "stockyard.db", env).start()
+    try:
+        client = srv.anthropic("sk-anything").messages
+        first = client.create(model=MODEL, max_tokens=8, messages=HI).id  # not opted in: never recorded
+        before = len(mock.requests)
+        client.create(model=MODEL, max_tokens=8, messages=MORE, extra_body=diagnosed(first))
+        assert sent_diagnostics(mock, before) == [{"previous_message_id": first}]  # one owner: nothing to hide
+        assert srv.db_rows("SELECT id FROM owned_objects WHERE kind = 'message_reply'") == []
+    finally:
+        srv.stop()
+    assert "Traceback" not in srv.log
