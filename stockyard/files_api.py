@@ -47,6 +47,7 @@ from .objectrefs import (
     ANTHROPIC_FILE,
     CACHE_FIELDS,
     FILE_PREFIX,
+    MESSAGE_REPLY,
     MESSAGE_THREAD,
     anthropic_container,
     anthropic_container_not_found,
@@ -55,6 +56,7 @@ from .objectrefs import (
     cache_not_found,
     check_store_ids,
     continued_message,
+    diagnosed_message,
     file_not_found,
     file_uri_id,
     first_places,
@@ -97,6 +99,9 @@ MAX_LIST_PAGES = 20  # provider pages a list request reads at most once it holds
 # ... and while it holds none: a key whose objects all went at the provider (expired, deleted elsewhere)
 # would have each list of it read the provider's whole list, a call per LIST_PAGE objects
 MAX_SEARCH_PAGES = 200
+# A reply to a request opting in to Anthropic's diagnostics is the key's to name for a day (files_api._keeping_reply):
+# the comparison is of prompt-cache prefixes, which live an hour at most
+REPLY_KEPT_MS = 24 * 3600 * 1000
 LIST_LIMITS = {"files": (10000, 10000), "batches": (20, 100)}  # (default, largest) page size, as OpenAI's
 KIND = {"files": "file", "batches": "batch"}
 LOST_BATCH_LOOK = 20  # the provider's newest batches searched for one whose create answer was lost
@@ -399,6 +404,28 @@ def _keeping_thread(
     return job
 
 
+def _keeping_reply(
+    message_id: str, owner: str, provider: str, named: str | None
+) -> Callable[[sqlite3.Connection], None]:
+    """The write job that records the reply to a request opting in to diagnostics as ``owner``'s (a
+    later request's ``diagnostics.previous_message_id`` may name it); the reply that request ``named``
+    goes, as a thread's continued reply does (a chain of turns keeps one row), and so do the key's
+    older than ``REPLY_KEPT_MS``: the last reply of each chain would otherwise stay for ever."""
+    insert = "INSERT OR IGNORE INTO owned_objects (id, kind, key_id, provider, created_at) VALUES (?, ?, ?, ?, ?)"
+    delete = "DELETE FROM owned_objects WHERE id = ? AND kind = ? AND key_id = ?"
+    expire = "DELETE FROM owned_objects WHERE key_id = ? AND kind = ? AND created_at < ?"
+    now = int(time.time() * 1000)
+    row = (message_id, MESSAGE_REPLY, owner, provider, now)
+
+    def job(conn: sqlite3.Connection) -> None:
+        conn.execute(insert, row)
+        if named is not None and named != message_id:
+            conn.execute(delete, (named, MESSAGE_REPLY, owner))
+        conn.execute(expire, (owner, MESSAGE_REPLY, now - REPLY_KEPT_MS))
+
+    return job
+
+
 def _inserting_new(ids: list[str], kind: str, owner: str, provider: str) -> Callable[[sqlite3.Connection], None]:
     """The write job that records ``ids`` as ``owner``'s, one held already keeping its owner."""
     now = int(time.time() * 1000)
@@ -562,27 +589,55 @@ class Ownership:
         conversation under a new thread). The conversation it continues is billed as the call's input:
         its size goes on ``ctx.thread_tokens`` for the worst case. A thread request's replies are recorded
         as the key's with that size (``ctx.thread_kept``, which the native adapter calls before the reply
-        naming it goes on; on the stream relay's thread left to the writer, as claims are)."""
+        naming it goes on; on the stream relay's thread left to the writer, as claims are), and so are the
+        replies of a request carrying ``diagnostics``, whose ``previous_message_id`` is held alike
+        (:meth:`check_diagnosed`)."""
         previous = continued_message(ctx.body)
         if previous is not None:
             owned = self.find(previous, MESSAGE_THREAD, owner)
             if owned is None:
                 raise thread_not_found(previous)
             ctx.thread_tokens = owned.tokens or 0
-        if ctx.endpoint != "messages" or ctx.body.get("thread") is None:
+        named = self.check_diagnosed(ctx, owner)
+        threaded = ctx.body.get("thread") is not None
+        diagnosed = ctx.key is not None and ctx.body.get("diagnostics") is not None  # open mode: as sent
+        if ctx.endpoint != "messages" or not (threaded or diagnosed):
             return
 
         def kept(message_id: str, tokens: int) -> None:
             provider = ctx.attempt.provider
             if provider is None or not storable(message_id):
                 return
-            job = _keeping_thread(message_id, owner, provider.name, tokens, previous)
+            jobs = [_keeping_thread(message_id, owner, provider.name, tokens, previous)] if threaded else []
+            jobs += [_keeping_reply(message_id, owner, provider.name, named)] if diagnosed else []
+
+            def job(conn: sqlite3.Connection) -> None:
+                for each in jobs:
+                    each(conn)
+
             if ctx.claims_deferred is not None:
                 ctx.claims_deferred.append(self._store.write_later(job, queue_wait=0.0))
             else:
                 self._store.write(job)
 
         ctx.thread_kept = kept
+
+    def check_diagnosed(self, ctx: RequestContext, owner: str) -> str | None:
+        """A Messages call's ``diagnostics.previous_message_id`` (``objectrefs.diagnosed_message``) goes to
+        Anthropic only when it names a reply this key had to a request opting in to diagnostics, or a
+        thread's; any other id goes as ``null``, opted in with nothing to compare: Anthropic sees one owner
+        and would say how this prompt differs from another key's (its model, system, tools, the tokens a
+        cache would have read). Another key's reply and an unknown id are the same. In open mode (one
+        owner) it goes as sent, unrecorded. The key's own id it names (None for none), whose row its
+        reply's replaces."""
+        named = diagnosed_message(ctx.body)
+        if named is None or ctx.key is None:
+            return named
+        if any(self.find(named, kind, owner) for kind in (MESSAGE_REPLY, MESSAGE_THREAD)):
+            return named
+        ctx.body = {**ctx.body, "diagnostics": {**ctx.body["diagnostics"], "previous_message_id": None}}
+        ctx.body_changed = True
+        return None
 
     def require_anthropic_container(self, body: object, owner: str | None, where: str = "") -> None:
         """The container a Messages body names (``objectrefs.anthropic_container``: a malformed one is

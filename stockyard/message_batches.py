@@ -57,7 +57,7 @@ from .files_api import (
 from .httpio import MAX_JSON_VALUES, Request, check_method, json_object, json_values
 from .limits import Caps, check_request_numbers
 from .modules.guard import batch_policy
-from .objectrefs import ANTHROPIC_CONTAINER, ANTHROPIC_FILE, may_name, written_files
+from .objectrefs import ANTHROPIC_CONTAINER, ANTHROPIC_FILE, diagnosed_message, may_name, written_files
 from .pdfpages import held_pdf_tokens
 from .pricing import WEB_SEARCH_UC
 from .providers import Provider
@@ -281,6 +281,15 @@ class MessageBatches(ProviderCalls):
             raise invalid(f"requests.{i}.params.max_tokens: is required")
         if params.get("thread") is not None:
             raise thread_in_batch(i)
+        try:
+            named = diagnosed_message(params)
+        except ProxyError as exc:
+            raise invalid(f"requests.{i}.params.{exc.message}") from None
+        if named is not None:
+            raise invalid(
+                f"requests.{i}.params.diagnostics.previous_message_id: a message batch's request may not name a "
+                "reply to compare with (its answer comes back long after, unchecked); send null or leave it off"
+            )
         return params
 
     def _route(

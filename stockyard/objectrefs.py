@@ -369,3 +369,23 @@ def thread_not_found(message_id: str) -> ProxyError:
         code="not_found",
         details={"error_code": "thread_not_found"},
     )
+
+
+MESSAGE_REPLY = "message_reply"  # a reply to a request opting in to diagnostics: the key that may name it there
+
+
+def diagnosed_message(body: object) -> str | None:
+    """The reply a Messages body's ``diagnostics.previous_message_id`` names (Anthropic compares that
+    request's prompt with this one's and says how they differ: its model, system, tools, the tokens a
+    cache would have read), None for no ``diagnostics`` or a null id (opting in with nothing to compare).
+    Any other shape is a 400, in open mode too, as Anthropic's."""
+    diagnostics = body.get("diagnostics") if isinstance(body, dict) else None
+    if diagnostics is None:
+        return None
+    if not isinstance(diagnostics, dict):
+        raise ProxyError(400, "diagnostics: must be an object", param="diagnostics", code="invalid_request")
+    previous = diagnostics.get("previous_message_id")
+    if previous is not None and not isinstance(previous, str):
+        message = "diagnostics.previous_message_id: must be the id of a reply (a string) or null"
+        raise ProxyError(400, message, param="diagnostics.previous_message_id", code="invalid_request")
+    return previous
