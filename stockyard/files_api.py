@@ -98,7 +98,7 @@ MAX_LIST_PAGES = 20  # provider pages a list request reads at most once it holds
 # past that, has_more says "ask again" after its last one (until then it reads on: see read_on)
 # ... and while it holds none: a key whose objects all went at the provider (expired, deleted elsewhere)
 # would have each list of it read the provider's whole list, a call per LIST_PAGE objects
-MAX_SEARCH_PAGES = 200
+MAX_SEARCH_PAGES = 50  # 5,000 objects of others at most: each page a call on the shared provider key's rate limit
 # A reply to a request opting in to Anthropic's diagnostics is the key's to name for a day (files_api._keeping_reply):
 # the comparison is of prompt-cache prefixes, which live an hour at most
 REPLY_KEPT_MS = 24 * 3600 * 1000
