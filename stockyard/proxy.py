@@ -1051,6 +1051,16 @@ def relay_bytes(reply: Reply, ctx: RequestContext, resp: UpstreamResponse, heade
 # -- relaying a stream ------------------------------------------------------------------------------
 
 
+def left_mid_stream(ctx: RequestContext) -> None:
+    """The client went away mid-stream: the request's outcome, unless the provider's error event
+    reached it first (``stream_broken`` with the provider's error, which the client acted on by leaving:
+    an SDK raises on it and closes; the relay, watching the client, may see that before the provider's end)."""
+    if ctx.attempt.outcome == "stream_broken":
+        return
+    ctx.attempt.outcome = "client_disconnected"
+    ctx.attempt.error_message = "client closed the connection mid-stream"
+
+
 def relay_stream(
     path: RequestPath,
     reply: Reply,
@@ -1136,8 +1146,7 @@ def relay_stream(
         reply.end_stream(last)
     except UpstreamError as exc:
         if client_left(ctx):  # we ended the stream because the client went away
-            ctx.attempt.outcome = "client_disconnected"
-            ctx.attempt.error_message = "client closed the connection mid-stream"
+            left_mid_stream(ctx)
             return
         code = f"upstream_{exc.kind}"
         provider = ctx.attempt.provider
@@ -1160,8 +1169,7 @@ def relay_stream(
         return
     except ClientGone:
         resp.close()
-        ctx.attempt.outcome = "client_disconnected"
-        ctx.attempt.error_message = "client closed the connection mid-stream"
+        left_mid_stream(ctx)
     except Exception:  # a translator's bug, a claim the database refused: the provider is not read on
         resp.close()
         raise

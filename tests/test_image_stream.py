@@ -199,6 +199,26 @@ def test_an_error_event_from_the_provider_is_relayed_and_traced(server, mock):
     assert (trace["cost_status"], trace["cost_uc"]) == ("estimate", (272 + 100) * IMAGE_OUT), trace
 
 
+def test_a_client_leaving_on_the_providers_error_event_keeps_the_providers_failure(server, mock):
+    """The SDK raises on the provider's error event and closes the stream; the relay, watching the
+    client, may see it leave before the provider's stream ends (here the provider stalls after the
+    event). Was: a CI flake, the trace said ``client_disconnected`` and hid the provider's failure.
+    The provider's error reached the client first: the trace keeps it (``stream_broken``)."""
+    failed = {"error": {"message": "The image could not be finished.", "type": "server_error", "code": "server_error"}}
+    events = image_stream("gpt-image-1", 1, {"partial_images": 2})[:1] + [f"event: error\ndata: {json.dumps(failed)}"]
+    hung_up = threading.Event()
+    mock.enqueue(Reply(sse=[*events, ": still thinking"], hang_after=2, hang_s=30, hung_up=hung_up))
+    stream = draw(sdk(server), "generate", stream=True, partial_images=2, quality="low", size="1024x1024")
+    with pytest.raises(openai.APIError) as err:
+        list(stream)
+    stream.close()
+    assert err.value.message == "The image could not be finished."
+    assert hung_up.wait(15), "the provider's connection closed once the client left"
+    trace = server.trace(stream.response.headers["x-stockyard-trace-id"])
+    assert (trace["outcome"], trace["error_type"]) == ("stream_broken", "upstream_server_error"), trace
+    assert trace["error_message"] == "The image could not be finished."
+
+
 def test_an_image_completed_without_its_usage_is_billed_as_asked(server, mock):
     """A provider that leaves the count out of its completed event (the spec says it is there for
     GPT image models): the image is billed as the request asked for it, with its partial image, an

@@ -222,7 +222,8 @@ def test_a_thread_in_a_message_batch_is_refused_as_threads_refuse_a_request(
 
 
 def test_a_thread_request_is_never_answered_from_the_cache(server: ServerProcess, mock: MockUpstream) -> None:
-    """Each is a turn Anthropic keeps under a new reply id: a replayed answer would keep none."""
+    """Each is a turn Anthropic keeps under a new reply id: a replayed answer would keep none. Nor is a
+    request asking for diagnostics (a replay's comparison would be stale; under a shared scope, another key's)."""
     put_module(server, "cache", {}, enabled=True)
     try:
         plain = [server.anthropic("alice").messages.create(model=MODEL, max_tokens=9, messages=HI) for _ in range(2)]
@@ -230,6 +231,10 @@ def test_a_thread_request_is_never_answered_from_the_cache(server: ServerProcess
         replies = [create(server, "alice", max_tokens=9) for _ in range(2)]
         assert replies[0].id != replies[1].id
         assert all(thread_row(server, r.id)["name"] == "alice" for r in replies)
+        diagnosed = {"diagnostics": {"previous_message_id": None}}  # its answer compares it with a reply before
+        asked = server.anthropic("alice").messages
+        twice = [asked.create(model=MODEL, max_tokens=9, messages=HI, extra_body=diagnosed) for _ in range(2)]
+        assert twice[0].id != twice[1].id
     finally:
         put_module(server, "cache", {}, enabled=False)
 

@@ -127,9 +127,11 @@ def cacheable(ctx: RequestContext) -> bool:
     """A Responses API request only with ``store: false``: a stored response is a new, named
     turn of its key's conversation (its id is fetched and continued later), never a replay;
     nor is a turn of a Conversations API conversation, which it is appended to, nor a Messages turn of
-    a message thread (``thread``): Anthropic keeps it under its reply's id, which the key continues."""
+    a message thread (``thread``): Anthropic keeps it under its reply's id, which the key continues; nor
+    one asking for ``diagnostics`` (its answer says how it differs from a reply before it: a replay's
+    would be stale, and under a shared cache scope another key's)."""
     if ctx.endpoint == "messages":
-        return ctx.body.get("thread") is None
+        return ctx.body.get("thread") is None and ctx.body.get("diagnostics") is None
     if ctx.endpoint != "responses":
         return True
     joined = ctx.conversation is not None and ctx.conversation.conversation_id is not None
