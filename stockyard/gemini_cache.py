@@ -154,12 +154,12 @@ def decode_token(token: str) -> tuple[str | None, Given]:
 
 
 def given_marks(page: list[str], given: Given) -> set[str]:
-    """The marks of the key's objects on a provider page (``page``: their ids, in its order) given
-    already: those of ``given`` still on it (a deleted one's is dropped, so a token stays short), or
-    for an older server's count the marks of that many first ones."""
+    """The marks of the key's objects on a provider page (``page``: their marks, :func:`given_mark`,
+    in its order) given already: those of ``given`` still on it (a deleted one's is dropped, so a
+    token stays short), or for an older server's count that many first ones."""
     if isinstance(given, int):
-        return {given_mark(i) for i in page[:given]}
-    return given & {given_mark(i) for i in page}
+        return set(page[:given])
+    return given & set(page)
 
 
 def page_size(query: dict[str, str]) -> int:
@@ -212,13 +212,13 @@ class GoogleCalls(ProviderCalls):
             items = [item for item in listed if isinstance(item, dict)] if isinstance(listed, list) else []
             ids = [id_of(item.get("name")) for item in items]
             mine = self.ownership.owned([i for i in ids if i], kind, owner, provider.name)
-            page = [(item, i) for item, i in zip(items, ids) if i is not None and i in mine]
-            marks = given_marks([i for _, i in page], given)  # of those still on the page: bounded
-            page = [(item, i) for item, i in page if given_mark(i) not in marks]
+            page = [(item, given_mark(i)) for item, i in zip(items, ids) if i is not None and i in mine]
+            marks = given_marks([mark for _, mark in page], given)  # of those still on the page: bounded
+            page = [(item, mark) for item, mark in page if mark not in marks]
             room = size - len(found)
             if len(page) > room:  # one more of the key's than the page holds: the next page has some
                 found += [item for item, _ in page[:room]]
-                next_token = encode_token(token, sorted(marks | {given_mark(i) for _, i in page[:room]}))
+                next_token = encode_token(token, sorted(marks | {mark for _, mark in page[:room]}))
                 break
             found += [item for item, _ in page]
             given = set()
