@@ -1,6 +1,7 @@
 """CPU of one request's path in process, with one part of it left out (issue 18).
 
     python3 bench/inproc_ablate.py [--requests 3000] [--rounds 3] [PART ...]
+    python3 bench/inproc_ablate.py --profile 40      # the whole path's top 40 functions (cProfile)
 
 Runs ``proxy.handle`` of a plain chat request in this process (``tests/module_harness.py``: the
 real module chain, price table, SQLite store with its writer thread, tracing with bodies) against
@@ -18,8 +19,10 @@ trace handed to the writer), metrics, price, budget, ratelimit, scrub.
 from __future__ import annotations
 
 import argparse
+import cProfile
 import json
 import os
+import pstats
 import re
 import statistics
 import subprocess
@@ -56,8 +59,9 @@ def leave_out(part: str, h) -> None:
         scrub.Scrubber.bytes = lambda self, data: data
 
 
-def measure(requests: int, part: str) -> float:
-    """µs of the request thread's CPU per request, ``part`` left out ("" for none)."""
+def measure(requests: int, part: str, profile: int = 0) -> float:
+    """µs of the request thread's CPU per request, ``part`` left out ("" for none); with ``profile``,
+    the request thread under cProfile (its top ``profile`` functions by own time printed)."""
     sys.path[:0] = [str(REPO / "tests"), str(REPO)]
     from mock_upstream import MockUpstream
     from module_harness import RecordingReply, harness
@@ -96,10 +100,17 @@ def measure(requests: int, part: str) -> float:
 
         for _ in range(200):  # warm: connections pooled, the key's spend loaded
             one()
+        profiler = cProfile.Profile(time.thread_time) if profile else None
         start = time.thread_time()
+        if profiler:
+            profiler.enable()
         for _ in range(requests):
             one()
-        return 1e6 * (time.thread_time() - start) / requests
+        spent = time.thread_time() - start
+        if profiler:
+            profiler.disable()
+            pstats.Stats(profiler).sort_stats(os.environ.get("PROFILE_SORT", "tottime")).print_stats(profile)
+        return 1e6 * spent / requests
 
 
 def main() -> None:
@@ -107,8 +118,12 @@ def main() -> None:
     parser.add_argument("parts", nargs="*", default=list(PARTS), help=f"of: {', '.join(PARTS)} (default: all)")
     parser.add_argument("--requests", type=int, default=3000)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--profile", type=int, default=0, help="profile the whole path: its top N functions")
     parser.add_argument("--one", default=None, help=argparse.SUPPRESS)  # a child's part ("" = whole path)
     args = parser.parse_args()
+    if args.profile:
+        print(f"{measure(args.requests, '', args.profile):.1f} µs CPU a request under cProfile")
+        return
     if args.one is not None:
         print(f"{measure(args.requests, args.one):.1f}")
         return
