@@ -99,7 +99,7 @@ MAX_LIST_PAGES = 20  # provider pages a list request reads at most once it holds
 # ... and while it holds none: a key whose objects all went at the provider (expired, deleted elsewhere)
 # would have each list of it read the provider's whole list, a call per LIST_PAGE objects
 MAX_SEARCH_PAGES = 50  # 5,000 objects of others at most: each page a call on the shared provider key's rate limit
-# A reply to a request opting in to Anthropic's diagnostics is the key's to name for a day (files_api._keeping_reply):
+# A reply to a request opting in to Anthropic's diagnostics is the key's to name for a day (_expiring_replies):
 # the comparison is of prompt-cache prefixes, which live an hour at most
 REPLY_KEPT_MS = 24 * 3600 * 1000
 LIST_LIMITS = {"files": (10000, 10000), "batches": (20, 100)}  # (default, largest) page size, as OpenAI's
@@ -380,48 +380,40 @@ class LineTap:
 # -- ownership ------------------------------------------------------------------------------------
 
 
-def _keeping_thread(
-    message_id: str, owner: str, provider: str, tokens: int, continued: str | None
+def _recording_reply(
+    kind: str, message_id: str, owner: str, provider: str, replaced: str | None, tokens: int | None = None
 ) -> Callable[[sqlite3.Connection], None]:
-    """The write job that records a message thread's reply as ``owner``'s with the ``tokens`` the thread
-    holds after it, or sets them on ``owner``'s row (a stream's start recorded its worst case, its end the
-    count); a reply id another key holds keeps its owner and size. The reply it ``continued`` goes:
-    Anthropic lets a reply be continued once, so a thread keeps one row, not one a turn (a second
-    continue of it is the unknown reply's 404, after which the SDK sends the whole conversation)."""
+    """The write job that records a Messages reply as ``owner``'s row of ``kind`` (a thread's reply,
+    ``MESSAGE_THREAD``, with the ``tokens`` the thread holds after it; a reply to a request opting in to
+    diagnostics, ``MESSAGE_REPLY``, without) and drops the key's row of the reply it ``replaced``: Anthropic
+    lets a thread's reply be continued once, and a diagnosed reply names the one before it, so a chain of
+    turns keeps one row, not one a turn (a second continue of a thread's reply is the unknown reply's 404,
+    after which the SDK sends the whole conversation). A reply id held already keeps its owner; with
+    ``tokens``, the owner's own row takes them (a stream's start recorded its worst case, its end the count)."""
     insert = (
         "INSERT OR IGNORE INTO owned_objects (id, kind, key_id, provider, created_at, tokens) VALUES (?, ?, ?, ?, ?, ?)"
     )
     update = "UPDATE owned_objects SET tokens = ? WHERE id = ? AND kind = ? AND key_id = ?"
     delete = "DELETE FROM owned_objects WHERE id = ? AND kind = ? AND key_id = ?"
-    row = (message_id, MESSAGE_THREAD, owner, provider, int(time.time() * 1000), tokens)
+    row = (message_id, kind, owner, provider, int(time.time() * 1000), tokens)
 
     def job(conn: sqlite3.Connection) -> None:
-        if conn.execute(insert, row).rowcount != 1:
-            conn.execute(update, (tokens, message_id, MESSAGE_THREAD, owner))
-        if continued is not None and continued != message_id:
-            conn.execute(delete, (continued, MESSAGE_THREAD, owner))
+        if conn.execute(insert, row).rowcount != 1 and tokens is not None:
+            conn.execute(update, (tokens, message_id, kind, owner))
+        if replaced is not None and replaced != message_id:
+            conn.execute(delete, (replaced, kind, owner))
 
     return job
 
 
-def _keeping_reply(
-    message_id: str, owner: str, provider: str, named: str | None
-) -> Callable[[sqlite3.Connection], None]:
-    """The write job that records the reply to a request opting in to diagnostics as ``owner``'s (a
-    later request's ``diagnostics.previous_message_id`` may name it); the reply that request ``named``
-    goes, as a thread's continued reply does (a chain of turns keeps one row), and so do the key's
-    older than ``REPLY_KEPT_MS``: the last reply of each chain would otherwise stay for ever."""
-    insert = "INSERT OR IGNORE INTO owned_objects (id, kind, key_id, provider, created_at) VALUES (?, ?, ?, ?, ?)"
-    delete = "DELETE FROM owned_objects WHERE id = ? AND kind = ? AND key_id = ?"
+def _expiring_replies(owner: str) -> Callable[[sqlite3.Connection], None]:
+    """The write job that drops ``owner``'s diagnosed replies (``MESSAGE_REPLY``) older than
+    ``REPLY_KEPT_MS``: the last reply of each chain would otherwise stay for ever."""
     expire = "DELETE FROM owned_objects WHERE key_id = ? AND kind = ? AND created_at < ?"
-    now = int(time.time() * 1000)
-    row = (message_id, MESSAGE_REPLY, owner, provider, now)
+    before = int(time.time() * 1000) - REPLY_KEPT_MS
 
     def job(conn: sqlite3.Connection) -> None:
-        conn.execute(insert, row)
-        if named is not None and named != message_id:
-            conn.execute(delete, (named, MESSAGE_REPLY, owner))
-        conn.execute(expire, (owner, MESSAGE_REPLY, now - REPLY_KEPT_MS))
+        conn.execute(expire, (owner, MESSAGE_REPLY, before))
 
     return job
 
@@ -608,8 +600,12 @@ class Ownership:
             provider = ctx.attempt.provider
             if provider is None or not storable(message_id):
                 return
-            jobs = [_keeping_thread(message_id, owner, provider.name, tokens, previous)] if threaded else []
-            jobs += [_keeping_reply(message_id, owner, provider.name, named)] if diagnosed else []
+            jobs: list[Callable[[sqlite3.Connection], None]] = []
+            if threaded:
+                jobs.append(_recording_reply(MESSAGE_THREAD, message_id, owner, provider.name, previous, tokens))
+            if diagnosed:
+                reply = _recording_reply(MESSAGE_REPLY, message_id, owner, provider.name, named)
+                jobs += [reply, _expiring_replies(owner)]
 
             def job(conn: sqlite3.Connection) -> None:
                 for each in jobs:
