@@ -550,7 +550,9 @@ class Ownership:
         code execution tool writes for this call and the container it runs in are claimed for the
         key (``ctx.claim_made``, which the native adapter calls before the answer naming them goes
         on), in open mode too: on the stream relay's thread left to the writer (``ctx.claims_deferred``),
-        the stream's bytes held until it is committed. A message thread (:meth:`check_thread`) alike."""
+        the stream's bytes held until it is committed. A message thread (:meth:`check_thread`) and a
+        ``diagnostics.previous_message_id`` (:meth:`check_diagnosed`) alike, their replies recorded
+        (:meth:`keep_replies`)."""
         owner = owner_of(ctx)
 
         def claim(kind: str, ids: set[str]) -> None:
@@ -564,7 +566,9 @@ class Ownership:
 
         ctx.claim_made = claim
         self.require_anthropic_container(ctx.body, None if ctx.key is None else owner)
-        self.check_thread(ctx, owner)
+        continued = self.check_thread(ctx, owner)
+        named = self.check_diagnosed(ctx, owner)
+        self.keep_replies(ctx, owner, continued, named)
         if ctx.key is None:  # open mode: one owner
             return
         if may_name_file_url(ctx.raw):  # a URL source goes to an OpenAI-compatible Google endpoint as a part's URL
@@ -572,25 +576,29 @@ class Ownership:
         if may_name(ctx.raw, b"file_id"):
             ctx.pdf_pages.update(self.require_anthropic_files(ctx.body, owner))
 
-    def check_thread(self, ctx: RequestContext, owner: str) -> None:
+    def check_thread(self, ctx: RequestContext, owner: str) -> str | None:
         """A Messages call's ``thread`` (Anthropic's message threads: it keeps the conversation under each
         reply's id, and a ``continue`` names the reply it goes on from) may continue only a reply this key
         had (in open mode: the one owner's): Anthropic sees one owner, Stockyard's provider key, and would go
         on from any key's conversation. Another key's, or one Stockyard never recorded, is Anthropic's
         ``thread_not_found`` 404 here, before any module or provider call (its SDK then sends the whole
         conversation under a new thread). The conversation it continues is billed as the call's input:
-        its size goes on ``ctx.thread_tokens`` for the worst case. A thread request's replies are recorded
-        as the key's with that size (``ctx.thread_kept``, which the native adapter calls before the reply
-        naming it goes on; on the stream relay's thread left to the writer, as claims are), and so are the
-        replies of a request carrying ``diagnostics``, whose ``previous_message_id`` is held alike
-        (:meth:`check_diagnosed`)."""
+        its size goes on ``ctx.thread_tokens`` for the worst case. The reply it continues (None for none),
+        whose row its reply's replaces (:meth:`keep_replies`)."""
         previous = continued_message(ctx.body)
         if previous is not None:
             owned = self.find(previous, MESSAGE_THREAD, owner)
             if owned is None:
                 raise thread_not_found(previous)
             ctx.thread_tokens = owned.tokens or 0
-        named = self.check_diagnosed(ctx, owner)
+        return previous
+
+    def keep_replies(self, ctx: RequestContext, owner: str, continued: str | None, named: str | None) -> None:
+        """A ``/v1/messages`` request's replies are recorded as the key's when a later request may name
+        them: a thread request's with the thread's size (replacing the row of the reply it ``continued``),
+        a request carrying ``diagnostics``'s (replacing the row its ``previous_message_id`` ``named``; open
+        mode: as sent, unrecorded) — through ``ctx.thread_kept``, which the native adapter calls before the
+        reply naming it goes on; on the stream relay's thread left to the writer, as claims are."""
         threaded = ctx.body.get("thread") is not None
         diagnosed = ctx.key is not None and ctx.body.get("diagnostics") is not None  # open mode: as sent
         if ctx.endpoint != "messages" or not (threaded or diagnosed):
@@ -602,7 +610,7 @@ class Ownership:
                 return
             jobs: list[Callable[[sqlite3.Connection], None]] = []
             if threaded:
-                jobs.append(_recording_reply(MESSAGE_THREAD, message_id, owner, provider.name, previous, tokens))
+                jobs.append(_recording_reply(MESSAGE_THREAD, message_id, owner, provider.name, continued, tokens))
             if diagnosed:
                 reply = _recording_reply(MESSAGE_REPLY, message_id, owner, provider.name, named)
                 jobs += [reply, _expiring_replies(owner)]
