@@ -1350,35 +1350,15 @@ class ProviderCalls:
         as the answer and the objects on it; a provider's failure is the answer as it came, with none."""
         owner = owner_of(ctx)
         after = query.get("after") or None
-        found: list[dict] = []
-        has_more = False
         if after and not self.ownership.owned([after], kind, owner, provider.name):
             # another key's id, or none: the provider's page after it would say whether it exists
             # and where it stands among the key's own, so it is an unknown id's empty page, unasked
             return self.unknown_cursor_page(ctx), []
         if not self.ownership.holds_any(kind, owner, provider.name):
             return self.unknown_cursor_page(ctx), []  # none to find: the whole list is not read for them
-        asked_after = {after}
-        pages = 0
-        while True:
-            asked = {**passed, "limit": str(LIST_PAGE), **({"after": after} if after else {})}
-            answer, doc = self._call(ctx, provider, "GET", rest, query=asked)
-            if answer.status >= 400 or not isinstance(doc, dict) or not isinstance(doc.get("data"), list):
-                return answer, []
-            pages += 1
-            items = [d for d in doc["data"] if isinstance(d, dict) and isinstance(d.get("id"), str)]
-            mine = self.ownership.owned([d["id"] for d in items], kind, owner, provider.name)
-            found += [d for d in items if d["id"] in mine]
-            if len(found) > limit:
-                found, has_more = found[:limit], True
-                break
-            if not doc.get("has_more") or not items or items[-1]["id"] in asked_after:  # the end, or no way on
-                break
-            after = items[-1]["id"]
-            asked_after.add(after)
-            if not read_on(found, pages):
-                has_more = True  # not read to its end: the client asks again after the last id
-                break
+        answer, found, has_more = self._filtered_pages(ctx, provider, rest, kind, limit, passed, "after", after)
+        if found is None:
+            return answer, []
         answer.data = json.dumps(item_list(found, has_more)).encode()
         self._keep(ctx, answer)
         return answer, found
@@ -1402,20 +1382,40 @@ class ProviderCalls:
         would say whether it exists and where it stands among the key's own."""
         owner = owner_of(ctx)
         cursor = before or after
-        found: list[dict] = []
-        has_more = False
         answer = Answer(200, {"content-type": "application/json"})
         ctx.attempt.status = 200  # the trace's, when no provider call is made (a call sets its own)
         if cursor and not self.ownership.owned([cursor], kind, owner, provider.name):
-            return answer, found, has_more
+            return answer, [], False
         if not self.ownership.holds_any(kind, owner, provider.name):
-            return answer, found, has_more  # none to find: the whole list is not read for them
+            return answer, [], False  # none to find: the whole list is not read for them
+        param = "before_id" if before else "after_id"
+        return self._filtered_pages(ctx, provider, rest, kind, limit, passed or {}, param, cursor)
+
+    def _filtered_pages(
+        self,
+        ctx: RequestContext,
+        provider: Provider,
+        rest: str,
+        kind: str,
+        limit: int,
+        passed: dict[str, str],
+        param: str,
+        cursor: str | None,
+    ) -> tuple[Answer, list[dict] | None, bool]:
+        """The key's objects of ``kind`` in the provider's list at ``rest`` (asked with ``passed``, and
+        ``cursor`` as ``param``): its pages read on from ``cursor`` until they hold one more of the key's
+        than ``limit``, or end, or :func:`read_on` stops them — (the last answer, ``limit`` of them, whether
+        the provider holds more of the key's that way or was not read to its end). ``before_id`` reads
+        toward the newer, each page's first object the next cursor, and keeps the ``limit`` nearest it;
+        ``after`` and ``after_id`` read on from each page's last. A provider's failure is (its answer,
+        None, False)."""
+        owner = owner_of(ctx)
+        newer = param == "before_id"
+        found: list[dict] = []
         asked_from = {cursor}
         pages = 0
         while True:
-            asked = {**(passed or {}), "limit": str(LIST_PAGE)}
-            if cursor:
-                asked["before_id" if before else "after_id"] = cursor
+            asked = {**passed, "limit": str(LIST_PAGE), **({param: cursor} if cursor else {})}
             answer, doc = self._call(ctx, provider, "GET", rest, query=asked)
             if answer.status >= 400 or not isinstance(doc, dict) or not isinstance(doc.get("data"), list):
                 return answer, None, False
@@ -1423,18 +1423,15 @@ class ProviderCalls:
             items = [d for d in doc["data"] if isinstance(d, dict) and isinstance(d.get("id"), str)]
             mine = self.ownership.owned([d["id"] for d in items], kind, owner, provider.name)
             page = [d for d in items if d["id"] in mine]
-            found = page + found if before else found + page
+            found = page + found if newer else found + page
             if len(found) > limit:
-                found, has_more = (found[-limit:] if before else found[:limit]), True
-                break
-            cursor = (items[0]["id"] if before else items[-1]["id"]) if items else None
+                return answer, (found[-limit:] if newer else found[:limit]), True
+            cursor = (items[0]["id"] if newer else items[-1]["id"]) if items else None
             if not doc.get("has_more") or cursor is None or cursor in asked_from:  # the end, or no way on
-                break
+                return answer, found, False
             asked_from.add(cursor)
             if not read_on(found, pages):
-                has_more = True  # not read to its end: the client asks again from the last id
-                break
-        return answer, found, has_more
+                return answer, found, True  # not read to its end: the client asks again from the last id
 
     def unknown_cursor_page(self, ctx: RequestContext) -> Answer:
         """The empty page a list answers, unasked, for a cursor that is not one of the key's own
