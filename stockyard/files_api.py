@@ -1022,12 +1022,12 @@ class ProviderCalls:
     trace row costing 0. Subclasses say where an object lives (``_target``) and with which
     headers (``_headers``)."""
 
-    ownership: Ownership  # set by each subclass: who owns the objects it creates
     serves = "files and batches"  # what its objects are, in the refusals of choose_provider
     creates = "batch"  # what ``_create_upstream`` makes, in what a lost create says
 
-    def __init__(self, path: RequestPath) -> None:
+    def __init__(self, path: RequestPath, ownership: Ownership) -> None:
         self._path = path
+        self.ownership = ownership  # who owns the objects it creates
 
     def handle(self, reply: Reply, ctx: RequestContext, req: Request) -> None:
         """One call (its key already checked from the headers); always leaves a trace row."""
@@ -1511,8 +1511,7 @@ class FilesAPI(ProviderCalls):
         on_completed: Callable[[RequestContext, Provider, dict], None],
         check_budget: Callable[[RequestContext, int | None], BatchHold],
     ) -> None:
-        super().__init__(path)
-        self.ownership = ownership
+        super().__init__(path, ownership)
         self._on_completed = on_completed
         self._check_budget = check_budget
 
