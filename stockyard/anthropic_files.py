@@ -31,14 +31,14 @@ from urllib.parse import urlencode
 
 from .context import RequestContext
 from .errors import ProxyError
-from .files_api import OBJECT_ID, Ownership, ProviderCalls, id_page_query, owner_of
+from .files_api import OBJECT_ID, ProviderCalls, id_page_query, owner_of
 from .httpio import Request, check_method
 from .objectrefs import ANTHROPIC_FILE, anthropic_file_not_found
 from .pdfpages import count_pages, uploaded_pages
 from .providers import Provider
 from .providers.anthropic import base_path
 from .providers.anthropic import headers as anthropic_headers
-from .proxy import Reply, RequestPath
+from .proxy import Reply
 
 KIND = ANTHROPIC_FILE  # in owned_objects
 KINDS = ("anthropic",)  # providers that keep them
@@ -94,10 +94,6 @@ class AnthropicFiles(ProviderCalls):
     """The ``/v1/files`` routes for an Anthropic client (:func:`is_anthropic`)."""
 
     serves = "Anthropic files"
-
-    def __init__(self, path: RequestPath, ownership: Ownership) -> None:
-        super().__init__(path)
-        self.ownership = ownership
 
     def _target(self, provider: Provider, rest: str, query: dict[str, str] | None) -> str:
         return base_path(provider, rest) + (f"?{urlencode(query)}" if query else "")

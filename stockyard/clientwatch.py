@@ -34,6 +34,8 @@ from collections import deque
 from contextlib import contextmanager
 from typing import Callable, Iterator
 
+from .wakeup import Wakeup
+
 log = logging.getLogger("stockyard.server")
 
 LATE_S = 0.005  # a request is watched once it has waited this long (a faster answer costs nothing)
@@ -75,10 +77,8 @@ class ClientWatch:
         self._watched: dict[int, _Watch] = {}  # fd -> watch in the poll set (the watcher's alone)
         self._poll = select.poll()
         self._asleep = False  # the watcher waits with no timer: a new watch must wake it
-        self._wake_r, self._wake_w = socket.socketpair()
-        self._wake_r.setblocking(False)
-        self._wake_w.setblocking(False)
-        self._poll.register(self._wake_r.fileno(), select.POLLIN)
+        self._wakeup = Wakeup()
+        self._poll.register(self._wakeup.fileno(), select.POLLIN)
         threading.Thread(target=self._run, name="stockyard-client-watch", daemon=True).start()
 
     @contextmanager
@@ -101,7 +101,7 @@ class ClientWatch:
             self._pending[watch] = None
             if self._asleep:
                 self._asleep = False
-                self._wake()
+                self._wakeup.wake()
         try:
             yield lambda: self._end(watch)
         finally:
@@ -116,12 +116,6 @@ class ClientWatch:
             self._ended.append(watch)
         else:
             self._pending.pop(watch, None)
-
-    def _wake(self) -> None:
-        try:
-            self._wake_w.send(b"x")
-        except BlockingIOError:
-            pass  # a wake-up is pending already
 
     def _run(self) -> None:
         last_busy = time.monotonic()
@@ -144,8 +138,8 @@ class ClientWatch:
                 continue
             self._asleep = False
             for fd, events in ready:
-                if fd == self._wake_r.fileno():
-                    self._drain_wake()
+                if fd == self._wakeup.fileno():
+                    self._wakeup.drain()
                 elif (watch := self._watched.get(fd)) is not None:
                     self._check(watch, events)
                 else:
@@ -177,13 +171,6 @@ class ClientWatch:
         if self._watched.get(watch.fd) is watch:
             del self._watched[watch.fd]
             self._poll.unregister(watch.fd)
-
-    def _drain_wake(self) -> None:
-        try:
-            while self._wake_r.recv(4096):
-                pass
-        except BlockingIOError:
-            pass
 
     def _check(self, watch: _Watch, events: int) -> None:
         """The socket is readable, or (half-closed) reset: a reset means the client left; an

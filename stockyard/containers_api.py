@@ -26,7 +26,7 @@ from .errors import ProxyError
 from .files_api import OBJECT_ID, OPEN_OWNER, Ownership, ProviderCalls, not_found, owner_of, page_limit
 from .httpio import Request, check_method, json_object
 from .providers import Provider
-from .proxy import Reply, RequestPath
+from .proxy import Reply
 
 KIND = "container"
 PATH = re.compile(rf"^/v1/containers(?:/{OBJECT_ID}(?:(/files)(?:/{OBJECT_ID}(/content)?)?)?)?$")
@@ -83,10 +83,6 @@ class ContainersAPI(ProviderCalls):
     would (``choose_provider``)."""
 
     serves = "containers"
-
-    def __init__(self, path: RequestPath, ownership: Ownership) -> None:
-        super().__init__(path)
-        self.ownership = ownership
 
     def _handle(self, reply: Reply, ctx: RequestContext, req: Request) -> None:
         found = route_of(req.path)

@@ -99,7 +99,7 @@ MAX_LIST_PAGES = 20  # provider pages a list request reads at most once it holds
 # ... and while it holds none: a key whose objects all went at the provider (expired, deleted elsewhere)
 # would have each list of it read the provider's whole list, a call per LIST_PAGE objects
 MAX_SEARCH_PAGES = 50  # 5,000 objects of others at most: each page a call on the shared provider key's rate limit
-# A reply to a request opting in to Anthropic's diagnostics is the key's to name for a day (files_api._keeping_reply):
+# A reply to a request opting in to Anthropic's diagnostics is the key's to name for a day (_expiring_replies):
 # the comparison is of prompt-cache prefixes, which live an hour at most
 REPLY_KEPT_MS = 24 * 3600 * 1000
 LIST_LIMITS = {"files": (10000, 10000), "batches": (20, 100)}  # (default, largest) page size, as OpenAI's
@@ -380,48 +380,40 @@ class LineTap:
 # -- ownership ------------------------------------------------------------------------------------
 
 
-def _keeping_thread(
-    message_id: str, owner: str, provider: str, tokens: int, continued: str | None
+def _recording_reply(
+    kind: str, message_id: str, owner: str, provider: str, replaced: str | None, tokens: int | None = None
 ) -> Callable[[sqlite3.Connection], None]:
-    """The write job that records a message thread's reply as ``owner``'s with the ``tokens`` the thread
-    holds after it, or sets them on ``owner``'s row (a stream's start recorded its worst case, its end the
-    count); a reply id another key holds keeps its owner and size. The reply it ``continued`` goes:
-    Anthropic lets a reply be continued once, so a thread keeps one row, not one a turn (a second
-    continue of it is the unknown reply's 404, after which the SDK sends the whole conversation)."""
+    """The write job that records a Messages reply as ``owner``'s row of ``kind`` (a thread's reply,
+    ``MESSAGE_THREAD``, with the ``tokens`` the thread holds after it; a reply to a request opting in to
+    diagnostics, ``MESSAGE_REPLY``, without) and drops the key's row of the reply it ``replaced``: Anthropic
+    lets a thread's reply be continued once, and a diagnosed reply names the one before it, so a chain of
+    turns keeps one row, not one a turn (a second continue of a thread's reply is the unknown reply's 404,
+    after which the SDK sends the whole conversation). A reply id held already keeps its owner; with
+    ``tokens``, the owner's own row takes them (a stream's start recorded its worst case, its end the count)."""
     insert = (
         "INSERT OR IGNORE INTO owned_objects (id, kind, key_id, provider, created_at, tokens) VALUES (?, ?, ?, ?, ?, ?)"
     )
     update = "UPDATE owned_objects SET tokens = ? WHERE id = ? AND kind = ? AND key_id = ?"
     delete = "DELETE FROM owned_objects WHERE id = ? AND kind = ? AND key_id = ?"
-    row = (message_id, MESSAGE_THREAD, owner, provider, int(time.time() * 1000), tokens)
+    row = (message_id, kind, owner, provider, int(time.time() * 1000), tokens)
 
     def job(conn: sqlite3.Connection) -> None:
-        if conn.execute(insert, row).rowcount != 1:
-            conn.execute(update, (tokens, message_id, MESSAGE_THREAD, owner))
-        if continued is not None and continued != message_id:
-            conn.execute(delete, (continued, MESSAGE_THREAD, owner))
+        if conn.execute(insert, row).rowcount != 1 and tokens is not None:
+            conn.execute(update, (tokens, message_id, kind, owner))
+        if replaced is not None and replaced != message_id:
+            conn.execute(delete, (replaced, kind, owner))
 
     return job
 
 
-def _keeping_reply(
-    message_id: str, owner: str, provider: str, named: str | None
-) -> Callable[[sqlite3.Connection], None]:
-    """The write job that records the reply to a request opting in to diagnostics as ``owner``'s (a
-    later request's ``diagnostics.previous_message_id`` may name it); the reply that request ``named``
-    goes, as a thread's continued reply does (a chain of turns keeps one row), and so do the key's
-    older than ``REPLY_KEPT_MS``: the last reply of each chain would otherwise stay for ever."""
-    insert = "INSERT OR IGNORE INTO owned_objects (id, kind, key_id, provider, created_at) VALUES (?, ?, ?, ?, ?)"
-    delete = "DELETE FROM owned_objects WHERE id = ? AND kind = ? AND key_id = ?"
+def _expiring_replies(owner: str) -> Callable[[sqlite3.Connection], None]:
+    """The write job that drops ``owner``'s diagnosed replies (``MESSAGE_REPLY``) older than
+    ``REPLY_KEPT_MS``: the last reply of each chain would otherwise stay for ever."""
     expire = "DELETE FROM owned_objects WHERE key_id = ? AND kind = ? AND created_at < ?"
-    now = int(time.time() * 1000)
-    row = (message_id, MESSAGE_REPLY, owner, provider, now)
+    before = int(time.time() * 1000) - REPLY_KEPT_MS
 
     def job(conn: sqlite3.Connection) -> None:
-        conn.execute(insert, row)
-        if named is not None and named != message_id:
-            conn.execute(delete, (named, MESSAGE_REPLY, owner))
-        conn.execute(expire, (owner, MESSAGE_REPLY, now - REPLY_KEPT_MS))
+        conn.execute(expire, (owner, MESSAGE_REPLY, before))
 
     return job
 
@@ -558,7 +550,9 @@ class Ownership:
         code execution tool writes for this call and the container it runs in are claimed for the
         key (``ctx.claim_made``, which the native adapter calls before the answer naming them goes
         on), in open mode too: on the stream relay's thread left to the writer (``ctx.claims_deferred``),
-        the stream's bytes held until it is committed. A message thread (:meth:`check_thread`) alike."""
+        the stream's bytes held until it is committed. A message thread (:meth:`check_thread`) and a
+        ``diagnostics.previous_message_id`` (:meth:`check_diagnosed`) alike, their replies recorded
+        (:meth:`keep_replies`)."""
         owner = owner_of(ctx)
 
         def claim(kind: str, ids: set[str]) -> None:
@@ -572,7 +566,9 @@ class Ownership:
 
         ctx.claim_made = claim
         self.require_anthropic_container(ctx.body, None if ctx.key is None else owner)
-        self.check_thread(ctx, owner)
+        continued = self.check_thread(ctx, owner)
+        named = self.check_diagnosed(ctx, owner)
+        self.keep_replies(ctx, owner, continued, named)
         if ctx.key is None:  # open mode: one owner
             return
         if may_name_file_url(ctx.raw):  # a URL source goes to an OpenAI-compatible Google endpoint as a part's URL
@@ -580,25 +576,29 @@ class Ownership:
         if may_name(ctx.raw, b"file_id"):
             ctx.pdf_pages.update(self.require_anthropic_files(ctx.body, owner))
 
-    def check_thread(self, ctx: RequestContext, owner: str) -> None:
+    def check_thread(self, ctx: RequestContext, owner: str) -> str | None:
         """A Messages call's ``thread`` (Anthropic's message threads: it keeps the conversation under each
         reply's id, and a ``continue`` names the reply it goes on from) may continue only a reply this key
         had (in open mode: the one owner's): Anthropic sees one owner, Stockyard's provider key, and would go
         on from any key's conversation. Another key's, or one Stockyard never recorded, is Anthropic's
         ``thread_not_found`` 404 here, before any module or provider call (its SDK then sends the whole
         conversation under a new thread). The conversation it continues is billed as the call's input:
-        its size goes on ``ctx.thread_tokens`` for the worst case. A thread request's replies are recorded
-        as the key's with that size (``ctx.thread_kept``, which the native adapter calls before the reply
-        naming it goes on; on the stream relay's thread left to the writer, as claims are), and so are the
-        replies of a request carrying ``diagnostics``, whose ``previous_message_id`` is held alike
-        (:meth:`check_diagnosed`)."""
+        its size goes on ``ctx.thread_tokens`` for the worst case. The reply it continues (None for none),
+        whose row its reply's replaces (:meth:`keep_replies`)."""
         previous = continued_message(ctx.body)
         if previous is not None:
             owned = self.find(previous, MESSAGE_THREAD, owner)
             if owned is None:
                 raise thread_not_found(previous)
             ctx.thread_tokens = owned.tokens or 0
-        named = self.check_diagnosed(ctx, owner)
+        return previous
+
+    def keep_replies(self, ctx: RequestContext, owner: str, continued: str | None, named: str | None) -> None:
+        """A ``/v1/messages`` request's replies are recorded as the key's when a later request may name
+        them: a thread request's with the thread's size (replacing the row of the reply it ``continued``),
+        a request carrying ``diagnostics``'s (replacing the row its ``previous_message_id`` ``named``; open
+        mode: as sent, unrecorded) — through ``ctx.thread_kept``, which the native adapter calls before the
+        reply naming it goes on; on the stream relay's thread left to the writer, as claims are."""
         threaded = ctx.body.get("thread") is not None
         diagnosed = ctx.key is not None and ctx.body.get("diagnostics") is not None  # open mode: as sent
         if ctx.endpoint != "messages" or not (threaded or diagnosed):
@@ -608,8 +608,12 @@ class Ownership:
             provider = ctx.attempt.provider
             if provider is None or not storable(message_id):
                 return
-            jobs = [_keeping_thread(message_id, owner, provider.name, tokens, previous)] if threaded else []
-            jobs += [_keeping_reply(message_id, owner, provider.name, named)] if diagnosed else []
+            jobs: list[Callable[[sqlite3.Connection], None]] = []
+            if threaded:
+                jobs.append(_recording_reply(MESSAGE_THREAD, message_id, owner, provider.name, continued, tokens))
+            if diagnosed:
+                reply = _recording_reply(MESSAGE_REPLY, message_id, owner, provider.name, named)
+                jobs += [reply, _expiring_replies(owner)]
 
             def job(conn: sqlite3.Connection) -> None:
                 for each in jobs:
@@ -1018,12 +1022,12 @@ class ProviderCalls:
     trace row costing 0. Subclasses say where an object lives (``_target``) and with which
     headers (``_headers``)."""
 
-    ownership: Ownership  # set by each subclass: who owns the objects it creates
     serves = "files and batches"  # what its objects are, in the refusals of choose_provider
     creates = "batch"  # what ``_create_upstream`` makes, in what a lost create says
 
-    def __init__(self, path: RequestPath) -> None:
+    def __init__(self, path: RequestPath, ownership: Ownership) -> None:
         self._path = path
+        self.ownership = ownership  # who owns the objects it creates
 
     def handle(self, reply: Reply, ctx: RequestContext, req: Request) -> None:
         """One call (its key already checked from the headers); always leaves a trace row."""
@@ -1346,35 +1350,15 @@ class ProviderCalls:
         as the answer and the objects on it; a provider's failure is the answer as it came, with none."""
         owner = owner_of(ctx)
         after = query.get("after") or None
-        found: list[dict] = []
-        has_more = False
         if after and not self.ownership.owned([after], kind, owner, provider.name):
             # another key's id, or none: the provider's page after it would say whether it exists
             # and where it stands among the key's own, so it is an unknown id's empty page, unasked
             return self.unknown_cursor_page(ctx), []
         if not self.ownership.holds_any(kind, owner, provider.name):
             return self.unknown_cursor_page(ctx), []  # none to find: the whole list is not read for them
-        asked_after = {after}
-        pages = 0
-        while True:
-            asked = {**passed, "limit": str(LIST_PAGE), **({"after": after} if after else {})}
-            answer, doc = self._call(ctx, provider, "GET", rest, query=asked)
-            if answer.status >= 400 or not isinstance(doc, dict) or not isinstance(doc.get("data"), list):
-                return answer, []
-            pages += 1
-            items = [d for d in doc["data"] if isinstance(d, dict) and isinstance(d.get("id"), str)]
-            mine = self.ownership.owned([d["id"] for d in items], kind, owner, provider.name)
-            found += [d for d in items if d["id"] in mine]
-            if len(found) > limit:
-                found, has_more = found[:limit], True
-                break
-            if not doc.get("has_more") or not items or items[-1]["id"] in asked_after:  # the end, or no way on
-                break
-            after = items[-1]["id"]
-            asked_after.add(after)
-            if not read_on(found, pages):
-                has_more = True  # not read to its end: the client asks again after the last id
-                break
+        answer, found, has_more = self._filtered_pages(ctx, provider, rest, kind, limit, passed, "after", after)
+        if found is None:
+            return answer, []
         answer.data = json.dumps(item_list(found, has_more)).encode()
         self._keep(ctx, answer)
         return answer, found
@@ -1398,20 +1382,40 @@ class ProviderCalls:
         would say whether it exists and where it stands among the key's own."""
         owner = owner_of(ctx)
         cursor = before or after
-        found: list[dict] = []
-        has_more = False
         answer = Answer(200, {"content-type": "application/json"})
         ctx.attempt.status = 200  # the trace's, when no provider call is made (a call sets its own)
         if cursor and not self.ownership.owned([cursor], kind, owner, provider.name):
-            return answer, found, has_more
+            return answer, [], False
         if not self.ownership.holds_any(kind, owner, provider.name):
-            return answer, found, has_more  # none to find: the whole list is not read for them
+            return answer, [], False  # none to find: the whole list is not read for them
+        param = "before_id" if before else "after_id"
+        return self._filtered_pages(ctx, provider, rest, kind, limit, passed or {}, param, cursor)
+
+    def _filtered_pages(
+        self,
+        ctx: RequestContext,
+        provider: Provider,
+        rest: str,
+        kind: str,
+        limit: int,
+        passed: dict[str, str],
+        param: str,
+        cursor: str | None,
+    ) -> tuple[Answer, list[dict] | None, bool]:
+        """The key's objects of ``kind`` in the provider's list at ``rest`` (asked with ``passed``, and
+        ``cursor`` as ``param``): its pages read on from ``cursor`` until they hold one more of the key's
+        than ``limit``, or end, or :func:`read_on` stops them — (the last answer, ``limit`` of them, whether
+        the provider holds more of the key's that way or was not read to its end). ``before_id`` reads
+        toward the newer, each page's first object the next cursor, and keeps the ``limit`` nearest it;
+        ``after`` and ``after_id`` read on from each page's last. A provider's failure is (its answer,
+        None, False)."""
+        owner = owner_of(ctx)
+        newer = param == "before_id"
+        found: list[dict] = []
         asked_from = {cursor}
         pages = 0
         while True:
-            asked = {**(passed or {}), "limit": str(LIST_PAGE)}
-            if cursor:
-                asked["before_id" if before else "after_id"] = cursor
+            asked = {**passed, "limit": str(LIST_PAGE), **({param: cursor} if cursor else {})}
             answer, doc = self._call(ctx, provider, "GET", rest, query=asked)
             if answer.status >= 400 or not isinstance(doc, dict) or not isinstance(doc.get("data"), list):
                 return answer, None, False
@@ -1419,18 +1423,15 @@ class ProviderCalls:
             items = [d for d in doc["data"] if isinstance(d, dict) and isinstance(d.get("id"), str)]
             mine = self.ownership.owned([d["id"] for d in items], kind, owner, provider.name)
             page = [d for d in items if d["id"] in mine]
-            found = page + found if before else found + page
+            found = page + found if newer else found + page
             if len(found) > limit:
-                found, has_more = (found[-limit:] if before else found[:limit]), True
-                break
-            cursor = (items[0]["id"] if before else items[-1]["id"]) if items else None
+                return answer, (found[-limit:] if newer else found[:limit]), True
+            cursor = (items[0]["id"] if newer else items[-1]["id"]) if items else None
             if not doc.get("has_more") or cursor is None or cursor in asked_from:  # the end, or no way on
-                break
+                return answer, found, False
             asked_from.add(cursor)
             if not read_on(found, pages):
-                has_more = True  # not read to its end: the client asks again from the last id
-                break
-        return answer, found, has_more
+                return answer, found, True  # not read to its end: the client asks again from the last id
 
     def unknown_cursor_page(self, ctx: RequestContext) -> Answer:
         """The empty page a list answers, unasked, for a cursor that is not one of the key's own
@@ -1510,8 +1511,7 @@ class FilesAPI(ProviderCalls):
         on_completed: Callable[[RequestContext, Provider, dict], None],
         check_budget: Callable[[RequestContext, int | None], BatchHold],
     ) -> None:
-        super().__init__(path)
-        self.ownership = ownership
+        super().__init__(path, ownership)
         self._on_completed = on_completed
         self._check_budget = check_budget
 

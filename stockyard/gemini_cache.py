@@ -243,8 +243,7 @@ class CachedContents(GoogleCalls):
     serves = "cached contents"
 
     def __init__(self, path: RequestPath, ownership: Ownership, budgeted: Callable[[RequestContext], bool]) -> None:
-        super().__init__(path)
-        self.ownership = ownership
+        super().__init__(path, ownership)
         self._budgeted = budgeted
 
     def _target(self, provider: Provider, rest: str, query: dict[str, str] | None) -> str:

@@ -199,8 +199,7 @@ class GeminiFiles(GoogleCalls):
     serves = "files"
 
     def __init__(self, path: RequestPath, ownership: Ownership, sessions: UploadSessions) -> None:
-        super().__init__(path)
-        self.ownership = ownership
+        super().__init__(path, ownership)
         self.sessions = sessions
 
     def _target(self, provider: Provider, rest: str, query: dict[str, str] | None) -> str:

@@ -143,8 +143,7 @@ class MessageBatches(ProviderCalls):
             MAX_JSON_VALUES
         ),
     ) -> None:
-        super().__init__(path)
-        self.ownership = ownership
+        super().__init__(path, ownership)
         readers = path.settings.max_results_readers
         self._readers = Caps(readers, max(1, readers // 4))  # results read at once: in all, per key
         self._count = count  # a metric counted (``Metrics.count``): the readers refused

@@ -48,6 +48,7 @@ from typing import Callable
 
 from .errors import ClientGone
 from .upstream import Handoff, UpstreamError, shutdown_error
+from .wakeup import Wakeup
 
 log = logging.getLogger("stockyard.proxy")
 
@@ -150,10 +151,8 @@ class StreamRelay:
     def __init__(self, write_cap: int = WRITE_CAP) -> None:
         self.write_cap = write_cap
         self._selector = selectors.DefaultSelector()
-        self._wake_r, self._wake_w = socket.socketpair()
-        self._wake_r.setblocking(False)
-        self._wake_w.setblocking(False)
-        self._selector.register(self._wake_r.fileno(), selectors.EVENT_READ, None)
+        self._wakeup = Wakeup()
+        self._selector.register(self._wakeup.fileno(), selectors.EVENT_READ, None)
         self._lock = threading.Lock()
         self._arrivals: list[Stream] = []
         self._waited: list[Stream] = []  # streams whose writes were committed (or failed): to go on
@@ -185,7 +184,7 @@ class StreamRelay:
             wake = not self._arrivals  # else a wake-up is on its way (the thread drains, then takes the list)
             self._arrivals.append(stream)
         if wake:
-            self._wake()
+            self._wakeup.wake()
         stream.done.wait()
         out, stream.out = stream.out, bytearray()
         if out and not isinstance(stream.error, ClientGone):
@@ -204,13 +203,7 @@ class StreamRelay:
             self._stopping = True
             running = self._thread is not None
         if running:
-            self._wake()
-
-    def _wake(self) -> None:
-        try:
-            self._wake_w.send(b"x")
-        except BlockingIOError:
-            pass  # a wake-up is pending already
+            self._wakeup.wake()
 
     # -- the relay thread -----------------------------------------------------------------------
 
@@ -245,11 +238,7 @@ class StreamRelay:
         self._expire()
 
     def _arrive(self) -> None:
-        try:
-            while self._wake_r.recv(4096):
-                pass
-        except BlockingIOError:
-            pass
+        self._wakeup.drain()
         with self._lock:
             arrivals, self._arrivals = self._arrivals, []
             waited, self._waited = self._waited, []
@@ -326,7 +315,7 @@ class StreamRelay:
         if all(future.done() for future in list(stream.waits)):
             with self._lock:
                 self._waited.append(stream)
-            self._wake()
+            self._wakeup.wake()
 
     def _resume(self, stream: Stream) -> None:
         """The writes are done: a failed one ends the stream with its error (the held bytes never go

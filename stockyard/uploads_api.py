@@ -27,11 +27,11 @@ import re
 
 from .context import RequestContext
 from .errors import ProxyError
-from .files_api import OBJECT_ID, Ownership, ProviderCalls, id_action_endpoint, id_action_route, not_found, owner_of
+from .files_api import OBJECT_ID, ProviderCalls, id_action_endpoint, id_action_route, not_found, owner_of
 from .httpio import Request, check_method, json_object
 from .pdfpages import MAX_PDF_PAGES
 from .providers import Provider
-from .proxy import Reply, RequestPath
+from .proxy import Reply
 
 log = logging.getLogger("stockyard.files")
 
@@ -68,10 +68,6 @@ class UploadsAPI(ProviderCalls):
 
     serves = "uploads"
     creates = "upload"
-
-    def __init__(self, path: RequestPath, ownership: Ownership) -> None:
-        super().__init__(path)
-        self.ownership = ownership
 
     def _handle(self, reply: Reply, ctx: RequestContext, req: Request) -> None:
         found = route_of(req.path)

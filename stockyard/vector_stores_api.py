@@ -24,10 +24,10 @@ from dataclasses import dataclass
 
 from .context import RequestContext
 from .errors import ProxyError
-from .files_api import OBJECT_ID, Ownership, ProviderCalls, file_ids_of, not_found, owner_of, page_limit
+from .files_api import OBJECT_ID, ProviderCalls, file_ids_of, not_found, owner_of, page_limit
 from .httpio import Request, check_method, json_object
 from .providers import Provider
-from .proxy import Reply, RequestPath
+from .proxy import Reply
 
 KIND = "vector_store"
 PATH = re.compile(
@@ -126,10 +126,6 @@ class VectorStoresAPI(ProviderCalls):
     would (``choose_provider``)."""
 
     serves = "vector stores"
-
-    def __init__(self, path: RequestPath, ownership: Ownership) -> None:
-        super().__init__(path)
-        self.ownership = ownership
 
     def _headers(self, ctx: RequestContext, provider: Provider, rest: str) -> dict[str, str]:
         """The provider's own, and the client's ``OpenAI-Beta`` (checked in ``_handle``)."""

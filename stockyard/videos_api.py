@@ -185,8 +185,7 @@ class VideosAPI(ProviderCalls):
         metrics: Metrics,
         settle: BatchSpend,
     ) -> None:
-        super().__init__(path)
-        self.ownership = ownership
+        super().__init__(path, ownership)
         self._check_budget = check_budget  # App.check_batch_budget: reserves a worst case, or refuses
         self._store = store
         self._metrics = metrics

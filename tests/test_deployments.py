@@ -315,6 +315,9 @@ def test_api_refuses_bad_deployments_and_documents_the_routes(server):
     assert status == 400 and body["error"]["param"] == "model"
     status, body = api(server, "POST", "/api/models", {"name": "chat", "strategy": "random"})
     assert status == 400 and "least-busy" in body["error"]["message"]
+    status, body = api(server, "POST", "/api/models", {"name": "chat", "strategies": "random"})  # a typo
+    assert status == 400 and body["error"]["param"] == "strategies", body
+    assert body["error"]["message"].startswith("unknown field(s) 'strategies'; use name, "), body
     status, body = api(
         server, "POST", "/api/models/chat/deployments", {"provider": "openai", "model": "x", "weight": 0}
     )

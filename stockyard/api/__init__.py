@@ -101,6 +101,14 @@ class ApiRequest:
     def json(self) -> dict:
         return self.req.json()
 
+    def json_fields(self, allowed: tuple[str, ...]) -> dict[str, Any]:
+        """The JSON body with only known fields (a typo such as "key" is an error, not ignored)."""
+        body = self.json()
+        unknown = sorted(set(body) - set(allowed))
+        if unknown:
+            raise invalid(f"unknown field(s) {', '.join(map(repr, unknown))}; use {', '.join(allowed)}", unknown[0])
+        return body
+
     def ops(self) -> Operations:
         """Changes made by this request, attributed to the admin API and the client address."""
         return self.app.ops(audit.actor_api(self.req.client))

@@ -7,8 +7,6 @@ rpm/tpm used against the limits.
 
 from __future__ import annotations
 
-from typing import Any
-
 from ..deployments import STRATEGIES
 from ..operations import invalid
 from ..operations import models as model_ops
@@ -42,14 +40,6 @@ DEPLOYMENT_BODY = {"type": "object", "required": ["provider", "model"], "propert
 DEPLOYMENT_UPDATE_BODY = {"type": "object", "properties": {k: v for k, v in _DEPLOYMENT_DOC.items() if k != "name"}}
 
 
-def _body(r: ApiRequest, allowed: tuple[str, ...]) -> dict[str, Any]:
-    body = r.json()
-    unknown = sorted(set(body) - set(allowed))
-    if unknown:
-        raise invalid(f"unknown field(s) {', '.join(map(repr, unknown))}; use {', '.join(allowed)}", unknown[0])
-    return body
-
-
 def listing(r: ApiRequest) -> list[dict]:
     """The stored models, each deployment with its health in this server now."""
     models = r.app.models()
@@ -77,7 +67,7 @@ def list_models(r: ApiRequest) -> dict:
 
 @route("POST", "/api/models", "Add a model (routed by its deployments and strategy)", body=MODEL_BODY, status=201)
 def add_model(r: ApiRequest) -> tuple[int, dict]:
-    body = _body(r, model_ops.MODEL_FIELDS)
+    body = r.json_fields(model_ops.MODEL_FIELDS)
     if "name" not in body:
         raise invalid('"name" is required', "name")
     model_ops.add_model(
@@ -92,7 +82,7 @@ def add_model(r: ApiRequest) -> tuple[int, dict]:
 
 @route("PATCH", "/api/models/{name}", "Change a model's strategy or fallbacks", body=MODEL_UPDATE_BODY)
 def update_model(r: ApiRequest) -> dict:
-    body = _body(r, model_ops.MODEL_FIELDS[1:])
+    body = r.json_fields(model_ops.MODEL_FIELDS[1:])
     model_ops.update_model(r.ops(), r.params["name"], **body)
     return _one(r, r.params["name"])
 

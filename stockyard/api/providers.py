@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from ..operations import invalid
 from ..operations import providers as provider_ops
 from ..providers import KINDS
@@ -37,15 +35,6 @@ CREATE_BODY = {
 UPDATE_BODY = {"type": "object", "properties": _FIELDS_DOC}
 
 
-def _body(r: ApiRequest, allowed: tuple[str, ...]) -> dict[str, Any]:
-    """The JSON body with only known fields (a typo such as "key" is an error, not ignored)."""
-    body = r.json()
-    unknown = sorted(set(body) - set(allowed))
-    if unknown:
-        raise invalid(f"unknown field(s) {', '.join(map(repr, unknown))}; use {', '.join(allowed)}", unknown[0])
-    return body
-
-
 def _shown(r: ApiRequest, name: str) -> dict:
     """The provider as the server now routes to it (the change has been reloaded)."""
     provider = r.app.registry().by_name.get(name)
@@ -59,7 +48,7 @@ def list_providers(r: ApiRequest) -> dict:
 
 @route("POST", "/api/providers", "Add a database provider; its key is stored encrypted", body=CREATE_BODY)
 def add_provider(r: ApiRequest) -> tuple[int, dict]:
-    body = _body(r, provider_ops.FIELDS)
+    body = r.json_fields(provider_ops.FIELDS)
     if "name" not in body or "kind" not in body:
         raise invalid('"name" and "kind" are required', "name" if "name" not in body else "kind")
     provider_ops.add(
@@ -76,7 +65,7 @@ def add_provider(r: ApiRequest) -> tuple[int, dict]:
 
 
 def update_provider(r: ApiRequest) -> dict:
-    body = _body(r, provider_ops.FIELDS[1:])
+    body = r.json_fields(provider_ops.FIELDS[1:])
     provider_ops.update(r.ops(), r.params["name"], **body)
     return _shown(r, r.params["name"])
 
