@@ -25,8 +25,9 @@ import urllib.error
 import urllib.request
 import wave
 import zlib
+from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
 
 import pytest
 
@@ -521,6 +522,37 @@ def mock_env(cache_home: Path, mock: MockUpstream, **extra: str) -> dict[str, st
     """The environment of a server whose OpenAI provider is the mock: ``base_env``, OPENAI_KEY and the
     mock's ``/v1`` URL, then ``extra`` (other providers, STOCKYARD_ settings; it may override these)."""
     return {**base_env(cache_home), "OPENAI_API_KEY": OPENAI_KEY, "OPENAI_BASE_URL": mock.url + "/v1", **extra}
+
+
+@contextmanager
+def served(
+    pyz_path: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+    name: str,
+    env: dict[str, str],
+    keys: dict[str, list[str]] | None = None,
+    cli: Iterable[Sequence[str]] = (),
+    never_logged: Iterable[str] = (),
+) -> Iterator[ServerProcess]:
+    """A test file's module-scoped server, one way for all: its own database in a folder ``name``,
+    the ``cli`` commands (prices, modules) run and client ``keys`` made before the start (they are
+    in ``server.keys``: keys are required from the first request), the started server yielded.
+    It is stopped on the way out, also after a failed setup; then its log must show no traceback
+    nor any of ``never_logged`` (the secrets it was given)."""
+    srv = ServerProcess(pyz_path, tmp_path_factory.mktemp(name) / "stockyard.db", env)
+    for args in cli:
+        done = srv.cli(*args)
+        assert done.returncode == 0, done.stderr
+    if keys:
+        srv.keys = srv.create_keys(keys)
+    srv.start()
+    try:
+        yield srv
+    finally:
+        srv.stop()
+    assert "Traceback" not in srv.log
+    for secret in never_logged:
+        assert secret not in srv.log
 
 
 @pytest.fixture(scope="session")

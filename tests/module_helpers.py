@@ -9,10 +9,10 @@ from __future__ import annotations
 import http.client
 import json
 import zlib
-from typing import Any
+from typing import Any, Iterator
 
 import pytest
-from conftest import OPENAI_KEY, ServerProcess, base_env
+from conftest import OPENAI_KEY, ServerProcess, base_env, served
 
 ADMIN_KEY = "admin-test-key-modules-0123456789"
 GROQ_KEY = "gsk-test-groq-0123456789abcdefSECRET"
@@ -37,23 +37,26 @@ def provider_env(mock, **env: str) -> dict[str, str]:
     }
 
 
+def module_env(cache_home, mock, **env: str) -> dict[str, str]:
+    """The environment of a module-test server: ``base_env`` and :func:`provider_env`."""
+    return {**base_env(cache_home), **provider_env(mock, **env)}
+
+
 def start_server(pyz_path, cache_home, mock, tmp_path_factory, name: str, **env: str) -> ServerProcess:
-    environ = {**base_env(cache_home), **provider_env(mock, **env)}
+    environ = module_env(cache_home, mock, **env)
     return ServerProcess(pyz_path, tmp_path_factory.mktemp(name) / "stockyard.db", environ).start()
 
 
-def server_fixture(name: str, never_logged: tuple[str, ...] = ()):
-    """The module-scoped ``server`` fixture of a module test file: a server whose log shows no
+def server_fixture(name: str, never_logged: tuple[str, ...] = (), keys: dict[str, list[str]] | None = None, **env: str):
+    """The module-scoped server fixture of a module test file in one line (:func:`conftest.served`
+    on :func:`module_env` with ``env``): ``keys`` made before the start, and a log showing no
     traceback (nor any of ``never_logged``) when it stops."""
 
     @pytest.fixture(scope="module")
-    def server(pyz_path, cache_home, mock, tmp_path_factory):
-        srv = start_server(pyz_path, cache_home, mock, tmp_path_factory, name)
-        yield srv
-        srv.stop()
-        assert "Traceback" not in srv.log
-        for secret in never_logged:
-            assert secret not in srv.log
+    def server(pyz_path, cache_home, mock, tmp_path_factory) -> Iterator[ServerProcess]:
+        environ = module_env(cache_home, mock, **env)
+        with served(pyz_path, tmp_path_factory, name, environ, keys, never_logged=never_logged) as srv:
+            yield srv
 
     return server
 

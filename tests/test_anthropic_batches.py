@@ -10,7 +10,7 @@ import json
 
 import pytest
 from anthropic import APIStatusError, BadRequestError, NotFoundError, PermissionDeniedError, RateLimitError
-from conftest import ServerProcess, admitted_once_billed, mock_env, wait_for
+from conftest import ServerProcess, admitted_once_billed, mock_env, served, wait_for
 from mock_upstream import CODE_OUTPUT, COMPLETION_TOKENS, MESSAGE_BATCHES, PROMPT_TOKENS, Reply
 from rawhttp import connect, read_response
 
@@ -32,28 +32,18 @@ def server(pyz_path, cache_home, mock, tmp_path_factory):
         STOCKYARD_MAX_BODY_BYTES=str(MAX_BODY),
         STOCKYARD_BATCH_POLL="off",  # no background retrieves: a scripted reply reaches the call it is for
     )
-    srv = ServerProcess(pyz_path, tmp_path_factory.mktemp("msgbatches") / "stockyard.db", env)
-    for model in (PLAIN, CACHED):
-        done = srv.cli(
-            "prices", "set", model, "--input", "3", "--output", "15", "--cached-input", "0.3", "--cache-write", "3.75"
-        )
-        assert done.returncode == 0, done.stderr
-    keys = srv.create_keys(
-        {
-            "alice": [],
-            "bob": [],
-            "broke": ["--budget-usd", "0", "--budget-period", "day"],
-            "tight": ["--budget-usd", "1", "--budget-period", "day"],
-            "holder": ["--budget-usd", "1", "--budget-period", "day"],
-            "plain-only": ["--models", PLAIN],
-        }
-    )
-    srv.start()
-    srv.keys = keys
-    yield srv
-    srv.stop()
-    assert "Traceback" not in srv.log
-    assert "sk-ant-test-batches" not in srv.log
+    rates = ("--input", "3", "--output", "15", "--cached-input", "0.3", "--cache-write", "3.75")
+    prices = [("prices", "set", model, *rates) for model in (PLAIN, CACHED)]
+    keys = {
+        "alice": [],
+        "bob": [],
+        "broke": ["--budget-usd", "0", "--budget-period", "day"],
+        "tight": ["--budget-usd", "1", "--budget-period", "day"],
+        "holder": ["--budget-usd", "1", "--budget-period", "day"],
+        "plain-only": ["--models", PLAIN],
+    }
+    with served(pyz_path, tmp_path_factory, "msgbatches", env, keys, prices, ("sk-ant-test-batches",)) as srv:
+        yield srv
 
 
 def requests_for(*models: str, max_tokens: int = 16) -> list[dict]:

@@ -15,7 +15,7 @@ import json
 
 import anthropic
 import pytest
-from conftest import ServerProcess, mock_env
+from conftest import ServerProcess, mock_env, served
 from mock_upstream import MockUpstream, Reply, anthropic_blocks_stream
 
 ANTHROPIC_KEY = "sk-ant-test-containers-0123456789abcdefANTHROPICSECRET"
@@ -28,13 +28,9 @@ VERSION = {"anthropic-version": "2023-06-01"}
 @pytest.fixture(scope="module")
 def server(pyz_path, cache_home, mock, tmp_path_factory) -> ServerProcess:
     env = mock_env(cache_home, mock, ANTHROPIC_API_KEY=ANTHROPIC_KEY, ANTHROPIC_BASE_URL=mock.url)
-    srv = ServerProcess(pyz_path, tmp_path_factory.mktemp("acontainers") / "stockyard.db", env)
-    srv.keys = srv.create_keys({"alice": [], "bob": [], "carol": []})
-    srv.start()
-    yield srv
-    srv.stop()
-    assert "Traceback" not in srv.log
-    assert ANTHROPIC_KEY not in srv.log
+    keys = {"alice": [], "bob": [], "carol": []}
+    with served(pyz_path, tmp_path_factory, "acontainers", env, keys, never_logged=(ANTHROPIC_KEY,)) as srv:
+        yield srv
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ import threading
 import anthropic
 import openai
 import pytest
-from conftest import ServerProcess, mock_env, wait_for
+from conftest import ServerProcess, mock_env, served, wait_for
 from mock_upstream import CODE_OUTPUT, MockUpstream, Recorded, Reply
 from rawhttp import connect, read_until_close
 
@@ -29,15 +29,9 @@ TOOL = {"type": "code_execution_20250825", "name": "code_execution"}
 @pytest.fixture(scope="module")
 def server(pyz_path, cache_home, mock, tmp_path_factory) -> ServerProcess:
     env = mock_env(cache_home, mock, ANTHROPIC_API_KEY=ANTHROPIC_KEY, ANTHROPIC_BASE_URL=mock.url)
-    srv = ServerProcess(pyz_path, tmp_path_factory.mktemp("afiles") / "stockyard.db", env)
-    srv.keys = srv.create_keys(
-        {"alice": [], "bob": [], "carol": [], "dave": [], "openai-only": ["--models", "openai/*"]}
-    )
-    srv.start()
-    yield srv
-    srv.stop()
-    assert "Traceback" not in srv.log
-    assert ANTHROPIC_KEY not in srv.log
+    keys = {"alice": [], "bob": [], "carol": [], "dave": [], "openai-only": ["--models", "openai/*"]}
+    with served(pyz_path, tmp_path_factory, "afiles", env, keys, never_logged=(ANTHROPIC_KEY,)) as srv:
+        yield srv
 
 
 def files_calls(mock: MockUpstream, since: int) -> list[Recorded]:

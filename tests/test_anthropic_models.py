@@ -11,7 +11,7 @@ from datetime import datetime, timezone
 
 import anthropic
 import pytest
-from conftest import OPENAI_KEY, ServerProcess, base_env
+from conftest import OPENAI_KEY, ServerProcess, base_env, served
 from mock_upstream import ANTHROPIC_CREATED_AT, CREATED, MockUpstream, anthropic_display_name
 
 ADMIN = "admin-key-for-anthropic-models-0123456789"
@@ -40,12 +40,10 @@ def server(pyz_path, cache_home, tmp_path_factory):
             "ANTHROPIC_BASE_URL": own.url,
             "STOCKYARD_ADMIN_KEY": ADMIN,
         }
-        srv = ServerProcess(pyz_path, tmp_path_factory.mktemp("antmodels") / "stockyard.db", env).start()
-        restricted = ["gpt-4o", "anthropic/*"]
-        srv.keys = {"all": make_key(srv, "all", None), "some": make_key(srv, "some", restricted)}
-        yield srv
-        srv.stop()
-    assert "Traceback" not in srv.log
+        with served(pyz_path, tmp_path_factory, "antmodels", env) as srv:
+            restricted = ["gpt-4o", "anthropic/*"]
+            srv.keys = {"all": make_key(srv, "all", None), "some": make_key(srv, "some", restricted)}
+            yield srv
 
 
 def make_key(server: ServerProcess, name: str, models: list[str] | None) -> str:

@@ -10,7 +10,7 @@ import json
 import time
 
 import pytest
-from conftest import ServerProcess, mock_env
+from conftest import ServerProcess, mock_env, served
 from mock_upstream import CONTAINERS
 from openai import NotFoundError
 
@@ -22,12 +22,8 @@ ADMIN = "admin-key-for-attack-containers-0123456789"
 @pytest.fixture(scope="module")
 def server(pyz_path, cache_home, mock, tmp_path_factory):
     env = mock_env(cache_home, mock, STOCKYARD_ADMIN_KEY=ADMIN)
-    srv = ServerProcess(pyz_path, tmp_path_factory.mktemp("attack-containers") / "stockyard.db", env)
-    srv.keys = srv.create_keys({"alice": [], "bob": []})
-    srv.start()
-    yield srv
-    srv.stop()
-    assert "Traceback" not in srv.log
+    with served(pyz_path, tmp_path_factory, "attack-containers", env, {"alice": [], "bob": []}) as srv:
+        yield srv
 
 
 def alices_container(server: ServerProcess) -> str:

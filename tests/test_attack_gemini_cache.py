@@ -12,7 +12,7 @@ import json
 from urllib.parse import quote
 
 import pytest
-from conftest import ServerProcess, mock_env, wait_for
+from conftest import ServerProcess, mock_env, served, wait_for
 from mock_upstream import MockUpstream
 from rawhttp import connect, read_response
 
@@ -25,13 +25,10 @@ QUESTION = [{"role": "user", "parts": [{"text": "What does it say?"}]}]
 @pytest.fixture(scope="module")
 def server(pyz_path, cache_home, mock, tmp_path_factory) -> ServerProcess:
     env = mock_env(cache_home, mock, GEMINI_API_KEY=GEMINI_KEY, GEMINI_BASE_URL=mock.url)
-    srv = ServerProcess(pyz_path, tmp_path_factory.mktemp("gattack") / "stockyard.db", env)
-    assert srv.cli("prices", "set", MODEL, "--input", "1", "--output", "2", "--cached-input", "0.5").returncode == 0
-    srv.keys = srv.create_keys({"alice": [], "bob": [], "later": [], "narrow": ["--models", MODEL]})
-    srv.start()
-    yield srv
-    srv.stop()
-    assert "Traceback" not in srv.log and GEMINI_KEY not in srv.log
+    price = ("prices", "set", MODEL, "--input", "1", "--output", "2", "--cached-input", "0.5")
+    keys = {"alice": [], "bob": [], "later": [], "narrow": ["--models", MODEL]}
+    with served(pyz_path, tmp_path_factory, "gattack", env, keys, [price], (GEMINI_KEY,)) as srv:
+        yield srv
 
 
 def call(server: ServerProcess, who: str | None, method: str, path: str, body: dict | None = None, raw=None):

@@ -8,7 +8,7 @@ import json
 from urllib.parse import quote, urlsplit
 
 import pytest
-from conftest import ServerProcess, mock_env
+from conftest import ServerProcess, mock_env, served
 from mock_upstream import GEMINI_FILES, MockUpstream, Reply
 from rawhttp import connect, read_response
 from test_gemini_files import call, chunk, generate, google_error, send, start, upload, upload_url
@@ -20,12 +20,9 @@ MODEL = "gemini-files-model"
 @pytest.fixture(scope="module")
 def server(pyz_path, cache_home, mock, tmp_path_factory) -> ServerProcess:
     env = mock_env(cache_home, mock, GEMINI_API_KEY=GEMINI_KEY, GEMINI_BASE_URL=mock.url)
-    srv = ServerProcess(pyz_path, tmp_path_factory.mktemp("gfiles-attack") / "stockyard.db", env)
-    srv.keys = srv.create_keys({"alice": [], "bob": []})
-    srv.start()
-    yield srv
-    srv.stop()
-    assert "Traceback" not in srv.log and GEMINI_KEY not in srv.log
+    keys = {"alice": [], "bob": []}
+    with served(pyz_path, tmp_path_factory, "gfiles-attack", env, keys, never_logged=(GEMINI_KEY,)) as srv:
+        yield srv
 
 
 def asked(mock: MockUpstream) -> int:

@@ -8,7 +8,7 @@ import json
 
 import openai
 import pytest
-from conftest import ServerProcess, mock_env
+from conftest import ServerProcess, mock_env, served
 from mock_upstream import Reply
 from openai import NotFoundError, PermissionDeniedError
 from rawhttp import connect, read_until_close, statuses
@@ -30,13 +30,9 @@ def server(pyz_path, cache_home, mock, tmp_path_factory):
         STOCKYARD_TRUSTED_PROXIES="127.0.0.1",
         STOCKYARD_REQUEST_READ_TIMEOUT="1",  # for the whole request to arrive, not for the answer
     )
-    srv = ServerProcess(pyz_path, tmp_path_factory.mktemp("attack") / "s.db", env)
-    keys = srv.create_keys({"alice": [], "bob": [], "mini": ["--models", "gpt-4o-mini"]})
-    srv.start()
-    srv.keys = keys
-    yield srv
-    srv.stop()
-    assert "Traceback" not in srv.log
+    keys = {"alice": [], "bob": [], "mini": ["--models", "gpt-4o-mini"]}
+    with served(pyz_path, tmp_path_factory, "attack", env, keys) as srv:
+        yield srv
 
 
 def admin_status(server: ServerProcess, token: str, forwarded_for: str) -> int:

@@ -9,7 +9,7 @@ import json
 
 import openai
 import pytest
-from conftest import OPENAI_KEY, ServerProcess, base_env, wait_for
+from conftest import OPENAI_KEY, ServerProcess, base_env, served, wait_for
 from mock_upstream import Reply, multipart_form
 from openai import PermissionDeniedError, RateLimitError
 
@@ -36,7 +36,6 @@ def server(pyz_path, cache_home, mock, tmp_path_factory):
         "ANTHROPIC_BASE_URL": mock.url,
         "STOCKYARD_BODY_CAP_BYTES": str(BODY_CAP),  # trace bodies kept short
     }
-    srv = ServerProcess(pyz_path, tmp_path_factory.mktemp("attack2") / "s.db", env)
     keys = {
         "mini": ["--models", "gpt-4o-mini"],
         "budgeted": ["--budget-usd", "5", "--budget-period", "day"],
@@ -45,8 +44,7 @@ def server(pyz_path, cache_home, mock, tmp_path_factory):
         "tpm": ["--tpm", "20000"],
         "painter": ["--budget-usd", "2", "--budget-period", "day"],
     }
-    secrets = srv.create_keys(keys)
-    for args in (
+    setup = (
         ("modules", "set", "fallback", "retries=0", f"chains={json.dumps(FALLBACK_CHAINS)}"),
         ("modules", "enable", "fallback"),
         ("modules", "set", "userlimits", "budget_usd=1"),  # only requests naming an end user
@@ -65,14 +63,9 @@ def server(pyz_path, cache_home, mock, tmp_path_factory):
             "--rpm",
             "1",
         ),
-    ):
-        done = srv.cli(*args)
-        assert done.returncode == 0, done.stderr
-    srv.start()
-    srv.keys = secrets
-    yield srv
-    srv.stop()
-    assert "Traceback" not in srv.log
+    )
+    with served(pyz_path, tmp_path_factory, "attack2", env, keys, setup) as srv:
+        yield srv
 
 
 def post(server: ServerProcess, who: str, path: str, body: dict) -> tuple[int, dict, dict]:

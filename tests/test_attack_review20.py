@@ -15,7 +15,7 @@ import re
 from pathlib import Path
 
 import pytest
-from conftest import ServerProcess, mock_env, wait_for
+from conftest import ServerProcess, mock_env, served, wait_for
 
 ADMIN_KEY = "review20-admin-key-0123456789"
 SECRET = "review20-encryption-secret-0123456789"
@@ -27,10 +27,8 @@ TABLE_TOP = int(re.search(r"TABLE_TOP = (\d+)", COSTS_JS + "TABLE_TOP = 0")[1]) 
 @pytest.fixture(scope="module")
 def server(pyz_path, cache_home, mock, tmp_path_factory):
     env = mock_env(cache_home, mock, STOCKYARD_ADMIN_KEY=ADMIN_KEY, STOCKYARD_ENCRYPTION_KEY=SECRET)
-    srv = ServerProcess(pyz_path, tmp_path_factory.mktemp("review20") / "stockyard.db", env).start()
-    yield srv
-    srv.stop()
-    assert "Traceback" not in srv.log
+    with served(pyz_path, tmp_path_factory, "review20", env) as srv:
+        yield srv
 
 
 def admin(server: ServerProcess, path: str) -> tuple[int, dict]:

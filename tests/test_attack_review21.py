@@ -18,7 +18,7 @@ import json
 
 import anthropic
 import pytest
-from conftest import ServerProcess, mock_env
+from conftest import ServerProcess, mock_env, served
 
 from stockyard.batch_costs import BatchTotal, anthropic_usage_of
 from stockyard.pricing import WEB_SEARCH_UC, PriceTable
@@ -28,23 +28,15 @@ OPUS = "claude-opus-4-6"  # fast mode and inference_geo both apply to it
 
 @pytest.fixture(scope="module")
 def server(pyz_path, cache_home, mock, tmp_path_factory):
-    srv = ServerProcess(
-        pyz_path,
-        tmp_path_factory.mktemp("attack21") / "s.db",
-        mock_env(cache_home, mock, ANTHROPIC_API_KEY="sk-ant-review21", ANTHROPIC_BASE_URL=mock.url),
-    )
-    srv.keys = srv.create_keys(
-        {
-            "budgeted": ["--budget-usd", "5", "--budget-period", "day"],
-            "dime": ["--budget-usd", "0.08", "--budget-period", "day"],
-            "dollar": ["--budget-usd", "1", "--budget-period", "day"],
-            "open": [],
-        }
-    )
-    srv.start()
-    yield srv
-    srv.stop()
-    assert "Traceback" not in srv.log
+    env = mock_env(cache_home, mock, ANTHROPIC_API_KEY="sk-ant-review21", ANTHROPIC_BASE_URL=mock.url)
+    keys = {
+        "budgeted": ["--budget-usd", "5", "--budget-period", "day"],
+        "dime": ["--budget-usd", "0.08", "--budget-period", "day"],
+        "dollar": ["--budget-usd", "1", "--budget-period", "day"],
+        "open": [],
+    }
+    with served(pyz_path, tmp_path_factory, "attack21", env, keys) as srv:
+        yield srv
 
 
 def create(server: ServerProcess, extra: dict, beta: str | None = None, model: str = OPUS) -> anthropic.types.Message:

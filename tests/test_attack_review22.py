@@ -11,12 +11,13 @@ import json
 import zlib
 
 import pytest
-from conftest import wait_for
+from conftest import served, wait_for
 from mock_upstream import Reply
 from module_helpers import (  # noqa: F401 (fixture)
     api,
     chat,
     fresh,
+    module_env,
     providers_called,
     put_module,
     raw_stream,
@@ -33,18 +34,9 @@ HAIKU = "claude-3-5-haiku-20241022"
 @pytest.fixture(scope="module")
 def server(pyz_path, cache_home, mock, tmp_path_factory):
     """``openai`` and ``groq`` on the mock (``mistral`` on a closed port), ``anthropic`` too."""
-    srv = start_server(
-        pyz_path,
-        cache_home,
-        mock,
-        tmp_path_factory,
-        "review22",
-        ANTHROPIC_API_KEY=ANTHROPIC_KEY,
-        ANTHROPIC_BASE_URL=mock.url,
-    )
-    yield srv
-    srv.stop()
-    assert "Traceback" not in srv.log
+    env = module_env(cache_home, mock, ANTHROPIC_API_KEY=ANTHROPIC_KEY, ANTHROPIC_BASE_URL=mock.url)
+    with served(pyz_path, tmp_path_factory, "review22", env) as srv:
+        yield srv
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ import threading
 import time
 
 import pytest
-from conftest import TEST_STORE, ServerProcess, hold_database, mock_env, wait_for
+from conftest import TEST_STORE, ServerProcess, hold_database, mock_env, served, wait_for
 from mock_upstream import MockUpstream, Reply, openai_error
 from module_helpers import ADMIN_KEY, api, put_module
 from test_attack_review16 import start
@@ -39,10 +39,8 @@ def upstream():
 @pytest.fixture(scope="module")
 def server(pyz_path, cache_home, upstream, tmp_path_factory):
     env = mock_env(cache_home, upstream, STOCKYARD_ADMIN_KEY=ADMIN_KEY, STOCKYARD_ENCRYPTION_KEY=SECRET)
-    srv = ServerProcess(pyz_path, tmp_path_factory.mktemp("attack27") / "stockyard.db", env).start()
-    yield srv
-    srv.stop()
-    assert "Traceback" not in srv.log
+    with served(pyz_path, tmp_path_factory, "attack27", env) as srv:
+        yield srv
 
 
 def deploy(server: ServerProcess, model_name: str, /, **fields) -> None:

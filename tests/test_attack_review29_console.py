@@ -9,7 +9,7 @@ ride from another site (CSRF): its bearer key lives in the tab's sessionStorage 
 from __future__ import annotations
 
 import pytest
-from conftest import ServerProcess, mock_env
+from conftest import ServerProcess, mock_env, served
 from test_console_browser import ADMIN_KEY, ARGS, CHROMIUM, SECRET, Console, playwright  # noqa: F401
 
 MARK = "<img src=x onerror=window.__xss=1><script>window.__xss=2</script>"
@@ -19,10 +19,8 @@ PAGES = ("overview", "traces", "costs", "keys", "providers", "models", "modules"
 @pytest.fixture(scope="module")
 def server(pyz_path, cache_home, mock, tmp_path_factory):
     env = mock_env(cache_home, mock, STOCKYARD_ADMIN_KEY=ADMIN_KEY, STOCKYARD_ENCRYPTION_KEY=SECRET)
-    srv = ServerProcess(pyz_path, tmp_path_factory.mktemp("attack29-console") / "stockyard.db", env).start()
-    yield srv
-    srv.stop()
-    assert "Traceback" not in srv.log
+    with served(pyz_path, tmp_path_factory, "attack29-console", env) as srv:
+        yield srv
 
 
 @pytest.fixture(scope="module")

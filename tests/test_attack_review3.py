@@ -10,7 +10,7 @@ import time
 import zlib
 
 import pytest
-from conftest import ServerProcess, mock_env
+from conftest import ServerProcess, mock_env, served
 from rawhttp import connect, read_response
 
 ADMIN = "review3-admin-key-0123456789abcdef"
@@ -19,12 +19,8 @@ CHAT = json.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "conten
 
 @pytest.fixture(scope="module")
 def server(pyz_path, cache_home, mock, tmp_path_factory):
-    srv = ServerProcess(
-        pyz_path,
-        tmp_path_factory.mktemp("attack3") / "s.db",
-        mock_env(
-            cache_home, mock, STOCKYARD_ADMIN_KEY=ADMIN, ANTHROPIC_API_KEY="sk-ant-mock", ANTHROPIC_BASE_URL=mock.url
-        ),
+    env = mock_env(
+        cache_home, mock, STOCKYARD_ADMIN_KEY=ADMIN, ANTHROPIC_API_KEY="sk-ant-mock", ANTHROPIC_BASE_URL=mock.url
     )
     keys = {
         "flood": ["--rpm", "3"],
@@ -36,13 +32,9 @@ def server(pyz_path, cache_home, mock, tmp_path_factory):
         "tokens-only": ["--tpm", "100"],
         "message-batches": ["--rpm", "2"],
     }
-    secrets = srv.create_keys(keys)
-    srv.start()
-    srv.keys = secrets
-    srv.key_ids = {r["name"]: r["id"] for r in srv.db_rows("SELECT id, name FROM client_keys")}
-    yield srv
-    srv.stop()
-    assert "Traceback" not in srv.log
+    with served(pyz_path, tmp_path_factory, "attack3", env, keys) as srv:
+        srv.key_ids = {r["name"]: r["id"] for r in srv.db_rows("SELECT id, name FROM client_keys")}
+        yield srv
 
 
 def raw_request(method: str, path: str, key: str, body: bytes = b"", headers: list[str] | None = None) -> bytes:

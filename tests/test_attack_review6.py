@@ -10,7 +10,7 @@ import json
 import time
 
 import pytest
-from conftest import ServerProcess, mock_env
+from conftest import ServerProcess, mock_env, served
 from mock_upstream import Reply
 from module_helpers import ADMIN_KEY, put_module
 
@@ -21,25 +21,19 @@ OPENAI_SECRET = "sk-proj-" + "A1b2C3d4E5f6G7h8I9j0" * 2
 
 @pytest.fixture(scope="module")
 def server(pyz_path, cache_home, mock, tmp_path_factory):
-    srv = ServerProcess(
-        pyz_path,
-        tmp_path_factory.mktemp("attack6") / "s.db",
-        mock_env(
-            cache_home,
-            mock,
-            ANTHROPIC_API_KEY="sk-ant-review6",
-            ANTHROPIC_BASE_URL=mock.url,
-            GEMINI_API_KEY="AIza-review6-0123456789abcdef",
-            GEMINI_BASE_URL=mock.url,
-            STOCKYARD_MAX_BODY_BYTES=str(MAX_BODY),
-            STOCKYARD_ADMIN_KEY=ADMIN_KEY,
-        ),
+    env = mock_env(
+        cache_home,
+        mock,
+        ANTHROPIC_API_KEY="sk-ant-review6",
+        ANTHROPIC_BASE_URL=mock.url,
+        GEMINI_API_KEY="AIza-review6-0123456789abcdef",
+        GEMINI_BASE_URL=mock.url,
+        STOCKYARD_MAX_BODY_BYTES=str(MAX_BODY),
+        STOCKYARD_ADMIN_KEY=ADMIN_KEY,
     )
-    srv.keys = srv.create_keys({"alice": [], "bob": [], "budgeted": ["--budget-usd", "0.15", "--budget-period", "day"]})
-    srv.start()
-    yield srv
-    srv.stop()
-    assert "Traceback" not in srv.log
+    keys = {"alice": [], "bob": [], "budgeted": ["--budget-usd", "0.15", "--budget-period", "day"]}
+    with served(pyz_path, tmp_path_factory, "attack6", env, keys) as srv:
+        yield srv
 
 
 def post(server: ServerProcess, who: str, path: str, body: dict | None = None, raw: bytes | None = None):

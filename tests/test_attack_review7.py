@@ -10,7 +10,7 @@ import json
 import time
 
 import pytest
-from conftest import ServerProcess, mock_env, wait_for
+from conftest import ServerProcess, mock_env, served, wait_for
 from module_helpers import ADMIN_KEY, put_module
 
 MAX_BODY = 32 * 1024 * 1024  # the default: a conversation as large as Stockyard keeps one
@@ -20,35 +20,27 @@ OPENAI_SECRET = "sk-proj-" + "A1b2C3d4E5f6G7h8I9j0" * 2
 
 @pytest.fixture(scope="module")
 def server(pyz_path, cache_home, mock, tmp_path_factory):
-    srv = ServerProcess(
-        pyz_path,
-        tmp_path_factory.mktemp("attack7") / "s.db",
-        mock_env(
-            cache_home,
-            mock,
-            ANTHROPIC_API_KEY="sk-ant-review7",
-            ANTHROPIC_BASE_URL=mock.url,
-            STOCKYARD_MAX_BODY_BYTES=str(MAX_BODY),
-            STOCKYARD_ADMIN_KEY=ADMIN_KEY,
-        ),
+    env = mock_env(
+        cache_home,
+        mock,
+        ANTHROPIC_API_KEY="sk-ant-review7",
+        ANTHROPIC_BASE_URL=mock.url,
+        STOCKYARD_MAX_BODY_BYTES=str(MAX_BODY),
+        STOCKYARD_ADMIN_KEY=ADMIN_KEY,
     )
     budget = ["--budget-usd", "0.15", "--budget-period", "day"]
-    srv.keys = srv.create_keys(
-        {
-            "alice": [],
-            "bob": [],
-            "spent": ["--budget-usd", "1", "--budget-period", "total"],
-            "budgeted": budget,
-            "budgeted2": budget,
-            "budgeted3": budget,
-            "rpm": ["--rpm", "30"],
-            "tpm": ["--tpm", "100000"],
-        }
-    )
-    srv.start()
-    yield srv
-    srv.stop()
-    assert "Traceback" not in srv.log
+    keys = {
+        "alice": [],
+        "bob": [],
+        "spent": ["--budget-usd", "1", "--budget-period", "total"],
+        "budgeted": budget,
+        "budgeted2": budget,
+        "budgeted3": budget,
+        "rpm": ["--rpm", "30"],
+        "tpm": ["--tpm", "100000"],
+    }
+    with served(pyz_path, tmp_path_factory, "attack7", env, keys) as srv:
+        yield srv
 
 
 def call(server: ServerProcess, who: str, method: str, path: str, body=None) -> tuple[int, dict]:

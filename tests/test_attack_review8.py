@@ -8,7 +8,7 @@ import json
 import time
 
 import pytest
-from conftest import ServerProcess, mock_env
+from conftest import ServerProcess, mock_env, served
 
 CLAUDE, GEMINI = "claude-sonnet-4-5", "gemini-2.5-pro"
 # gpt-image-1 in µ¢ a token (prices.json: text in $5, image in $10, output $40 per 1M)
@@ -25,13 +25,9 @@ def server(pyz_path, cache_home, mock, tmp_path_factory):
         GEMINI_API_KEY="AIza-review8-0123456789GEM",
         GEMINI_BASE_URL=mock.url,
     )
-    srv = ServerProcess(pyz_path, tmp_path_factory.mktemp("attack8") / "s.db", env)
     held = ["--budget-usd", "0.255", "--budget-period", "total"]  # one gpt-image-1 high image (6,240 tokens: $0.2496)
-    srv.keys = srv.create_keys({"free": [], "held": held, "control": held})
-    srv.start()
-    yield srv
-    srv.stop()
-    assert "Traceback" not in srv.log
+    with served(pyz_path, tmp_path_factory, "attack8", env, {"free": [], "held": held, "control": held}) as srv:
+        yield srv
 
 
 def post(server: ServerProcess, path: str, body: dict, who: str = "free") -> tuple[int, dict, bytes]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import ServerProcess, mock_env
+from conftest import ServerProcess, mock_env, served
 from mock_upstream import MockUpstream
 from rawhttp import connect, read_response
 from test_gemini_files import chunk, google_error, send, upload_url
@@ -27,23 +27,17 @@ ASK = [{"role": "user", "content": "make a csv"}]
 @pytest.fixture(scope="module")
 def gemini(pyz_path, cache_home, mock, tmp_path_factory) -> ServerProcess:
     env = mock_env(cache_home, mock, GEMINI_API_KEY=GEMINI_KEY, GEMINI_BASE_URL=mock.url)
-    srv = ServerProcess(pyz_path, tmp_path_factory.mktemp("review9-gemini") / "stockyard.db", env)
-    srv.keys = srv.create_keys({"alice": []})
-    srv.start()
-    yield srv
-    srv.stop()
-    assert "Traceback" not in srv.log and GEMINI_KEY not in srv.log
+    keys = {"alice": []}
+    with served(pyz_path, tmp_path_factory, "review9-gemini", env, keys, never_logged=(GEMINI_KEY,)) as srv:
+        yield srv
 
 
 @pytest.fixture(scope="module")
 def claude(pyz_path, cache_home, mock, tmp_path_factory) -> ServerProcess:
     env = mock_env(cache_home, mock, ANTHROPIC_API_KEY=ANTHROPIC_KEY, ANTHROPIC_BASE_URL=mock.url)
-    srv = ServerProcess(pyz_path, tmp_path_factory.mktemp("review9-claude") / "stockyard.db", env)
-    srv.keys = srv.create_keys({"alice": [], "bob": []})
-    srv.start()
-    yield srv
-    srv.stop()
-    assert "Traceback" not in srv.log and ANTHROPIC_KEY not in srv.log
+    keys = {"alice": [], "bob": []}
+    with served(pyz_path, tmp_path_factory, "review9-claude", env, keys, never_logged=(ANTHROPIC_KEY,)) as srv:
+        yield srv
 
 
 def test_a_keyless_chunk_under_a_guessed_token_is_refused_before_a_byte_of_its_body(gemini, mock) -> None:
@@ -128,13 +122,8 @@ def test_another_keys_container_does_not_travel_through_a_translation(
 
 @pytest.fixture(scope="module")
 def openai(pyz_path, cache_home, mock, tmp_path_factory) -> ServerProcess:
-    env = mock_env(cache_home, mock)
-    srv = ServerProcess(pyz_path, tmp_path_factory.mktemp("review9-openai") / "stockyard.db", env)
-    srv.keys = srv.create_keys({"alice": []})
-    srv.start()
-    yield srv
-    srv.stop()
-    assert "Traceback" not in srv.log
+    with served(pyz_path, tmp_path_factory, "review9-openai", mock_env(cache_home, mock), {"alice": []}) as srv:
+        yield srv
 
 
 @pytest.mark.parametrize("stream", [False, True])

@@ -10,7 +10,7 @@ import json
 import time
 
 import pytest
-from conftest import ServerProcess, mock_env
+from conftest import ServerProcess, mock_env, served
 from mock_upstream import VECTOR_STORES
 from openai import NotFoundError
 
@@ -23,12 +23,8 @@ SECRET = b"alice's secret recipe"
 @pytest.fixture(scope="module")
 def server(pyz_path, cache_home, mock, tmp_path_factory):
     env = mock_env(cache_home, mock, STOCKYARD_ADMIN_KEY=ADMIN)
-    srv = ServerProcess(pyz_path, tmp_path_factory.mktemp("attack-vstores") / "stockyard.db", env)
-    srv.keys = srv.create_keys({"alice": [], "bob": []})
-    srv.start()
-    yield srv
-    srv.stop()
-    assert "Traceback" not in srv.log
+    with served(pyz_path, tmp_path_factory, "attack-vstores", env, {"alice": [], "bob": []}) as srv:
+        yield srv
 
 
 def alices_store(server: ServerProcess) -> tuple[str, str]:

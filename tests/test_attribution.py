@@ -8,8 +8,8 @@ import json
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from conftest import wait_for
-from module_helpers import HELLO, api, put_module, start_server
+from conftest import served, wait_for
+from module_helpers import HELLO, api, module_env, put_module
 
 from stockyard import budgets
 from stockyard.modules.ratelimit import RateLimiter
@@ -19,12 +19,10 @@ BUDGET_MODEL = {"model": "openai/mock-budget", "messages": HELLO, "max_tokens": 
 
 @pytest.fixture(scope="module")
 def server(pyz_path, cache_home, mock, tmp_path_factory):
-    srv = start_server(pyz_path, cache_home, mock, tmp_path_factory, "attribution")
-    status, _ = api(srv, "POST", "/api/prices", {"model": "mock-budget", "input": "0", "output": "1"})
-    assert status == 200
-    yield srv
-    srv.stop()
-    assert "Traceback" not in srv.log
+    with served(pyz_path, tmp_path_factory, "attribution", module_env(cache_home, mock)) as srv:
+        status, _ = api(srv, "POST", "/api/prices", {"model": "mock-budget", "input": "0", "output": "1"})
+        assert status == 200
+        yield srv
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import threading
 
 import pytest
 from anthropic import NotFoundError
-from conftest import HELD_SAYS, ServerProcess, hold_database, mock_env, wait_for
+from conftest import HELD_SAYS, ServerProcess, hold_database, mock_env, served, wait_for
 from mock_upstream import CODE_OUTPUT, MESSAGE_BATCHES, Reply
 from test_anthropic_batches import CODE_TOOL, PLAIN, results
 
@@ -31,13 +31,9 @@ def server(pyz_path, cache_home, mock, tmp_path_factory):
         STOCKYARD_MAX_RESULTS_READERS=str(READERS),
         STOCKYARD_BUSY_TIMEOUT_MS="1500",  # a claim the held database refuses fails after 1.5 s, not 10
     )
-    srv = ServerProcess(pyz_path, tmp_path_factory.mktemp("robust") / "stockyard.db", env)
-    srv.keys = srv.create_keys({name: [] for name in ("alice", "bob", "carol", "dave", "erin")})
-    srv.start()
-    yield srv
-    srv.stop()
-    assert "Traceback" not in srv.log
-    assert "sk-ant-test-robust" not in srv.log
+    keys = {name: [] for name in ("alice", "bob", "carol", "dave", "erin")}
+    with served(pyz_path, tmp_path_factory, "robust", env, keys, never_logged=("sk-ant-test-robust",)) as srv:
+        yield srv
 
 
 def code_batch(server: ServerProcess, who: str, count: int = 2, filler: int = 500) -> tuple[str, list[str]]:

@@ -13,7 +13,7 @@ import json
 import secrets
 
 import pytest
-from conftest import ServerProcess, mock_env, wait_for
+from conftest import ServerProcess, mock_env, served, wait_for
 
 ADMIN = "admin-key-for-billed-price-0123456789"
 AUTH = {"Authorization": f"Bearer {ADMIN}"}
@@ -24,10 +24,8 @@ BUDGET_USD, PER_REQUEST_UC = "0.00002", 500
 @pytest.fixture(scope="module")
 def server(pyz_path, cache_home, mock, tmp_path_factory):
     env = mock_env(cache_home, mock, STOCKYARD_ADMIN_KEY=ADMIN, STOCKYARD_ENCRYPTION_KEY="enc-" + secrets.token_hex(16))
-    srv = ServerProcess(pyz_path, tmp_path_factory.mktemp("billed") / "stockyard.db", env).start()
-    yield srv
-    srv.stop()
-    assert "Traceback" not in srv.log
+    with served(pyz_path, tmp_path_factory, "billed", env) as srv:
+        yield srv
 
 
 def api(server: ServerProcess, method: str, path: str, body: dict | None = None) -> tuple[int, dict]:

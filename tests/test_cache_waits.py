@@ -18,16 +18,10 @@ import uuid
 import pytest
 from conftest import wait_for
 from mock_upstream import Reply
-from module_helpers import api, chat, disable_all, start_server
+from module_helpers import api, chat, disable_all, server_fixture
 from test_cache_stampede import asked, at_once, waiting
 
-
-@pytest.fixture(scope="module")
-def server(pyz_path, cache_home, mock, tmp_path_factory):
-    srv = start_server(pyz_path, cache_home, mock, tmp_path_factory, "cache-waits")
-    yield srv
-    srv.stop()
-    assert "Traceback" not in srv.log
+server = server_fixture("cache-waits")
 
 
 @pytest.fixture(autouse=True)

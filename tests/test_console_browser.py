@@ -17,7 +17,7 @@ import threading
 
 import playwright.sync_api as playwright  # noqa: E402  (requirements-test.txt)
 import pytest
-from conftest import ROOT, ServerProcess, mock_env, wait_for
+from conftest import ROOT, ServerProcess, mock_env, served, wait_for
 from mock_upstream import Reply
 from webhook_receiver import Receiver
 
@@ -56,10 +56,8 @@ def usd(uc: int, places: int = 2) -> str:
 @pytest.fixture(scope="module")
 def server(pyz_path, cache_home, mock, tmp_path_factory):
     env = mock_env(cache_home, mock, STOCKYARD_ADMIN_KEY=ADMIN_KEY, STOCKYARD_ENCRYPTION_KEY=SECRET)
-    srv = ServerProcess(pyz_path, tmp_path_factory.mktemp("browser") / "stockyard.db", env).start()
-    yield srv
-    srv.stop()
-    assert "Traceback" not in srv.log
+    with served(pyz_path, tmp_path_factory, "browser", env) as srv:
+        yield srv
 
 
 @pytest.fixture(scope="module")

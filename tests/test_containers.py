@@ -10,7 +10,7 @@ import json
 import zlib
 
 import pytest
-from conftest import ServerProcess, mock_env, wait_for
+from conftest import ServerProcess, mock_env, served, wait_for
 from mock_upstream import CHART, CONTAINERS, FILES, TEXT, Reply, responses_object, responses_stream
 from mock_upstream import run_code as mock_run_code
 from openai import NotFoundError, RateLimitError
@@ -27,12 +27,9 @@ def server(pyz_path, cache_home, mock, tmp_path_factory):
         ANTHROPIC_BASE_URL=mock.url,
         STOCKYARD_ADMIN_KEY=ADMIN,
     )
-    srv = ServerProcess(pyz_path, tmp_path_factory.mktemp("containers") / "stockyard.db", env)
-    srv.keys = srv.create_keys({"alice": [], "bob": [], "lister": [], "batcher": [], "slow": ["--rpm", "2"]})
-    srv.start()
-    yield srv
-    srv.stop()
-    assert "Traceback" not in srv.log
+    keys = {"alice": [], "bob": [], "lister": [], "batcher": [], "slow": ["--rpm", "2"]}
+    with served(pyz_path, tmp_path_factory, "containers", env, keys) as srv:
+        yield srv
 
 
 def container_calls(mock) -> list:

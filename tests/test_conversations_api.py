@@ -10,9 +10,9 @@ import io
 import json
 
 import pytest
-from conftest import ServerProcess, wait_for
+from conftest import ServerProcess, served, wait_for
 from mock_upstream import TEXT, Reply, anthropic_error, openai_error
-from module_helpers import api, client_key, disable_all, put_module, start_server
+from module_helpers import api, client_key, disable_all, module_env, put_module
 from openai import BadRequestError, NotFoundError, OpenAI, RateLimitError
 
 PASSED, TRANSLATED = "gpt-4o-mini", "claude-haiku-4-5"
@@ -21,21 +21,17 @@ MAX_BODY = 200_000
 
 @pytest.fixture(scope="module")
 def server(pyz_path, cache_home, mock, tmp_path_factory):
-    srv = start_server(
-        pyz_path,
+    env = module_env(
         cache_home,
         mock,
-        tmp_path_factory,
-        "conversations",
         ANTHROPIC_API_KEY="sk-ant-test-0123456789abcdef",
         ANTHROPIC_BASE_URL=mock.url,
         STOCKYARD_MAX_BODY_BYTES=str(MAX_BODY),
     )
-    # $10 per 1M input tokens, output free: 1_000 µ¢ per estimated input token
-    assert api(srv, "POST", "/api/prices", {"model": TRANSLATED, "input": "10", "output": "0"})[0] == 200
-    yield srv
-    srv.stop()
-    assert "Traceback" not in srv.log
+    with served(pyz_path, tmp_path_factory, "conversations", env) as srv:
+        # $10 per 1M input tokens, output free: 1_000 µ¢ per estimated input token
+        assert api(srv, "POST", "/api/prices", {"model": TRANSLATED, "input": "10", "output": "0"})[0] == 200
+        yield srv
 
 
 @pytest.fixture(autouse=True)

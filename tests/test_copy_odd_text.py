@@ -14,7 +14,7 @@ import secrets
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from conftest import ServerProcess, mock_env, wait_for
+from conftest import mock_env, served, wait_for
 
 from stockyard.store.traces import clean_text
 
@@ -23,11 +23,8 @@ ODD = ["back\\slash", "\\.", "\\N", "tab\there", "line\nend", "cr\rlf", "nul\x00
 
 @pytest.fixture(scope="module")
 def server(pyz_path, cache_home, mock, tmp_path_factory):
-    srv = ServerProcess(pyz_path, tmp_path_factory.mktemp("copyodd") / "stockyard.db", mock_env(cache_home, mock))
-    srv.start()
-    yield srv
-    srv.stop()
-    assert "Traceback" not in srv.log
+    with served(pyz_path, tmp_path_factory, "copyodd", mock_env(cache_home, mock)) as srv:
+        yield srv
 
 
 def test_a_burst_of_odd_client_text_keeps_every_trace_as_written(server):

@@ -16,7 +16,7 @@ from collections import Counter
 from urllib.parse import quote
 
 import pytest
-from conftest import OPENAI_KEY, ServerProcess, base_env, mock_env, open_database, wait_for
+from conftest import OPENAI_KEY, ServerProcess, base_env, mock_env, open_database, served, wait_for
 from mock_upstream import MockUpstream, Reply
 from module_helpers import ADMIN_KEY, api, disable_all, put_module
 
@@ -48,12 +48,8 @@ def server(pyz_path, cache_home, mock, slow, tmp_path_factory):
         STOCKYARD_ADMIN_KEY=ADMIN_KEY,
         STOCKYARD_ENCRYPTION_KEY=SECRET,
     )
-    srv = ServerProcess(pyz_path, tmp_path_factory.mktemp("deployments") / "stockyard.db", env).start()
-    yield srv
-    srv.stop()
-    assert "Traceback" not in srv.log
-    for key in KEYS.values():
-        assert key not in srv.log
+    with served(pyz_path, tmp_path_factory, "deployments", env, never_logged=KEYS.values()) as srv:
+        yield srv
 
 
 @pytest.fixture(autouse=True)

@@ -15,7 +15,7 @@ import urllib.parse
 import pytest
 from conftest import TEST_STORE, ServerProcess, base_env, wait_for
 from mock_upstream import Reply
-from module_helpers import ADMIN_KEY, api, chat, provider_env, put_module, server_fixture, start_server
+from module_helpers import ADMIN_KEY, api, chat, provider_env, put_module, server_fixture
 
 server = server_fixture("erase")
 # what an erase answers besides the bodies for a request that stored nothing for the Responses API
@@ -174,14 +174,8 @@ def test_path_tricks_erase_nothing_and_get_a_clear_error(server, path):
     assert leaked in found(server, "genet")
 
 
-@pytest.fixture(scope="module")
-def keyed(pyz_path, cache_home, mock, tmp_path_factory):
-    """A server with client keys on (a separate one: keys, once made, are required from all)."""
-    srv = start_server(pyz_path, cache_home, mock, tmp_path_factory, "erase_keyed")
-    srv.keys = srv.create_keys({"client": []})
-    yield srv
-    srv.stop()
-    assert "Traceback" not in srv.log
+# A server with client keys on (a separate one: keys, once made, are required from all).
+keyed = server_fixture("erase_keyed", keys={"client": []})
 
 
 def test_a_client_key_cannot_erase(keyed):

@@ -9,7 +9,7 @@ import socket
 
 import openai
 import pytest
-from conftest import ServerProcess, mock_env, wait_for
+from conftest import ServerProcess, mock_env, served, wait_for
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from mock_upstream import Reply
@@ -29,10 +29,8 @@ def server(pyz_path, cache_home, mock, tmp_path_factory):
         STOCKYARD_UPSTREAM_TIMEOUT="1",
         STOCKYARD_MAX_BODY_BYTES="65536",
     )
-    srv = ServerProcess(pyz_path, tmp_path_factory.mktemp("errors") / "s.db", env).start()
-    yield srv
-    srv.stop()
-    assert "Traceback" not in srv.log
+    with served(pyz_path, tmp_path_factory, "errors", env) as srv:
+        yield srv
 
 
 @pytest.fixture(autouse=True)

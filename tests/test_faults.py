@@ -14,7 +14,7 @@ import threading
 import time
 
 import pytest
-from conftest import ServerProcess, mock_env, wait_for
+from conftest import ServerProcess, mock_env, served, wait_for
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from mock_upstream import MockUpstream, Reply
@@ -155,10 +155,8 @@ def server(pyz_path, cache_home, mock, bad_mock, tmp_path_factory):
         STOCKYARD_ADMIN_KEY=ADMIN,
         STOCKYARD_LOG_REQUESTS="0",
     )
-    srv = ServerProcess(pyz_path, tmp_path_factory.mktemp("faults") / "stockyard.db", env).start()
-    yield srv
-    srv.stop()
-    assert "Traceback" not in srv.log and "unexpected error" not in srv.log
+    with served(pyz_path, tmp_path_factory, "faults", env, never_logged=("unexpected error",)) as srv:
+        yield srv
 
 
 def timed_chat(srv: ServerProcess, model: str = "gpt-4o-mini", stream: bool = False) -> tuple[int, float, str]:

@@ -12,7 +12,7 @@ import threading
 import time
 
 import pytest
-from conftest import ServerProcess, admitted_once_billed, mock_env, open_database, wait_for
+from conftest import ServerProcess, admitted_once_billed, mock_env, open_database, served, wait_for
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from mock_upstream import FILES, IMAGE_TEXT_OUTPUT_TOKENS, IMAGE_USAGE, PROMPT_TOKENS, Reply
@@ -44,26 +44,20 @@ def server(pyz_path, cache_home, mock, tmp_path_factory):
         GROQ_BASE_URL=mock.url + "/v1",
         STOCKYARD_ADMIN_KEY=ADMIN,
     )
-    srv = ServerProcess(pyz_path, tmp_path_factory.mktemp("files") / "stockyard.db", env)
-    keys = srv.create_keys(
-        {
-            "alice": [],
-            "bob": [],
-            "claude-only": ["--models", "claude-*"],
-            "mini": ["--models", "gpt-4o-mini"],
-            "broke": ["--budget-usd", "0", "--budget-period", "day"],
-            "small": ["--budget-usd", "0.05", "--budget-period", "day"],
-            "race": ["--budget-usd", "0.05", "--budget-period", "day"],
-            "holder": ["--budget-usd", "0.05", "--budget-period", "day"],
-            "drawer": ["--budget-usd", "0.05", "--budget-period", "day"],
-            "painter": ["--budget-usd", "0.40", "--budget-period", "day"],
-        }
-    )
-    srv.start()
-    srv.keys = keys
-    yield srv
-    srv.stop()
-    assert "Traceback" not in srv.log
+    keys = {
+        "alice": [],
+        "bob": [],
+        "claude-only": ["--models", "claude-*"],
+        "mini": ["--models", "gpt-4o-mini"],
+        "broke": ["--budget-usd", "0", "--budget-period", "day"],
+        "small": ["--budget-usd", "0.05", "--budget-period", "day"],
+        "race": ["--budget-usd", "0.05", "--budget-period", "day"],
+        "holder": ["--budget-usd", "0.05", "--budget-period", "day"],
+        "drawer": ["--budget-usd", "0.05", "--budget-period", "day"],
+        "painter": ["--budget-usd", "0.40", "--budget-period", "day"],
+    }
+    with served(pyz_path, tmp_path_factory, "files", env, keys) as srv:
+        yield srv
 
 
 def batch_input(*models: str) -> bytes:

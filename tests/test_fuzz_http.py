@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ServerProcess, mock_env
+from conftest import ServerProcess, mock_env, served
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
@@ -37,10 +37,8 @@ def server(pyz_path, cache_home, mock, tmp_path_factory):
         STOCKYARD_MAX_BODY_BYTES=str(LIMIT),
         STOCKYARD_REQUEST_READ_TIMEOUT=str(READ_TIMEOUT_S),
     )
-    srv = ServerProcess(pyz_path, tmp_path_factory.mktemp("fuzz") / "s.db", env).start()
-    yield srv
-    srv.stop()
-    assert "Traceback" not in srv.log and "unexpected error" not in srv.log
+    with served(pyz_path, tmp_path_factory, "fuzz", env, never_logged=("unexpected error",)) as srv:
+        yield srv
 
 
 def peak_rss(server: ServerProcess) -> int:

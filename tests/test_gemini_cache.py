@@ -14,7 +14,7 @@ import re
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from conftest import ServerProcess, mock_env, wait_for
+from conftest import ServerProcess, mock_env, served, wait_for
 from mock_upstream import BIG_CACHE_TOKENS, CACHED_TOKENS, COMPLETION_TOKENS, PROMPT_TOKENS, MockUpstream
 from rawhttp import connect, read_response
 
@@ -31,27 +31,22 @@ UC = {"input": 100, "cached": 50, "output": 200}  # $1, $0.50, $2 per 1M tokens,
 @pytest.fixture(scope="module")
 def server(pyz_path, cache_home, mock, tmp_path_factory) -> ServerProcess:
     env = mock_env(cache_home, mock, GEMINI_API_KEY=GEMINI_KEY, GEMINI_BASE_URL=mock.url)
-    srv = ServerProcess(pyz_path, tmp_path_factory.mktemp("gcache") / "stockyard.db", env)
-    for model in (MODEL, OTHER, BIG, NOCOUNT):
-        assert srv.cli("prices", "set", model, "--input", "1", "--output", "2", "--cached-input", "0.5").returncode == 0
-    srv.keys = srv.create_keys(
-        {
-            "alice": [],
-            "bob": [],
-            "budgeted": ["--budget-usd", "5", "--budget-period", "day"],
-            "narrow": ["--models", OTHER],
-            "burst": [],
-            "small-generateContent": [],
-            "small-streamGenerateContent": [],
-            "unknown": [],
-            "patcher": [],
-            "limited": ["--tpm", "500000"],
-        }
-    )
-    srv.start()
-    yield srv
-    srv.stop()
-    assert "Traceback" not in srv.log and GEMINI_KEY not in srv.log
+    rates = ("--input", "1", "--output", "2", "--cached-input", "0.5")
+    prices = [("prices", "set", model, *rates) for model in (MODEL, OTHER, BIG, NOCOUNT)]
+    keys = {
+        "alice": [],
+        "bob": [],
+        "budgeted": ["--budget-usd", "5", "--budget-period", "day"],
+        "narrow": ["--models", OTHER],
+        "burst": [],
+        "small-generateContent": [],
+        "small-streamGenerateContent": [],
+        "unknown": [],
+        "patcher": [],
+        "limited": ["--tpm", "500000"],
+    }
+    with served(pyz_path, tmp_path_factory, "gcache", env, keys, prices, (GEMINI_KEY,)) as srv:
+        yield srv
 
 
 def call(server: ServerProcess, who: str | None, method: str, path: str, body: dict | None = None):

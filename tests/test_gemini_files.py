@@ -16,7 +16,7 @@ import re
 from urllib.parse import urlsplit
 
 import pytest
-from conftest import ServerProcess, mock_env, wait_for
+from conftest import ServerProcess, mock_env, served, wait_for
 from mock_upstream import GEMINI_FILES, MockUpstream
 
 GEMINI_KEY = "AIza-files-0123456789abcdefPROVIDERSECRET"
@@ -27,13 +27,9 @@ URI = "https://generativelanguage.googleapis.com/v1beta/files/"
 @pytest.fixture(scope="module")
 def server(pyz_path, cache_home, mock, tmp_path_factory) -> ServerProcess:
     env = mock_env(cache_home, mock, GEMINI_API_KEY=GEMINI_KEY, GEMINI_BASE_URL=mock.url)
-    srv = ServerProcess(pyz_path, tmp_path_factory.mktemp("gfiles") / "stockyard.db", env)
-    assert srv.cli("prices", "set", MODEL, "--input", "1", "--output", "2").returncode == 0
-    srv.keys = srv.create_keys({"alice": [], "bob": []})
-    srv.start()
-    yield srv
-    srv.stop()
-    assert "Traceback" not in srv.log and GEMINI_KEY not in srv.log
+    price = ("prices", "set", MODEL, "--input", "1", "--output", "2")
+    with served(pyz_path, tmp_path_factory, "gfiles", env, {"alice": [], "bob": []}, [price], (GEMINI_KEY,)) as srv:
+        yield srv
 
 
 def send(server: ServerProcess, method: str, target: str, body: bytes | None, headers: dict[str, str]):

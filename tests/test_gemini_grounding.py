@@ -21,7 +21,7 @@ import re
 from decimal import Decimal
 
 import pytest
-from conftest import ServerProcess, mock_env, wait_for
+from conftest import ServerProcess, mock_env, served, wait_for
 from mock_upstream import COMPLETION_TOKENS, GROUNDING_QUERIES, PROMPT_TOKENS, Reply
 
 from stockyard.toolfees import per_query
@@ -40,16 +40,12 @@ REFUSAL = r"\$([0-9.]+) spent.* may cost up to \$([0-9.]+)"
 @pytest.fixture(scope="module")
 def server(pyz_path, cache_home, mock, tmp_path_factory) -> ServerProcess:
     env = mock_env(cache_home, mock, GEMINI_API_KEY=GEMINI_KEY, GEMINI_BASE_URL=mock.url, STOCKYARD_ADMIN_KEY=ADMIN)
-    proc = ServerProcess(pyz_path, tmp_path_factory.mktemp("grounding") / "stockyard.db", env)
-    for model in ("gemini-2.5-mock-ungrounded", "gemini-3-mock-ungrounded"):  # no real model's names: priced
-        assert proc.cli("prices", "set", model, "--input", "1", "--output", "2").returncode == 0
-    made = proc.cli("keys", "create", "--name", "genai", "--json")  # keys are required from the first request
-    assert made.returncode == 0, made.stderr
-    KEY["genai"] = json.loads(made.stdout)["key"]
-    proc.start()
-    yield proc
-    proc.stop()
-    assert "Traceback" not in proc.log
+    ungrounded = ("gemini-2.5-mock-ungrounded", "gemini-3-mock-ungrounded")  # no real model's names: priced
+    prices = [("prices", "set", model, "--input", "1", "--output", "2") for model in ungrounded]
+    # keys are required from the first request: made before the start
+    with served(pyz_path, tmp_path_factory, "grounding", env, {"genai": []}, prices) as srv:
+        KEY["genai"] = srv.keys["genai"]
+        yield srv
 
 
 KEY: dict[str, str] = {}

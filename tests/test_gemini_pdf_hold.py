@@ -17,7 +17,7 @@ import zlib
 from decimal import Decimal
 
 import pytest
-from conftest import ServerProcess, mock_env, wait_for
+from conftest import ServerProcess, mock_env, served, wait_for
 
 GEMINI_KEY = "AIza-pdfhold-0123456789abcdefPROVIDERSECRET"
 ADMIN = "admin-key-for-pdf-hold-tests-0123456789"
@@ -54,10 +54,8 @@ def pdf(pages: int, packed: bool = False) -> bytes:
 @pytest.fixture(scope="module")
 def server(pyz_path, cache_home, mock, tmp_path_factory) -> ServerProcess:
     env = mock_env(cache_home, mock, GEMINI_API_KEY=GEMINI_KEY, GEMINI_BASE_URL=mock.url, STOCKYARD_ADMIN_KEY=ADMIN)
-    proc = ServerProcess(pyz_path, tmp_path_factory.mktemp("pdfhold") / "stockyard.db", env).start()
-    yield proc
-    proc.stop()
-    assert "Traceback" not in proc.log
+    with served(pyz_path, tmp_path_factory, "pdfhold", env) as srv:
+        yield srv
 
 
 _names = iter(range(1_000_000))

@@ -14,9 +14,9 @@ import json
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from conftest import ServerProcess, wait_for
+from conftest import ServerProcess, served, wait_for
 from mock_upstream import Reply
-from module_helpers import api, disable_all, put_module, start_server
+from module_helpers import api, disable_all, module_env, put_module
 
 from stockyard.context import RequestContext
 
@@ -30,11 +30,9 @@ HI = [{"role": "user", "content": "hi"}]
 
 @pytest.fixture(scope="module")
 def server(pyz_path, cache_home, mock, tmp_path_factory):
-    srv = start_server(pyz_path, cache_home, mock, tmp_path_factory, "money")
-    assert api(srv, "POST", "/api/prices", {"model": ASKED, "input": "0", "output": "10"})[0] == 200
-    yield srv
-    srv.stop()
-    assert "Traceback" not in srv.log
+    with served(pyz_path, tmp_path_factory, "money", module_env(cache_home, mock)) as srv:
+        assert api(srv, "POST", "/api/prices", {"model": ASKED, "input": "0", "output": "10"})[0] == 200
+        yield srv
 
 
 @pytest.fixture(scope="module")

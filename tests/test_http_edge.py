@@ -13,7 +13,7 @@ import time
 import zlib
 
 import pytest
-from conftest import TEST_STORE, ServerProcess, base_env, mock_env, open_database, wait_for
+from conftest import TEST_STORE, ServerProcess, base_env, mock_env, open_database, served, wait_for
 from mock_upstream import Reply
 from rawhttp import connect, read_response, read_until_close, statuses
 
@@ -52,15 +52,9 @@ def raw_post(
 @pytest.fixture(scope="module")
 def keyed(pyz_path, cache_home, mock, tmp_path_factory):
     env = mock_env(cache_home, mock, STOCKYARD_MAX_BODY_BYTES=str(1 << 20))
-    srv = ServerProcess(pyz_path, tmp_path_factory.mktemp("keyed") / "s.db", env)
-    made = srv.cli("keys", "create", "--name", "full")
-    mini = srv.cli("keys", "create", "--name", "mini", "--models", "gpt-4o-mini")
-    assert made.returncode == 0 and mini.returncode == 0, made.stderr + mini.stderr
-    srv.start()
-    srv.keys = {"full": made.stdout.strip(), "mini": mini.stdout.strip()}
-    yield srv
-    srv.stop()
-    assert "Traceback" not in srv.log
+    keys = {"full": [], "mini": ["--models", "gpt-4o-mini"]}
+    with served(pyz_path, tmp_path_factory, "keyed", env, keys) as srv:
+        yield srv
 
 
 @pytest.mark.parametrize("path, shape", [("/v1/chat/completions", "error"), ("/v1/messages", "type")])
@@ -170,10 +164,8 @@ def edge(pyz_path, cache_home, mock, tmp_path_factory):
         STOCKYARD_PUBLIC_HOSTS=f"{PUBLIC}, other.example.com:8443",
         STOCKYARD_CORS_ORIGIN=CORS,
     )
-    srv = ServerProcess(pyz_path, tmp_path_factory.mktemp("edge") / "s.db", env).start()
-    yield srv
-    srv.stop()
-    assert "Traceback" not in srv.log
+    with served(pyz_path, tmp_path_factory, "edge", env) as srv:
+        yield srv
 
 
 def send(

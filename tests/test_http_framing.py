@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import ServerProcess, mock_env
+from conftest import ServerProcess, mock_env, served
 from rawhttp import connect, read_response, read_until_close, statuses
 
 LIMIT = 65536
@@ -26,10 +26,8 @@ def server(pyz_path, cache_home, mock, tmp_path_factory):
         STOCKYARD_REQUEST_READ_TIMEOUT="5",
         STOCKYARD_IDLE_TIMEOUT="2",  # a stalled body meets the socket's timeout before the read deadline
     )
-    srv = ServerProcess(pyz_path, tmp_path_factory.mktemp("framing") / "s.db", env).start()
-    yield srv
-    srv.stop()
-    assert "Traceback" not in srv.log
+    with served(pyz_path, tmp_path_factory, "framing", env) as srv:
+        yield srv
 
 
 def exchange(server: ServerProcess, raw: bytes) -> bytes:

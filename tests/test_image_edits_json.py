@@ -14,7 +14,7 @@ from decimal import Decimal
 import httpx2 as httpx
 import openai
 import pytest
-from conftest import ServerProcess, mock_env
+from conftest import ServerProcess, mock_env, served
 from mock_upstream import PNG_1PX, multipart_form
 
 ADMIN = "admin-key-for-json-image-edits-0123456789"
@@ -27,13 +27,10 @@ EDIT_COST_UC = (10 * 500_000_000 + 40 * 1_000_000_000 + 4160 * 4_000_000_000) //
 @pytest.fixture(scope="module")
 def server(pyz_path, cache_home, mock, tmp_path_factory):
     env = mock_env(cache_home, mock, STOCKYARD_ADMIN_KEY=ADMIN)
-    srv = ServerProcess(pyz_path, tmp_path_factory.mktemp("json-edits") / "stockyard.db", env)
     budget = ["--budget-period", "day", "--budget-usd"]
-    srv.keys = srv.create_keys({"alice": [], "bob": [], "tight": [*budget, "0.01"], "roomy": [*budget, "0.05"]})
-    srv.start()
-    yield srv
-    srv.stop()
-    assert "Traceback" not in srv.log
+    keys = {"alice": [], "bob": [], "tight": [*budget, "0.01"], "roomy": [*budget, "0.05"]}
+    with served(pyz_path, tmp_path_factory, "json-edits", env, keys) as srv:
+        yield srv
 
 
 def edit(server: ServerProcess, key: str, body: dict, **options) -> httpx.Response:

@@ -16,7 +16,7 @@ import urllib.request
 
 import openai
 import pytest
-from conftest import ServerProcess, leave_stream, mock_env, wait_for
+from conftest import ServerProcess, leave_stream, mock_env, served, wait_for
 from mock_upstream import IMAGE_USAGE, PNG_1PX, Reply, image_stream, multipart_form
 from openai import OpenAI
 
@@ -38,12 +38,9 @@ def image_cost(partials: int) -> int:
 @pytest.fixture(scope="module")
 def server(pyz_path, cache_home, mock, tmp_path_factory):
     env = mock_env(cache_home, mock, STOCKYARD_ADMIN_KEY=ADMIN)
-    srv = ServerProcess(pyz_path, tmp_path_factory.mktemp("imgstream") / "s.db", env)
-    srv.keys = srv.create_keys({"free": [], "budget": ["--budget-usd", "5", "--budget-period", "total"]})
-    srv.start()
-    yield srv
-    srv.stop()
-    assert "Traceback" not in srv.log
+    keys = {"free": [], "budget": ["--budget-usd", "5", "--budget-period", "total"]}
+    with served(pyz_path, tmp_path_factory, "imgstream", env, keys) as srv:
+        yield srv
 
 
 @pytest.fixture(autouse=True)

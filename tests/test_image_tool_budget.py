@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 
 import pytest
-from conftest import ServerProcess, mock_env, wait_for
+from conftest import ServerProcess, mock_env, served, wait_for
 from mock_upstream import (
     COMPLETION_TOKENS,
     IMAGE_GEN_INPUT_TOKENS,
@@ -46,10 +46,8 @@ ONLY_SEARCH = {"type": "allowed_tools", "mode": "auto", "tools": [{"type": "web_
 @pytest.fixture(scope="module")
 def server(pyz_path, cache_home, mock, tmp_path_factory):
     env = mock_env(cache_home, mock, STOCKYARD_ADMIN_KEY=ADMIN)
-    srv = ServerProcess(pyz_path, tmp_path_factory.mktemp("imgbudget") / "stockyard.db", env).start()
-    yield srv
-    srv.stop()
-    assert "Traceback" not in srv.log
+    with served(pyz_path, tmp_path_factory, "imgbudget", env) as srv:
+        yield srv
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import io
 import json
 
 import pytest
-from conftest import ServerProcess, mock_env, wait_for
+from conftest import ServerProcess, mock_env, served, wait_for
 from openai import NotFoundError
 
 ADMIN = "admin-key-for-iso36-0123456789abcdef"
@@ -18,12 +18,9 @@ ADMIN = "admin-key-for-iso36-0123456789abcdef"
 def server(pyz_path, cache_home, mock, tmp_path_factory):
     gemini = {"GEMINI_API_KEY": "AIza-iso36-0123456789abcdef", "GEMINI_BASE_URL": mock.url}
     env = mock_env(cache_home, mock, STOCKYARD_ADMIN_KEY=ADMIN, STOCKYARD_BATCH_POLL="off", **gemini)
-    srv = ServerProcess(pyz_path, tmp_path_factory.mktemp("iso36") / "stockyard.db", env)
-    srv.keys = srv.create_keys({"alice": ["--project", "team"], "bob": [], "carol": ["--project", "team"]})
-    srv.start()
-    yield srv
-    srv.stop()
-    assert "Traceback" not in srv.log
+    keys = {"alice": ["--project", "team"], "bob": [], "carol": ["--project", "team"]}
+    with served(pyz_path, tmp_path_factory, "iso36", env, keys) as srv:
+        yield srv
 
 
 @pytest.fixture(scope="module")

@@ -29,7 +29,7 @@ import sqlite3
 import threading
 
 import pytest
-from conftest import TEST_STORE, ServerProcess, hold_database, mock_env, wait_for
+from conftest import TEST_STORE, ServerProcess, hold_database, mock_env, served, wait_for
 from mock_upstream import Reply, _event, anthropic_blocks_stream, anthropic_usage
 from test_review14_leftovers import CLAUDE, TEXT, claude_reply  # Claude's answer holding TEXT
 
@@ -54,12 +54,8 @@ def server(pyz_path, cache_home, mock, tmp_path_factory):
         STOCKYARD_ADMIN_KEY=ADMIN_KEY,
         STOCKYARD_BUSY_TIMEOUT_MS="15000",  # a turn's append waits this long on a held database
     )
-    srv = ServerProcess(pyz_path, tmp_path_factory.mktemp("leftovers15") / "stockyard.db", env)
-    srv.keys = srv.create_keys({"alice": [], "bob": []})
-    srv.start()
-    yield srv
-    srv.stop()
-    assert "Traceback" not in srv.log
+    with served(pyz_path, tmp_path_factory, "leftovers15", env, {"alice": [], "bob": []}) as srv:
+        yield srv
 
 
 def assert_ok(server: ServerProcess, trace_id: str) -> dict:

@@ -17,7 +17,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
-from conftest import ServerProcess, mock_env
+from conftest import ServerProcess, mock_env, served
 from mock_upstream import ANTHROPIC_FILES, FILES, GEMINI_FILES
 from test_gemini_files import call, upload
 
@@ -87,13 +87,9 @@ def server(pyz_path, cache_home, mock, tmp_path_factory, stuck) -> ServerProcess
         GROQ_API_KEY="gsk-pages-0123456789abcdef",
         GROQ_BASE_URL=stuck,
     )
-    srv = ServerProcess(pyz_path, tmp_path_factory.mktemp("pages38") / "stockyard.db", env)
-    srv.keys = srv.create_keys({"alice": [], "bob": [], "carol": []})
-    srv.start()
-    yield srv
-    srv.stop()
-    assert "Traceback" not in srv.log
-    assert GEMINI_KEY not in srv.log and ANTHROPIC_KEY not in srv.log
+    keys = {"alice": [], "bob": [], "carol": []}
+    with served(pyz_path, tmp_path_factory, "pages38", env, keys, never_logged=(GEMINI_KEY, ANTHROPIC_KEY)) as srv:
+        yield srv
 
 
 # -- Gemini: pageSize, pageToken, nextPageToken ------------------------------------------------

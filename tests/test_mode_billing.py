@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 import anthropic
 import openai
 import pytest
-from conftest import ServerProcess, mock_env, wait_for
+from conftest import ServerProcess, mock_env, served, wait_for
 from mock_upstream import Reply
 
 OPUS = "claude-opus-4-6"  # fast mode 6x ($30/$150 per 1M), US-only inference 1.1x
@@ -24,33 +24,25 @@ IN, OUT = 1000, 100  # tokens the scripted answers report
 
 @pytest.fixture(scope="module")
 def server(pyz_path, cache_home, mock, tmp_path_factory):
-    srv = ServerProcess(
-        pyz_path,
-        tmp_path_factory.mktemp("modes") / "s.db",
-        mock_env(
-            cache_home,
-            mock,
-            ANTHROPIC_API_KEY="sk-ant-modes",
-            ANTHROPIC_BASE_URL=mock.url,
-            GROQ_API_KEY="gsk-modes",
-            GROQ_BASE_URL=mock.url + "/v1",
-            GEMINI_API_KEY="gm-modes",
-            GEMINI_BASE_URL=mock.url,
-        ),
+    env = mock_env(
+        cache_home,
+        mock,
+        ANTHROPIC_API_KEY="sk-ant-modes",
+        ANTHROPIC_BASE_URL=mock.url,
+        GROQ_API_KEY="gsk-modes",
+        GROQ_BASE_URL=mock.url + "/v1",
+        GEMINI_API_KEY="gm-modes",
+        GEMINI_BASE_URL=mock.url,
     )
-    srv.keys = srv.create_keys(
-        {
-            "budgeted": ["--budget-usd", "5", "--budget-period", "day"],
-            "dime": ["--budget-usd", "0.10", "--budget-period", "day"],
-            "open": [],
-            "burst-auto": ["--budget-usd", "0.002", "--budget-period", "total"],
-            "burst-none": ["--budget-usd", "0.002", "--budget-period", "total"],
-        }
-    )
-    srv.start()
-    yield srv
-    srv.stop()
-    assert "Traceback" not in srv.log
+    keys = {
+        "budgeted": ["--budget-usd", "5", "--budget-period", "day"],
+        "dime": ["--budget-usd", "0.10", "--budget-period", "day"],
+        "open": [],
+        "burst-auto": ["--budget-usd", "0.002", "--budget-period", "total"],
+        "burst-none": ["--budget-usd", "0.002", "--budget-period", "total"],
+    }
+    with served(pyz_path, tmp_path_factory, "modes", env, keys) as srv:
+        yield srv
 
 
 def chat_answer(model: str, tier: str | None) -> dict:

@@ -9,7 +9,7 @@ import socket
 import time
 
 import pytest
-from conftest import OPENAI_KEY, ServerProcess, base_env, mock_env, wait_for
+from conftest import OPENAI_KEY, ServerProcess, base_env, mock_env, served, wait_for
 from mock_upstream import MockUpstream, Reply
 
 ADMIN = "admin-key-for-models-0123456789"
@@ -67,11 +67,9 @@ def server(pyz_path, cache_home, tmp_path_factory, silent_upstream, refused_url)
             "MISTRAL_BASE_URL": silent_upstream + "/v1",
             "STOCKYARD_ADMIN_KEY": ADMIN,
         }
-        srv = ServerProcess(pyz_path, tmp_path_factory.mktemp("models") / "stockyard.db", env).start()
-        srv.mock = own
-        yield srv
-        srv.stop()
-    assert "Traceback" not in srv.log
+        with served(pyz_path, tmp_path_factory, "models", env) as srv:
+            srv.mock = own
+            yield srv
 
 
 def test_first_listing_waits_briefly_then_answers_from_the_cache(server):

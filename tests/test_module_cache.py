@@ -272,13 +272,8 @@ def test_an_answer_made_with_fields_dropped_never_answers_a_request_without_the_
 # -- scope: whose answers a key is served ----------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def keyed(pyz_path, cache_home, mock, tmp_path_factory):
-    """A server with client keys (the module's other tests run in open mode)."""
-    srv = start_server(pyz_path, cache_home, mock, tmp_path_factory, "cache-keyed")
-    yield srv
-    srv.stop()
-    assert "Traceback" not in srv.log
+# A server with client keys (the module's other tests run in open mode).
+keyed = server_fixture("cache-keyed")
 
 
 def key_of(server, name: str, project: str | None = None) -> dict:

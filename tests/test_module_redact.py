@@ -10,13 +10,14 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import wait_for
+from conftest import served, wait_for
 from mock_upstream import Reply
 from module_harness import inproc  # noqa: F401 (fixture)
 from module_helpers import (  # noqa: F401
     api,
     chat,
     fresh,
+    module_env,
     put_module,
     raw_stream,
     server_fixture,
@@ -203,11 +204,9 @@ def test_luhn():
 @pytest.fixture(scope="module")
 def claude_server(pyz_path, cache_home, mock, tmp_path_factory):
     """A server with Anthropic on the mock too (thinking blocks, Responses translated to Claude)."""
-    env = {"ANTHROPIC_API_KEY": "sk-ant-test-0123456789abcdef", "ANTHROPIC_BASE_URL": mock.url}
-    srv = start_server(pyz_path, cache_home, mock, tmp_path_factory, "redact-claude", **env)
-    yield srv
-    srv.stop()
-    assert "Traceback" not in srv.log and OPENAI_SECRET not in srv.log
+    env = module_env(cache_home, mock, ANTHROPIC_API_KEY="sk-ant-test-0123456789abcdef", ANTHROPIC_BASE_URL=mock.url)
+    with served(pyz_path, tmp_path_factory, "redact-claude", env, never_logged=(OPENAI_SECRET,)) as srv:
+        yield srv
 
 
 @pytest.fixture

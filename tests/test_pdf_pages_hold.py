@@ -18,7 +18,7 @@ import threading
 from decimal import Decimal
 
 import pytest
-from conftest import ServerProcess, mock_env, wait_for
+from conftest import ServerProcess, mock_env, served, wait_for
 from mock_upstream import Reply
 from test_gemini_pdf_hold import CAP, REFUSAL, USD, refused
 from test_gemini_pdf_hold import pdf as make_pdf
@@ -35,10 +35,8 @@ def server(pyz_path, cache_home, mock, tmp_path_factory) -> ServerProcess:
     env = mock_env(
         cache_home, mock, ANTHROPIC_API_KEY=ANTHROPIC_KEY, ANTHROPIC_BASE_URL=mock.url, STOCKYARD_ADMIN_KEY=ADMIN
     )
-    proc = ServerProcess(pyz_path, tmp_path_factory.mktemp("pdfpages") / "stockyard.db", env).start()
-    yield proc
-    proc.stop()
-    assert "Traceback" not in proc.log
+    with served(pyz_path, tmp_path_factory, "pdfpages", env) as srv:
+        yield srv
 
 
 def b64(data: bytes) -> str:

@@ -20,7 +20,7 @@ import httpx2 as httpx
 import openai
 import pytest
 from anthropic import APIStatusError
-from conftest import ServerProcess, mock_env, wait_for
+from conftest import ServerProcess, mock_env, served, wait_for
 from test_memory_bounds import websocket
 from test_review28 import CHAT
 
@@ -41,10 +41,8 @@ def tight(pyz_path, cache_home, mock, tmp_path_factory):
         GEMINI_API_KEY="AIza-test-0123456789abcdefREVIEW28",
         GEMINI_BASE_URL=mock.url,
     )
-    srv = ServerProcess(pyz_path, tmp_path_factory.mktemp("tight") / "stockyard.db", env).start()
-    yield srv
-    srv.stop()
-    assert "Traceback" not in srv.log
+    with served(pyz_path, tmp_path_factory, "tight", env) as srv:
+        yield srv
 
 
 def begun_request(server: ServerProcess, length: int) -> socket.socket:

@@ -14,7 +14,7 @@ import socket
 from collections.abc import Iterator
 
 import pytest
-from conftest import ServerProcess, mock_env, wait_for
+from conftest import ServerProcess, mock_env, served, wait_for
 from mock_upstream import MockUpstream
 from rawhttp import connect, read_response, read_until_close
 from test_gemini_files import chunk, upload, upload_url
@@ -38,11 +38,9 @@ def bounded(pyz_path, cache_home, upstream, tmp_path_factory):
         GEMINI_BASE_URL=upstream.url,
         STOCKYARD_UPLOADS_MB=str(UPLOADS_MB),
     )
-    srv = ServerProcess(pyz_path, tmp_path_factory.mktemp("review30-bounded") / "stockyard.db", env)
-    srv.keys = srv.create_keys({"alice": [], "bob": []})
-    yield srv.start()
-    srv.stop()
-    assert "Traceback" not in srv.log and GEMINI_KEY not in srv.log
+    keys = {"alice": [], "bob": []}
+    with served(pyz_path, tmp_path_factory, "review30-bounded", env, keys, never_logged=(GEMINI_KEY,)) as srv:
+        yield srv
 
 
 def spooled(server: ServerProcess) -> int:
@@ -94,11 +92,8 @@ def test_a_keys_gemini_upload_chunks_sent_without_the_key_count_against_its_quar
 @pytest.fixture(scope="module")
 def plain(pyz_path, cache_home, upstream, tmp_path_factory):
     """A server in open mode routing to this module's mock (its answers delayed by the test)."""
-    db = tmp_path_factory.mktemp("review30-plain") / "stockyard.db"
-    srv = ServerProcess(pyz_path, db, mock_env(cache_home, upstream))
-    yield srv.start()
-    srv.stop()
-    assert "Traceback" not in srv.log
+    with served(pyz_path, tmp_path_factory, "review30-plain", mock_env(cache_home, upstream)) as srv:
+        yield srv
 
 
 def answers(raw: bytes) -> list[tuple[int, bytes]]:

@@ -12,18 +12,13 @@ import zlib
 import pytest
 from conftest import ServerProcess, wait_for
 from mock_upstream import RESPONSES_STATE, Reply, responses_object
-from module_helpers import client_key, start_server
+from module_helpers import client_key, server_fixture
 
 MODEL = "gpt-4o-mini"  # passed through: its provider keeps the conversation
 
 
-@pytest.fixture(scope="module")
-def server(pyz_path, cache_home, mock, tmp_path_factory):
-    """The batch watch looks every second: it bills background responses nobody retrieves."""
-    srv = start_server(pyz_path, cache_home, mock, tmp_path_factory, "review32", STOCKYARD_BATCH_POLL="1s")
-    yield srv
-    srv.stop()
-    assert "Traceback" not in srv.log
+# The batch watch looks every second: it bills background responses nobody retrieves.
+server = server_fixture("review32", STOCKYARD_BATCH_POLL="1s")
 
 
 @pytest.fixture(autouse=True)

@@ -16,7 +16,7 @@ import json
 
 import anthropic
 import pytest
-from conftest import ServerProcess, mock_env, wait_for
+from conftest import ServerProcess, mock_env, served, wait_for
 from mock_upstream import MockUpstream
 from module_helpers import ADMIN_KEY
 
@@ -32,13 +32,9 @@ def server(pyz_path, cache_home, mock, tmp_path_factory) -> ServerProcess:
     env = mock_env(
         cache_home, mock, ANTHROPIC_API_KEY=ANTHROPIC_KEY, ANTHROPIC_BASE_URL=mock.url, STOCKYARD_ADMIN_KEY=ADMIN_KEY
     )
-    srv = ServerProcess(pyz_path, tmp_path_factory.mktemp("review38") / "stockyard.db", env)
-    srv.keys = srv.create_keys({"alice": [], "bob": [], "carol": []})
-    srv.start()
-    yield srv
-    srv.stop()
-    assert "Traceback" not in srv.log
-    assert ANTHROPIC_KEY not in srv.log
+    keys = {"alice": [], "bob": [], "carol": []}
+    with served(pyz_path, tmp_path_factory, "review38", env, keys, never_logged=(ANTHROPIC_KEY,)) as srv:
+        yield srv
 
 
 def diagnosed(previous: str | None) -> dict:

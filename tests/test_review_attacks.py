@@ -11,9 +11,9 @@ import json
 from types import SimpleNamespace
 
 import pytest
-from conftest import ServerProcess, wait_for
+from conftest import ServerProcess, served, wait_for
 from mock_upstream import RESPONSES_STATE, Reply, openai_chat, responses_object
-from module_helpers import api, client_key, disable_all, put_module, start_server
+from module_helpers import api, client_key, disable_all, module_env, put_module
 
 from stockyard.context import RequestContext
 from stockyard.conversations import Conversations
@@ -25,21 +25,17 @@ MAX_BODY = 200_000
 
 @pytest.fixture(scope="module")
 def server(pyz_path, cache_home, mock, tmp_path_factory):
-    srv = start_server(
-        pyz_path,
+    env = module_env(
         cache_home,
         mock,
-        tmp_path_factory,
-        "review",
         ANTHROPIC_API_KEY="sk-ant-test-0123456789abcdef",
         ANTHROPIC_BASE_URL=mock.url,
         STOCKYARD_MAX_BODY_BYTES=str(MAX_BODY),
     )
-    # $10 per 1M input tokens, output free: 1_000 µ¢ per estimated input token
-    assert api(srv, "POST", "/api/prices", {"model": TRANSLATED, "input": "10", "output": "0"})[0] == 200
-    yield srv
-    srv.stop()
-    assert "Traceback" not in srv.log
+    with served(pyz_path, tmp_path_factory, "review", env) as srv:
+        # $10 per 1M input tokens, output free: 1_000 µ¢ per estimated input token
+        assert api(srv, "POST", "/api/prices", {"model": TRANSLATED, "input": "10", "output": "0"})[0] == 200
+        yield srv
 
 
 @pytest.fixture(autouse=True)

@@ -22,7 +22,7 @@ import openai
 import pydantic
 import pytest
 from anthropic.lib.tools import beta_tool
-from conftest import ServerProcess, mock_env, wait_for
+from conftest import ServerProcess, mock_env, served, wait_for
 from mock_upstream import THINKING_SIGNATURE, THINKING_TEXT, Reply, anthropic_blocks_stream
 from module_helpers import key_traces, new_key
 from rawhttp import connect, read_until_close, statuses
@@ -68,12 +68,8 @@ def server(pyz_path, cache_home, mock, tmp_path_factory):
     env = mock_env(
         cache_home, mock, ANTHROPIC_API_KEY=ANTHROPIC_KEY, ANTHROPIC_BASE_URL=mock.url, STOCKYARD_ADMIN_KEY=ADMIN
     )
-    proc = ServerProcess(pyz_path, tmp_path_factory.mktemp("sdk38") / "stockyard.db", env)
-    proc.start()
-    yield proc
-    proc.stop()
-    assert "Traceback" not in proc.log
-    assert ANTHROPIC_KEY not in proc.log
+    with served(pyz_path, tmp_path_factory, "sdk38", env, never_logged=(ANTHROPIC_KEY,)) as srv:
+        yield srv
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ searches, counted in its usage, are in test_anthropic.py)."""
 from __future__ import annotations
 
 import pytest
-from conftest import ServerProcess, mock_env
+from conftest import ServerProcess, mock_env, served
 from mock_upstream import Reply
 
 from stockyard.pricing import PriceTable, Usage, cost_microcents, stated_fees
@@ -37,10 +37,8 @@ def server(pyz_path, cache_home, mock, tmp_path_factory):
     env = mock_env(
         cache_home, mock, PERPLEXITY_API_KEY="pplx-test-0123456789abcdef", PERPLEXITY_BASE_URL=mock.url + "/v1"
     )
-    srv = ServerProcess(pyz_path, tmp_path_factory.mktemp("fees") / "s.db", env).start()
-    yield srv
-    srv.stop()
-    assert "Traceback" not in srv.log
+    with served(pyz_path, tmp_path_factory, "fees", env) as srv:
+        yield srv
 
 
 def test_a_perplexity_request_fee_joins_the_trace_cost(server: ServerProcess, mock):

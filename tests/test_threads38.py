@@ -15,7 +15,7 @@ import json
 
 import anthropic
 import pytest
-from conftest import ServerProcess, mock_env, wait_for
+from conftest import ServerProcess, mock_env, served, wait_for
 from mock_upstream import MockUpstream, Reply, anthropic_blocks_stream
 from module_helpers import ADMIN_KEY, api, key_traces, put_module
 
@@ -35,17 +35,11 @@ def server(pyz_path, cache_home, mock, tmp_path_factory) -> ServerProcess:
     env = mock_env(
         cache_home, mock, ANTHROPIC_API_KEY=ANTHROPIC_KEY, ANTHROPIC_BASE_URL=mock.url, STOCKYARD_ADMIN_KEY=ADMIN_KEY
     )
-    srv = ServerProcess(pyz_path, tmp_path_factory.mktemp("threads38") / "stockyard.db", env)
-    srv.keys = srv.create_keys(
-        {"alice": [], "bob": [], "small": ["--budget-usd", "0.10", "--budget-period", "day"], "roomy": []}
-    )
-    srv.start()
-    for model in (MODEL, BILL_MAX):
-        assert api(srv, "POST", "/api/prices", {"model": model, "input": "10", "output": "10"})[0] == 200
-    yield srv
-    srv.stop()
-    assert "Traceback" not in srv.log
-    assert ANTHROPIC_KEY not in srv.log
+    keys = {"alice": [], "bob": [], "small": ["--budget-usd", "0.10", "--budget-period", "day"], "roomy": []}
+    with served(pyz_path, tmp_path_factory, "threads38", env, keys, never_logged=(ANTHROPIC_KEY,)) as srv:
+        for model in (MODEL, BILL_MAX):
+            assert api(srv, "POST", "/api/prices", {"model": model, "input": "10", "output": "10"})[0] == 200
+        yield srv
 
 
 def create(server: ServerProcess, key: str, model: str = MODEL, **fields: object) -> anthropic.types.beta.BetaMessage:

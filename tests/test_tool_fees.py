@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 
 import pytest
-from conftest import ServerProcess, mock_env, wait_for
+from conftest import ServerProcess, mock_env, served, wait_for
 from mock_upstream import COMPLETION_TOKENS, PROMPT_TOKENS, Reply
 
 from stockyard.toolfees import price_key
@@ -42,10 +42,8 @@ REFUSAL = r"\$([0-9.]+) spent(, \$[0-9.]+ held by requests in flight)?, .* may c
 @pytest.fixture(scope="module")
 def server(pyz_path, cache_home, mock, tmp_path_factory):
     env = mock_env(cache_home, mock, STOCKYARD_ADMIN_KEY=ADMIN)
-    srv = ServerProcess(pyz_path, tmp_path_factory.mktemp("toolfees") / "stockyard.db", env).start()
-    yield srv
-    srv.stop()
-    assert "Traceback" not in srv.log
+    with served(pyz_path, tmp_path_factory, "toolfees", env) as srv:
+        yield srv
 
 
 def search(tool: str = "web_search", searches: int = 3, files: int = 0, model: str = "gpt-4o-mini", **fields) -> dict:

@@ -21,7 +21,7 @@ import threading
 import wave
 
 import pytest
-from conftest import ServerProcess, mock_env, pcm_wav, wait_for
+from conftest import ServerProcess, mock_env, pcm_wav, served, wait_for
 
 from stockyard import estimate
 from stockyard.context import Attempt, RequestContext
@@ -37,14 +37,10 @@ LONG_S, SHORT_S = 600, 5  # 12,000 audio tokens; 100
 @pytest.fixture(scope="module")
 def server(pyz_path, cache_home, mock, tmp_path_factory):
     env = mock_env(cache_home, mock, STOCKYARD_ADMIN_KEY=ADMIN, STOCKYARD_DEFAULT_MAX_TOKENS="100")
-    srv = ServerProcess(pyz_path, tmp_path_factory.mktemp("tpmmedia") / "stockyard.db", env)
-    for args in (("modules", "set", "userlimits", f"tpm={USER_TPM}"), ("modules", "enable", "userlimits")):
-        done = srv.cli(*args)  # an end user's tpm: only requests naming an end user
-        assert done.returncode == 0, done.stderr
-    srv.start()
-    yield srv
-    srv.stop()
-    assert "Traceback" not in srv.log
+    # an end user's tpm: only requests naming an end user
+    userlimits = (("modules", "set", "userlimits", f"tpm={USER_TPM}"), ("modules", "enable", "userlimits"))
+    with served(pyz_path, tmp_path_factory, "tpmmedia", env, cli=userlimits) as srv:
+        yield srv
 
 
 @pytest.fixture(autouse=True)

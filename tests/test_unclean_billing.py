@@ -26,9 +26,9 @@ import anthropic
 import openai
 import pytest
 import rawhttp
-from conftest import ServerProcess, mock_env, wait_for
+from conftest import ServerProcess, mock_env, served, wait_for
 from mock_upstream import Reply
-from module_helpers import api, fresh, put_module, start_server  # noqa: F401
+from module_helpers import api, fresh, module_env, put_module, start_server  # noqa: F401
 
 MODEL = "openai/mock-bill"
 ANTHROPIC_KEY = "sk-ant-test-0123456789abcdefUNCLEAN"
@@ -39,11 +39,9 @@ ANSWER_UC = (12 + 5) * TOKEN_UC  # the mock's usage
 @pytest.fixture(scope="module")
 def server(pyz_path, cache_home, mock, tmp_path_factory):
     """The module tests' providers on the mock (``module_helpers.provider_env``), Anthropic too."""
-    anthropic_env = {"ANTHROPIC_API_KEY": ANTHROPIC_KEY, "ANTHROPIC_BASE_URL": mock.url}
-    srv = start_server(pyz_path, cache_home, mock, tmp_path_factory, "unclean", **anthropic_env)
-    yield srv
-    srv.stop()
-    assert "Traceback" not in srv.log and ANTHROPIC_KEY not in srv.log
+    env = module_env(cache_home, mock, ANTHROPIC_API_KEY=ANTHROPIC_KEY, ANTHROPIC_BASE_URL=mock.url)
+    with served(pyz_path, tmp_path_factory, "unclean", env, never_logged=(ANTHROPIC_KEY,)) as srv:
+        yield srv
 
 
 _names = itertools.count()

@@ -9,7 +9,7 @@ import json
 import anthropic
 import openai
 import pytest
-from conftest import ServerProcess, mock_env
+from conftest import ServerProcess, mock_env, served
 from mock_upstream import MockUpstream
 
 ANTHROPIC_KEY = "sk-ant-unserved-upstream"
@@ -18,12 +18,8 @@ ANTHROPIC_KEY = "sk-ant-unserved-upstream"
 @pytest.fixture(scope="module")
 def server(pyz_path, cache_home, mock, tmp_path_factory) -> ServerProcess:
     env = mock_env(cache_home, mock, ANTHROPIC_API_KEY=ANTHROPIC_KEY, ANTHROPIC_BASE_URL=mock.url)
-    srv = ServerProcess(pyz_path, tmp_path_factory.mktemp("unserved") / "stockyard.db", env)
-    srv.keys = srv.create_keys({"alice": []})
-    srv.start()
-    yield srv
-    srv.stop()
-    assert "Traceback" not in srv.log
+    with served(pyz_path, tmp_path_factory, "unserved", env, {"alice": []}) as srv:
+        yield srv
 
 
 def untouched(mock: MockUpstream, since: int, prefix: str) -> bool:

@@ -11,18 +11,13 @@ import json
 import pytest
 from conftest import ServerProcess, wait_for
 from mock_upstream import Reply, responses_object
-from module_helpers import ADMIN_KEY, api, client_key, start_server
+from module_helpers import ADMIN_KEY, api, client_key, server_fixture
 
 PASSED = "gpt-4o-mini"
 ESCAPES = ["\\u0000", "\\ud800"]  # as a client writes them in JSON
 
 
-@pytest.fixture(scope="module")
-def server(pyz_path, cache_home, mock, tmp_path_factory):
-    srv = start_server(pyz_path, cache_home, mock, tmp_path_factory, "unstorable")
-    yield srv
-    srv.stop()
-    assert "Traceback" not in srv.log
+server = server_fixture("unstorable")
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ import re
 from decimal import Decimal
 
 import pytest
-from conftest import ServerProcess, mock_env, wait_for
+from conftest import ServerProcess, mock_env, served, wait_for
 from test_gemini_files import chunk, upload, upload_url
 from test_gemini_pdf_hold import CAP, IN_25, OUT_25, REFUSAL, USD, pdf
 from test_pdf_readers import CATALOG, PAGE, repeated_kids, updated, with_table
@@ -44,10 +44,8 @@ def server(pyz_path, cache_home, mock, tmp_path_factory) -> ServerProcess:
         ANTHROPIC_BASE_URL=mock.url,
         STOCKYARD_ADMIN_KEY=ADMIN,
     )
-    proc = ServerProcess(pyz_path, tmp_path_factory.mktemp("uploadpdf") / "stockyard.db", env).start()
-    yield proc
-    proc.stop()
-    assert "Traceback" not in proc.log and GEMINI_KEY not in proc.log
+    with served(pyz_path, tmp_path_factory, "uploadpdf", env, never_logged=(GEMINI_KEY,)) as srv:
+        yield srv
 
 
 _names = iter(range(1_000_000))

@@ -9,7 +9,7 @@ import io
 import json
 
 import pytest
-from conftest import ServerProcess, mock_env, wait_for
+from conftest import ServerProcess, mock_env, served, wait_for
 from mock_upstream import FILES, VECTOR_STORES
 from openai import BadRequestError, NotFoundError, OpenAI, RateLimitError
 
@@ -19,12 +19,9 @@ ADMIN = "admin-key-for-vector-stores-tests-0123456789"
 @pytest.fixture(scope="module")
 def server(pyz_path, cache_home, mock, tmp_path_factory):
     env = mock_env(cache_home, mock, STOCKYARD_ADMIN_KEY=ADMIN)
-    srv = ServerProcess(pyz_path, tmp_path_factory.mktemp("vstores") / "stockyard.db", env)
-    srv.keys = srv.create_keys({"alice": [], "bob": [], "lister": [], "batcher": [], "slow": ["--rpm", "2"]})
-    srv.start()
-    yield srv
-    srv.stop()
-    assert "Traceback" not in srv.log
+    keys = {"alice": [], "bob": [], "lister": [], "batcher": [], "slow": ["--rpm", "2"]}
+    with served(pyz_path, tmp_path_factory, "vstores", env, keys) as srv:
+        yield srv
 
 
 def store_calls(mock) -> list:

@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import openai
 import pytest
-from conftest import TEST_STORE, ServerProcess, mock_env, wait_for
+from conftest import TEST_STORE, ServerProcess, mock_env, served, wait_for
 from mock_upstream import VIDEO_BYTES, VIDEO_FAIL, VIDEOS, Reply, video_asset
 from module_helpers import key_traces, new_key
 
@@ -33,10 +33,8 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # the SDK
 def server(pyz_path, cache_home, mock, tmp_path_factory):
     """Nobody looks but the clients (the batch watch off)."""
     env = mock_env(cache_home, mock, STOCKYARD_ADMIN_KEY=ADMIN, STOCKYARD_BATCH_POLL="off")
-    srv = ServerProcess(pyz_path, tmp_path_factory.mktemp("videos") / "stockyard.db", env).start()
-    yield srv
-    srv.stop()
-    assert "Traceback" not in srv.log
+    with served(pyz_path, tmp_path_factory, "videos", env) as srv:
+        yield srv
 
 
 def bills(server: ServerProcess, name: str) -> list[dict]:

@@ -14,7 +14,7 @@ import json
 
 import openai
 import pytest
-from conftest import ServerProcess, mock_env, wait_for
+from conftest import ServerProcess, mock_env, served, wait_for
 from mock_upstream import VIDEO_FAIL, video_asset
 from module_helpers import ADMIN_KEY, api, disable_all, key_traces, new_key, put_module
 
@@ -27,10 +27,8 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # the SDK
 def server(pyz_path, cache_home, mock, tmp_path_factory):
     """Nobody looks but the clients (the batch watch off)."""
     env = mock_env(cache_home, mock, STOCKYARD_ADMIN_KEY=ADMIN_KEY, STOCKYARD_BATCH_POLL="off")
-    srv = ServerProcess(pyz_path, tmp_path_factory.mktemp("videos-users") / "stockyard.db", env).start()
-    yield srv
-    srv.stop()
-    assert "Traceback" not in srv.log
+    with served(pyz_path, tmp_path_factory, "videos-users", env) as srv:
+        yield srv
 
 
 @pytest.fixture(autouse=True)

@@ -7,9 +7,9 @@ import json
 import threading
 
 import pytest
-from conftest import wait_for
+from conftest import served, wait_for
 from mock_upstream import Reply
-from module_helpers import ADMIN_KEY, api, chat, disable_all, put_module, start_server
+from module_helpers import ADMIN_KEY, api, chat, disable_all, module_env, put_module
 from webhook_receiver import Receiver
 
 from stockyard import webhooks
@@ -27,20 +27,11 @@ def receiver():
 
 @pytest.fixture(scope="module")
 def server(pyz_path, cache_home, mock, tmp_path_factory):
-    srv = start_server(
-        pyz_path,
-        cache_home,
-        mock,
-        tmp_path_factory,
-        "webhooks",
-        STOCKYARD_ENCRYPTION_KEY=SECRET,
-        STOCKYARD_BUDGET_WARN_PERCENT="50",
-    )
-    status, _ = api(srv, "POST", "/api/prices", {"model": "mock-budget", "input": "0", "output": "1"})
-    assert status == 200
-    yield srv
-    srv.stop()
-    assert "Traceback" not in srv.log
+    env = module_env(cache_home, mock, STOCKYARD_ENCRYPTION_KEY=SECRET, STOCKYARD_BUDGET_WARN_PERCENT="50")
+    with served(pyz_path, tmp_path_factory, "webhooks", env) as srv:
+        status, _ = api(srv, "POST", "/api/prices", {"model": "mock-budget", "input": "0", "output": "1"})
+        assert status == 200
+        yield srv
 
 
 @pytest.fixture(scope="module")
