@@ -116,6 +116,19 @@ def test_vector_stores_deleted_as_they_are_listed_are_every_one_reached(server) 
     assert [s.id for s in bob.vector_stores.list(limit=2)] == theirs[::-1]
 
 
+def test_a_stores_files_whose_files_are_deleted_as_they_are_listed_are_every_one_reached(server) -> None:
+    """A store's file list's cursor is a file id: one the key deleted (``files.delete``) is still its
+    cursor there, and the provider says what follows it (the mock keeps the store's entries)."""
+    client = server.openai(new_key(server, ADMIN)[0])
+    files = [upload(client, f"s{n}") for n in range(4)]
+    store = client.vector_stores.create(name="walked", file_ids=files).id
+    walked = []
+    for entry in client.vector_stores.files.list(store, limit=1):
+        walked.append(entry.id)
+        client.files.delete(entry.id)
+    assert sorted(walked) == sorted(files)
+
+
 def test_containers_deleted_as_they_are_listed_are_every_one_reached(server) -> None:
     mine_key, theirs_key = two_keys(server)
     alice, bob = server.openai(mine_key), server.openai(theirs_key)
