@@ -315,7 +315,8 @@ class ConversationStore:
         """A page of its items (``order``, ``limit``, ``after``), read from the database a page at a time."""
         order, limit, after = page_params(query)
         conn = self._store.read()
-        where, args = "conversation_id = ?", [conversation.id]
+        where = "conversation_id = ?"
+        args: list[object] = [conversation.id]
         if after is not None:
             seq = self._cursor_seq(conn, conversation, after)
             if seq is None:
