@@ -43,7 +43,7 @@ def kept_places(conn: Any, object_id: str, kind: str, owner: str) -> list[Any]:
     go), and only while no key holds the id again (a Gemini file's name a client chose may be reused)."""
     sql = (
         "SELECT place, seq FROM deleted_objects d WHERE kind = ? AND id = ? AND key_id = ? AND deleted_at >= ?"
-        " AND NOT EXISTS (SELECT 1 FROM owned_objects o WHERE o.id = d.id)"
+        " AND NOT EXISTS (SELECT 1 FROM owned_objects o WHERE o.id = d.id AND o.kind = d.kind)"
     )
     since = int(time.time() * 1000) - DELETED_KEPT_MS
     return conn.execute(sql, (kind, object_id, owner, since)).fetchall()
