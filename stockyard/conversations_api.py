@@ -31,6 +31,7 @@ from concurrent.futures import Future, wait
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from .deleted import CONVERSATION_ITEM, keep_deleted, kept_places
 from .errors import ProxyError
 from .httpio import Request, Response, check_method, json_bytes, json_response, whole_number
 from .store import Store, storable
@@ -314,18 +315,31 @@ class ConversationStore:
         """A page of its items (``order``, ``limit``, ``after``), read from the database a page at a time."""
         order, limit, after = page_params(query)
         conn = self._store.read()
-        where, args = "conversation_id = ?", [conversation.id]
+        where = "conversation_id = ?"
+        args: list[object] = [conversation.id]
         if after is not None:
-            row = _item_row(conn, conversation.id, after, "seq") if storable(after) else None
-            if row is None:
+            seq = self._cursor_seq(conn, conversation, after)
+            if seq is None:
                 raise invalid("after", f"No item found with id '{after}' in this conversation.")
             where += f" AND seq {'>' if order == 'asc' else '<'} ?"
-            args.append(row[0])
+            args.append(seq)
         rows = conn.execute(
             f"SELECT item FROM conversation_items WHERE {where} ORDER BY seq {order.upper()} LIMIT ?",
             [*args, limit + 1],
         ).fetchall()
         return item_list([_unpack(row[0]) for row in rows[:limit]], len(rows) > limit)
+
+    def _cursor_seq(self, conn: Any, conversation: Conversation, item_id: str) -> int | None:
+        """Where a list's ``after`` stands in the conversation: its item's ``seq``, or the one an item
+        deleted from it had (``deleted.kept_places``: a client deleting each item as it lists them
+        pages on from one it deleted); None for an id it never held."""
+        if not storable(item_id):
+            return None
+        row = _item_row(conn, conversation.id, item_id, "seq")
+        if row is not None:
+            return row[0]
+        kept = kept_places(conn, item_id, CONVERSATION_ITEM, conversation.key_id or "")
+        return next((r["seq"] for r in kept if r["place"] == conversation.id), None)
 
     def item(self, conversation: Conversation, item_id: str) -> dict:
         row = _item_row(self._store.read(), conversation.id, item_id, "item")
@@ -449,6 +463,7 @@ class ConversationStore:
                 return False
             sql = "DELETE FROM conversation_items WHERE conversation_id = ? AND seq = ?"
             conn.execute(sql, (conversation.id, row[0]))
+            keep_deleted(conn, item_id, CONVERSATION_ITEM, conversation.key_id or "", conversation.id, row[0])
             conn.execute(
                 "UPDATE conversations SET bytes = bytes - ?, updated_at = ? WHERE id = ?",
                 (row[1], _now_ms(), conversation.id),

@@ -36,6 +36,7 @@ from .budgets import owner_scopes, user_of
 from .context import Conversation, RequestContext, Route
 from .conversations import kept_history_tokens
 from .conversations_api import item_list, minted_here
+from .deleted import keep_deleted, kept_places
 from .errors import ANTHROPIC, GEMINI, OPENAI, RESPONSES, ClientGone, ProxyError
 from .httpio import DuplicateMember, Request, check_method, json_object, unique_members, whole_number
 from .keys import KeyRecord
@@ -736,6 +737,20 @@ class Ownership:
                 return next(i for i in chunk if i in theirs)
         return None
 
+    def is_cursor(self, cursor: str, kind: str, owner: str, provider: str | None = None) -> bool:
+        """Whether ``owner`` may page a list of ``kind`` (at ``provider``; None: any) from ``cursor``:
+        one of its objects, or one it deleted (``deleted.kept_places``).
+        The SDKs page on from the last object a page gave, which a client deleting each one as it
+        lists them has deleted; any other id would have the provider's page from it say whether it
+        exists and where it stands among the key's own."""
+        owned = self.find(cursor, kind, owner)
+        if owned is not None:
+            return provider is None or owned.provider == provider
+        if not storable(cursor):
+            return False
+        rows = kept_places(self._store.read(), cursor, kind, owner)
+        return any(provider is None or row["place"] == provider for row in rows)
+
     def holds_any(self, kind: str, owner: str, provider: str) -> bool:
         """Whether ``owner`` holds any object of ``kind`` at ``provider``: a list of none need not
         read the provider's (all of it, once a list reads on until it finds one of the key's)."""
@@ -895,12 +910,16 @@ class Ownership:
 
     def forget(self, object_id: str) -> None:
         """Delete the record of an object; an unbilled batch's hold goes back to its owner's budgets,
-        in the same transaction where the ledger is the database's."""
-        sql = f"DELETE FROM owned_objects WHERE id = ? RETURNING billed, {_HOLDS}"
+        in the same transaction where the ledger is the database's. Its owner keeps it as a list
+        cursor for a while (``deleted.keep_deleted``), for nothing else."""
+        sql = f"DELETE FROM owned_objects WHERE id = ? RETURNING billed, kind, provider, {_HOLDS}"
 
         def job(conn: sqlite3.Connection) -> list[Callable[[], None]]:
             row = conn.execute(sql, (object_id,)).fetchone()
-            return [] if row is None or row["billed"] else self._give_back(conn, row)
+            if row is None:
+                return []
+            keep_deleted(conn, object_id, row["kind"], row["key_id"], row["provider"])
+            return [] if row["billed"] else self._give_back(conn, row)
 
         for settle in self._store.write(job):
             settle()
@@ -1350,7 +1369,7 @@ class ProviderCalls:
         as the answer and the objects on it; a provider's failure is the answer as it came, with none."""
         owner = owner_of(ctx)
         after = query.get("after") or None
-        if after and not self.ownership.owned([after], kind, owner, provider.name):
+        if after and not self.ownership.is_cursor(after, kind, owner, provider.name):
             # another key's id, or none: the provider's page after it would say whether it exists
             # and where it stands among the key's own, so it is an unknown id's empty page, unasked
             return self.unknown_cursor_page(ctx), []
@@ -1384,7 +1403,7 @@ class ProviderCalls:
         cursor = before or after
         answer = Answer(200, {"content-type": "application/json"})
         ctx.attempt.status = 200  # the trace's, when no provider call is made (a call sets its own)
-        if cursor and not self.ownership.owned([cursor], kind, owner, provider.name):
+        if cursor and not self.ownership.is_cursor(cursor, kind, owner, provider.name):
             return answer, [], False
         if not self.ownership.holds_any(kind, owner, provider.name):
             return answer, [], False  # none to find: the whole list is not read for them

@@ -183,9 +183,10 @@ class VectorStoresAPI(ProviderCalls):
 
     def _own_cursors(self, ctx: RequestContext, query: dict[str, str]) -> bool:
         """Whether a store's file list's ``after`` and ``before`` (file ids: a store holds only its
-        key's files) are this key's own files; another key's would have the provider's page from
-        it say whether it exists and where it stands among the key's own."""
-        return all(self.ownership.find(query[c], "file", owner_of(ctx)) is not None for c in CURSORS if query.get(c))
+        key's files) are this key's own files, or files it deleted (``Ownership.is_cursor``); another
+        key's would have the provider's page from it say whether it exists and where it stands among
+        the key's own."""
+        return all(self.ownership.is_cursor(query[c], "file", owner_of(ctx)) for c in CURSORS if query.get(c))
 
     def _list(self, reply: Reply, ctx: RequestContext, query: dict[str, str]) -> None:
         """``GET /v1/vector_stores``: this key's stores, in the provider's pages filtered (forward:

@@ -1806,12 +1806,29 @@ IMAGE_BATCH_ENDPOINTS = ("/v1/images/generations", "/v1/images/edits")  # answer
 BATCH_ENDPOINTS = ("/v1/chat/completions", "/v1/embeddings", "/v1/completions", "/v1/responses", *IMAGE_BATCH_ENDPOINTS)
 
 
+# Objects deleted, by id: where a list's cursor naming one stood (a provider pages on from a deleted
+# object's place as its lists order them: what the SDKs ask of a client deleting each object it lists).
+GONE: dict[str, dict] = {}
+
+
+def gone(obj: dict) -> None:
+    """Remember a deleted object's place in its list (``GONE``)."""
+    GONE[obj["id"]] = dict(obj)
+
+
 def _page(items: list[dict], query: dict[str, str], default_limit: int) -> dict:
-    """A cursor page as OpenAI lists answer: ``after`` an id, ``limit``, ``has_more``."""
+    """A cursor page as OpenAI lists answer: ``after`` an id (a deleted one too: the objects past
+    where it stood, by ``created_at`` in the order asked), ``limit``, ``has_more``."""
     after = query.get("after")
     if after:
         ids = [item["id"] for item in items]
-        items = items[ids.index(after) + 1 :] if after in ids else []
+        if after in ids:
+            items = items[ids.index(after) + 1 :]
+        elif after in GONE:
+            stood, asc = GONE[after]["created_at"], query.get("order") == "asc"
+            items = [item for item in items if (item["created_at"] > stood if asc else item["created_at"] < stood)]
+        else:
+            items = []
     limit = int(query.get("limit") or default_limit)
     page = items[:limit]
     return {
@@ -2012,6 +2029,7 @@ def _files(req: Recorded, file_id: str | None, action: str | None) -> Reply:
     if action == "/content":
         return Reply(body=FILES.contents[file_id], headers={"content-type": "application/octet-stream"})
     if req.method == "DELETE":
+        gone(FILES.files[file_id])
         del FILES.files[file_id], FILES.contents[file_id]
         return Reply(json={"id": file_id, "object": "file", "deleted": True})
     return Reply(json=FILES.files[file_id])
@@ -2153,6 +2171,7 @@ def _containers(call: Call, scripted: Reply | None) -> Reply:
             return container_not_found(container_id)
         if not files:
             if req.method == "DELETE":
+                gone(CONTAINERS.containers[container_id])
                 del CONTAINERS.containers[container_id], CONTAINERS.files[container_id]
                 return Reply(json={"id": container_id, "object": "container.deleted", "deleted": True})
             return Reply(json=CONTAINERS.containers[container_id])
@@ -2393,6 +2412,7 @@ def _vector_stores(call: Call, scripted: Reply | None) -> Reply:
             return Reply(json={**page, "data": results, "has_more": False, "next_page": None})
         if sub is None:
             if req.method == "DELETE":
+                gone(state.stores[store_id])
                 del state.stores[store_id], state.files[store_id]
                 return Reply(json={"id": store_id, "object": "vector_store.deleted", "deleted": True})
             if req.method == "POST":
@@ -2585,6 +2605,7 @@ def _videos(call: Call, scripted: Reply | None) -> Reply:
             made = VIDEOS.add(prompt, video["model"], video["seconds"], video["size"], source=video_id)
             return Reply(json=dict(made))
         if req.method == "DELETE":
+            gone(VIDEOS.videos[video_id])
             del VIDEOS.videos[video_id]
             return Reply(json={"id": video_id, "object": "video.deleted", "deleted": True})
         VIDEOS.advance(video)
@@ -2644,15 +2665,22 @@ def message_batch_results(requests: list[dict], canceled: bool) -> tuple[list[st
 
 
 def _message_batch_page(items: list[dict], query: dict[str, str]) -> dict:
-    """A page as Anthropic's lists answer: newest first, ``after_id`` (older) or ``before_id`` (newer)."""
+    """A page as Anthropic's lists answer: newest first, ``after_id`` (older) or ``before_id`` (newer),
+    either a deleted object's id too (``GONE``: the objects past where it stood)."""
     ids = [item["id"] for item in items]
     limit = int(query.get("limit") or 20)
-    if query.get("before_id"):
-        end = ids.index(query["before_id"]) if query["before_id"] in ids else 0
+    before, after = query.get("before_id"), query.get("after_id")
+    if before in GONE and before not in ids:  # a deleted cursor: where it stood (ids sort by age)
+        end = sum(1 for i in ids if i > before)
+        page, more = items[max(0, end - limit) : end], end - limit > 0
+    elif before:
+        end = ids.index(before) if before in ids else 0
         page, more = items[max(0, end - limit) : end], end - limit > 0
     else:
-        after = query.get("after_id")
-        start = ids.index(after) + 1 if after in ids else (len(ids) if after else 0)
+        if after in GONE and after not in ids:
+            start = sum(1 for i in ids if i > after)
+        else:
+            start = ids.index(after) + 1 if after in ids else (len(ids) if after else 0)
         page, more = items[start : start + limit], len(items) > start + limit
     return {
         "data": page,
@@ -2706,6 +2734,7 @@ def _message_batches(call: Call, scripted: Reply | None) -> Reply:
         if req.method == "DELETE":
             if batch["processing_status"] != "ended":
                 return anthropic_error(400, "Batches must be ended (or canceled) before they can be deleted (mock)")
+            gone(state.batches[batch_id])
             del state.batches[batch_id], state.requests[batch_id]
             state.results.pop(batch_id, None)
             return Reply(json={"id": batch_id, "type": "message_batch_deleted"})
@@ -2796,6 +2825,7 @@ def _anthropic_files(call: Call, scripted: Reply | None) -> Reply:
                 return anthropic_error(400, f"File {file_id} is not downloadable (mock)")
             return Reply(body=state.contents[file_id], headers={"content-type": found["mime_type"]})
         if req.method == "DELETE":
+            gone(state.files[file_id])
             del state.files[file_id], state.contents[file_id]
             return Reply(json={"id": file_id, "type": "file_deleted"})
         return Reply(json=found)
