@@ -566,9 +566,7 @@ def mock() -> MockUpstream:
 
 
 @pytest.fixture(scope="module")
-def openai_server(pyz_path, cache_home, mock, tmp_path_factory) -> ServerProcess:
+def openai_server(pyz_path, cache_home, mock, tmp_path_factory) -> Iterator[ServerProcess]:
     """A server routing to the mock as the OpenAI provider (module-scoped: started once)."""
-    db = tmp_path_factory.mktemp("srv") / "stockyard.db"
-    server = ServerProcess(pyz_path, db, mock_env(cache_home, mock)).start()
-    yield server
-    server.stop()
+    with served(pyz_path, tmp_path_factory, "srv", mock_env(cache_home, mock)) as server:
+        yield server
