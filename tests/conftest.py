@@ -533,10 +533,12 @@ def served(
     keys: dict[str, list[str]] | None = None,
     cli: Iterable[Sequence[str]] = (),
     never_logged: Iterable[str] = (),
+    before_start: Callable[[ServerProcess], object] | None = None,
 ) -> Iterator[ServerProcess]:
     """A test file's module-scoped server, one way for all: its own database in a folder ``name``,
     the ``cli`` commands (prices, modules) run and client ``keys`` made before the start (they are
-    in ``server.keys``: keys are required from the first request), the started server yielded.
+    in ``server.keys``: keys are required from the first request), then ``before_start`` (a command
+    reading a secret from stdin, say), the started server yielded.
     It is stopped on the way out, also after a failed setup; then its log must show no traceback
     nor any of ``never_logged`` (the secrets it was given)."""
     srv = ServerProcess(pyz_path, tmp_path_factory.mktemp(name) / "stockyard.db", env)
@@ -545,6 +547,8 @@ def served(
         assert done.returncode == 0, done.stderr
     if keys:
         srv.keys = srv.create_keys(keys)
+    if before_start:
+        before_start(srv)
     srv.start()
     try:
         yield srv
@@ -562,9 +566,7 @@ def mock() -> MockUpstream:
 
 
 @pytest.fixture(scope="module")
-def openai_server(pyz_path, cache_home, mock, tmp_path_factory) -> ServerProcess:
+def openai_server(pyz_path, cache_home, mock, tmp_path_factory) -> Iterator[ServerProcess]:
     """A server routing to the mock as the OpenAI provider (module-scoped: started once)."""
-    db = tmp_path_factory.mktemp("srv") / "stockyard.db"
-    server = ServerProcess(pyz_path, db, mock_env(cache_home, mock)).start()
-    yield server
-    server.stop()
+    with served(pyz_path, tmp_path_factory, "srv", mock_env(cache_home, mock)) as server:
+        yield server

@@ -13,7 +13,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import OPENAI_KEY, ServerProcess, base_env, mock_env, wait_for
+from conftest import OPENAI_KEY, ServerProcess, base_env, mock_env, served, wait_for
 from openapi_spec_validator import validate
 
 from stockyard.api import ROUTES
@@ -65,17 +65,15 @@ def assert_error(status: int, body: dict, expected: int, *words: str) -> dict:
 @pytest.fixture(scope="module")
 def server(pyz_path, cache_home, mock, tmp_path_factory) -> ServerProcess:
     env = mock_env(cache_home, mock, STOCKYARD_ADMIN_KEY=ADMIN_KEY, STOCKYARD_ENCRYPTION_KEY=SECRET)
-    srv = ServerProcess(pyz_path, tmp_path_factory.mktemp("admin") / "stockyard.db", env).start()
-    yield srv
-    srv.stop()
+    with served(pyz_path, tmp_path_factory, "admin", env) as srv:
+        yield srv
 
 
 @pytest.fixture(scope="module")
 def keyless(pyz_path, cache_home, tmp_path_factory) -> ServerProcess:
     """A server started without STOCKYARD_ADMIN_KEY: the admin API is off."""
-    srv = ServerProcess(pyz_path, tmp_path_factory.mktemp("keyless") / "stockyard.db", base_env(cache_home)).start()
-    yield srv
-    srv.stop()
+    with served(pyz_path, tmp_path_factory, "keyless", base_env(cache_home)) as srv:
+        yield srv
 
 
 @pytest.fixture(scope="module")

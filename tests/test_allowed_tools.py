@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import ServerProcess, mock_env
+from conftest import mock_env, served
 from openai import BadRequestError, OpenAI
 
 ADMIN = "admin-key-for-allowed-tools-tests-0123456789"
@@ -29,9 +29,8 @@ def server(pyz_path, cache_home, mock, tmp_path_factory):
         GEMINI_BASE_URL=mock.url,
         STOCKYARD_ADMIN_KEY=ADMIN,
     )
-    srv = ServerProcess(pyz_path, tmp_path_factory.mktemp("allowed") / "stockyard.db", env).start()
-    yield srv
-    srv.stop()
+    with served(pyz_path, tmp_path_factory, "allowed", env) as srv:
+        yield srv
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ import anthropic
 import openai
 import pydantic
 import pytest
-from conftest import ServerProcess, mock_env
+from conftest import ServerProcess, mock_env, served
 from mock_upstream import (
     TEXT,
     THINK_SIG,
@@ -60,13 +60,10 @@ def server(pyz_path, cache_home, mock, tmp_path_factory) -> ServerProcess:
     env = mock_env(
         cache_home, mock, OPENAI_API_KEY=OPENAI_KEY, ANTHROPIC_API_KEY=ANTHROPIC_KEY, ANTHROPIC_BASE_URL=mock.url
     )
-    db = tmp_path_factory.mktemp("anthropic") / "stockyard.db"
-    proc = ServerProcess(pyz_path, db, env)
-    for model in MOCK_PRICED:  # the mock's model names are no real model's: priced explicitly, never guessed
-        assert proc.cli("prices", "set", model, "--input", "1", "--output", "2").returncode == 0
-    proc.start()
-    yield proc
-    proc.stop()
+    # the mock's model names are no real model's: priced explicitly, never guessed
+    prices = [("prices", "set", model, "--input", "1", "--output", "2") for model in MOCK_PRICED]
+    with served(pyz_path, tmp_path_factory, "anthropic", env, cli=prices) as proc:
+        yield proc
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import ServerProcess, mock_env, wait_for
+from conftest import ServerProcess, mock_env, served, wait_for
 from mock_upstream import MockUpstream, Reply
 
 GEMINI_KEY = "AIza-review19-0123456789abcdefPROVIDERSECRET"
@@ -22,16 +22,13 @@ CONTENTS = [{"role": "user", "parts": [{"text": "Hello"}]}]
 @pytest.fixture(scope="module")
 def server(pyz_path, cache_home, mock: MockUpstream, tmp_path_factory) -> ServerProcess:
     env = mock_env(cache_home, mock, GEMINI_API_KEY=GEMINI_KEY, GEMINI_BASE_URL=mock.url, STOCKYARD_ADMIN_KEY=ADMIN)
-    proc = ServerProcess(pyz_path, tmp_path_factory.mktemp("review19") / "stockyard.db", env)
-    priced = proc.cli("prices", "set", "gemini-embedding-001", "--input", "0.15", "--output", "0")
-    assert priced.returncode == 0, priced.stderr  # Google's price; not in the shipped table
-    for name, usd in (("budgeted", "5"), ("dime", "0.10")):
-        made = proc.cli("keys", "create", "--name", name, "--budget-usd", usd, "--budget-period", "total", "--json")
-        assert made.returncode == 0, made.stderr
-        proc.keys[name] = json.loads(made.stdout)["key"]
-    proc.start()
-    yield proc
-    proc.stop()
+    price = ("prices", "set", "gemini-embedding-001", "--input", "0.15", "--output", "0")  # Google's; not shipped
+    keys = {
+        "budgeted": ["--budget-usd", "5", "--budget-period", "total"],
+        "dime": ["--budget-usd", "0.10", "--budget-period", "total"],
+    }
+    with served(pyz_path, tmp_path_factory, "review19", env, keys, cli=[price]) as proc:
+        yield proc
 
 
 @pytest.fixture(autouse=True)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import ServerProcess, mock_env
+from conftest import mock_env, served
 
 ADMIN = "review4-admin-key-0123456789abcdef"
 GEMINI_KEY = "AIza-review4-0123456789abcdefPROVIDERSECRET"
@@ -16,23 +16,17 @@ GEMINI_KEY = "AIza-review4-0123456789abcdefPROVIDERSECRET"
 
 @pytest.fixture(scope="module")
 def server(pyz_path, cache_home, mock, tmp_path_factory):
-    srv = ServerProcess(
-        pyz_path,
-        tmp_path_factory.mktemp("attack4") / "s.db",
-        mock_env(
-            cache_home,
-            mock,
-            STOCKYARD_ADMIN_KEY=ADMIN,
-            GEMINI_API_KEY=GEMINI_KEY,
-            GEMINI_BASE_URL=mock.url,
-            ANTHROPIC_API_KEY="sk-ant-review4",
-            ANTHROPIC_BASE_URL=mock.url,
-        ),
+    env = mock_env(
+        cache_home,
+        mock,
+        STOCKYARD_ADMIN_KEY=ADMIN,
+        GEMINI_API_KEY=GEMINI_KEY,
+        GEMINI_BASE_URL=mock.url,
+        ANTHROPIC_API_KEY="sk-ant-review4",
+        ANTHROPIC_BASE_URL=mock.url,
     )
-    srv.keys = srv.create_keys({"plain": [], "slow": ["--rpm", "2"]})
-    srv.start()
-    yield srv
-    srv.stop()
+    with served(pyz_path, tmp_path_factory, "attack4", env, {"plain": [], "slow": ["--rpm", "2"]}) as srv:
+        yield srv
 
 
 # -- 1. GET /v1beta/models?pageToken=… -------------------------------------------------------------

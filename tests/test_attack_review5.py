@@ -10,7 +10,7 @@ import json
 import time
 
 import pytest
-from conftest import ServerProcess, mock_env, wait_for
+from conftest import ServerProcess, mock_env, served, wait_for
 from mock_upstream import Reply
 
 MAX_BODY = 4 * 1024 * 1024  # STOCKYARD_MAX_BODY_BYTES of this server: what a request may carry whole
@@ -19,29 +19,27 @@ CLAUDE = "claude-haiku-4-5"
 
 @pytest.fixture(scope="module")
 def server(pyz_path, cache_home, mock, tmp_path_factory):
-    srv = ServerProcess(
-        pyz_path,
-        tmp_path_factory.mktemp("attack5") / "s.db",
-        mock_env(
-            cache_home,
-            mock,
-            ANTHROPIC_API_KEY="sk-ant-review5",
-            ANTHROPIC_BASE_URL=mock.url,
-            GEMINI_API_KEY="AIza-review5-0123456789abcdef",
-            GEMINI_BASE_URL=mock.url,
-            STOCKYARD_MAX_BODY_BYTES=str(MAX_BODY),
-            STOCKYARD_ENCRYPTION_KEY="review5-encryption-secret-0123456789abcdef",
-        ),
+    env = mock_env(
+        cache_home,
+        mock,
+        ANTHROPIC_API_KEY="sk-ant-review5",
+        ANTHROPIC_BASE_URL=mock.url,
+        GEMINI_API_KEY="AIza-review5-0123456789abcdef",
+        GEMINI_BASE_URL=mock.url,
+        STOCKYARD_MAX_BODY_BYTES=str(MAX_BODY),
+        STOCKYARD_ENCRYPTION_KEY="review5-encryption-secret-0123456789abcdef",
     )
-    added = srv.cli(
-        "providers", "add", "local", "--kind", "openai-compatible", "--base-url", mock.url + "/v1",
-        "--models", "local-", "--key-stdin", input="sk-local-review5",
-    )  # fmt: skip
-    assert added.returncode == 0, added.stderr
-    srv.keys = srv.create_keys({"alice": [], "bob": [], "budgeted": ["--budget-usd", "0.15", "--budget-period", "day"]})
-    srv.start()
-    yield srv
-    srv.stop()
+    keys = {"alice": [], "bob": [], "budgeted": ["--budget-usd", "0.15", "--budget-period", "day"]}
+
+    def add_local(srv: ServerProcess) -> None:
+        added = srv.cli(
+            "providers", "add", "local", "--kind", "openai-compatible", "--base-url", mock.url + "/v1",
+            "--models", "local-", "--key-stdin", input="sk-local-review5",
+        )  # fmt: skip
+        assert added.returncode == 0, added.stderr
+
+    with served(pyz_path, tmp_path_factory, "attack5", env, keys, before_start=add_local) as srv:
+        yield srv
 
 
 def post(server: ServerProcess, who: str, path: str, body: dict) -> tuple[int, dict, bytes]:

@@ -14,7 +14,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from conftest import ServerProcess, base_env, database_arg, open_database, wait_for
+from conftest import ServerProcess, base_env, database_arg, open_database, served, wait_for
 
 from stockyard import audit
 from stockyard.cli import build_parser, main
@@ -38,9 +38,8 @@ def api_note(server: ServerProcess, text: str) -> dict:
 @pytest.fixture(scope="module")
 def server(pyz_path, cache_home, tmp_path_factory) -> ServerProcess:
     env = {**base_env(cache_home), "STOCKYARD_ADMIN_KEY": ADMIN_KEY, "STOCKYARD_ENCRYPTION_KEY": SECRET}
-    srv = ServerProcess(pyz_path, tmp_path_factory.mktemp("audit-cli") / "stockyard.db", env).start()
-    yield srv
-    srv.stop()
+    with served(pyz_path, tmp_path_factory, "audit-cli", env) as srv:
+        yield srv
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import threading
 
 import openai
 import pytest
-from conftest import ServerProcess, base_env, wait_for
+from conftest import ServerProcess, base_env, served, wait_for
 from mock_upstream import IMAGE_USAGE, MockUpstream, Recorded, Reply, multipart_form
 
 AZURE_KEY = "az-test-0123456789abcdefAZURESECRET"
@@ -26,10 +26,8 @@ def server(pyz_path, cache_home, mock, tmp_path_factory) -> ServerProcess:
         "AZURE_OPENAI_ENDPOINT": mock.url,
         "AZURE_OPENAI_API_VERSION": API_VERSION,
     }
-    db = tmp_path_factory.mktemp("azure") / "stockyard.db"
-    proc = ServerProcess(pyz_path, db, env).start()
-    yield proc
-    proc.stop()
+    with served(pyz_path, tmp_path_factory, "azure", env) as proc:
+        yield proc
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import openai
 import pytest
-from conftest import TEST_STORE, ServerProcess, mock_env, wait_for
+from conftest import TEST_STORE, ServerProcess, mock_env, served, wait_for
 from mock_upstream import BACKGROUND_CANCEL_OUTPUT, COMPLETION_TOKENS, PROMPT_TOKENS, Reply
 from module_helpers import key_traces, new_key
 
@@ -31,9 +31,8 @@ BUDGET_UC = 303_000  # $0.00303: five worst cases of 1,000 output tokens and a f
 def server(pyz_path, cache_home, mock, tmp_path_factory):
     """Nobody looks but the clients (the batch watch off)."""
     env = mock_env(cache_home, mock, STOCKYARD_ADMIN_KEY=ADMIN, STOCKYARD_BATCH_POLL="off")
-    srv = ServerProcess(pyz_path, tmp_path_factory.mktemp("background") / "stockyard.db", env).start()
-    yield srv
-    srv.stop()
+    with served(pyz_path, tmp_path_factory, "background", env) as srv:
+        yield srv
 
 
 def usage_rows(server: ServerProcess, name: str) -> list[dict]:

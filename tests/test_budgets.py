@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import openai
 import pytest
-from conftest import ServerProcess, mock_env, wait_for
+from conftest import ServerProcess, mock_env, served, wait_for
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -35,15 +35,11 @@ def env_for(cache_home, mock, **extra) -> dict:
 
 @pytest.fixture(scope="module")
 def server(pyz_path, cache_home, mock, tmp_path_factory):
-    srv = ServerProcess(
-        pyz_path,
-        tmp_path_factory.mktemp("budgets") / "stockyard.db",
-        env_for(cache_home, mock, STOCKYARD_BUDGET_WARN_PERCENT="50,80"),
-    ).start()
-    status, _, _ = api(srv, "POST", "/api/prices", {"model": "mock-budget", "input": "0", "output": "1"})
-    assert status == 200
-    yield srv
-    srv.stop()
+    env = env_for(cache_home, mock, STOCKYARD_BUDGET_WARN_PERCENT="50,80")
+    with served(pyz_path, tmp_path_factory, "budgets", env) as srv:
+        status, _, _ = api(srv, "POST", "/api/prices", {"model": "mock-budget", "input": "0", "output": "1"})
+        assert status == 200
+        yield srv
 
 
 def api(server: ServerProcess, method: str, path: str, body=None):

@@ -12,7 +12,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, ServerProcess, mock_env, wait_for
+from conftest import ROOT, ServerProcess, mock_env, served, wait_for
 
 ADMIN_KEY = "console-test-admin-key-0123456789"
 UI = ROOT / "stockyard" / "ui"
@@ -30,9 +30,8 @@ NODE = shutil.which("node")
 @pytest.fixture(scope="module")
 def server(pyz_path, cache_home, mock, tmp_path_factory) -> ServerProcess:
     env = mock_env(cache_home, mock, STOCKYARD_ADMIN_KEY=ADMIN_KEY)
-    srv = ServerProcess(pyz_path, tmp_path_factory.mktemp("console") / "stockyard.db", env).start()
-    yield srv
-    srv.stop()
+    with served(pyz_path, tmp_path_factory, "console", env) as srv:
+        yield srv
 
 
 def raw_get(server: ServerProcess, path: str, method: str = "GET", headers: dict | None = None):

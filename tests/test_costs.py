@@ -12,7 +12,7 @@ import io
 import json
 
 import pytest
-from conftest import ServerProcess, mock_env, wait_for
+from conftest import ServerProcess, mock_env, served, wait_for
 
 ADMIN = "admin-key-for-cost-tests-0123456789"
 HELLO = [{"role": "user", "content": "hi"}]
@@ -21,9 +21,8 @@ HELLO = [{"role": "user", "content": "hi"}]
 @pytest.fixture(scope="module")
 def server(pyz_path, cache_home, mock, tmp_path_factory):
     env = mock_env(cache_home, mock, STOCKYARD_ADMIN_KEY=ADMIN)
-    srv = ServerProcess(pyz_path, tmp_path_factory.mktemp("costs") / "stockyard.db", env).start()
-    yield srv
-    srv.stop()
+    with served(pyz_path, tmp_path_factory, "costs", env) as srv:
+        yield srv
 
 
 def api(server: ServerProcess, method: str, path: str, body=None):

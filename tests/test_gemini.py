@@ -12,7 +12,7 @@ from pathlib import Path
 import openai
 import pydantic
 import pytest
-from conftest import ServerProcess, base_env, wait_for
+from conftest import ServerProcess, base_env, served, wait_for
 from mock_upstream import TEXT, THINKING_TEXT, MockUpstream, Recorded, Reply, gemini_stream
 
 GEMINI_KEY = "AIza-test-0123456789abcdefGEMINISECRET"
@@ -48,13 +48,10 @@ MOCK_PRICED = ["gemini-2.5-flash-plain"]
 @pytest.fixture(scope="module")
 def server(pyz_path, cache_home, mock, tmp_path_factory) -> ServerProcess:
     env = {**base_env(cache_home), "GEMINI_API_KEY": GEMINI_KEY, "GEMINI_BASE_URL": mock.url}
-    db = tmp_path_factory.mktemp("gemini") / "stockyard.db"
-    proc = ServerProcess(pyz_path, db, env)
-    for model in MOCK_PRICED:  # the mock's model names are no real model's: priced explicitly, never guessed
-        assert proc.cli("prices", "set", model, "--input", "1", "--output", "2").returncode == 0
-    proc.start()
-    yield proc
-    proc.stop()
+    # the mock's model names are no real model's: priced explicitly, never guessed
+    prices = [("prices", "set", model, "--input", "1", "--output", "2") for model in MOCK_PRICED]
+    with served(pyz_path, tmp_path_factory, "gemini", env, cli=prices) as proc:
+        yield proc
 
 
 @pytest.fixture(scope="module")

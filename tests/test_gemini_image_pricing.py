@@ -14,7 +14,7 @@ import http.client
 import json
 
 import pytest
-from conftest import ServerProcess, mock_env
+from conftest import ServerProcess, mock_env, served
 from mock_upstream import COMPLETION_TOKENS, GEMINI_IMAGE_B64, PROMPT_TOKENS, TEXT, Reply, gemini_image_part
 
 GEMINI_KEY = "AIza-image-0123456789abcdefPROVIDERSECRET"
@@ -32,18 +32,13 @@ def flash_cost(text_out: int = COMPLETION_TOKENS, image_out: int = FLASH_TOKENS)
 @pytest.fixture(scope="module")
 def server(pyz_path, cache_home, mock, tmp_path_factory) -> ServerProcess:
     env = mock_env(cache_home, mock, GEMINI_API_KEY=GEMINI_KEY, GEMINI_BASE_URL=mock.url, STOCKYARD_ADMIN_KEY=ADMIN)
-    proc = ServerProcess(pyz_path, tmp_path_factory.mktemp("gimage") / "stockyard.db", env)
     # an operator's override: its image output rate set with `prices set` like every other rate
-    override = ["--input", "1", "--output", "2", "--media-output", "40"]
-    made = proc.cli("prices", "set", "gemini-2.5-flash-image-preview", *override)
-    assert made.returncode == 0, made.stderr
-    KEYS["plain"] = proc.create_keys({"gimage": []})["gimage"]
-    KEYS["budget"] = proc.create_keys({"gimage-budget": ["--budget-usd", "0.03", "--budget-period", "month"]})[
-        "gimage-budget"
-    ]
-    proc.start()
-    yield proc
-    proc.stop()
+    rates = ("--input", "1", "--output", "2", "--media-output", "40")
+    override = ("prices", "set", "gemini-2.5-flash-image-preview", *rates)
+    keys = {"gimage": [], "gimage-budget": ["--budget-usd", "0.03", "--budget-period", "month"]}
+    with served(pyz_path, tmp_path_factory, "gimage", env, keys, cli=[override]) as proc:
+        KEYS["plain"], KEYS["budget"] = proc.keys["gimage"], proc.keys["gimage-budget"]
+        yield proc
 
 
 def generate(server: ServerProcess, model: str, body: dict, key: str | None = None) -> tuple[int, dict, bytes]:

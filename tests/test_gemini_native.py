@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ServerProcess, mock_env, wait_for
+from conftest import ServerProcess, mock_env, served, wait_for
 from mock_upstream import CACHED_TOKENS, PROMPT_TOKENS, TEXT, MockUpstream, Recorded, Reply
 from rawhttp import connect, read_response
 
@@ -28,18 +28,15 @@ UC_PER_TOKEN = {"input": 100, "cached": 50, "output": 200}  # $1, $0.50, $2 per 
 @pytest.fixture(scope="module")
 def server(pyz_path, cache_home, mock, tmp_path_factory) -> ServerProcess:
     env = mock_env(cache_home, mock, OPENAI_API_KEY=OPENAI_KEY, GEMINI_API_KEY=GEMINI_KEY, GEMINI_BASE_URL=mock.url)
-    proc = ServerProcess(pyz_path, tmp_path_factory.mktemp("gnative") / "stockyard.db", env)
-    for model in PRICED:  # the mock's names are no real model's: priced explicitly
-        args = ["--input", "1", "--output", "2", "--cached-input", "0.5", "--reasoning", "2"]
-        assert proc.cli("prices", "set", model, *args).returncode == 0
-    assert proc.cli("modules", "set", "alias", "aliases.house-embedder=gemini-native-embedder").returncode == 0
-    assert proc.cli("modules", "enable", "alias").returncode == 0
-    KEYS["genai"] = proc.create_keys({"genai": []})[
-        "genai"
-    ]  # before start: client keys are required from the first request
-    proc.start()
-    yield proc
-    proc.stop()
+    rates = ("--input", "1", "--output", "2", "--cached-input", "0.5", "--reasoning", "2")
+    cli = [("prices", "set", model, *rates) for model in PRICED]  # the mock's names are no real model's
+    cli += [
+        ("modules", "set", "alias", "aliases.house-embedder=gemini-native-embedder"),
+        ("modules", "enable", "alias"),
+    ]
+    with served(pyz_path, tmp_path_factory, "gnative", env, {"genai": []}, cli=cli) as proc:
+        KEYS["genai"] = proc.keys["genai"]
+        yield proc
 
 
 KEYS: dict[str, str] = {}

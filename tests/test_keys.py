@@ -13,7 +13,7 @@ import time
 import anthropic
 import openai
 import pytest
-from conftest import OPENAI_KEY, ServerProcess, mock_env, wait_for
+from conftest import OPENAI_KEY, ServerProcess, mock_env, served, wait_for
 
 from stockyard.errors import ProxyError
 from stockyard.keys import KeyRecord, KeyRing, hash_key, new_secret, presented_key
@@ -34,9 +34,8 @@ def server_env(cache_home, mock) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def server(pyz_path, cache_home, mock, tmp_path_factory):
     env = server_env(cache_home, mock)
-    srv = ServerProcess(pyz_path, tmp_path_factory.mktemp("keys") / "stockyard.db", env).start()
-    yield srv
-    srv.stop()
+    with served(pyz_path, tmp_path_factory, "keys", env) as srv:
+        yield srv
 
 
 def admin(server: ServerProcess, method: str, path: str, body=None, raw: bytes | None = None):

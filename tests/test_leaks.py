@@ -17,7 +17,7 @@ import zlib
 from pathlib import Path
 
 import pytest
-from conftest import TEST_STORE, ServerProcess, mock_env, open_database, stored_values, wait_for
+from conftest import TEST_STORE, ServerProcess, mock_env, open_database, served, stored_values, wait_for
 from mock_upstream import Reply
 
 ADMIN_KEY = "admin-leaktest-" + secrets.token_hex(12)
@@ -65,13 +65,10 @@ def session(pyz_path, cache_home, mock, tmp_path_factory) -> Session:
     env = mock_env(
         cache_home, mock, OPENAI_API_KEY=KEYS["env"], STOCKYARD_ADMIN_KEY=ADMIN_KEY, STOCKYARD_ENCRYPTION_KEY=SECRET
     )
-    server = ServerProcess(pyz_path, tmp_path_factory.mktemp("leaks") / "stockyard.db", env).start()
-    s = Session(server)
-    try:
+    with served(pyz_path, tmp_path_factory, "leaks", env) as server:
+        s = Session(server)
         run_session(s, mock)
         s.live_files = [(f"{p} (live)", p.read_bytes()) for p in files_under(server.db.parent)]
-    finally:
-        server.stop()
     return s
 
 

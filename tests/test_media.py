@@ -14,7 +14,7 @@ from pathlib import Path
 
 import openai
 import pytest
-from conftest import TEST_STORE, ServerProcess, mock_env, pcm_wav, stored_values, wait_for
+from conftest import TEST_STORE, ServerProcess, mock_env, pcm_wav, served, stored_values, wait_for
 from mock_upstream import SPEECH_BYTES, TEXT, Reply, multipart_form
 from openai import OpenAI
 from rawhttp import connect, read_response
@@ -38,13 +38,10 @@ def server(pyz_path, cache_home, mock, tmp_path_factory):
         STOCKYARD_ADMIN_KEY=ADMIN,
         STOCKYARD_MAX_UPLOAD_BYTES=str(MAX_UPLOAD),
     )
-    srv = ServerProcess(pyz_path, tmp_path_factory.mktemp("media") / "stockyard.db", env)
-    for args in (("modules", "set", "userlimits", "budget_usd=0.05"), ("modules", "enable", "userlimits")):
-        done = srv.cli(*args)  # an end-user budget: only requests naming an end user
-        assert done.returncode == 0, done.stderr
-    srv.start()
-    yield srv
-    srv.stop()
+    # an end-user budget: only requests naming an end user
+    limits = [("modules", "set", "userlimits", "budget_usd=0.05"), ("modules", "enable", "userlimits")]
+    with served(pyz_path, tmp_path_factory, "media", env, cli=limits) as srv:
+        yield srv
 
 
 def admin(server: ServerProcess, method: str, path: str, body=None) -> tuple[int, dict]:

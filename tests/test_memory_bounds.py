@@ -14,7 +14,7 @@ import socket
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from conftest import ServerProcess, mock_env, wait_for
+from conftest import ServerProcess, mock_env, served, wait_for
 
 from stockyard.httpio import MAX_JSON_VALUES
 
@@ -55,10 +55,9 @@ def test_commas_and_brackets_inside_strings_are_not_values(openai_server: Server
 @pytest.fixture(scope="module")
 def one_mib_server(pyz_path, cache_home, mock, tmp_path_factory):
     """Request bodies held at once bounded to 1 MiB in all."""
-    db = tmp_path_factory.mktemp("bodies") / "stockyard.db"
-    server = ServerProcess(pyz_path, db, mock_env(cache_home, mock, STOCKYARD_REQUEST_BODIES_MB="1")).start()
-    yield server
-    server.stop()
+    env = mock_env(cache_home, mock, STOCKYARD_REQUEST_BODIES_MB="1")
+    with served(pyz_path, tmp_path_factory, "bodies", env) as srv:
+        yield srv
 
 
 def begun_request(server: ServerProcess, length: int) -> socket.socket:

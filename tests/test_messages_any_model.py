@@ -13,7 +13,7 @@ from pathlib import Path
 import anthropic
 import pydantic
 import pytest
-from conftest import ServerProcess, mock_env, wait_for
+from conftest import ServerProcess, mock_env, served, wait_for
 from mock_upstream import COMPLETION_TOKENS, PROMPT_TOKENS, TEXT, TOOL_ARGS, Reply
 from module_helpers import client_key, new_key
 
@@ -41,11 +41,9 @@ def server(pyz_path, cache_home, mock, tmp_path_factory):
         OLLAMA_BASE_URL=mock.url,  # an openai-compatible provider: Gemini's own OpenAI endpoint, say
         STOCKYARD_ADMIN_KEY=ADMIN,
     )
-    proc = ServerProcess(pyz_path, tmp_path_factory.mktemp("messages") / "stockyard.db", env)
-    assert proc.cli("prices", "set", MODELS["gemini"], "--input", "1", "--output", "2").returncode == 0
-    proc.start()
-    yield proc
-    proc.stop()
+    price = ("prices", "set", MODELS["gemini"], "--input", "1", "--output", "2")
+    with served(pyz_path, tmp_path_factory, "messages", env, cli=[price]) as proc:
+        yield proc
 
 
 @pytest.fixture(scope="module")

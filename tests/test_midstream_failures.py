@@ -20,7 +20,7 @@ from typing import Callable
 
 import anthropic
 import pytest
-from conftest import HELD_SAYS, ServerProcess, hold_database, mock_env, wait_for
+from conftest import HELD_SAYS, ServerProcess, hold_database, mock_env, served, wait_for
 from mock_upstream import Reply
 from rawhttp import read_until_close, statuses
 from test_anthropic_batches import CODE_TOOL
@@ -38,12 +38,9 @@ def server(pyz_path, cache_home, mock, tmp_path_factory):
         ANTHROPIC_BASE_URL=mock.url,
         STOCKYARD_BUSY_TIMEOUT_MS="1000",  # a claim the held database refuses fails after 1 s, not 10
     )
-    srv = ServerProcess(pyz_path, tmp_path_factory.mktemp("midstream") / "stockyard.db", env)
-    srv.keys = srv.create_keys({"alice": [], "bob": []})
-    srv.start()
-    yield srv
-    srv.stop()
-    assert "sk-ant-test-midstream" not in srv.log
+    keys = {"alice": [], "bob": []}
+    with served(pyz_path, tmp_path_factory, "midstream", env, keys, never_logged=("sk-ant-test-midstream",)) as srv:
+        yield srv
 
 
 class _Bytes:

@@ -20,7 +20,7 @@ from typing import Any
 
 import openai
 import pytest
-from conftest import ServerProcess, mock_env
+from conftest import ServerProcess, mock_env, served
 from mock_upstream import (
     COMPLETION_TOKENS,
     PAUSED_INPUT_TOKENS,
@@ -60,16 +60,11 @@ def server(pyz_path, cache_home, mock, tmp_path_factory) -> ServerProcess:
     env = mock_env(
         cache_home, mock, ANTHROPIC_API_KEY="sk-ant-test-0123456789abcdefPAUSETURN", ANTHROPIC_BASE_URL=mock.url
     )
-    proc = ServerProcess(pyz_path, tmp_path_factory.mktemp("pauseturn") / "stockyard.db", env)
-    for model in MODELS:
-        assert proc.cli("prices", "set", model, "--input", "1", "--output", "2").returncode == 0
-    assert proc.cli("prices", "set", COST_MODEL, "--input", "0.001", "--output", "1").returncode == 0
-    proc.keys = proc.create_keys(
-        {"plain": [], BUDGETED: ["--budget-usd", "0.045", "--budget-period", "day"], LIMITED: ["--rpm", "2"]}
-    )
-    proc.start()
-    yield proc
-    proc.stop()
+    prices = [("prices", "set", model, "--input", "1", "--output", "2") for model in MODELS]
+    prices.append(("prices", "set", COST_MODEL, "--input", "0.001", "--output", "1"))
+    keys = {"plain": [], BUDGETED: ["--budget-usd", "0.045", "--budget-period", "day"], LIMITED: ["--rpm", "2"]}
+    with served(pyz_path, tmp_path_factory, "pauseturn", env, keys, cli=prices) as proc:
+        yield proc
 
 
 @pytest.fixture(scope="module")
@@ -260,10 +255,9 @@ def impatient(pyz_path, cache_home, mock, tmp_path_factory) -> ServerProcess:
         ANTHROPIC_BASE_URL=mock.url,
         STOCKYARD_UPSTREAM_TIMEOUT="1",
     )
-    proc = ServerProcess(pyz_path, tmp_path_factory.mktemp("impatient") / "stockyard.db", env)
-    assert proc.cli("prices", "set", SCRIPTED_MODEL, "--input", "1", "--output", "2").returncode == 0
-    yield proc.start()
-    proc.stop()
+    price = ("prices", "set", SCRIPTED_MODEL, "--input", "1", "--output", "2")
+    with served(pyz_path, tmp_path_factory, "impatient", env, cli=[price]) as proc:
+        yield proc
 
 
 @pytest.mark.parametrize("stream", [False, True])

@@ -14,7 +14,7 @@ import sys
 import time
 
 import pytest
-from conftest import OPENAI_KEY, ServerProcess, base_env, mock_env, wait_for
+from conftest import OPENAI_KEY, ServerProcess, base_env, mock_env, served, wait_for
 
 from stockyard import vault
 from stockyard.operations import Operations, Refused
@@ -33,9 +33,8 @@ def fake_key(label: str) -> str:
 @pytest.fixture(scope="module")
 def server(pyz_path, cache_home, mock, tmp_path_factory) -> ServerProcess:
     env = mock_env(cache_home, mock, STOCKYARD_ADMIN_KEY=ADMIN_KEY, STOCKYARD_ENCRYPTION_KEY=SECRET)
-    srv = ServerProcess(pyz_path, tmp_path_factory.mktemp("providers") / "stockyard.db", env).start()
-    yield srv
-    srv.stop()
+    with served(pyz_path, tmp_path_factory, "providers", env) as srv:
+        yield srv
 
 
 def chat(server: ServerProcess, model: str) -> tuple[int, dict]:

@@ -18,7 +18,7 @@ import time
 from fractions import Fraction
 
 import pytest
-from conftest import OPENAI_KEY, TEST_STORE, ServerProcess, mock_env, open_database, wait_for
+from conftest import OPENAI_KEY, TEST_STORE, ServerProcess, mock_env, open_database, served, wait_for
 from mock_upstream import RT_AUDIO_BYTES, RT_IMAGE_TOKENS, TEXT, Reply
 from module_helpers import ADMIN_KEY, api, put_module
 from test_responses_websocket import KEY, Raw
@@ -58,32 +58,25 @@ def expected_uc(model: str, usage: dict) -> int:
 def server(pyz_path, cache_home, mock, tmp_path_factory):
     env = mock_env(cache_home, mock, STOCKYARD_MAX_BODY_BYTES=str(MAX_MESSAGE))
     env["STOCKYARD_ADMIN_KEY"] = ADMIN_KEY
-    srv = ServerProcess(pyz_path, tmp_path_factory.mktemp("realtime") / "stockyard.db", env).start()
-    srv.keys.update(
-        srv.create_keys(
-            {
-                "alice": [],
-                "sdk": [],
-                "budgeted": ["--budget-usd", "0.01", "--budget-period", "day"],
-                "minionly": ["--models", "gpt-realtime-mini"],
-                "onerpm": ["--rpm", "1"],
-                "tworpm": ["--rpm", "2"],
-                "burstrpm": ["--rpm", "2"],
-                "leaver": [],
-                "faulter": [],
-                "revoked": [],
-                "burst": ["--budget-usd", "0.01", "--budget-period", "day"],
-                "dropped": [],
-                "dropped_budget": ["--budget-usd", "0.05", "--budget-period", "day"],
-                "raced": ["--budget-usd", "1", "--budget-period", "day"],
-                "stalled": ["--rpm", "1000"],
-            }
-        )
-    )
-    for name in srv.keys:  # the server reads new keys on its next look at the key ring
-        wait_for(lambda key=name: srv.request("GET", "/v1/models", headers=srv.auth(key))[0] == 200, 10, name)
-    yield srv
-    srv.stop()
+    keys = {
+        "alice": [],
+        "sdk": [],
+        "budgeted": ["--budget-usd", "0.01", "--budget-period", "day"],
+        "minionly": ["--models", "gpt-realtime-mini"],
+        "onerpm": ["--rpm", "1"],
+        "tworpm": ["--rpm", "2"],
+        "burstrpm": ["--rpm", "2"],
+        "leaver": [],
+        "faulter": [],
+        "revoked": [],
+        "burst": ["--budget-usd", "0.01", "--budget-period", "day"],
+        "dropped": [],
+        "dropped_budget": ["--budget-usd", "0.05", "--budget-period", "day"],
+        "raced": ["--budget-usd", "1", "--budget-period", "day"],
+        "stalled": ["--rpm", "1000"],
+    }
+    with served(pyz_path, tmp_path_factory, "realtime", env, keys) as srv:
+        yield srv
 
 
 def until(connection, kind: str) -> list:
@@ -637,9 +630,8 @@ def quick(pyz_path, cache_home, mock, tmp_path_factory):
     """A server whose limits come quickly: a message must arrive whole within 1 s, a session
     with no data frame either way closes after 2 s."""
     env = mock_env(cache_home, mock, STOCKYARD_REQUEST_READ_TIMEOUT="1", STOCKYARD_WEBSOCKET_IDLE_TIMEOUT="2")
-    srv = ServerProcess(pyz_path, tmp_path_factory.mktemp("quick") / "stockyard.db", env).start()
-    yield srv
-    srv.stop()
+    with served(pyz_path, tmp_path_factory, "quick", env) as srv:
+        yield srv
 
 
 def test_message_never_finished_closes_1008(quick):

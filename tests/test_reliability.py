@@ -18,7 +18,7 @@ import time
 
 import clirun
 import pytest
-from conftest import OPENAI_KEY, TEST_STORE, ServerProcess, base_env, mock_env, open_database, wait_for
+from conftest import OPENAI_KEY, TEST_STORE, ServerProcess, base_env, mock_env, open_database, served, wait_for
 from mock_upstream import Reply
 
 from stockyard import config
@@ -317,9 +317,8 @@ def raw_chat(port: int, model: str = "gpt-4o-mini", stream: bool = False, versio
 @pytest.fixture(scope="module")
 def proxy(pyz_path, cache_home, mock, tmp_path_factory):
     env = mock_env(cache_home, mock)
-    server = ServerProcess(pyz_path, tmp_path_factory.mktemp("leave") / "stockyard.db", env).start()
-    yield server
-    server.stop()
+    with served(pyz_path, tmp_path_factory, "leave", env) as server:
+        yield server
 
 
 @pytest.mark.parametrize("how", ["close", "reset"])

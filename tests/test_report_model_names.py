@@ -4,7 +4,7 @@ rolls up under a name the price table knows, or under one bucket, never under ea
 from __future__ import annotations
 
 import pytest
-from conftest import ServerProcess, mock_env
+from conftest import ServerProcess, mock_env, served
 from mock_upstream import Reply
 from test_costs import ADMIN, HELLO, api
 
@@ -12,9 +12,8 @@ from test_costs import ADMIN, HELLO, api
 @pytest.fixture(scope="module")
 def server(pyz_path, cache_home, mock, tmp_path_factory):
     env = mock_env(cache_home, mock, STOCKYARD_ADMIN_KEY=ADMIN)
-    srv = ServerProcess(pyz_path, tmp_path_factory.mktemp("names") / "stockyard.db", env).start()
-    yield srv
-    srv.stop()
+    with served(pyz_path, tmp_path_factory, "names", env) as srv:
+        yield srv
 
 
 def ask(server: ServerProcess, model: str) -> tuple[int, dict]:

@@ -15,7 +15,7 @@ import pytest
 from conftest import open_database
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from module_helpers import ADMIN_KEY, api, chat, start_server
+from module_helpers import ADMIN_KEY, api, chat, server_fixture, start_server
 from ops_helpers import sample_trace
 
 from stockyard.retention import Retention
@@ -392,11 +392,7 @@ def test_one_list_of_rollup_counts_is_written_and_reported_and_is_each_tables(da
     conn.close()
 
 
-@pytest.fixture(scope="module")
-def server(pyz_path, cache_home, mock, tmp_path_factory):
-    srv = start_server(pyz_path, cache_home, mock, tmp_path_factory, "reports")
-    yield srv
-    srv.stop()
+server = server_fixture("reports")
 
 
 def test_the_api_answers_two_dimensions_latency_and_key_names(server):

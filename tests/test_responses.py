@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import rawhttp
-from conftest import OPENAI_KEY, ServerProcess, mock_env, wait_for
+from conftest import OPENAI_KEY, ServerProcess, mock_env, served, wait_for
 from mock_upstream import (
     COMPACTED,
     COMPLETION_TOKENS,
@@ -67,9 +67,8 @@ def server(pyz_path, cache_home, mock, tmp_path_factory):
         GEMINI_BASE_URL=mock.url,
         STOCKYARD_ADMIN_KEY=ADMIN,
     )
-    srv = ServerProcess(pyz_path, tmp_path_factory.mktemp("responses") / "stockyard.db", env).start()
-    yield srv
-    srv.stop()
+    with served(pyz_path, tmp_path_factory, "responses", env) as srv:
+        yield srv
 
 
 @pytest.fixture(scope="module")

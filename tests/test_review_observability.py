@@ -12,8 +12,8 @@ import time
 import uuid
 
 import pytest
-from conftest import ServerProcess, mock_env, wait_for
-from module_helpers import ADMIN_KEY, api, put_module, start_server
+from conftest import ServerProcess, mock_env, served, wait_for
+from module_helpers import ADMIN_KEY, api, module_env, put_module, start_server
 from test_otel import Receiver as Collector
 from test_otel import attrs
 from webhook_receiver import Receiver
@@ -31,11 +31,11 @@ def receiver():
 
 @pytest.fixture(scope="module")
 def server(pyz_path, cache_home, mock, tmp_path_factory):
-    srv = start_server(pyz_path, cache_home, mock, tmp_path_factory, "reviewobs", STOCKYARD_ENCRYPTION_KEY=SECRET)
-    status, _ = api(srv, "POST", "/api/prices", {"model": "mock-budget", "input": "0", "output": "1"})
-    assert status == 200
-    yield srv
-    srv.stop()
+    env = module_env(cache_home, mock, STOCKYARD_ENCRYPTION_KEY=SECRET)
+    with served(pyz_path, tmp_path_factory, "reviewobs", env) as srv:
+        status, _ = api(srv, "POST", "/api/prices", {"model": "mock-budget", "input": "0", "output": "1"})
+        assert status == 200
+        yield srv
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
 import pytest
-from conftest import ServerProcess, base_env, mock_env, wait_for
+from conftest import ServerProcess, base_env, mock_env, served, wait_for
 from mock_upstream import Reply
 from test_tls import tls_mock
 
@@ -350,9 +350,8 @@ def test_a_stream_that_is_not_chunked_stays_with_the_request_thread(pool) -> Non
 @pytest.fixture(scope="module")
 def server(pyz_path, cache_home, mock, tmp_path_factory) -> Iterator[ServerProcess]:
     env = mock_env(cache_home, mock)
-    proc = ServerProcess(pyz_path, tmp_path_factory.mktemp("relay") / "stockyard.db", env).start()
-    yield proc
-    proc.stop()
+    with served(pyz_path, tmp_path_factory, "relay", env) as proc:
+        yield proc
 
 
 def stream_chat(port: int, model: str = "gpt-4o-mini") -> tuple[int, bytes, str]:

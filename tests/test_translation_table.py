@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 import openai
 import pytest
-from conftest import ServerProcess, base_env
+from conftest import ServerProcess, base_env, served
 from mock_upstream import MockUpstream, Recorded, Reply
 from openai.types.chat.completion_create_params import CompletionCreateParamsBase
 
@@ -92,10 +92,8 @@ def server(pyz_path, cache_home, mock, tmp_path_factory) -> ServerProcess:
         "GEMINI_API_KEY": "AIza-table",
         "GEMINI_BASE_URL": mock.url,
     }
-    proc = ServerProcess(pyz_path, tmp_path_factory.mktemp("table") / "stockyard.db", env)
-    proc.start()
-    yield proc
-    proc.stop()
+    with served(pyz_path, tmp_path_factory, "table", env) as proc:
+        yield proc
 
 
 def upstream(mock: MockUpstream, kind: str, model: str) -> Recorded:

@@ -14,7 +14,7 @@ import json
 
 import openai
 import pytest
-from conftest import ServerProcess, mock_env
+from conftest import ServerProcess, mock_env, served
 from mock_upstream import COMPLETION_TOKENS, PROMPT_TOKENS, SEARCH_QUERIES, SEARCH_RESULTS, SEARCH_TEXTS, MockUpstream
 
 from stockyard.pricing import WEB_SEARCH_UC
@@ -46,13 +46,10 @@ def server(pyz_path, cache_home, mock, tmp_path_factory) -> ServerProcess:
         GEMINI_API_KEY="AIza-test-0123456789abcdefGEMINI",
         GEMINI_BASE_URL=mock.url,
     )
-    proc = ServerProcess(pyz_path, tmp_path_factory.mktemp("websearch") / "stockyard.db", env)
-    for model in PRICED:
-        assert proc.cli("prices", "set", model, "--input", "1", "--output", "2").returncode == 0
-    proc.keys = proc.create_keys({"plain": [], BUDGETED: ["--budget-usd", "0.05", "--budget-period", "day"]})
-    proc.start()
-    yield proc
-    proc.stop()
+    prices = [("prices", "set", model, "--input", "1", "--output", "2") for model in PRICED]
+    keys = {"plain": [], BUDGETED: ["--budget-usd", "0.05", "--budget-period", "day"]}
+    with served(pyz_path, tmp_path_factory, "websearch", env, keys, cli=prices) as proc:
+        yield proc
 
 
 @pytest.fixture(scope="module")
