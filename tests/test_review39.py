@@ -1,0 +1,183 @@
+"""An attacker's review of the day's changes (review39): a deleted object kept a day as its key's list
+cursor (``stockyard.deleted``, migration 0040), the one loop that reads a filtered list's provider
+pages (``ProviderCalls._filtered_pages``) and the admin API's refusal of unknown fields
+(``ApiRequest.json_fields``), from a client key of one's own (alice, bob).
+
+Two defects found, each shown here:
+- the cursor check read ``deleted_objects`` by kind alone (the primary key leads with kind, then
+  place): every list with a cursor the key no longer held scanned the day's deletes of that kind, of
+  every key — a key deleting conversation items by the million made every such list slow;
+- each delete removed every mark older than a day in its own write transaction: a day after a flood
+  of deletes, one delete stalled the single writer for seconds (500,000 marks: 3.6 s on SQLite).
+
+The rest held and stays held here: a provider's failed delete leaves no mark, another key's deleted
+item is no cursor in a conversation of one's own, a provider page of odd ids or repeating its cursor
+ends the loop, and the admin routes that had their own helper still refuse a typo with a 400.
+One real server over the mock upstream, the official ``openai`` SDK and raw HTTP as the clients.
+"""
+
+from __future__ import annotations
+
+import io
+
+import openai
+import pytest
+from conftest import ServerProcess, mock_env, served
+from mock_upstream import Reply
+from module_helpers import api, new_key
+
+from stockyard import deleted
+
+ADMIN = "admin-secret-for-review39-0123456789abcdef"
+DAY_MS = 24 * 3600 * 1000
+
+
+@pytest.fixture(scope="module")
+def server(pyz_path, cache_home, mock, tmp_path_factory) -> ServerProcess:
+    env = mock_env(cache_home, mock, STOCKYARD_ADMIN_KEY=ADMIN, STOCKYARD_BATCH_POLL="off")
+    with served(pyz_path, tmp_path_factory, "review39", env) as srv:
+        yield srv
+
+
+def upload(client: openai.OpenAI, name: str) -> str:
+    return client.files.create(file=(name, io.BytesIO(b"{}\n")), purpose="review39").id
+
+
+def client_of(server: ServerProcess) -> openai.OpenAI:
+    """The official client with a new key of its own (a test's lists hold only what it made)."""
+    return server.openai(new_key(server, ADMIN)[0])
+
+
+# -- the marks: read by their place, pruned a bounded batch at a time -------------------------------
+
+
+def test_a_cursor_check_reads_its_mark_by_kind_place_and_id_not_a_scan_of_the_kind(database) -> None:
+    """The mark's lookup names the whole primary key (kind, place, id): one index probe on either
+    store. By kind and id alone, it read every mark of the kind (all keys' deletes of a day)."""
+    database.open_and_migrate()
+    conn = database.connect()
+    try:
+        args = ("conversation_item", "conv_a", "msg_x", "key_a", 0)
+        if database.__class__.__name__ == "SqliteBackend":
+            plan = " ".join(str(r[3]) for r in conn.execute("EXPLAIN QUERY PLAN " + deleted.KEPT_SQL, args))
+            assert "(kind=? AND place=? AND id=?)" in plan, plan
+        else:
+            conn.execute("SET enable_seqscan = off")  # an empty table's plan: which columns the index takes
+            plan = " ".join(str(r[0]) for r in conn.execute("EXPLAIN " + deleted.KEPT_SQL, args))
+            cond = plan[plan.index("Index Cond") :]
+            assert "place = " in cond and "id = " in cond and "kind = " in cond, plan
+    finally:
+        conn.close()
+
+
+def test_a_delete_removes_a_bounded_batch_of_day_old_marks_never_a_days_flood_at_once(server) -> None:
+    """A day after a key deleted ``n`` objects, the next delete (any key's) removed all ``n`` marks in
+    its write transaction; now at most ``deleted.PRUNED_ROWS``, each later delete the next batch
+    (a mark a day old is no cursor meanwhile: its age is checked where it is read)."""
+    planted = deleted.PRUNED_ROWS * 2 + 7
+    old = 1_000_000  # ms since the epoch: far more than a day ago
+    server.db_write(
+        "INSERT INTO deleted_objects (id, kind, key_id, place, seq, deleted_at)"
+        " WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?)"
+        " SELECT 'msg_flood_' || i, 'conversation_item', 'key_flood', 'conv_flood', i, ? FROM n",
+        (planted, old),
+    )
+    client = client_of(server)
+    conversation = client.conversations.create(items=[{"type": "message", "role": "user", "content": "x"}])
+    (item,) = client.conversations.items.list(conversation.id).data
+
+    def left() -> int:
+        return server.db_rows("SELECT COUNT(*) AS n FROM deleted_objects WHERE key_id = 'key_flood'")[0]["n"]
+
+    client.conversations.items.delete(item.id, conversation_id=conversation.id)
+    assert left() == planted - deleted.PRUNED_ROWS  # was 0: the whole flood in one transaction
+    assert len(server.db_rows("SELECT seq FROM deleted_objects WHERE id = ?", (item.id,))) == 1  # its own kept
+    for n in range(2):
+        upload_id = upload(client, f"f{n}")
+        client.files.delete(upload_id)
+    assert left() == 0
+
+
+def test_a_stores_files_list_takes_a_deleted_file_only_from_the_stores_own_provider(server, mock) -> None:
+    """The vector store's file list checks a deleted cursor where the store lives (the mark's place):
+    the key's own deleted file pages on, as before; an id it never held is the empty page, unasked."""
+    client = client_of(server)
+    files = [upload(client, f"s{n}") for n in range(3)]
+    store = client.vector_stores.create(name="review39", file_ids=files).id
+    client.files.delete(files[1])
+    listed = [e.id for e in client.vector_stores.files.list(store, after=files[1])]
+    assert listed and files[1] not in listed
+    mock.clear()
+    assert client.vector_stores.files.list(store, after="file-never-made-here").data == []
+    assert [r.path for r in mock.requests] == []
+
+
+# -- what held --------------------------------------------------------------------------------------
+
+
+def test_a_delete_the_provider_fails_leaves_no_mark_and_the_file_stays_the_keys(server, mock) -> None:
+    client = client_of(server)
+    kept, failed = upload(client, "kept"), upload(client, "failed")
+    mock.enqueue(Reply(status=500))
+    with pytest.raises(openai.InternalServerError):
+        client.files.delete(failed)
+    assert server.db_rows("SELECT id FROM deleted_objects WHERE id = ?", (failed,)) == []
+    assert client.files.retrieve(failed).id == failed
+    assert [f.id for f in client.files.list(purpose="review39", after=failed)] == [kept]
+
+
+def test_a_key_deleting_anothers_file_is_a_404_and_plants_no_mark(server, mock) -> None:
+    alice, bob = client_of(server), client_of(server)
+    theirs = upload(alice, "alices")
+    mock.clear()
+    with pytest.raises(openai.NotFoundError):
+        bob.files.delete(theirs)
+    assert mock.requests == []  # never asked of the provider
+    assert server.db_rows("SELECT id FROM deleted_objects WHERE id = ?", (theirs,)) == []
+    alice.files.delete(theirs)
+    page = bob.files.list(after=theirs)  # alice's mark is hers: bob's is an unknown cursor's page
+    assert page.data == [] and page.has_more is False
+
+
+def test_another_keys_deleted_item_is_no_cursor_in_a_conversation_of_ones_own(server) -> None:
+    alice, bob = client_of(server), client_of(server)
+    hers = alice.conversations.create(items=[{"type": "message", "role": "user", "content": "a"}])
+    his = bob.conversations.create(items=[{"type": "message", "role": "user", "content": "b"}])
+    (item,) = alice.conversations.items.list(hers.id).data
+    alice.conversations.items.delete(item.id, conversation_id=hers.id)
+    with pytest.raises(openai.BadRequestError) as err:
+        bob.conversations.items.list(his.id, after=item.id)
+    assert err.value.body["param"] == "after"
+    with pytest.raises(openai.NotFoundError):
+        bob.conversations.items.list(hers.id, after=item.id)
+
+
+def test_a_provider_page_of_odd_ids_repeating_its_cursor_ends_the_list(server, mock) -> None:
+    """Ids that are not strings are skipped; a page whose last id was asked from already ends the
+    read (no loop over the provider's list), and says so honestly: nothing more of the key's."""
+    client = client_of(server)
+    mine = upload(client, "mine")
+    listing = {"object": "list", "has_more": True}
+    first = {**listing, "data": [{"id": 7}, {"id": None}, "file-x", {"id": mine, "object": "file"}, {"id": "file-o"}]}
+    again = {**listing, "data": [{"id": "file-o"}]}
+    mock.clear()
+    mock.enqueue(Reply(json=first), Reply(json=again))
+    page = client.files.list(limit=5)
+    assert [f.id for f in page.data] == [mine] and page.has_more is False
+    assert len([r for r in mock.requests if r.method == "GET" and r.path.startswith("/v1/files")]) == 2
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("POST", "/api/models", {"name": "m39", "stratgy": "random"}),
+        ("PATCH", "/api/models/m39", {"stratgy": "random"}),
+        ("POST", "/api/providers", {"name": "p39", "kind": "openai", "ky": "sk-x"}),
+        ("PATCH", "/api/providers/p39", {"ky": "sk-x"}),
+    ],
+)
+def test_the_admin_routes_that_had_their_own_helper_refuse_a_typo(server, method, path, body) -> None:
+    status, answer = api(server, method, path, body, ADMIN)
+    typo = next(k for k in body if k not in ("name", "kind"))
+    assert status == 400, answer
+    assert answer["error"]["param"] == typo and answer["error"]["message"].startswith(f"unknown field(s) '{typo}'")
