@@ -737,15 +737,15 @@ class Ownership:
                 return next(i for i in chunk if i in theirs)
         return None
 
-    def is_cursor(self, cursor: str, kind: str, owner: str, provider: str) -> bool:
+    def is_cursor(self, cursor: str, kind: str, owner: str, provider: str, anywhere: bool = False) -> bool:
         """Whether ``owner`` may page a list of ``kind`` at ``provider`` from ``cursor``: one of its
-        objects there, or one it deleted there (``deleted.kept_mark``).
+        objects there (``anywhere``: at any provider), or one it deleted there (``deleted.kept_mark``).
         The SDKs page on from the last object a page gave, which a client deleting each one as it
         lists them has deleted; any other id would have the provider's page from it say whether it
         exists and where it stands among the key's own."""
         owned = self.find(cursor, kind, owner)
         if owned is not None:
-            return owned.provider == provider
+            return anywhere or owned.provider == provider
         return storable(cursor) and kept_mark(self._store.read(), cursor, kind, owner, provider) is not None
 
     def holds_any(self, kind: str, owner: str, provider: str) -> bool:

@@ -183,10 +183,12 @@ class VectorStoresAPI(ProviderCalls):
 
     def _own_cursors(self, ctx: RequestContext, query: dict[str, str], provider: str) -> bool:
         """Whether a store's file list's ``after`` and ``before`` (file ids: a store holds only its
-        key's files, at its own ``provider``) are this key's own files there, or files it deleted there
-        (``Ownership.is_cursor``); another key's would have the provider's page from it say whether it
-        exists and where it stands among the key's own."""
-        return all(self.ownership.is_cursor(query[c], "file", owner_of(ctx), provider) for c in CURSORS if query.get(c))
+        key's files) are this key's own files (at any provider, as ``require_files`` lets a store take
+        them), or files it deleted at the store's ``provider`` (``Ownership.is_cursor``); another key's
+        would have the provider's page from it say whether it exists and where it stands among the
+        key's own."""
+        owner = owner_of(ctx)
+        return all(self.ownership.is_cursor(query[c], "file", owner, provider, True) for c in CURSORS if query.get(c))
 
     def _list(self, reply: Reply, ctx: RequestContext, query: dict[str, str]) -> None:
         """``GET /v1/vector_stores``: this key's stores, in the provider's pages filtered (forward:
