@@ -19,6 +19,7 @@ One real server over the mock upstream, the official ``openai`` SDK and raw HTTP
 from __future__ import annotations
 
 import io
+import json
 
 import openai
 import pytest
@@ -181,3 +182,38 @@ def test_the_admin_routes_that_had_their_own_helper_refuse_a_typo(server, method
     typo = next(k for k in body if k not in ("name", "kind"))
     assert status == 400, answer
     assert answer["error"]["param"] == typo and answer["error"]["message"].startswith(f"unknown field(s) '{typo}'")
+
+
+def test_a_provider_page_saying_has_more_with_no_objects_ends_the_list_honestly(server, mock) -> None:
+    client = client_of(server)
+    upload(client, "held")
+    mock.clear()
+    mock.enqueue(Reply(json={"object": "list", "data": [], "has_more": True}))
+    page = client.files.list()
+    assert page.data == [] and page.has_more is False
+    assert len([r for r in mock.requests if r.method == "GET" and r.path.startswith("/v1/files")]) == 1
+
+
+@pytest.mark.parametrize("limit", ["0", "-1", "100000000000000000000000", "1.5", ""])
+def test_a_list_limit_out_of_range_is_each_apis_400_never_a_provider_call(server, mock, limit) -> None:
+    """OpenAI's files and videos, Anthropic's files and message batches: a 400 in the client's own
+    error shape naming ``limit``, before any provider call."""
+    secret = new_key(server, ADMIN)[0]
+    openai_auth = {"Authorization": f"Bearer {secret}"}
+    anthropic_auth = {"x-api-key": secret, "anthropic-version": "2023-06-01"}
+    mock.clear()
+    for path, headers in (
+        ("/v1/files", openai_auth),
+        ("/v1/videos", openai_auth),
+        ("/v1/files", anthropic_auth),
+        ("/v1/messages/batches", anthropic_auth),
+    ):
+        status, _, raw = server.request("GET", f"{path}?limit={limit}", headers=headers)
+        error = json.loads(raw)
+        assert status == 400, (path, raw)
+        if "x-api-key" in headers:
+            assert error["type"] == "error" and error["error"]["type"] == "invalid_request_error", raw
+            assert "limit" in error["error"]["message"], raw
+        else:
+            assert error["error"]["param"] == "limit", raw
+    assert mock.requests == []
