@@ -23,20 +23,28 @@ import json
 
 import openai
 import pytest
-from conftest import ServerProcess, mock_env, served
+from conftest import ServerProcess, mock_env, served, wait_for
 from mock_upstream import Reply
-from module_helpers import api, new_key
+from module_helpers import api, key_traces, new_key
 
 from stockyard import deleted
 
 ADMIN = "admin-secret-for-review39-0123456789abcdef"
-DAY_MS = 24 * 3600 * 1000
+ANTHROPIC_KEY = "sk-ant-test-review39-0123456789abcdefANTHROPICSECRET"
+HI = [{"role": "user", "content": "hi"}]
 
 
 @pytest.fixture(scope="module")
 def server(pyz_path, cache_home, mock, tmp_path_factory) -> ServerProcess:
-    env = mock_env(cache_home, mock, STOCKYARD_ADMIN_KEY=ADMIN, STOCKYARD_BATCH_POLL="off")
-    with served(pyz_path, tmp_path_factory, "review39", env) as srv:
+    env = mock_env(
+        cache_home,
+        mock,
+        ANTHROPIC_API_KEY=ANTHROPIC_KEY,
+        ANTHROPIC_BASE_URL=mock.url,
+        STOCKYARD_ADMIN_KEY=ADMIN,
+        STOCKYARD_BATCH_POLL="off",  # a batch is billed when its owner looks at it, or before its delete
+    )
+    with served(pyz_path, tmp_path_factory, "review39", env, never_logged=(ANTHROPIC_KEY,)) as srv:
         yield srv
 
 
@@ -114,6 +122,29 @@ def test_a_stores_files_list_takes_a_deleted_file_only_from_the_stores_own_provi
 
 
 # -- what held --------------------------------------------------------------------------------------
+
+
+def test_a_batch_delete_the_provider_fails_then_the_sdk_retries_is_billed_once(server, mock) -> None:
+    """The delete records the ended batch's cost first (billed), the provider's DELETE fails (the
+    client's 500), the SDK sends it again: the batch is not billed again, and one mark is kept."""
+    secret, name = new_key(server, ADMIN)
+    batches = server.anthropic(secret, max_retries=1).messages.batches
+    request = {"custom_id": "one", "params": {"model": "claude-review39", "max_tokens": 8, "messages": HI}}
+    batch_id = batches.create(requests=[request]).id
+    mock.clear()
+    mock.enqueue(Reply(), Reply(), Reply(status=500))  # its look, its results, then the DELETE fails
+    assert batches.delete(batch_id).id == batch_id
+    deletes = [r for r in mock.requests if r.method == "DELETE"]
+    assert len(deletes) == 2, [(r.method, r.path) for r in mock.requests]  # failed once, sent again
+
+    def deletes_traced() -> list[int]:
+        return sorted(row["status"] for row in key_traces(server, name) if row["endpoint"].endswith("delete"))
+
+    assert wait_for(lambda: len(deletes_traced()) == 2, what="both deletes traced")
+    assert deletes_traced() == [200, 500]
+    bills = [row for row in key_traces(server, name) if row["endpoint"] == "message_batches.usage"]
+    assert len(bills) == 1, bills
+    assert len(server.db_rows("SELECT 1 FROM deleted_objects WHERE id = ?", (batch_id,))) == 1
 
 
 def test_a_delete_the_provider_fails_leaves_no_mark_and_the_file_stays_the_keys(server, mock) -> None:
