@@ -248,3 +248,44 @@ def test_a_list_limit_out_of_range_is_each_apis_400_never_a_provider_call(server
         else:
             assert error["error"]["param"] == "limit", raw
     assert mock.requests == []
+
+
+ODD_CURSORS = ["x" * 5000, "file-%00nul", "%E2%80%AE", "file-a%0D%0Ainjected:%201", "%FF%FE", "page_", "a&after=b"]
+
+
+@pytest.mark.parametrize("cursor", ODD_CURSORS)
+def test_an_odd_cursor_is_an_empty_page_or_a_400_never_a_500_nor_a_provider_call(server, mock, cursor) -> None:
+    """A key holding one of each object, naming a cursor no key holds (long, NUL, bidi, CRLF, not UTF-8):
+    each list answers the unknown cursor's empty page or a 400 in its own API's shape, unasked."""
+    secret = new_key(server, ADMIN)[0]
+    client = server.openai(secret)
+    file_id = upload(client, "held")
+    store = client.vector_stores.create(name="held").id
+    claude = server.anthropic(secret)
+    claude.beta.files.upload(file=("held.txt", b"x", "text/plain"))
+    conversation = client.conversations.create(items=[{"type": "message", "role": "user", "content": "x"}]).id
+    openai_auth = {"Authorization": f"Bearer {secret}"}
+    anthropic_auth = {"x-api-key": secret, "anthropic-version": "2023-06-01"}
+    mock.clear()
+    for path, headers in (
+        (f"/v1/files?after={cursor}", openai_auth),
+        (f"/v1/vector_stores?after={cursor}", openai_auth),
+        (f"/v1/vector_stores/{store}/files?after={cursor}", openai_auth),
+        (f"/v1/vector_stores/{store}/files?before={cursor}", openai_auth),
+        (f"/v1/files?after_id={cursor}", anthropic_auth),
+        (f"/v1/files?before_id={cursor}", anthropic_auth),
+        (f"/v1/files?page={cursor}", anthropic_auth),
+        (f"/v1/messages/batches?before_id={cursor}", anthropic_auth),
+        (f"/v1/conversations/{conversation}/items?after={cursor}", openai_auth),
+    ):
+        status, _, raw = server.request("GET", path, headers=headers)
+        assert status in (200, 400), (path, status, raw[:300])
+        body = json.loads(raw)
+        if status == 200:
+            assert body["data"] == [] and body["has_more"] is False, (path, body)
+        elif "x-api-key" in headers:
+            assert body["type"] == "error" and body["error"]["type"] == "invalid_request_error", (path, body)
+        else:
+            assert body["error"]["type"] == "invalid_request_error", (path, body)
+    assert mock.requests == [], [r.path for r in mock.requests]
+    assert client.files.retrieve(file_id).id == file_id
