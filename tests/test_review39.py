@@ -3,12 +3,14 @@ cursor (``stockyard.deleted``, migration 0040), the one loop that reads a filter
 pages (``ProviderCalls._filtered_pages``) and the admin API's refusal of unknown fields
 (``ApiRequest.json_fields``), from a client key of one's own (alice, bob).
 
-Two defects found, each shown here:
+Defects found, each shown here:
 - the cursor check read ``deleted_objects`` by kind alone (the primary key leads with kind, then
   place): every list with a cursor the key no longer held scanned the day's deletes of that kind, of
   every key — a key deleting conversation items by the million made every such list slow;
 - each delete removed every mark older than a day in its own write transaction: a day after a flood
-  of deletes, one delete stalled the single writer for seconds (500,000 marks: 3.6 s on SQLite).
+  of deletes, one delete stalled the single writer for seconds (500,000 marks: 3.6 s on SQLite);
+- an Anthropic file list's ``page=page_`` (no id after the prefix) was the first page, not the 400
+  of a page this server never gave.
 
 The rest held and stays held here: a provider's failed delete leaves no mark, another key's deleted
 item is no cursor in a conversation of one's own, a provider page of odd ids or repeating its cursor
@@ -107,9 +109,9 @@ def test_a_delete_removes_a_bounded_batch_of_day_old_marks_never_a_days_flood_at
     assert left() == 0
 
 
-def test_a_stores_files_list_takes_a_deleted_file_only_from_the_stores_own_provider(server, mock) -> None:
-    """The vector store's file list checks a deleted cursor where the store lives (the mark's place):
-    the key's own deleted file pages on, as before; an id it never held is the empty page, unasked."""
+def test_a_stores_files_list_pages_on_from_a_deleted_file_and_an_unknown_one_is_unasked(server, mock) -> None:
+    """The vector store's file list checks a deleted file's mark where the store lives (its place): the
+    key's own deleted file pages on, as before; an id it never held is the empty page, unasked."""
     client = client_of(server)
     files = [upload(client, f"s{n}") for n in range(3)]
     store = client.vector_stores.create(name="review39", file_ids=files).id
