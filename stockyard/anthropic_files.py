@@ -160,9 +160,10 @@ class AnthropicFiles(ProviderCalls):
             )
         page = query.get("page") or ""
         if page:
-            if not page.startswith(PAGE_PREFIX) or query.get("before_id") or query.get("after_id"):
+            given = page.removeprefix(PAGE_PREFIX)
+            if given == page or not given or query.get("before_id") or query.get("after_id"):  # "page_": no id
                 raise ProxyError(400, "page: not a next_page this server gave", param="page", code="invalid_value")
-            query = {**query, "after_id": page.removeprefix(PAGE_PREFIX)}
+            query = {**query, "after_id": given}
         limit, before, after = id_page_query(query, *LIST_LIMITS)
         provider = self._provider(ctx)
         passed = {k: v for k, v in query.items() if k in PASSED}

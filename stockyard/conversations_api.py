@@ -31,7 +31,7 @@ from concurrent.futures import Future, wait
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from .deleted import CONVERSATION_ITEM, keep_deleted, kept_places
+from .deleted import CONVERSATION_ITEM, keep_deleted, kept_mark
 from .errors import ProxyError
 from .httpio import Request, Response, check_method, json_bytes, json_response, whole_number
 from .store import Store, storable
@@ -331,15 +331,15 @@ class ConversationStore:
 
     def _cursor_seq(self, conn: Any, conversation: Conversation, item_id: str) -> int | None:
         """Where a list's ``after`` stands in the conversation: its item's ``seq``, or the one an item
-        deleted from it had (``deleted.kept_places``: a client deleting each item as it lists them
+        deleted from it had (``deleted.kept_mark``: a client deleting each item as it lists them
         pages on from one it deleted); None for an id it never held."""
         if not storable(item_id):
             return None
         row = _item_row(conn, conversation.id, item_id, "seq")
         if row is not None:
             return row[0]
-        kept = kept_places(conn, item_id, CONVERSATION_ITEM, conversation.key_id or "")
-        return next((r["seq"] for r in kept if r["place"] == conversation.id), None)
+        kept = kept_mark(conn, item_id, CONVERSATION_ITEM, conversation.key_id or "", conversation.id)
+        return None if kept is None else kept[0]
 
     def item(self, conversation: Conversation, item_id: str) -> dict:
         row = _item_row(self._store.read(), conversation.id, item_id, "item")

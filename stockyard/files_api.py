@@ -36,7 +36,7 @@ from .budgets import owner_scopes, user_of
 from .context import Conversation, RequestContext, Route
 from .conversations import kept_history_tokens
 from .conversations_api import item_list, minted_here
-from .deleted import keep_deleted, kept_places
+from .deleted import keep_deleted, kept_mark
 from .errors import ANTHROPIC, GEMINI, OPENAI, RESPONSES, ClientGone, ProxyError
 from .httpio import DuplicateMember, Request, check_method, json_object, unique_members, whole_number
 from .keys import KeyRecord
@@ -737,19 +737,16 @@ class Ownership:
                 return next(i for i in chunk if i in theirs)
         return None
 
-    def is_cursor(self, cursor: str, kind: str, owner: str, provider: str | None = None) -> bool:
-        """Whether ``owner`` may page a list of ``kind`` (at ``provider``; None: any) from ``cursor``:
-        one of its objects, or one it deleted (``deleted.kept_places``).
+    def is_cursor(self, cursor: str, kind: str, owner: str, provider: str, anywhere: bool = False) -> bool:
+        """Whether ``owner`` may page a list of ``kind`` at ``provider`` from ``cursor``: one of its
+        objects there (``anywhere``: at any provider), or one it deleted there (``deleted.kept_mark``).
         The SDKs page on from the last object a page gave, which a client deleting each one as it
         lists them has deleted; any other id would have the provider's page from it say whether it
         exists and where it stands among the key's own."""
         owned = self.find(cursor, kind, owner)
         if owned is not None:
-            return provider is None or owned.provider == provider
-        if not storable(cursor):
-            return False
-        rows = kept_places(self._store.read(), cursor, kind, owner)
-        return any(provider is None or row["place"] == provider for row in rows)
+            return anywhere or owned.provider == provider
+        return storable(cursor) and kept_mark(self._store.read(), cursor, kind, owner, provider) is not None
 
     def holds_any(self, kind: str, owner: str, provider: str) -> bool:
         """Whether ``owner`` holds any object of ``kind`` at ``provider``: a list of none need not

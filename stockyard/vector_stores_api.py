@@ -157,7 +157,7 @@ class VectorStoresAPI(ProviderCalls):
         raw = req.body  # a GET's empty body too: the read deadline ends
         if req.method == "GET":
             query = {k: v for k, v in req.query.items() if k in SUB_QUERY} if route.sub or route.action else None
-            if query and route.lists_files() and not self._own_cursors(ctx, query):
+            if query and route.lists_files() and not self._own_cursors(ctx, query, provider.name):
                 return self._send(reply, ctx, self.unknown_cursor_page(ctx))
             answer, _ = self._call(ctx, provider, "GET", rest, query=query)
             return self._send(reply, ctx, answer)
@@ -181,12 +181,14 @@ class VectorStoresAPI(ProviderCalls):
         answer, _ = self._call(ctx, provider, "POST", rest, raw)
         self._send(reply, ctx, answer)
 
-    def _own_cursors(self, ctx: RequestContext, query: dict[str, str]) -> bool:
+    def _own_cursors(self, ctx: RequestContext, query: dict[str, str], provider: str) -> bool:
         """Whether a store's file list's ``after`` and ``before`` (file ids: a store holds only its
-        key's files) are this key's own files, or files it deleted (``Ownership.is_cursor``); another
-        key's would have the provider's page from it say whether it exists and where it stands among
-        the key's own."""
-        return all(self.ownership.is_cursor(query[c], "file", owner_of(ctx)) for c in CURSORS if query.get(c))
+        key's files) are this key's own files (at any provider, as ``require_files`` lets a store take
+        them), or files it deleted at the store's ``provider`` (``Ownership.is_cursor``); another key's
+        would have the provider's page from it say whether it exists and where it stands among the
+        key's own."""
+        owner = owner_of(ctx)
+        return all(self.ownership.is_cursor(query[c], "file", owner, provider, True) for c in CURSORS if query.get(c))
 
     def _list(self, reply: Reply, ctx: RequestContext, query: dict[str, str]) -> None:
         """``GET /v1/vector_stores``: this key's stores, in the provider's pages filtered (forward:
