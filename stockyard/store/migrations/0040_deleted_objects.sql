@@ -4,7 +4,7 @@
 -- without this its next page named an id no longer the key's, and the walk ended at the first page.
 -- Nothing else reads it: a deleted object is not the key's to open, count, hold or bill
 -- (``owned_objects`` loses its row as before), and another key's cursor is no one's still.
--- Rows older than a day go at the next delete (deleted_at's index).
+-- Rows older than a day are no cursor; each delete removes up to a hundred of them (deleted_at's index).
 CREATE TABLE deleted_objects (
     id          TEXT NOT NULL,                    -- the object's id as its list names it
     kind        TEXT NOT NULL,                    -- its owned_objects kind; 'conversation_item'
