@@ -162,13 +162,6 @@ def test_a_burst_is_accepted_whole_and_the_loop_still_stops(server):
     assert not stopped.is_alive(), "the accept loop went back to waiting and saw the shutdown"
 
 
-def cpu_seconds(pid: int) -> float:
-    """The CPU time (user and system) a process has used so far."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def test_out_of_file_descriptors_the_accept_loop_rests_instead_of_spinning(pyz_path, cache_home, mock, tmp_path):
     """accept() failing with EMFILE leaves the connections queued and the listening socket
     readable: the loop retried at once, a full core for as long as the server had no descriptor
@@ -182,9 +175,9 @@ def test_out_of_file_descriptors_the_accept_loop_rests_instead_of_spinning(pyz_p
         resource.prlimit(pid, resource.RLIMIT_NOFILE, (64, 64))
         held = [socket.create_connection(("127.0.0.1", server.port), timeout=10) for _ in range(80)]
         wait_for(lambda: len(os.listdir(f"/proc/{pid}/fd")) >= 63, what="the server out of descriptors")
-        before, started = cpu_seconds(pid), time.monotonic()
+        before, started = server.cpu_seconds(), time.monotonic()
         time.sleep(2)  # a measuring window, not a synchronisation: the CPU the loop uses meanwhile
-        share = (cpu_seconds(pid) - before) / (time.monotonic() - started)
+        share = (server.cpu_seconds() - before) / (time.monotonic() - started)
         assert share < 0.25, f"the accept loop spins: {share:.0%} of a core"
         wait_for(lambda: "out of file descriptors" in server.log, what="the log saying why it waits")
         for s in held:
