@@ -1,0 +1,205 @@
+"""Stockyard on PostgreSQL through a real PgBouncer (tests/pgbouncer.py) in transaction mode.
+
+What teams on managed PostgreSQL run: two replicas (the pyz) whose every connection goes through
+one PgBouncer in ``pool_mode = transaction``, where a client's statements go to whichever server
+session is free. Before, the first statement of a second connection failed (pg8000's prepared
+statement ``pg8000_statement_0`` already existed on the session another client prepared it on),
+each connection's ``SET lock_timeout`` stayed on a pooled session, the server lock's session
+advisory lock stayed held by a pooled session after its server stopped, and LISTEN was made on a
+session the client no longer read. Now the store finds the pooler at start (``pg.shares_sessions``)
+and says so, runs each statement unprepared before one Sync, bounds lock waits per transaction,
+migrates under a transaction lock, holds no session lock and polls for configuration changes.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pg8000.core
+import pytest
+from conftest import ServerProcess, mock_env, wait_for
+from pgbouncer import Bouncer
+
+from stockyard.dburl import parse_postgres
+from stockyard.store import db
+from stockyard.store.backends import PostgresBackend
+from stockyard.store.pg import WRITE_LOCK_KEY
+
+ADMIN = "admin-key-for-pgbouncer-tests-0123456789"
+ANTHROPIC_KEY = "sk-ant-test-pgbouncer-0123456789abcdef"
+HELLO = [{"role": "user", "content": "hi"}]
+BUDGET_MODEL = {"model": "gpt-mock-budget", "messages": HELLO, "max_tokens": 5}
+
+
+@pytest.fixture(scope="module")
+def bouncer(pg_cluster):
+    pooler = Bouncer(pg_cluster, pool_mode="transaction").start()
+    yield pooler
+    pooler.stop()
+
+
+@pytest.fixture(scope="module")
+def direct_url(pg_cluster) -> str:
+    """The database, reached without the pooler (for what the test checks behind the replicas' backs)."""
+    return pg_cluster.database()
+
+
+@pytest.fixture(scope="module")
+def replicas(pyz_path, cache_home, mock, bouncer, direct_url):
+    env = mock_env(
+        cache_home, mock, STOCKYARD_ADMIN_KEY=ADMIN, ANTHROPIC_API_KEY=ANTHROPIC_KEY, ANTHROPIC_BASE_URL=mock.url
+    )
+    pooled = bouncer.url(direct_url)
+    servers = [ServerProcess(pyz_path, pooled, env).start() for _ in range(2)]  # type: ignore[arg-type]
+    yield servers
+    for server in servers:
+        server.stop()
+
+
+def rows(pg_cluster, url: str, sql: str) -> list[list]:
+    """``sql`` on a direct connection to ``url``'s database (not through the pooler)."""
+    conn = pg_cluster.admin(url.rsplit("/", 1)[1].split("?")[0])
+    try:
+        return conn.run(sql) or []
+    finally:
+        conn.close()
+
+
+def api(server: ServerProcess, method: str, path: str, body=None):
+    status, _, data = server.request(method, path, body, headers={"Authorization": f"Bearer {ADMIN}"})
+    return status, json.loads(data)
+
+
+def refuses_unknown_keys(server: ServerProcess) -> bool:
+    return server.request("GET", "/v1/models", headers={"Authorization": "Bearer sk-unknown"})[0] == 401
+
+
+def test_the_store_tells_a_transaction_pooler_from_a_session_one_and_from_postgresql(pg_cluster, bouncer):
+    url = pg_cluster.database()
+    session = bouncer.url(url, bouncer.session_alias(url.rsplit("/", 1)[1].split("?")[0]))
+    found = {
+        where: PostgresBackend(parse_postgres(u, {})).shared_sessions
+        for where, u in (("direct", url), ("session", session), ("transaction", bouncer.url(url)))
+    }
+    assert found == {"direct": False, "session": False, "transaction": True}
+
+
+def test_both_replicas_say_at_start_what_a_transaction_pooler_changes(replicas, pg_cluster, direct_url):
+    for server in replicas:
+        assert "through a pooler in transaction mode" in server.log, server.log
+        assert "session mode or a direct URL" in server.log
+        assert server.request("GET", "/readyz")[0] == 200
+    # Was: the server lock's session advisory lock, held by a pooled server session for ever.
+    assert rows(pg_cluster, direct_url, "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'") == [[0]]
+
+
+def test_requests_through_both_replicas_are_traced_and_costed(replicas, pg_cluster, direct_url):
+    assert api(replicas[0], "POST", "/api/prices", {"model": "claude-pooled", "input": "1", "output": "2"})[0] == 200
+    chat = replicas[0].openai(ADMIN).chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=HELLO)
+    message = replicas[1].anthropic(ADMIN).messages.with_raw_response.create(
+        model="claude-pooled", max_tokens=5, messages=HELLO
+    )
+    ids = [chat.headers["x-stockyard-trace-id"], message.headers["x-stockyard-trace-id"]]
+    assert chat.parse().choices[0].message.content and message.parse().content[0].text
+    sql = f"SELECT id, cost_status FROM traces WHERE id IN ('{ids[0]}', '{ids[1]}') ORDER BY id"
+    traced = wait_for(lambda: len(rows(pg_cluster, direct_url, sql)) == 2 and rows(pg_cluster, direct_url, sql))
+    assert sorted(traced) == sorted([[ids[0], "exact"], [ids[1], "exact"]])
+    # gpt-4o-mini: 12 × 15_000_000 + 5 × 60_000_000 µ¢ per 1M tokens = 480 µ¢ (as in test_pg_serve)
+    cost = rows(pg_cluster, direct_url, f"SELECT cost_uc FROM traces WHERE id = '{ids[0]}'")
+    assert cost == [[480]]
+    for server, trace in zip(replicas, reversed(ids)):  # each replica reads the other's trace
+        status, found = api(server, "GET", f"/api/traces/{trace}")
+        assert status == 200 and found["id"] == trace
+
+
+def test_a_budget_burst_over_both_replicas_admits_exactly_the_budget(replicas, mock, pg_cluster, direct_url):
+    assert api(replicas[0], "POST", "/api/prices", {"model": "gpt-mock-budget", "input": "0", "output": "1"})[0] == 200
+    status, key = api(replicas[1], "POST", "/api/keys", {"name": "burst", "budget_usd": "0.00005", "budget_period": "total"})
+    assert status == 201, key
+    wait_for(lambda: all(refuses_unknown_keys(s) for s in replicas), what="the key on both replicas")
+    auth = {"Authorization": f"Bearer {key['key']}"}
+    sent = lambda: sum(1 for r in mock.requests if r.json and r.json.get("model") == "gpt-mock-budget")  # noqa: E731
+    before = sent()
+    mock.delay_ms = 200  # the answers overlap in flight
+    try:
+        with ThreadPoolExecutor(max_workers=40) as pool:
+            answers = list(
+                pool.map(lambda i: replicas[i % 2].request("POST", "/v1/chat/completions", BUDGET_MODEL, auth), range(40))
+            )
+    finally:
+        mock.delay_ms = 0
+    statuses = [status for status, _, _ in answers]
+    assert statuses.count(200) == 10 and statuses.count(429) == 30, (statuses, answers[0])
+    assert {json.loads(body)["error"]["code"] for status, _, body in answers if status == 429} == {"budget_exceeded"}
+    assert sent() - before == 10  # the 30 refused never reached the provider
+    ledger = "SELECT spent_uc, reserved_uc FROM budget_ledger WHERE scope LIKE 'key:%'"
+    assert wait_for(lambda: rows(pg_cluster, direct_url, ledger) == [[5_000, 0]], what="the settlements")
+
+
+def test_a_key_revoked_through_one_replica_is_refused_by_the_other(replicas):
+    """No LISTEN through the pooler: the other replica's poll (every 0.5 s) finds the change."""
+    status, key = api(replicas[0], "POST", "/api/keys", {"name": "short-lived"})
+    assert status == 201, key
+    auth = {"Authorization": f"Bearer {key['key']}"}
+    wait_for(lambda: replicas[1].request("GET", "/v1/models", headers=auth)[0] == 200, what="the key on replica 1")
+    assert api(replicas[0], "POST", f"/api/keys/{key['id']}/revoke")[0] == 200
+    revoked_at = time.monotonic()
+    wait_for(lambda: replicas[1].request("GET", "/v1/models", headers=auth)[0] == 401, what="the refusal")
+    assert time.monotonic() - revoked_at < 3.0
+
+
+def test_concurrent_admin_writes_through_both_replicas_leave_one_verifying_audit_chain(replicas):
+    def create(i: int) -> int:
+        return api(replicas[i % 2], "POST", "/api/keys", {"name": f"chain-{i}"})[0]
+
+    with ThreadPoolExecutor(max_workers=10) as pool:
+        assert list(pool.map(create, range(20))) == [201] * 20
+    verified = replicas[1].cli("audit", "verify", "--json")  # the CLI through the pooler too
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    names = replicas[0].db_rows("SELECT count(*) AS n FROM client_keys WHERE name LIKE ?", ("chain-%",))
+    assert names == [{"n": 20}]
+
+
+@pytest.fixture
+def busy_timeout_1s():
+    db.set_busy_timeout(1000)
+    yield 1.0
+    db.set_busy_timeout(10_000)
+
+
+def test_a_lock_held_elsewhere_ends_a_pooled_wait_at_the_busy_timeout(bouncer, direct_url, busy_timeout_1s):
+    """The busy timeout is set in each transaction (SET LOCAL), and before each statement outside
+    one, never for a session the pooler hands on to other clients."""
+    holder = pg8000.core.CoreConnection(**parse_postgres(direct_url, {}).connect_args())
+    try:
+        holder.execute_simple(f"SELECT pg_advisory_lock({WRITE_LOCK_KEY})")  # every write transaction waits on it
+        conn = PostgresBackend(parse_postgres(bouncer.url(direct_url), {})).connect()
+        for statement in ("BEGIN IMMEDIATE", f"SELECT pg_advisory_xact_lock({WRITE_LOCK_KEY}) WHERE ? = 1"):
+            started = time.monotonic()
+            with pytest.raises(sqlite3.OperationalError) as held:
+                conn.execute(statement, () if statement.startswith("BEGIN") else (1,))
+            waited = time.monotonic() - started
+            assert getattr(held.value, "lock_timeout", False), held.value
+            assert busy_timeout_1s <= waited < busy_timeout_1s + 5, statement
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+        conn.close()
+    finally:
+        holder.close()
+    # No pooled server session was left with a setting of Stockyard's: a fresh client sees the default.
+    pooled = pg8000.core.CoreConnection(**parse_postgres(bouncer.url(direct_url), {}).connect_args())
+    try:
+        settings = {tuple(r) for _ in range(5) for r in pooled.execute_simple("SHOW lock_timeout").rows}
+    finally:
+        pooled.close()
+    assert settings == {("0",)}
+
+
+def test_both_replicas_stop_cleanly_and_leave_nothing_held(replicas, pg_cluster, direct_url):
+    for server in replicas:
+        assert server.stop() == 0, server.log
+        assert "Traceback" not in server.log and "prepared statement" not in server.log, server.log
+    assert rows(pg_cluster, direct_url, "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'") == [[0]]
