@@ -99,8 +99,10 @@ def test_both_replicas_say_at_start_what_a_transaction_pooler_changes(replicas, 
 def test_requests_through_both_replicas_are_traced_and_costed(replicas, pg_cluster, direct_url):
     assert api(replicas[0], "POST", "/api/prices", {"model": "claude-pooled", "input": "1", "output": "2"})[0] == 200
     chat = replicas[0].openai(ADMIN).chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=HELLO)
-    message = replicas[1].anthropic(ADMIN).messages.with_raw_response.create(
-        model="claude-pooled", max_tokens=5, messages=HELLO
+    message = (
+        replicas[1]
+        .anthropic(ADMIN)
+        .messages.with_raw_response.create(model="claude-pooled", max_tokens=5, messages=HELLO)
     )
     ids = [chat.headers["x-stockyard-trace-id"], message.headers["x-stockyard-trace-id"]]
     assert chat.parse().choices[0].message.content and message.parse().content[0].text
@@ -117,7 +119,8 @@ def test_requests_through_both_replicas_are_traced_and_costed(replicas, pg_clust
 
 def test_a_budget_burst_over_both_replicas_admits_exactly_the_budget(replicas, mock, pg_cluster, direct_url):
     assert api(replicas[0], "POST", "/api/prices", {"model": "gpt-mock-budget", "input": "0", "output": "1"})[0] == 200
-    status, key = api(replicas[1], "POST", "/api/keys", {"name": "burst", "budget_usd": "0.00005", "budget_period": "total"})
+    budget = {"name": "burst", "budget_usd": "0.00005", "budget_period": "total"}  # 10 answers of 5 tokens
+    status, key = api(replicas[1], "POST", "/api/keys", budget)
     assert status == 201, key
     wait_for(lambda: all(refuses_unknown_keys(s) for s in replicas), what="the key on both replicas")
     auth = {"Authorization": f"Bearer {key['key']}"}
@@ -126,9 +129,8 @@ def test_a_budget_burst_over_both_replicas_admits_exactly_the_budget(replicas, m
     mock.delay_ms = 200  # the answers overlap in flight
     try:
         with ThreadPoolExecutor(max_workers=40) as pool:
-            answers = list(
-                pool.map(lambda i: replicas[i % 2].request("POST", "/v1/chat/completions", BUDGET_MODEL, auth), range(40))
-            )
+            chat = lambda i: replicas[i % 2].request("POST", "/v1/chat/completions", BUDGET_MODEL, auth)  # noqa: E731
+            answers = list(pool.map(chat, range(40)))
     finally:
         mock.delay_ms = 0
     statuses = [status for status, _, _ in answers]
