@@ -38,11 +38,11 @@ class Bouncer:
         self.folder = Path(tempfile.mkdtemp(prefix="stockyard-pgbouncer-"))
         self.port = 0
         self._proc: subprocess.Popen | None = None
-        self._aliases: dict[str, tuple[str, str]] = {}  # name → (database, pool mode)
+        self._aliases: dict[str, str] = {}  # name → its entry's options
 
     def _config(self) -> str:
         target = f"host=127.0.0.1 port={self.cluster.port}"
-        aliases = "".join(f"{n} = {target} dbname={d} pool_mode={m}\n" for n, (d, m) in self._aliases.items())
+        aliases = "".join(f"{name} = {target} {options}\n" for name, options in self._aliases.items())
         return (
             f"[databases]\n{aliases}* = {target}\n"
             "[pgbouncer]\n"
@@ -98,10 +98,11 @@ class Bouncer:
                 time.sleep(0.02)  # polling a port that is not open yet: no event to wait on
         return False
 
-    def session_alias(self, database: str) -> str:
-        """A second name for ``database`` that PgBouncer pools in session mode; reloads PgBouncer."""
-        name = f"{database}_session"
-        self._aliases[name] = (database, "session")
+    def session_alias(self, database: str, pool_size: int | None = None) -> str:
+        """A second name for ``database`` that PgBouncer pools in session mode (in a pool of
+        ``pool_size`` server sessions, else the default); reloads PgBouncer."""
+        name = f"{database}_session{pool_size or ''}"
+        self._aliases[name] = f"dbname={database} pool_mode=session" + (f" pool_size={pool_size}" if pool_size else "")
         self._write_config()
         self.admin("RELOAD")
         return name

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -26,7 +27,7 @@ from pgbouncer import Bouncer
 from stockyard.dburl import parse_postgres
 from stockyard.store import db
 from stockyard.store.backends import PostgresBackend
-from stockyard.store.pg import WRITE_LOCK_KEY
+from stockyard.store.pg import SLOW_FIRST_S, WRITE_LOCK_KEY, PgConnection
 
 ADMIN = "admin-key-for-pgbouncer-tests-0123456789"
 ANTHROPIC_KEY = "sk-ant-test-pgbouncer-0123456789abcdef"
@@ -85,6 +86,41 @@ def test_the_store_tells_a_transaction_pooler_from_a_session_one_and_from_postgr
         for where, u in (("direct", url), ("session", session), ("transaction", bouncer.url(url)))
     }
     assert found == {"direct": False, "session": False, "transaction": True}
+
+
+def test_servers_starting_at_once_through_the_pooler_migrate_once_and_hold_no_lock_after(pg_cluster, bouncer):
+    """Was: ``pg_advisory_lock`` and its unlock went to whichever server session was free: the lock
+    could stay on a pooled session, and every later start on another one would wait for ever."""
+    url = pg_cluster.database()
+    backends = [PostgresBackend(parse_postgres(bouncer.url(url), {})) for _ in range(4)]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        applied = list(pool.map(lambda backend: backend.open_and_migrate(), backends))
+    assert sorted(len(a) for a in applied) == [0, 0, 0, len(db.available_migrations("postgresql"))]
+    assert rows(pg_cluster, url, "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'") == [[0]]
+    assert backends[0].open_and_migrate() == []
+
+
+def test_a_connection_a_full_session_pool_keeps_waiting_is_told(pg_cluster, bouncer, caplog):
+    """Was silent: in session mode every connection a replica keeps open holds a server session,
+    and a pool too small for all the replicas' connections left one replica's configuration
+    watcher waiting in PgBouncer's queue (its /readyz 503, a key made elsewhere unseen for 40 s+)."""
+    url = pg_cluster.database()
+    small = bouncer.url(url, bouncer.session_alias(url.rsplit("/", 1)[1].split("?")[0], pool_size=1))
+    holder = pg8000.core.CoreConnection(**parse_postgres(small, {}).connect_args())
+    holder.execute_simple("SELECT 1")  # session mode: the pool's one server session is this client's now
+    opened: list = []
+    opening = threading.Thread(target=lambda: opened.append(PgConnection(parse_postgres(small, {}))))
+    try:
+        opening.start()
+        time.sleep(SLOW_FIRST_S + 0.5)  # what is tested: a wait past SLOW_FIRST_S (not a synchronisation)
+        assert not opened  # still queued in PgBouncer
+    finally:
+        holder.close()
+    opening.join(30)
+    assert opened and opened[0].execute("SELECT 1 WHERE ? = 1", (1,)).fetchone() == (1,)
+    opened[0].close()
+    told = [r.getMessage() for r in caplog.records if "waited" in r.getMessage()]
+    assert told and "pooler in session mode" in told[0] and "STOCKYARD_PG_CONNECTIONS + 5" in told[0], told
 
 
 def test_both_replicas_say_at_start_what_a_transaction_pooler_changes(replicas, pg_cluster, direct_url):

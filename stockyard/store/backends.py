@@ -167,11 +167,9 @@ class PostgresBackend:
 
         conn = self.connect()
         try:
-            if not db.pending_migrations(conn):
-                return []
             conn.executescript(f"BEGIN; SET LOCAL lock_timeout = 0; SELECT pg_advisory_xact_lock({MIGRATE_LOCK_KEY})")
             try:
-                pending = db.pending_migrations(conn)  # another server may have applied them meanwhile
+                pending = db.pending_migrations(conn)  # read under the lock: none once another server applied them
                 for m in pending:
                     conn.executescript(db.migration_script(self.dialect, m))
                 conn.execute("COMMIT")

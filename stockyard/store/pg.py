@@ -15,10 +15,12 @@ load it.
 from __future__ import annotations
 
 import functools
+import logging
 import re
 import select
 import socket
 import sqlite3
+import time
 from collections import OrderedDict
 from decimal import Decimal
 from typing import Any, Callable, Iterable, Iterator, Sequence
@@ -26,6 +28,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 from ..dburl import PostgresURL
 from . import db
 
+log = logging.getLogger("stockyard")
 # pg_advisory_xact_lock key taken by every write transaction: writers queue one after another,
 # across processes, exactly like SQLite's BEGIN IMMEDIATE (so read-modify-write jobs, the audit
 # chain's append among them, stay correct with several writers).
@@ -37,6 +40,8 @@ LOCK_NOT_AVAILABLE = "55P03"
 _LOST_CLASSES = ("08", "53", "57", "58", "XX")
 # The busy timeout of one implicit transaction (PgConnection._run_unnamed, shared sessions)
 _LOCAL_BUSY_TIMEOUT = "DO $$BEGIN PERFORM set_config('lock_timeout', '{ms}', true); END$$"
+SLOW_FIRST_S = 2.0  # a new connection's first answer slower than this is told (_tell_slow_first)
+_slow_told = -60.0  # when it was last told (time.monotonic)
 PREPARED_MAX = 256  # prepared statements kept per connection (the code has fewer distinct ones)
 _CONTROL = re.compile(r"^\s*(BEGIN|COMMIT|ROLLBACK|SAVEPOINT|RELEASE|SELECT pg_advisory)", re.IGNORECASE)
 
@@ -290,8 +295,31 @@ def bound_lock_waits(conn: Any, ms: int | None = None) -> None:
     """Make a lock wait end as SQLite's busy timeout ends one: after ``ms`` (``STOCKYARD_BUSY_TIMEOUT_MS``,
     ``db.BUSY_TIMEOUT_MS``), with SQLSTATE 55P03, instead of for as long as another session holds the
     lock (another replica's write transaction, ``LOCK TABLE``, ``VACUUM FULL``). A ``SET`` after
-    connecting, not a startup parameter: PgBouncer refuses startup parameters it does not know."""
-    conn.execute_simple(f"SET lock_timeout = {int(db.BUSY_TIMEOUT_MS if ms is None else ms)}")
+    connecting, not a startup parameter: PgBouncer refuses startup parameters it does not know.
+    It is a new connection's first statement, so a slow answer is told (:func:`_tell_slow_first`)."""
+    started = time.monotonic()
+    try:
+        conn.execute_simple(f"SET lock_timeout = {int(db.BUSY_TIMEOUT_MS if ms is None else ms)}")
+    finally:
+        _tell_slow_first(time.monotonic() - started)
+
+
+def _tell_slow_first(waited: float) -> None:
+    """Warn (once a minute) when a new connection's first statement waited SLOW_FIRST_S or more. A
+    pooler in session mode queues a client until one of its server sessions is free, and every
+    connection a replica keeps open (its idle read connections too) holds one: with a pool smaller
+    than the replicas need, a replica's LISTEN or configuration watcher waits there, silently."""
+    global _slow_told
+    now = time.monotonic()
+    if waited < SLOW_FIRST_S or now - _slow_told < 60:
+        return
+    _slow_told = now
+    log.warning(
+        "a new PostgreSQL connection waited %.1f s for its first answer: a pooler in session mode with no "
+        "free server session (its pool must hold every connection of every replica: replicas × "
+        "(STOCKYARD_PG_CONNECTIONS + 5)), or a PostgreSQL server under strain",
+        waited,
+    )
 
 
 def shares_sessions(url: PostgresURL) -> bool:
