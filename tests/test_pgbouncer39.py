@@ -199,6 +199,10 @@ def test_concurrent_admin_writes_through_both_replicas_leave_one_verifying_audit
     assert verified.returncode == 0, verified.stdout + verified.stderr
     names = replicas[0].db_rows("SELECT count(*) AS n FROM client_keys WHERE name LIKE ?", ("chain-%",))
     assert names == [{"n": 20}]
+    checked = replicas[0].cli("doctor", "--json")
+    found = {c["check"]: c for c in map(json.loads, checked.stdout.splitlines())}
+    assert found["audit chain"]["status"] == "ok", found["audit chain"]
+    assert found["pooler"]["status"] == "warn" and "session mode or a direct URL" in found["pooler"]["fix"]
 
 
 @pytest.fixture
