@@ -5,7 +5,7 @@ Neon's pooled URL), most often in transaction mode: a client's statements go to 
 connection is free, one transaction at a time. This runs the real thing: ``pgbouncer`` (Debian's
 package) in a temp folder of its own, as the unprivileged account the cluster runs as (PgBouncer
 refuses root), on a free port, every database of the cluster reachable by its own name (the ``*``
-entry) in ``pool_mode`` (transaction by default; ``session_alias`` adds a name in session mode).
+entry) in ``pool_mode`` (transaction by default; ``alias`` adds a name in another mode).
 """
 
 from __future__ import annotations
@@ -98,11 +98,13 @@ class Bouncer:
                 time.sleep(0.02)  # polling a port that is not open yet: no event to wait on
         return False
 
-    def session_alias(self, database: str, pool_size: int | None = None) -> str:
-        """A second name for ``database`` that PgBouncer pools in session mode (in a pool of
+    def alias(self, database: str, pool_mode: str = "session", pool_size: int | None = None) -> str:
+        """A second name for ``database`` that PgBouncer pools in ``pool_mode`` (in a pool of
         ``pool_size`` server sessions, else the default); reloads PgBouncer."""
-        name = f"{database}_session{pool_size or ''}"
-        self._aliases[name] = f"dbname={database} pool_mode=session" + (f" pool_size={pool_size}" if pool_size else "")
+        name = f"{database}_{pool_mode}{pool_size or ''}"
+        self._aliases[name] = f"dbname={database} pool_mode={pool_mode}" + (
+            f" pool_size={pool_size}" if pool_size else ""
+        )
         self._write_config()
         self.admin("RELOAD")
         return name

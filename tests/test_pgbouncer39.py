@@ -78,14 +78,17 @@ def refuses_unknown_keys(server: ServerProcess) -> bool:
     return server.request("GET", "/v1/models", headers={"Authorization": "Bearer sk-unknown"})[0] == 401
 
 
-def test_the_store_tells_a_transaction_pooler_from_a_session_one_and_from_postgresql(pg_cluster, bouncer):
+def test_the_store_tells_transaction_pooling_from_session_pooling_and_refuses_statement_mode(pg_cluster, bouncer):
     url = pg_cluster.database()
-    session = bouncer.url(url, bouncer.session_alias(url.rsplit("/", 1)[1].split("?")[0]))
+    session = bouncer.url(url, bouncer.alias(url.rsplit("/", 1)[1].split("?")[0]))
     found = {
         where: PostgresBackend(parse_postgres(u, {})).shared_sessions
         for where, u in (("direct", url), ("session", session), ("transaction", bouncer.url(url)))
     }
     assert found == {"direct": False, "session": False, "transaction": True}
+    statement = bouncer.url(url, bouncer.alias(url.rsplit("/", 1)[1].split("?")[0], "statement"))
+    with pytest.raises(sqlite3.OperationalError, match="a pooler in statement mode cannot run Stockyard"):
+        PostgresBackend(parse_postgres(statement, {})).connect()
 
 
 def test_servers_starting_at_once_through_the_pooler_migrate_once_and_hold_no_lock_after(pg_cluster, bouncer):
@@ -105,7 +108,7 @@ def test_a_connection_a_full_session_pool_keeps_waiting_is_told(pg_cluster, boun
     and a pool too small for all the replicas' connections left one replica's configuration
     watcher waiting in PgBouncer's queue (its /readyz 503, a key made elsewhere unseen for 40 s+)."""
     url = pg_cluster.database()
-    small = bouncer.url(url, bouncer.session_alias(url.rsplit("/", 1)[1].split("?")[0], pool_size=1))
+    small = bouncer.url(url, bouncer.alias(url.rsplit("/", 1)[1].split("?")[0], pool_size=1))
     holder = pg8000.core.CoreConnection(**parse_postgres(small, {}).connect_args())
     holder.execute_simple("SELECT 1")  # session mode: the pool's one server session is this client's now
     opened: list = []
