@@ -192,6 +192,32 @@ def test_a_key_revoked_through_one_replica_is_refused_by_the_other(replicas):
     assert time.monotonic() - revoked_at < 3.0
 
 
+def test_the_pooler_is_found_while_both_replicas_keep_its_sessions_busy(replicas, bouncer, direct_url):
+    """Was a flake: with other clients taking the server session a probe freed, one probe could
+    find no sign of the pooler, and a CLI command then ran prepared statements through it."""
+    status, key = api(replicas[0], "POST", "/api/keys", {"name": "load"})
+    assert status == 201, key
+    auth = {"Authorization": f"Bearer {key['key']}"}
+    chat = {"model": "gpt-4o-mini", "messages": HELLO}
+    wait_for(lambda: replicas[1].request("POST", "/v1/chat/completions", chat, auth)[0] == 200, what="the key")
+    done = threading.Event()
+
+    def load(i: int) -> int:
+        count = 0
+        while not done.is_set():
+            count += replicas[i % 2].request("POST", "/v1/chat/completions", chat, auth)[0] == 200
+        return count
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        answered = [pool.submit(load, i) for i in range(8)]
+        try:
+            found = [PostgresBackend(parse_postgres(bouncer.url(direct_url), {})).shared_sessions for _ in range(10)]
+        finally:
+            done.set()
+    assert found == [True] * 10
+    assert all(f.result() > 0 for f in answered), [f.result() for f in answered]
+
+
 def test_concurrent_admin_writes_through_both_replicas_leave_one_verifying_audit_chain(replicas):
     def create(i: int) -> int:
         return api(replicas[i % 2], "POST", "/api/keys", {"name": f"chain-{i}"})[0]

@@ -36,10 +36,12 @@ WRITE_LOCK_KEY = 0x5354_4F43_4B59_0001  # "STOCKY" 1
 MIGRATE_LOCK_KEY = 0x5354_4F43_4B59_0002
 # SQLSTATE lock_not_available: a lock wait passed ``lock_timeout`` (the busy timeout, bound_lock_waits)
 LOCK_NOT_AVAILABLE = "55P03"
+TOO_MANY_CONNECTIONS = "53300"  # SQLSTATE of max_connections or a role's CONNECTION LIMIT reached
 # SQLSTATE classes that mean the database (its connection, resources, server), not the statement, failed
 _LOST_CLASSES = ("08", "53", "57", "58", "XX")
 # The busy timeout of one implicit transaction (PgConnection._run_unnamed, shared sessions)
 _LOCAL_BUSY_TIMEOUT = "DO $$BEGIN PERFORM set_config('lock_timeout', '{ms}', true); END$$"
+SHARED_PROBES = 10  # shares_sessions: probes before a server session that never moved means no pooler
 SLOW_FIRST_S = 2.0  # a new connection's first answer slower than this is told (_tell_slow_first)
 _slow_told = -60.0  # when it was last told (time.monotonic)
 PREPARED_MAX = 256  # prepared statements kept per connection (the code has fewer distinct ones)
@@ -331,29 +333,43 @@ def shares_sessions(url: PostgresURL) -> bool:
     Found by asking, not by port or host name: a client's server session, free again after its
     statement, is taken by a second client's open transaction (a pooler hands out the session freed
     last first) — which no session of its own ever shows. Simple queries only, which any pooler
-    passes. A pooler in statement mode, which refuses transactions, is refused here by name."""
+    passes. A pooler in statement mode, which refuses transactions, is refused here by name. A
+    second connection PostgreSQL itself refuses (too many connections: a pooler opens server
+    sessions as transactions need them, not as clients log in) means no pooler."""
     import pg8000.core
 
     first = pg8000.core.CoreConnection(**url.connect_args())
     try:
-        second = pg8000.core.CoreConnection(**url.connect_args())
         try:
-            pid = _backend_pid(first)
-            try:
-                second.execute_simple("BEGIN")
-            except Exception as exc:
-                raise sqlite3.OperationalError(
-                    f"{url} refuses transactions ({_error(exc)}): a pooler in statement mode cannot run "
-                    "Stockyard; use transaction or session mode"
-                ) from None
-            try:
-                return _backend_pid(second) == pid or _backend_pid(first) != pid
-            finally:
-                second.execute_simple("ROLLBACK")
+            second = pg8000.core.CoreConnection(**url.connect_args())
+        except Exception as exc:
+            if getattr(_error(exc), "sqlstate", "") == TOO_MANY_CONNECTIONS:
+                return False
+            raise
+        try:
+            return any(_session_moved(url, first, second) for _ in range(SHARED_PROBES))
         finally:
             second.close()
     finally:
         first.close()
+
+
+def _session_moved(url: PostgresURL, first: Any, second: Any) -> bool:
+    """One probe: did ``second``'s transaction get ``first``'s server session, or ``first`` another?
+    Either is proof; neither may be chance (another client took the session freed), so it is asked
+    SHARED_PROBES times."""
+    pid = _backend_pid(first)
+    try:
+        second.execute_simple("BEGIN")
+    except Exception as exc:
+        raise sqlite3.OperationalError(
+            f"{url} refuses transactions ({_error(exc)}): a pooler in statement mode cannot run "
+            "Stockyard; use transaction or session mode"
+        ) from None
+    try:
+        return _backend_pid(second) == pid or _backend_pid(first) != pid
+    finally:
+        second.execute_simple("ROLLBACK")
 
 
 def _backend_pid(conn: Any) -> int:
