@@ -112,7 +112,7 @@ def test_a_connection_a_full_session_pool_keeps_waiting_is_told(pg_cluster, boun
     holder = pg8000.core.CoreConnection(**parse_postgres(small, {}).connect_args())
     holder.execute_simple("SELECT 1")  # session mode: the pool's one server session is this client's now
     opened: list = []
-    opening = threading.Thread(target=lambda: opened.append(PgConnection(parse_postgres(small, {}))))
+    opening = threading.Thread(target=lambda: opened.append(PgConnection(parse_postgres(small, {}))), daemon=True)
     try:
         opening.start()
         time.sleep(SLOW_FIRST_S + 0.5)  # what is tested: a wait past SLOW_FIRST_S (not a synchronisation)
