@@ -234,6 +234,25 @@ def test_concurrent_admin_writes_through_both_replicas_leave_one_verifying_audit
     assert found["pooler"]["status"] == "warn" and "session mode or a direct URL" in found["pooler"]["fix"]
 
 
+def test_a_pooled_statements_error_is_its_own_and_the_connection_goes_on(bouncer, direct_url, replicas):
+    """Each statement runs unprepared before one Sync (the busy timeout's answer read apart): a
+    unique violation, a division by zero and a row count come back as on a direct connection."""
+    conn = PostgresBackend(parse_postgres(bouncer.url(direct_url), {})).connect()
+    try:
+        insert = "INSERT INTO meta (key, value) VALUES (?, ?)"
+        assert conn.execute(insert, ("pgb-once", "1")).rowcount == 1
+        with pytest.raises(sqlite3.IntegrityError, match="23505"):
+            conn.execute(insert, ("pgb-once", "2"))
+        with pytest.raises(sqlite3.OperationalError, match="22012"):
+            conn.execute("SELECT ? / 0", (1,))
+        assert not conn.broken
+        assert conn.execute("UPDATE meta SET value = ? WHERE key LIKE ?", ("3", "pgb-%")).rowcount == 1
+        found = conn.execute("SELECT key, value FROM meta WHERE key = ?", ("pgb-once",)).fetchall()
+        assert [(r["key"], r["value"]) for r in found] == [("pgb-once", "3")]
+    finally:
+        conn.close()
+
+
 @pytest.fixture
 def busy_timeout_1s():
     db.set_busy_timeout(1000)

@@ -40,7 +40,7 @@ TOO_MANY_CONNECTIONS = "53300"  # SQLSTATE of max_connections or a role's CONNEC
 # SQLSTATE classes that mean the database (its connection, resources, server), not the statement, failed
 _LOST_CLASSES = ("08", "53", "57", "58", "XX")
 # The busy timeout of one implicit transaction (PgConnection._run_unnamed, shared sessions)
-_LOCAL_BUSY_TIMEOUT = "DO $$BEGIN PERFORM set_config('lock_timeout', '{ms}', true); END$$"
+_LOCAL_BUSY_TIMEOUT = "SELECT set_config('lock_timeout', $1, true)"
 SHARED_PROBES = 10  # shares_sessions: probes before a server session that never moved means no pooler
 SLOW_FIRST_S = 2.0  # a new connection's first answer slower than this is told (_tell_slow_first)
 _slow_told = -60.0  # when it was last told (time.monotonic)
@@ -386,6 +386,23 @@ def no_delay(conn: Any) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
+def _skip_answer(conn: Any, context: Any) -> None:
+    """Read one statement's answer up to its end (CommandComplete) and drop its rows: the busy
+    timeout's, sent before the statement whose answer ``context`` takes. An error ends it early
+    (PostgreSQL skips the rest up to the Sync): it goes to ``context``, which raises it."""
+    from pg8000.core import COMMAND_COMPLETE, DATA_ROW, ERROR_RESPONSE, ROW_DESCRIPTION, _read, ci_unpack
+
+    while True:
+        code, length = ci_unpack(_read(conn._sock, 5))
+        data = _read(conn._sock, length - 4)
+        if code == COMMAND_COMPLETE:
+            return
+        if code not in (DATA_ROW, ROW_DESCRIPTION):  # ParseComplete, BindComplete, a notice, an error
+            conn.message_types[code](data, context)
+        if code == ERROR_RESPONSE:
+            return
+
+
 class PgConnection:
     """One pg8000 connection in autocommit mode; transactions are opened explicitly, as with SQLite.
 
@@ -573,14 +590,15 @@ class PgConnection:
     def _run_unnamed(self, statement: str, values: Sequence[Any]) -> Any:
         """``statement`` as the unnamed statement, parsed, bound, described and run before one Sync,
         which a pooler in transaction mode sends to one server session. Outside a transaction the
-        busy timeout goes first, in the same implicit transaction (``set_config(…, true)`` in a
-        ``DO``: it returns no row, and ``SET LOCAL`` outside a block logs a warning each time)."""
+        busy timeout goes first, in the same implicit transaction (``set_config(…, true)``: ``SET
+        LOCAL`` outside a block logs a warning each time), its answer read apart (:func:`_skip_answer`)."""
         from pg8000.core import DESCRIBE, FLUSH_MSG, NULL_BYTE, PORTAL, SYNC_MSG, Context, _flush, _write
 
         conn = self._conn
-        if not conn._in_transaction:
-            conn.send_PARSE(NULL_BYTE, _LOCAL_BUSY_TIMEOUT.format(ms=int(db.BUSY_TIMEOUT_MS)), ())
-            conn.send_BIND(NULL_BYTE, ())
+        bounded = not conn._in_transaction
+        if bounded:
+            conn.send_PARSE(NULL_BYTE, _LOCAL_BUSY_TIMEOUT, ())
+            conn.send_BIND(NULL_BYTE, (str(int(db.BUSY_TIMEOUT_MS)),))
             conn.send_EXECUTE()
         conn.send_PARSE(NULL_BYTE, statement, ())
         conn.send_BIND(NULL_BYTE, values)
@@ -590,6 +608,8 @@ class PgConnection:
         _write(conn._sock, SYNC_MSG)
         _flush(conn._sock)
         context = Context(statement)
+        if bounded:
+            _skip_answer(conn, context)
         conn.handle_messages(context)
         return context
 
