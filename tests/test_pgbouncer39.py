@@ -60,9 +60,13 @@ def replicas(pyz_path, cache_home, mock, bouncer, direct_url):
         server.stop()
 
 
+def db_name(url: str) -> str:
+    return url.rsplit("/", 1)[1].split("?")[0]
+
+
 def rows(pg_cluster, url: str, sql: str) -> list[list]:
     """``sql`` on a direct connection to ``url``'s database (not through the pooler)."""
-    conn = pg_cluster.admin(url.rsplit("/", 1)[1].split("?")[0])
+    conn = pg_cluster.admin(db_name(url))
     try:
         return conn.run(sql) or []
     finally:
@@ -80,13 +84,13 @@ def refuses_unknown_keys(server: ServerProcess) -> bool:
 
 def test_the_store_tells_transaction_pooling_from_session_pooling_and_refuses_statement_mode(pg_cluster, bouncer):
     url = pg_cluster.database()
-    session = bouncer.url(url, bouncer.alias(url.rsplit("/", 1)[1].split("?")[0]))
+    session = bouncer.url(url, bouncer.alias(db_name(url)))
     found = {
         where: PostgresBackend(parse_postgres(u, {})).shared_sessions
         for where, u in (("direct", url), ("session", session), ("transaction", bouncer.url(url)))
     }
     assert found == {"direct": False, "session": False, "transaction": True}
-    statement = bouncer.url(url, bouncer.alias(url.rsplit("/", 1)[1].split("?")[0], "statement"))
+    statement = bouncer.url(url, bouncer.alias(db_name(url), "statement"))
     with pytest.raises(sqlite3.OperationalError, match="a pooler in statement mode cannot run Stockyard"):
         PostgresBackend(parse_postgres(statement, {})).connect()
 
@@ -108,7 +112,7 @@ def test_a_connection_a_full_session_pool_keeps_waiting_is_told(pg_cluster, boun
     and a pool too small for all the replicas' connections left one replica's configuration
     watcher waiting in PgBouncer's queue (its /readyz 503, a key made elsewhere unseen for 40 s+)."""
     url = pg_cluster.database()
-    small = bouncer.url(url, bouncer.alias(url.rsplit("/", 1)[1].split("?")[0], pool_size=1))
+    small = bouncer.url(url, bouncer.alias(db_name(url), pool_size=1))
     holder = pg8000.core.CoreConnection(**parse_postgres(small, {}).connect_args())
     holder.execute_simple("SELECT 1")  # session mode: the pool's one server session is this client's now
     opened: list = []

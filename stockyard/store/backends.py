@@ -162,12 +162,17 @@ class PostgresBackend:
         transaction (a session lock taken through a pooler in transaction mode stays on a pooled
         server session: the next start on another one waits for ever). The wait has no busy
         timeout: another server's migration takes as long as it takes, and a start that gave up
-        after 10 s would fail every replica started beside it."""
+        after 10 s would fail every replica started beside it. The commit waits for its WAL to be
+        flushed whatever ``synchronous_commit`` says: the servers build on the schema it makes (one
+        asynchronous commit of all the migrations, lost to a crash soon after, lost the whole schema)."""
         from .pg import MIGRATE_LOCK_KEY
 
         conn = self.connect()
         try:
-            conn.executescript(f"BEGIN; SET LOCAL lock_timeout = 0; SELECT pg_advisory_xact_lock({MIGRATE_LOCK_KEY})")
+            conn.executescript(
+                "BEGIN; SET LOCAL lock_timeout = 0; SET LOCAL synchronous_commit = on; "
+                f"SELECT pg_advisory_xact_lock({MIGRATE_LOCK_KEY})"
+            )
             try:
                 pending = db.pending_migrations(conn)  # read under the lock: none once another server applied them
                 for m in pending:
