@@ -35,7 +35,7 @@ PG_SUITES := tests/test_openai_proxy.py tests/test_keys.py tests/test_budgets.py
 # ~3 minutes past the PostgreSQL job, which now ends about when it does.
 PG_FILES := $(wildcard tests/test_pg_*.py) tests/test_pgcluster.py tests/test_store_dialects.py \
 	tests/test_migrate_store.py tests/test_batch_holds.py tests/test_audit.py tests/test_writer.py \
-	tests/test_trace_batches.py tests/test_attack_review13.py
+	tests/test_trace_batches.py tests/test_attack_review13.py tests/test_pgbouncer39.py
 
 # The files that hold the one-at-a-time tests: those phases collect only them (collecting every
 # test module costs each pytest process seconds; the parallel phase deselects these by marker).
@@ -67,6 +67,8 @@ test:
 	command -v strace >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq strace)
 	# the PostgreSQL store's tests start a throwaway server (tests/pgcluster.py) with initdb + pg_ctl
 	command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql)
+	# tests/test_pgbouncer39.py runs replicas through a real PgBouncer in front of that server (tests/pgbouncer.py)
+	command -v pgbouncer >/dev/null || ls /usr/sbin/pgbouncer >/dev/null 2>&1 || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pgbouncer)
 	$(PYTHON) -m pip install -q -r requirements-test.txt
 	$(MAKE) --no-print-directory lint
 	$(MAKE) --no-print-directory pyz  # the wheels fetched once, before two test runs build at once

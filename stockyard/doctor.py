@@ -159,6 +159,16 @@ def _open_postgres(url: PostgresURL, checks: list[Check]) -> Any:
         )
         return None
     checks.append(Check(OK, "database", f"{url} answers (PostgreSQL {version})"))
+    if backend.shared_sessions:
+        checks.append(
+            Check(
+                WARN,
+                "pooler",
+                "reached through a pooler in transaction mode: requests, budgets, limits and the audit chain "
+                "work; configuration changes reach the servers by polling, not LISTEN, and no server lock is held",
+                "for LISTEN and the server lock use the pooler's session mode or a direct URL to PostgreSQL",
+            )
+        )
     try:
         checks.append(_schema_check(conn))
         checks.append(Check(OK, "database size", _size(backend.size_bytes(conn))))

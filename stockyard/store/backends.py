@@ -127,41 +127,85 @@ class PostgresBackend:
 
     def __init__(self, url: PostgresURL) -> None:
         self.url = url
+        self._shared_sessions: bool | None = None  # found on first use (shared_sessions)
 
     def __str__(self) -> str:
         return self.url.masked()
 
+    @property
+    def shared_sessions(self) -> bool:
+        """Does the URL reach PostgreSQL through a pooler in transaction mode (:func:`.pg.shares_sessions`)?
+        Asked once per process, on the first connection."""
+        if self._shared_sessions is None:
+            from .pg import _error, shares_sessions
+
+            try:
+                self._shared_sessions = shares_sessions(self.url)
+            except sqlite3.Error:
+                raise
+            except Exception as exc:  # PostgreSQL unreachable: as opening a connection fails
+                error = _error(exc)
+                unreachable: Any = type(error)(f"cannot open the database {self}: {error}")
+                unreachable.database_failed = True
+                unreachable.sqlstate = getattr(error, "sqlstate", "")
+                raise unreachable from None
+        return self._shared_sessions
+
     def connect(self, readonly: bool = False) -> Any:
         from .pg import PgConnection
 
-        return PgConnection(self.url)
+        return PgConnection(self.url, self.shared_sessions)
 
     def open_and_migrate(self) -> list[db.Migration]:
-        """Migrate under an advisory lock: N servers starting at once migrate exactly once
-        (the others wait, then find nothing pending). This connection alone waits for locks
-        without the busy timeout: another server's migration takes as long as it takes, and a
-        start that gave up after 10 s would fail every replica started beside it."""
+        """Migrate in one transaction under a transaction advisory lock: N servers starting at once
+        migrate exactly once (the others wait, then find nothing pending), and no lock outlives the
+        transaction (a session lock taken through a pooler in transaction mode stays on a pooled
+        server session: the next start on another one waits for ever). The wait has no busy
+        timeout: another server's migration takes as long as it takes, and a start that gave up
+        after 10 s would fail every replica started beside it. The commit waits for its WAL to be
+        flushed whatever ``synchronous_commit`` says: the servers build on the schema it makes (one
+        asynchronous commit of all the migrations, lost to a crash soon after, lost the whole schema)."""
         from .pg import MIGRATE_LOCK_KEY
 
         conn = self.connect()
         try:
-            conn.execute("SET lock_timeout = 0")
-            conn.execute(f"SELECT pg_advisory_lock({MIGRATE_LOCK_KEY})")
+            conn.executescript(
+                "BEGIN; SET LOCAL lock_timeout = 0; SET LOCAL synchronous_commit = on; "
+                f"SELECT pg_advisory_xact_lock({MIGRATE_LOCK_KEY})"
+            )
             try:
-                return db.migrate(conn)
-            finally:
-                conn.execute(f"SELECT pg_advisory_unlock({MIGRATE_LOCK_KEY})")
+                pending = db.pending_migrations(conn)  # read under the lock: none once another server applied them
+                for m in pending:
+                    conn.executescript(db.migration_script(self.dialect, m))
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction and not conn.broken:
+                    conn.execute("ROLLBACK")
+                raise
+            return pending
         finally:
             conn.close()
 
-    def server_lock(self) -> "PostgresServerLock":
+    def server_lock(self) -> "PostgresServerLock | Unlocked":
+        if self.shared_sessions:
+            log.warning(
+                "database %s is reached through a pooler in transaction mode (PgBouncer's pool_mode = transaction, "
+                "a managed pooled URL): statements run unprepared and the busy timeout is set per transaction; "
+                "no server lock is held and configuration changes reach this server by polling "
+                "(STOCKYARD_CONFIG_POLL), not LISTEN — both need a session of their own. For them use the "
+                "pooler's session mode or a direct URL to PostgreSQL",
+                self,
+            )
+            return Unlocked()
         return PostgresServerLock(self).acquire()
 
     def changes(self) -> Any:
-        """Configuration changes arrive at once by LISTEN/NOTIFY (the poll stays as the fallback)."""
-        from .changes import Listening
+        """Configuration changes arrive at once by LISTEN/NOTIFY (the poll stays as the fallback);
+        through a pooler in transaction mode by the poll alone: the LISTEN would be made on a pooled
+        server session that this client no longer reads, and no notification would ever arrive."""
+        from .changes import Listening, Polling
 
-        return Listening(self.url)
+        return Polling() if self.shared_sessions else Listening(self.url)
 
     def ledger(self, store: Any, load: Any, *args: Any) -> Any:
         """Budgets in the database, shared by every replica (:mod:`.shared`)."""
@@ -190,6 +234,18 @@ class PostgresBackend:
 
     def disk_bytes(self, conn: Any) -> int:
         return self.size_bytes(conn)
+
+
+class Unlocked:
+    """No server lock: through a pooler in transaction mode a session advisory lock would stay
+    on a pooled server session after this server stopped, and the next check of it would see
+    another session's (``PostgresBackend.server_lock`` says so when the server starts)."""
+
+    def keep(self) -> None:
+        pass
+
+    def release(self) -> None:
+        pass
 
 
 class PostgresServerLock:

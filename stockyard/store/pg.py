@@ -15,10 +15,12 @@ load it.
 from __future__ import annotations
 
 import functools
+import logging
 import re
 import select
 import socket
 import sqlite3
+import time
 from collections import OrderedDict
 from decimal import Decimal
 from typing import Any, Callable, Iterable, Iterator, Sequence
@@ -26,6 +28,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 from ..dburl import PostgresURL
 from . import db
 
+log = logging.getLogger("stockyard")
 # pg_advisory_xact_lock key taken by every write transaction: writers queue one after another,
 # across processes, exactly like SQLite's BEGIN IMMEDIATE (so read-modify-write jobs, the audit
 # chain's append among them, stay correct with several writers).
@@ -33,8 +36,14 @@ WRITE_LOCK_KEY = 0x5354_4F43_4B59_0001  # "STOCKY" 1
 MIGRATE_LOCK_KEY = 0x5354_4F43_4B59_0002
 # SQLSTATE lock_not_available: a lock wait passed ``lock_timeout`` (the busy timeout, bound_lock_waits)
 LOCK_NOT_AVAILABLE = "55P03"
+TOO_MANY_CONNECTIONS = "53300"  # SQLSTATE of max_connections or a role's CONNECTION LIMIT reached
 # SQLSTATE classes that mean the database (its connection, resources, server), not the statement, failed
 _LOST_CLASSES = ("08", "53", "57", "58", "XX")
+# The busy timeout of one implicit transaction (PgConnection._run_unnamed, shared sessions)
+_LOCAL_BUSY_TIMEOUT = "SELECT set_config('lock_timeout', $1, true)"
+SHARED_PROBES = 10  # shares_sessions: probes before a server session that never moved means no pooler
+SLOW_FIRST_S = 2.0  # a new connection's first answer slower than this is told (_tell_slow_first)
+_slow_told = -60.0  # when it was last told (time.monotonic)
 PREPARED_MAX = 256  # prepared statements kept per connection (the code has fewer distinct ones)
 _CONTROL = re.compile(r"^\s*(BEGIN|COMMIT|ROLLBACK|SAVEPOINT|RELEASE|SELECT pg_advisory)", re.IGNORECASE)
 
@@ -288,8 +297,83 @@ def bound_lock_waits(conn: Any, ms: int | None = None) -> None:
     """Make a lock wait end as SQLite's busy timeout ends one: after ``ms`` (``STOCKYARD_BUSY_TIMEOUT_MS``,
     ``db.BUSY_TIMEOUT_MS``), with SQLSTATE 55P03, instead of for as long as another session holds the
     lock (another replica's write transaction, ``LOCK TABLE``, ``VACUUM FULL``). A ``SET`` after
-    connecting, not a startup parameter: PgBouncer refuses startup parameters it does not know."""
-    conn.execute_simple(f"SET lock_timeout = {int(db.BUSY_TIMEOUT_MS if ms is None else ms)}")
+    connecting, not a startup parameter: PgBouncer refuses startup parameters it does not know.
+    It is a new connection's first statement, so a slow answer is told (:func:`_tell_slow_first`)."""
+    started = time.monotonic()
+    try:
+        conn.execute_simple(f"SET lock_timeout = {int(db.BUSY_TIMEOUT_MS if ms is None else ms)}")
+    finally:
+        _tell_slow_first(time.monotonic() - started)
+
+
+def _tell_slow_first(waited: float) -> None:
+    """Warn (once a minute) when a new connection's first statement waited SLOW_FIRST_S or more. A
+    pooler in session mode queues a client until one of its server sessions is free, and every
+    connection a replica keeps open (its idle read connections too) holds one: with a pool smaller
+    than the replicas need, a replica's LISTEN or configuration watcher waits there, silently."""
+    global _slow_told
+    now = time.monotonic()
+    if waited < SLOW_FIRST_S or now - _slow_told < 60:
+        return
+    _slow_told = now
+    log.warning(
+        "a new PostgreSQL connection waited %.1f s for its first answer: a pooler in session mode with no "
+        "free server session (its pool must hold every connection of every replica: replicas × "
+        "(STOCKYARD_PG_CONNECTIONS + 5)), or a PostgreSQL server under strain",
+        waited,
+    )
+
+
+def shares_sessions(url: PostgresURL) -> bool:
+    """True when ``url`` reaches PostgreSQL through a pooler in transaction mode (PgBouncer's
+    ``pool_mode = transaction``, Supabase's pooler on port 6543, Neon's pooled URL): one server
+    session serves many clients, a transaction at a time, so nothing a session keeps — a prepared
+    statement, a ``SET``, an advisory lock, a ``LISTEN`` — stays with the client that made it.
+
+    Found by asking, not by port or host name: a client's server session, free again after its
+    statement, is taken by a second client's open transaction (a pooler hands out the session freed
+    last first) — which no session of its own ever shows. Simple queries only, which any pooler
+    passes. A pooler in statement mode, which refuses transactions, is refused here by name. A
+    second connection PostgreSQL itself refuses (too many connections: a pooler opens server
+    sessions as transactions need them, not as clients log in) means no pooler."""
+    import pg8000.core
+
+    first = pg8000.core.CoreConnection(**url.connect_args())
+    try:
+        try:
+            second = pg8000.core.CoreConnection(**url.connect_args())
+        except Exception as exc:
+            if getattr(_error(exc), "sqlstate", "") == TOO_MANY_CONNECTIONS:
+                return False
+            raise
+        try:
+            return any(_session_moved(url, first, second) for _ in range(SHARED_PROBES))
+        finally:
+            second.close()
+    finally:
+        first.close()
+
+
+def _session_moved(url: PostgresURL, first: Any, second: Any) -> bool:
+    """One probe: did ``second``'s transaction get ``first``'s server session, or ``first`` another?
+    Either is proof; neither may be chance (another client took the session freed), so it is asked
+    SHARED_PROBES times."""
+    pid = _backend_pid(first)
+    try:
+        second.execute_simple("BEGIN")
+    except Exception as exc:
+        raise sqlite3.OperationalError(
+            f"{url} refuses transactions ({_error(exc)}): a pooler in statement mode cannot run "
+            "Stockyard; use transaction or session mode"
+        ) from None
+    try:
+        return _backend_pid(second) == pid or _backend_pid(first) != pid
+    finally:
+        second.execute_simple("ROLLBACK")
+
+
+def _backend_pid(conn: Any) -> int:
+    return int(conn.execute_simple("SELECT pg_backend_pid()").rows[0][0])
 
 
 def no_delay(conn: Any) -> None:
@@ -302,18 +386,42 @@ def no_delay(conn: Any) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
+def _skip_answer(conn: Any, context: Any) -> None:
+    """Read one statement's answer up to its end (CommandComplete) and drop its rows: the busy
+    timeout's, sent before the statement whose answer ``context`` takes. An error ends it early
+    (PostgreSQL skips the rest up to the Sync): it goes to ``context``, which raises it."""
+    from pg8000.core import COMMAND_COMPLETE, DATA_ROW, ERROR_RESPONSE, ROW_DESCRIPTION, _read, ci_unpack
+
+    while True:
+        code, length = ci_unpack(_read(conn._sock, 5))
+        data = _read(conn._sock, length - 4)
+        if code == COMMAND_COMPLETE:
+            return
+        if code not in (DATA_ROW, ROW_DESCRIPTION):  # ParseComplete, BindComplete, a notice, an error
+            conn.message_types[code](data, context)
+        if code == ERROR_RESPONSE:
+            return
+
+
 class PgConnection:
-    """One pg8000 connection in autocommit mode; transactions are opened explicitly, as with SQLite."""
+    """One pg8000 connection in autocommit mode; transactions are opened explicitly, as with SQLite.
+
+    ``shared_sessions`` (:func:`shares_sessions`: a pooler in transaction mode): nothing may rest on
+    the session between transactions. Each statement is then parsed, bound and run before one Sync
+    (a statement prepared once would be missing, or another client's, on the next server session),
+    and the busy timeout is set in each transaction (``SET LOCAL``), never for the session: a
+    ``SET`` would stay on a pooled session other clients get, and be missing on the next one."""
 
     dialect = "postgresql"
     # Steps a write transaction's jobs defer to its end (the writer's ``begin``/``commit``); None outside one.
     before_commit: list[Callable[[Any], None]] | None = None
 
-    def __init__(self, url: PostgresURL) -> None:
+    def __init__(self, url: PostgresURL, shared_sessions: bool = False) -> None:
         import pg8000.converters
 
         self._make_params = pg8000.converters.make_params
         self._url = url
+        self.shared_sessions = shared_sessions
         self._conn = self._open()
         self._prepared: OrderedDict[str, tuple] = OrderedDict()  # statement → pg8000's prepared handle
         self.broken = False
@@ -325,7 +433,8 @@ class PgConnection:
         try:
             conn = pg8000.dbapi.Connection(**self._url.connect_args())
             try:
-                bound_lock_waits(conn)
+                if not self.shared_sessions:  # else each transaction bounds its own (_begin, _run_unnamed)
+                    bound_lock_waits(conn)
             except Exception:
                 conn.close()
                 raise
@@ -345,11 +454,17 @@ class PgConnection:
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> Cursor:
         if sql.strip().upper() == "BEGIN IMMEDIATE":
+            if self.shared_sessions:  # one round trip: the lock is waited for under the busy timeout
+                return self._run(f"{self._begin('BEGIN')}; SELECT pg_advisory_xact_lock({WRITE_LOCK_KEY})", ())
             self._run("BEGIN", ())
             return self._run(f"SELECT pg_advisory_xact_lock({WRITE_LOCK_KEY})", ())
         if sql.strip().upper() == "BEGIN":  # a read snapshot: every statement sees the same data
-            return self._run("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY", ())
+            return self._run(self._begin("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"), ())
         return self._run(translate(sql), params)
+
+    def _begin(self, begin: str) -> str:
+        """``begin``, and with shared sessions the busy timeout for this transaction alone."""
+        return f"{begin}; SET LOCAL lock_timeout = {int(db.BUSY_TIMEOUT_MS)}" if self.shared_sessions else begin
 
     def executemany(self, sql: str, seq: Iterable[Sequence[Any]]) -> Cursor:
         count = 0
@@ -369,7 +484,9 @@ class PgConnection:
         width = row.count("?") or 1
         size = min(INSERT_CHUNK_MAX, 1 << ((PARAMS_MAX // width).bit_length() - 1))
         rows = list(seq)
-        if len(rows) >= COPY_MIN_ROWS and (plain := _PLAIN_INSERT.match(sql)) is not None:
+        # COPY takes several Syncs (pg8000's execute_unnamed): on shared sessions only inside a transaction
+        copy_ok = self.in_transaction or not self.shared_sessions
+        if copy_ok and len(rows) >= COPY_MIN_ROWS and (plain := _PLAIN_INSERT.match(sql)) is not None:
             data = _copy_rows(rows)
             if data is not None:
                 self._copy(f"COPY {plain[1]} ({plain[2]}) FROM STDIN", data)
@@ -442,11 +559,14 @@ class PgConnection:
             if not params and _CONTROL.match(statement):
                 context = self._conn.execute_simple(statement)
             else:
-                name, columns, input_funcs = self._prepare(statement)
                 values = _bound(params)
                 if values is None:
                     values = self._make_params(self._conn.py_types, tuple(_value_in(v) for v in params))
-                context = self._conn.execute_named(name, values, columns, input_funcs, statement)
+                if self.shared_sessions:
+                    context = self._run_unnamed(statement, values)
+                else:
+                    name, columns, input_funcs = self._prepare(statement)
+                    context = self._conn.execute_named(name, values, columns, input_funcs, statement)
         except UnicodeEncodeError:
             # A value with no UTF-8 form (a lone surrogate, valid in JSON), found while pg8000
             # encodes the parameters, before anything is sent: the statement's fault, raised as
@@ -466,6 +586,32 @@ class PgConnection:
             description = [(c["name"], None, None, None, None, None, None) for c in context.columns]
             rows = [Row([_value_out(v) for v in r], names) for r in context.rows or ()]
         return Cursor(rows, context.row_count if context.row_count is not None else -1, description)
+
+    def _run_unnamed(self, statement: str, values: Sequence[Any]) -> Any:
+        """``statement`` as the unnamed statement, parsed, bound, described and run before one Sync,
+        which a pooler in transaction mode sends to one server session. Outside a transaction the
+        busy timeout goes first, in the same implicit transaction (``set_config(…, true)``: ``SET
+        LOCAL`` outside a block logs a warning each time), its answer read apart (:func:`_skip_answer`)."""
+        from pg8000.core import DESCRIBE, FLUSH_MSG, NULL_BYTE, PORTAL, SYNC_MSG, Context, _flush, _write
+
+        conn = self._conn
+        bounded = not conn._in_transaction
+        if bounded:
+            conn.send_PARSE(NULL_BYTE, _LOCAL_BUSY_TIMEOUT, ())
+            conn.send_BIND(NULL_BYTE, (str(int(db.BUSY_TIMEOUT_MS)),))
+            conn.send_EXECUTE()
+        conn.send_PARSE(NULL_BYTE, statement, ())
+        conn.send_BIND(NULL_BYTE, values)
+        conn._send_message(DESCRIBE, PORTAL + NULL_BYTE)  # the rows' columns, as a prepared statement has them
+        _write(conn._sock, FLUSH_MSG)
+        conn.send_EXECUTE()
+        _write(conn._sock, SYNC_MSG)
+        _flush(conn._sock)
+        context = Context(statement)
+        if bounded:
+            _skip_answer(conn, context)
+        conn.handle_messages(context)
+        return context
 
     def _prepare(self, statement: str) -> tuple:
         handle = self._prepared.get(statement)

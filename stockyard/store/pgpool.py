@@ -20,12 +20,13 @@ import threading
 import time
 from typing import Any, Callable, Iterable, Sequence
 
+from .pg import TOO_MANY_CONNECTIONS
+
 log = logging.getLogger("stockyard.store")
 
 READERS_MAX = 20  # STOCKYARD_PG_CONNECTIONS: read connections a server keeps open at most
 WAIT_S = 10.0  # how long a thread waits for one (STOCKYARD_BUSY_TIMEOUT_MS)
 RETRY_S = 1.0  # after PostgreSQL refused a connection, how long before the pool asks for another
-TOO_MANY_CONNECTIONS = "53300"  # SQLSTATE of max_connections or a CONNECTION LIMIT reached
 
 
 def configure(readers: int, wait_ms: int) -> None:
