@@ -399,10 +399,11 @@ def test_a_break_mid_stream_ends_with_the_error_event(server, mock) -> None:
 
 def test_a_deadline_passing_mid_stream_ends_with_the_deadline_error(pyz_path, cache_home, mock, tmp_path) -> None:
     env = mock_env(cache_home, mock)
-    proc = ServerProcess(pyz_path, tmp_path / "stockyard.db", env).start()
+    proc = ServerProcess(pyz_path, tmp_path / "stockyard.db", env)
+    assert proc.cli("modules", "set", "timeout", "deadline_s=1").returncode == 0  # read at the start: no
+    assert proc.cli("modules", "enable", "timeout").returncode == 0  # 2.4 s stream sent before its reload
+    proc.start()
     try:
-        assert proc.cli("modules", "set", "timeout", "deadline_s=1").returncode == 0
-        assert proc.cli("modules", "enable", "timeout").returncode == 0
 
         def cut_by_the_deadline() -> tuple[bytes, str] | None:
             mock.enqueue(Reply(sse=[json.dumps({"choices": [{"delta": {"content": "x"}}]})] * 8, sse_delay_ms=300))
