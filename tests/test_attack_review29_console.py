@@ -60,7 +60,11 @@ WATCH_CALLS = """() => {
   window.fetch = (...args) => {
     window.__calls++;
     return send(...args).then(
-      (resp) => { const read = resp.json.bind(resp); resp.json = () => read().finally(() => window.__calls--); return resp; },
+      (resp) => {
+        const read = resp.json.bind(resp);
+        resp.json = () => read().finally(() => window.__calls--);
+        return resp;
+      },
       (err) => { window.__calls--; throw err; });
   };
   window.addEventListener("hashchange", () => { window.__routed = location.hash; });
