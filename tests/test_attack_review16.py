@@ -566,8 +566,8 @@ def test_a_ping_flood_from_a_client_that_never_reads_frees_its_place(pyz_path, c
         tmp_path_factory,
         "wspings",
         STOCKYARD_WEBSOCKET_MAX_CONNECTIONS="1",
-        STOCKYARD_IDLE_TIMEOUT="2",
-        STOCKYARD_WEBSOCKET_IDLE_TIMEOUT="3",
+        STOCKYARD_IDLE_TIMEOUT="1",
+        STOCKYARD_WEBSOCKET_IDLE_TIMEOUT="1.5",
     )
     try:
         flood = Raw(srv, "anything")

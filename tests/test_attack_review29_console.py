@@ -49,14 +49,37 @@ def stored_marks(server: ServerProcess) -> str:
     return headers["x-stockyard-trace-id"]
 
 
+# Counts the console's API calls not yet read to the end (their JSON parsed), and notes each route
+# taken: app.js's hashchange listener, registered first, has then begun the page, whose first call
+# goes out before anything else is awaited. A page whose calls are all read has drawn what they brought.
+WATCH_CALLS = """() => {
+  window.__calls = 0;
+  const send = window.fetch;
+  window.fetch = (...args) => {
+    window.__calls++;
+    return send(...args).then(
+      (resp) => {
+        const read = resp.json.bind(resp);
+        resp.json = () => read().finally(() => window.__calls--);
+        return resp;
+      },
+      (err) => { window.__calls--; throw err; });
+  };
+  window.addEventListener("hashchange", () => { window.__routed = location.hash; });
+}"""
+
+
 def test_client_text_stays_text_on_every_page(console, server):
     trace_id = stored_marks(server)
     console.signed_in()
     page = console.page
+    page.evaluate(WATCH_CALLS)
     for name in (*PAGES, f"traces/{trace_id}"):
         console.go(name)
         page.wait_for_selector("main h1")
-        page.wait_for_timeout(400)  # the page's data fetched and drawn
+        page.wait_for_function(  # the page's data fetched and drawn
+            "(hash) => window.__routed === hash && window.__calls === 0", arg=f"#/{name}"
+        )
         if name == "costs":
             for group in ("user", "tag"):
                 page.select_option("main form select >> nth=0", group)

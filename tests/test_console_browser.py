@@ -108,7 +108,8 @@ class Console:
 
     def shot(self, name: str) -> None:
         SHOTS.mkdir(parents=True, exist_ok=True)
-        self.page.wait_for_timeout(150)  # let the last frame paint
+        # the last change painted: a frame begun after it, and the one after that (no fixed wait)
+        self.page.evaluate("() => new Promise((done) => requestAnimationFrame(() => requestAnimationFrame(done)))")
         self.page.screenshot(path=str(SHOTS / f"{name}.png"))
 
     def check(self, expected: tuple[str, ...] = ()) -> None:

@@ -572,13 +572,19 @@ def test_a_completed_batch_is_answered_at_once_while_its_cost_is_read_in_the_bac
     source = alice.files.create(file=("in.jsonl", io.BytesIO(batch_input("gpt-4o-mini"))), purpose="batch")
     batch = alice.batches.create(input_file_id=source.id, endpoint="/v1/chat/completions", completion_window="24h")
     before = len(traces(server, "batches.usage"))
-    reading = threading.Event()
-    mock.enqueue(Reply(), Reply(hang_s=4, hang_started=reading))  # the retrieve, then a slow output file
-    started = time.monotonic()
-    assert alice.batches.retrieve(batch.id).status == "completed"
-    answered_in = time.monotonic() - started
-    assert reading.wait(10)  # the output file is being read ...
-    assert answered_in < 4  # ... and the retrieve did not wait for it
+    reading, read = threading.Event(), threading.Event()
+    mock.enqueue(Reply(), Reply(wait=read, hang_started=reading))  # the retrieve, then a slow output file
+    slow = threading.Timer(4, read.set)  # answered 4 s on at the latest, or once the retrieve was
+    slow.start()
+    try:
+        started = time.monotonic()
+        assert alice.batches.retrieve(batch.id).status == "completed"
+        answered_in = time.monotonic() - started
+        assert reading.wait(10)  # the output file is being read ...
+        assert answered_in < 4 and not read.is_set()  # ... and the retrieve did not wait for it
+    finally:
+        read.set()
+        slow.cancel()
     wait_for(lambda: len(traces(server, "batches.usage")) == before + 1, timeout=30, what="the batch's usage row")
 
 

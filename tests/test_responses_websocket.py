@@ -481,7 +481,7 @@ def test_idle_and_lifetime_limits(pyz_path, cache_home, mock, tmp_path_factory):
         tmp_path_factory,
         "wslimits",
         STOCKYARD_WEBSOCKET_IDLE_TIMEOUT="1",
-        STOCKYARD_WEBSOCKET_LIFETIME="3",
+        STOCKYARD_WEBSOCKET_LIFETIME="2",  # past the idle timeout: only a client that keeps talking reaches it
         STOCKYARD_WEBSOCKET_PING_INTERVAL="0",  # never: the first frame is the close
     )
     try:

@@ -134,15 +134,17 @@ def wav(seconds: int) -> bytes:
 
 
 def test_uploads_are_spooled_not_counted_in_the_request_bodies_bound(tight):
-    """A 110 MB Files API upload, a 25 MB transcription (Whisper's limit) and 4 of each 8 MB at once
-    pass while the 1 MiB bound is full: multipart bodies go to disk, never held in memory whole."""
+    """A 40 MB Files API upload (past STOCKYARD_MAX_BODY_BYTES' 32 MiB, which a body held in memory may
+    not pass), a 25 MB transcription (Whisper's limit) and 4 of each 8 MB at once pass while the 1 MiB
+    bound is full: multipart bodies go to disk, never held in memory whole."""
     refused = tight.metric("request_bodies_refused_total")
     held = begun_request(tight, 700_000)
     try:
         wait_for(lambda: tight.metric("request_bodies_bytes") == 700_000, what="the bound held")
         client = tight.openai("sk-open", timeout=120)
         line = json.dumps({"custom_id": "a", "method": "POST", "url": "/v1/chat/completions", "body": CHAT}) + "\n"
-        big = line.encode() * (110_000_000 // len(line) + 1)
+        big = line.encode() * (40_000_000 // len(line) + 1)
+        assert len(big) > 32 << 20
         assert client.files.create(file=("big.jsonl", big), purpose="batch").bytes == len(big)
         audio = wav(780)  # 25 MB
         assert len(audio) > 24_900_000

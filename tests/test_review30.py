@@ -194,8 +194,8 @@ def test_a_keyless_gemini_chunk_in_the_drain_is_a_503_as_any_request(pyz_path, c
         idle = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=30)
         idle.request("GET", "/healthz")
         assert idle.getresponse().read() is not None  # kept alive, idle
-        hanging = threading.Event()
-        upstream.enqueue(Reply(hang_s=60, hang_started=hanging))  # holds the drain open
+        hanging, answer_it = threading.Event(), threading.Event()
+        upstream.enqueue(Reply(wait=answer_it, hang_started=hanging))  # holds the drain open until answered
 
         def in_flight() -> None:
             srv.request(
@@ -220,6 +220,9 @@ def test_a_keyless_gemini_chunk_in_the_drain_is_a_503_as_any_request(pyz_path, c
         assert json.loads(body)["error"]["status"] == "UNAVAILABLE", body
         assert len(upstream.requests) == before, "the chunk went to the provider during the drain"
         idle.close()
+        answer_it.set()  # the call in flight ends: the drain with it, not at the end of its grace
         caller.join(30)
+        assert srv.proc.wait(30) == 0
     finally:
+        answer_it.set()
         srv.stop()

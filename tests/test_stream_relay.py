@@ -398,17 +398,19 @@ def test_a_break_mid_stream_ends_with_the_error_event(server, mock) -> None:
 
 def test_a_deadline_passing_mid_stream_ends_with_the_deadline_error(pyz_path, cache_home, mock, tmp_path) -> None:
     env = mock_env(cache_home, mock)
-    proc = ServerProcess(pyz_path, tmp_path / "stockyard.db", env).start()
+    proc = ServerProcess(pyz_path, tmp_path / "stockyard.db", env)
+    # set before the start, which reads it: set after, a first 2.4 s stream could go whole before the reload
+    assert proc.cli("modules", "set", "timeout", "deadline_s=1").returncode == 0
+    assert proc.cli("modules", "enable", "timeout").returncode == 0
+    proc.start()
+
+    def cut_by_the_deadline() -> tuple[bytes, str] | None:
+        mock.enqueue(Reply(sse=[json.dumps({"choices": [{"delta": {"content": "x"}}]})] * 8, sse_delay_ms=300))
+        status, data, trace_id = stream_chat(proc.port)
+        return (data, trace_id) if status == 200 and b"deadline" in data else None
+
     try:
-        assert proc.cli("modules", "set", "timeout", "deadline_s=1").returncode == 0
-        assert proc.cli("modules", "enable", "timeout").returncode == 0
-
-        def cut_by_the_deadline() -> tuple[bytes, str] | None:
-            mock.enqueue(Reply(sse=[json.dumps({"choices": [{"delta": {"content": "x"}}]})] * 8, sse_delay_ms=300))
-            status, data, trace_id = stream_chat(proc.port)
-            return (data, trace_id) if status == 200 and b"deadline" in data else None
-
-        data, trace_id = wait_for(cut_by_the_deadline, 20, "the deadline module to be loaded")
+        data, trace_id = wait_for(cut_by_the_deadline, 20, "a stream cut by the deadline")
         payloads = [e[len("data: ") :] for e in data.decode().split("\n\n") if e.startswith("data: ")]
         assert len(payloads) >= 2 and "[DONE]" not in payloads
         assert json.loads(payloads[-1])["error"]["code"] == "deadline_exceeded"
