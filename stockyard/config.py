@@ -288,7 +288,7 @@ def load(flags: Mapping[str, object] | None = None, env: Mapping[str, str] | Non
         websocket_lifetime_s=_env_duration(env, "STOCKYARD_WEBSOCKET_LIFETIME") or 3600.0,
         websocket_ping_interval_s=_env_duration_or_off(env, "STOCKYARD_WEBSOCKET_PING_INTERVAL", 30.0),
         max_results_readers=_positive_int(env.get("STOCKYARD_MAX_RESULTS_READERS"), "STOCKYARD_MAX_RESULTS_READERS", 8),
-        busy_timeout_ms=_busy_timeout(env.get("STOCKYARD_BUSY_TIMEOUT_MS")),
+        busy_timeout_ms=busy_timeout(env.get("STOCKYARD_BUSY_TIMEOUT_MS")),
         pg_connections=_positive_int(env.get("STOCKYARD_PG_CONNECTIONS"), "STOCKYARD_PG_CONNECTIONS", 20),
         otlp_endpoint=_otlp_endpoint(env.get("STOCKYARD_OTLP_ENDPOINT")),
         otlp_headers=tuple(parse_otlp_headers(env.get("STOCKYARD_OTLP_HEADERS")).items()),
@@ -306,7 +306,7 @@ MAX_WORKERS = 64
 BUSY_TIMEOUT_BOUNDS_MS = (100, 15_000)
 
 
-def _busy_timeout(value: str | None) -> int:
+def busy_timeout(value: str | None) -> int:
     """``STOCKYARD_BUSY_TIMEOUT_MS``: how long a statement waits for a lock another process or session
     holds before it fails (SQLite's ``database is locked``; PostgreSQL's ``lock_timeout``, SQLSTATE
     55P03); 100 ms to 15 s (``BUSY_TIMEOUT_BOUNDS_MS``), 10 s by default."""

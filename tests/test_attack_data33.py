@@ -378,7 +378,8 @@ def test_a_restore_killed_while_setting_aside_a_database_it_could_not_fold_keeps
         reader.execute("SELECT count(*) FROM meta").fetchone()  # an older snapshot: no checkpoint gets past it
         writer.execute("INSERT INTO meta (key, value) VALUES ('data33', 'committed, in the -wal file')")
         assert (live.parent / "stockyard.db-wal").stat().st_size > 0
-        done = killed_at(pyz_path, ["restore", str(backup), "--db", str(live)], env, "link", 1)
+        held = {**env, "STOCKYARD_BUSY_TIMEOUT_MS": "1000"}  # its checkpoint waits for the reader that long
+        done = killed_at(pyz_path, ["restore", str(backup), "--db", str(live)], held, "link", 1)
         assert done.returncode == -9, done.stderr
         assert rows_seen_afresh(live) == 1, "the committed row is still the live database's"
     finally:

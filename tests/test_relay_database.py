@@ -15,10 +15,11 @@ from __future__ import annotations
 import json
 import socket
 import threading
+import time
 
 import clirun
 import pytest
-from conftest import HELD_SAYS, TEST_STORE, ServerProcess, base_env, hold_database, mock_env, wait_for
+from conftest import HELD_SAYS, TEST_STORE, ServerProcess, base_env, database_arg, hold_database, mock_env, wait_for
 from mock_upstream import Reply
 from test_leftovers_review import chat_chunk, post_stream, read_until
 from test_leftovers_review import started as leftovers_server
@@ -287,3 +288,24 @@ def test_a_busy_timeout_out_of_bounds_is_refused_at_start(pyz_path, cache_home, 
     done = clirun.run(pyz_path, ["serve", "--port", "0", "--db", str(tmp_path / "stockyard.db")], env, timeout=30)
     assert done.returncode != 0
     assert "STOCKYARD_BUSY_TIMEOUT_MS" in done.stderr and "Traceback" not in done.stderr, done.stderr
+
+
+def test_every_command_waits_for_a_lock_as_the_busy_timeout_says(pyz_path, cache_home, tmp_path):
+    """Was: only ``serve`` read ``STOCKYARD_BUSY_TIMEOUT_MS``; every other command (``keys create``,
+    ``restore`` …) met a lock another process held with the default's 10 s. Now each command waits
+    as long as the setting says, and a bad value is refused by name, as ``serve`` refuses it."""
+    env, db = base_env(cache_home), database_arg(tmp_path / "stockyard.db")
+    assert clirun.run(pyz_path, ["keys", "create", "--name", "first", "--db", db], env).returncode == 0
+    release = hold_database(tmp_path / "stockyard.db")
+    try:
+        started = time.monotonic()
+        done = clirun.run(
+            pyz_path, ["keys", "create", "--name", "held", "--db", db], {**env, "STOCKYARD_BUSY_TIMEOUT_MS": "300"}
+        )
+        waited = time.monotonic() - started
+    finally:
+        release()
+    assert done.returncode == 1 and HELD_SAYS in done.stderr and "Traceback" not in done.stderr, done.stderr
+    assert waited < 5, waited  # the default would wait 10 s
+    refused = clirun.run(pyz_path, ["keys", "list", "--db", db], {**env, "STOCKYARD_BUSY_TIMEOUT_MS": "ten"})
+    assert refused.returncode == 1 and "STOCKYARD_BUSY_TIMEOUT_MS" in refused.stderr, refused.stderr

@@ -90,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
+        wait_for_locks_as_set()
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         return 130
@@ -102,6 +103,18 @@ def main(argv: list[str] | None = None) -> int:
     except (SchemaError, Refused, DatabaseBusy, AuditError, VaultError, ValueError, sqlite3.Error, OSError) as exc:
         print(f"stockyard: {exc}{_disk_hint(exc)}", file=sys.stderr)
         return 1
+
+
+def wait_for_locks_as_set() -> None:
+    """Every command waits for a lock another process holds (a server's write, a restore) as long as
+    ``STOCKYARD_BUSY_TIMEOUT_MS`` says, as ``serve`` does: a script that set it for its servers gets
+    its commands' "database is locked" at the same bound, not the default's 10 s."""
+    import os
+
+    from ..config import busy_timeout
+    from ..store import db
+
+    db.set_busy_timeout(busy_timeout(os.environ.get("STOCKYARD_BUSY_TIMEOUT_MS")))
 
 
 _SQLITE_IOERR, _SQLITE_FULL = 10, 13
