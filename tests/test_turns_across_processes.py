@@ -20,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from conftest import ServerProcess, mock_env
+from mock_upstream import Reply, responses_stream
 
 TURNS = 4
 CHAINS = 24
@@ -128,6 +129,8 @@ def test_a_stream_whose_turn_commits_slowly_still_ends_with_its_last_event(pyz_p
     try:
         status, warm = post(server.port, "/v1/responses", body)
         assert status == 200 and b"response.completed" in warm, warm[-300:]
+        # its events 0.2 s apart: the stream is the relay's when its last event waits for the commit
+        mock.enqueue(Reply(sse=responses_stream(body, 1, "gpt-4o-mini"), sse_delay_ms=200))
         lock = sqlite3.connect(db, isolation_level=None)
         lock.execute("BEGIN IMMEDIATE")  # another process writing (a backup, a shell): the writer waits
         try:
