@@ -68,6 +68,7 @@ from .scrub import Scrubber, ScrubLogs
 from .store import Store, Writer, backend_for
 from .store import search as search_index
 from .store.backends import Backend
+from .store.pgpool import IDLE_CLOSE_S
 from .streamrelay import StreamRelay
 from .tracing import Tracer
 from .uploads_api import UploadsAPI
@@ -140,8 +141,10 @@ class App:
             self.writer.add_periodic_task(
                 self.snapshots.run, settings.snapshot_every_s, first_in_s=min(settings.snapshot_every_s, 60.0)
             )
-        self.writer.start()
         self.store = Store(self.backend, self.writer)
+        if (readers := self.store.pool) is not None:  # PostgreSQL: a burst's read connections closed once idle
+            self.writer.add_periodic_task(lambda conn: readers.close_idle(), IDLE_CLOSE_S, IDLE_CLOSE_S)
+        self.writer.start()
         self.pool = Pool(settings.upstream_connect_timeout_s, settings.upstream_read_timeout_s)
         self._registry = Registry(from_env(self.env))
         # Per deployment: in flight, latency, cooldown, breaker, usage (kept across reloads); the

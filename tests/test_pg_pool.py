@@ -435,3 +435,29 @@ def test_a_peek_waits_briefly_for_a_busy_pool_not_the_busy_timeout(backend, smal
     assert store.peek(backend.size_bytes) > 0  # free again: the pool's connection, given back after
     assert store.pool.open == 1
     store.close()
+
+
+def test_a_bursts_idle_connections_close_but_the_last_given_back(backend, pg_cluster, monkeypatch):
+    """Was: every connection a burst opened stayed open for good — up to ``STOCKYARD_PG_CONNECTIONS``
+    server processes a replica, or a session-mode pooler's sessions, held while no request needed
+    them. Now those idle ``IDLE_CLOSE_S`` close, as another is given back or by the writer's tick on
+    a server no request reaches (``close_idle``); the last given back stays warm."""
+    admin = pg_cluster.admin(backend.url.database)
+    wait_for(lambda: admin.run(OTHERS) == [[0]], what="the migration's session to end")
+    pool = pgpool.ReadPool(backend.connect)
+    burst = [pool.take() for _ in range(5)]
+    for conn in burst:
+        pool.give(conn)
+    assert pool.open == 5 and admin.run(OTHERS) == [[5]]  # idle for less than IDLE_CLOSE_S: kept
+    monkeypatch.setattr(pgpool, "IDLE_CLOSE_S", 0.0)
+    pool.close_idle()  # the writer's tick: no request came
+    assert pool.open == 1
+    wait_for(lambda: admin.run(OTHERS) == [[1]], what="PostgreSQL to see four sessions end")
+    again = [pool.take() for _ in range(3)]
+    for conn in again:
+        pool.give(conn)  # each given back closes those idle below it: the last alone stays
+    assert pool.open == 1
+    warm = pool.take()
+    assert warm is again[-1]  # the last given back, taken first
+    pool.give(warm)
+    pool.close()

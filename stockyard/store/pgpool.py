@@ -27,6 +27,9 @@ log = logging.getLogger("stockyard.store")
 READERS_MAX = 20  # STOCKYARD_PG_CONNECTIONS: read connections a server keeps open at most
 WAIT_S = 10.0  # how long a thread waits for one (STOCKYARD_BUSY_TIMEOUT_MS)
 RETRY_S = 1.0  # after PostgreSQL refused a connection, how long before the pool asks for another
+# A connection idle this long is closed (ReadPool.close_idle), but the last given back: a burst's do
+# not hold PostgreSQL's server processes (or a session-mode pooler's sessions) for ever
+IDLE_CLOSE_S = 60.0
 
 
 def configure(readers: int, wait_ms: int) -> None:
@@ -37,13 +40,14 @@ def configure(readers: int, wait_ms: int) -> None:
 
 class ReadPool:
     """At most READERS_MAX connections of one backend, the last given back taken first (a few
-    stay warm; the rest stay open, idle, for the next burst). PostgreSQL may allow fewer
+    stays warm; the rest stay open, idle, for the next burst, until idle IDLE_CLOSE_S: :meth:`close_idle`).
+    PostgreSQL may allow fewer
     (``max_connections`` reached by other clients, a role's ``CONNECTION LIMIT``): a refused
     connection holds the pool at those it has for RETRY_S, and threads wait for one given back."""
 
     def __init__(self, connect: Callable[[], Any]) -> None:
         self._connect = connect
-        self._idle: list[Any] = []
+        self._idle: list[tuple[Any, float]] = []  # (connection, when it was given back), the last on top
         self._open = 0
         self._closed = False
         self._cond = threading.Condition()
@@ -64,7 +68,7 @@ class ReadPool:
         while True:
             with self._cond:
                 if self._wait_for_room(deadline, wait):
-                    return self._idle.pop()
+                    return self._idle.pop()[0]
                 self._open += 1
             try:
                 return self._connect()
@@ -119,11 +123,30 @@ class ReadPool:
         with self._cond:
             keep = not conn.broken and not self._closed
             if keep:
-                self._idle.append(conn)
+                self._idle.append((conn, time.monotonic()))
                 self._cond.notify()
         if not keep:
             conn.close()
             self._forget()
+        else:
+            self.close_idle()
+
+    def close_idle(self) -> None:
+        """Close the connections idle IDLE_CLOSE_S or longer but the last given back: that one is
+        taken first, so those below it are what the traffic no longer needs (a burst's, which would
+        hold PostgreSQL's server processes, or a session-mode pooler's sessions, for ever). Run as
+        each one is given back, and by the writer every IDLE_CLOSE_S for a server no request reaches."""
+        stale_before = time.monotonic() - IDLE_CLOSE_S
+        with self._cond:
+            stale = 0
+            while stale < len(self._idle) - 1 and self._idle[stale][1] <= stale_before:
+                stale += 1
+            closing, self._idle = self._idle[:stale], self._idle[stale:]
+            self._open -= stale
+            if stale:
+                self._cond.notify_all()
+        for conn, _ in closing:
+            conn.close()
 
     def _forget(self) -> None:
         with self._cond:
@@ -136,7 +159,7 @@ class ReadPool:
             self._closed = True
             idle, self._idle = self._idle, []
             self._open -= len(idle)
-        for conn in idle:
+        for conn, _ in idle:
             conn.close()
 
 
