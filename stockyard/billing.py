@@ -31,9 +31,13 @@ class Pricer:
 
     def price_of(self, route: Route, asked: str, mode: str | None = None) -> Price | None:
         """The price a request for ``asked`` (routed to ``route``) will be charged at, in ``mode``
-        (:func:`held_mode`; None: standard)."""
+        (:func:`held_mode`; None: standard). ``asked`` is looked up only when it is another name than
+        the route's: a budget's hold asks up to three times a request, most often for one name."""
         table, provider, kind = self.table, route.provider.name, route.provider.kind
-        return table.lookup_mode(route.model, provider, mode, kind) or table.lookup_mode(asked, provider, mode, kind)
+        found = table.lookup_mode(route.model, provider, mode, kind)
+        if found is None and asked != route.model:
+            found = table.lookup_mode(asked, provider, mode, kind)
+        return found
 
     def held_price(self, ctx: RequestContext, route: Route, asked: str) -> Price | None:
         """The price a budget holds the request at: its :func:`held_mode`'s; for an OpenAI request

@@ -478,9 +478,12 @@ MEMO_NAME_MAX = 256  # a longer model name (a batch line's, say) is looked up, n
 MAX_TOKEN_COUNT = 2**40  # beyond any real answer; keeps a cost within SQLite's integers
 
 
-def _count(d: Mapping[str, Any] | None, key: str) -> int:
-    """A token count from provider JSON; missing, null or malformed counts as 0, absurd ones are capped."""
-    value = d.get(key) if isinstance(d, Mapping) else None
+def _count(d: dict[str, Any] | None, key: str) -> int:
+    """A token count from provider JSON; missing, null or malformed counts as 0, absurd ones are capped.
+
+    Usage is parsed JSON, so its objects are tested as ``dict``, not ``Mapping``: an ABC's
+    ``isinstance`` costs ~5× a type's, and an OpenAI answer's usage takes thirteen of them."""
+    value = d.get(key) if isinstance(d, dict) else None
     return min(value, MAX_TOKEN_COUNT) if type(value) is int and value > 0 else 0
 
 
@@ -510,7 +513,11 @@ class Usage:
     image_cached_tokens: int = 0
 
     def __post_init__(self) -> None:
-        _check_counts(self)
+        """Every count a non-negative int. Not :func:`_check_counts`, whose cases are a price's
+        (None rates, modes, tiers, units): a usage is made for every answer, and that took 3× this."""
+        for name, value in vars(self).items():
+            if type(value) is not int or value < 0:
+                raise ValueError(f"Usage.{name} must be a non-negative int, got {value!r}")
 
     def plus(self, other: Usage) -> Usage:
         """Both usages' counts and fees added: what several calls used together (a batch's lines,
@@ -518,7 +525,7 @@ class Usage:
         return Usage(*(a + b for a, b in zip(astuple(self), astuple(other))))
 
     @classmethod
-    def from_openai(cls, usage: Mapping[str, Any] | None) -> Usage:
+    def from_openai(cls, usage: dict[str, Any] | None) -> Usage:
         """Chat Completions (prompt_/completion_tokens) or Responses API (input_/output_tokens),
         with their cache reads and (GPT-5.6 and later) cache writes, 12-hour ones apart; image
         and audio input tokens, and the image output tokens of an output split by modality
@@ -529,14 +536,14 @@ class Usage:
         (xAI) whose ``completion_tokens`` leave reasoning out: detected when
         ``total_tokens == prompt + completion + reasoning``.
         """
-        u = usage if isinstance(usage, Mapping) else {}
+        u = usage if isinstance(usage, dict) else {}
         prompt = _count(u, "prompt_tokens") or _count(u, "input_tokens")
         completion = _count(u, "completion_tokens") or _count(u, "output_tokens")
         in_details = u.get("prompt_tokens_details") or u.get("input_tokens_details")
         out_details = u.get("completion_tokens_details") or u.get("output_tokens_details")
         cached = _count(in_details, "cached_tokens") or _count(u, "prompt_cache_hit_tokens")
         written = min(_count(in_details, "cache_write_tokens"), max(0, prompt - cached))  # GPT-5.6 and later
-        ttl = in_details.get("cache_write_tokens_details") if isinstance(in_details, Mapping) else None
+        ttl = in_details.get("cache_write_tokens_details") if isinstance(in_details, dict) else None
         media_details = in_details or u.get("input_token_details")  # a transcription's is singular
         media = _count(media_details, "audio_tokens") + _count(media_details, "image_tokens")
         reasoning = _count(out_details, "reasoning_tokens")
@@ -557,16 +564,16 @@ class Usage:
         )
 
     @classmethod
-    def from_realtime(cls, usage: Mapping[str, Any] | None) -> Usage:
+    def from_realtime(cls, usage: dict[str, Any] | None) -> Usage:
         """A Realtime ``response.done``'s usage: ``input_token_details`` counts text, audio and image
         tokens, cached ones included, and ``cached_tokens_details`` the cached ones by modality;
         ``output_token_details`` text and audio. Audio and image input is ``media`` (its uncached
         part in ``media_tokens``, its cached part in ``media_cached_tokens``), of which images are
         ``image_tokens`` and ``image_cached_tokens`` (their own rates); audio output ``media_output_tokens``."""
-        u = usage if isinstance(usage, Mapping) else {}
+        u = usage if isinstance(usage, dict) else {}
         prompt, completion = _count(u, "input_tokens"), _count(u, "output_tokens")
         details = u.get("input_token_details")
-        cached_details = details.get("cached_tokens_details") if isinstance(details, Mapping) else None
+        cached_details = details.get("cached_tokens_details") if isinstance(details, dict) else None
         cached = min(_count(details, "cached_tokens"), prompt)
         images, images_cached = _count(details, "image_tokens"), _count(cached_details, "image_tokens")
         media = _count(details, "audio_tokens") + images
@@ -586,7 +593,7 @@ class Usage:
         )
 
     @classmethod
-    def from_anthropic(cls, usage: Mapping[str, Any] | None) -> Usage:
+    def from_anthropic(cls, usage: dict[str, Any] | None) -> Usage:
         """Anthropic reports input_tokens WITHOUT cache reads/writes; add them back. Writes to
         the 1-hour cache (``cache_creation.ephemeral_1h_input_tokens``) cost more than 5-minute
         ones; ``server_tool_use.web_search_requests`` are billed per search. A compaction step
@@ -594,8 +601,8 @@ class Usage:
         iterations`` entries of type ``compaction`` are added (:func:`compaction_usage`)."""
         read = _count(usage, "cache_read_input_tokens")
         write = _count(usage, "cache_creation_input_tokens")
-        creation = usage.get("cache_creation") if isinstance(usage, Mapping) else None
-        server_tools = usage.get("server_tool_use") if isinstance(usage, Mapping) else None
+        creation = usage.get("cache_creation") if isinstance(usage, dict) else None
+        server_tools = usage.get("server_tool_use") if isinstance(usage, dict) else None
         top = cls(
             fees_uc=min(_count(server_tools, "web_search_requests"), MAX_SEARCHES) * WEB_SEARCH_UC,
             prompt_tokens=_count(usage, "input_tokens") + read + write,
@@ -607,7 +614,7 @@ class Usage:
         return top.plus(compaction_usage(usage))
 
     @classmethod
-    def from_gemini(cls, meta: Mapping[str, Any] | None) -> Usage:
+    def from_gemini(cls, meta: dict[str, Any] | None) -> Usage:
         """Gemini ``usageMetadata``: promptTokenCount includes cachedContentTokenCount;
         candidatesTokenCount excludes thoughtsTokenCount, which is billed as output.
         toolUsePromptTokenCount is billed as input, so it joins the prompt. The candidates'
@@ -617,11 +624,11 @@ class Usage:
         thoughts = _count(meta, "thoughtsTokenCount")
         prompt = _count(meta, "promptTokenCount") + _count(meta, "toolUsePromptTokenCount")
         candidates = _count(meta, "candidatesTokenCount")
-        details = meta.get("candidatesTokensDetails") if isinstance(meta, Mapping) else None
+        details = meta.get("candidatesTokensDetails") if isinstance(meta, dict) else None
         media = sum(
             _count(item, "tokenCount")
             for item in (details if isinstance(details, list) else [])
-            if isinstance(item, Mapping) and item.get("modality") in MEDIA_MODALITIES
+            if isinstance(item, dict) and item.get("modality") in MEDIA_MODALITIES
         )
         return cls(
             prompt_tokens=prompt,
@@ -635,13 +642,13 @@ class Usage:
 MAX_ITERATIONS = 100  # entries of an Anthropic usage's ``iterations`` read (more than a request makes)
 
 
-def compaction_usage(usage: Mapping[str, Any] | None) -> Usage:
+def compaction_usage(usage: dict[str, Any] | None) -> Usage:
     """The compaction steps of an Anthropic ``usage.iterations`` (type ``compaction``), which its
     top-level counts leave out; each read as a usage of its own. Nothing when there are none."""
-    steps = usage.get("iterations") if isinstance(usage, Mapping) else None
+    steps = usage.get("iterations") if isinstance(usage, dict) else None
     total = Usage()
     for step in steps[:MAX_ITERATIONS] if isinstance(steps, list) else ():
-        if isinstance(step, Mapping) and step.get("type") == "compaction":
+        if isinstance(step, dict) and step.get("type") == "compaction":
             total = total.plus(Usage.from_anthropic({k: v for k, v in step.items() if k != "iterations"}))
     return total
 
@@ -654,7 +661,7 @@ def stated_fees(cost: Any) -> int:
     """Perplexity's ``usage.cost`` parts that are fees, not tokens (USD numbers), in µ¢, exactly:
     each number as written in the JSON (``0.005`` is 500,000 µ¢), rounded half up to 1 µ¢. The
     token parts are left to the price table, like every other provider's. Anything else: 0."""
-    if not isinstance(cost, Mapping):
+    if not isinstance(cost, dict):
         return 0
     total = 0
     for name in STATED_FEES:

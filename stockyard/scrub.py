@@ -20,12 +20,14 @@ class Scrubber:
 
     def __init__(self) -> None:
         self._secrets: tuple[str, ...] = ()
+        self._encoded: tuple[bytes, ...] = ()  # the same, encoded once: every trace scrubs both bodies
 
     def use(self, provider_keys: Iterable[str | None], own: Iterable[str | None]) -> None:
         """The secrets to scrub from now on: provider keys and Stockyard's own (admin key, encryption secret)."""
         secrets = [k for k in (*provider_keys, *own) if k]
         # Longest first, so a secret that contains another is replaced whole.
         self._secrets = tuple(sorted({s for s in secrets if len(s) >= MIN_SECRET}, key=len, reverse=True))
+        self._encoded = tuple(s.encode(errors="surrogatepass") for s in self._secrets)  # never raises on reload
 
     def text(self, text: str) -> str:
         """Remove every known secret from a text that may reach a client, log or trace."""
@@ -35,8 +37,8 @@ class Scrubber:
         return text
 
     def bytes(self, data: bytes) -> bytes:
-        for secret in self._secrets:
-            raw = secret.encode()
+        """Remove every known secret from bytes (a trace's bodies)."""
+        for raw in self._encoded:
             if raw in data:
                 data = data.replace(raw, b"[redacted]")
         return data
