@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import random
 import sqlite3
 import threading
 import time
@@ -45,6 +46,10 @@ FULL_WAIT_S = 2.0  # a full queue, the database working: how long a sender waits
 MAX_BYTES = 64 << 20  # what queued records may hold (their bodies): a count alone let 10,000 agent bodies take a GB
 OWNER_SHARE = 4  # one owner's records (a client key's, an address's) may hold a quarter of MAX_BYTES (room)
 LINGER_S = 0.005  # after a batch that emptied the queue, the next rows gather this long (see _linger)
+# A batch PostgreSQL aborted for a deadlock or a serialization failure runs again after this (to twice it,
+# at random): the other transaction, woken by the abort, takes its locks first. Row locks are no queue:
+# run again at once, the batch could lock a row the other was about to take and deadlock again.
+RERUN_AFTER_S = 0.05
 
 
 @dataclass
@@ -541,6 +546,7 @@ class Writer:
                     # whole, so the batch runs once more (on a new connection when it broke).
                     if transient(exc):
                         log.info("a batch of %d records ran again after %s", len(batch), exc)
+                        time.sleep(RERUN_AFTER_S * (1 + random.random()))
                     for item in batch:
                         item.result, item.error = None, None
                     continue
