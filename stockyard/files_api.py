@@ -1364,14 +1364,9 @@ class ProviderCalls:
         filtered to this key's objects of ``kind``, paged honestly: ``limit`` of them, ``has_more``
         when the provider holds more of the key's (or was not read to its end). Returns the page
         as the answer and the objects on it; a provider's failure is the answer as it came, with none."""
-        owner = owner_of(ctx)
         after = query.get("after") or None
-        if after and not self.ownership.is_cursor(after, kind, owner, provider.name):
-            # another key's id, or none: the provider's page after it would say whether it exists
-            # and where it stands among the key's own, so it is an unknown id's empty page, unasked
+        if self._nothing_to_read(ctx, after, kind, provider):
             return self.unknown_cursor_page(ctx), []
-        if not self.ownership.holds_any(kind, owner, provider.name):
-            return self.unknown_cursor_page(ctx), []  # none to find: the whole list is not read for them
         answer, found, has_more = self._filtered_pages(ctx, provider, rest, kind, limit, passed, "after", after)
         if found is None:
             return answer, []
@@ -1396,16 +1391,22 @@ class ProviderCalls:
         A provider's failure is (its answer, None, False). A cursor the key does not own (another
         key's object, or none) is an unknown id's empty page, unasked: the provider's page from it
         would say whether it exists and where it stands among the key's own."""
-        owner = owner_of(ctx)
         cursor = before or after
-        answer = Answer(200, {"content-type": "application/json"})
-        ctx.attempt.status = 200  # the trace's, when no provider call is made (a call sets its own)
-        if cursor and not self.ownership.is_cursor(cursor, kind, owner, provider.name):
-            return answer, [], False
-        if not self.ownership.holds_any(kind, owner, provider.name):
-            return answer, [], False  # none to find: the whole list is not read for them
+        if self._nothing_to_read(ctx, cursor, kind, provider):
+            ctx.attempt.status = 200  # the trace's, as no provider call is made
+            return Answer(200, {"content-type": "application/json"}), [], False
         param = "before_id" if before else "after_id"
         return self._filtered_pages(ctx, provider, rest, kind, limit, passed or {}, param, cursor)
+
+    def _nothing_to_read(self, ctx: RequestContext, cursor: str | None, kind: str, provider: Provider) -> bool:
+        """Whether a filtered list of ``kind`` answers its empty page unasked: its ``cursor`` is not the
+        key's (another key's id, or none: the provider's page from it would say whether it exists and
+        where it stands among the key's own), or the key holds none there (the whole list is not read
+        for them)."""
+        owner = owner_of(ctx)
+        if cursor and not self.ownership.is_cursor(cursor, kind, owner, provider.name):
+            return True
+        return not self.ownership.holds_any(kind, owner, provider.name)
 
     def _filtered_pages(
         self,
