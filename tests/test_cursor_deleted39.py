@@ -15,11 +15,12 @@ a provider's list orders them; the official ``openai`` and ``anthropic`` SDKs as
 from __future__ import annotations
 
 import io
+from typing import Iterator
 
 import anthropic
 import openai
 import pytest
-from conftest import ServerProcess, mock_env
+from conftest import ServerProcess, mock_env, served
 from module_helpers import key_traces, new_key
 
 ADMIN = "admin-secret-for-cursor39-0123456789abcdef"
@@ -32,7 +33,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # the SDK
 
 
 @pytest.fixture(scope="module")
-def server(pyz_path, cache_home, mock, tmp_path_factory) -> ServerProcess:
+def server(pyz_path, cache_home, mock, tmp_path_factory) -> Iterator[ServerProcess]:
     env = mock_env(
         cache_home,
         mock,
@@ -41,11 +42,8 @@ def server(pyz_path, cache_home, mock, tmp_path_factory) -> ServerProcess:
         STOCKYARD_ADMIN_KEY=ADMIN,
         STOCKYARD_BATCH_POLL="off",  # nobody looks at a video but its client
     )
-    srv = ServerProcess(pyz_path, tmp_path_factory.mktemp("cursor39") / "stockyard.db", env).start()
-    yield srv
-    srv.stop()
-    assert "Traceback" not in srv.log
-    assert ANTHROPIC_KEY not in srv.log
+    with served(pyz_path, tmp_path_factory, "cursor39", env, never_logged=(ANTHROPIC_KEY,)) as srv:
+        yield srv
 
 
 def two_keys(server: ServerProcess) -> tuple[str, str]:
