@@ -93,13 +93,13 @@ def test_many_stream_marks_before_one_end_are_read_in_one_pass():
     """50,000 object streams' starts and one ``endstream``: each start looked for its end afresh (~44 GB
     scanned, minutes); now the next start is looked for after the last one's end."""
     many = b"%PDF-1.5\n" + b"1 0 obj << /Type /ObjStm >> stream\n" * 50_000
-    started = time.monotonic()
+    started = time.process_time()  # the parse's CPU: other work on the machine does not count
     assert pdf_pages(many + b"endstream") == MAX_PDF_PAGES
     counter = PageCounter()
     counter.feed(many, 0)
     counter.feed(b"endstream", len(many), final=True)
     assert counter.pages() == MAX_PDF_PAGES
-    assert time.monotonic() - started < 5
+    assert time.process_time() - started < 5
 
 
 @pytest.mark.parametrize("piece", [64, 1000, CARRY + 1, 1 << 20])
@@ -510,8 +510,8 @@ def test_many_object_streams_are_read_in_linear_time():
     was looked for in a list of the ones read (50,000 took 15 s, 200,000 minutes: an inline PDF's CPU);
     and the state kept between an upload's chunks keeps only the offsets its carry may read again."""
     data = b"%PDF-1.5\n" + b"1 0 obj << /Type /ObjStm >> stream\nendstream\n" * 60_000
-    started = time.monotonic()
+    started = time.process_time()  # the parse's CPU: other work on the machine does not count
     assert pdf_pages(data) == MAX_PDF_PAGES
     counter = counted(data, 65536, kept=True)
     assert counter.pages() == MAX_PDF_PAGES
-    assert time.monotonic() - started < 4
+    assert time.process_time() - started < 4

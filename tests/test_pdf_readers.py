@@ -150,10 +150,10 @@ def test_a_long_run_of_digits_after_a_count_is_read_in_linear_time(after):
     """40 KB of digits after a ``/Count`` (a 54 KB inline PDF): the count by reference's pattern tried the run
     split in two at every place (28 s of CPU; 160 KB of them, minutes); 10 MB of them now read in well under
     a second, and never made into a number."""
-    started = time.monotonic()
+    started = time.process_time()  # the parse's CPU: other work on the machine does not count
     assert pdf_pages(repeated_kids(3, b"9" * 40_000 + after)) == MAX_PDF_PAGES
     assert pdf_pages(repeated_kids(3, b"9" * (10 << 20) + after)) == MAX_PDF_PAGES
-    assert time.monotonic() - started < 2
+    assert time.process_time() - started < 2
 
 
 def test_an_object_stream_without_its_type_is_read_as_pdfjs_reads_it():
@@ -183,9 +183,9 @@ def test_a_long_line_of_percent_signs_is_read_in_linear_time():
     """16 KB of ``%`` on one line (a 22 KB inline PDF): an object's header in a comment was looked for from
     each ``%`` to the line's end (4.5 s of CPU; 256 KB of them, minutes); now from the line's last ``%``
     before it, and 32 KB (~20 s before) read in milliseconds. A header in a comment still holds the limit."""
-    started = time.monotonic()
+    started = time.process_time()  # the parse's CPU: other work on the machine does not count
     assert pdf_pages(b"%PDF-1.7\n" + b"%" * (32 << 10)) == MAX_PDF_PAGES
-    assert time.monotonic() - started < 1
+    assert time.process_time() - started < 1
     hidden = packed(900).replace(b"1 0 obj\n", b"%% a %% comment %% 7 0 obj\n1 0 obj\n", 1)
     assert pdf_pages(hidden) == MAX_PDF_PAGES
 
@@ -196,9 +196,9 @@ def test_many_marks_before_one_long_comment_are_read_in_linear_time(line):
     """64 KB of ``/Type %`` (or a count's, a first's, or ``1 %`` in a string or hex string: an object's header)
     on one line: each mark's comment was scanned to the line's end (2-7 s of CPU each; 4 MB, hours); a
     comment is now read up to 256 bytes, and a longer one after a mark holds the limit."""
-    started = time.monotonic()
+    started = time.process_time()  # the parse's CPU: other work on the machine does not count
     assert pdf_pages(b"%PDF-1.7\n" + line * (64 << 10) + b"\n") == MAX_PDF_PAGES
-    assert time.monotonic() - started < 1
+    assert time.process_time() - started < 1
 
 
 @pytest.mark.parametrize(
@@ -320,10 +320,10 @@ def test_four_megabytes_of_kids_are_read_in_linear_time(unit):
     and reference is a step, so past :data:`KIDS_MAX` of them (or a repeat) no more are read: ~0.2-0.7 s
     here, as before kids were read (all of them read, ~1.7 s)."""
     data = b"%PDF-1.7\n" + unit * ((4 << 20) // len(unit))
-    started = time.monotonic()
+    started = time.process_time()  # the parse's CPU: other work on the machine does not count
     assert pdf_pages(data) == MAX_PDF_PAGES
     assert in_pieces(data, 1 << 20) == MAX_PDF_PAGES
-    assert time.monotonic() - started < 1.2
+    assert time.process_time() - started < 1.2
 
 
 def updated(first: bytes, objects: dict[int, bytes]) -> bytes:
