@@ -51,6 +51,7 @@ from urllib.parse import urlencode
 
 from .context import Answer, Conversation, RequestContext
 from .conversations_api import (
+    MINTED_ITEM,
     STORED_ID,
     ConversationStore,
     check_item_id,
@@ -191,6 +192,17 @@ class StoredResponse:
             _unpack(row["output_items"]),
             _unpack(row["response"]),
         )
+
+
+def resolvable(item: Any) -> bool:
+    """An ``item_reference`` Stockyard may put an item in place of: it names an output item of a
+    translated response (``translate.minted_in``) or a conversation's item (``minted_here``)."""
+    if not translate.is_reference(item):
+        return False
+    ident = item.get("id")  # each body's item passes here: the two patterns inline, not two more calls
+    return isinstance(ident, str) and (
+        MINTED_ITEM.match(ident) is not None or translate.MINTED.fullmatch(ident) is not None
+    )
 
 
 def kept_history_tokens(row: StoredResponse) -> int:
@@ -394,15 +406,19 @@ class Conversations:
         once however often the body names it, and what the items put in may not pass ``room``
         (a body naming one large item many times would otherwise grow without bound)."""
         items = ctx.body.get("input")
-        if not isinstance(items, list) or not any(translate.is_reference(item) for item in items):
+        if not isinstance(items, list):
+            return []
+        at = [i for i, item in enumerate(items) if resolvable(item)]  # one pass: a body of others costs no more
+        if not at:
             return []
         outputs: dict[str, dict[str, dict]] = {}  # response id → its output items by id
-        kept = self.conversation_items(items, ctx.key_id, room)
+        kept = self.conversation_items([items[i] for i in at], ctx.key_id, room)
         sizes: dict[int, int] = {}  # bytes of each item put in, by identity
-        resolved, put_in, size = [], [], 0
-        for i, item in enumerate(items):
+        resolved, put_in, size = list(items), [], 0
+        for i in at:
+            item = items[i]
             stored = self.referenced(item, ctx.key_id, outputs)
-            if stored is None and translate.is_reference(item) and minted_here(item):
+            if stored is None and minted_here(item):
                 stored = kept.get(item["id"])
                 if stored is None:  # another key's, or one no conversation holds: as any unknown id
                     raise translate.unknown_item(f"input[{i}]", item["id"])
@@ -413,7 +429,9 @@ class Conversations:
                 if size > room:
                     raise too_large(room, "input", "the stored items input names by item_reference are")
                 put_in.append(stored)
-            resolved.append(stored or item)
+                resolved[i] = stored
+        if not put_in:
+            return []
         ctx.body = {**ctx.body, "input": resolved}
         ctx.body_changed = True
         conv = ctx.conversation
