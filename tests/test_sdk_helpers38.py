@@ -350,10 +350,20 @@ def test_a_stream_whose_client_timed_out_while_its_provider_was_silent_ends_then
     assert [r["outcome"] for r in rows] == ["client_disconnected"]
 
 
-def test_a_half_closed_client_still_gets_its_whole_stream(server, key, mock):
-    """A client that shuts down only its sending side still reads (RFC 9112 §9.6): the relay's probes
-    (two SSE comments, which the SDKs skip) find it there, and the answer goes on to its end."""
-    mock.enqueue(Reply(hang_s=1.5, hang_after=3))
+def received_until(sock: socket.socket, marker: bytes) -> bytes:
+    """What the server sent up to and including ``marker`` (within the socket's timeout)."""
+    data = b""
+    while marker not in data:
+        chunk = sock.recv(65536)
+        assert chunk, f"closed before {marker!r}: {data[:300]!r}"
+        data += chunk
+    return data
+
+
+def ask_half_closed(server, key, hold: threading.Event | None = None) -> bytes:
+    """A streamed chat whose client shuts its sending side down — after the answer's head arrived,
+    or (``hold``: the provider answers once it is set) while the request waits for the provider —
+    and reads the answer to its end."""
     body = json.dumps({"model": CLAUDE, "stream": True, "messages": [{"role": "user", "content": "Say hello"}]})
     sock = connect(server)
     try:
@@ -361,12 +371,38 @@ def test_a_half_closed_client_still_gets_its_whole_stream(server, key, mock):
             f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\nAuthorization: Bearer {key[0]}\r\n"
             f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n{body}".encode()
         )
-        sock.shutdown(socket.SHUT_WR)
-        answer = read_until_close(sock)
+        if hold is None:
+            seen = received_until(sock, b"data: ")  # the stream has begun: the relay, not the watch, sees the FIN
+            sock.shutdown(socket.SHUT_WR)
+        else:
+            sock.shutdown(socket.SHUT_WR)
+            seen = received_until(sock, b"HTTP/1.1 100 Continue\r\n\r\n")  # the client watch's probe
+            hold.set()
+        return seen + read_until_close(sock)
     finally:
         sock.close()
+
+
+def test_a_half_closed_client_still_gets_its_whole_stream(server, key, mock):
+    """A client that shuts down only its sending side still reads (RFC 9112 §9.6): the relay's probes
+    (two SSE comments, which the SDKs skip) find it there, and the answer goes on to its end."""
+    mock.enqueue(Reply(hang_s=1.5, hang_after=3))
+    answer = ask_half_closed(server, key)
     assert statuses(answer) == [200] and b"data: [DONE]" in answer
     assert answer.count(b"\r\n:\n\n\r\n") == 2  # the two probes, each an SSE comment of its own chunk
+    rows = traces(server, key[1], columns=(*TRACE_COLUMNS, "outcome"))
+    assert [(r["outcome"], r["cost_uc"]) for r in rows] == [("ok", COST_UC[CLAUDE])]
+
+
+def test_a_client_half_closed_while_the_provider_works_gets_a_100_then_its_stream(server, key, mock):
+    """The same half-close seen earlier, while the request waits for the provider's answer: the
+    client watch's probe is an interim ``100 Continue`` (clientwatch.py), which the client reads
+    past, and the stream then comes whole (CI once saw this order where the test above expected
+    the other)."""
+    answer_now = threading.Event()
+    mock.enqueue(Reply(held=answer_now))
+    answer = ask_half_closed(server, key, answer_now)
+    assert statuses(answer) == [100, 200] and b"data: [DONE]" in answer
     rows = traces(server, key[1], columns=(*TRACE_COLUMNS, "outcome"))
     assert [(r["outcome"], r["cost_uc"]) for r in rows] == [("ok", COST_UC[CLAUDE])]
 
