@@ -857,7 +857,6 @@ def test_the_parent_out_of_descriptors_goes_on_serving_the_group(group, mock):
     assert "Traceback" not in group.log, group.log[-3000:]
 
 
-@pytest.mark.serial
 def test_a_worker_that_dies_at_every_start_backs_off_then_stops_the_group(group):
     """Was: a worker that died at once at every start (here: its parent's open-file limit lowered
     under it, so a new worker cannot open its database) was started again every second for good,
@@ -887,7 +886,6 @@ def test_a_worker_that_dies_at_every_start_backs_off_then_stops_the_group(group)
     assert not workers_of(group)
 
 
-@pytest.mark.serial
 def test_a_worker_killed_again_and_again_after_it_served_never_stops_the_group(group):
     """Was (review 30): a worker killed within 10 s of its start counted as one that cannot start,
     though it had served: a client that can end a worker (a request the kernel's OOM killer ends it
