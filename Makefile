@@ -70,8 +70,8 @@ test:
 	# tests/test_pgbouncer39.py runs replicas through a real PgBouncer in front of that server (tests/pgbouncer.py)
 	command -v pgbouncer >/dev/null || ls /usr/sbin/pgbouncer >/dev/null 2>&1 || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pgbouncer)
 	$(PYTHON) -m pip install -q -r requirements-test.txt
-	$(MAKE) --no-print-directory lint
-	$(MAKE) --no-print-directory pyz  # the wheels fetched once, before two test runs build at once
+	# lint and the pyz side by side (two cores); the pyz's wheels fetched once, before two test runs build at once
+	$(MAKE) --no-print-directory -j2 lint pyz
 	@status=0; pg_log=$$(mktemp); pg_files_log=$$(mktemp); \
 	echo "== tests, in parallel on $(TEST_WORKERS) workers; beside them, on $(PG_WORKERS), the core server suites on PostgreSQL, then the PostgreSQL store's own tests"; \
 	(failed=0; \
