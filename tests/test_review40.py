@@ -6,12 +6,16 @@ against a yardstick: the same body naming ``model`` twice, refused once it is pa
 from __future__ import annotations
 
 import json
+import sys
+import types
+from typing import Callable
 
 import pytest
 from conftest import ServerProcess
 from module_helpers import server_fixture
 
-from stockyard.httpio import MAX_JSON_VALUES
+from stockyard import estimate, pdfpages
+from stockyard.httpio import MAX_JSON_VALUES, json_object
 
 server = server_fixture("review40", keys={"penny": ["--budget-usd", "0.01", "--budget-period", "total"]})
 
@@ -31,6 +35,65 @@ def against_yardstick(server: ServerProcess, raw: bytes, status: int) -> tuple[f
     twice = raw[: raw.rindex(b"}")] + b',"model":"gpt-4o-mini"}'
     yardstick = min(cpu_of(server, twice, 400) for _ in range(2))
     return min(cpu_of(server, raw, status) for _ in range(2)), yardstick
+
+
+@pytest.mark.perf
+def test_a_body_of_escapes_is_refused_in_about_its_parse(server):
+    """Was: a body holding ``\\u00XX`` escapes had each one decoded by a Python function to see
+    whether it spelt "pdf" (``pdfpages.may_hold_pdf``), and one escape anywhere had the budget's
+    estimate walk the whole parsed body three times (images by reference, PDFs, long cache marks):
+    a 20 MB message of 3.3 million escapes cost 2.7 s of CPU for its 429, its parse 0.05 s. Now the
+    parsed body is written out again in C and searched (``estimate.unescaped``)."""
+    raw = b'{"model":"gpt-4o-mini","messages":[{"role":"user","content":"' + b"\\u0041" * 3_300_000 + b'"}]}'
+    taken, yardstick = against_yardstick(server, raw, 429)
+    assert taken < yardstick * 3 + 0.3, (taken, yardstick)  # was ~50 times the yardstick
+
+
+def calls_of(code: types.CodeType, run: Callable[[], object]) -> int:
+    """How many times ``run`` entered ``code`` (a generator's every resumption counts)."""
+    count = 0
+
+    def seen(frame, event, arg) -> None:
+        nonlocal count
+        count += event == "call" and frame.f_code is code
+
+    sys.setprofile(seen)
+    try:
+        run()
+    finally:
+        sys.setprofile(None)
+    return count
+
+
+def test_an_escape_alone_walks_no_body():
+    """Was: one escape (``\\u0031``) anywhere made the budget's estimate walk every value of the parsed
+    body in Python, once for images by reference and once for long cache marks: a million numbers in
+    a tool's schema cost ~4x their parse for a 429. Now the parsed body is written out again (in C)
+    and searched, and walked only when it holds a mark; an escaped mark is still found."""
+    schema = {"type": "object", "x": [1] * 1000}
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "ESCAPED"}], "tools": [schema]}
+
+    def parsed(escaped: str) -> tuple[dict, bytes]:
+        raw = json.dumps(body).replace("ESCAPED", escaped).encode()
+        return json_object(raw), raw
+
+    def estimates(body: dict, raw: bytes) -> tuple[int, bool, bool]:
+        return (
+            estimate.referenced_images(body, raw),
+            estimate.asks_long_cache(body, raw),
+            pdfpages.may_hold_pdf(raw, body),
+        )
+
+    walk = estimate.body_values.__code__
+    body_, raw = parsed("\\u0031")
+    assert calls_of(walk, lambda: estimates(body_, raw)) == 0
+    assert estimates(body_, raw) == (0, False, False)
+    body_, raw = parsed('", "ttl": "\\u0031h')  # a long cache write asked for in an escape: held
+    assert estimates(body_, raw) == (0, True, False)
+    body_, raw = parsed('", "x": {"type": "\\u0069mage_url", "image_url": {"url": "https://e.x/a"}}, "y": "')
+    assert estimates(body_, raw) == (1, False, False)
+    body_, raw = parsed('", "x": {"mimeType": "application/\\u0070df"}, "y": "')
+    assert estimates(body_, raw) == (0, False, True)
 
 
 @pytest.mark.perf
