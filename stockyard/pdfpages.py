@@ -193,11 +193,11 @@ def held_pdf_tokens(
     URI → pages) at its pages (a Gemini file's URI also where an OpenAI-shaped part puts a URL:
     :func:`_pages_by_url`), a Gemini ``fileData`` PDF it does not at :data:`MAX_PDF_PAGES`, each
     less one image. A page at Gemini's rate (``gemini``, :func:`page_tokens`), else at its text and
-    an image (:data:`PAGE_TEXT_TOKENS` + ``image_tokens``). The body is walked when ``raw`` may show a
-    PDF (:func:`may_hold_pdf`), or ``walk``: it holds what ``raw`` does not (``estimate.put_in``: a
-    history Stockyard rebuilt, whose PDFs are billed again). ``written``: ``estimate.body_text``."""
+    an image (:data:`PAGE_TEXT_TOKENS` + ``image_tokens``). The body is walked when ``known`` counts
+    files, or it may hold a PDF (:func:`may_hold_pdf`; ``walk``: it holds what ``raw`` does not,
+    ``estimate.put_in``: a history Stockyard rebuilt, whose PDFs are billed again)."""
     known = known or {}
-    if not isinstance(body, dict) or (not walk and not known and not may_hold_pdf(raw, body, written)):
+    if not isinstance(body, dict) or (not known and not may_hold_pdf(raw, body, written, walk)):
         return 0
     extra, inflation = 0, Inflation()
     read: set[int] = set()  # the objects a part's URLs were read from (_pages_by_url), by identity
@@ -205,6 +205,8 @@ def held_pdf_tokens(
         if not isinstance(part, dict):
             continue
         inline, by_reference = _pdf_of(part)
+        if inline is None and (by_reference is None or not gemini) and not known:
+            continue  # no PDF of its own, nor one a count names: most of a large body's objects
         pages = _referenced_pages(part, by_reference if gemini else None, known)
         if inline is None and pages is None:
             extra += _pages_by_url(model, body, part, known, image_tokens, read) if known else 0
@@ -250,16 +252,22 @@ def _pages_by_url(
     return max(0, pages * page_tokens(model, body, part) - (image_tokens if by_reference(part) else 0))
 
 
-def may_hold_pdf(raw: bytes, body: Any, written: Written | None = None) -> bool:
-    """Whether a JSON body may hold a PDF: "pdf" in its bytes, in any case (a type, a data URL), or
-    where they may spell it otherwise (``objectrefs.hides_names``: ``\\u0070df``, or not UTF-8) in
-    the parsed body written out again (``written``: ``estimate.body_text``, else
-    ``estimate.unescaped``), in C: a Python function for each escape took 2.5 s on a body of 3.3
-    million, 30x its parse. A test of the bytes that spares most bodies the walk, made for every
-    provider: a regular expression took ~1 ms on a 150 KB agent body, this ~0.2 ms."""
-    if not hides_names(raw):
-        return b"pdf" in raw.lower()
-    return b"pdf" in (written() if written is not None else unescaped(body)).lower()
+# A PDF's media type (a Gemini part's mimeType, a Claude source's media_type, a data URL's), its
+# slash maybe escaped (JSON's ``\/``), in a body written in lower case
+_PDF_TYPE = re.compile(rb"application\\?/pdf")
+
+
+def may_hold_pdf(raw: bytes, body: Any, written: Written | None = None, walk: bool = False) -> bool:
+    """Whether a JSON body may hold a PDF that no file count names (:func:`held_pdf_tokens`, with
+    ``known`` empty): its media type in its bytes, in any case, or where they may spell it otherwise
+    (``objectrefs.hides_names``: ``\\u0070df``, or not UTF-8) or ``walk`` (the body holds what ``raw``
+    does not), in the parsed body written out again (``written``: ``estimate.body_text``, else
+    ``estimate.unescaped``), in C. A Python function for each escape took 2.5 s on a body of 3.3
+    million (30x its parse); "pdf" anywhere (a file's name, a word) walked every object of the body
+    (3-4x its parse). A test of the bytes that spares most bodies the walk, made for every provider."""
+    if not (walk or hides_names(raw)):
+        return _PDF_TYPE.search(raw.lower()) is not None
+    return _PDF_TYPE.search((written() if written is not None else unescaped(body)).lower()) is not None
 
 
 def _inline_pages(inline: str, inflation: Inflation) -> int:
