@@ -279,6 +279,7 @@ def _inline_pages(inline: str, inflation: Inflation) -> int:
         return MAX_PDF_PAGES
 
 
+_PDF_KEYS = frozenset(("inlineData", "inline_data", "source", "fileData", "file_data"))  # :func:`_pdf_of`'s
 _DATA_URL = re.compile(r"data:application/pdf(?:;[^,;]*)*;base64,", re.IGNORECASE)
 
 
@@ -286,6 +287,8 @@ def _pdf_of(part: dict) -> tuple[str | None, str | None]:
     """(the base64 of an inline PDF, the URI of a PDF by reference) of one object of a body: Gemini's
     ``inlineData`` / ``fileData`` (either spelling), a Claude ``document`` source, or any string
     member that is a ``data:application/pdf`` URL (chat's ``file_data``, Responses' ``input_file``)."""
+    if _PDF_KEYS.isdisjoint(part):  # most objects of a large body: one test, not five
+        return _data_url_pdf(part), None
     for key in ("inlineData", "inline_data", "source"):
         inner = part.get(key)
         if isinstance(inner, dict) and _is_pdf(inner) and isinstance(inner.get("data"), str):
@@ -295,12 +298,17 @@ def _pdf_of(part: dict) -> tuple[str | None, str | None]:
         if isinstance(inner, dict) and _is_pdf(inner):
             uri = inner.get("fileUri", inner.get("file_uri"))
             return None, uri if isinstance(uri, str) else ""
+    return _data_url_pdf(part), None
+
+
+def _data_url_pdf(part: dict) -> str | None:
+    """The base64 of a PDF a string member of ``part`` holds as a ``data:application/pdf`` URL."""
     for value in part.values():
         if isinstance(value, str) and value[:5].lower() == "data:":
             found = _DATA_URL.match(value)
             if found is not None:
-                return value[found.end() :], None
-    return None, None
+                return value[found.end() :]
+    return None
 
 
 def _is_pdf(inner: dict) -> bool:
