@@ -6,7 +6,9 @@ against a yardstick: the same body naming ``model`` twice, refused once it is pa
 from __future__ import annotations
 
 import json
+import random
 import sys
+import time
 import types
 from typing import Callable
 
@@ -145,6 +147,40 @@ def test_redaction_stops_looking_for_a_kind_once_found():
     assert detector.sub(text) == (
         "mail [REDACTED:email] or [REDACTED:email], card [REDACTED:card] not 4111-1111-1111-1112"
     )
+
+
+def spans_by_pairs(detector: redact.Detector, text: str) -> list[tuple[int, int, str]]:
+    """``Detector.spans`` as it was: each match tested against every finding before it."""
+    found: list[tuple[int, int, str]] = []
+    for hint, regex, validated in detector.passes:
+        if hint(text):
+            for m in regex.finditer(text):
+                kind = m.lastgroup or "secret"
+                overlaps = any(m.start() < end and start < m.end() for start, end, _ in found)
+                if not overlaps and (not validated or redact.VALIDATORS[kind](m.group())):
+                    found.append((m.start(), m.end(), kind))
+    return sorted(found)
+
+
+def test_an_answers_findings_are_placed_as_before():
+    """The spans found by bisection are those each finding tested against all found before gave."""
+    detector = redact.Detector(True, ["email", "card", "phone"])
+    pieces = ["a@b.co", "+1 555 123 4567", "4111 1111 1111 1111", "4111 1111 1111 1112", "sk-" + "a" * 40, "x"]
+    mixed = " ".join(random.Random(40).choice(pieces) for _ in range(3000))
+    assert detector.spans(mixed) == spans_by_pairs(detector, mixed)
+
+
+@pytest.mark.perf
+def test_an_answers_findings_are_placed_in_linear_time():
+    """Was: redacting a streamed answer to store it (``Detector.spans``) tested each finding against
+    every one before it: an answer of 16,000 findings (270 KB, a long answer's worth) took 7.5 s of
+    CPU, 64,000 would take two minutes. Now only its neighbours, found by bisection; the spans are
+    the same (cards before phone numbers, none overlapping)."""
+    detector = redact.Detector(True, ["email", "card", "phone"])
+    text = "write a@b.co and +1 555 123 4567 " * 8000
+    started = time.process_time()
+    assert len(detector.spans(text)) == 16_000
+    assert time.process_time() - started < 1.0  # was 7.5 s; ~0.05 s now
 
 
 @pytest.mark.perf

@@ -28,6 +28,7 @@ guards against accidental leaks; a client can always obfuscate text on purpose.
 
 from __future__ import annotations
 
+import bisect
 import functools
 import json
 import re
@@ -139,6 +140,14 @@ def _phone(match: str) -> bool:
 
 
 VALIDATORS: dict[str, Callable[[str], bool]] = {"card": _card, "phone": _phone}
+
+
+def _overlaps(spans: list[tuple[int, int, str]], starts: list[int], start: int, end: int) -> bool:
+    """Whether ``start``-``end`` overlaps one of ``spans`` (in order, none overlapping; ``starts``
+    theirs): its neighbours alone, found by bisection. Each span tested against all of them was
+    quadratic: an answer of 16,000 findings took 7.5 s to store redacted."""
+    i = bisect.bisect_left(starts, end)  # the spans starting before ``end``: only the last may reach ``start``
+    return i > 0 and spans[i - 1][1] > start
 
 
 class Detector:
@@ -269,16 +278,19 @@ class Detector:
 
     def spans(self, text: str) -> list[tuple[int, int, str]]:
         """Where each finding in ``text`` is: (start, end, kind), in order, none overlapping."""
-        found: list[tuple[int, int, str]] = []
+        found: list[tuple[int, int, str]] = []  # in order, none overlapping
         for hint, regex, validated in self.passes:
             if not hint(text):
                 continue
+            earlier, starts, added = found, [start for start, _, _ in found], []
             for m in regex.finditer(text):
                 kind = m.lastgroup or "secret"
-                overlaps = any(m.start() < end and start < m.end() for start, end, _ in found)
-                if not overlaps and (not validated or VALIDATORS[kind](m.group())):
-                    found.append((m.start(), m.end(), kind))
-        return sorted(found)
+                if not _overlaps(earlier, starts, m.start(), m.end()) and (
+                    not validated or VALIDATORS[kind](m.group())
+                ):
+                    added.append((m.start(), m.end(), kind))
+            found = sorted(earlier + added)  # a pass's matches do not overlap each other
+        return found
 
     def _across_events(self, lines: list[str]) -> str:
         """A stream's lines with findings split across its text deltas redacted too: a model
