@@ -20,7 +20,12 @@ from stockyard import estimate, pdfpages
 from stockyard.httpio import MAX_JSON_VALUES, json_object
 from stockyard.modules import redact
 
-server = server_fixture("review40", keys={"penny": ["--budget-usd", "0.01", "--budget-period", "total"]})
+server = server_fixture(
+    "review40",
+    keys={"penny": ["--budget-usd", "0.01", "--budget-period", "total"], "open": []},
+    ANTHROPIC_API_KEY="sk-ant-review40-0123456789",
+    ANTHROPIC_BASE_URL="http://127.0.0.1:9",  # closed: a batch checked in full is a 502 at its send
+)
 
 
 def cpu_of(server: ServerProcess, raw: bytes, status: int) -> float:
@@ -193,6 +198,28 @@ def test_a_million_tags_are_refused_before_each_is_checked(server):
     raw = json.dumps(body).encode()
     taken, yardstick = against_yardstick(server, raw, 400)
     assert taken < yardstick * 1.4 + 0.2, (taken, yardstick)  # was 1.6-4 times the yardstick
+
+
+@pytest.mark.perf
+def test_a_message_batch_under_no_budget_is_not_priced(server):
+    """Was: each request of a Message Batch was priced as a budget reserves it (a request context, the
+    params written out, the estimate) whether or not a budget counts the key's batches: 90,000 tiny
+    requests cost 2.9 s of CPU, 7x their parse, before the batch went anywhere. Now only under a
+    budget (1.1 s: each request is still checked and routed)."""
+    one = {"model": "claude-3-5-haiku-latest", "max_tokens": 1, "messages": [{"role": "user", "content": "a"}]}
+    raw = json.dumps({"requests": [{"custom_id": f"r{i}", "params": one} for i in range(90_000)]}).encode()
+
+    def cpu_of_batch(raw: bytes, status: int) -> float:
+        started = server.cpu_seconds()
+        headers = {"x-api-key": server.keys["open"]}
+        got, _, answer = server.request("POST", "/v1/messages/batches", raw=raw, headers=headers)
+        assert got == status, answer[:300]
+        return server.cpu_seconds() - started
+
+    twice = raw[: raw.rindex(b"}")] + b',"requests":[]}'  # refused once parsed: names requests twice
+    yardstick = min(cpu_of_batch(twice, 400) for _ in range(2))
+    taken = min(cpu_of_batch(raw, 502) for _ in range(2))  # checked in full, then its provider is down
+    assert taken < yardstick * 4.5 + 0.3, (taken, yardstick)  # was ~7 times the yardstick
 
 
 def test_too_many_tags_is_a_clear_400(server):
