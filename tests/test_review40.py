@@ -191,13 +191,13 @@ def test_an_answers_findings_are_placed_in_linear_time():
 @pytest.mark.perf
 def test_a_million_tags_are_refused_before_each_is_checked(server):
     """Was: a chat body's ``metadata`` of 999,000 strings had every one copied and checked as a tag
-    before their count was refused (``attribution.body_tags``): 2-4x the CPU of its parse. Now the
+    before their count was refused (``attribution.body_tags``): 1.6-4x the CPU of its parse. Now the
     count is checked first, and no more than one past the cap is read."""
     body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
     body["metadata"] = {str(i): "a" for i in range(MAX_JSON_VALUES - 1000)}
     raw = json.dumps(body).encode()
     taken, yardstick = against_yardstick(server, raw, 400)
-    assert taken < yardstick * 1.4 + 0.2, (taken, yardstick)  # was 1.6-4 times the yardstick
+    assert taken < yardstick * 1.25 + 0.1, (taken, yardstick)  # was 1.6-1.7 times the yardstick here, ~0.95 now
 
 
 @pytest.mark.perf
