@@ -94,7 +94,8 @@ class Pricer:
         calls = self.held_call_fees(ctx, provider, model, price)
         image = price.image_input_tokens or estimate.IMAGE_INPUT_TOKENS  # a PDF's pages, each billed as an image
         gemini, walk = provider.kind == "gemini", estimate.put_in(ctx)
-        pdfs = pdfpages.held_pdf_tokens(ctx.body, ctx.raw, model, image, gemini, ctx.pdf_pages, walk)
+        written = estimate.body_text(ctx)
+        pdfs = pdfpages.held_pdf_tokens(ctx.body, ctx.raw, model, image, gemini, ctx.pdf_pages, walk, written)
         return estimate.request_cost(ctx, price, default_max_tokens, sent_back, calls, pdfs) + fees
 
     def held_call_fees(

@@ -28,12 +28,14 @@ import json
 import math
 import re
 import struct
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from .context import Attempt, RequestContext
 from .errors import RESPONSES
+from .httpio import json_bytes
 from .imagegen import edit_references, form_references, held_tokens, images_api_tokens, tool_calls, without_images
 from .limits import request_numbers
+from .objectrefs import hides_names
 from .pricing import PER, WEB_SEARCH_UC, Price, long_cache_write_rate, rates_for, unit_cost
 
 NO_OUTPUT = ("embeddings", "count_tokens", "input_tokens", "moderations")
@@ -325,18 +327,14 @@ def output_ceiling(price: Price, default_max_tokens: int) -> int:
     return price.max_output_tokens or default_max_tokens
 
 
-def referenced_images(body: Any, raw: bytes, walk: bool = False) -> int:
+def referenced_images(body: Any, raw: bytes, walk: bool = False, written: Written | None = None) -> int:
     """Images (and files) the body names by URL or file id rather than carrying them: their
     bytes are not in the body, so the byte count does not see them. Inline ones (a ``data:``
-    URL, base64) are in the body's bytes already. Walked only when ``raw`` may show one
-    (:func:`may_hold`), or ``walk``: the body holds what ``raw`` does not (:func:`put_in`)."""
-    if not (walk or may_hold(raw, _REFERENCE_MARKS)):
+    URL, base64) are in the body's bytes already. Walked only when it may hold one (:func:`may_hold`;
+    ``walk``: the body holds what ``raw`` does not, :func:`put_in`; ``written``: :func:`body_text`)."""
+    if not may_hold(body, raw, _REFERENCE_MARKS, walk, written):
         return 0
-    return sum(by_reference(value) for value in body_values(body) if isinstance(value, dict))
-
-
-# A JSON escape of an ASCII character (``\\u0031`` is "1"): what could spell a mark otherwise.
-_ASCII_ESCAPE = re.compile(rb"\\u00[0-7][0-9A-Fa-f]")
+    return sum(by_reference(v) for v in body_values(body) if isinstance(v, dict) and not _PART_KEYS.isdisjoint(v))
 
 
 def quoted(*names: str) -> re.Pattern[bytes]:
@@ -345,11 +343,46 @@ def quoted(*names: str) -> re.Pattern[bytes]:
     return re.compile(b'"(?:' + b"|".join(re.escape(name.encode()) for name in names) + b')"')
 
 
-def may_hold(raw: bytes, marks: re.Pattern[bytes]) -> bool:
+def may_hold(
+    body: Any, raw: bytes, marks: re.Pattern[bytes], walk: bool = False, written: Written | None = None
+) -> bool:
     """Whether a JSON body may hold one of ``marks`` (:func:`quoted` ASCII names or values): seen in
-    its bytes, or it escapes an ASCII character, which can spell any of them (``"\\u0031h"`` is
-    ``"1h"``) — the parsed body decides then. A test on the bytes alone let an escaped mark hold less."""
-    return marks.search(raw) is not None or _ASCII_ESCAPE.search(raw) is not None
+    its bytes, else, where they may spell one otherwise (``objectrefs.hides_names``: an escape,
+    ``"\\u0031h"`` is ``"1h"``, or not UTF-8) or ``walk`` (the body holds what ``raw`` does not:
+    :func:`put_in`), in the parsed body written out again (:func:`unescaped`). A test on the bytes
+    alone let an escaped mark hold less; an escape alone once walked the whole body in Python (three
+    walks, 6x the CPU of its parse, for a body refused by its budget). ``written``: that text, once
+    a request (:func:`body_text`)."""
+    if marks.search(raw) is not None:
+        return True
+    if not (walk or hides_names(raw)):
+        return False
+    return marks.search(written() if written is not None else unescaped(body)) is not None
+
+
+def unescaped(body: Any) -> bytes:
+    """``body`` as JSON text with no ASCII character escaped but quotes, backslashes and controls:
+    what a search of its bytes for a name or value reads, written in C (a walk of the parsed body
+    in Python costs several times its parse)."""
+    return json_bytes(body, compact=True)
+
+
+Written = Callable[[], bytes]  # the parsed body written out (:func:`unescaped`), when it is asked for
+_WRITTEN = "estimate.written"  # ctx.state: (the body, :func:`unescaped` of it)
+
+
+def body_text(ctx: RequestContext) -> Written:
+    """:func:`unescaped` of ``ctx.body``, written once for each body the request holds: the estimate
+    searches it for three kinds of mark (images, PDFs, long cache writes), and each writing of a
+    body of a million short strings costs about what parsing it did."""
+
+    def written() -> bytes:
+        kept = ctx.state.get(_WRITTEN)
+        if kept is None or kept[0] is not ctx.body:
+            kept = ctx.state[_WRITTEN] = (ctx.body, unescaped(ctx.body))
+        return kept[1]
+
+    return written
 
 
 def body_values(body: Any) -> Iterator[Any]:
@@ -367,6 +400,10 @@ def body_values(body: Any) -> Iterator[Any]:
 _REFERENCE_MARKS = quoted(
     "image_url", "input_image", "input_file", "file", "image", "document", "fileData", "file_data"
 )
+
+
+# What a part :func:`by_reference` has one of: a body's other objects are passed over in one test
+_PART_KEYS = frozenset(("type", "fileData", "file_data"))
 
 
 def by_reference(part: dict) -> bool:
@@ -389,11 +426,13 @@ def by_reference(part: dict) -> bool:
     return isinstance(part.get("fileData", part.get("file_data")), dict)  # a Gemini part (a URI)
 
 
-def image_tokens(body: Any, raw: bytes, price: Price, walk: bool = False, history: int = 0) -> int:
+def image_tokens(
+    body: Any, raw: bytes, price: Price, walk: bool = False, history: int = 0, written: Written | None = None
+) -> int:
     """Input tokens of the images a body names by reference, and the ``history`` it continues
     names (``Conversation.history_images``), each at the model's largest (the price table's
     ``image_input_tokens``, else :data:`IMAGE_INPUT_TOKENS`)."""
-    return (referenced_images(body, raw, walk) + history) * (price.image_input_tokens or IMAGE_INPUT_TOKENS)
+    return (referenced_images(body, raw, walk, written) + history) * (price.image_input_tokens or IMAGE_INPUT_TOKENS)
 
 
 def put_in(ctx: RequestContext) -> bool:
@@ -512,11 +551,12 @@ def request_cost(
     Anthropic's fee. ``media``: input tokens its media add beyond their bytes (a PDF's pages on
     Gemini: ``pdfpages.held_pdf_tokens``)."""
     conv, walk = ctx.conversation, put_in(ctx)
-    images = image_tokens(ctx.body, ctx.raw, price, walk, conv.history_images if conv is not None else 0)
+    history = conv.history_images if conv is not None else 0
+    images = image_tokens(ctx.body, ctx.raw, price, walk, history, body_text(ctx))
     text = input_tokens(ctx) - ctx.thread_tokens + sent_back  # a thread's size is a count, not bytes: not in text
     inputs = text + ctx.thread_tokens + images + fetched_tokens(ctx.body) + media
     outputs = output_tokens(ctx, output_ceiling(price, default_max_tokens))
-    long_writes = asks_long_cache(ctx.body, ctx.raw, walk)
+    long_writes = asks_long_cache(ctx.body, ctx.raw, walk, body_text(ctx))
     most = most_tokens(inputs, text)
     tokens = worst_case_cost(price, inputs, outputs, long_writes, cached=cached_content_tokens(ctx), most=most)
     return tokens + (web_searches(ctx.body) * WEB_SEARCH_UC if call_fees is None else call_fees)
@@ -539,18 +579,14 @@ def tool_images_cost(body: dict, tool_price: Price, drawn: int, default_max_toke
 # A long-lived cache write is asked for by value: Anthropic's ``"ttl": "1h"`` on a cache mark,
 # OpenAI's ``"prompt_cache_retention": "24h"`` (Stockyard turns it into 1-hour marks on Claude).
 _LONG_CACHE_MARKS = quoted("1h", "24h")
-_LONG_CACHE_VALUES = ("1h", "24h")
 
 
-def asks_long_cache(body: Any, raw: bytes, walk: bool = False) -> bool:
+def asks_long_cache(body: Any, raw: bytes, walk: bool = False, written: Written | None = None) -> bool:
     """Whether the body may ask for long-lived cache writes, which cost up to twice the input
-    rate: any value "1h" or "24h", so a stray one elsewhere only holds more, never less. Seen in
-    the bytes; the parsed body is walked only when they hold an escape (:func:`may_hold`), or
+    rate: any string "1h" or "24h", so a stray one elsewhere (a name too) only holds more, never
+    less. Seen in the bytes, or in the parsed body's (:func:`may_hold`) when they hold an escape, or
     ``walk``: it holds what the bytes do not (:func:`put_in`)."""
-    if not (walk or may_hold(raw, _LONG_CACHE_MARKS)):
-        return False
-    seen = _LONG_CACHE_MARKS.search(raw) is not None
-    return seen or any(v in _LONG_CACHE_VALUES for v in body_values(body) if isinstance(v, str))
+    return may_hold(body, raw, _LONG_CACHE_MARKS, walk, written)
 
 
 def images_asked(body: dict) -> int:

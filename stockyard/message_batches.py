@@ -241,7 +241,7 @@ class MessageBatches(ProviderCalls):
                 changed = True
             if asked not in models and len(models) < 20:
                 models.append(asked)
-            if worst is not None:
+            if worst is not None and budgeted:  # else no budget reads it: 40% of a batch's checks
                 cost = self._request_cost(ctx, route, asked, params, mode, pages)
                 worst = None if cost is None else worst + cost
         assert provider is not None
