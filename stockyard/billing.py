@@ -94,9 +94,9 @@ class Pricer:
         calls = self.held_call_fees(ctx, provider, model, price)
         image = price.image_input_tokens or estimate.IMAGE_INPUT_TOKENS  # a PDF's pages, each billed as an image
         gemini, walk = provider.kind == "gemini", estimate.put_in(ctx)
-        written = estimate.body_text(ctx)
+        written = estimate.body_written(ctx.body)
         pdfs = pdfpages.held_pdf_tokens(ctx.body, ctx.raw, model, image, gemini, ctx.pdf_pages, walk, written)
-        return estimate.request_cost(ctx, price, default_max_tokens, sent_back, calls, pdfs) + fees
+        return estimate.request_cost(ctx, price, default_max_tokens, sent_back, calls, pdfs, written) + fees
 
     def held_call_fees(
         self, ctx: RequestContext, provider: Provider, model: str, price: Price | None = None

@@ -331,7 +331,7 @@ def referenced_images(body: Any, raw: bytes, walk: bool = False, written: Writte
     """Images (and files) the body names by URL or file id rather than carrying them: their
     bytes are not in the body, so the byte count does not see them. Inline ones (a ``data:``
     URL, base64) are in the body's bytes already. Walked only when it may hold one (:func:`may_hold`;
-    ``walk``: the body holds what ``raw`` does not, :func:`put_in`; ``written``: :func:`body_text`)."""
+    ``walk``: the body holds what ``raw`` does not, :func:`put_in`; ``written``: :func:`body_written`)."""
     if not may_hold(body, raw, _REFERENCE_MARKS, walk, written):
         return 0
     return sum(by_reference(v) for v in body_values(body) if isinstance(v, dict) and not _PART_KEYS.isdisjoint(v))
@@ -352,7 +352,7 @@ def may_hold(
     :func:`put_in`), in the parsed body written out again (:func:`unescaped`). A test on the bytes
     alone let an escaped mark hold less; an escape alone once walked the whole body in Python (three
     walks, 6x the CPU of its parse, for a body refused by its budget). ``written``: that text, once
-    a request (:func:`body_text`)."""
+    an estimate (:func:`body_written`)."""
     if marks.search(raw) is not None:
         return True
     if not (walk or hides_names(raw)):
@@ -368,19 +368,19 @@ def unescaped(body: Any) -> bytes:
 
 
 Written = Callable[[], bytes]  # the parsed body written out (:func:`unescaped`), when it is asked for
-_WRITTEN = "estimate.written"  # ctx.state: (the body, :func:`unescaped` of it)
 
 
-def body_text(ctx: RequestContext) -> Written:
-    """:func:`unescaped` of ``ctx.body``, written once for each body the request holds: the estimate
+def body_written(body: Any) -> Written:
+    """:func:`unescaped` of ``body``, written at the first call and kept for the next: one estimate
     searches it for three kinds of mark (images, PDFs, long cache writes), and each writing of a
-    body of a million short strings costs about what parsing it did."""
+    body of a million short strings costs about what parsing it did. Kept by the estimate, not the
+    request: a copy of a large body is not held while the provider answers."""
+    kept: list[bytes] = []
 
     def written() -> bytes:
-        kept = ctx.state.get(_WRITTEN)
-        if kept is None or kept[0] is not ctx.body:
-            kept = ctx.state[_WRITTEN] = (ctx.body, unescaped(ctx.body))
-        return kept[1]
+        if not kept:
+            kept.append(unescaped(body))
+        return kept[0]
 
     return written
 
@@ -541,6 +541,7 @@ def request_cost(
     sent_back: int = 0,
     call_fees: int | None = None,
     media: int = 0,
+    written: Written | None = None,
 ) -> int:
     """The worst-case cost of the request on ``ctx`` at ``price``: what a budget reserves (the
     Gemini context caches it names, :func:`cached_content_tokens`, included), but for the image
@@ -549,14 +550,16 @@ def request_cost(
     input tokens (the answer so far). ``call_fees``: what its hosted search tools' calls hold at
     their provider's per-call prices (``Pricer.held_call_fees``), else :func:`web_searches` at
     Anthropic's fee. ``media``: input tokens its media add beyond their bytes (a PDF's pages on
-    Gemini: ``pdfpages.held_pdf_tokens``)."""
+    Gemini: ``pdfpages.held_pdf_tokens``). ``written``: the body written out, if the caller's PDF
+    count has it already (:func:`body_written`)."""
     conv, walk = ctx.conversation, put_in(ctx)
     history = conv.history_images if conv is not None else 0
-    images = image_tokens(ctx.body, ctx.raw, price, walk, history, body_text(ctx))
+    written = written or body_written(ctx.body)
+    images = image_tokens(ctx.body, ctx.raw, price, walk, history, written)
     text = input_tokens(ctx) - ctx.thread_tokens + sent_back  # a thread's size is a count, not bytes: not in text
     inputs = text + ctx.thread_tokens + images + fetched_tokens(ctx.body) + media
     outputs = output_tokens(ctx, output_ceiling(price, default_max_tokens))
-    long_writes = asks_long_cache(ctx.body, ctx.raw, walk, body_text(ctx))
+    long_writes = asks_long_cache(ctx.body, ctx.raw, walk, written)
     most = most_tokens(inputs, text)
     tokens = worst_case_cost(price, inputs, outputs, long_writes, cached=cached_content_tokens(ctx), most=most)
     return tokens + (web_searches(ctx.body) * WEB_SEARCH_UC if call_fees is None else call_fees)

@@ -261,7 +261,7 @@ def may_hold_pdf(raw: bytes, body: Any, written: Written | None = None, walk: bo
     """Whether a JSON body may hold a PDF that no file count names (:func:`held_pdf_tokens`, with
     ``known`` empty): its media type in its bytes, in any case, or where they may spell it otherwise
     (``objectrefs.hides_names``: ``\\u0070df``, or not UTF-8) or ``walk`` (the body holds what ``raw``
-    does not), in the parsed body written out again (``written``: ``estimate.body_text``, else
+    does not), in the parsed body written out again (``written``: ``estimate.body_written``, else
     ``estimate.unescaped``), in C. A Python function for each escape took 2.5 s on a body of 3.3
     million (30x its parse); "pdf" anywhere (a file's name, a word) walked every object of the body
     (3-4x its parse). A test of the bytes that spares most bodies the walk, made for every provider."""
