@@ -197,7 +197,7 @@ def test_a_million_tags_are_refused_before_each_is_checked(server):
     body["metadata"] = {str(i): "a" for i in range(MAX_JSON_VALUES - 1000)}
     raw = json.dumps(body).encode()
     taken, yardstick = against_yardstick(server, raw, 400)
-    assert taken < yardstick * 1.25 + 0.1, (taken, yardstick)  # was 1.6-1.7 times the yardstick here, ~0.95 now
+    assert taken < yardstick * 1.4 + 0.15, (taken, yardstick)  # was 1.6-1.7 times the yardstick here, ~0.95 now
 
 
 @pytest.mark.perf
