@@ -214,6 +214,8 @@ class MessageBatches(ProviderCalls):
         seen: set[str] = set()
         models: list[str] = []
         budgeted = self._budgeted(ctx)
+        if budgeted:  # used up: the 429 before 100,000 requests are checked, routed and priced (3 s of CPU)
+            self._check_budget(ctx, 0)
         policy = batch_policy(self._path.chain(), ctx)  # guard's model lists, as /v1/messages judges them
         for i, item in enumerate(requests):
             params = self._checked(item, i, seen)
@@ -246,7 +248,6 @@ class MessageBatches(ProviderCalls):
                 worst = None if cost is None else worst + cost
         assert provider is not None
         ctx.model = ",".join(models)[:200]
-        self._check_budget(ctx, 0)  # used up: 429 first, as for OpenAI batches
         hold = self._check_budget(ctx, worst)
         sent = json.dumps(body, ensure_ascii=False).encode() if changed else raw
         answer, batch = self._create_upstream(ctx, provider, UPSTREAM, sent, KIND, hold)

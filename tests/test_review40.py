@@ -22,7 +22,11 @@ from stockyard.modules import redact
 
 server = server_fixture(
     "review40",
-    keys={"penny": ["--budget-usd", "0.01", "--budget-period", "total"], "open": []},
+    keys={
+        "penny": ["--budget-usd", "0.01", "--budget-period", "total"],
+        "broke": ["--budget-usd", "0", "--budget-period", "total"],
+        "open": [],
+    },
     ANTHROPIC_API_KEY="sk-ant-review40-0123456789",
     ANTHROPIC_BASE_URL="http://127.0.0.1:9",  # closed: a batch checked in full is a 502 at its send
 )
@@ -220,6 +224,29 @@ def test_a_message_batch_under_no_budget_is_not_priced(server):
     yardstick = min(cpu_of_batch(twice, 400) for _ in range(2))
     taken = min(cpu_of_batch(raw, 502) for _ in range(2))  # checked in full, then its provider is down
     assert taken < yardstick * 4.5 + 0.3, (taken, yardstick)  # was ~7 times the yardstick
+
+
+@pytest.mark.perf
+def test_a_used_up_budget_refuses_a_message_batch_before_checking_it(server):
+    """Was: a key whose budget is used up had each request of its Message Batch checked, routed and
+    priced before the 429 that nothing was left (90,000 tiny requests: ~3 s of CPU a refusal, for
+    ever). Now that 429 comes first, as a used-up key's /v1/messages call gets it: about the parse."""
+    one = {"model": "claude-3-5-haiku-latest", "max_tokens": 1, "messages": [{"role": "user", "content": "a"}]}
+    raw = json.dumps({"requests": [{"custom_id": f"r{i}", "params": one} for i in range(90_000)]}).encode()
+
+    def cpu_of_batch(raw: bytes, status: int) -> float:
+        started = server.cpu_seconds()
+        headers = {"x-api-key": server.keys["broke"]}
+        got, _, answer = server.request("POST", "/v1/messages/batches", raw=raw, headers=headers)
+        assert got == status, answer[:300]
+        if status == 429:
+            assert json.loads(answer)["error"]["type"] == "budget_exceeded", answer[:300]
+        return server.cpu_seconds() - started
+
+    twice = raw[: raw.rindex(b"}")] + b',"requests":[]}'  # refused once parsed: names requests twice
+    yardstick = min(cpu_of_batch(twice, 400) for _ in range(2))
+    taken = min(cpu_of_batch(raw, 429) for _ in range(2))
+    assert taken < yardstick * 1.5 + 0.2, (taken, yardstick)  # was ~7 times the yardstick
 
 
 def test_too_many_tags_is_a_clear_400(server):
