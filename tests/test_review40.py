@@ -204,25 +204,38 @@ def test_a_million_tags_are_refused_before_each_is_checked(server):
     assert taken < yardstick * 1.4 + 0.15, (taken, yardstick)  # was 1.6-1.7 times the yardstick here, ~0.95 now
 
 
+def tiny_batch(requests: int = 90_000) -> bytes:
+    """A Message Batch of ``requests`` one-token requests, as JSON."""
+    one = {"model": "claude-3-5-haiku-latest", "max_tokens": 1, "messages": [{"role": "user", "content": "a"}]}
+    return json.dumps({"requests": [{"custom_id": f"r{i}", "params": one} for i in range(requests)]}).encode()
+
+
+def batch_against_yardstick(server: ServerProcess, key: str, raw: bytes, status: int) -> tuple[float, float]:
+    """(the server's CPU for the batch ``raw`` sent by ``key``, answered ``status``; for the yardstick:
+    ``raw`` naming requests twice, a 400 once parsed), the least of two each."""
+
+    def cpu_of_batch(raw: bytes, status: int) -> float:
+        started = server.cpu_seconds()
+        headers = {"x-api-key": server.keys[key]}
+        got, _, answer = server.request("POST", "/v1/messages/batches", raw=raw, headers=headers)
+        assert got == status, answer[:300]
+        if status == 429:
+            assert json.loads(answer)["error"]["type"] == "budget_exceeded", answer[:300]
+        return server.cpu_seconds() - started
+
+    twice = raw[: raw.rindex(b"}")] + b',"requests":[]}'
+    yardstick = min(cpu_of_batch(twice, 400) for _ in range(2))
+    return min(cpu_of_batch(raw, status) for _ in range(2)), yardstick
+
+
 @pytest.mark.perf
 def test_a_message_batch_under_no_budget_is_not_priced(server):
     """Was: each request of a Message Batch was priced as a budget reserves it (a request context, the
     params written out, the estimate) whether or not a budget counts the key's batches: 90,000 tiny
     requests cost 2.9 s of CPU, 7x their parse, before the batch went anywhere. Now only under a
     budget (1.1 s: each request is still checked and routed)."""
-    one = {"model": "claude-3-5-haiku-latest", "max_tokens": 1, "messages": [{"role": "user", "content": "a"}]}
-    raw = json.dumps({"requests": [{"custom_id": f"r{i}", "params": one} for i in range(90_000)]}).encode()
-
-    def cpu_of_batch(raw: bytes, status: int) -> float:
-        started = server.cpu_seconds()
-        headers = {"x-api-key": server.keys["open"]}
-        got, _, answer = server.request("POST", "/v1/messages/batches", raw=raw, headers=headers)
-        assert got == status, answer[:300]
-        return server.cpu_seconds() - started
-
-    twice = raw[: raw.rindex(b"}")] + b',"requests":[]}'  # refused once parsed: names requests twice
-    yardstick = min(cpu_of_batch(twice, 400) for _ in range(2))
-    taken = min(cpu_of_batch(raw, 502) for _ in range(2))  # checked in full, then its provider is down
+    # checked in full, then its provider is down: a 502
+    taken, yardstick = batch_against_yardstick(server, "open", tiny_batch(), 502)
     assert taken < yardstick * 4.5 + 0.3, (taken, yardstick)  # was ~7 times the yardstick
 
 
@@ -231,21 +244,7 @@ def test_a_used_up_budget_refuses_a_message_batch_before_checking_it(server):
     """Was: a key whose budget is used up had each request of its Message Batch checked, routed and
     priced before the 429 that nothing was left (90,000 tiny requests: ~3 s of CPU a refusal, for
     ever). Now that 429 comes first, as a used-up key's /v1/messages call gets it: about the parse."""
-    one = {"model": "claude-3-5-haiku-latest", "max_tokens": 1, "messages": [{"role": "user", "content": "a"}]}
-    raw = json.dumps({"requests": [{"custom_id": f"r{i}", "params": one} for i in range(90_000)]}).encode()
-
-    def cpu_of_batch(raw: bytes, status: int) -> float:
-        started = server.cpu_seconds()
-        headers = {"x-api-key": server.keys["broke"]}
-        got, _, answer = server.request("POST", "/v1/messages/batches", raw=raw, headers=headers)
-        assert got == status, answer[:300]
-        if status == 429:
-            assert json.loads(answer)["error"]["type"] == "budget_exceeded", answer[:300]
-        return server.cpu_seconds() - started
-
-    twice = raw[: raw.rindex(b"}")] + b',"requests":[]}'  # refused once parsed: names requests twice
-    yardstick = min(cpu_of_batch(twice, 400) for _ in range(2))
-    taken = min(cpu_of_batch(raw, 429) for _ in range(2))
+    taken, yardstick = batch_against_yardstick(server, "broke", tiny_batch(), 429)
     assert taken < yardstick * 1.5 + 0.2, (taken, yardstick)  # was ~7 times the yardstick
 
 
