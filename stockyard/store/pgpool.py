@@ -40,10 +40,10 @@ def configure(readers: int, wait_ms: int) -> None:
 
 class ReadPool:
     """At most READERS_MAX connections of one backend, the last given back taken first (a few
-    stays warm; the rest stay open, idle, for the next burst, until idle IDLE_CLOSE_S: :meth:`close_idle`).
-    PostgreSQL may allow fewer
-    (``max_connections`` reached by other clients, a role's ``CONNECTION LIMIT``): a refused
-    connection holds the pool at those it has for RETRY_S, and threads wait for one given back."""
+    stay warm; the rest stay open, idle, for the next burst, until idle IDLE_CLOSE_S: :meth:`close_idle`).
+    PostgreSQL may allow fewer (``max_connections`` reached by other clients, a role's ``CONNECTION
+    LIMIT``): a refused connection holds the pool at those it has for RETRY_S, and threads wait for
+    one given back."""
 
     def __init__(self, connect: Callable[[], Any]) -> None:
         self._connect = connect
