@@ -101,6 +101,8 @@ from fractions import Fraction
 from types import MappingProxyType
 from typing import Any
 
+from .memo import remember
+
 USD = 10**8  # µ¢ per US dollar
 PER = 10**6  # rates are per this many tokens
 
@@ -474,7 +476,6 @@ def _keep_shipped(override: Price, shipped: Price | None) -> Price:
     return replace(override, **kept)
 
 
-MEMO_NAME_MAX = 256  # a longer model name (a batch line's, say) is looked up, not remembered
 MAX_TOKEN_COUNT = 2**40  # beyond any real answer; keeps a cost within SQLite's integers
 
 
@@ -854,8 +855,7 @@ class PriceTable:
         if remembered is not None and remembered[0] is base:  # the same price in effect (not a dated change)
             return remembered[1]
         scaled = mode_price(base, mode)
-        if len(self._mode_memo) < 10_000 and len(model) <= MEMO_NAME_MAX:
-            self._mode_memo[key] = (base, scaled)
+        remember(self._mode_memo, key, model, (base, scaled))
         return scaled
 
     def lookup(self, model: str, provider: str | None = None) -> Price | None:
@@ -868,8 +868,7 @@ class PriceTable:
         except KeyError:
             pass
         found = self._lookup(model, provider)
-        if len(self._memo) < 10_000 and len(model) <= MEMO_NAME_MAX:  # bounded in count and in size
-            self._memo[key] = found
+        remember(self._memo, key, model, found)
         return None if found is None else found.current()
 
     def _lookup(self, model: str, provider: str | None = None) -> Price | None:

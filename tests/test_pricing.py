@@ -579,6 +579,7 @@ def test_load_works_from_a_zip(tmp_path: Path) -> None:
     with zipfile.ZipFile(archive, "w") as zf:
         zf.writestr("stockyard/__init__.py", "")
         zf.write(PACKAGE / "pricing.py", "stockyard/pricing.py")
+        zf.write(PACKAGE / "memo.py", "stockyard/memo.py")  # its one import of the package
         zf.write(PACKAGE / "data" / "prices.json", "stockyard/data/prices.json")
     code = (
         "import sys; sys.path.insert(0, sys.argv[1]);"

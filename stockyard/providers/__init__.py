@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Mapping
 
 from ..errors import ProxyError
+from ..memo import remember
 from ..vault import last4
 
 OPENAI_KINDS = ("openai", "openai-compatible")
@@ -224,10 +225,6 @@ def from_env(env: Mapping[str, str]) -> list[Provider]:
     return found
 
 
-ROUTED_MEMO = 10_000  # model names whose prefixed provider a registry remembers
-ROUTED_NAME_MAX = 256  # a longer name is matched, not remembered
-
-
 class Registry:
     """An immutable snapshot of the configured providers; replaced whole on reload."""
 
@@ -285,8 +282,7 @@ class Registry:
             pass
         lowered = model.lower()
         found = next((p for prefix, p in self._prefixes if lowered.startswith(prefix)), None)
-        if len(self._routed) < ROUTED_MEMO and len(model) <= ROUTED_NAME_MAX:
-            self._routed[model] = found
+        remember(self._routed, model, model, found)
         return found
 
     def routes_to(self, model: str) -> str | None:
