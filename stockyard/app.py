@@ -10,6 +10,7 @@ modules get theirs as one :class:`~stockyard.modules.ModuleServices`.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import logging
 import os
@@ -29,8 +30,10 @@ from .budgets import (
     BudgetExceeded,
     BudgetRecords,
     Ledger,
+    any_room,
     budgets_for,
     load_project_budgets,
+    room_of,
     scopes_of,
     seconds_left,
     unpriced_job_refusal,
@@ -202,7 +205,9 @@ class App:
             ownership.check_references,
         )
         self.batch_costs = BatchCosts(self.path, self.store, self.metrics, self.batch_spend)
-        self.files = FilesAPI(self.path, ownership, self.batch_costs.completed, self.check_batch_budget)
+        self.files = FilesAPI(
+            self.path, ownership, self.batch_costs.completed, self.check_batch_budget, self.batch_room
+        )
         self.containers = ContainersAPI(self.path, ownership)
         self.anthropic_files = AnthropicFiles(self.path, ownership)  # Anthropic's Files API (beta)
         self.vector_stores = VectorStoresAPI(self.path, ownership)
@@ -220,6 +225,7 @@ class App:
             self.batch_costs,
             self.check_batch_budget,
             self.budgeted,
+            self.batch_room,
             self.metrics.count,
             self.parsing,
         )
@@ -259,6 +265,24 @@ class App:
     def budgeted(self, ctx: RequestContext) -> bool:
         """Whether a budget counts this key's batches."""
         return bool(self.budgets_of(ctx))
+
+    def batch_room(self, ctx: RequestContext) -> Callable[[int], None]:
+        """What refuses a batch (429) once its running worst case (µ¢) is past what its key's
+        budgets have left, read once, now: a batch far too large for a nearly spent budget is refused
+        at the request that passes it, not after all of them are priced (90,000 requests: 3 s of CPU
+        a refusal). The reservation (:meth:`check_batch_budget`) still decides a batch that fits.
+        A key no budget counts: nothing is refused."""
+        budgets = self.budgets_of(ctx)
+        tightest = self.ledger.tightest(budgets, ctx.ts_ms) if budgets else None
+        if tightest is None:
+            return any_room
+        room = room_of(tightest)
+
+        def past(worst: int) -> None:
+            if worst > room:
+                raise dataclasses.replace(tightest, amount=worst).error()
+
+        return past
 
     def check_batch_budget(
         self, ctx: RequestContext, worst: int | None, what: str = "batch", param: str = "input_file_id"

@@ -533,15 +533,23 @@ class Ledger:
         return found
 
     def used_up(self, budgets: list[Budget], ts_ms: int) -> BudgetExceeded | None:
-        """The first budget with nothing left (spent and held reach its limit), or None: for work
-        whose cost is known only afterwards (a batch), which may start only while some is left."""
+        """The budget with nothing left (spent and held reach its limit; the one furthest past it), or
+        None: for work whose cost is known only afterwards (a batch), which may start only while some
+        is left."""
+        found = self.tightest(budgets, ts_ms)
+        return found if found is not None and room_of(found) <= 0 else None
+
+    def tightest(self, budgets: list[Budget], ts_ms: int) -> BudgetExceeded | None:
+        """The budget with the least room (:func:`room_of`) now, as the refusal a reservation past it
+        gets (amount 0), or None for no budget: what a batch's running worst case is compared with
+        before it is priced whole (``App.batch_room``)."""
         keyed = self._ensure(budgets, ts_ms)
+        found = []
         with self._lock:
             for budget, key in keyed:
                 entry = self._entries[budget.scope][key]
-                if entry.spent + entry.reserved >= budget.limit_uc:
-                    return BudgetExceeded(budget, key, entry.spent, entry.reserved, 0, ts_ms)
-        return None
+                found.append(BudgetExceeded(budget, key, entry.spent, entry.reserved, 0, ts_ms))
+        return min(found, key=room_of, default=None)
 
     def close(self) -> None:
         """Nothing to stop: the shared ledger (PostgreSQL) has a lease keeper to stop."""
@@ -601,6 +609,15 @@ def budgets_for(key, projects: Mapping[str, Budget]) -> list[Budget]:
     if key.project and key.project in projects:
         found.append(projects[key.project])
     return found
+
+
+def room_of(state: BudgetExceeded) -> int:
+    """What a budget's period has left beyond its spend and its holds, µ¢ (≤ 0: none)."""
+    return state.budget.limit_uc - state.spent - state.reserved
+
+
+def any_room(worst: int) -> None:
+    """The room check (``App.batch_room``) of work no budget counts: nothing is past it."""
 
 
 EXHAUSTED = 0  # budget_warnings.threshold of the exhausted event (warnings are 1-100 percent)

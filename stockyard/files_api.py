@@ -32,7 +32,7 @@ from typing import IO, Any, BinaryIO, Callable, Iterable, Iterator, TypeVar, cas
 from urllib.parse import urlencode
 
 from . import estimate
-from .budgets import owner_scopes, user_of
+from .budgets import any_room, owner_scopes, user_of
 from .context import Conversation, RequestContext, Route
 from .conversations import kept_history_tokens
 from .conversations_api import item_list, minted_here
@@ -1519,7 +1519,8 @@ class ProviderCalls:
 class FilesAPI(ProviderCalls):
     """The files and batches routes. ``on_completed(ctx, provider, batch)`` is told of each
     completed batch its owner sees (the batch cost recorder); ``check_budget(ctx, worst)`` refuses a
-    batch to a key whose budget is used up or cannot take the batch's worst case (None: unpriced)."""
+    batch to a key whose budget is used up or cannot take the batch's worst case (None: unpriced);
+    ``room(ctx)`` refuses one at the line whose running worst case is past what the budget has left."""
 
     def __init__(
         self,
@@ -1527,10 +1528,12 @@ class FilesAPI(ProviderCalls):
         ownership: Ownership,
         on_completed: Callable[[RequestContext, Provider, dict], None],
         check_budget: Callable[[RequestContext, int | None], BatchHold],
+        room: Callable[[RequestContext], Callable[[int], None]],
     ) -> None:
         super().__init__(path, ownership)
         self._on_completed = on_completed
         self._check_budget = check_budget
+        self._room = room  # App.batch_room: refuses a running worst case past what the budgets have left
 
     def _handle(self, reply: Reply, ctx: RequestContext, req: Request) -> None:
         method, query = req.method, req.query
@@ -1577,7 +1580,7 @@ class FilesAPI(ProviderCalls):
                 )
             self.ownership.check_form_files(upload.fields, owner_of(ctx))  # relayed: a file_id field too
             if purpose == "batch":
-                self._check_batch_lines(ctx, provider, upload.open(parts[0]))
+                self._check_batch_lines(ctx, provider, upload.open(parts[0]), any_room)  # a file costs nothing
             counter = count_pages(upload.open(parts[0]))  # a PDF's, which a prompt naming it is held at
             body = upload.encode()
             answer, doc = self._call(
@@ -1589,7 +1592,11 @@ class FilesAPI(ProviderCalls):
         self._send(reply, ctx, answer)
 
     def _check_batch_lines(
-        self, ctx: RequestContext, provider: Provider, source: IO[bytes] | Iterator[bytes]
+        self,
+        ctx: RequestContext,
+        provider: Provider,
+        source: IO[bytes] | Iterator[bytes],
+        past: Callable[[int], None],
     ) -> int | None:
         """A batch runs its lines under the one provider key, so each line is held to what the key
         could send itself: a key with a model allow-list only its models (as if sent to
@@ -1604,7 +1611,9 @@ class FilesAPI(ProviderCalls):
         line too long to hold is refused, never skipped.
 
         Returns the batch's worst-case cost (µ¢, each line as a budget reserves it, at the batch
-        price), or None when a line's model has no price: what a budget holds the batch to."""
+        price), or None when a line's model has no price: what a budget holds the batch to.
+        ``past(worst)`` refuses the running worst case once it is past what the budget has left
+        (``App.batch_room``: a batch refused at that line, not after pricing the whole file)."""
         key = ctx.key
         policy = batch_policy(self._path.chain(), ctx)  # guard's model lists, as on the endpoints
         if key is None:  # open mode: one owner, so only guard's lists apply
@@ -1684,6 +1693,8 @@ class FilesAPI(ProviderCalls):
             if worst is not None:
                 cost = self._line_cost(ctx, provider, endpoint, body, line, pages)
                 worst = None if cost is None else worst + cost
+                if worst is not None:
+                    past(worst)
         return worst
 
     def _line_cost(
@@ -1792,7 +1803,7 @@ class FilesAPI(ProviderCalls):
                 code="input_file_unreadable",
             )
         try:
-            return self._check_batch_lines(ctx, provider, resp.chunks())
+            return self._check_batch_lines(ctx, provider, resp.chunks(), self._room(ctx))
         except UpstreamError as exc:
             raise exc.answer(provider.name, self._path.scrub.text) from None
         except BaseException:

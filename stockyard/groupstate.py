@@ -271,9 +271,9 @@ class StateServer:
             if trace_id is not None and int(actual_uc):
                 self._note_uncommitted(int(pid), str(trace_id), int(actual_uc), settled, scopes, int(ts_ms))
             return {"warnings": [[_plain(b), key, spent, pct] for b, key, spent, pct in self._crossed]}
-        if op == "used_up":
+        if op == "tightest":
             _, budgets, ts_ms = call
-            found = self.ledger.used_up([_budget(b) for b in budgets], int(ts_ms))
+            found = self.ledger.tightest([_budget(b) for b in budgets], int(ts_ms))
             return {"refused": None if found is None else _refusal(found)}
         if op == "usage":
             _, budget, ts_ms = call
@@ -467,8 +467,8 @@ class RemoteLedger(Ledger):
             return
         self._tell_warnings((_budget(budget), key, spent, pct) for budget, key, spent, pct in reply["warnings"])
 
-    def used_up(self, budgets: list[Budget], ts_ms: int) -> BudgetExceeded | None:
-        found = self._client.call(["used_up", [_plain(b) for b in budgets], ts_ms])["refused"]
+    def tightest(self, budgets: list[Budget], ts_ms: int) -> BudgetExceeded | None:
+        found = self._client.call(["tightest", [_plain(b) for b in budgets], ts_ms])["refused"]
         if found is None:
             return None
         budget, key, spent, reserved, asked, at = found

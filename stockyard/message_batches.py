@@ -128,7 +128,8 @@ def anthropic_output(provider: Provider, batch_id: str) -> BatchOutput:
 
 class MessageBatches(ProviderCalls):
     """The message batches routes. ``check_budget(ctx, worst)`` refuses a batch to a key whose
-    budget is used up or cannot take its worst case (None: a model without a price)."""
+    budget is used up or cannot take its worst case (None: a model without a price); ``room(ctx)``
+    refuses one as soon as its running worst case is past what the budget has left."""
 
     def __init__(
         self,
@@ -138,6 +139,7 @@ class MessageBatches(ProviderCalls):
         costs: BatchCosts,
         check_budget: Callable[[RequestContext, int | None], BatchHold],
         budgeted: Callable[[RequestContext], bool],
+        room: Callable[[RequestContext], Callable[[int], None]],
         count: Callable[[str], None] = lambda name: None,
         parsing: Callable[[int, int], ContextManager[int]] = lambda values, size: contextlib.nullcontext(
             MAX_JSON_VALUES
@@ -151,6 +153,7 @@ class MessageBatches(ProviderCalls):
         self._costs = costs
         self._check_budget = check_budget
         self._budgeted = budgeted
+        self._room = room  # App.batch_room: refuses a running worst case past what the budgets have left
         self._parsing = parsing  # room to parse a batch of more values than other bodies (App.parsing)
 
     # -- where calls go -----------------------------------------------------------------------
@@ -216,6 +219,7 @@ class MessageBatches(ProviderCalls):
         budgeted = self._budgeted(ctx)
         if budgeted:  # used up: the 429 before 100,000 requests are checked, routed and priced (3 s of CPU)
             self._check_budget(ctx, 0)
+        past = self._room(ctx)  # one too large for what is left: the 429 at the request that passes it
         policy = batch_policy(self._path.chain(), ctx)  # guard's model lists, as /v1/messages judges them
         for i, item in enumerate(requests):
             params = self._checked(item, i, seen)
@@ -246,6 +250,8 @@ class MessageBatches(ProviderCalls):
             if worst is not None and budgeted:  # else no budget reads it: 40% of a batch's checks
                 cost = self._request_cost(ctx, route, asked, params, mode, pages)
                 worst = None if cost is None else worst + cost
+                if worst is not None:
+                    past(worst)
         assert provider is not None
         ctx.model = ",".join(models)[:200]
         hold = self._check_budget(ctx, worst)

@@ -502,6 +502,25 @@ def test_a_batch_whose_worst_case_passes_the_budget_is_refused(server, mock):
     assert tight.messages.batches.create(requests=requests_for(*[PLAIN] * 10, max_tokens=10_000)).id
 
 
+def test_a_batch_is_refused_at_the_request_that_passes_what_the_budget_has_left(server, mock):
+    """Was: every request of a batch was checked and priced before its worst case was compared with
+    the budget (90,000 requests under a nearly spent budget: ~3 s of CPU a refusal). Now the running
+    worst case is compared with what is left as it grows: a batch past it is the same 429 at that
+    request, before the requests after it are read (a malformed one later is not reached)."""
+    mock.clear()
+    past = requests_for(*[PLAIN] * 10, max_tokens=100_000)  # up to $7.50 at the batch price; $1 left
+    bad = {**past[0], "custom_id": "bad", "params": {**past[0]["params"], "max_tokens": "lots"}}
+    headers = {"x-api-key": server.keys["tight"], "anthropic-version": "2023-06-01"}
+    status, _, answer = server.request("POST", "/v1/messages/batches", {"requests": [*past, bad]}, headers)
+    error = json.loads(answer)["error"]
+    assert status == 429 and error["type"] == "budget_exceeded", answer
+    assert "budget exceeded" in error["message"] and "$1.00" in error["message"], error
+    assert not mock.requests
+    # the malformed request alone, within the budget: its 400 (it was never a reason to refuse above)
+    status, _, answer = server.request("POST", "/v1/messages/batches", {"requests": [bad]}, headers)
+    assert status == 400 and "max_tokens" in json.loads(answer)["error"]["message"], answer
+
+
 def test_an_unbilled_batch_holds_its_worst_case_until_it_is_billed(server, mock):
     """Was: checked, not held: any number of $0.75 batches started under a $1 budget."""
     holder = server.anthropic("holder")

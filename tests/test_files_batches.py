@@ -55,6 +55,7 @@ def server(pyz_path, cache_home, mock, tmp_path_factory):
         "holder": ["--budget-usd", "0.05", "--budget-period", "day"],
         "drawer": ["--budget-usd", "0.05", "--budget-period", "day"],
         "painter": ["--budget-usd", "0.40", "--budget-period", "day"],
+        "tight": ["--budget-usd", "0.05", "--budget-period", "day"],
     }
     with served(pyz_path, tmp_path_factory, "files", env, keys) as srv:
         yield srv
@@ -453,6 +454,28 @@ def test_an_unbilled_batch_holds_its_worst_case_until_it_is_billed(server, mock)
         RateLimitError,
     )
     assert again.id != first.id
+
+
+def test_a_batch_file_is_refused_at_the_line_that_passes_what_the_budget_has_left(server, mock):
+    """Was: every line of a batch's input file was read and priced before its worst case was compared
+    with the budget. Now the running worst case is compared with what is left as it grows: a file
+    past it is the same 429 at that line, and the lines after it are not read (a malformed one later
+    is not reached). Uploaded as ``user_data``, so the upload checked no line."""
+    tight = server.openai("tight")
+    bad = dict(json.loads(capped_batch_input(100)), custom_id="bad")
+    bad["body"]["max_tokens"] = "lots"
+    lines = capped_batch_input(8000) * 2 + (json.dumps(bad) + "\n").encode()  # ~$0.04 each: past $0.05
+    source = tight.files.create(file=("in.jsonl", io.BytesIO(lines)), purpose="user_data")
+    mock.clear()
+    with pytest.raises(RateLimitError) as err:
+        tight.batches.create(input_file_id=source.id, endpoint="/v1/chat/completions", completion_window="24h")
+    assert err.value.code == "budget_exceeded" and "$0.05" in err.value.message, err.value.message
+    assert not [r for r in mock.requests if r.method == "POST" and r.path == "/v1/batches"]  # never started
+    # the malformed line alone, within the budget: its 400 (it was never a reason to refuse above)
+    alone = tight.files.create(file=("in.jsonl", io.BytesIO(lines.splitlines(True)[2])), purpose="user_data")
+    with pytest.raises(BadRequestError) as err:
+        tight.batches.create(input_file_id=alone.id, endpoint="/v1/chat/completions", completion_window="24h")
+    assert "line 1 of the batch file" in err.value.message and "max_tokens" in err.value.message
 
 
 def test_a_running_batch_holds_its_worst_case_against_model_calls_too(server, mock):

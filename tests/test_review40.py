@@ -248,6 +248,16 @@ def test_a_used_up_budget_refuses_a_message_batch_before_checking_it(server):
     assert taken < yardstick * 1.5 + 0.2, (taken, yardstick)  # was ~7 times the yardstick
 
 
+@pytest.mark.perf
+def test_a_message_batch_past_what_the_budget_has_left_is_refused_at_that_request(server):
+    """Was: a key whose $0.01 budget was not used up had each of its batch's 90,000 requests checked,
+    routed and priced before the total was compared with what was left (~3 s of CPU, 7x the parse,
+    for each 429). Now the running total is compared as it grows: the 429 comes at the request that
+    passes what is left (~1,700 here), at about the parse's cost."""
+    taken, yardstick = batch_against_yardstick(server, "penny", tiny_batch(), 429)
+    assert taken < yardstick * 1.5 + 0.2, (taken, yardstick)  # was ~7 times the yardstick
+
+
 def test_too_many_tags_is_a_clear_400(server):
     """The refusal says what to change, in OpenAI's error shape; sixteen tags still pass to the budget."""
     headers = {"Authorization": f"Bearer {server.keys['penny']}"}

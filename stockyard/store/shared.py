@@ -42,7 +42,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
-from ..budgets import PERIODS, Budget, BudgetExceeded, Exhausted, Hold, Ledger, Warn, period_key
+from ..budgets import PERIODS, Budget, BudgetExceeded, Exhausted, Hold, Ledger, Warn, period_key, room_of
 from ..loglimit import Throttle
 from ..modules.ratelimit import too_large, too_many_requests, too_many_tokens
 from . import pgpool
@@ -358,14 +358,11 @@ class SharedLedger(Ledger):
         for job in jobs:
             job.crossed = self._apply(job, conn)
 
-    def used_up(self, budgets: list[Budget], ts_ms: int) -> BudgetExceeded | None:
+    def tightest(self, budgets: list[Budget], ts_ms: int) -> BudgetExceeded | None:
         keyed = self._ensure(budgets, ts_ms)
         conn = self._conn()
-        for budget, key in keyed:
-            spent, reserved = self._row(conn, budget.scope, key)
-            if spent + reserved >= budget.limit_uc:
-                return BudgetExceeded(budget, key, spent, reserved, 0, ts_ms)
-        return None
+        found = [BudgetExceeded(budget, key, *self._row(conn, budget.scope, key), 0, ts_ms) for budget, key in keyed]
+        return min(found, key=room_of, default=None)
 
     def usage(self, budget: Budget, ts_ms: int) -> tuple[int, int] | None:
         row = (
