@@ -89,6 +89,15 @@ STOP_WAIT_S = 60.0  # after SIGTERM, workers get this long (beyond twice their g
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
+def ignore_stop_signals() -> None:
+    """Once a server (or a group's parent) has stopped: a stop signal after this is ignored. Python
+    puts a handler's signal back to its default action as the interpreter finalises, so a second
+    SIGTERM arriving then (a supervisor's, sent again) killed a process that was exiting cleanly, and
+    its supervisor saw a signal death (-15) instead of 0; an ignored signal stays ignored."""
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+
+
 @dataclass
 class Worker:
     """What a forked worker gets from its parent."""
@@ -225,6 +234,7 @@ class Group:
         while True:
             self._reap()
             if self.stopping and not self.pids:
+                ignore_stop_signals()
                 return 1 if self.failed else 0
             self._read_ready()
             if not self.stopping:

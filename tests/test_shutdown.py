@@ -228,3 +228,22 @@ def test_connections_queued_when_the_sigterm_comes_each_get_an_answer_and_every_
         assert row is not None, f"a drain's 503 has no trace: {answer[:300]!r}"
         assert (row["status"], row["error_type"]) == (503, "shutting_down"), row
     assert "Traceback" not in server.log
+
+
+@pytest.mark.parametrize("workers", [[], ["--workers", "2"]], ids=["one process", "a group of 2"])
+def test_stop_signals_sent_again_and_again_still_end_in_a_clean_exit(pyz_path, cache_home, tmp_path, workers):
+    """Was: a SIGTERM that arrived while the stopped server's interpreter finalised (Python puts its
+    handlers back to the default action then) killed it: exit -15, a signal death its supervisor
+    sees, though it had stopped cleanly. A supervisor may send its stop signal more than once; the
+    server now ignores them once it has stopped, so every one of them ends in exit 0."""
+    with MockUpstream() as upstream:
+        srv = ServerProcess(pyz_path, tmp_path / "again.db", shutdown_env(cache_home, upstream, "5"), workers).start()
+        try:
+            sent = 0
+            while srv.proc.poll() is None:  # SIGTERM after SIGTERM, the last ones as it finalises
+                srv.proc.send_signal(signal.SIGTERM)
+                sent += 1
+                time.sleep(0.001)  # pacing only: what is waited for is the exit, by poll()
+            assert srv.proc.wait(30) == 0 and sent > 1, (srv.proc.returncode, sent)
+        finally:
+            srv.stop()

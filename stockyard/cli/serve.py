@@ -162,7 +162,7 @@ def serve(
     from ..cpupin import keep_on_one_cpu
     from ..metrics import render_own
     from ..server import make_server
-    from ..workers import STOP_SIGNALS
+    from ..workers import STOP_SIGNALS, ignore_stop_signals
 
     log = logging.getLogger("stockyard")
     try:
@@ -231,6 +231,7 @@ def serve(
         log.info("stopped; database closed")
         for handler in logging.getLogger("stockyard").handlers:
             handler.flush()
+        ignore_stop_signals()
     return 0
 
 
