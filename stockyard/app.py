@@ -266,21 +266,25 @@ class App:
         """Whether a budget counts this key's batches."""
         return bool(self.budgets_of(ctx))
 
-    def batch_room(self, ctx: RequestContext) -> Callable[[int], None]:
-        """What refuses a batch (429) once its running worst case (µ¢) is past what its key's
-        budgets have left, read once, now: a batch far too large for a nearly spent budget is refused
-        at the request that passes it, not after all of them are priced (90,000 requests: 3 s of CPU
-        a refusal). The reservation (:meth:`check_batch_budget`) still decides a batch that fits.
-        A key no budget counts: nothing is refused."""
+    def batch_room(self, ctx: RequestContext, total: int | None = None) -> Callable[[int, int], None]:
+        """What refuses a batch (429) once the running worst case of its first ``counted`` requests
+        (µ¢; ``total`` in all, None: not known yet) is past what its key's budgets have left, read
+        once, now: a batch far too large for a nearly spent budget is refused at the request that
+        passes it, not after all of them are priced (90,000 requests: 3 s of CPU a refusal); its
+        refusal says the cost is at least that much. The reservation (:meth:`check_batch_budget`)
+        still decides a batch that fits. A key no budget counts: nothing is refused."""
         budgets = self.budgets_of(ctx)
         tightest = self.ledger.tightest(budgets, ctx.ts_ms) if budgets else None
         if tightest is None:
             return any_room
         room = room_of(tightest)
 
-        def past(worst: int) -> None:
+        def past(worst: int, counted: int) -> None:
             if worst > room:
-                raise dataclasses.replace(tightest, amount=worst).error()
+                of = f" of {total:,}" if total is not None else ""
+                first = "its first request" if counted == 1 else f"its first {counted:,}{of} requests"
+                partial = None if counted == total else f"{first} alone"
+                raise dataclasses.replace(tightest, amount=worst).error(partial=partial)
 
         return past
 

@@ -189,18 +189,22 @@ class BudgetExceeded(Exception):
     amount: int
     ts_ms: int
 
-    def error(self, hint: str = LOWER_HINT) -> ProxyError:
+    def error(self, hint: str = LOWER_HINT, partial: str | None = None) -> ProxyError:
         """The 429 the client gets, in its own dialect; ``hint``: what the client can do
-        (:func:`lowering_hint` names what its request holds most of)."""
+        (:func:`lowering_hint` names what its request holds most of); ``partial``: what ``amount``
+        counts when it is not the whole request (a batch refused at its first requests: at least it)."""
         b = self.budget
         fits = self.spent + self.amount <= b.limit_uc  # only requests in flight stood in the way
         if self.reserved:
             held = f", {format_usd(self.reserved, 2)} held by requests in flight"
         else:  # (on PostgreSQL the row is read again after the refused hold: they may have ended since)
             held = ", the rest held by requests in flight when it was refused" if fits else ""
+        cost = f"up to {format_usd(self.amount, 2)}"
+        if partial is not None:
+            cost = f"at least {format_usd(self.amount, 2)}, {partial}"
         text = (
             f"budget exceeded: the {b.describe()} allows no more: {format_usd(self.spent, 2)} spent{held}, "
-            f"and this request may cost up to {format_usd(self.amount, 2)} ({hint})"
+            f"and this request may cost {cost} ({hint})"
         )
         headers: dict[str, str] = {}
         if fits:
@@ -616,7 +620,7 @@ def room_of(state: BudgetExceeded) -> int:
     return state.budget.limit_uc - state.spent - state.reserved
 
 
-def any_room(worst: int) -> None:
+def any_room(worst: int, counted: int) -> None:
     """The room check (``App.batch_room``) of work no budget counts: nothing is past it."""
 
 

@@ -1528,7 +1528,7 @@ class FilesAPI(ProviderCalls):
         ownership: Ownership,
         on_completed: Callable[[RequestContext, Provider, dict], None],
         check_budget: Callable[[RequestContext, int | None], BatchHold],
-        room: Callable[[RequestContext], Callable[[int], None]],
+        room: Callable[[RequestContext], Callable[[int, int], None]],
     ) -> None:
         super().__init__(path, ownership)
         self._on_completed = on_completed
@@ -1580,7 +1580,7 @@ class FilesAPI(ProviderCalls):
                 )
             self.ownership.check_form_files(upload.fields, owner_of(ctx))  # relayed: a file_id field too
             if purpose == "batch":
-                self._check_batch_lines(ctx, provider, upload.open(parts[0]), any_room)  # a file costs nothing
+                self._check_batch_lines(ctx, provider, upload.open(parts[0]))  # never refused for its cost
             counter = count_pages(upload.open(parts[0]))  # a PDF's, which a prompt naming it is held at
             body = upload.encode()
             answer, doc = self._call(
@@ -1596,7 +1596,7 @@ class FilesAPI(ProviderCalls):
         ctx: RequestContext,
         provider: Provider,
         source: IO[bytes] | Iterator[bytes],
-        past: Callable[[int], None],
+        past: Callable[[int, int], None] = any_room,
     ) -> int | None:
         """A batch runs its lines under the one provider key, so each line is held to what the key
         could send itself: a key with a model allow-list only its models (as if sent to
@@ -1612,7 +1612,7 @@ class FilesAPI(ProviderCalls):
 
         Returns the batch's worst-case cost (µ¢, each line as a budget reserves it, at the batch
         price), or None when a line's model has no price: what a budget holds the batch to.
-        ``past(worst)`` refuses the running worst case once it is past what the budget has left
+        ``past(worst, lines)`` refuses the running worst case once it is past what the budget has left
         (``App.batch_room``: a batch refused at that line, not after pricing the whole file)."""
         key = ctx.key
         policy = batch_policy(self._path.chain(), ctx)  # guard's model lists, as on the endpoints
@@ -1622,6 +1622,7 @@ class FilesAPI(ProviderCalls):
             return 0
         route = self._path.registry().routes_to
         worst: int | None = 0
+        priced = 0  # lines priced so far (a blank line is numbered, not priced)
         for number, line, request in batch_lines(source):
             endpoint = line_endpoint(request.get("url"), number)
             body = request.get("body")
@@ -1693,8 +1694,9 @@ class FilesAPI(ProviderCalls):
             if worst is not None:
                 cost = self._line_cost(ctx, provider, endpoint, body, line, pages)
                 worst = None if cost is None else worst + cost
+                priced += 1
                 if worst is not None:
-                    past(worst)
+                    past(worst, priced)
         return worst
 
     def _line_cost(

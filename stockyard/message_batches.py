@@ -139,7 +139,7 @@ class MessageBatches(ProviderCalls):
         costs: BatchCosts,
         check_budget: Callable[[RequestContext, int | None], BatchHold],
         budgeted: Callable[[RequestContext], bool],
-        room: Callable[[RequestContext], Callable[[int], None]],
+        room: Callable[[RequestContext, int], Callable[[int, int], None]],
         count: Callable[[str], None] = lambda name: None,
         parsing: Callable[[int, int], ContextManager[int]] = lambda values, size: contextlib.nullcontext(
             MAX_JSON_VALUES
@@ -219,7 +219,7 @@ class MessageBatches(ProviderCalls):
         budgeted = self._budgeted(ctx)
         if budgeted:  # used up: the 429 before 100,000 requests are checked, routed and priced (3 s of CPU)
             self._check_budget(ctx, 0)
-        past = self._room(ctx)  # one too large for what is left: the 429 at the request that passes it
+        past = self._room(ctx, len(requests))  # one too large for what is left: the 429 at the request that passes it
         policy = batch_policy(self._path.chain(), ctx)  # guard's model lists, as /v1/messages judges them
         for i, item in enumerate(requests):
             params = self._checked(item, i, seen)
@@ -251,7 +251,7 @@ class MessageBatches(ProviderCalls):
                 cost = self._request_cost(ctx, route, asked, params, mode, pages)
                 worst = None if cost is None else worst + cost
                 if worst is not None:
-                    past(worst)
+                    past(worst, i + 1)
         assert provider is not None
         ctx.model = ",".join(models)[:200]
         hold = self._check_budget(ctx, worst)

@@ -7,6 +7,7 @@ routed elsewhere → 400; the ended batch's cost recorded once at half the model
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from anthropic import APIStatusError, BadRequestError, NotFoundError, PermissionDeniedError, RateLimitError
@@ -515,6 +516,9 @@ def test_a_batch_is_refused_at_the_request_that_passes_what_the_budget_has_left(
     error = json.loads(answer)["error"]
     assert status == 429 and error["type"] == "budget_exceeded", answer
     assert "budget exceeded" in error["message"] and "$1.00" in error["message"], error
+    assert re.search(r"may cost at least \$[0-9.]+, its first (request|2 of 11 requests) alone", error["message"]), (
+        error
+    )
     assert not mock.requests
     # the malformed request alone, within the budget: its 400 (it was never a reason to refuse above)
     status, _, answer = server.request("POST", "/v1/messages/batches", {"requests": [bad]}, headers)

@@ -470,6 +470,7 @@ def test_a_batch_file_is_refused_at_the_line_that_passes_what_the_budget_has_lef
     with pytest.raises(RateLimitError) as err:
         tight.batches.create(input_file_id=source.id, endpoint="/v1/chat/completions", completion_window="24h")
     assert err.value.code == "budget_exceeded" and "$0.05" in err.value.message, err.value.message
+    assert "may cost at least $0.0" in err.value.message and "its first 2 requests alone" in err.value.message
     assert not [r for r in mock.requests if r.method == "POST" and r.path == "/v1/batches"]  # never started
     # the malformed line alone, within the budget: its 400 (it was never a reason to refuse above)
     alone = tight.files.create(file=("in.jsonl", io.BytesIO(lines.splitlines(True)[2])), purpose="user_data")

@@ -25,7 +25,7 @@ USD = 10**8
 IN_25, OUT_25 = 30, 250  # gemini-2.5-flash, µ¢ a token
 IN_3, OUT_3 = 50, 300  # gemini-3-flash-preview
 CAP = 16
-REFUSAL = r"may cost up to \$([0-9.]+)"
+REFUSAL = r"may cost (?:up to|at least) \$([0-9.]+)"  # at least: a batch refused at its first request
 
 
 def pdf(pages: int, packed: bool = False) -> bytes:
