@@ -144,13 +144,16 @@ def relay_one(
     deadline: float | None = None,
     client_timeout: float = 5.0,
     convert: Callable[[list[bytes]], bytes] = b"".join,
+    sent: bytes = b"",
 ) -> Relayed:
-    """A stream read up to its first event by the request path, then handed to ``relay``."""
+    """A stream read up to its first event by the request path, then handed to ``relay``; ``sent``:
+    what the provider sent after it before the hand-off (waiting for the relay, whatever the time)."""
     resp = pool.request(provider.url, "POST", "/v1/chat/completions", {"Content-Type": "application/json"}, b"{}")
     upstream = provider.accepted.get(timeout=5)
     upstream.settimeout(10)
     events = resp.events()
     assert next(events) == [FIRST]
+    upstream.sendall(sent)
     handoff = resp.handoff()
     assert handoff is not None
     ours, theirs = socket.socketpair()
@@ -268,11 +271,25 @@ def test_a_break_upstream_is_an_upstream_error_after_the_events_before_it(pool, 
 def test_a_deadline_mid_stream_ends_it_and_closes_the_upstream_connection(pool, provider) -> None:
     relay = StreamRelay()
     started = time.perf_counter()
-    s = relay_one(relay, pool, provider, deadline=started + 0.3)
-    s.upstream.sendall(chunk(event(1)))  # then nothing: only the deadline can end it
+    # event 1 is sent before the hand-off, so it goes with the stream however long that takes on a
+    # loaded machine (sent after it, it came too late once: the deadline had passed); then nothing
+    # more: only the deadline can end it
+    s = relay_one(relay, pool, provider, deadline=started + 0.3, sent=chunk(event(1)))
     error = s.wait()
     assert isinstance(error, UpstreamError) and error.kind == "timeout" and "deadline" in str(error)
     assert 0.3 <= time.perf_counter() - started < 5
+    assert s.received() == event(1)
+    assert closed_by_us(s.upstream)
+
+
+def test_a_stream_whose_deadline_passed_during_its_hand_off_still_gets_what_was_sent_by_then(pool, provider) -> None:
+    """On a loaded machine a stream may reach the relay past its deadline: what its provider sent
+    before the hand-off goes with it (``UpstreamResponse.handoff`` reads it) and reaches the client
+    before the timeout ends the stream."""
+    relay = StreamRelay()
+    s = relay_one(relay, pool, provider, deadline=time.perf_counter(), sent=chunk(event(1)))
+    error = s.wait()
+    assert isinstance(error, UpstreamError) and error.kind == "timeout" and "deadline" in str(error)
     assert s.received() == event(1)
     assert closed_by_us(s.upstream)
 

@@ -187,9 +187,6 @@ def serve(
     except OSError as exc:
         app.close()
         raise CommandError(f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}") from None
-    host, port = server.server_address[:2]
-    if worker is None or worker.index == 0:  # the parent says where a group listens
-        banner(log, app, str(host), int(port), listening=worker is None)
     stop_once = threading.Event()
 
     def on_signal(signum, frame) -> None:
@@ -200,8 +197,11 @@ def serve(
         server.draining = True
         threading.Thread(target=server.shutdown, daemon=True).start()
 
-    for sig in STOP_SIGNALS:
+    for sig in STOP_SIGNALS:  # before the banner: a supervisor that saw it may stop the server at once
         signal.signal(sig, on_signal)
+    host, port = server.server_address[:2]
+    if worker is None or worker.index == 0:  # the parent says where a group listens
+        banner(log, app, str(host), int(port), listening=worker is None)
     pin = keep_on_one_cpu(settings.cpu_pin, None if worker is None else worker.index)
     if worker is not None:
         worker.ready()
