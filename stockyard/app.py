@@ -30,7 +30,6 @@ from .budgets import (
     BudgetExceeded,
     BudgetRecords,
     Ledger,
-    any_room,
     budgets_for,
     load_project_budgets,
     room_of,
@@ -266,17 +265,17 @@ class App:
         """Whether a budget counts this key's batches."""
         return bool(self.budgets_of(ctx))
 
-    def batch_room(self, ctx: RequestContext, total: int | None = None) -> Callable[[int, int], None]:
+    def batch_room(self, ctx: RequestContext, total: int | None = None) -> Callable[[int, int], None] | None:
         """What refuses a batch (429) once the running worst case of its first ``counted`` requests
         (µ¢; ``total`` in all, None: not known yet) is past what its key's budgets have left, read
         once, now: a batch far too large for a nearly spent budget is refused at the request that
         passes it, not after all of them are priced (90,000 requests: 3 s of CPU a refusal); its
         refusal says the cost is at least that much. The reservation (:meth:`check_batch_budget`)
-        still decides a batch that fits. A key no budget counts: nothing is refused."""
+        still decides a batch that fits. None for a key no budget counts: its batch is not priced."""
         budgets = self.budgets_of(ctx)
         tightest = self.ledger.tightest(budgets, ctx.ts_ms) if budgets else None
         if tightest is None:
-            return any_room
+            return None
         room = room_of(tightest)
 
         def past(worst: int, counted: int) -> None:

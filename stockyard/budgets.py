@@ -620,10 +620,6 @@ def room_of(state: BudgetExceeded) -> int:
     return state.budget.limit_uc - state.spent - state.reserved
 
 
-def any_room(worst: int, counted: int) -> None:
-    """The room check (``App.batch_room``) of work no budget counts: nothing is past it."""
-
-
 EXHAUSTED = 0  # budget_warnings.threshold of the exhausted event (warnings are 1-100 percent)
 
 

@@ -32,7 +32,7 @@ from typing import IO, Any, BinaryIO, Callable, Iterable, Iterator, TypeVar, cas
 from urllib.parse import urlencode
 
 from . import estimate
-from .budgets import any_room, owner_scopes, user_of
+from .budgets import owner_scopes, user_of
 from .context import Conversation, RequestContext, Route
 from .conversations import kept_history_tokens
 from .conversations_api import item_list, minted_here
@@ -1528,7 +1528,7 @@ class FilesAPI(ProviderCalls):
         ownership: Ownership,
         on_completed: Callable[[RequestContext, Provider, dict], None],
         check_budget: Callable[[RequestContext, int | None], BatchHold],
-        room: Callable[[RequestContext], Callable[[int, int], None]],
+        room: Callable[[RequestContext], Callable[[int, int], None] | None],
     ) -> None:
         super().__init__(path, ownership)
         self._on_completed = on_completed
@@ -1580,7 +1580,7 @@ class FilesAPI(ProviderCalls):
                 )
             self.ownership.check_form_files(upload.fields, owner_of(ctx))  # relayed: a file_id field too
             if purpose == "batch":
-                self._check_batch_lines(ctx, provider, upload.open(parts[0]))  # never refused for its cost
+                self._check_batch_lines(ctx, provider, upload.open(parts[0]))  # checked, not priced
             counter = count_pages(upload.open(parts[0]))  # a PDF's, which a prompt naming it is held at
             body = upload.encode()
             answer, doc = self._call(
@@ -1596,7 +1596,7 @@ class FilesAPI(ProviderCalls):
         ctx: RequestContext,
         provider: Provider,
         source: IO[bytes] | Iterator[bytes],
-        past: Callable[[int, int], None] = any_room,
+        past: Callable[[int, int], None] | None = None,
     ) -> int | None:
         """A batch runs its lines under the one provider key, so each line is held to what the key
         could send itself: a key with a model allow-list only its models (as if sent to
@@ -1613,7 +1613,8 @@ class FilesAPI(ProviderCalls):
         Returns the batch's worst-case cost (µ¢, each line as a budget reserves it, at the batch
         price), or None when a line's model has no price: what a budget holds the batch to.
         ``past(worst, lines)`` refuses the running worst case once it is past what the budget has left
-        (``App.batch_room``: a batch refused at that line, not after pricing the whole file)."""
+        (``App.batch_room``: a batch refused at that line, not after pricing the whole file); None:
+        no budget reads the cost (an upload, a key no budget counts), so no line is priced (0)."""
         key = ctx.key
         policy = batch_policy(self._path.chain(), ctx)  # guard's model lists, as on the endpoints
         if key is None:  # open mode: one owner, so only guard's lists apply
@@ -1691,7 +1692,7 @@ class FilesAPI(ProviderCalls):
             # as the endpoint checks them: a cap the budget cannot read is refused (an integral float is
             # read as its int, as the provider reads it)
             check_line(number, functools.partial(check_request_numbers, body))
-            if worst is not None:
+            if worst is not None and past is not None:
                 cost = self._line_cost(ctx, provider, endpoint, body, line, pages)
                 worst = None if cost is None else worst + cost
                 priced += 1

@@ -139,7 +139,7 @@ class MessageBatches(ProviderCalls):
         costs: BatchCosts,
         check_budget: Callable[[RequestContext, int | None], BatchHold],
         budgeted: Callable[[RequestContext], bool],
-        room: Callable[[RequestContext, int], Callable[[int, int], None]],
+        room: Callable[[RequestContext, int], Callable[[int, int], None] | None],
         count: Callable[[str], None] = lambda name: None,
         parsing: Callable[[int, int], ContextManager[int]] = lambda values, size: contextlib.nullcontext(
             MAX_JSON_VALUES
@@ -219,7 +219,8 @@ class MessageBatches(ProviderCalls):
         budgeted = self._budgeted(ctx)
         if budgeted:  # used up: the 429 before 100,000 requests are checked, routed and priced (3 s of CPU)
             self._check_budget(ctx, 0)
-        past = self._room(ctx, len(requests))  # one too large for what is left: the 429 at the request that passes it
+        # one too large for what is left: the 429 at the request that passes it (None: no budget, not priced)
+        past = self._room(ctx, len(requests))
         policy = batch_policy(self._path.chain(), ctx)  # guard's model lists, as /v1/messages judges them
         for i, item in enumerate(requests):
             params = self._checked(item, i, seen)
@@ -247,7 +248,7 @@ class MessageBatches(ProviderCalls):
                 changed = True
             if asked not in models and len(models) < 20:
                 models.append(asked)
-            if worst is not None and budgeted:  # else no budget reads it: 40% of a batch's checks
+            if worst is not None and past is not None:  # else no budget reads it: 40% of a batch's checks
                 cost = self._request_cost(ctx, route, asked, params, mode, pages)
                 worst = None if cost is None else worst + cost
                 if worst is not None:

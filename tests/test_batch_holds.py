@@ -192,10 +192,14 @@ def test_the_watch_goes_on_past_batches_it_cannot_ask_about(app, mock):
 # -- a batch line's worst case is what the same call would hold ----------------------------------
 
 
+def room(worst: int, counted: int) -> None:
+    """A budget's room check (``App.batch_room``) with room for any batch: every line priced, none refused."""
+
+
 def line_worst(app: App, body: dict, url: str = "/v1/chat/completions") -> int | None:
     """A one-line batch file's worst case (µ¢ at the batch price), as the create checks it."""
     line = json.dumps({"custom_id": "r0", "method": "POST", "url": url, "body": body}).encode() + b"\n"
-    return app.files._check_batch_lines(request_of(app), app.registry().by_name["openai"], iter([line]))
+    return app.files._check_batch_lines(request_of(app), app.registry().by_name["openai"], iter([line]), room)
 
 
 def direct_worst(app: App, body: dict, endpoint: str = "chat") -> int:

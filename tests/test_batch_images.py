@@ -17,6 +17,7 @@ import json
 import pytest
 from conftest import OPENAI_KEY
 from mock_upstream import FILES, IMAGE_TEXT_OUTPUT_TOKENS, IMAGE_USAGE
+from test_batch_holds import room
 
 from stockyard import config
 from stockyard.app import App
@@ -61,7 +62,9 @@ def line_of(body: dict, url: object) -> bytes:
 
 def line_worst(app: App, body: dict, url: object) -> int | None:
     """A one-line batch file's worst case (µ¢ at the batch price), as the upload and the create check it."""
-    return app.files._check_batch_lines(request_of(app), app.registry().by_name["openai"], iter([line_of(body, url)]))
+    return app.files._check_batch_lines(
+        request_of(app), app.registry().by_name["openai"], iter([line_of(body, url)]), room
+    )
 
 
 def direct_worst(app: App, body: dict, endpoint: str) -> int:
