@@ -537,11 +537,16 @@ class Ledger:
         return found
 
     def used_up(self, budgets: list[Budget], ts_ms: int) -> BudgetExceeded | None:
-        """The budget with nothing left (spent and held reach its limit; the one furthest past it), or
-        None: for work whose cost is known only afterwards (a batch), which may start only while some
-        is left."""
-        found = self.tightest(budgets, ts_ms)
-        return found if found is not None and room_of(found) <= 0 else None
+        """The first budget with nothing left (spent and held reach its limit), or None: for work
+        whose cost is known only afterwards (a batch), which may start only while some is left.
+        (Every budgeted request asks, before its hold: no record is made for a budget with room.)"""
+        keyed = self._ensure(budgets, ts_ms)
+        with self._lock:
+            for budget, key in keyed:
+                entry = self._entries[budget.scope][key]
+                if entry.spent + entry.reserved >= budget.limit_uc:
+                    return BudgetExceeded(budget, key, entry.spent, entry.reserved, 0, ts_ms)
+        return None
 
     def tightest(self, budgets: list[Budget], ts_ms: int) -> BudgetExceeded | None:
         """The budget with the least room (:func:`room_of`) now, as the refusal a reservation past it

@@ -271,9 +271,10 @@ class StateServer:
             if trace_id is not None and int(actual_uc):
                 self._note_uncommitted(int(pid), str(trace_id), int(actual_uc), settled, scopes, int(ts_ms))
             return {"warnings": [[_plain(b), key, spent, pct] for b, key, spent, pct in self._crossed]}
-        if op == "tightest":
+        if op in ("used_up", "tightest"):
             _, budgets, ts_ms = call
-            found = self.ledger.tightest([_budget(b) for b in budgets], int(ts_ms))
+            read = self.ledger.used_up if op == "used_up" else self.ledger.tightest
+            found = read([_budget(b) for b in budgets], int(ts_ms))
             return {"refused": None if found is None else _refusal(found)}
         if op == "usage":
             _, budget, ts_ms = call
@@ -467,8 +468,15 @@ class RemoteLedger(Ledger):
             return
         self._tell_warnings((_budget(budget), key, spent, pct) for budget, key, spent, pct in reply["warnings"])
 
+    def used_up(self, budgets: list[Budget], ts_ms: int) -> BudgetExceeded | None:
+        return self._state("used_up", budgets, ts_ms)
+
     def tightest(self, budgets: list[Budget], ts_ms: int) -> BudgetExceeded | None:
-        found = self._client.call(["tightest", [_plain(b) for b in budgets], ts_ms])["refused"]
+        return self._state("tightest", budgets, ts_ms)
+
+    def _state(self, op: str, budgets: list[Budget], ts_ms: int) -> BudgetExceeded | None:
+        """The parent's answer to ``op`` (``used_up``, ``tightest``): a budget's state, or None."""
+        found = self._client.call([op, [_plain(b) for b in budgets], ts_ms])["refused"]
         if found is None:
             return None
         budget, key, spent, reserved, asked, at = found

@@ -106,6 +106,22 @@ def test_workers_calling_the_parent_at_once_admit_exactly_the_budget(state, tmp_
     assert refused is not None and refused.spent == 70
 
 
+def test_a_worker_reads_the_tightest_budget_from_the_parent(state, tmp_path):
+    """What a batch's running worst case is compared with (``App.batch_room``): the budget with the
+    least left beside what is spent and held, counting what another worker holds."""
+    key, project = Budget("key:k3", "key 'k3'", 1000, "day"), Budget("project:p3", "project 'p3'", 5000, "day")
+    workers = [RemoteLedger(StateClient(tmp_path), lambda b, k: 0) for _ in range(2)]
+    assert workers[0].tightest([], TS) is None
+    hold = workers[0].reserve([key, project], 300, TS)
+    tight = workers[1].tightest([key, project], TS)  # key 700 left, project 4700
+    assert tight is not None and (tight.budget.scope, tight.spent, tight.reserved) == ("key:k3", 0, 300)
+    workers[0].settle(workers[0].reserve([project], 4500, TS), 4500, ["project:p3"], TS)
+    tight = workers[1].tightest([key, project], TS)  # key 700 left, project 5000 - 4500 - 300 = 200
+    assert tight is not None and (tight.budget.scope, tight.spent, tight.reserved) == ("project:p3", 4500, 300)
+    workers[0].settle(hold, 0, [], TS)
+    assert workers[1].used_up([key, project], TS) is None
+
+
 def test_hundreds_of_calls_at_once_are_all_answered_and_no_settlement_is_lost(state, tmp_path):
     """More calls at once than the parent's listen backlog and the workers' idle connections: each
     waits its turn (none fails with EAGAIN, no settlement is dropped; before, ~1% were at 192 clients)."""

@@ -358,6 +358,15 @@ class SharedLedger(Ledger):
         for job in jobs:
             job.crossed = self._apply(job, conn)
 
+    def used_up(self, budgets: list[Budget], ts_ms: int) -> BudgetExceeded | None:
+        keyed = self._ensure(budgets, ts_ms)
+        conn = self._conn()
+        for budget, key in keyed:
+            spent, reserved = self._row(conn, budget.scope, key)
+            if spent + reserved >= budget.limit_uc:
+                return BudgetExceeded(budget, key, spent, reserved, 0, ts_ms)
+        return None
+
     def tightest(self, budgets: list[Budget], ts_ms: int) -> BudgetExceeded | None:
         keyed = self._ensure(budgets, ts_ms)
         conn = self._conn()
