@@ -1025,12 +1025,7 @@ def relay_bytes(reply: Reply, ctx: RequestContext, resp: UpstreamResponse, heade
         for data in resp.chunks():
             reply.chunk(data)
             sent += len(data)
-            if ctx.deadline is not None:
-                left = ctx.deadline - time.perf_counter()
-                if left <= 0:
-                    resp.close()
-                    raise UpstreamError("timeout", "the request passed its deadline")
-                resp.set_timeout(left)
+            keep_deadline(ctx, resp)
         reply.end_stream()
         ctx.complete = True
     except UpstreamError as exc:
@@ -1049,6 +1044,17 @@ def relay_bytes(reply: Reply, ctx: RequestContext, resp: UpstreamResponse, heade
 
 
 # -- relaying a stream ------------------------------------------------------------------------------
+
+
+def keep_deadline(ctx: RequestContext, resp: UpstreamResponse) -> None:
+    """The provider's next read may wait only what is left of the request's deadline; past it the
+    call ends, a timeout (a relayed answer is checked between its reads)."""
+    if ctx.deadline is not None:
+        left = ctx.deadline - time.perf_counter()
+        if left <= 0:
+            resp.close()
+            raise UpstreamError("timeout", "the request passed its deadline")
+        resp.set_timeout(left)
 
 
 def left_mid_stream(ctx: RequestContext) -> None:
@@ -1106,12 +1112,7 @@ def relay_stream(
             if out and ctx.attempt.first_chunk is None:  # gen_ai.response.time_to_first_chunk
                 ctx.attempt.first_chunk = time.perf_counter()
             ctx.attempt.capture(out, cap)
-            if ctx.deadline is not None:
-                left = ctx.deadline - time.perf_counter()
-                if left <= 0:
-                    resp.close()
-                    raise UpstreamError("timeout", "the request passed its deadline")
-                resp.set_timeout(left)
+            keep_deadline(ctx, resp)
             if path.relay is not None and (client := reply.stream_socket()) is not None:
                 if (handoff := resp.handoff()) is not None:
                     waits: list[Future] = []
