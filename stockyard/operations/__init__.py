@@ -12,6 +12,7 @@ import sqlite3
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, TypeVar
+from urllib.parse import SplitResult, urlsplit
 
 from .. import audit, vault
 from ..audit import AuditEntry
@@ -42,6 +43,17 @@ class Refused(Exception):
 def invalid(message: str, param: str | None = None) -> Refused:
     """A change that does not validate (400)."""
     return Refused(400, message, "invalid_value", param)
+
+
+def http_parts(url: str) -> SplitResult | None:
+    """``url`` split, where it is an http(s) URL naming a host (its port, if any, a valid one); else
+    None: what a provider's base URL and a webhook's URL must be."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a bad port
+    except ValueError:
+        return None
+    return parts if parts.scheme in ("http", "https") and parts.hostname else None
 
 
 def not_found(what: str) -> Refused:

@@ -14,13 +14,12 @@ import sqlite3
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Mapping
-from urllib.parse import urlsplit
 
 from .. import audit, vault
 from ..providers import AZURE_API_VERSION, ENV_SPECS, KINDS, Provider, Registry, from_env
 from ..store import Store
 from ..times import now_iso
-from . import Operations, Refused, conflict, invalid
+from . import Operations, Refused, conflict, http_parts, invalid
 
 NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,39}$")
 API_VERSION = re.compile(r"^[A-Za-z0-9._-]{1,40}$")
@@ -81,12 +80,8 @@ def check_base_url(url: Any, kind: str) -> str:
             f"(at most {MAX_URL_CHARS} characters)",
             "base_url",
         )
-    try:
-        parts = urlsplit(url)
-        parts.port  # noqa: B018 - raises ValueError for a bad port
-    except ValueError:
-        parts = None
-    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+    parts = http_parts(url)
+    if parts is None:
         raise invalid(f"base URL {shown_url(url)!r} is not valid: use http(s)://host[:port][/path]", "base_url")
     if parts.username or parts.password or parts.query or parts.fragment:
         # Keys belong in the vault, not in a URL that is shown, logged and audited.

@@ -19,7 +19,7 @@ from typing import Any, Mapping
 from .. import vault
 from ..times import now_iso
 from ..webhooks import EVENTS, FORMATS, Hook
-from . import Operations, Refused, invalid, not_found
+from . import Operations, Refused, http_parts, invalid, not_found
 from .providers import MAX_URL_CHARS, _vault_and_audit_refusals, _vault_for
 
 log = logging.getLogger("stockyard.webhooks")
@@ -48,18 +48,13 @@ def url_hint(url: str) -> str:
 
 
 def check_url(url: Any) -> str:
-    from urllib.parse import urlsplit
 
     if not isinstance(url, str) or not url or len(url) > MAX_URL_CHARS:
         raise invalid(f"url must be an http(s) URL of at most {MAX_URL_CHARS} characters", "url")
     if any(ch.isspace() or not ch.isprintable() for ch in url):
         raise invalid("url must not contain spaces or control characters", "url")
-    try:
-        parts = urlsplit(url)
-        parts.port  # noqa: B018 - raises ValueError for a bad port
-    except ValueError:
-        parts = None
-    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+    parts = http_parts(url)
+    if parts is None:
         # not echoed: a webhook URL may itself be a credential (Slack's), and errors reach CI logs
         raise invalid("url is not valid: use http(s)://host[:port]/path", "url")
     if parts.username or parts.password or parts.fragment:
