@@ -89,13 +89,22 @@ def ticket_batch(count: int, **extra: Any) -> list[dict]:
 
 @pytest.mark.parametrize("who", ["alice", "budgeted"])
 def test_a_batch_of_anthropics_most_requests_is_served(server, mock, who):
+    """By the official SDK, and (the budgeted key, each request priced) as the same bytes sent raw:
+    the SDK's own work on 100,000 requests is ~3 s of the test's CPU (9.4 s of 6.7), and once is enough."""
     requests = ticket_batch(MAX_BATCH)
-    size = len(json.dumps({"requests": requests}).encode())
-    assert size < 32 * 1024 * 1024  # within the body size limit: the old server served it
+    raw = json.dumps({"requests": requests}).encode()
+    assert len(raw) < 32 * 1024 * 1024  # within the body size limit: the old server served it
     mock.clear()
-    batch = server.anthropic(who, timeout=120).messages.batches.create(requests=requests)
-    assert batch.processing_status == "in_progress"
-    assert len(MESSAGE_BATCHES.requests[batch.id]) == MAX_BATCH
+    if who == "alice":
+        batch = server.anthropic(who, timeout=120).messages.batches.create(requests=requests)
+        status, batch_id = batch.processing_status, batch.id
+    else:
+        headers = {"x-api-key": server.keys[who], "anthropic-version": "2023-06-01"}
+        got, _, answer = server.request("POST", "/v1/messages/batches", raw=raw, headers=headers)
+        assert got == 200, answer[:300]
+        status, batch_id = json.loads(answer)["processing_status"], json.loads(answer)["id"]
+    assert status == "in_progress"
+    assert len(MESSAGE_BATCHES.requests[batch_id]) == MAX_BATCH
 
 
 @pytest.mark.parametrize(
