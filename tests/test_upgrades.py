@@ -278,3 +278,30 @@ def test_ordinary_commands_leave_an_old_database_to_migrate(pyz_path, cache_home
     conn.close()
     assert pyz(pyz_path, cache_home, "migrate", "--db", path).returncode == 0
     assert pyz(pyz_path, cache_home, "traces", "--db", path).returncode == 0
+
+
+def test_a_new_databases_schema_is_made_in_one_transaction(tmp_path):
+    """Was: forty migrations, forty commits (~0.1 s of a first start) and, had one failed, a new file left
+    with half a schema. Now a new database gets its whole schema in one transaction: one commit, and a
+    failure leaves nothing of it. (An existing database still migrates one migration at a time, backed
+    up first: ``test_pre_migration_backups_…``.)"""
+    conn = db.connect(tmp_path / "new.db")
+    statements: list[str] = []
+    conn.set_trace_callback(statements.append)
+    applied = db.migrate(conn)
+    conn.set_trace_callback(None)
+    assert [m.version for m in applied] == [m.version for m in db.available_migrations()]
+    ends = [word for s in statements if (word := s.split()[0].upper().rstrip(";")) in ("BEGIN", "COMMIT")]
+    assert ends == ["BEGIN", "COMMIT"]
+    conn.close()
+
+    conn = db.connect(tmp_path / "broken.db")
+    shipped = db.available_migrations()
+    broken = db.Migration(shipped[-1].version + 1, "broken", "CREATE TABLE half (x INTEGER); SELECT * FROM nowhere;")
+    with pytest.raises(sqlite3.OperationalError):
+        db.apply_migrations(conn, [*shipped, broken])
+    assert db.schema_version(conn) == 0
+    assert not conn.execute(
+        "SELECT name FROM sqlite_master WHERE type = 'table' AND name != 'sqlite_sequence'"
+    ).fetchall()
+    conn.close()
