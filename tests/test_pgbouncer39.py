@@ -78,6 +78,20 @@ def api(server: ServerProcess, method: str, path: str, body=None):
     return status, json.loads(data)
 
 
+def loaded_everywhere(replicas: list[ServerProcess]) -> None:
+    """Until every replica has loaded the configuration as the database holds it now: a price set
+    through one replica is the other's at its next reload, which a loaded machine delays (seen in a
+    run: the other served the new model unpriced, cost_status 'unknown')."""
+    status, found = api(replicas[0], "GET", "/api/status")
+    assert status == 200, found
+    wait_for(
+        lambda: all(
+            api(s, "GET", "/api/status")[1]["loaded_config_version"] >= found["config_version"] for s in replicas
+        ),
+        what="the configuration on every replica",
+    )
+
+
 def refuses_unknown_keys(server: ServerProcess) -> bool:
     return server.request("GET", "/v1/models", headers={"Authorization": "Bearer sk-unknown"})[0] == 401
 
@@ -141,6 +155,7 @@ def test_both_replicas_say_at_start_what_a_transaction_pooler_changes(replicas, 
 
 def test_requests_through_both_replicas_are_traced_and_costed(replicas, pg_cluster, direct_url):
     assert api(replicas[0], "POST", "/api/prices", {"model": "claude-pooled", "input": "1", "output": "2"})[0] == 200
+    loaded_everywhere(replicas)  # else replica 1 may serve claude-pooled unpriced: cost_status 'unknown'
     chat = replicas[0].openai(ADMIN).chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=HELLO)
     message = (
         replicas[1]
@@ -162,6 +177,7 @@ def test_requests_through_both_replicas_are_traced_and_costed(replicas, pg_clust
 
 def test_a_budget_burst_over_both_replicas_admits_exactly_the_budget(replicas, mock, pg_cluster, direct_url):
     assert api(replicas[0], "POST", "/api/prices", {"model": "gpt-mock-budget", "input": "0", "output": "1"})[0] == 200
+    loaded_everywhere(replicas)
     budget = {"name": "burst", "budget_usd": "0.00005", "budget_period": "total"}  # 10 answers of 5 tokens
     status, key = api(replicas[1], "POST", "/api/keys", budget)
     assert status == 201, key
