@@ -223,7 +223,6 @@ class App:
             self.models,
             self.batch_costs,
             self.check_batch_budget,
-            self.budgeted,
             self.batch_room,
             self.metrics.count,
             self.parsing,

@@ -128,8 +128,9 @@ def anthropic_output(provider: Provider, batch_id: str) -> BatchOutput:
 
 class MessageBatches(ProviderCalls):
     """The message batches routes. ``check_budget(ctx, worst)`` refuses a batch to a key whose
-    budget is used up or cannot take its worst case (None: a model without a price); ``room(ctx)``
-    refuses one as soon as its running worst case is past what the budget has left."""
+    budget is used up or cannot take its worst case (None: a model without a price); ``room(ctx, total)``
+    refuses one as soon as its running worst case is past what the budget has left (None: no budget
+    counts the key's batches)."""
 
     def __init__(
         self,
@@ -138,7 +139,6 @@ class MessageBatches(ProviderCalls):
         models: Callable[[], Models],
         costs: BatchCosts,
         check_budget: Callable[[RequestContext, int | None], BatchHold],
-        budgeted: Callable[[RequestContext], bool],
         room: Callable[[RequestContext, int], Callable[[int, int], None] | None],
         count: Callable[[str], None] = lambda name: None,
         parsing: Callable[[int, int], ContextManager[int]] = lambda values, size: contextlib.nullcontext(
@@ -152,7 +152,6 @@ class MessageBatches(ProviderCalls):
         self._models = models
         self._costs = costs
         self._check_budget = check_budget
-        self._budgeted = budgeted
         self._room = room  # App.batch_room: refuses a running worst case past what the budgets have left
         self._parsing = parsing  # room to parse a batch of more values than other bodies (App.parsing)
 
@@ -216,11 +215,12 @@ class MessageBatches(ProviderCalls):
         changed = False
         seen: set[str] = set()
         models: list[str] = []
-        budgeted = self._budgeted(ctx)
+        # one too large for what is left: the 429 at the request that passes it (None: no budget counts
+        # the key's batches, which are not priced)
+        past = self._room(ctx, len(requests))
+        budgeted = past is not None
         if budgeted:  # used up: the 429 before 100,000 requests are checked, routed and priced (3 s of CPU)
             self._check_budget(ctx, 0)
-        # one too large for what is left: the 429 at the request that passes it (None: no budget, not priced)
-        past = self._room(ctx, len(requests))
         policy = batch_policy(self._path.chain(), ctx)  # guard's model lists, as /v1/messages judges them
         for i, item in enumerate(requests):
             params = self._checked(item, i, seen)

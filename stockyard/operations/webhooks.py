@@ -48,7 +48,6 @@ def url_hint(url: str) -> str:
 
 
 def check_url(url: Any) -> str:
-
     if not isinstance(url, str) or not url or len(url) > MAX_URL_CHARS:
         raise invalid(f"url must be an http(s) URL of at most {MAX_URL_CHARS} characters", "url")
     if any(ch.isspace() or not ch.isprintable() for ch in url):
