@@ -37,6 +37,7 @@ from common import (
     start_proxy,
 )
 from harness import Bench, Row, interleaved, latency_rows
+from stream_floor import start_floor
 from workers import group_cpu_seconds
 
 TTFT_ADDED_MS = 0.5
@@ -84,6 +85,15 @@ def stream_proxy(b: Bench, workers: int = 1) -> Target:
         env = {"STOCKYARD_WORKERS": str(workers)} if workers > 1 else None
         b._targets[key] = start_proxy(b.procs, b.pyz, key, stream_mock(b), extra_env=env)
     return b._targets[key]
+
+
+def stream_floors(b: Bench) -> list[Target]:
+    """The minimal stream relays of this run (``stream_floor.py``): Stockyard's shape with no work, and
+    one event loop — the same-run floor under the stream rows."""
+    for mode in ("relay", "loop"):
+        if f"floor:{mode}" not in b._targets:
+            b._targets[f"floor:{mode}"] = start_floor(b.procs, mode, stream_mock(b))
+    return [b._targets["floor:relay"], b._targets["floor:loop"]]
 
 
 def rss_mib(pid: int | None, field: str = "VmRSS") -> float:
@@ -176,38 +186,52 @@ def proxy_cpu(proxy: Target, group: bool) -> float:
 def concurrent_streams(b: Bench, n: int, workers: int = 1) -> list[Row]:
     """`n` concurrent streams direct and through the proxy, alternating bursts; the added p50 of
     the time to each stream's end, and the proxy's CPU per stream. The target is judged on one
-    process; a ``--workers`` group's row is for information."""
+    process; a ``--workers`` group's row is for information. Beside one process, the minimal stream
+    relays (``stream_floor.py``) take the same bursts: the floor of that shape, and of an event loop."""
     direct, proxy = stream_mock(b), stream_proxy(b, workers)
     group = workers > 1
+    relays = [proxy] if group else [proxy, *stream_floors(b)]
     rounds = 2 if b.args.quick else 3
-    burst(proxy, min(n, 50))  # warm the pool and the threads a little; not measured
-    added, failed, cpu, p50s = [], 0, 0.0, {direct.name: [], proxy.name: []}
+    for relay in relays:
+        burst(relay, min(n, 50))  # warm the pool and the threads a little; not measured
+    targets = [direct, *relays]
+    cpu = {t.name: 0.0 for t in relays}
+    failed = {t.name: 0 for t in relays}
+    p50s: dict[str, list[float]] = {t.name: [] for t in targets}
     for r in range(rounds):
-        got: dict[str, list[float]] = {}
-        for t in (direct, proxy) if r % 2 == 0 else (proxy, direct):
-            before = proxy_cpu(proxy, group)
-            got[t.name], errors = burst(t, n)
-            if t is proxy:
-                cpu += proxy_cpu(proxy, group) - before
-                failed += errors
-            elif errors:
-                raise RuntimeError(f"{errors} of {n} direct streams failed: the client or mock cannot carry {n}")
-        for name in p50s:
-            p50s[name].append(quantile(got[name], 0.5))
-        added.append(1000 * (quantile(got[proxy.name], 0.5) - quantile(got[direct.name], 0.5)))
-    value, limit = median(added), STREAMS_ADDED_MS[n]
-    return [
+        k = r % len(targets)
+        for t in targets[k:] + targets[:k]:
+            before = proxy_cpu(t, group and t is proxy)
+            done, errors = burst(t, n)
+            if t is direct:
+                if errors:
+                    raise RuntimeError(f"{errors} of {n} direct streams failed: the client or mock cannot carry {n}")
+            else:
+                cpu[t.name] += proxy_cpu(t, group and t is proxy) - before
+                failed[t.name] += errors
+            p50s[t.name].append(quantile(done, 0.5) if done else float("nan"))
+
+    def added(t: Target) -> float:
+        return 1000 * median([x - y for x, y in zip(p50s[t.name], p50s[direct.name])])
+
+    def detail(t: Target) -> str:
+        return f"{failed[t.name]} of {n * rounds} failed; CPU {1000 * cpu[t.name] / (n * rounds):.2f} ms/stream"
+
+    value, limit = added(proxy), STREAMS_ADDED_MS[n]
+    title = f"{n} concurrent streams ({EVENTS} events, {EVENT_DELAY_MS:g} ms apart)"
+    rows = [
         Row(
-            f"{n} concurrent streams ({EVENTS} events, {EVENT_DELAY_MS:g} ms apart)"
-            + (f", --workers {workers}" if group else "")
-            + ", added p50",
+            title + (f", --workers {workers}" if group else "") + ", added p50",
             f"{value:+.1f} ms",
             "" if group else f"<= {limit:g} ms" + (", all complete" if n >= 1000 else ""),
-            None if group else value <= limit and failed == 0,
+            None if group else value <= limit and failed[proxy.name] == 0,
             f"direct {1000 * median(p50s[direct.name]):.0f} ms, proxy {1000 * median(p50s[proxy.name]):.0f} ms; "
-            f"{failed} of {n * rounds} failed; proxy CPU {1000 * cpu / (n * rounds):.2f} ms/stream",
+            + detail(proxy),
         )
     ]
+    for floor in relays[1:]:
+        rows.append(Row(f"{title}, {floor.name} (same rounds)", f"{added(floor):+.1f} ms", "", None, detail(floor)))
+    return rows
 
 
 def streams_200(b: Bench) -> list[Row]:
