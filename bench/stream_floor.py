@@ -83,6 +83,24 @@ class Upstreams:
             self._idle.append(sock)
 
 
+def read_request(client: socket.socket) -> bytes | None:
+    """A blocking client's whole request, as the upstream gets it; None if it left first."""
+    client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    data = b""
+    while not (end := request_end(data)):
+        got = client.recv(65536)
+        if not got:
+            return None
+        data += got
+    return kept_alive(data[:end])
+
+
+class Server(socketserver.ThreadingTCPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 4096
+
+
 # --------------------------------------------------------------------------- a thread per connection
 
 
@@ -90,15 +108,11 @@ def serve_threads(upstreams: Upstreams) -> socketserver.TCPServer:
     class Relay(socketserver.BaseRequestHandler):
         def handle(self) -> None:
             client: socket.socket = self.request
-            client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            data = b""
-            while not (end := request_end(data)):
-                got = client.recv(65536)
-                if not got:
-                    return
-                data += got
+            request = read_request(client)
+            if request is None:
+                return
             up = upstreams.take()
-            up.sendall(kept_alive(data[:end]))
+            up.sendall(request)
             tail = b""
             while not tail.endswith(END):
                 got = up.recv(65536)
@@ -108,11 +122,6 @@ def serve_threads(upstreams: Upstreams) -> socketserver.TCPServer:
                 client.sendall(got)
                 tail = (tail + got)[-8:]
             upstreams.give(up)
-
-    class Server(socketserver.ThreadingTCPServer):
-        daemon_threads = True
-        allow_reuse_address = True
-        request_queue_size = 4096
 
     return Server(("127.0.0.1", 0), Relay)
 
@@ -168,25 +177,16 @@ def serve_relay(upstreams: Upstreams) -> socketserver.TCPServer:
     class Relay(socketserver.BaseRequestHandler):
         def handle(self) -> None:
             client: socket.socket = self.request
-            client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            data = b""
-            while not (end := request_end(data)):
-                got = client.recv(65536)
-                if not got:
-                    return
-                data += got
+            request = read_request(client)
+            if request is None:
+                return
             up = upstreams.take()
-            up.sendall(kept_alive(data[:end]))
+            up.sendall(request)
             got = up.recv(65536)  # the head (and the first events): written here, the rest by the relay
             client.sendall(got)
             if not got.endswith(END):
                 handed.carry(client, up, got[-8:])
             upstreams.give(up)
-
-    class Server(socketserver.ThreadingTCPServer):
-        daemon_threads = True
-        allow_reuse_address = True
-        request_queue_size = 4096
 
     return Server(("127.0.0.1", 0), Relay)
 
@@ -198,7 +198,10 @@ class _Conn:
     __slots__ = ("client", "data", "up", "tail")
 
     def __init__(self, client: socket.socket) -> None:
-        self.client, self.data, self.up, self.tail = client, b"", None, b""
+        self.client = client
+        self.data = b""  # the request as read so far
+        self.up: socket.socket | None = None  # its upstream connection, once the request is whole
+        self.tail = b""  # the answer's last bytes relayed, to see its end
 
 
 def serve_loop(upstreams: Upstreams, listener: socket.socket) -> None:
@@ -228,10 +231,10 @@ def serve_loop(upstreams: Upstreams, listener: socket.socket) -> None:
                 conn.data += got
                 if end := request_end(conn.data):
                     sel.unregister(conn.client)
-                    conn.up = upstreams.take()
-                    conn.up.sendall(kept_alive(conn.data[:end]))
-                    conn.up.setblocking(False)
-                    sel.register(conn.up, selectors.EVENT_READ, conn)
+                    conn.up = up = upstreams.take()
+                    up.sendall(kept_alive(conn.data[:end]))
+                    up.setblocking(False)
+                    sel.register(up, selectors.EVENT_READ, conn)
             else:
                 assert conn.up is not None
                 got = conn.up.recv(65536)
