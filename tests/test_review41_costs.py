@@ -25,6 +25,8 @@ ADMIN = "admin-key-for-review41-costs-0123456789"
 ANTHROPIC_KEY = "sk-ant-test-0123456789REVIEW41COSTS"
 GEMINI_KEY = "gemini-test-key-REVIEW41COSTS"
 GPT, CLAUDE, GEMINI = "gpt-5.6-terra", "claude-haiku-4-5", "gemini-2.5-flash"
+IMAGE_MODEL = "gemini-2.5-flash-image"
+DRAWN = 1290  # an image's output tokens, which Google lists apart (candidatesTokensDetails, modality IMAGE)
 PRICES = json.loads((Path(__file__).parent.parent / "stockyard/data/prices.json").read_text())["models"]
 TEXT_PIECES = ["The answer ", "is forty-two, ", "as computed."]
 TEXT = "".join(TEXT_PIECES)
@@ -45,6 +47,7 @@ class Shape:
     output: int = 500
     reasoning: int = 0
     tool_use: int = 0
+    drawn: int = 0  # of output: an image model's image tokens (billed at media_output)
     usage: bool = True
 
     @property
@@ -76,7 +79,11 @@ SHAPES = {
 
 
 def usd(model: str, rate: str) -> Decimal:
-    return Decimal(PRICES[model][rate])
+    """A rate of prices.json in USD per 1M tokens; cache reads and writes unpriced are at the input rate,
+    image output unpriced at the output rate (``Price.from_usd``)."""
+    fallback = {"cached_input": "input", "cache_write": "input", "media_output": "output"}
+    rates = PRICES[model]
+    return Decimal(rates[rate] if rate in rates else rates[fallback[rate]])
 
 
 def hand_cost(model: str, shape: Shape) -> int:
@@ -91,7 +98,8 @@ def hand_cost(model: str, shape: Shape) -> int:
         + shape.read * usd(model, "cached_input")
         + shape.write * usd(model, "cache_write")
         + shape.write_long * long_rate
-        + (shape.output - shape.reasoning) * usd(model, "output")
+        + (shape.output - shape.reasoning - shape.drawn) * usd(model, "output")
+        + shape.drawn * usd(model, "media_output")
         + shape.reasoning * reasoning_rate
     )
     return int((dollars_per_m * 100).quantize(Decimal(1), rounding=ROUND_HALF_UP))
@@ -116,6 +124,9 @@ def test_the_hand_computation_itself():
     # 1000 × 1 + 300 × 0.10 + 700 × 1.25 + 400 × 2 + 500 × 5 = 1000 + 30 + 875 + 800 + 2500 = 5205 $/1M
     # → 5205 × 100 µ¢ = 520_500 µ¢
     assert hand_cost(CLAUDE, WRITES) == 520_500
+    # gemini-2.5-flash-image: $0.30 in, $2.50 text out, $30 image out:
+    # 1000 × 0.30 + 40 × 2.50 + 1290 × 30 = 300 + 100 + 38_700 = 39_100 $/1M → 3_910_000 µ¢
+    assert hand_cost(IMAGE_MODEL, Shape("image", output=40 + DRAWN, drawn=DRAWN)) == 3_910_000
     # gemini-2.5-flash: $0.30 in, $0.03 cached, $2.50 out (thoughts too):
     # (1000 + 150) × 0.30 + 2000 × 0.03 + 500 × 2.50 = 345 + 60 + 1250 = 1655 → 165_500 µ¢
     assert hand_cost(GEMINI, GEMINI_ALL) == 165_500
@@ -305,18 +316,18 @@ def gemini_usage(shape: Shape, candidates: int | None = None) -> dict:
     return meta
 
 
-def gemini_chunk(text: str, meta: dict | None, finish: bool) -> dict:
+def gemini_chunk(text: str, meta: dict | None, finish: bool, model: str = GEMINI) -> dict:
     candidate: dict = {"content": {"role": "model", "parts": [{"text": text}]}, "index": 0}
     if finish:
         candidate["finishReason"] = "STOP"
-    chunk: dict = {"candidates": [candidate], "modelVersion": GEMINI, "responseId": "r41"}
+    chunk: dict = {"candidates": [candidate], "modelVersion": model, "responseId": "r41"}
     if meta is not None:
         chunk["usageMetadata"] = meta
     return chunk
 
 
 def gemini_whole(model: str, shape: Shape) -> dict:
-    return gemini_chunk(TEXT, gemini_usage(shape) if shape.usage else None, finish=True)
+    return gemini_chunk(TEXT, gemini_usage(shape) if shape.usage else None, finish=True, model=model)
 
 
 def gemini_stream(model: str, shape: Shape) -> list[str]:
@@ -325,7 +336,7 @@ def gemini_stream(model: str, shape: Shape) -> list[str]:
     events = []
     for i, piece in enumerate(TEXT_PIECES):
         meta = gemini_usage(shape, None if i == last else i + 1) if shape.usage else None
-        events.append(json.dumps(gemini_chunk(piece, meta, finish=i == last)))
+        events.append(json.dumps(gemini_chunk(piece, meta, i == last, model)))
     return events
 
 
@@ -370,8 +381,8 @@ def stream_reply(route: Route, shape: Shape) -> Reply:
     return Reply(sse=build.get(route.provider, gemini_stream)(route.model, shape))
 
 
-def request(server: ServerProcess, route: Route, stream: bool) -> tuple[int, bytes, str]:
-    """The route's client request (read to its end): status, body, trace id."""
+def request(server: ServerProcess, route: Route, stream: bool, **extra: object) -> tuple[int, bytes, str]:
+    """The route's client request (``extra`` its other fields), read to its end: status, body, trace id."""
     hello = [{"role": "user", "content": "What is the answer?"}]
     if route.client == "gemini":
         method = "streamGenerateContent?alt=sse" if stream else "generateContent"
@@ -384,7 +395,7 @@ def request(server: ServerProcess, route: Route, stream: bool) -> tuple[int, byt
         body = {"model": route.model, "max_tokens": 1000, "messages": hello, "stream": stream}
     else:
         path, body = "/v1/responses", {"model": route.model, "input": "What is the answer?", "stream": stream}
-    status, headers, data = server.request("POST", path, body)
+    status, headers, data = server.request("POST", path, {**body, **extra})
     return status, data, headers.get("x-stockyard-trace-id", "")
 
 
@@ -525,3 +536,100 @@ def test_a_gemini_stream_cut_before_its_last_chunk(server, mock, route):
     assert row["completion_tokens"] == 202
     so_far = Shape("so far", read=2000, tool_use=150, output=202, reasoning=200)
     assert row["cost_uc"] == hand_cost(route.model, so_far)
+
+
+# --------------------------------------------------------------------------- an image model's output
+
+
+PIXEL = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg=="
+
+
+def image_usage(shape: Shape) -> dict:
+    """usageMetadata of an image model's whole answer: its candidates' text and image tokens listed apart."""
+    meta = gemini_usage(shape)
+    text = {"modality": "TEXT", "tokenCount": shape.output - shape.drawn}
+    meta["candidatesTokensDetails"] = [text, {"modality": "IMAGE", "tokenCount": shape.drawn}]
+    return meta
+
+
+def image_part() -> dict:
+    return {"inlineData": {"mimeType": "image/png", "data": PIXEL}}
+
+
+def image_whole(shape: Shape) -> dict:
+    answer = gemini_chunk(TEXT, image_usage(shape), finish=True, model=IMAGE_MODEL)
+    answer["candidates"][0]["content"]["parts"].append(image_part())
+    return answer
+
+
+def image_stream(shape: Shape) -> list[str]:
+    """The text in chunks with the counts so far, then the image in a chunk of its own with the final counts."""
+    so_far = [gemini_chunk(p, gemini_usage(shape, i + 1), False, IMAGE_MODEL) for i, p in enumerate(TEXT_PIECES)]
+    last = gemini_chunk("", image_usage(shape), finish=True, model=IMAGE_MODEL)
+    last["candidates"][0]["content"]["parts"] = [image_part()]
+    return [json.dumps(chunk) for chunk in [*so_far, last]]
+
+
+IMAGE_ROUTES = [pytest.param(Route(r.name, r.client, IMAGE_MODEL, "gemini"), id=r.name) for r in ROUTES if r.kind == "gemini"]
+
+
+@pytest.mark.parametrize("route", IMAGE_ROUTES)
+def test_an_image_models_output_costs_the_same_streamed_and_whole(server, mock, route):
+    shape = Shape("image", output=40 + DRAWN, drawn=DRAWN)
+    whole = answered(server, mock, route, Reply(json=image_whole(shape)), stream=False)
+    streamed = answered(server, mock, route, Reply(sse=image_stream(shape)), stream=True)
+    assert (whole, streamed) == (expected_trace(IMAGE_MODEL, shape), expected_trace(IMAGE_MODEL, shape))
+
+
+# --------------------------------------------------------------------------- what the client is told
+
+
+def events_of(data: bytes) -> list[dict]:
+    """The JSON objects of an SSE stream's data lines ([DONE] and comments left out)."""
+    lines = [line[5:].strip() for line in data.decode().split("\n") if line.startswith("data:")]
+    return [json.loads(line) for line in lines if line.startswith("{")]
+
+
+def told_usage(route: Route, data: bytes, stream: bool) -> dict:
+    """The usage the client was given: the whole answer's, or the stream's last (chat's usage chunk,
+    message_delta's cumulative usage, response.completed's response's)."""
+    if not stream:
+        return json.loads(data)["usage"]
+    found = [e.get("usage") or (e.get("response") or {}).get("usage") for e in events_of(data)]
+    return [u for u in found if u][-1]
+
+
+CACHE_WRITES_TOLD = [
+    # chat → Claude: OpenAI's own field for cache writes (GPT-5.6's), beside the cache reads
+    pytest.param(
+        Route("chat→claude", "chat", CLAUDE, "anthropic"),
+        lambda u: (u["prompt_tokens"], u["prompt_tokens_details"].get("cache_write_tokens")),
+        (2400, 1100),
+        id="chat→claude",
+    ),
+    # Responses → Claude (over chat): input_tokens_details.cache_write_tokens
+    pytest.param(
+        Route("responses→claude", "responses", CLAUDE, "anthropic"),
+        lambda u: (u["input_tokens"], u["input_tokens_details"]["cache_write_tokens"]),
+        (2400, 1100),
+        id="responses→claude",
+    ),
+    # Messages → GPT: Anthropic counts cache writes apart from input_tokens, as it does cache reads
+    pytest.param(
+        Route("messages→gpt", "messages", GPT, "openai"),
+        lambda u: (u["input_tokens"], u["cache_creation_input_tokens"], u["cache_read_input_tokens"]),
+        (1000, 1100, 300),
+        id="messages→gpt",
+    ),
+]
+
+
+@pytest.mark.parametrize(("route", "read", "told"), CACHE_WRITES_TOLD)
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+def test_a_translated_answer_tells_the_client_its_cache_writes(server, mock, route, read, told, stream):
+    mock.clear_replies()
+    mock.enqueue(stream_reply(route, WRITES) if stream else whole_reply(route, WRITES))
+    asked = {"stream_options": {"include_usage": True}} if stream and route.client == "chat" else {}
+    status, data, _ = request(server, route, stream, **asked)
+    assert status == 200, data[:500]
+    assert read(told_usage(route, data, stream)) == told
