@@ -48,6 +48,7 @@ class Shape:
     reasoning: int = 0
     tool_use: int = 0
     drawn: int = 0  # of output: an image model's image tokens (billed at media_output)
+    searches: int = 0  # Claude's web searches (server_tool_use.web_search_requests): $10 per 1,000
     usage: bool = True
 
     @property
@@ -70,7 +71,13 @@ SHAPES = {
     "openai": [PLAIN, CACHED, WRITES, REASONING],
     # Claude reports no thinking count: its reasoning tokens are estimated from the thinking text
     # (4 characters a token, ``anthropic.with_thinking``), on every route alike, billed at the output rate
-    "anthropic": [PLAIN, CACHED, WRITES, Shape("thinking", reasoning=-(-len(THINKING) // 4))],
+    "anthropic": [
+        PLAIN,
+        CACHED,
+        WRITES,
+        Shape("thinking", reasoning=-(-len(THINKING) // 4)),
+        Shape("web-searches", searches=2),  # in message_delta's usage when streamed
+    ],
     "gemini": [PLAIN, GEMINI_CACHED, THOUGHTS, TOOL_USE, GEMINI_ALL],
 }
 
@@ -102,7 +109,8 @@ def hand_cost(model: str, shape: Shape) -> int:
         + shape.drawn * usd(model, "media_output")
         + shape.reasoning * reasoning_rate
     )
-    return int((dollars_per_m * 100).quantize(Decimal(1), rounding=ROUND_HALF_UP))
+    search_dollars_per_m = shape.searches * Decimal("0.01") * 1_000_000  # a cent a search
+    return int(((dollars_per_m + search_dollars_per_m) * 100).quantize(Decimal(1), rounding=ROUND_HALF_UP))
 
 
 def expected_trace(model: str, shape: Shape, reports_reasoning: bool = True) -> dict:
@@ -245,6 +253,8 @@ def anthropic_usage(shape: Shape) -> dict:
         "cache_creation_input_tokens": shape.write + shape.write_long,
         "output_tokens": shape.output,
     }
+    if shape.searches:
+        usage["server_tool_use"] = {"web_search_requests": shape.searches}
     if shape.write or shape.write_long:
         usage["cache_creation"] = {
             "ephemeral_5m_input_tokens": shape.write,
@@ -278,8 +288,8 @@ def anthropic_stream(model: str, shape: Shape, delta_repeats_input: bool = False
     ``delta_repeats_input`` the input and cache counts again, as Anthropic's newer streams send them)."""
     usage = anthropic_usage(shape)
     message = {"id": "msg_r41", "type": "message", "role": "assistant", "model": model, "content": []}
-    if shape.usage:
-        message["usage"] = {**usage, "output_tokens": 1}
+    if shape.usage:  # the searches come at the end
+        message["usage"] = {**{k: v for k, v in usage.items() if k != "server_tool_use"}, "output_tokens": 1}
     events = [sse("message_start", {"message": message})]
     index = 0
     if thinks(shape):
@@ -295,7 +305,8 @@ def anthropic_stream(model: str, shape: Shape, delta_repeats_input: bool = False
     events.append(sse("content_block_stop", {"index": index}))
     delta: dict = {"delta": {"stop_reason": "end_turn", "stop_sequence": None}}
     if shape.usage:
-        delta["usage"] = usage if delta_repeats_input else {"output_tokens": shape.output}
+        final = {k: v for k, v in usage.items() if k in ("output_tokens", "server_tool_use")}
+        delta["usage"] = usage if delta_repeats_input else final
     events.append(sse("message_delta", delta))
     return events + [sse("message_stop", {})]
 
@@ -362,6 +373,7 @@ ROUTES = [
     Route("responses→gpt", "responses", GPT, "responses"),
     Route("messages→claude", "messages", CLAUDE, "anthropic"),
     Route("gemini-native", "gemini", GEMINI, "gemini"),
+    Route("gemini-native-array", "gemini-array", GEMINI, "gemini"),  # streamed as Google's JSON array
     Route("chat→claude", "chat", CLAUDE, "anthropic"),
     Route("chat→gemini", "chat", GEMINI, "gemini"),
     Route("messages→gpt", "messages", GPT, "openai"),
@@ -384,8 +396,9 @@ def stream_reply(route: Route, shape: Shape) -> Reply:
 def request(server: ServerProcess, route: Route, stream: bool, **extra: object) -> tuple[int, bytes, str]:
     """The route's client request (``extra`` its other fields), read to its end: status, body, trace id."""
     hello = [{"role": "user", "content": "What is the answer?"}]
-    if route.client == "gemini":
-        method = "streamGenerateContent?alt=sse" if stream else "generateContent"
+    if route.client.startswith("gemini"):
+        sse = "?alt=sse" if route.client == "gemini" else ""
+        method = f"streamGenerateContent{sse}" if stream else "generateContent"
         path = f"/v1beta/models/{route.model}:{method}"
         body: dict = {"contents": [{"role": "user", "parts": [{"text": "What is the answer?"}]}]}
     elif route.client == "chat":
@@ -633,3 +646,33 @@ def test_a_translated_answer_tells_the_client_its_cache_writes(server, mock, rou
     status, data, _ = request(server, route, stream, **asked)
     assert status == 200, data[:500]
     assert read(told_usage(route, data, stream)) == told
+
+
+def test_an_incomplete_response_costs_the_same_streamed_and_whole(server, mock):
+    # a Responses answer cut at max_output_tokens: its usage on the response, whole or in response.incomplete
+    route = Route("responses→gpt", "responses", GPT, "responses")
+    ended = {**response_object(GPT, REASONING), "status": "incomplete"}
+    ended["incomplete_details"] = {"reason": "max_output_tokens"}
+    events = responses_stream(GPT, REASONING)[:-1]
+    events.append(sse("response.incomplete", {"response": ended}))
+    whole = answered(server, mock, route, Reply(json=ended), stream=False)
+    streamed = answered(server, mock, route, Reply(sse=events), stream=True)
+    assert (whole, streamed) == (expected_trace(GPT, REASONING), expected_trace(GPT, REASONING))
+
+
+CLAUDE_ROUTES = [pytest.param(r, id=r.name) for r in ROUTES if r.provider == "anthropic"]
+
+
+@pytest.mark.parametrize("route", CLAUDE_ROUTES)
+def test_a_claude_stream_cut_before_its_message_delta(server, mock, route):
+    # message_start (input and cache counts, output 1), the text block's start, two of its three deltas
+    row = broken(server, mock, route, Reply(sse=stream_reply(route, WRITES).sse, cut_after=4))
+    # the input exact, with its 5-minute and 1-hour writes; the output the text relayed
+    # ("The answer is forty-two, ": 25 characters, 7 tokens), not message_start's placeholder 1
+    so_far = Shape("so far", read=300, write=700, write_long=400, output=7)
+    assert (row["outcome"], row["usage_estimated"], row["cost_status"]) == ("stream_broken", 1, "estimate")
+    assert {name: row[name] for name in COLUMNS} == {
+        **expected_trace(route.model, so_far),
+        "usage_estimated": 1,
+        "cost_status": "estimate",
+    }
