@@ -542,12 +542,12 @@ def test_a_gemini_stream_cut_before_its_last_chunk(server, mock, route):
     events = stream_reply(route, GEMINI_ALL).sse
     row = broken(server, mock, route, Reply(sse=events, cut_after=2))
     # the second chunk's counts so far (prompt, cache, tool use and thoughts whole; 2 candidates) are a
-    # floor: the output is at least the text relayed ("The answer is forty-two, ": 7 tokens) or the
-    # count, never both added, nor the prompt counted twice
+    # floor: the output is at least the count (202 with the thoughts) and at most the thoughts and the
+    # text relayed ("The answer is forty-two, ": 7 tokens); never the prompt counted twice
     assert (row["outcome"], row["usage_estimated"], row["cost_status"]) == ("stream_broken", 1, "estimate")
     assert (row["prompt_tokens"], row["cached_tokens"], row["reasoning_tokens"]) == (3150, 2000, 200)
-    assert row["completion_tokens"] == 202
-    so_far = Shape("so far", read=2000, tool_use=150, output=202, reasoning=200)
+    assert 202 <= row["completion_tokens"] <= 207
+    so_far = Shape("so far", read=2000, tool_use=150, output=row["completion_tokens"], reasoning=200)
     assert row["cost_uc"] == hand_cost(route.model, so_far)
 
 
@@ -583,7 +583,9 @@ def image_stream(shape: Shape) -> list[str]:
     return [json.dumps(chunk) for chunk in [*so_far, last]]
 
 
-IMAGE_ROUTES = [pytest.param(Route(r.name, r.client, IMAGE_MODEL, "gemini"), id=r.name) for r in ROUTES if r.kind == "gemini"]
+IMAGE_ROUTES = [
+    pytest.param(Route(r.name, r.client, IMAGE_MODEL, "gemini"), id=r.name) for r in ROUTES if r.kind == "gemini"
+]
 
 
 @pytest.mark.parametrize("route", IMAGE_ROUTES)
