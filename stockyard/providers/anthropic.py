@@ -806,6 +806,14 @@ def thinking_chars(message: dict) -> int:
     )
 
 
+def thinking_delta_chars(delta: Any) -> int:
+    """Characters of thinking a stream's ``content_block_delta`` carries (a ``thinking_delta``'s),
+    which :func:`with_thinking` estimates from as :func:`thinking_chars` does for a whole answer."""
+    if isinstance(delta, dict) and delta.get("type") == "thinking_delta" and isinstance(delta.get("thinking"), str):
+        return len(delta["thinking"])
+    return 0
+
+
 def error_fields(payload: Any) -> tuple[str, str] | None:
     """(type, message) of an Anthropic error object, None when it is not one."""
     err = payload.get("error") if isinstance(payload, dict) else None
@@ -1001,8 +1009,8 @@ class AnthropicToOpenAIStream(ChunkStream):
     def on_content_block_delta(self, payload: dict) -> list[bytes]:
         delta = payload.get("delta") or {}
         thought = self.thoughts.get(payload.get("index", -1))
-        if delta.get("type") == "thinking_delta" and isinstance(delta.get("thinking"), str) and delta["thinking"]:
-            self.thinking += len(delta["thinking"])
+        if thinking_delta_chars(delta):
+            self.thinking += thinking_delta_chars(delta)
             if thought is not None:
                 thought["thinking"] = (thought.get("thinking") or "") + delta["thinking"]
             return [self.out({"reasoning_content": delta["thinking"]})]
@@ -1222,7 +1230,7 @@ class AnthropicNativeAdapter(Adapter):
             keep_thread(ctx, message, message.get("usage"))
             ctx.attempt.serve_claude(message.get("usage"))
             if readable_usage(message.get("usage")):
-                ctx.attempt.usage = with_searches(Usage.from_anthropic(message["usage"]), searches_in(message))
+                ctx.attempt.usage = message_usage(message)
         return body
 
     def stream(self, ctx: RequestContext) -> StreamTranslator:
@@ -1236,6 +1244,7 @@ class AnthropicNativeStream(StreamTranslator):
         self.ctx = ctx
         self.usage: dict = {}
         self.searched = 0  # web searches that returned results (each billed, whatever the usage says)
+        self.thinking = 0  # characters of thinking text so far: its reasoning tokens, as the whole answer's
         self.message: dict = {}  # message_start's message: a thread's reply, sized again by message_delta
 
     def feed(self, event: bytes) -> list[bytes]:
@@ -1260,10 +1269,13 @@ class AnthropicNativeStream(StreamTranslator):
             take_usage(self.ctx, self.usage, {}, self.searched)
         elif kind == "content_block_start":
             claim_written(self.ctx, payload.get("content_block"), data)
+        elif kind == "content_block_delta":
+            self.thinking += thinking_delta_chars(payload.get("delta"))
         elif kind == "message_delta":
             delta = payload.get("delta")
             claim_container(self.ctx, delta.get("container") if isinstance(delta, dict) else None)
             take_usage(self.ctx, self.usage, payload.get("usage"), self.searched, final=True)
+            self.ctx.attempt.usage = with_thinking(self.ctx.attempt.usage, self.thinking)
             if readable_usage(payload.get("usage")):
                 keep_thread(self.ctx, self.message, self.usage)
         elif kind == "message_stop":

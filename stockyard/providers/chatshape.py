@@ -131,12 +131,17 @@ COMMON_FIELDS: dict[str, Field] = {
 
 
 def openai_usage(usage: Usage) -> dict:
-    """The OpenAI ``usage`` object for token counts Stockyard normalised."""
+    """The OpenAI ``usage`` object for token counts Stockyard normalised; cache writes (Claude's,
+    billed dearer than input) in ``prompt_tokens_details.cache_write_tokens``, OpenAI's own field
+    for them, when there are any, so the client (and Responses over chat) can tell them from input."""
+    details = {"cached_tokens": usage.cached_tokens}
+    if usage.cache_write_tokens:
+        details["cache_write_tokens"] = usage.cache_write_tokens
     return {
         "prompt_tokens": usage.prompt_tokens,
         "completion_tokens": usage.completion_tokens,
         "total_tokens": usage.prompt_tokens + usage.completion_tokens,
-        "prompt_tokens_details": {"cached_tokens": usage.cached_tokens},
+        "prompt_tokens_details": details,
         "completion_tokens_details": {"reasoning_tokens": usage.reasoning_tokens},
     }
 

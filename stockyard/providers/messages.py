@@ -430,12 +430,12 @@ def obj(value: Any) -> dict:
 
 
 def messages_usage(usage: Any) -> dict:
-    """Chat usage → Messages usage: Anthropic counts cache reads apart from ``input_tokens``."""
+    """Chat usage → Messages usage: Anthropic counts cache reads and writes apart from ``input_tokens``."""
     counts = Usage.from_openai(usage) if isinstance(usage, dict) else Usage()
     return {
-        "input_tokens": counts.prompt_tokens - counts.cached_tokens,
+        "input_tokens": counts.prompt_tokens - counts.cached_tokens - counts.cache_write_tokens,
         "output_tokens": counts.completion_tokens,
-        "cache_creation_input_tokens": 0,
+        "cache_creation_input_tokens": counts.cache_write_tokens,
         "cache_read_input_tokens": counts.cached_tokens,
     }
 
