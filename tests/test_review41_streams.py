@@ -494,6 +494,19 @@ TABLE = {
     "length": Answer(text="cut sho", finish="length", seed=2),
     "content filter": Answer(text="", finish="content_filter"),
     "nothing": Answer(),
+    # found by the generated answers, pinned: each differed before its fix
+    "two images in two chunks": Answer(text="Here.", images=2),  # the chat SDK raised: images had no index
+    "interleaved parallel calls": Answer(  # Responses lost, Messages split the fragments after the 2nd began
+        calls=[("call_a", "get_weather", {"city": "Zürich"}), ("call_b", "write_file", {"path": "/a\\b"})],
+        interleave=True,
+        seed=11,
+    ),
+    "interleaved calls without arguments": Answer(calls=[("call_a", "get_weather", {}), ("call_b", "get_weather", {})], interleave=True),
+    "thinking, text and a signed call": Answer(  # Responses: Gemini's signature in a reasoning item of its own
+        text="a", thinking="Weigh it.", calls=[("call_a", "get_weather", {})]
+    ),
+    "refusal": Answer(refusal="I can't help with that.", seed=4),
+    "empty text block before a call": Answer(calls=[("call_a", "search_docs", {"q": "x"})], empty_text_block=True),
 }
 
 

@@ -466,6 +466,58 @@ def endpoint_check(ctx: RequestContext, provider: Provider, served: tuple[str, .
         )
 
 
+class CallOrder:
+    """A chat stream's tool-call deltas, each call's together: what the APIs that stream one item at
+    a time (Messages blocks, Responses items) need. Most providers send each call whole before the
+    next; some interleave parallel calls' argument fragments. The current call's deltas pass at once;
+    another call's wait until the current one's arguments are a whole JSON object (nothing more can
+    come for it) or the answer ends (:meth:`rest`), then pass in the order their calls began."""
+
+    def __init__(self) -> None:
+        self.current: Any = None  # the chat index of the call whose deltas pass
+        self.arguments = ""  # the current call's arguments so far
+        self.waiting: dict[Any, list[dict]] = {}  # chat index → the deltas of a call held back
+
+    def take(self, calls: Any) -> list[dict]:
+        """The deltas of one chunk's ``tool_calls`` that may go out now, in order."""
+        out: list[dict] = []
+        for call in calls if isinstance(calls, list) else []:
+            if not isinstance(call, dict):
+                continue
+            position = call.get("index", 0)
+            if self.current is None:
+                self.current = position
+            if position == self.current:
+                out += self.passed([call])
+            else:
+                self.waiting.setdefault(position, []).append(call)
+            while self.waiting and self.whole():
+                position, held = next(iter(self.waiting.items()))
+                del self.waiting[position]
+                self.current, self.arguments = position, ""
+                out += self.passed(held)
+        return out
+
+    def passed(self, calls: list[dict]) -> list[dict]:
+        for call in calls:
+            fragment = (call.get("function") or {}).get("arguments") if isinstance(call.get("function"), dict) else None
+            self.arguments += fragment if isinstance(fragment, str) else ""
+        return calls
+
+    def whole(self) -> bool:
+        """Whether the current call's arguments are a whole JSON object (read only while a call waits)."""
+        try:
+            return isinstance(json.loads(self.arguments), dict)
+        except (ValueError, RecursionError):
+            return False
+
+    def rest(self) -> list[dict]:
+        """At the answer's end: the calls still held back, each one's deltas together."""
+        held = [call for calls in self.waiting.values() for call in calls]
+        self.waiting.clear()
+        return held
+
+
 def chat_chunks(events: list[bytes]) -> Iterator[dict | None]:
     """The JSON objects in a chat translator's SSE output, in order, and None for ``[DONE]``.
 

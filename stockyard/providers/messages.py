@@ -49,7 +49,7 @@ from typing import Any
 from ..errors import ANTHROPIC, ProxyError, error_type
 from ..httpio import json_bytes
 from ..pricing import Usage
-from .chatshape import attached_note
+from .chatshape import CallOrder, attached_note
 from .reasoning import pack, restorable, sign_call, thought_signature, unpack
 from .responses import reasoning_text
 
@@ -553,6 +553,7 @@ class ChatToMessagesStream:
         self.open_tool: Any = None  # the open tool block's chat tool_calls index
         self.signed = False  # the open thinking block has its signature
         self.choice: dict = {}
+        self.order = CallOrder()  # each call's deltas together, in the order the calls began
         self.usage: Any = None
         self.input_estimate = 0  # message_start's input_tokens, before the provider's count
         self.complete = False
@@ -611,8 +612,12 @@ class ChatToMessagesStream:
             if self.open_kind != "text":
                 out += self.open_block("text", {"type": "text", "text": ""})
             out.append(self.delta({"type": "text_delta", "text": text}))
-        for call in delta.get("tool_calls") or []:
-            call = obj(call)
+        return out + self.tool_calls(self.order.take(delta.get("tool_calls")))
+
+    def tool_calls(self, calls: list[dict]) -> list[bytes]:
+        """Tool-call deltas, each call's together (``CallOrder``): a block for each call."""
+        out: list[bytes] = []
+        for call in calls:
             fn = obj(call.get("function"))
             position = call.get("index", 0)
             if self.open_kind != "tool" or self.open_tool != position:
@@ -642,7 +647,7 @@ class ChatToMessagesStream:
         """After the chat stream's end: close the open block, the stop reason and usage, message_stop."""
         if self.ended:
             return []
-        out = self.start() + self.close_block()
+        out = self.start() + self.tool_calls(self.order.rest()) + self.close_block()
         reason, sequence = stop_reason(self.choice, self.request)
         usage = messages_usage(self.usage)
         out.append(
