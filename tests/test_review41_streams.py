@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import json
 import random
-from dataclasses import dataclass, field
+import re
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 import openai
@@ -26,6 +27,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from mock_upstream import CREATED, Reply
 from module_helpers import new_key
+
+from stockyard.providers.reasoning import unpack
 
 ADMIN = "admin-key-for-review41-streams-0123456789"
 ANTHROPIC_KEY = "sk-ant-test-0123456789REVIEW41STREAMS"
@@ -67,6 +70,11 @@ class Answer:
     seed: int = 0  # where the streamed pieces are cut
     interleave: bool = False  # OpenAI chat: parallel calls' argument fragments round-robin
     empty_text_block: bool = False  # Anthropic: an empty text block before the calls
+    redacted: bool = False  # Anthropic: a redacted_thinking block after the thinking
+    late_thinking: str = ""  # Anthropic: interleaved thinking, a second block after the text
+    no_call_ids: bool = False  # Gemini: function calls without an id (Stockyard makes them)
+    text_after_calls: str = ""  # Gemini, OpenAI chat: text after the calls
+    reasoning_field: str = "reasoning_content"  # OpenAI chat: DeepSeek's field, or vLLM/Groq's ``reasoning``
 
     @property
     def chat_finish(self) -> str:
@@ -95,6 +103,7 @@ def sse(name: str | None, data: dict | str) -> str:
 # Anthropic
 
 
+ANTHROPIC_CACHE = {"cache_read_input_tokens": 40, "cache_creation_input_tokens": 7}
 ANTHROPIC_STOPS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use", "content_filter": "refusal"}
 
 
@@ -102,8 +111,12 @@ def anthropic_blocks(a: Answer) -> list[dict]:
     blocks: list[dict] = []
     if a.thinking:
         blocks.append({"type": "thinking", "thinking": a.thinking, "signature": SIGNATURE})
+    if a.redacted:
+        blocks.append({"type": "redacted_thinking", "data": "RURBQ1RFRC1yNDE="})
     if a.text or a.empty_text_block:
         blocks.append({"type": "text", "text": a.text})
+    if a.late_thinking:
+        blocks.append({"type": "thinking", "thinking": a.late_thinking, "signature": SIGNATURE + "2"})
     for ident, name, args in a.calls:
         blocks.append({"type": "tool_use", "id": ident, "name": name, "input": args})
     return blocks
@@ -118,23 +131,25 @@ def anthropic_whole(a: Answer, model: str) -> dict:
         "content": anthropic_blocks(a),
         "stop_reason": ANTHROPIC_STOPS[a.chat_finish],
         "stop_sequence": None,
-        "usage": {"input_tokens": PROMPT, "output_tokens": OUTPUT},
+        "usage": {"input_tokens": PROMPT, "output_tokens": OUTPUT, **ANTHROPIC_CACHE},
     }
 
 
 def anthropic_stream(a: Answer, model: str) -> list[str]:
     rnd = random.Random(a.seed)
     start = {**anthropic_whole(a, model), "content": [], "stop_reason": None}
-    start["usage"] = {"input_tokens": PROMPT, "output_tokens": 1}
+    start["usage"] = {"input_tokens": PROMPT, "output_tokens": 1, **ANTHROPIC_CACHE}
     events = [sse("message_start", {"type": "message_start", "message": start})]
     for index, block in enumerate(anthropic_blocks(a)):
         if block["type"] == "thinking":
             first = {"type": "thinking", "thinking": "", "signature": ""}
             deltas = [{"type": "thinking_delta", "thinking": p} for p in pieces(block["thinking"], rnd)]
-            deltas.append({"type": "signature_delta", "signature": SIGNATURE})
+            deltas.append({"type": "signature_delta", "signature": block["signature"]})
         elif block["type"] == "text":
             first = {"type": "text", "text": ""}
             deltas = [{"type": "text_delta", "text": p} for p in pieces(block["text"], rnd)]
+        elif block["type"] == "redacted_thinking":
+            first, deltas = block, []
         else:
             first = {**block, "input": {}}
             raw = arguments_json(block["input"]) if block["input"] else ""  # Claude streams no {} for no input
@@ -156,13 +171,20 @@ GEMINI_FINISH = {"stop": "STOP", "length": "MAX_TOKENS", "content_filter": "SAFE
 
 
 def gemini_usage(candidates: int) -> dict:
-    return {"promptTokenCount": PROMPT, "candidatesTokenCount": candidates, "totalTokenCount": PROMPT + candidates}
+    total = PROMPT + candidates + 3
+    return {
+        "promptTokenCount": PROMPT,
+        "candidatesTokenCount": candidates,
+        "cachedContentTokenCount": 4,
+        "thoughtsTokenCount": 3,
+        "totalTokenCount": total,
+    }
 
 
 def gemini_call_parts(a: Answer) -> list[dict]:
     parts = []
     for position, (ident, name, args) in enumerate(a.calls):
-        part: dict = {"functionCall": {"id": ident, "name": name, "args": args}}
+        part: dict = {"functionCall": {"name": name, "args": args} if a.no_call_ids else {"id": ident, "name": name, "args": args}}
         if a.thinking and position == 0:  # Gemini signs the first call of a step it thought about
             part["thoughtSignature"] = THOUGHT_SIGNATURE
         parts.append(part)
@@ -186,6 +208,7 @@ def gemini_whole(a: Answer, model: str) -> dict:
     parts += [{"text": a.text}] if a.text else []
     parts += [{"inlineData": {"mimeType": "image/png", "data": PNG}} for _ in range(a.images)]
     parts += gemini_call_parts(a)
+    parts += [{"text": a.text_after_calls}] if a.text_after_calls else []
     return gemini_chunk(parts, model, GEMINI_FINISH[a.finish], OUTPUT)
 
 
@@ -199,6 +222,7 @@ def gemini_stream(a: Answer, model: str) -> list[str]:
         chunks.append(calls)  # Gemini sends parallel calls in one chunk, or one a chunk
     else:
         chunks += [[c] for c in calls]
+    chunks += [[{"text": p}] for p in pieces(a.text_after_calls, rnd)]
     if not chunks:
         chunks = [[]]
     events = [sse(None, gemini_chunk(parts, model, None, i + 1)) for i, parts in enumerate(chunks[:-1])]
@@ -209,13 +233,20 @@ def gemini_stream(a: Answer, model: str) -> list[str]:
 
 
 def openai_usage() -> dict:
-    return {"prompt_tokens": PROMPT, "completion_tokens": OUTPUT, "total_tokens": PROMPT + OUTPUT}
+    return {
+        "prompt_tokens": PROMPT,
+        "completion_tokens": OUTPUT,
+        "total_tokens": PROMPT + OUTPUT,
+        "prompt_tokens_details": {"cached_tokens": 4},
+        "completion_tokens_details": {"reasoning_tokens": 3},
+    }
 
 
 def openai_whole(a: Answer, model: str) -> dict:
-    message: dict = {"role": "assistant", "content": a.text or None, "refusal": a.refusal or None}
+    text = a.text + a.text_after_calls  # the chat shape keeps no order between text and calls
+    message: dict = {"role": "assistant", "content": text or None, "refusal": a.refusal or None}
     if a.thinking:
-        message["reasoning_content"] = a.thinking
+        message[a.reasoning_field] = a.thinking
     if a.calls:
         message["tool_calls"] = [
             {"id": i, "type": "function", "function": {"name": n, "arguments": arguments_json(args)}}
@@ -240,7 +271,7 @@ def openai_stream(a: Answer, model: str) -> list[str]:
         return sse(None, {**head, "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]})
 
     events = [chunk({"role": "assistant", "content": ""})]
-    events += [chunk({"reasoning_content": p}) for p in pieces(a.thinking, rnd)]
+    events += [chunk({a.reasoning_field: p}) for p in pieces(a.thinking, rnd)]
     events += [chunk({"content": p}) for p in pieces(a.text, rnd)]
     events += [chunk({"refusal": p}) for p in pieces(a.refusal, rnd)]
     per_call = []
@@ -256,6 +287,7 @@ def openai_stream(a: Answer, model: str) -> list[str]:
     else:
         order = [d for calls in per_call for d in calls]
     events += [chunk({"tool_calls": [d]}) for d in order]
+    events += [chunk({"content": p}) for p in pieces(a.text_after_calls, rnd)]
     events.append(chunk({}, a.chat_finish))
     events.append(sse(None, {**head, "choices": [], "usage": openai_usage()}))
     return events + ["data: [DONE]\n\n"]
@@ -307,7 +339,7 @@ def chat_summary(completion: Any) -> dict:
         "calls": calls,
         "extra": extra,
         "finish": choice.finish_reason,
-        "usage": (usage.prompt_tokens, usage.completion_tokens) if usage else None,
+        "usage": usage.model_dump(exclude_none=True) if usage else None,
     }
 
 
@@ -330,7 +362,7 @@ def responses_summary(response: Any) -> dict:
         "status": response.status,
         "incomplete": response.incomplete_details.reason if response.incomplete_details else None,
         "text": response.output_text,
-        "usage": (usage.input_tokens, usage.output_tokens) if usage else None,
+        "usage": usage.model_dump(exclude_none=True) if usage else None,
     }
 
 
@@ -339,7 +371,7 @@ def messages_summary(message: Any) -> dict:
         "content": [block.model_dump() for block in message.content],
         "stop_reason": message.stop_reason,
         "stop_sequence": message.stop_sequence,
-        "usage": (message.usage.input_tokens, message.usage.output_tokens),
+        "usage": message.usage.model_dump(exclude_none=True),
     }
 
 
@@ -461,19 +493,30 @@ def answers(draw: Callable) -> Answer:
         seed=draw(st.integers(0, 2**16)),
         interleave=draw(st.booleans()),
         empty_text_block=draw(st.booleans()),
+        refusal=draw(st.sampled_from(["", "", "Non, désolé 😀."])),
+        redacted=draw(st.booleans()),
+        reasoning_field=draw(st.sampled_from(["reasoning_content", "reasoning"])),
     )
 
 
 def fitted(route: Route, answer: Answer) -> Answer:
-    """What this route's provider can say: images are Gemini's; interleaving and refusals OpenAI chat's."""
+    """What this route's provider can say (a copy): images are Gemini's, refusals OpenAI chat's, ..."""
+    answer = replace(answer)
     if route.model != GEMINI:
         answer.images = 0
+        answer.no_call_ids = False
+    if route.model != CLAUDE:
+        answer.redacted, answer.late_thinking, answer.empty_text_block = False, "", False
+    if route.model in (GPT, LLAMA):
+        answer.text_after_calls = ""  # the generated ones: OpenAI-shaped providers send text first
+    else:
+        answer.refusal = ""
     return answer
 
 
 @pytest.mark.parametrize("route_name", sorted(ROUTES))
 @settings(
-    max_examples=12,
+    max_examples=20,
     deadline=None,
     derandomize=True,
     database=None,
@@ -516,3 +559,87 @@ def test_table(server, mock, key, route_name, case):
     route = ROUTES[route_name]
     whole, streamed = both_ways(server, mock, key, route, fitted(route, TABLE[case]))
     assert streamed == whole
+
+
+
+# --------------------------------------------------------------------------- differences by design
+#
+# The whole answer is translated from one chat message, which keeps no order between its text, its
+# reasoning and its calls; the stream keeps the provider's order. So where a provider's order is not
+# "reasoning, text, calls", the Messages and Responses streams say it in that order and the whole
+# answer in the chat shape's. Ids Stockyard makes (Gemini's calls without one) are new for each answer.
+
+
+def text_first(summary: dict) -> dict:
+    """A Messages or Responses summary with its text joined into its first text block or message item."""
+    if "content" in summary:
+        blocks = summary["content"]
+        texts = [b for b in blocks if b["type"] == "text"]
+        if len(texts) > 1:
+            joined = {**texts[0], "text": "".join(b["text"] for b in texts)}
+            blocks = [joined if b is texts[0] else b for b in blocks if b["type"] != "text" or b is texts[0]]
+        return {**summary, "content": blocks}
+    messages = [item for item in summary["items"] if item[0] == "message"]
+    if len(messages) > 1:
+        joined = ("message", "completed", [("output_text", "".join(p[1] for m in messages for p in m[2]))])
+        items = [joined if item is messages[0] else item for item in summary["items"] if item[0] != "message" or item is messages[0]]
+        summary = {**summary, "items": items}
+    return summary
+
+
+def one_reasoning(summary: dict) -> dict:
+    """A Responses summary with its reasoning items joined into the first (their summaries and thinking blocks)."""
+    items = summary["items"]
+    thoughts = [item for item in items if item[0] == "reasoning"]
+    blocks = [b for item in thoughts for b in unpack(item[2])["thinking_blocks"]]
+    joined = ("reasoning", ["".join(t for item in thoughts for t in item[1])], blocks)
+    kept = [joined if item is thoughts[0] else item for item in items if item[0] != "reasoning" or item is thoughts[0]]
+    return {**summary, "items": kept}
+
+
+def made_ids(summary: dict) -> tuple[dict, list[str]]:
+    """A summary with the call ids Stockyard made taken out, and those ids."""
+    text = json.dumps(summary)
+    ids = re.findall(r"call_[0-9a-f]{24}", text)
+    for n, ident in enumerate(ids):
+        text = text.replace(ident, f"made_{n}")
+    return json.loads(text), ids
+
+
+def test_gemini_call_ids_are_made_for_each_answer(server, mock, key):
+    answer = Answer(calls=[("x", "get_weather", {"a": 1}), ("y", "search_docs", {})], no_call_ids=True)
+    for name in ("chat>gemini", "responses>gemini", "messages>gemini"):
+        whole, streamed = both_ways(server, mock, key, ROUTES[name], answer)
+        (whole, whole_ids), (streamed, streamed_ids) = made_ids(whole), made_ids(streamed)
+        assert streamed == whole, name
+        assert len(set(whole_ids + streamed_ids)) == 4, name  # two a call; none twice, none shared
+
+
+@pytest.mark.parametrize("route_name", ["messages>gemini", "messages>gpt", "responses>gemini", "responses>groq"])
+def test_text_after_the_calls_streams_in_its_place(server, mock, key, route_name):
+    answer = Answer(text="Before.", calls=[("call_a", "get_weather", {})], text_after_calls="After.")
+    whole, streamed = both_ways(server, mock, key, ROUTES[route_name], answer)
+    assert streamed != whole and text_first(streamed) == whole
+    kinds = [b["type"] for b in streamed["content"]] if "content" in streamed else [i[0] for i in streamed["items"]]
+    assert kinds == (["text", "tool_use", "text"] if "content" in streamed else ["message", "function_call", "message"])
+
+
+def test_claudes_interleaved_thinking_streams_as_reasoning_items_in_their_places(server, mock, key):
+    answer = Answer(text="Let me check.", thinking="T1", late_thinking="T2", calls=[("call_a", "get_weather", {})])
+    whole, streamed = both_ways(server, mock, key, ROUTES["responses>claude"], answer)
+    assert [i[0] for i in streamed["items"]] == ["reasoning", "message", "reasoning", "function_call"]
+    assert [i[0] for i in whole["items"]] == ["reasoning", "message", "function_call"]
+    assert one_reasoning(streamed) == one_reasoning(whole)
+    chat_whole, chat_streamed = both_ways(server, mock, key, ROUTES["chat>claude"], answer)
+    assert chat_streamed == chat_whole  # the chat shape has one reasoning text and one list of blocks both ways
+    assert chat_whole["extra"]["reasoning_content"] == "T1T2"
+
+
+@pytest.mark.parametrize("route_name", sorted(ROUTES))
+def test_redacted_thinking_and_the_reasoning_field(server, mock, key, route_name):
+    route = ROUTES[route_name]
+    for answer in (
+        Answer(text="ok", thinking="T", redacted=True, calls=[("call_a", "get_weather", {"a": 1})]),
+        Answer(text="ok", thinking="T é", reasoning_field="reasoning"),
+    ):
+        assert_same(server, mock, key, route, fitted(route, answer))
