@@ -74,6 +74,7 @@ class Answer:
     late_thinking: str = ""  # Anthropic: interleaved thinking, a second block after the text
     no_call_ids: bool = False  # Gemini: function calls without an id (Stockyard makes them)
     text_after_calls: str = ""  # Gemini, OpenAI chat: text after the calls
+    cut_arguments: int = 0  # the last call's arguments cut this many characters short (an answer at its length)
     reasoning_field: str = "reasoning_content"  # OpenAI chat: DeepSeek's field, or vLLM/Groq's ``reasoning``
 
     @property
@@ -87,6 +88,12 @@ def pieces(text: str, rnd: random.Random, most: int = 4) -> list[str]:
         return []
     cuts = sorted(set(rnd.randint(1, len(text)) for _ in range(rnd.randint(0, most))) - {len(text)})
     return [text[a:b] for a, b in zip([0, *cuts], [*cuts, len(text)])]
+
+
+def call_arguments(a: Answer, position: int) -> str:
+    """A call's arguments as the provider sends them: the last one cut short when the answer was."""
+    raw = arguments_json(a.calls[position][2])
+    return raw[: len(raw) - a.cut_arguments] if a.cut_arguments and position == len(a.calls) - 1 else raw
 
 
 def arguments_json(args: dict) -> str:
@@ -249,8 +256,8 @@ def openai_whole(a: Answer, model: str) -> dict:
         message[a.reasoning_field] = a.thinking
     if a.calls:
         message["tool_calls"] = [
-            {"id": i, "type": "function", "function": {"name": n, "arguments": arguments_json(args)}}
-            for i, n, args in a.calls
+            {"id": i, "type": "function", "function": {"name": n, "arguments": call_arguments(a, position)}}
+            for position, (i, n, _) in enumerate(a.calls)
         ]
     choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": a.chat_finish}
     return {
@@ -277,7 +284,7 @@ def openai_stream(a: Answer, model: str) -> list[str]:
     per_call = []
     for position, (ident, name, args) in enumerate(a.calls):
         first = {"index": position, "id": ident, "type": "function", "function": {"name": name, "arguments": ""}}
-        rest = [{"index": position, "function": {"arguments": p}} for p in pieces(arguments_json(args), rnd, 6)]
+        rest = [{"index": position, "function": {"arguments": p}} for p in pieces(call_arguments(a, position), rnd, 6)]
         per_call.append([first, *rest])
     if a.interleave:  # each call opened in turn, then their fragments round-robin
         order = [calls[0] for calls in per_call]
@@ -308,6 +315,14 @@ def messages_tools() -> list[dict]:
     return [{"name": n, "input_schema": PARAMETERS} for n in TOOL_NAMES]
 
 
+def parsed(arguments: str) -> Any:
+    """Arguments as JSON, or as they came when they are not (an answer cut at its length)."""
+    try:
+        return json.loads(arguments)
+    except ValueError:
+        return ("not JSON", arguments)
+
+
 def unindexed(fields: dict) -> dict:
     """``fields`` without the ``index`` of list entries: a stream numbers the entries of a list it sends
     in pieces (``thinking_blocks``, ``images``), since the SDK's accumulator merges list entries by it;
@@ -329,7 +344,7 @@ def chat_summary(completion: Any) -> dict:
     for known in ("content", "refusal", "role", "tool_calls", "parsed", "annotations", "function_call", "audio"):
         extra.pop(known, None)
     calls = [
-        (c.id, c.function.name, json.loads(c.function.arguments), (c.model_extra or {}).get("extra_content"))
+        (c.id, c.function.name, parsed(c.function.arguments), (c.model_extra or {}).get("extra_content"))
         for c in message.tool_calls or []
     ]
     usage = completion.usage
@@ -350,7 +365,7 @@ def responses_summary(response: Any) -> dict:
             parts = [(p.type, getattr(p, "text", None) or getattr(p, "refusal", None)) for p in item.content]
             items.append(("message", item.status, parts))
         elif item.type == "function_call":
-            items.append(("function_call", item.status, item.call_id, item.name, json.loads(item.arguments)))
+            items.append(("function_call", item.status, item.call_id, item.name, parsed(item.arguments)))
         elif item.type == "reasoning":
             summary = [s.text for s in item.summary]
             items.append(("reasoning", summary, item.encrypted_content))
@@ -643,3 +658,26 @@ def test_redacted_thinking_and_the_reasoning_field(server, mock, key, route_name
         Answer(text="ok", thinking="T é", reasoning_field="reasoning"),
     ):
         assert_same(server, mock, key, route, fitted(route, answer))
+
+
+
+def test_arguments_cut_at_the_length_limit(server, mock, key):
+    """A call cut by the length limit: the Responses answer has the same unparsable arguments both
+    ways. Through the Anthropic SDK the stream relays the fragments as they came and the SDK's
+    partial parse completes what it can, where the whole answer's truncated JSON is no input ({});
+    both say ``max_tokens``."""
+    answer = Answer(calls=[("call_a", "get_weather", {"city": "Paris", "n": 1})], finish="length", cut_arguments=4)
+    whole, streamed = both_ways(server, mock, key, ROUTES["responses>groq"], answer)
+    assert streamed == whole and whole["items"][0][4] == ("not JSON", '{"city": "Paris", "n"')
+    whole, streamed = both_ways(server, mock, key, ROUTES["messages>gpt"], answer)
+    assert [b["input"] for b in whole["content"]] == [{}] and whole["stop_reason"] == "max_tokens"
+    assert [b["input"] for b in streamed["content"]] == [{"city": "Paris"}] and streamed["stop_reason"] == "max_tokens"
+
+
+
+def test_an_openai_refusal_reaches_the_anthropic_sdk_as_claudes_do(server, mock, key):
+    """OpenAI's ``refusal`` was dropped on the way to a Messages client (an empty answer, ``end_turn``),
+    whole and streamed: it is the answer's text, and the stop reason ``refusal``, as Claude's refusals are."""
+    whole = assert_same(server, mock, key, ROUTES["messages>gpt"], Answer(refusal="Non, désolé 😀.", seed=1))
+    assert whole["content"] == [{"type": "text", "text": "Non, désolé 😀.", "citations": None}]
+    assert whole["stop_reason"] == "refusal"
