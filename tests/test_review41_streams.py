@@ -161,7 +161,9 @@ def anthropic_stream(a: Answer, model: str) -> list[str]:
             first = {**block, "input": {}}
             raw = arguments_json(block["input"]) if block["input"] else ""  # Claude streams no {} for no input
             deltas = [{"type": "input_json_delta", "partial_json": p} for p in ["", *pieces(raw, rnd, 6)]]
-        events.append(sse("content_block_start", {"type": "content_block_start", "index": index, "content_block": first}))
+        events.append(
+            sse("content_block_start", {"type": "content_block_start", "index": index, "content_block": first})
+        )
         events += [
             sse("content_block_delta", {"type": "content_block_delta", "index": index, "delta": d}) for d in deltas
         ]
@@ -191,7 +193,9 @@ def gemini_usage(candidates: int) -> dict:
 def gemini_call_parts(a: Answer) -> list[dict]:
     parts = []
     for position, (ident, name, args) in enumerate(a.calls):
-        part: dict = {"functionCall": {"name": name, "args": args} if a.no_call_ids else {"id": ident, "name": name, "args": args}}
+        part: dict = {
+            "functionCall": {"name": name, "args": args} if a.no_call_ids else {"id": ident, "name": name, "args": args}
+        }
         if a.thinking and position == 0:  # Gemini signs the first call of a step it thought about
             part["thoughtSignature"] = THOUGHT_SIGNATURE
         parts.append(part)
@@ -282,7 +286,7 @@ def openai_stream(a: Answer, model: str) -> list[str]:
     events += [chunk({"content": p}) for p in pieces(a.text, rnd)]
     events += [chunk({"refusal": p}) for p in pieces(a.refusal, rnd)]
     per_call = []
-    for position, (ident, name, args) in enumerate(a.calls):
+    for position, (ident, name, _) in enumerate(a.calls):
         first = {"index": position, "id": ident, "type": "function", "function": {"name": name, "arguments": ""}}
         rest = [{"index": position, "function": {"arguments": p}} for p in pieces(call_arguments(a, position), rnd, 6)]
         per_call.append([first, *rest])
@@ -501,7 +505,7 @@ def tool_calls(draw: Callable, count: int) -> list[tuple[str, str, dict]]:
 def answers(draw: Callable) -> Answer:
     return Answer(
         text=draw(st.lists(TEXT_ALPHABET, max_size=8).map("".join)),
-        thinking=draw(st.sampled_from(["", "Weigh it: é€😀 \"q\" \\ done."])),
+        thinking=draw(st.sampled_from(["", 'Weigh it: é€😀 "q" \\ done.'])),
         calls=tool_calls(draw, draw(st.integers(0, 3))),
         finish=draw(st.sampled_from(["stop", "stop", "length", "content_filter"])),
         images=draw(st.integers(0, 2)),
@@ -545,10 +549,18 @@ def test_streamed_answer_accumulates_to_the_whole_one(server, mock, key, route_n
 
 TABLE = {
     "text": Answer(text='Hé€😀 "x" \\ \n', seed=3),
-    "two calls": Answer(text="On it.", calls=[("call_a", "get_weather", {"city": "Zürich"}), ("call_b", "search_docs", {"q": '"é"'})], seed=5),
+    "two calls": Answer(
+        text="On it.",
+        calls=[("call_a", "get_weather", {"city": "Zürich"}), ("call_b", "search_docs", {"q": '"é"'})],
+        seed=5,
+    ),
     "call without arguments": Answer(calls=[("call_a", "get_weather", {})]),
     "thinking and text": Answer(text="Yes.", thinking="Hmm é 😀", seed=7),
-    "thinking and calls": Answer(thinking="Hmm", calls=[("call_a", "get_weather", {"city": "P"}), ("call_b", "write_file", {"path": "/x"})], seed=9),
+    "thinking and calls": Answer(
+        thinking="Hmm",
+        calls=[("call_a", "get_weather", {"city": "P"}), ("call_b", "write_file", {"path": "/x"})],
+        seed=9,
+    ),
     "length": Answer(text="cut sho", finish="length", seed=2),
     "content filter": Answer(text="", finish="content_filter"),
     "nothing": Answer(),
@@ -559,7 +571,9 @@ TABLE = {
         interleave=True,
         seed=11,
     ),
-    "interleaved calls without arguments": Answer(calls=[("call_a", "get_weather", {}), ("call_b", "get_weather", {})], interleave=True),
+    "interleaved calls without arguments": Answer(
+        calls=[("call_a", "get_weather", {}), ("call_b", "get_weather", {})], interleave=True
+    ),
     "thinking, text and a signed call": Answer(  # Responses: Gemini's signature in a reasoning item of its own
         text="a", thinking="Weigh it.", calls=[("call_a", "get_weather", {})]
     ),
@@ -574,7 +588,6 @@ def test_table(server, mock, key, route_name, case):
     route = ROUTES[route_name]
     whole, streamed = both_ways(server, mock, key, route, fitted(route, TABLE[case]))
     assert streamed == whole
-
 
 
 # --------------------------------------------------------------------------- differences by design
@@ -597,7 +610,11 @@ def text_first(summary: dict) -> dict:
     messages = [item for item in summary["items"] if item[0] == "message"]
     if len(messages) > 1:
         joined = ("message", "completed", [("output_text", "".join(p[1] for m in messages for p in m[2]))])
-        items = [joined if item is messages[0] else item for item in summary["items"] if item[0] != "message" or item is messages[0]]
+        items = [
+            joined if item is messages[0] else item
+            for item in summary["items"]
+            if item[0] != "message" or item is messages[0]
+        ]
         summary = {**summary, "items": items}
     return summary
 
@@ -660,7 +677,6 @@ def test_redacted_thinking_and_the_reasoning_field(server, mock, key, route_name
         assert_same(server, mock, key, route, fitted(route, answer))
 
 
-
 def test_arguments_cut_at_the_length_limit(server, mock, key):
     """A call cut by the length limit: the Responses answer has the same unparsable arguments both
     ways. Through the Anthropic SDK the stream relays the fragments as they came and the SDK's
@@ -672,7 +688,6 @@ def test_arguments_cut_at_the_length_limit(server, mock, key):
     whole, streamed = both_ways(server, mock, key, ROUTES["messages>gpt"], answer)
     assert [b["input"] for b in whole["content"]] == [{}] and whole["stop_reason"] == "max_tokens"
     assert [b["input"] for b in streamed["content"]] == [{"city": "Paris"}] and streamed["stop_reason"] == "max_tokens"
-
 
 
 def test_an_openai_refusal_reaches_the_anthropic_sdk_as_claudes_do(server, mock, key):

@@ -797,7 +797,9 @@ class GeminiStream(ChunkStream):
         if images:  # numbered, as list entries sent in pieces are: the SDKs' accumulators merge them by index
             first = self.images.get(index, 0)
             self.images[index] = first + len(images)
-            out.append(self.out({"images": [{"index": first + n, **image} for n, image in enumerate(images)]}, index=index))
+            out.append(
+                self.out({"images": [{"index": first + n, **image} for n, image in enumerate(images)]}, index=index)
+            )
         if calls:
             deltas = [{"index": self.calls + n, **call} for n, call in enumerate(calls)]
             self.calls += len(calls)

@@ -506,7 +506,7 @@ def from_chat(chat: dict, request: dict, message_id: str, provider: str | None =
     text = message.get("content")
     if isinstance(text, list):
         text = "".join(str(obj(p).get("text") or "") for p in text)
-    refusal = message.get("refusal") if isinstance(message.get("refusal"), str) else ""
+    refusal = message["refusal"] if isinstance(message.get("refusal"), str) else ""
     text = (text if isinstance(text, str) else "") + refusal
     if text:
         content.append({"type": "text", "text": text})
