@@ -696,3 +696,45 @@ def test_an_openai_refusal_reaches_the_anthropic_sdk_as_claudes_do(server, mock,
     whole = assert_same(server, mock, key, ROUTES["messages>gpt"], Answer(refusal="Non, désolé 😀.", seed=1))
     assert whole["content"] == [{"type": "text", "text": "Non, désolé 😀.", "citations": None}]
     assert whole["stop_reason"] == "refusal"
+
+
+SEARCHING = "claude-haiku-4-5-websearch"  # the mock's Claude answers with web searches, their results and citations
+
+
+@pytest.mark.parametrize("model", [SEARCHING, SEARCHING + "-pause2"])  # a turn paused twice, continued by Stockyard
+def test_claudes_web_search_streams_as_it_answers_whole(server, mock, key, model):
+    """Claude's searches (``server_tool_use`` and its result block) and the citations of its text: the
+    chat answer's ``web_search_calls`` and ``annotations``, the Responses ``web_search_call`` items and
+    ``url_citation`` annotations, the same accumulated from the stream as whole."""
+    mock.clear_replies()
+    client = server.openai(key)
+    asked = {"model": model, "messages": [{"role": "user", "content": "Weather?"}], "web_search_options": {}}
+    whole = client.chat.completions.create(**asked).choices[0].message.model_dump(exclude_none=True)
+    with client.chat.completions.stream(**asked) as stream:
+        streamed = unindexed(stream.get_final_completion().choices[0].message.model_dump(exclude_none=True))
+    streamed["annotations"] = [unindexed(a) if isinstance(a, dict) else a for a in streamed.get("annotations", [])]
+    streamed.pop("parsed", None)
+    assert streamed == whole and whole["web_search_calls"] and whole["annotations"]
+    asked = {"model": model, "input": "Weather?", "tools": [{"type": "web_search"}], "store": False}
+    whole = client.responses.create(**asked)
+    with client.responses.stream(**asked) as stream:
+        streamed = stream.get_final_response()
+    # by design as for text after calls: the stream keeps Claude's order (its text before the searches
+    # is a message item of its own); the whole answer, made of one chat message, has the searches first
+    searches = [item.model_dump(exclude={"id"}) for item in whole.output if item.type == "web_search_call"]
+    assert [item.type for item in whole.output] == ["web_search_call"] * len(searches) + ["message"]
+    assert [item.type for item in streamed.output][:2] == ["message", "web_search_call"] and len(searches) >= 2
+    assert [item.model_dump(exclude={"id"}) for item in streamed.output if item.type == "web_search_call"] == searches
+    assert streamed.output_text == whole.output_text
+    assert cited(streamed) == cited(whole) and cited(whole)
+
+
+def cited(response: Any) -> list[tuple[str, str]]:
+    """Each url_citation's cited text (its indices are into its own part's text) and URL."""
+    return [
+        (part.text[a.start_index : a.end_index], a.url)
+        for item in response.output
+        if item.type == "message"
+        for part in item.content
+        for a in getattr(part, "annotations", None) or []
+    ]
