@@ -75,6 +75,10 @@ class Answer:
     no_call_ids: bool = False  # Gemini: function calls without an id (Stockyard makes them)
     text_after_calls: str = ""  # Gemini, OpenAI chat: text after the calls
     cut_arguments: int = 0  # the last call's arguments cut this many characters short (an answer at its length)
+    unindexed_calls: bool = (
+        False  # OpenAI chat: each call whole in one delta without an ``index`` (Ollama, some proxies)
+    )
+    omitted_thinking: bool = False  # Anthropic: a thinking block with no text, its signature only
     reasoning_field: str = "reasoning_content"  # OpenAI chat: DeepSeek's field, or vLLM/Groq's ``reasoning``
 
     @property
@@ -118,6 +122,8 @@ def anthropic_blocks(a: Answer) -> list[dict]:
     blocks: list[dict] = []
     if a.thinking:
         blocks.append({"type": "thinking", "thinking": a.thinking, "signature": SIGNATURE})
+    if a.omitted_thinking:
+        blocks.append({"type": "thinking", "thinking": "", "signature": SIGNATURE + "0"})
     if a.redacted:
         blocks.append({"type": "redacted_thinking", "data": "RURBQ1RFRC1yNDE="})
     if a.text or a.empty_text_block:
@@ -290,7 +296,12 @@ def openai_stream(a: Answer, model: str) -> list[str]:
         first = {"index": position, "id": ident, "type": "function", "function": {"name": name, "arguments": ""}}
         rest = [{"index": position, "function": {"arguments": p}} for p in pieces(call_arguments(a, position), rnd, 6)]
         per_call.append([first, *rest])
-    if a.interleave:  # each call opened in turn, then their fragments round-robin
+    if a.unindexed_calls:  # each call whole in one delta, none with an index
+        order = [
+            {"id": i, "type": "function", "function": {"name": n, "arguments": call_arguments(a, p)}}
+            for p, (i, n, _) in enumerate(a.calls)
+        ]
+    elif a.interleave:  # each call opened in turn, then their fragments round-robin
         order = [calls[0] for calls in per_call]
         tails = [calls[1:] for calls in per_call]
         while any(tails):
@@ -738,3 +749,21 @@ def cited(response: Any) -> list[tuple[str, str]]:
         for part in item.content
         for a in getattr(part, "annotations", None) or []
     ]
+
+
+@pytest.mark.parametrize("route_name", ["messages>gpt", "responses>groq"])
+def test_calls_sent_whole_without_an_index(server, mock, key, route_name):
+    """Each call whole in one delta and none with an ``index``: the second call was taken for more of the
+    first (Messages lost it, Responses joined both calls' arguments into one)."""
+    answer = Answer(
+        calls=[("call_a", "get_weather", {"a": 1}), ("call_b", "search_docs", {"q": "x"})], unindexed_calls=True
+    )
+    whole = assert_same(server, mock, key, ROUTES[route_name], answer)
+    assert len(whole["content" if "content" in whole else "items"]) == 2
+
+
+def test_thinking_with_its_text_omitted(server, mock, key):
+    """Claude's thinking block with no text, its signature only: no reasoning text, its block kept, both ways."""
+    answer = Answer(text="x", omitted_thinking=True, calls=[("call_a", "get_weather", {"a": 1})])
+    for name in ("chat>claude", "responses>claude"):
+        assert_same(server, mock, key, ROUTES[name], answer)

@@ -471,10 +471,13 @@ class CallOrder:
     a time (Messages blocks, Responses items) need. Most providers send each call whole before the
     next; some interleave parallel calls' argument fragments. The current call's deltas pass at once;
     another call's wait until the current one's arguments are a whole JSON object (nothing more can
-    come for it) or the answer ends (:meth:`rest`), then pass in the order their calls began."""
+    come for it) or the answer ends (:meth:`rest`), then pass in the order their calls began. Each
+    delta leaves with the call's number in its ``index`` (:meth:`numbered`)."""
 
     def __init__(self) -> None:
-        self.current: Any = None  # the chat index of the call whose deltas pass
+        self.numbers: dict[Any, tuple[Any, int]] = {}  # the provider's index → (its call's id, the call's number)
+        self.calls = 0  # calls begun
+        self.current: Any = None  # the number of the call whose deltas pass
         self.arguments = ""  # the current call's arguments so far
         self.waiting: dict[Any, list[dict]] = {}  # chat index → the deltas of a call held back
 
@@ -484,7 +487,8 @@ class CallOrder:
         for call in calls if isinstance(calls, list) else []:
             if not isinstance(call, dict):
                 continue
-            position = call.get("index", 0)
+            call = self.numbered(call)
+            position = call["index"]
             if self.current is None:
                 self.current = position
             if position == self.current:
@@ -498,9 +502,22 @@ class CallOrder:
                 out += self.passed(held)
         return out
 
+    def numbered(self, call: dict) -> dict:
+        """The delta with its call's number as ``index``: a delta naming an id other than the one its
+        index began with starts a call of its own (a provider that sends each call whole with no
+        ``index``, or the same one, as some OpenAI-compatible servers do)."""
+        index, ident = call.get("index", 0), call.get("id")
+        index = index if isinstance(index, (int, str)) else 0  # a key of the table, whatever was sent
+        known = self.numbers.get(index)
+        if known is None or (ident and known[0] and ident != known[0]):
+            known = self.numbers[index] = (ident, self.calls)
+            self.calls += 1
+        return {**call, "index": known[1]}
+
     def passed(self, calls: list[dict]) -> list[dict]:
         for call in calls:
-            fragment = (call.get("function") or {}).get("arguments") if isinstance(call.get("function"), dict) else None
+            fn = call.get("function")
+            fragment = fn.get("arguments") if isinstance(fn, dict) else None
             self.arguments += fragment if isinstance(fragment, str) else ""
         return calls
 
