@@ -751,3 +751,20 @@ def test_thinking_with_its_text_omitted(server, mock, key):
     answer = Answer(text="x", omitted_thinking=True, calls=[("call_a", "get_weather", {"a": 1})])
     for name in ("chat>claude", "responses>claude"):
         assert_same(server, mock, key, ROUTES[name], answer)
+
+
+def test_gemini_keeps_one_call_both_ways_when_parallel_calls_are_off(server, mock, key):
+    """``parallel_tool_calls: false``: Gemini cannot be told, so Stockyard keeps the first call — of the
+    whole answer, and of the stream whether the calls come in one chunk or one a chunk."""
+    answer = Answer(calls=[("call_a", "get_weather", {"a": 1}), ("call_b", "search_docs", {})])
+    client = server.openai(key)
+    asked = {"model": GEMINI, "messages": [{"role": "user", "content": "Go"}], "tools": chat_tools()}
+    asked["parallel_tool_calls"] = False
+    mock.clear_replies()
+    mock.enqueue(Reply(json=gemini_whole(answer, GEMINI)))
+    whole = chat_summary(client.chat.completions.create(**asked))
+    assert [c[:3] for c in whole["calls"]] == [("call_a", "get_weather", {"a": 1})]
+    for seed in range(4):  # both ways of sending the calls (see gemini_stream)
+        mock.enqueue(Reply(sse=gemini_stream(Answer(calls=answer.calls, seed=seed), GEMINI)))
+        with client.chat.completions.stream(**asked, stream_options={"include_usage": True}) as stream:
+            assert chat_summary(stream.get_final_completion()) == whole
