@@ -169,7 +169,7 @@ def test_a_chat_request_to_an_image_model_gets_its_image_and_is_billed_the_same(
     chunks = [json.loads(line[6:]) for line in raw.decode().split("\n") if line.startswith("data: {")]
     deltas = [c["choices"][0]["delta"] for c in chunks if c.get("choices")]
     assert "".join(d.get("content") or "" for d in deltas) == TEXT
-    assert [d["images"] for d in deltas if "images" in d] == [[CHAT_IMAGE]]
+    assert [d["images"] for d in deltas if "images" in d] == [[{"index": 0, **CHAT_IMAGE}]]  # numbered for the SDKs
     assert server.trace(got["x-stockyard-trace-id"])["cost_uc"] == flash_cost()
 
 

@@ -22,6 +22,7 @@ from openai.types.responses import Response, ResponseStreamEvent
 
 from stockyard.errors import ProxyError
 from stockyard.providers import compaction
+from stockyard.providers.reasoning import unpack
 from stockyard.providers.responses import (
     CHAT_NAME,
     ChatToResponsesStream,
@@ -1020,7 +1021,9 @@ def test_thinking_blocks_and_signatures_ride_in_a_reasoning_item():
     }
     out = from_chat(completion(message, "tool_calls"), {"model": "m"}, RID, 1, MAKER)
     strict(RESPONSE, out)
-    assert [o["type"] for o in out["output"]] == ["reasoning", "message", "function_call"]
+    # the call's signature in a reasoning item just before it, where a stream puts it (the text closed the first)
+    assert [o["type"] for o in out["output"]] == ["reasoning", "message", "reasoning", "function_call"]
+    assert "S1" in str(unpack(out["output"][2]["encrypted_content"]))
     item = out["output"][0]
     assert item["summary"] == [{"type": "summary_text", "text": "Plan."}] and "S1" not in item["encrypted_content"]
     messages = continued(out["output"])

@@ -936,6 +936,7 @@ class AnthropicToOpenAIStream(ChunkStream):
         super().__init__(ctx)
         self.usage: dict = {}
         self.tools: dict[int, int] = {}  # Anthropic block index → OpenAI tool_calls index (this call's blocks)
+        self.argued: set[int] = set()  # OpenAI tool_calls indexes that got an arguments fragment
         self.tool_count = 0  # tool calls sent (a continued turn's calls number them on)
         self.thinking = 0  # characters of thinking text so far (reasoning tokens are estimated from them)
         self.thoughts: dict[int, dict] = {}  # Anthropic block index → the thinking block being read
@@ -1030,8 +1031,12 @@ class AnthropicToOpenAIStream(ChunkStream):
         if delta.get("type") == "input_json_delta" and delta.get("partial_json"):
             index = self.tools.get(payload.get("index", -1))
             if index is not None:
-                return [self.out({"tool_calls": [{"index": index, "function": {"arguments": delta["partial_json"]}}]})]
+                self.argued.add(index)
+                return [self.arguments(index, delta["partial_json"])]
         return []
+
+    def arguments(self, index: int, fragment: str) -> bytes:
+        return self.out({"tool_calls": [{"index": index, "function": {"arguments": fragment}}]})
 
     def content(self, text: Any) -> list[bytes]:
         if not isinstance(text, str) or not text:
@@ -1046,6 +1051,9 @@ class AnthropicToOpenAIStream(ChunkStream):
         signature known) as one ``thinking_blocks`` entry. Entries carry an ``index`` so the
         SDKs' stream helpers collect them."""
         index = payload.get("index", -1)
+        call = self.tools.get(index)
+        if call is not None and call not in self.argued:  # Claude streams no input for a call without one:
+            return [self.arguments(call, "{}")]  # "{}", as the whole answer's arguments are (and OpenAI's)
         if index in self.texts:
             start, citations = self.texts.pop(index)
             annotations = url_citations(citations, start, self.chars)

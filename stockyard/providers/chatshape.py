@@ -471,6 +471,75 @@ def endpoint_check(ctx: RequestContext, provider: Provider, served: tuple[str, .
         )
 
 
+class CallOrder:
+    """A chat stream's tool-call deltas, each call's together: what the APIs that stream one item at
+    a time (Messages blocks, Responses items) need. Most providers send each call whole before the
+    next; some interleave parallel calls' argument fragments. The current call's deltas pass at once;
+    another call's wait until the current one's arguments are a whole JSON object (nothing more can
+    come for it) or the answer ends (:meth:`rest`), then pass in the order their calls began. Each
+    delta leaves with the call's number in its ``index`` (:meth:`numbered`)."""
+
+    def __init__(self) -> None:
+        self.numbers: dict[Any, tuple[Any, int]] = {}  # the provider's index → (its call's id, the call's number)
+        self.calls = 0  # calls begun
+        self.current: Any = None  # the number of the call whose deltas pass
+        self.arguments = ""  # the current call's arguments so far
+        self.waiting: dict[Any, list[dict]] = {}  # chat index → the deltas of a call held back
+
+    def take(self, calls: Any) -> list[dict]:
+        """The deltas of one chunk's ``tool_calls`` that may go out now, in order."""
+        out: list[dict] = []
+        for call in calls if isinstance(calls, list) else []:
+            if not isinstance(call, dict):
+                continue
+            call = self.numbered(call)
+            position = call["index"]
+            if self.current is None:
+                self.current = position
+            if position == self.current:
+                out += self.passed([call])
+            else:
+                self.waiting.setdefault(position, []).append(call)
+            while self.waiting and self.whole():
+                position, held = next(iter(self.waiting.items()))
+                del self.waiting[position]
+                self.current, self.arguments = position, ""
+                out += self.passed(held)
+        return out
+
+    def numbered(self, call: dict) -> dict:
+        """The delta with its call's number as ``index``: a delta naming an id other than the one its
+        index began with starts a call of its own (a provider that sends each call whole with no
+        ``index``, or the same one, as some OpenAI-compatible servers do)."""
+        index, ident = call.get("index", 0), call.get("id")
+        index = index if isinstance(index, (int, str)) else 0  # a key of the table, whatever was sent
+        known = self.numbers.get(index)
+        if known is None or (ident and known[0] and ident != known[0]):
+            known = self.numbers[index] = (ident, self.calls)
+            self.calls += 1
+        return {**call, "index": known[1]}
+
+    def passed(self, calls: list[dict]) -> list[dict]:
+        for call in calls:
+            fn = call.get("function")
+            fragment = fn.get("arguments") if isinstance(fn, dict) else None
+            self.arguments += fragment if isinstance(fragment, str) else ""
+        return calls
+
+    def whole(self) -> bool:
+        """Whether the current call's arguments are a whole JSON object (read only while a call waits)."""
+        try:
+            return isinstance(json.loads(self.arguments), dict)
+        except (ValueError, RecursionError):
+            return False
+
+    def rest(self) -> list[dict]:
+        """At the answer's end: the calls still held back, each one's deltas together."""
+        held = [call for calls in self.waiting.values() for call in calls]
+        self.waiting.clear()
+        return held
+
+
 def chat_chunks(events: list[bytes]) -> Iterator[dict | None]:
     """The JSON objects in a chat translator's SSE output, in order, and None for ``[DONE]``.
 

@@ -761,6 +761,7 @@ class GeminiStream(ChunkStream):
         self.calls = 0  # tool calls so far (ids and indices continue)
         self.one_call = one_call_only(ctx.body)
         self.called: set[int] = set()  # choices that made their one call (with one_call)
+        self.images: dict[int, int] = {}  # choice index → images sent in it
 
     def translate(self, doc: Any) -> list[bytes]:
         fields = error_fields(doc)
@@ -793,8 +794,12 @@ class GeminiStream(ChunkStream):
             out.append(self.out({"reasoning_content": thoughts}, index=index))
         if text:
             out.append(self.out({"content": text}, index=index))
-        if images:
-            out.append(self.out({"images": images}, index=index))
+        if images:  # numbered, as list entries sent in pieces are: the SDKs' accumulators merge them by index
+            first = self.images.get(index, 0)
+            self.images[index] = first + len(images)
+            out.append(
+                self.out({"images": [{"index": first + n, **image} for n, image in enumerate(images)]}, index=index)
+            )
         if calls:
             deltas = [{"index": self.calls + n, **call} for n, call in enumerate(calls)]
             self.calls += len(calls)

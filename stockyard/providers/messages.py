@@ -49,7 +49,7 @@ from typing import Any
 from ..errors import ANTHROPIC, ProxyError, error_type
 from ..httpio import json_bytes
 from ..pricing import Usage
-from .chatshape import attached_note
+from .chatshape import CallOrder, attached_note
 from .reasoning import pack, restorable, sign_call, thought_signature, unpack
 from .responses import reasoning_text
 
@@ -440,10 +440,13 @@ def messages_usage(usage: Any) -> dict:
     }
 
 
-def stop_reason(choice: dict, request: dict) -> tuple[str, str | None]:
+def stop_reason(choice: dict, request: dict, refused: bool = False) -> tuple[str, str | None]:
     """(stop_reason, stop_sequence): a stop sequence is known only where the provider names it
-    (vLLM's ``stop_reason``); otherwise a stop is ``end_turn``."""
+    (vLLM's ``stop_reason``); otherwise a stop is ``end_turn``. An answer that is a refusal (OpenAI's
+    ``refusal``, sent as its text) stops with ``refusal``, as Claude's do."""
     finish = choice.get("finish_reason")
+    if refused and finish in ("stop", None):
+        return "refusal", None
     matched = choice.get("stop_reason")
     sequences = request.get("stop_sequences") or []
     if finish == "stop" and isinstance(matched, str) and matched in sequences:
@@ -503,7 +506,9 @@ def from_chat(chat: dict, request: dict, message_id: str, provider: str | None =
     text = message.get("content")
     if isinstance(text, list):
         text = "".join(str(obj(p).get("text") or "") for p in text)
-    if isinstance(text, str) and text:
+    refusal = message["refusal"] if isinstance(message.get("refusal"), str) else ""
+    text = (text if isinstance(text, str) else "") + refusal
+    if text:
         content.append({"type": "text", "text": text})
     for call in message.get("tool_calls") or []:
         fn = obj(obj(call).get("function"))
@@ -517,7 +522,7 @@ def from_chat(chat: dict, request: dict, message_id: str, provider: str | None =
     served = chat.get("model")
     model = served if isinstance(served, str) else str(request.get("model") or "")
     out = message_object(message_id, model, content, messages_usage(chat.get("usage")))
-    out["stop_reason"], out["stop_sequence"] = stop_reason(choice, request)
+    out["stop_reason"], out["stop_sequence"] = stop_reason(choice, request, bool(refusal))
     return out
 
 
@@ -553,6 +558,8 @@ class ChatToMessagesStream:
         self.open_tool: Any = None  # the open tool block's chat tool_calls index
         self.signed = False  # the open thinking block has its signature
         self.choice: dict = {}
+        self.order = CallOrder()  # each call's deltas together, in the order the calls began
+        self.refused = False  # the answer is a refusal (OpenAI's ``refusal``)
         self.usage: Any = None
         self.input_estimate = 0  # message_start's input_tokens, before the provider's count
         self.complete = False
@@ -607,12 +614,19 @@ class ChatToMessagesStream:
                 out += self.open_block("thinking", {"type": "thinking", "thinking": "", "signature": ""})
             out.append(self.delta({"type": "thinking_delta", "thinking": thought}))
         text = delta.get("content")
+        refusal = delta.get("refusal")
+        if isinstance(refusal, str) and refusal:  # the text of a refusal (the stop reason says it: finish)
+            self.refused, text = True, (text if isinstance(text, str) else "") + refusal
         if isinstance(text, str) and text:
             if self.open_kind != "text":
                 out += self.open_block("text", {"type": "text", "text": ""})
             out.append(self.delta({"type": "text_delta", "text": text}))
-        for call in delta.get("tool_calls") or []:
-            call = obj(call)
+        return out + self.tool_calls(self.order.take(delta.get("tool_calls")))
+
+    def tool_calls(self, calls: list[dict]) -> list[bytes]:
+        """Tool-call deltas, each call's together (``CallOrder``): a block for each call."""
+        out: list[bytes] = []
+        for call in calls:
             fn = obj(call.get("function"))
             position = call.get("index", 0)
             if self.open_kind != "tool" or self.open_tool != position:
@@ -642,8 +656,8 @@ class ChatToMessagesStream:
         """After the chat stream's end: close the open block, the stop reason and usage, message_stop."""
         if self.ended:
             return []
-        out = self.start() + self.close_block()
-        reason, sequence = stop_reason(self.choice, self.request)
+        out = self.start() + self.tool_calls(self.order.rest()) + self.close_block()
+        reason, sequence = stop_reason(self.choice, self.request, self.refused)
         usage = messages_usage(self.usage)
         out.append(
             event("message_delta", {"delta": {"stop_reason": reason, "stop_sequence": sequence}, "usage": usage})

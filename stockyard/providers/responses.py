@@ -32,7 +32,7 @@ from ..httpio import json_bytes
 from ..pricing import Usage
 from ..toolchoice import allowed_entries
 from . import compaction
-from .chatshape import ALLOWED_MODES, attached_note, invalid_choice
+from .chatshape import ALLOWED_MODES, CallOrder, attached_note, invalid_choice
 from .reasoning import pack, restorable, sign_call, signatures_of, thinking_blocks, thought_signature, unpack
 
 # Request fields the caller handles (stored state, trace) and that never go upstream.
@@ -1003,6 +1003,19 @@ def reasoning_state(message: dict) -> dict:
     return state
 
 
+def sign_before_call(
+    output: list[dict], states: dict[int, dict], signatures: dict, response_id: str, provider: str | None
+) -> None:
+    """A tool call's thought signature into the reasoning item just before the call: the last item
+    when it is one, else a new one — where the stream puts it (``ChatToResponsesStream.keep_state``:
+    it opens one item at a time, so text between the reasoning and the call closed that item)."""
+    if not output or output[-1]["type"] != "reasoning":
+        output.append(reasoning_item(item_id("rs", response_id, len(output)), ""))
+    state = states.setdefault(len(output) - 1, {})
+    state["thought_signatures"] = {**state.get("thought_signatures", {}), **signatures}
+    output[-1]["encrypted_content"] = pack(state, provider)
+
+
 def message_item(ident: str, content: list[dict], status: str) -> dict:
     return {"id": ident, "type": "message", "status": status, "role": "assistant", "content": content}
 
@@ -1172,8 +1185,11 @@ def from_chat(
     output: list[dict] = []
     reasoning = reasoning_text(message)
     state = reasoning_state(message)
+    signatures = state.pop("thought_signatures", {})  # each goes just before its call, below
+    states: dict[int, dict] = {}  # output index of a reasoning item → its opaque state
     if reasoning or state:
         output.append(reasoning_item(item_id("rs", response_id, len(output)), reasoning, state, provider))
+        states[0] = state
     for search in listed(message.get("web_search_calls")):
         output.append(web_search_item(item_id("ws", response_id, len(output)), search, request))
     content = []
@@ -1188,8 +1204,10 @@ def from_chat(
     declared = Declared(request, history)
     for call in message.get("tool_calls") or []:
         fn = obj(obj(call).get("function"))
+        call_id = obj(call).get("id") or item_id("call", response_id, len(output))
+        if call_id in signatures:
+            sign_before_call(output, states, {call_id: signatures[call_id]}, response_id, provider)
         index = len(output)
-        call_id = obj(call).get("id") or item_id("call", response_id, index)
         args = fn.get("arguments")
         args = args if isinstance(args, str) else json.dumps(args or {})
         name = fn.get("name") or ""
@@ -1242,6 +1260,7 @@ class ChatToResponsesStream:
         self.open: list[int] = []  # output index of the open item (none or one)
         self.calls: dict[int, int] = {}  # chat tool_call index → output index
         self.pending: dict[int, dict] = {}  # tool calls whose name has not arrived yet
+        self.order = CallOrder()  # each call's deltas together, in the order the calls began
         self.states: dict[int, dict] = {}  # output index of a reasoning item → its opaque state
         self.declared = Declared(request, history)  # its tools: how a call's name goes back
         self.custom_args: dict[int, str] = {}  # output index of a custom tool call → its arguments so far
@@ -1322,20 +1341,23 @@ class ChatToResponsesStream:
                 out += self.text(kind, delta[kind])
         for annotation in url_citations(delta.get("annotations")):
             out += self.annotate(annotation)
-        for call in delta.get("tool_calls") or []:
-            if isinstance(call, dict):
-                out += self.tool_call(call)
+        for call in self.order.take(delta.get("tool_calls")):
+            out += self.tool_call(call)
         if choice.get("finish_reason"):
             self.finish_reason = choice["finish_reason"]
-            out += self.close()
+            out += self.held_calls() + self.close()
         return out
+
+    def held_calls(self) -> list[bytes]:
+        """The tool calls held back (a provider that interleaves parallel calls' fragments: ``CallOrder``)."""
+        return [event for call in self.order.rest() for event in self.tool_call(call)]
 
     def finish(self) -> list[bytes]:
         """After ``[DONE]``: close what is open, then ``response.completed`` (or
         ``response.incomplete`` when the answer hit its length limit or a filter)."""
         if self.ended:
             return []
-        return self.start() + self.close() + [self.end()]
+        return self.start() + self.held_calls() + self.close() + [self.end()]
 
     def end(self) -> bytes:
         """The event that ends a whole answer, ``response.completed`` or ``.incomplete`` (by its
