@@ -483,7 +483,8 @@ class CallOrder:
         self.numbers: dict[Any, tuple[Any, int]] = {}  # the provider's index → (its call's id, the call's number)
         self.calls = 0  # calls begun
         self.current: Any = None  # the number of the call whose deltas pass
-        self.arguments = ""  # the current call's arguments so far
+        self.arguments: list[str] = []  # the current call's argument fragments so far (joined only to check)
+        self.closed = False  # its last fragment with text ended in "}": only then may they be whole JSON
         self.waiting: dict[Any, list[dict]] = {}  # chat index → the deltas of a call held back
 
     def take(self, calls: Any) -> list[dict]:
@@ -503,7 +504,7 @@ class CallOrder:
             while self.waiting and self.whole():
                 position, held = next(iter(self.waiting.items()))
                 del self.waiting[position]
-                self.current, self.arguments = position, ""
+                self.current, self.arguments, self.closed = position, [], False
                 out += self.passed(held)
         return out
 
@@ -523,13 +524,18 @@ class CallOrder:
         for call in calls:
             fn = call.get("function")
             fragment = fn.get("arguments") if isinstance(fn, dict) else None
-            self.arguments += fragment if isinstance(fragment, str) else ""
+            if isinstance(fragment, str) and (text := fragment.rstrip()):
+                self.arguments.append(fragment)
+                self.closed = text.endswith("}")
         return calls
 
     def whole(self) -> bool:
-        """Whether the current call's arguments are a whole JSON object (read only while a call waits)."""
+        """Whether the current call's arguments are a whole JSON object (read only while a call waits,
+        and parsed only when they end in "}": a long call's fragments are not read again and again)."""
+        if not self.closed:
+            return False
         try:
-            return isinstance(json.loads(self.arguments), dict)
+            return isinstance(json.loads("".join(self.arguments)), dict)
         except (ValueError, RecursionError):
             return False
 
