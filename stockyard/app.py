@@ -270,19 +270,28 @@ class App:
         once, now: a batch far too large for a nearly spent budget is refused at the request that
         passes it, not after all of them are priced (90,000 requests: 3 s of CPU a refusal); its
         refusal says the cost is at least that much. The reservation (:meth:`check_batch_budget`)
-        still decides a batch that fits. None for a key no budget counts: its batch is not priced."""
+        still decides a batch that fits. None for a key no budget counts: its batch is not priced.
+
+        What is left is read again before a refusal: holds that ended (or a project budget raised)
+        while a long batch was read leave room the reservation would take, so the first read alone
+        gave a 429 to a batch that fits."""
         budgets = self.budgets_of(ctx)
         tightest = self.ledger.tightest(budgets, ctx.ts_ms) if budgets else None
         if tightest is None:
             return None
-        room = room_of(tightest)
+        read: BudgetExceeded | None = tightest
 
         def past(worst: int, counted: int) -> None:
-            if worst > room:
+            nonlocal read
+            if read is None or worst <= room_of(read):
+                return
+            now = self.budgets_of(ctx)
+            read = self.ledger.tightest(now, ctx.ts_ms) if now else None  # None: no budget counts it now
+            if read is not None and worst > room_of(read):
                 of = f" of {total:,}" if total is not None else ""
                 first = "its first request" if counted == 1 else f"its first {counted:,}{of} requests"
                 partial = None if counted == total else f"{first} alone"
-                raise dataclasses.replace(tightest, amount=worst).error(partial=partial)
+                raise dataclasses.replace(read, amount=worst).error(partial=partial)
 
         return past
 

@@ -1,0 +1,182 @@
+"""Review 41 of the last stop's changes, as an attacker and as an accountant: batches refused at the
+request that passes what a budget has left (``Ledger.tightest``, ``App.batch_room``), the stop
+signals' handlers, a new database's schema in one transaction.
+
+Each test here failed before the fix it names (its docstring says what was)."""
+
+from __future__ import annotations
+
+import io
+import json
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from conftest import mock_env, served, wait_for
+from mock_upstream import Reply
+from openai import RateLimitError
+
+from stockyard.budgets import Budget, BudgetExceeded, Ledger, room_of
+
+DAY_MS = 86_400_000
+MIDNIGHT = 20_000 * DAY_MS  # a UTC midnight
+
+
+# -- in process: the ledger ------------------------------------------------------------------------
+@pytest.mark.parametrize("read", ["used_up", "tightest"])
+def test_a_budgets_state_read_across_midnight_is_never_a_key_error(read):
+    """Was: ``used_up`` (asked before every budgeted request's hold) and ``tightest`` (a batch's room)
+    looked their period up after loading it without checking it was still there, while a request
+    stamped just past midnight dropped the period of one stamped just before (``_ensure`` forgets a
+    scope's idle periods as it loads a new one): a KeyError, a 500, for requests around midnight.
+    Now they load it again, as ``reserve`` did."""
+    budget = Budget("key:k", "key 'k'", 1000, "day")
+    ledger = Ledger(lambda b, key: 0)
+    failures: list[BaseException] = []
+    done = threading.Event()
+
+    def ask(ts_ms: int) -> None:
+        ends = time.monotonic() + 2  # before, a KeyError came after 2 to 13,000 reads (in under 0.5 s)
+        while time.monotonic() < ends and not done.is_set():
+            try:
+                found = getattr(ledger, read)([budget], ts_ms)
+            except BaseException as exc:  # the failure itself is what is counted
+                failures.append(exc)
+                done.set()
+                return
+            if not (read == "used_up" and found is None or found is not None and found.spent == 0):
+                failures.append(AssertionError(found))
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # the threads take turns often
+    try:
+        threads = [threading.Thread(target=ask, args=(ts,)) for ts in (MIDNIGHT - 1, MIDNIGHT + 1)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert not failures, failures[:1]
+
+
+def test_what_a_batch_is_compared_with_is_exactly_what_a_reservation_may_take():
+    """Checked, fine: with a key, a project and a daily and a monthly window, holds outstanding, the
+    room ``tightest`` reports is the largest amount ``reserve`` takes (a budget reached exactly
+    passes; one micro-cent more is refused by the budget ``tightest`` named)."""
+    budgets = [
+        Budget("key:k", "key 'k'", 10_000, "day"),
+        Budget("project:p", "project 'p'", 50_000, "month"),
+        Budget("key:k2", "key 'k2'", 30_000, "total"),
+    ]
+    ledger = Ledger(lambda b, key: {"key:k": 1_000, "project:p": 45_000}.get(b.scope, 0))
+    ts = MIDNIGHT + 5
+    held = ledger.reserve(budgets[1:], 1_500, ts)  # the project: 50,000 - 45,000 - 1,500 = 3,500 left
+    tight = ledger.tightest(budgets, ts)
+    assert tight is not None and tight.budget.scope == "project:p" and room_of(tight) == 3_500
+    with pytest.raises(BudgetExceeded) as refused:
+        ledger.reserve(budgets, room_of(tight) + 1, ts)
+    assert refused.value.budget.scope == "project:p"
+    ledger.settle(ledger.reserve(budgets, room_of(tight), ts), 0, (), ts)  # exactly what is left: taken
+    ledger.settle(held, 1_500, ("project:p",), ts)
+    tight = ledger.tightest(budgets, ts)
+    assert tight is not None and room_of(tight) == 3_500 and tight.reserved == 0
+
+
+# -- end to end: an OpenAI batch file read while a hold ends ---------------------------------------
+@pytest.fixture(scope="module")
+def server(pyz_path, cache_home, mock, tmp_path_factory):
+    day = ["--budget-usd", "0.05", "--budget-period", "day"]
+    keys = {"waiter": day, "fresh": day}
+    with served(pyz_path, tmp_path_factory, "review41", mock_env(cache_home, mock), keys) as srv:
+        yield srv
+
+
+def batch_line(custom_id: str, max_tokens: int) -> bytes:
+    line = {
+        "custom_id": custom_id,
+        "method": "POST",
+        "url": "/v1/chat/completions",
+        "body": {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}], "max_tokens": max_tokens},
+    }
+    return (json.dumps(line) + "\n").encode()
+
+
+def unread_from(port: int) -> int:
+    """Bytes the kernel holds for this machine's client sockets connected to ``port`` that their
+    process has not read yet (``/proc/net/tcp``'s rx_queue)."""
+    total = 0
+    for row in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = row.split()
+        if int(fields[2].rsplit(":", 1)[1], 16) == port:
+            total += int(fields[4].split(":")[1], 16)
+    return total
+
+
+def test_a_batch_file_that_fits_once_a_hold_ends_during_its_read_is_not_refused(server, mock):
+    """Was: what the budget had left was read once, when the batch file's answer began, and every
+    line was compared with that: a hold of a request in flight then that ended while the file was
+    read still refused the batch at its line (429 'may cost at least'), though the reservation after
+    the read had room for it — a false 429. Now what is left is read again before a refusal."""
+    waiter = server.openai("waiter")
+    padding = b"\n" * 40_000  # blank lines (not priced): more than a read of the headers takes with them
+    first, second = batch_line("a", 1000), batch_line("b", 7000)  # ~$0.005 + ~$0.035 at the batch price
+    source = waiter.files.create(file=("in.jsonl", io.BytesIO(first + padding + second)), purpose="user_data")
+    mock.clear()
+    # a request in flight holds ~$0.02 of the $0.05: ~$0.03 left, less than the batch's ~$0.04
+    chat_done, chat_held = threading.Event(), threading.Event()
+    mock.enqueue(Reply(held=chat_done, hang_started=chat_held))
+    answers: list[tuple[int, dict, bytes]] = []
+    body = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2000}
+    chat = threading.Thread(
+        target=lambda: answers.append(server.request("POST", "/v1/chat/completions", body, server.auth("waiter")))
+    )
+    chat.start()
+    assert chat_held.wait(10)
+    # the file's content: the first line and the padding, then a pause until the hold has ended
+    rest, first_sent = threading.Event(), threading.Event()
+    mock.enqueue(Reply(held=rest, held_after=len(first + padding), hang_started=first_sent))
+    created: list[object] = []
+
+    def create() -> None:
+        try:
+            created.append(
+                waiter.batches.create(input_file_id=source.id, endpoint="/v1/chat/completions", completion_window="24h")
+            )
+        except Exception as exc:  # the answer is what is checked
+            created.append(exc)
+
+    batch = threading.Thread(target=create)
+    batch.start()
+    try:
+        assert first_sent.wait(10)
+        # the server read the padding, so it read the room first (the read begins after it)
+        wait_for(lambda: unread_from(mock.port) == 0, what="the server reading the file's first part")
+        chat_done.set()
+        chat.join(30)
+        status, headers, _ = answers[0]
+        assert status == 200
+        server.trace(headers["x-stockyard-trace-id"])  # its hold ended (settled before the trace)
+    finally:
+        chat_done.set()
+        rest.set()
+        batch.join(30)
+    assert len(created) == 1 and not isinstance(created[0], Exception), created
+    assert [r for r in mock.requests if r.method == "POST" and r.path == "/v1/batches"]
+
+
+def test_a_batch_past_what_is_left_after_a_second_read_is_still_refused(server, mock):
+    """The second read is no way past the budget: a file whose lines pass what is left with nothing
+    held is the same 429 at the line that passes it, naming only the key's own budget."""
+    fresh = server.openai("fresh")
+    lines = batch_line("a", 8000) + batch_line("b", 8000)  # ~$0.04 each: past the $0.05
+    source = fresh.files.create(file=("in.jsonl", io.BytesIO(lines)), purpose="user_data")
+    mock.clear()
+    with pytest.raises(RateLimitError) as err:
+        fresh.batches.create(input_file_id=source.id, endpoint="/v1/chat/completions", completion_window="24h")
+    assert err.value.code == "budget_exceeded" and "key 'fresh' budget of $0.05" in err.value.message
+    assert "$0.00 spent, and" in err.value.message and "waiter" not in err.value.message
+    assert "may cost at least $0.0" in err.value.message and "its first 2 requests alone" in err.value.message
+    assert not [r for r in mock.requests if r.method == "POST" and r.path == "/v1/batches"]
