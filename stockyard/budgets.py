@@ -556,9 +556,9 @@ class Ledger:
                     return None
 
     def tightest(self, budgets: list[Budget], ts_ms: int) -> BudgetExceeded | None:
-        """The budget with the least room (:func:`room_of`) now, as the refusal a reservation past it
-        gets (amount 0), or None for no budget: what a batch's running worst case is compared with
-        before it is priced whole (``App.batch_room``)."""
+        """The budget with the least left beyond its spend (:func:`unspent_of`) now, with its holds, as
+        the refusal a reservation past it gets (amount 0), or None for no budget: what a batch's running
+        worst case is compared with before it is priced whole (``App.batch_room``)."""
         while True:
             keyed = self._ensure(budgets, ts_ms)
             with self._lock:
@@ -569,7 +569,7 @@ class Ledger:
                         for (budget, key), entry in zip(keyed, entries)
                         if entry is not None
                     ]
-                    return min(found, key=room_of, default=None)
+                    return min(found, key=unspent_of, default=None)
             # else one was dropped since it was loaded (as in reserve): load it again
 
     def close(self) -> None:
@@ -635,6 +635,12 @@ def budgets_for(key, projects: Mapping[str, Budget]) -> list[Budget]:
 def room_of(state: BudgetExceeded) -> int:
     """What a budget's period has left beyond its spend and its holds, µ¢ (≤ 0: none)."""
     return state.budget.limit_uc - state.spent - state.reserved
+
+
+def unspent_of(state: BudgetExceeded) -> int:
+    """What a budget's period has left beyond its spend, µ¢: all a reservation can have once the
+    holds in flight end (a batch's worst case past it cannot start this period, whatever they cost)."""
+    return state.budget.limit_uc - state.spent
 
 
 EXHAUSTED = 0  # budget_warnings.threshold of the exhausted event (warnings are 1-100 percent)

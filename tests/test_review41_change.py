@@ -18,7 +18,7 @@ from conftest import mock_env, served, wait_for
 from mock_upstream import Reply
 from openai import RateLimitError
 
-from stockyard.budgets import Budget, BudgetExceeded, Ledger, room_of
+from stockyard.budgets import Budget, BudgetExceeded, Ledger, room_of, unspent_of
 
 DAY_MS = 86_400_000
 MIDNIGHT = 20_000 * DAY_MS  # a UTC midnight
@@ -62,34 +62,32 @@ def test_a_budgets_state_read_across_midnight_is_never_a_key_error(read):
     assert not failures, failures[:1]
 
 
-def test_what_a_batch_is_compared_with_is_exactly_what_a_reservation_may_take():
-    """Checked, fine: with a key, a project and a daily and a monthly window, holds outstanding, the
-    room ``tightest`` reports is the largest amount ``reserve`` takes (a budget reached exactly
-    passes; one micro-cent more is refused by the budget ``tightest`` named)."""
-    budgets = [
-        Budget("key:k", "key 'k'", 10_000, "day"),
-        Budget("project:p", "project 'p'", 50_000, "month"),
-        Budget("key:k2", "key 'k2'", 30_000, "total"),
-    ]
-    ledger = Ledger(lambda b, key: {"key:k": 1_000, "project:p": 45_000}.get(b.scope, 0))
+def test_what_a_batch_is_refused_early_past_is_never_less_than_a_reservation_may_take():
+    """Checked: with a key, a project and a daily and a monthly window, holds outstanding, what a
+    batch is refused early past (``unspent_of(tightest)``) is never less than what a reservation may
+    take (a false 429), and with no holds it is exactly that: a budget reached exactly passes, one
+    micro-cent more is refused, by the budget ``tightest`` named."""
+    budgets = [Budget("key:k", "key 'k'", 10_000, "day"), Budget("project:p", "project 'p'", 50_000, "month")]
+    ledger = Ledger(lambda b, key: {"key:k": 1_000, "project:p": 45_000}[b.scope])
     ts = MIDNIGHT + 5
-    held = ledger.reserve(budgets[1:], 1_500, ts)  # the project: 50,000 - 45,000 - 1,500 = 3,500 left
+    held = ledger.reserve(budgets, 1_500, ts)  # the project: 5,000 unspent, 3,500 beside the hold
     tight = ledger.tightest(budgets, ts)
-    assert tight is not None and tight.budget.scope == "project:p" and room_of(tight) == 3_500
-    with pytest.raises(BudgetExceeded) as refused:
+    assert tight is not None and tight.budget.scope == "project:p"
+    assert (unspent_of(tight), room_of(tight)) == (5_000, 3_500)
+    with pytest.raises(BudgetExceeded):
         ledger.reserve(budgets, room_of(tight) + 1, ts)
+    ledger.settle(held, 0, (), ts)  # the hold ends: what is unspent is what a reservation may take
+    with pytest.raises(BudgetExceeded) as refused:
+        ledger.reserve(budgets, unspent_of(tight) + 1, ts)
     assert refused.value.budget.scope == "project:p"
-    ledger.settle(ledger.reserve(budgets, room_of(tight), ts), 0, (), ts)  # exactly what is left: taken
-    ledger.settle(held, 1_500, ("project:p",), ts)
-    tight = ledger.tightest(budgets, ts)
-    assert tight is not None and room_of(tight) == 3_500 and tight.reserved == 0
+    ledger.settle(ledger.reserve(budgets, unspent_of(tight), ts), 0, (), ts)  # exactly what is left: taken
 
 
 # -- end to end: an OpenAI batch file read while a hold ends ---------------------------------------
 @pytest.fixture(scope="module")
 def server(pyz_path, cache_home, mock, tmp_path_factory):
     day = ["--budget-usd", "0.05", "--budget-period", "day"]
-    keys = {"waiter": day, "fresh": day}
+    keys = {"waiter": day, "fresh": day, "held": day}
     with served(pyz_path, tmp_path_factory, "review41", mock_env(cache_home, mock), keys) as srv:
         yield srv
 
@@ -180,3 +178,31 @@ def test_a_batch_past_what_is_left_after_a_second_read_is_still_refused(server, 
     assert "$0.00 spent, and" in err.value.message and "waiter" not in err.value.message
     assert "may cost at least $0.0" in err.value.message and "its first 2 requests alone" in err.value.message
     assert not [r for r in mock.requests if r.method == "POST" and r.path == "/v1/batches"]
+
+
+def test_a_batch_that_can_never_fit_is_not_told_to_retry_because_of_holds_in_flight(server, mock):
+    """Was: a batch was refused at the request whose running worst case passed what was left beside
+    the holds in flight, and the 429 said only those holds stood in the way (``Retry-After: 1``,
+    retried at once by the OpenAI and Anthropic SDKs) whenever that part alone fitted beside the
+    spend — though the whole batch did not fit the budget at all: each retry read and priced it again,
+    to the same 429. Now a batch is refused early only at the request past what the budget has left
+    beside its spend (no hold's end can make room for it): a 429 that says not to retry; one that
+    fits but for holds is priced whole and the reservation decides it, as before."""
+    held = server.openai("held")
+    lines = batch_line("a", 1000) + batch_line("b", 7000) + batch_line("c", 8000)  # ~$0.005, $0.04, $0.08
+    source = held.files.create(file=("in.jsonl", io.BytesIO(lines)), purpose="user_data")
+    chat_done, chat_held = threading.Event(), threading.Event()
+    mock.enqueue(Reply(held=chat_done, hang_started=chat_held))
+    body = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2000}
+    chat = threading.Thread(target=lambda: server.request("POST", "/v1/chat/completions", body, server.auth("held")))
+    chat.start()
+    try:
+        assert chat_held.wait(10)  # ~$0.02 held of the $0.05: ~$0.03 left beside it
+        with pytest.raises(RateLimitError) as err:
+            held.batches.create(input_file_id=source.id, endpoint="/v1/chat/completions", completion_window="24h")
+    finally:
+        chat_done.set()
+        chat.join(30)
+    headers = err.value.response.headers
+    assert headers.get("x-should-retry") == "false" and headers.get("retry-after") != "1", dict(headers)
+    assert "its first 3 requests alone" in err.value.message, err.value.message
