@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import io
 import json
+import sqlite3
+import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
 
+import clirun
 import pytest
-from conftest import mock_env, served, wait_for
+from conftest import base_env, mock_env, served, wait_for
 from mock_upstream import Reply
 from openai import RateLimitError
 
@@ -206,3 +209,60 @@ def test_a_batch_that_can_never_fit_is_not_told_to_retry_because_of_holds_in_fli
     headers = err.value.response.headers
     assert headers.get("x-should-retry") == "false" and headers.get("retry-after") != "1", dict(headers)
     assert "its first 3 requests alone" in err.value.message, err.value.message
+
+
+# -- a new database killed while it is made --------------------------------------------------------
+def syscalls_of(pyz: Path, args: list[str], env: dict, names: str, log: Path) -> list[str]:
+    """The calls ``names`` (strace's ``trace=``) a run of ``python3 stockyard.pyz ARGS`` makes, in order."""
+    cmd = ["strace", "-f", "-o", str(log), "-e", f"trace={names}", sys.executable, str(pyz), *args]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return [line.split(None, 1)[1] for line in log.read_text().splitlines() if "(" in line and "resumed" not in line]
+
+
+def test_a_command_killed_while_it_makes_a_new_database_leaves_the_next_command_working(pyz_path, cache_home, tmp_path):
+    """Was: a new database is written with a rollback journal until ``db.connect`` makes it WAL (its
+    page size, then the switch); a first ``keys create`` killed there (at the journal's sync: strace's
+    SIGKILL, the same point every run) left a hot journal, and every later command's read-only look
+    at the file (``_needs_upgrade``, ``migrate --check``) failed with "attempt to write a readonly
+    database" until a server started and rolled it back. Now a read-only open rolls it back first."""
+    env = base_env(cache_home)
+    probe = tmp_path / "probe" / "s.db"
+    calls = syscalls_of(
+        pyz_path, ["keys", "create", "--name", "a", "--db", str(probe)], env, "openat,fdatasync", tmp_path / "log"
+    )
+    journal = next(i for i, call in enumerate(calls) if call.startswith("openat(") and "s.db-journal" in call)
+    syncs = [i for i, call in enumerate(calls) if call.startswith("fdatasync(")]
+    nth = sum(1 for i in syncs if i < journal) + 1  # the journal's first sync (before the file is changed)
+    tried = 0
+    for nth in range(nth, nth + 8):  # each sync while the file is written in rollback mode
+        path = tmp_path / f"killed-{nth}" / "s.db"
+        cmd = [
+            "strace",
+            "-f",
+            "-o",
+            "/dev/null",
+            "-e",
+            "trace=fdatasync",
+            "-e",
+            f"inject=fdatasync:signal=KILL:when={nth}",
+        ]
+        done = subprocess.run(
+            [*cmd, sys.executable, str(pyz_path), "keys", "create", "--name", "a", "--db", str(path)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        if done.returncode != -9 or not path.with_name("s.db-journal").exists():
+            continue
+        tried += 1
+        again = clirun.run(pyz_path, ["keys", "create", "--name", "b", "--db", str(path)], env)
+        assert again.returncode == 0, (nth, again.stderr)
+        check = clirun.run(pyz_path, ["migrate", "--check", "--db", str(path)], env)
+        assert check.returncode == 0, (nth, check.stderr)
+        conn = sqlite3.connect(path)
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        conn.close()
+    assert tried >= 2, "no kill left a journal behind"

@@ -57,6 +57,7 @@ def connect(path: Path | str, *, readonly: bool = False) -> sqlite3.Connection:
     """
     path = Path(path)
     if readonly:
+        roll_back_crashed_write(path)
         conn = sqlite3.connect(
             f"file:{path}?mode=ro",
             uri=True,
@@ -82,6 +83,30 @@ def connect(path: Path | str, *, readonly: bool = False) -> sqlite3.Connection:
     conn.execute("PRAGMA foreign_keys=ON")
     _functions(conn)
     return conn
+
+
+def roll_back_crashed_write(path: Path) -> None:
+    """Put back what a write killed midway left in a rollback journal (``<path>-journal``), where
+    one is left: a read-only connection cannot, and refuses to read past it ("attempt to write a
+    readonly database"). A new database is written in rollback mode until :func:`connect` makes it
+    WAL (its layout, then the switch), and ``migrate --repack`` vacuums in it: a ``keys create`` killed
+    then left every later command's read-only look at the file (``_needs_upgrade``, ``migrate
+    --check``) failing until a server started. A plain read-write open rolls it back, as SQLite does
+    for any writer; without write access the read-only connection says why, as before."""
+    journal = path.with_name(path.name + "-journal")
+    try:
+        if journal.stat().st_size == 0 or not path.exists():
+            return
+    except OSError:  # none (the usual case: WAL)
+        return
+    try:
+        conn = sqlite3.connect(path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000)
+        try:
+            conn.execute("SELECT count(*) FROM sqlite_master").fetchone()  # a hot journal is rolled back here
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        log.debug("could not roll back %s: %s", journal, exc)
 
 
 def _functions(conn: sqlite3.Connection) -> None:
