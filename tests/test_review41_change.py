@@ -17,7 +17,7 @@ from pathlib import Path
 
 import clirun
 import pytest
-from conftest import base_env, mock_env, served, wait_for
+from conftest import ServerProcess, base_env, mock_env, wait_for
 from mock_upstream import Reply
 from openai import RateLimitError
 
@@ -87,12 +87,20 @@ def test_what_a_batch_is_refused_early_past_is_never_less_than_a_reservation_may
 
 
 # -- end to end: an OpenAI batch file read while a hold ends ---------------------------------------
-@pytest.fixture(scope="module")
-def server(pyz_path, cache_home, mock, tmp_path_factory):
+@pytest.fixture(scope="module", params=[[], ["--workers", "2"]], ids=["one process", "a group of 2"])
+def server(request, pyz_path, cache_home, mock, tmp_path_factory):
+    """A server whose keys have $0.05 a day; also a group, whose budgets its parent holds (``RemoteLedger``)."""
+    srv = ServerProcess(
+        pyz_path, tmp_path_factory.mktemp("review41") / "stockyard.db", mock_env(cache_home, mock), request.param
+    )
     day = ["--budget-usd", "0.05", "--budget-period", "day"]
-    keys = {"waiter": day, "fresh": day, "held": day}
-    with served(pyz_path, tmp_path_factory, "review41", mock_env(cache_home, mock), keys) as srv:
+    srv.keys = srv.create_keys({"waiter": day, "fresh": day, "held": day})
+    srv.start()
+    try:
         yield srv
+    finally:
+        srv.stop()
+    assert "Traceback" not in srv.log
 
 
 def batch_line(custom_id: str, max_tokens: int) -> bytes:
@@ -233,9 +241,9 @@ def test_a_command_killed_while_it_makes_a_new_database_leaves_the_next_command_
     )
     journal = next(i for i, call in enumerate(calls) if call.startswith("openat(") and "s.db-journal" in call)
     syncs = [i for i, call in enumerate(calls) if call.startswith("fdatasync(")]
-    nth = sum(1 for i in syncs if i < journal) + 1  # the journal's first sync (before the file is changed)
+    first = sum(1 for i in syncs if i < journal) + 1  # the journal's first sync (before the file is changed)
     tried = 0
-    for nth in range(nth, nth + 8):  # each sync while the file is written in rollback mode
+    for nth in range(first, first + 8):  # each sync while the file is written in rollback mode
         path = tmp_path / f"killed-{nth}" / "s.db"
         cmd = [
             "strace",
