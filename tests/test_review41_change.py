@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import shutil
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -274,3 +277,54 @@ def test_a_command_killed_while_it_makes_a_new_database_leaves_the_next_command_
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         conn.close()
     assert tried >= 2, "no kill left a journal behind"
+
+
+# -- stop signals ----------------------------------------------------------------------------------
+def strace_works() -> bool:
+    """Whether this machine lets a process trace its child (ptrace may be off in a container)."""
+    if not shutil.which("strace"):
+        return False
+    return subprocess.run(["strace", "-f", "-o", "/dev/null", "true"], capture_output=True).returncode == 0
+
+
+def children_of(pid: int) -> list[int]:
+    try:
+        return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+@pytest.mark.skipif(not strace_works(), reason="needs strace (ptrace) to hold a worker as it is forked")
+def test_a_stop_signal_sent_as_a_worker_is_forked_stops_the_group_at_once(pyz_path, cache_home, tmp_path):
+    """Was: a group's worker kept its parent's stop handler from ``fork`` until it put the signals
+    back to their default action; a SIGTERM sent then — the parent stopping as it forks a worker, at
+    start-up or replacing one that died — ran the parent's handler in the worker ('stopping 0
+    workers') and was lost: the worker went on to serve, and the group's stop waited for its kill a
+    minute later (exit 1, 'did not stop: killing it'). The window is held open here by strace, which
+    delays each process's first ``getrandom``: a forked worker's is ``random``'s reseed after fork.
+    Now the stop signals wait (blocked) while a worker is forked: it ends at once, before serving."""
+    env = {**base_env(cache_home), "STOCKYARD_SHUTDOWN_GRACE": "2s"}
+    delay = ["-e", "trace=getrandom", "-e", "inject=getrandom:delay_enter=1500000:when=1"]
+    args = ["serve", "--db", str(tmp_path / "s.db"), "--port", "0", "--workers", "2"]
+    traced = subprocess.Popen(
+        ["strace", "-f", "-o", "/dev/null", *delay, sys.executable, str(pyz_path), *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    parent = None
+    try:
+        parent = wait_for(lambda: (children_of(traced.pid) or [None])[0], 30, "the group's parent")
+        wait_for(lambda: children_of(parent), 30, "its first worker, forked")  # held in its reseed
+        os.kill(parent, signal.SIGTERM)
+        out, _ = traced.communicate(timeout=30)  # was: ~64 s
+    finally:
+        if traced.poll() is None:
+            for pid in children_of(parent) if parent is not None else []:
+                os.kill(pid, signal.SIGKILL)
+            if parent is not None and children_of(traced.pid):
+                os.kill(parent, signal.SIGKILL)
+            print(traced.communicate()[0][-3000:])  # what the group said, for the failure
+    assert traced.returncode == 0, out
+    assert "stopping 0 workers" not in out and "did not stop" not in out, out
