@@ -25,6 +25,7 @@ from mock_upstream import Reply
 from openai import RateLimitError
 
 from stockyard.budgets import Budget, BudgetExceeded, Ledger, room_of, unspent_of
+from stockyard.store import db
 
 DAY_MS = 86_400_000
 MIDNIGHT = 20_000 * DAY_MS  # a UTC midnight
@@ -328,3 +329,35 @@ def test_a_stop_signal_sent_as_a_worker_is_forked_stops_the_group_at_once(pyz_pa
             print(traced.communicate()[0][-3000:])  # what the group said, for the failure
     assert traced.returncode == 0, out
     assert "stopping 0 workers" not in out and "did not stop" not in out, out
+
+
+@pytest.mark.parametrize("when", ["its second look at the schema", "its BEGIN"])
+def test_two_processes_making_the_same_new_database_at_once_both_get_it(tmp_path, when):
+    """Was: a second process making the same new file at once (a ``keys create`` beside a starting
+    server; 2 of 6 tries of three first commands at once) ran migrations the first had made and
+    failed with 'table meta already exists': it read what was pending, then the schema version —
+    made meanwhile, so it took the file for an old one and applied the stale list one by one (after
+    backing the new file up) — or it read both before the first committed, then waited at its
+    ``BEGIN IMMEDIATE`` and ran the whole schema again. The first makes the schema whole at either
+    point here (SQLite's statement trace of the second). Now the version is read first, and a new
+    schema refused because another process made it is read again: nothing left to apply."""
+    path = tmp_path / "new.db"
+    first, second = db.connect(path), db.connect(path)
+    made: list[list[db.Migration]] = []
+    looks: list[str] = []
+
+    def meanwhile(statement: str) -> None:
+        if "sqlite_master" in statement:
+            looks.append(statement)
+        due = len(looks) == 2 if when == "its second look at the schema" else statement.upper().startswith("BEGIN")
+        if due and not made:
+            made.append(db.migrate(first))
+
+    second.set_trace_callback(meanwhile)
+    applied = db.migrate(second)
+    second.set_trace_callback(None)
+    assert made and [m.version for m in made[0]] == [m.version for m in db.available_migrations()]
+    assert applied == []
+    assert db.schema_version(second) == db.code_schema_version() and not db.pending_migrations(second)
+    first.close()
+    second.close()

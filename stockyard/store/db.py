@@ -296,14 +296,22 @@ def migrate(
     ``before(current_version, pending)`` runs first when an existing database is about to
     change, so the caller can take a backup.
     """
+    current = schema_version(conn)  # read first: what is pending is then never older than it
     pending = [m for m in pending_migrations(conn) if upto is None or m.version <= upto]
     if not pending:
         return []
-    current = schema_version(conn)
     if current == 0:  # a new database: its whole schema in one transaction (one commit, not forty: ~0.1 s)
-        apply_migrations(conn, pending)
-        return pending
-    if before is not None:
+        try:
+            apply_migrations(conn, pending)
+            return pending
+        except Exception:
+            if schema_version(conn) == 0:
+                raise
+        # Another process made this new database while this one waited for the write lock (a `keys
+        # create` beside a starting server): what it applied is not run again ('table meta already
+        # exists'), only what it left, if anything.
+        pending = [m for m in pending_migrations(conn) if upto is None or m.version <= upto]
+    elif before is not None:
         before(current, pending)
     for m in pending:
         apply_migration(conn, m)
