@@ -32,10 +32,10 @@ from .budgets import (
     Ledger,
     budgets_for,
     load_project_budgets,
-    room_of,
     scopes_of,
     seconds_left,
     unpriced_job_refusal,
+    unspent_of,
 )
 from .chain import Chain, HookFailures
 from .config import Settings
@@ -266,23 +266,35 @@ class App:
 
     def batch_room(self, ctx: RequestContext, total: int | None = None) -> Callable[[int, int], None] | None:
         """What refuses a batch (429) once the running worst case of its first ``counted`` requests
-        (µ¢; ``total`` in all, None: not known yet) is past what its key's budgets have left, read
-        once, now: a batch far too large for a nearly spent budget is refused at the request that
+        (µ¢; ``total`` in all, None: not known yet) is past what its key's budgets have left beyond
+        their spend: a batch far too large for a nearly spent budget is refused at the request that
         passes it, not after all of them are priced (90,000 requests: 3 s of CPU a refusal); its
-        refusal says the cost is at least that much. The reservation (:meth:`check_batch_budget`)
-        still decides a batch that fits. None for a key no budget counts: its batch is not priced."""
+        refusal says the cost is at least that much, and not to retry. The reservation
+        (:meth:`check_batch_budget`) still decides a batch that fits. None for a key no budget
+        counts: its batch is not priced.
+
+        Holds in flight are not counted here: one may end while a long batch is read (a 429 then
+        refused a batch the reservation had room for), and a refusal they caused would tell the client
+        to retry a batch that may never fit (the SDKs retry at once); a batch that fits but for them is
+        priced whole and refused by the reservation, which knows its whole worst case. What is left is
+        read again before a refusal (a project's budget raised, a batch billed for less than it held)."""
         budgets = self.budgets_of(ctx)
         tightest = self.ledger.tightest(budgets, ctx.ts_ms) if budgets else None
         if tightest is None:
             return None
-        room = room_of(tightest)
+        read: BudgetExceeded | None = tightest
 
         def past(worst: int, counted: int) -> None:
-            if worst > room:
+            nonlocal read
+            if read is None or worst <= unspent_of(read):
+                return
+            now = self.budgets_of(ctx)
+            read = self.ledger.tightest(now, ctx.ts_ms) if now else None  # None: no budget counts it now
+            if read is not None and worst > unspent_of(read):
                 of = f" of {total:,}" if total is not None else ""
                 first = "its first request" if counted == 1 else f"its first {counted:,}{of} requests"
                 partial = None if counted == total else f"{first} alone"
-                raise dataclasses.replace(tightest, amount=worst).error(partial=partial)
+                raise dataclasses.replace(read, amount=worst).error(partial=partial)
 
         return past
 

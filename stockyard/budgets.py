@@ -415,7 +415,10 @@ class Ledger:
             with self._lock:
                 entries = [self._entries.get(budget.scope, {}).get(key) for budget, key in keyed]
                 if any(entry is None for entry in entries):
-                    continue  # an idle end user was forgotten meanwhile: load the spend again
+                    # dropped meanwhile — an idle end user forgotten (_prune), or a period another
+                    # request's newer period replaced (_ensure: a request stamped just past midnight
+                    # beside one stamped just before): load the spend again
+                    continue
                 for (budget, key), entry in zip(keyed, entries):
                     assert entry is not None
                     if entry.spent + entry.reserved + amount > budget.limit_uc:
@@ -540,25 +543,34 @@ class Ledger:
         """The first budget with nothing left (spent and held reach its limit), or None: for work
         whose cost is known only afterwards (a batch), which may start only while some is left.
         (Every budgeted request asks, before its hold: no record is made for a budget with room.)"""
-        keyed = self._ensure(budgets, ts_ms)
-        with self._lock:
-            for budget, key in keyed:
-                entry = self._entries[budget.scope][key]
-                if entry.spent + entry.reserved >= budget.limit_uc:
-                    return BudgetExceeded(budget, key, entry.spent, entry.reserved, 0, ts_ms)
-        return None
+        while True:
+            keyed = self._ensure(budgets, ts_ms)
+            with self._lock:
+                for budget, key in keyed:
+                    entry = self._entries.get(budget.scope, {}).get(key)
+                    if entry is None:  # dropped since it was loaded (as in reserve): load it again
+                        break
+                    if entry.spent + entry.reserved >= budget.limit_uc:
+                        return BudgetExceeded(budget, key, entry.spent, entry.reserved, 0, ts_ms)
+                else:
+                    return None
 
     def tightest(self, budgets: list[Budget], ts_ms: int) -> BudgetExceeded | None:
-        """The budget with the least room (:func:`room_of`) now, as the refusal a reservation past it
-        gets (amount 0), or None for no budget: what a batch's running worst case is compared with
-        before it is priced whole (``App.batch_room``)."""
-        keyed = self._ensure(budgets, ts_ms)
-        found = []
-        with self._lock:
-            for budget, key in keyed:
-                entry = self._entries[budget.scope][key]
-                found.append(BudgetExceeded(budget, key, entry.spent, entry.reserved, 0, ts_ms))
-        return min(found, key=room_of, default=None)
+        """The budget with the least left beyond its spend (:func:`unspent_of`) now, with its holds, as
+        the refusal a reservation past it gets (amount 0), or None for no budget: what a batch's running
+        worst case is compared with before it is priced whole (``App.batch_room``)."""
+        while True:
+            keyed = self._ensure(budgets, ts_ms)
+            with self._lock:
+                entries = [self._entries.get(budget.scope, {}).get(key) for budget, key in keyed]
+                if all(entry is not None for entry in entries):
+                    found = [
+                        BudgetExceeded(budget, key, entry.spent, entry.reserved, 0, ts_ms)
+                        for (budget, key), entry in zip(keyed, entries)
+                        if entry is not None
+                    ]
+                    return min(found, key=unspent_of, default=None)
+            # else one was dropped since it was loaded (as in reserve): load it again
 
     def close(self) -> None:
         """Nothing to stop: the shared ledger (PostgreSQL) has a lease keeper to stop."""
@@ -623,6 +635,12 @@ def budgets_for(key, projects: Mapping[str, Budget]) -> list[Budget]:
 def room_of(state: BudgetExceeded) -> int:
     """What a budget's period has left beyond its spend and its holds, µ¢ (≤ 0: none)."""
     return state.budget.limit_uc - state.spent - state.reserved
+
+
+def unspent_of(state: BudgetExceeded) -> int:
+    """What a budget's period has left beyond its spend, µ¢: all a reservation can have once the
+    holds in flight end (a batch's worst case past it cannot start this period, whatever they cost)."""
+    return state.budget.limit_uc - state.spent
 
 
 EXHAUSTED = 0  # budget_warnings.threshold of the exhausted event (warnings are 1-100 percent)

@@ -375,8 +375,17 @@ class Group:
                 self.failed = True
                 self._stop(f"worker {index} cannot be started again: {exc}")
                 return
-        pid = os.fork()
+        # The stop signals wait while the worker is forked: until it has put them back to their default
+        # action, one sent to it (the parent's stop, as it forks) ran the parent's handler in it — and
+        # was lost: the worker went on to serve, and the group's stop waited for the kill a minute later.
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        try:
+            pid = os.fork()
+        except BaseException:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+            raise
         if pid:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
             self.pids[pid] = index
             return
         code = 1  # the worker: never returns into the parent's loop
@@ -384,6 +393,7 @@ class Group:
             signal.set_wakeup_fd(-1)
             for sig in (*STOP_SIGNALS, signal.SIGCHLD):
                 signal.signal(sig, signal.SIG_DFL)
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # a stop signal sent meanwhile ends it now
             for fd in (self._wake_r, self._wake_w, self._ready_r):
                 os.close(fd)
             self._selector.close()

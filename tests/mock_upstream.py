@@ -109,7 +109,8 @@ class Reply:
     cut_after: int | None = None  # SSE: events sent before an abrupt close; JSON: body bytes
     hang_s: float | None = None
     hang_after: int | None = None  # SSE: hang_s after this many events (mid-stream), not before the answer
-    held_after: int | None = None  # SSE: wait for ``held`` after this many events (mid-stream), not before
+    # SSE: wait for ``held`` after this many events (mid-stream), not before; a body: after this many bytes
+    held_after: int | None = None
     reset: bool = False
     # the provider does the work, then the connection closes before its answer: after LOST_AFTER_S (doing
     # work takes time; a close sooner is the keep-alive race Stockyard sends a request again after)
@@ -3839,7 +3840,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             events = reply.sse if scripted is not None else _stretched(reply.sse, mock.stream_events)
             self._send_sse(reply.status, headers, events, sse_delay, cut, scripted)
         else:
-            self._send_body(reply, headers, cut)
+            self._send_body(reply, headers, cut, scripted)
 
     def _gate(self, scripted: Reply, gate: threading.Event) -> None:
         """Wait for the test to open ``gate`` (``hang_started`` says the wait began); a stopping mock goes on."""
@@ -3926,7 +3927,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             lines.append("Connection: close")
         return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
-    def _send_body(self, reply: Reply, headers: dict[str, str], cut: int | None) -> None:
+    def _send_body(self, reply: Reply, headers: dict[str, str], cut: int | None, scripted: Reply | None = None) -> None:
         if reply.body is not None:
             body = reply.body
         else:
@@ -3939,6 +3940,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if cut is not None:
             self.connection.sendall(head + body[:cut])
             return self._drop()
+        if scripted is not None and scripted.held is not None and scripted.held_after is not None:
+            self.connection.sendall(head + body[: scripted.held_after])  # the rest once ``held`` is set
+            head, body = b"", body[scripted.held_after :]
+            self._gate(scripted, scripted.held)
         self.connection.sendall(head + body)
 
     def _send_sse(

@@ -57,6 +57,7 @@ def connect(path: Path | str, *, readonly: bool = False) -> sqlite3.Connection:
     """
     path = Path(path)
     if readonly:
+        roll_back_crashed_write(path)
         conn = sqlite3.connect(
             f"file:{path}?mode=ro",
             uri=True,
@@ -82,6 +83,30 @@ def connect(path: Path | str, *, readonly: bool = False) -> sqlite3.Connection:
     conn.execute("PRAGMA foreign_keys=ON")
     _functions(conn)
     return conn
+
+
+def roll_back_crashed_write(path: Path) -> None:
+    """Put back what a write killed midway left in a rollback journal (``<path>-journal``), where
+    one is left: a read-only connection cannot, and refuses to read past it ("attempt to write a
+    readonly database"). A new database is written in rollback mode until :func:`connect` makes it
+    WAL (its layout, then the switch), and ``migrate --repack`` vacuums in it: a ``keys create`` killed
+    then left every later command's read-only look at the file (``_needs_upgrade``, ``migrate
+    --check``) failing until a server started. A plain read-write open rolls it back, as SQLite does
+    for any writer; without write access the read-only connection says why, as before."""
+    journal = path.with_name(path.name + "-journal")
+    try:
+        if journal.stat().st_size == 0 or not path.exists():
+            return
+    except OSError:  # none (the usual case: WAL)
+        return
+    try:
+        conn = sqlite3.connect(path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000)
+        try:
+            conn.execute("SELECT count(*) FROM sqlite_master").fetchone()  # a hot journal is rolled back here
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        log.debug("could not roll back %s: %s", journal, exc)
 
 
 def _functions(conn: sqlite3.Connection) -> None:
@@ -271,14 +296,22 @@ def migrate(
     ``before(current_version, pending)`` runs first when an existing database is about to
     change, so the caller can take a backup.
     """
+    current = schema_version(conn)  # read first: what is pending is then never older than it
     pending = [m for m in pending_migrations(conn) if upto is None or m.version <= upto]
     if not pending:
         return []
-    current = schema_version(conn)
     if current == 0:  # a new database: its whole schema in one transaction (one commit, not forty: ~0.1 s)
-        apply_migrations(conn, pending)
-        return pending
-    if before is not None:
+        try:
+            apply_migrations(conn, pending)
+            return pending
+        except Exception:
+            if schema_version(conn) == 0:
+                raise
+        # Another process made this new database while this one waited for the write lock (a `keys
+        # create` beside a starting server): what it applied is not run again ('table meta already
+        # exists'), only what it left, if anything.
+        pending = [m for m in pending_migrations(conn) if upto is None or m.version <= upto]
+    elif before is not None:
         before(current, pending)
     for m in pending:
         apply_migration(conn, m)

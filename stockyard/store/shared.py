@@ -42,7 +42,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
-from ..budgets import PERIODS, Budget, BudgetExceeded, Exhausted, Hold, Ledger, Warn, period_key, room_of
+from ..budgets import PERIODS, Budget, BudgetExceeded, Exhausted, Hold, Ledger, Warn, period_key, unspent_of
 from ..loglimit import Throttle
 from ..modules.ratelimit import too_large, too_many_requests, too_many_tokens
 from . import pgpool
@@ -371,7 +371,7 @@ class SharedLedger(Ledger):
         keyed = self._ensure(budgets, ts_ms)
         conn = self._conn()
         found = [BudgetExceeded(budget, key, *self._row(conn, budget.scope, key), 0, ts_ms) for budget, key in keyed]
-        return min(found, key=room_of, default=None)
+        return min(found, key=unspent_of, default=None)
 
     def usage(self, budget: Budget, ts_ms: int) -> tuple[int, int] | None:
         row = (
