@@ -532,7 +532,7 @@ def answers(draw: Callable) -> Answer:
 
 @pytest.mark.parametrize("route_name", sorted(ROUTES))
 @settings(
-    max_examples=20,
+    max_examples=10,  # each example is two requests through a server; the differences found are pinned below
     deadline=None,
     derandomize=True,
     database=None,
