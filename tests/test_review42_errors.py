@@ -503,3 +503,122 @@ def test_an_unknown_model_is_a_4xx_in_the_clients_shape(server, mock, key, name)
     assert_shape(client, seen)
     assert "retry-after" not in seen.headers
     assert len(mock.requests) == since
+
+
+# --------------------------------------------------------------------------- failures mid-stream
+
+STREAM_BODY = {"model": "", "messages": HELLO, "input": "hi", "contents": [{"role": "user", "parts": [{"text": "hi"}]}]}
+# each provider's error event in its stream (what it sends when it fails after the answer began)
+ERROR_EVENTS = {
+    "openai": json.dumps({"error": {"message": "The server had an error (mock).", "type": "server_error", "param": None, "code": None}}),
+    "anthropic": 'event: error\ndata: {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded (mock)"}}',
+    "responses": 'event: error\ndata: {"type": "error", "code": "server_error", "message": "The server had an error (mock).", "param": null, "sequence_number": 3}',
+    "gemini": json.dumps({"error": {"code": 503, "message": "The model is overloaded (mock).", "status": "UNAVAILABLE"}}),
+}
+FIRST_EVENTS = {  # the events of the answer the provider sends before it fails: some text
+    "openai": lambda model: openai_chat_stream(STREAM_BODY, 1, model)[:2],
+    "anthropic": lambda model: anthropic_stream(STREAM_BODY, 1, model)[:4],
+    "responses": lambda model: responses_stream(STREAM_BODY, 1, model)[:5],
+    "gemini": lambda model: gemini_stream(STREAM_BODY, 1, model)[:1],
+}
+
+
+@dataclass
+class StreamEnd:
+    """How a broken stream ended for the user's code: the exception its SDK raised (None: none), the
+    error object the client read (an SDK's exception body, or the last event), the trace id, the text."""
+
+    exc: Exception | None
+    error: dict
+    trace_id: str
+    text: str
+
+
+def chat_stream(server: ServerProcess, key: str, model: str) -> StreamEnd:
+    stream = server.openai(key).chat.completions.create(model=model, messages=HELLO, stream=True)
+    text = ""
+    with pytest.raises(openai.APIError) as info:
+        for chunk in stream:
+            text += "".join(choice.delta.content or "" for choice in chunk.choices)
+    assert not isinstance(info.value, openai.APIStatusError)  # the answer's status was 200
+    return StreamEnd(info.value, info.value.body, stream.response.headers["x-stockyard-trace-id"], text)
+
+
+def responses_event_stream(server: ServerProcess, key: str, model: str) -> StreamEnd:
+    """The Responses stream: its documented ``error`` event (the SDK yields it as ResponseErrorEvent), or
+    ``response.failed`` with the response's ``error`` (Stockyard's end of a cut stream)."""
+    stream = server.openai(key).responses.create(model=model, input="hi", stream=True)
+    events = list(stream)
+    text = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+    last = events[-1]
+    assert last.type in ("error", "response.failed"), [e.type for e in events]
+    error = last.model_dump() if last.type == "error" else {**last.response.error.model_dump(), "type": "error"}
+    return StreamEnd(None, error, stream.response.headers["x-stockyard-trace-id"], text)
+
+
+def messages_stream(server: ServerProcess, key: str, model: str) -> StreamEnd:
+    stream = server.anthropic(key).messages.create(model=model, max_tokens=64, messages=HELLO, stream=True)
+    text = ""
+    with pytest.raises(anthropic.APIStatusError) as info:
+        for event in stream:
+            if event.type == "content_block_delta" and event.delta.type == "text_delta":
+                text += event.delta.text
+    body = info.value.body
+    assert isinstance(body, dict) and body["type"] == "error", body
+    return StreamEnd(info.value, body["error"], stream.response.headers["x-stockyard-trace-id"], text)
+
+
+def gemini_native_stream(server: ServerProcess, key: str, model: str) -> StreamEnd:
+    """Raw SSE of streamGenerateContent: the last event is Google's error object."""
+    body = {"contents": [{"role": "user", "parts": [{"text": "hi"}]}]}
+    path = f"/v1beta/models/{model}:streamGenerateContent?alt=sse"
+    status, headers, raw = server.request("POST", path, body, headers={"x-goog-api-key": key})
+    assert status == 200
+    events = [json.loads(e[5:]) for e in raw.decode().split("\n\n") if e.startswith("data:")]
+    text = "".join(p.get("text", "") for e in events[:-1] for c in e["candidates"] for p in c["content"]["parts"])
+    error = events[-1]["error"]
+    assert set(error) >= {"code", "message", "status"} and error["status"] == GOOGLE_STATUSES[error["code"]], error
+    return StreamEnd(None, error, headers["x-stockyard-trace-id"], text)
+
+
+# name → (how the client streams, model, the provider's stream dialect)
+STREAMS = {
+    "openai-chat→gpt": (chat_stream, GPT, "openai"),
+    "openai-chat→claude": (chat_stream, CLAUDE, "anthropic"),
+    "openai-chat→gemini": (chat_stream, GEMINI, "gemini"),
+    "openai-responses→gpt": (responses_event_stream, GPT, "responses"),
+    "anthropic→claude": (messages_stream, CLAUDE, "anthropic"),
+    "anthropic→gpt": (messages_stream, GPT, "openai"),
+    "gemini-native→gemini": (gemini_native_stream, GEMINI, "gemini"),
+}
+
+
+def assert_stream_error(how: Callable, end: StreamEnd) -> None:
+    """The error the client read is in its API's shape, and names no provider key."""
+    if how is messages_stream:
+        assert end.error["type"] in ANTHROPIC_TYPES.values() and end.error["message"], end.error
+    elif how is responses_event_stream:
+        assert end.error["type"] == "error" and end.error["message"] and end.error["code"], end.error
+    elif how is chat_stream:
+        assert isinstance(end.error, dict) and end.error["message"] and end.error["type"], end.error
+    assert not any(secret in json.dumps(end.error) for secret in PROVIDER_KEYS)
+
+
+@pytest.mark.parametrize("name", sorted(STREAMS))
+@pytest.mark.parametrize("failure", ["error-event", "cut"])
+def test_a_stream_that_fails_midway(server, mock, key, name, failure):
+    """The text before the failure arrives; then the SDK raises (chat, Messages) or the API's own error
+    event ends the stream (Responses' ``error``, Google's error object): never a made-up normal end;
+    the trace says the stream broke."""
+    how, model, dialect = STREAMS[name]
+    first = FIRST_EVENTS[dialect](model)
+    if failure == "error-event":
+        mock.enqueue(Reply(sse=[*first, ERROR_EVENTS[dialect]]))
+    else:
+        mock.enqueue(Reply(sse=first + ["never sent"], cut_after=len(first)))
+    end = how(server, key, model)
+    assert end.text == "Hello"
+    assert_stream_error(how, end)
+    trace = server.trace(end.trace_id)
+    assert (trace["status"], trace["outcome"]) == (200, "stream_broken"), trace
+    assert trace["error_message"] and trace["error_type"], trace
