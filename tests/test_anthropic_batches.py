@@ -485,7 +485,8 @@ def test_a_used_up_budget_starts_no_batch(server, mock):
     with pytest.raises(RateLimitError) as err:
         server.anthropic("broke").messages.batches.create(requests=requests_for(PLAIN))
     assert (
-        err.value.body["type"] == "error" and err.value.body["error"]["type"] == "rate_limit_error"
+        err.value.body["type"] == "error"
+        and err.value.body["error"]["type"] == "rate_limit_error"
         and err.value.body["error"]["details"] == {"error_code": "budget_exceeded"}
     )  # as /v1/messages answers
     assert err.value.response.headers["x-should-retry"] == "false"

@@ -411,7 +411,8 @@ def test_budget_spend_is_the_translated_cost(server):
     zero, _ = new_key(server, ADMIN, name="msgs-broke", budget_usd="0", budget_period="day")
     status, _, raw = server.request("POST", "/v1/messages", body, headers={"x-api-key": zero})
     error = json.loads(raw)["error"]
-    assert status == 429 and (error["type"], error["details"]) == ("rate_limit_error", {"error_code": "budget_exceeded"})
+    assert status == 429 and error["type"] == "rate_limit_error"
+    assert error["details"] == {"error_code": "budget_exceeded"}
 
 
 # --------------------------------------------------------------------------- Gemini 3 thought signatures

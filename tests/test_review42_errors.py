@@ -294,7 +294,8 @@ def test_a_providers_error_status(server, mock, key, route, status, retry_after)
 def test_a_providers_error_that_is_not_json(server, mock, key, route):
     """An error page (a proxy's HTML) keeps its status; the client gets its shape, not the HTML."""
     client, model, _, _ = ROUTES[route]
-    mock.enqueue(Reply(status=502, body=b"<html><body>Bad gateway</body></html>", headers={"content-type": "text/html"}))
+    page = b"<html><body>Bad gateway</body></html>"
+    mock.enqueue(Reply(status=502, body=page, headers={"content-type": "text/html"}))
     seen = client.call(server, key, model, 0)
     assert seen.status == 502
     assert_sdk_class(client, seen)
@@ -411,10 +412,7 @@ def test_an_rpm_refusal_is_429_with_retry_after(server, mock, name):
     client, model = CLIENTS[name]
     secret, _ = new_key(server, ADMIN, rpm=1)
     mock.clear_replies()
-    first = client.call  # the first request of the minute is served
-    del first
-    ok_status = _served(server, client, secret, model)
-    assert ok_status == 200
+    assert _served(server, client, secret, model) == 200  # the first request of the minute
     seen = client.call(server, secret, model, 0)
     assert seen.status == 429
     assert_sdk_class(client, seen)
@@ -509,11 +507,14 @@ def test_an_unknown_model_is_a_4xx_in_the_clients_shape(server, mock, key, name)
 
 STREAM_BODY = {"model": "", "messages": HELLO, "input": "hi", "contents": [{"role": "user", "parts": [{"text": "hi"}]}]}
 # each provider's error event in its stream (what it sends when it fails after the answer began)
+SERVER_ERROR = {"message": "The server had an error (mock).", "type": "server_error", "param": None, "code": None}
+OVERLOADED = {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded (mock)"}}
+RESPONSES_ERROR = {"type": "error", "code": "server_error", "message": "An error (mock).", "sequence_number": 5}
 ERROR_EVENTS = {
-    "openai": json.dumps({"error": {"message": "The server had an error (mock).", "type": "server_error", "param": None, "code": None}}),
-    "anthropic": 'event: error\ndata: {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded (mock)"}}',
-    "responses": 'event: error\ndata: {"type": "error", "code": "server_error", "message": "The server had an error (mock).", "param": null, "sequence_number": 3}',
-    "gemini": json.dumps({"error": {"code": 503, "message": "The model is overloaded (mock).", "status": "UNAVAILABLE"}}),
+    "openai": json.dumps({"error": SERVER_ERROR}),
+    "anthropic": f"event: error\ndata: {json.dumps(OVERLOADED)}",
+    "responses": f"event: error\ndata: {json.dumps(RESPONSES_ERROR)}",
+    "gemini": json.dumps({"error": {"code": 503, "message": "Overloaded (mock).", "status": "UNAVAILABLE"}}),
 }
 FIRST_EVENTS = {  # the events of the answer the provider sends before it fails: some text
     "openai": lambda model: openai_chat_stream(STREAM_BODY, 1, model)[:2],

@@ -195,8 +195,9 @@ class ResponsesPassThrough(Adapter):
 
 class PassThroughStream(StreamTranslator):
     """Relays each event unchanged; reads the response snapshot, usage and the terminal event (the
-    provider's ``error`` event too, for the trace), counts the images the image_generation tool sent (billed by them if the stream is cut) and the
-    hosted tools' calls its items showed (billed per call, cut or not)."""
+    provider's ``error`` event too, for the trace), counts the images the image_generation tool sent
+    (billed by them if the stream is cut) and the hosted tools' calls its items showed (billed per
+    call, cut or not)."""
 
     def __init__(self, ctx: RequestContext) -> None:
         self.ctx = ctx
