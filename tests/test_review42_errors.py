@@ -623,3 +623,21 @@ def test_a_stream_that_fails_midway(server, mock, key, name, failure):
     trace = server.trace(end.trace_id)
     assert (trace["status"], trace["outcome"]) == (200, "stream_broken"), trace
     assert trace["error_message"] and trace["error_type"], trace
+
+
+@pytest.mark.parametrize("route", ["openai-chat→gemini", "gemini-native→gemini"])
+def test_geminis_retry_delay_becomes_retry_after(server, mock, key, route):
+    """Gemini's 429 says how long to wait in its body's RetryInfo, not in a header: the client gets it
+    as ``retry-after`` (was: none, so the OpenAI SDK retried a per-minute quota after half a second)."""
+    client, model, _, upstream_path = ROUTES[route]
+    reply = gemini_error(429)
+    retry_info = {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "0.8s"}
+    reply.json["error"]["details"] = [{"@type": "type.googleapis.com/google.rpc.QuotaFailure"}, retry_info]
+    mock.enqueue(reply, reply)
+    since = len(mock.requests)
+    retries = 1 if client.dialect != "gemini" else 0
+    seen = client.call(server, key, model, retries)
+    assert seen.status == 429 and seen.headers["retry-after"] == "1"
+    assert_sdk_class(client, seen)
+    assert upstream_calls(mock, upstream_path, since) == 1 + retries
+    assert_traced(server, seen, "upstream_error")
