@@ -325,12 +325,16 @@ def test_a_provider_that_echoes_its_key_in_the_error(server, mock, key, route):
 @pytest.mark.parametrize("failure", ["timeout", "reset"])
 def test_a_provider_that_does_not_answer(server, mock, key, route, failure):
     """A provider that times out (504) or resets the connection (502): a transient failure the SDK
-    retries, in the client's shape, traced as an error."""
-    client, model, _, _ = ROUTES[route]
+    retries (one retry here), in the client's shape, traced as an error."""
+    client, model, _, upstream_path = ROUTES[route]
     scripted = Reply(hang_s=5) if failure == "timeout" else Reply(reset=True)
     mock.enqueue(*[scripted] * 4)  # a reset request is sent once more by Stockyard (a stale connection)
-    seen = client.call(server, key, model, 0)
+    retries = 1 if client.dialect != "gemini" else 0
+    since = len(mock.requests)
+    seen = client.call(server, key, model, retries)
     assert seen.status == (504 if failure == "timeout" else 502)
+    calls = upstream_calls(mock, upstream_path, since)
+    assert calls == 1 + retries if failure == "timeout" else 1 + retries <= calls <= 2 * (1 + retries)
     assert_sdk_class(client, seen)
     assert_shape(client, seen)
     assert_no_secret(seen)
@@ -640,4 +644,55 @@ def test_geminis_retry_delay_becomes_retry_after(server, mock, key, route):
     assert seen.status == 429 and seen.headers["retry-after"] == "1"
     assert_sdk_class(client, seen)
     assert upstream_calls(mock, upstream_path, since) == 1 + retries
+    assert_traced(server, seen, "upstream_error")
+
+
+def stream_create(server: ServerProcess, how: Callable, key: str, model: str, retries: int) -> Seen:
+    """A stream request the provider refused before it began: what the client's create raised or got."""
+    if how is chat_stream:
+        client = server.openai(key, max_retries=retries)
+        return raised(lambda: client.chat.completions.create(model=model, messages=HELLO, stream=True))
+    if how is responses_event_stream:
+        client = server.openai(key, max_retries=retries)
+        return raised(lambda: client.responses.create(model=model, input="hi", stream=True))
+    if how is messages_stream:
+        sdk = server.anthropic(key, max_retries=retries)
+        return raised(lambda: sdk.messages.create(model=model, max_tokens=64, messages=HELLO, stream=True))
+    body = {"contents": [{"role": "user", "parts": [{"text": "hi"}]}]}
+    path = f"/v1beta/models/{model}:streamGenerateContent?alt=sse"
+    status, headers, raw = server.request("POST", path, body, headers={"x-goog-api-key": key})
+    return Seen(None, status, headers, json.loads(raw))
+
+
+STREAM_CLIENTS = {
+    chat_stream: OPENAI_CHAT,
+    responses_event_stream: OPENAI_RESPONSES,
+    messages_stream: ANTHROPIC_MESSAGES,
+    gemini_native_stream: GEMINI_NATIVE,
+}
+ERROR_REPLIES = {
+    "openai": openai_error,
+    "responses": openai_error,
+    "anthropic": anthropic_error,
+    "gemini": gemini_error,
+}
+
+
+@pytest.mark.parametrize("name", sorted(STREAMS))
+@pytest.mark.parametrize("status", [429, 500])
+def test_a_stream_the_provider_refuses_before_it_began(server, mock, key, name, status):
+    """A stream request answered with an error status: an error answer (no stream) in the client's
+    shape, which the SDK raises from ``create`` and retries, ``retry-after`` passed on."""
+    how, model, dialect = STREAMS[name]
+    client = STREAM_CLIENTS[how]
+    reply = ERROR_REPLIES[dialect](status)
+    mock.enqueue(*[Reply(status=status, json=reply.json, headers={"retry-after": "1"})] * 2)
+    seen = stream_create(server, how, key, model, 1)
+    assert seen.status == status and seen.headers["retry-after"] == "1"
+    assert seen.headers["content-type"].startswith("application/json")
+    assert_sdk_class(client, seen)
+    assert_no_secret(seen)
+    if dialect.replace("responses", "openai") != client.dialect:
+        assert_shape(client, seen)
+    assert mock.pending() == 0 if client.dialect != "gemini" else mock.pending() == 1  # the SDK retried once
     assert_traced(server, seen, "upstream_error")
