@@ -48,7 +48,25 @@ _TYPES: dict[int, tuple[str, str]] = {
     502: ("upstream_error", "api_error"),
     503: ("server_error", "overloaded_error"),
     504: ("timeout_error", "timeout_error"),
+    529: ("server_error", "overloaded_error"),  # Anthropic's "overloaded"
 }
+# The error types Anthropic's API answers with (docs.claude.com/en/api/errors): an Anthropic client is
+# never given another. A refusal's own type (``budget_exceeded``) becomes its status's type, and goes
+# to ``error.details.error_code``, where the Anthropic SDK reads a more precise reason (``e.error_code``).
+ANTHROPIC_TYPES = frozenset(
+    {
+        "invalid_request_error",
+        "authentication_error",
+        "billing_error",
+        "permission_error",
+        "not_found_error",
+        "request_too_large",
+        "rate_limit_error",
+        "api_error",
+        "timeout_error",
+        "overloaded_error",
+    }
+)
 
 
 @dataclass
@@ -143,6 +161,9 @@ def error_body(
     if dialect == GEMINI:
         return json.dumps(google_error(status, message, code)).encode()
     kind = type_ or error_type(dialect, status)
+    if dialect == ANTHROPIC and kind not in ANTHROPIC_TYPES:
+        details = details or {"error_code": kind}
+        kind = error_type(dialect, status)
     if dialect == ANTHROPIC:
         payload: dict = {"type": "error", "error": {"type": kind, "message": message}}
         if details:

@@ -62,6 +62,7 @@ from .providers import Provider, Registry, media
 from .providers.adapters import adapter_for
 from .providers.base import Adapter, FollowUp, UpstreamCall
 from .providers.chatshape import DROPPED_HEADER, note
+from .providers.gemini import retry_delay as gemini_retry_delay
 from .providers.gemini_native import check_model as check_native_model
 from .providers.messages_adapters import count_estimate
 from .routing import policy_refusal, refused_deployments
@@ -935,7 +936,8 @@ def error_answer(
     started: float,
     ts_ms: int,
 ) -> Failure:
-    """A provider's error, in the client's dialect with keys scrubbed; retryable for 429 and 5xx."""
+    """A provider's error, in the client's dialect with keys scrubbed; retryable for 429 and 5xx. A
+    Google error's ``RetryInfo`` delay becomes ``Retry-After`` (Gemini sends no such header)."""
     assert ctx.attempt.provider is not None
     try:
         raw = resp.read_all()
@@ -953,6 +955,9 @@ def error_answer(
         ).body(ctx.dialect)
     if isinstance(parsed, dict) and isinstance(parsed.get("usage"), dict):
         ctx.attempt.usage = Usage.from_openai(parsed["usage"])  # billed attempts are billed here too
+    retry_after = retry_after_s(resp.headers)
+    if retry_after is None and (retry_after := gemini_retry_delay(parsed)) is not None:
+        headers["retry-after"] = str(math.ceil(retry_after))  # what the SDKs wait by, whatever the client's API
     fail(
         ctx,
         resp.status,
@@ -965,7 +970,7 @@ def error_answer(
         resp.status == 429 or resp.status >= 500,
         started,
         ts_ms,
-        retry_after=retry_after_s(resp.headers),
+        retry_after=retry_after,
         status=resp.status,
         body=body,
         headers=headers,

@@ -485,7 +485,9 @@ def test_a_used_up_budget_starts_no_batch(server, mock):
     with pytest.raises(RateLimitError) as err:
         server.anthropic("broke").messages.batches.create(requests=requests_for(PLAIN))
     assert (
-        err.value.body["type"] == "error" and err.value.body["error"]["type"] == "budget_exceeded"
+        err.value.body["type"] == "error"
+        and err.value.body["error"]["type"] == "rate_limit_error"
+        and err.value.body["error"]["details"] == {"error_code": "budget_exceeded"}
     )  # as /v1/messages answers
     assert err.value.response.headers["x-should-retry"] == "false"
     assert not mock.requests
@@ -514,7 +516,8 @@ def test_a_batch_is_refused_at_the_request_that_passes_what_the_budget_has_left(
     headers = {"x-api-key": server.keys["tight"], "anthropic-version": "2023-06-01"}
     status, _, answer = server.request("POST", "/v1/messages/batches", {"requests": [*past, bad]}, headers)
     error = json.loads(answer)["error"]
-    assert status == 429 and error["type"] == "budget_exceeded", answer
+    assert status == 429 and error["type"] == "rate_limit_error", answer
+    assert error["details"] == {"error_code": "budget_exceeded"}, answer
     assert "budget exceeded" in error["message"] and "$1.00" in error["message"], error
     assert re.search(r"may cost at least \$[0-9.]+, its first (request|2 of 11 requests) alone", error["message"]), (
         error

@@ -436,7 +436,8 @@ def test_a_web_search_tool_holds_its_searches_against_the_budget(server, mock):
     body = {"model": "claude-haiku-4-5", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]}
     mock.clear()
     status, _, answer = post(server, "budgeted", "/v1/messages", {**body, "tools": [tool]})
-    assert status == 429 and answer["error"]["type"] == "budget_exceeded", answer
+    assert status == 429 and answer["error"]["type"] == "rate_limit_error", answer
+    assert answer["error"]["details"] == {"error_code": "budget_exceeded"}, answer
     assert mock.requests == []
     assert post(server, "budgeted", "/v1/messages", {**body, "tools": [{**tool, "max_uses": 5}]})[0] == 200
 

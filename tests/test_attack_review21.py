@@ -126,7 +126,7 @@ def test_a_message_batch_holds_its_web_searches_whole(server, mock):
     before = len(mock.requests)
     with pytest.raises(anthropic.RateLimitError) as refused:
         client.messages.batches.create(requests=[{"custom_id": "a", "params": params}])
-    assert refused.value.body["error"]["type"] == "budget_exceeded", refused.value.body
+    assert refused.value.body["error"]["details"] == {"error_code": "budget_exceeded"}, refused.value.body
     assert len(mock.requests) == before
 
 
@@ -141,7 +141,7 @@ def test_a_prompt_that_may_pass_the_long_context_threshold_is_held_at_the_tier(s
     before = len(mock.requests)
     with pytest.raises(anthropic.RateLimitError) as refused:
         client.messages.create(model="claude-sonnet-4-5", max_tokens=1, messages=[{"role": "user", "content": text}])
-    assert refused.value.body["error"]["type"] == "budget_exceeded", refused.value.body
+    assert refused.value.body["error"]["details"] == {"error_code": "budget_exceeded"}, refused.value.body
     assert len(mock.requests) == before
 
 

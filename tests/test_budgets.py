@@ -179,7 +179,9 @@ def test_clients_get_budget_exceeded_in_their_dialect(server, mock):
         server, secret, {"model": "claude-3-5-haiku", "max_tokens": 5, "messages": []}, path="/v1/messages"
     )
     assert status == 429
-    assert body == {"type": "error", "error": {"type": "budget_exceeded", "message": body["error"]["message"]}}
+    details = {"error_code": "budget_exceeded"}
+    error = {"type": "rate_limit_error", "message": body["error"]["message"], "details": details}
+    assert body == {"type": "error", "error": error}
     assert "budget exceeded" in body["error"]["message"]
 
 

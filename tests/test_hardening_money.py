@@ -130,7 +130,8 @@ def test_every_multiplier_and_cap_is_in_the_worst_case(server, mock, path, body)
 def test_anthropic_max_tokens_is_the_worst_case(server, mock):
     key, _ = make_key(server, budget_usd=BUDGET, budget_period="day")
     status, _, reply = send(server, key, {"model": ASKED, "max_tokens": 20_000, "messages": HI}, "/v1/messages")
-    assert status == 429 and reply["type"] == "error" and reply["error"]["type"] == "budget_exceeded"
+    assert status == 429 and reply["type"] == "error" and reply["error"]["type"] == "rate_limit_error"
+    assert reply["error"]["details"] == {"error_code": "budget_exceeded"}
     assert reached(mock) == 0
 
 

@@ -410,7 +410,9 @@ def test_budget_spend_is_the_translated_cost(server):
     assert wait_for(lambda: spend() == cost)
     zero, _ = new_key(server, ADMIN, name="msgs-broke", budget_usd="0", budget_period="day")
     status, _, raw = server.request("POST", "/v1/messages", body, headers={"x-api-key": zero})
-    assert status == 429 and json.loads(raw)["error"]["type"] == "budget_exceeded"
+    error = json.loads(raw)["error"]
+    assert status == 429 and error["type"] == "rate_limit_error"
+    assert error["details"] == {"error_code": "budget_exceeded"}
 
 
 # --------------------------------------------------------------------------- Gemini 3 thought signatures

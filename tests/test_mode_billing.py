@@ -306,7 +306,7 @@ def test_a_budget_holds_fast_mode_at_its_rate(server, mock):
     before = len(mock.requests)
     with pytest.raises(anthropic.RateLimitError) as refused:
         client.messages.create(**body, extra_body={"speed": "fast"})
-    assert refused.value.body["error"]["type"] == "budget_exceeded", refused.value.body
+    assert refused.value.body["error"]["details"] == {"error_code": "budget_exceeded"}, refused.value.body
     assert len(mock.requests) == before
 
 

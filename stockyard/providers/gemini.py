@@ -692,6 +692,25 @@ def error_fields(payload: Any) -> tuple[int, str, str] | None:
     return code, str(err.get("status") or code), err["message"]
 
 
+GOOGLE_RETRY_INFO = "type.googleapis.com/google.rpc.RetryInfo"
+
+
+def retry_delay(payload: Any) -> float | None:
+    """Seconds a Google error's ``RetryInfo`` asks a caller to wait (``"retryDelay": "34s"``: Gemini's
+    429 says it there, not in a ``Retry-After`` header); None without one."""
+    err = payload.get("error") if isinstance(payload, dict) else None
+    details = err.get("details") if isinstance(err, dict) else None
+    for detail in details if isinstance(details, list) else []:
+        delay = detail.get("retryDelay") if isinstance(detail, dict) else None
+        if isinstance(delay, str) and detail.get("@type") == GOOGLE_RETRY_INFO and delay.endswith("s"):
+            try:
+                seconds = float(delay[:-1])
+            except ValueError:
+                return None
+            return seconds if 0 <= seconds < 86_400 else None
+    return None
+
+
 # --------------------------------------------------------------------------- adapter
 
 

@@ -18,7 +18,7 @@ from ..pricing import Usage
 from ..toolfees import REASONING_MODELS
 from . import Provider
 from .base import Adapter, StreamTranslator, UpstreamCall, loads_object, sse_data
-from .chatshape import unreadable_event
+from .chatshape import chunk_error, record_stream_error, unreadable_event
 from .reasoning import STATE_FIELDS, plain_messages
 
 PROVIDER_FIELDS = tuple(f.encode() for f in (*STATE_FIELDS, "extra_content"))  # what plain_messages takes off
@@ -93,7 +93,8 @@ class OpenAIAdapter(Adapter):
 
 class OpenAIStream(StreamTranslator):
     """Relays events as they are; takes the usage chunk out when the client did not ask; counts
-    the images a chat image model sends (``delta.images``)."""
+    the images a chat image model sends (``delta.images``); notes the provider's error event in the
+    trace (relayed: the SDK raises it)."""
 
     def __init__(self, ctx: RequestContext) -> None:
         self.ctx = ctx
@@ -108,7 +109,8 @@ class OpenAIStream(StreamTranslator):
         if data.strip() == b"[DONE]":
             self.complete = True
             return [event]
-        if b'"usage"' not in data and b'"images"' not in data and self.ctx.attempt.served_model:
+        plain = b'"usage"' not in data and b'"images"' not in data and b'"error"' not in data
+        if plain and self.ctx.attempt.served_model:
             return [event]  # a content chunk without usage: relayed as it is
         try:
             chunk = json.loads(data)
@@ -118,6 +120,10 @@ class OpenAIStream(StreamTranslator):
             unreadable_event(self.ctx)
             return [event]
         if not isinstance(chunk, dict):
+            return [event]
+        if (error := chunk_error(chunk)) is not None:
+            message = error.get("message")
+            record_stream_error(self.ctx, str(error.get("code") or error.get("type") or "error"), str(message))
             return [event]
         if not self.ctx.attempt.served_model:  # the first chunk: its id and OpenAI's fields too
             self.ctx.attempt.serve(chunk.get("model"), chunk.get("id"))

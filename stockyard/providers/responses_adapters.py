@@ -38,7 +38,7 @@ from ..pricing import Usage
 from ..toolfees import CallTally
 from . import Provider, compaction, responses
 from .base import Adapter, FollowUp, StreamTranslator, UpstreamCall, loads_object, sse_object
-from .chatshape import chat_chunks, chunk_error, note
+from .chatshape import chat_chunks, chunk_error, note, record_stream_error
 from .messages_adapters import provider_name
 from .openai import auth_headers, request_body
 from .reasoning import unpack
@@ -194,9 +194,10 @@ class ResponsesPassThrough(Adapter):
 
 
 class PassThroughStream(StreamTranslator):
-    """Relays each event unchanged; reads the response snapshot, usage and the terminal event,
-    counts the images the image_generation tool sent (billed by them if the stream is cut) and the
-    hosted tools' calls its items showed (billed per call, cut or not)."""
+    """Relays each event unchanged; reads the response snapshot, usage and the terminal event (the
+    provider's ``error`` event too, for the trace), counts the images the image_generation tool sent
+    (billed by them if the stream is cut) and the hosted tools' calls its items showed (billed per
+    call, cut or not)."""
 
     def __init__(self, ctx: RequestContext) -> None:
         self.ctx = ctx
@@ -236,6 +237,8 @@ class PassThroughStream(StreamTranslator):
         if kind in TERMINAL:
             self.complete = kind != "response.failed"
             keep(self.ctx, response)
+        elif kind == "error":  # the provider's error event, the client's documented end: the trace says it broke
+            record_stream_error(self.ctx, str(obj.get("code") or "error"), str(obj.get("message")))
         return [event]
 
     def failure(self, message: str, code: str) -> list[bytes]:
