@@ -1368,13 +1368,15 @@ class ChatToResponsesStream:
         return self.event(f"response.{status}", response=self._response)
 
     def fail(self, message: str, code: str) -> list[bytes]:
-        """A broken upstream stream: ``response.failed`` with the output so far."""
+        """A broken upstream stream: the open item done as it stands (``incomplete``: a client sees every
+        item it was told of added and done, and ``response.output`` is those items), then
+        ``response.failed`` with the output so far."""
         if self.ended:
             return []
         out = self.start()
         for index in self.open:
             self.output[index]["status"] = "incomplete"
-        self.open = []
+        out += self.close("incomplete")
         error = {"code": code if code in ERROR_CODES else "server_error", "message": message}
         self._response = self.snapshot("failed", error)
         self.ended = True
@@ -1556,10 +1558,10 @@ class ChatToResponsesStream:
         done = self.event("response.custom_tool_call_input.done", **self.at(index), input=item["input"])
         return (delta if item["input"] else []) + [done]
 
-    def close(self) -> list[bytes]:
-        """The done events of the open items; their status follows the finish reason."""
+    def close(self, status: str | None = None) -> list[bytes]:
+        """The done events of the open items; their status follows the finish reason (or ``status``)."""
         out: list[bytes] = []
-        status = status_of(self.finish_reason)
+        status = status or status_of(self.finish_reason)
         for index in self.open:
             item = self.output[index]
             if item["type"] == "reasoning":

@@ -1,0 +1,568 @@
+"""The streams Stockyard writes when it translates obey their APIs' event grammar, not just their final answer.
+
+Coding agents read streams strictly: Codex CLI parses every Responses API event and expects the documented
+order; Claude Code and the Anthropic SDK's accumulator expect Anthropic's. For many provider answers (text,
+several tool calls, interleaved ones, thinking with its signature, a web search, a refusal, a length cut, a
+content filter, an empty answer, the provider's error mid-stream, a cut connection) each translated route's
+raw SSE, read from a real server over the mock upstream, is held to a small checker of its grammar:
+
+- Responses (OpenAI's OpenAPI spec, the ``openai`` SDK's ``types/responses/*event*.py``): ``check_responses``;
+- Messages (Anthropic's streaming docs, the ``anthropic`` SDK's stream types): ``check_messages``;
+- OpenAI chat chunks written from Claude and Gemini: ``check_chat``.
+
+Routes (client API → provider): Responses → Claude / Gemini / an OpenAI-compatible chat provider (Groq),
+Messages → GPT / Gemini, chat → Claude / Gemini. The provider answers are test_review41_streams' builders.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import pytest
+from conftest import ServerProcess, mock_env, served
+from mock_upstream import Reply
+from module_helpers import new_key
+from test_review41_streams import (
+    CLAUDE,
+    GEMINI,
+    GPT,
+    LLAMA,
+    Answer,
+    anthropic_stream,
+    chat_tools,
+    gemini_stream,
+    messages_tools,
+    openai_stream,
+    responses_tools,
+    sse,
+)
+
+ADMIN = "admin-key-for-review42-events-0123456789"
+ANTHROPIC_KEY = "sk-ant-test-0123456789REVIEW42EVENTS"
+GEMINI_KEY = "AIza-test-0123456789abcdefREVIEW42"
+GROQ_KEY = "gsk-test-review42-events-0123456789abcdef"
+SEARCHING = "claude-haiku-4-5-websearch"  # the mock's Claude searches twice and cites what it found
+
+
+# --------------------------------------------------------------------------- reading SSE
+
+
+def sse_events(body: bytes) -> list[tuple[str | None, str]]:
+    """(event name, data) of each SSE event in ``body``; comments and events without data left out."""
+    events = []
+    for block in body.decode().replace("\r\n", "\n").split("\n\n"):
+        name, data = None, []
+        for line in block.split("\n"):
+            if line.startswith("event:"):
+                name = line[6:].strip()
+            elif line.startswith("data:"):
+                data.append(line[5:].removeprefix(" "))
+        if data:
+            events.append((name, "\n".join(data)))
+    return events
+
+
+def parsed_events(body: bytes) -> list[tuple[str | None, dict]]:
+    """Each event's data as a JSON object (every event of these streams is one; chat's ``[DONE]`` aside)."""
+    out = []
+    for name, data in sse_events(body):
+        value = data if data == "[DONE]" else json.loads(data)
+        assert data == "[DONE]" or isinstance(value, dict), data
+        out.append((name, value))
+    return out
+
+
+# --------------------------------------------------------------------------- the Responses grammar
+
+
+TERMINAL = {"response.completed": "completed", "response.incomplete": "incomplete", "response.failed": "failed"}
+
+
+@dataclass
+class OpenItem:
+    """An output item between its ``output_item.added`` and ``.done``, as its events built it."""
+
+    item: dict
+    parts: list[dict]  # content parts (message) or summary parts (reasoning), as the deltas made them
+    part_open: bool = False
+    arguments: str = ""  # a function call's joined deltas (or a custom tool call's input)
+
+
+def check_responses(body: bytes) -> dict:
+    """Hold a Responses stream to its grammar; return the terminal event's response."""
+    events = parsed_events(body)
+    assert events, body
+    for name, data in events:
+        assert name == data.get("type"), (name, data)  # the SSE event name is the event's type
+    numbers = [data["sequence_number"] for _, data in events]
+    assert numbers[0] in (0, 1) and numbers == list(range(numbers[0], numbers[0] + len(events))), numbers
+    kinds = [name for name, _ in events]
+    assert kinds[:2] == ["response.created", "response.in_progress"], kinds
+    first = events[0][1]["response"]
+    assert first["status"] == "in_progress" and first["output"] == [], first
+    terminal = [i for i, kind in enumerate(kinds) if kind in TERMINAL]
+    assert terminal == [len(events) - 1], kinds  # one terminal event, the last
+    items: list[OpenItem] = []
+    done: list[dict] = []
+    open_index: int | None = None  # our translation streams one item at a time, as OpenAI does
+    for kind, data in events[2:-1]:
+        assert kind not in ("response.created", "response.in_progress"), kind
+        if kind == "response.output_item.added":
+            assert open_index is None, f"item {open_index} still open when another was added"
+            assert data["output_index"] == len(items), data
+            assert data["item"].get("id"), data
+            assert data["item"].get("status", "in_progress") == "in_progress", data
+            items.append(OpenItem(dict(data["item"]), []))
+            open_index = len(items) - 1
+            continue
+        assert data.get("output_index") == open_index is not None, (kind, data, open_index)
+        current = items[open_index]
+        if "item_id" in data or kind != "response.output_item.done":
+            assert data["item_id"] == current.item["id"], (kind, data, current.item)
+        if kind == "response.output_item.done":
+            check_item_done(current, data["item"])
+            done.append(data["item"])
+            open_index = None
+        else:
+            check_item_event(current, kind, data)
+    assert open_index is None, f"item {open_index} never done"
+    kind, data = events[-1]
+    response = data["response"]
+    assert response["id"] == first["id"] and response["status"] == TERMINAL[kind], (kind, response)
+    assert response["output"] == done, (response["output"], done)
+    if kind == "response.failed":
+        assert response["error"]["code"] and response["error"]["message"], response
+    else:
+        usage = response["usage"]
+        assert isinstance(usage["input_tokens"], int) and isinstance(usage["output_tokens"], int), usage
+        assert usage["total_tokens"] == usage["input_tokens"] + usage["output_tokens"], usage
+    if kind == "response.incomplete":
+        assert response["incomplete_details"]["reason"] in ("max_output_tokens", "content_filter"), response
+    return response
+
+
+def check_item_event(current: OpenItem, kind: str, data: dict) -> None:
+    """One event inside an open item: of the item's own kind, its parts added, filled and done in order."""
+    item_type = current.item["type"]
+    if kind in ("response.content_part.added", "response.reasoning_summary_part.added"):
+        assert item_type == ("message" if kind == "response.content_part.added" else "reasoning"), (kind, item_type)
+        assert not current.part_open, kind
+        position = data["content_index" if item_type == "message" else "summary_index"]
+        assert position == len(current.parts), (kind, data)
+        part = data["part"]
+        assert part["type"] in ({"output_text", "refusal"} if item_type == "message" else {"summary_text"}), part
+        assert part.get("text", part.get("refusal")) == "", part
+        current.parts.append(dict(part))
+        current.part_open = True
+        return
+    if kind in (
+        "response.output_text.delta",
+        "response.output_text.done",
+        "response.output_text.annotation.added",
+        "response.refusal.delta",
+        "response.refusal.done",
+        "response.content_part.done",
+    ):
+        assert item_type == "message" and current.part_open, (kind, current)
+        assert data["content_index"] == len(current.parts) - 1, (kind, data)
+        check_part_event(current.parts[-1], kind, data)
+        current.part_open = kind != "response.content_part.done"
+        return
+    if kind.startswith("response.reasoning_summary_"):
+        assert item_type == "reasoning" and current.part_open, (kind, current)
+        assert data["summary_index"] == len(current.parts) - 1, (kind, data)
+        part = current.parts[-1]
+        if kind == "response.reasoning_summary_text.delta":
+            part["text"] += data["delta"]
+        elif kind == "response.reasoning_summary_text.done":
+            assert data["text"] == part["text"], (data, part)
+        else:
+            assert kind == "response.reasoning_summary_part.done" and data["part"] == part, (kind, data, part)
+            current.part_open = False
+        return
+    if kind.startswith("response.function_call_arguments."):
+        assert item_type == "function_call", (kind, item_type)
+        if kind.endswith(".delta"):
+            assert isinstance(data["delta"], str) and data["delta"], data
+            current.arguments += data["delta"]
+        else:
+            assert kind.endswith(".done") and data["arguments"] == current.arguments, (data, current.arguments)
+            current.item["arguments done"] = True
+        return
+    if kind.startswith("response.web_search_call."):
+        assert item_type == "web_search_call", (kind, item_type)
+        steps = current.item.setdefault("steps", [])
+        steps.append(kind.rsplit(".", 1)[1])
+        return
+    if kind.startswith("response.custom_tool_call_input."):
+        assert item_type == "custom_tool_call", (kind, item_type)
+        if kind.endswith(".delta"):
+            current.arguments += data["delta"]
+        else:
+            assert data["input"] == current.arguments, (data, current.arguments)
+        return
+    raise AssertionError(f"an event the checker does not know: {kind} {data}")
+
+
+def check_part_event(part: dict, kind: str, data: dict) -> None:
+    """An event of an open message content part: deltas of the part's own type, done with what they made."""
+    field = "refusal" if part["type"] == "refusal" else "text"
+    if kind == "response.content_part.done":
+        assert data["part"] == part, (data["part"], part)
+        return
+    if kind == "response.output_text.annotation.added":
+        assert part["type"] == "output_text", (kind, part)
+        assert data["annotation_index"] == len(part["annotations"]), (data, part)
+        part["annotations"].append(data["annotation"])
+        return
+    assert kind.startswith("response.output_text." if field == "text" else "response.refusal."), (kind, part)
+    if kind.endswith(".delta"):
+        assert isinstance(data["delta"], str) and data["delta"], data
+        part[field] += data["delta"]
+    else:
+        assert data[field] == part[field], (data, part)
+
+
+def check_item_done(current: OpenItem, item: dict) -> None:
+    """``output_item.done``: no part open, and the item says what its events built."""
+    assert not current.part_open, current
+    assert item["id"] == current.item["id"] and item["type"] == current.item["type"], (item, current.item)
+    assert item.get("status", "completed") in ("completed", "incomplete"), item
+    if item["type"] == "message":
+        assert item["content"] == current.parts, (item["content"], current.parts)
+    elif item["type"] == "reasoning":
+        assert item["summary"] == current.parts, (item["summary"], current.parts)
+    elif item["type"] == "function_call":
+        assert current.item.get("arguments done"), "function call done without function_call_arguments.done"
+        assert item["arguments"] == current.arguments, (item, current.arguments)
+        assert item["call_id"] and item["name"], item
+    elif item["type"] == "web_search_call":
+        assert current.item.get("steps") == ["in_progress", "searching", "completed"], current.item
+    elif item["type"] == "custom_tool_call":
+        assert item["input"] == current.arguments, (item, current.arguments)
+
+
+# --------------------------------------------------------------------------- the Messages grammar
+
+
+DELTAS = {
+    "text": {"text_delta", "citations_delta"},
+    "tool_use": {"input_json_delta"},
+    "server_tool_use": {"input_json_delta"},
+    "thinking": {"thinking_delta", "signature_delta"},
+    "redacted_thinking": set(),
+    "web_search_tool_result": set(),
+}
+STOP_REASONS = {"end_turn", "max_tokens", "stop_sequence", "tool_use", "pause_turn", "refusal"}
+
+
+def check_messages(body: bytes) -> dict:
+    """Hold a Messages stream to its grammar; return the message its events build (content, stop reason)."""
+    events = [(name, data) for name, data in parsed_events(body) if name != "ping"]
+    assert events, body
+    for name, data in events:
+        assert name == data.get("type"), (name, data)
+    kinds = [name for name, _ in events]
+    assert kinds[0] in ("message_start", "error"), kinds
+    ends = [i for i, kind in enumerate(kinds) if kind in ("message_stop", "error")]
+    assert ends == [len(events) - 1], kinds  # one end (message_stop, or an error), the last event
+    if kinds[0] == "error":
+        assert len(events) == 1, kinds
+        return {"error": events[0][1]["error"]}
+    message = dict(events[0][1]["message"])
+    assert message["type"] == "message" and message["role"] == "assistant" and message["id"], message
+    assert message["content"] == [] and message["stop_reason"] is None, message
+    assert isinstance(message["usage"]["input_tokens"], int), message
+    blocks: list[dict] = []
+    open_block: dict | None = None
+    stopped = False  # message_delta came
+    for kind, data in events[1:]:
+        if kind == "error":
+            assert data["error"]["type"] and data["error"]["message"], data
+            message["error"] = data["error"]
+            return message
+        assert kind != "message_start", kinds
+        if kind == "content_block_start":
+            assert open_block is None and not stopped, (kind, data)
+            assert data["index"] == len(blocks), (data, len(blocks))
+            block = dict(data["content_block"])
+            assert block["type"] in DELTAS, block
+            blocks.append(block)
+            open_block = {"block": block, "json": "", "deltas": []}
+        elif kind == "content_block_delta":
+            assert open_block is not None and data["index"] == len(blocks) - 1, (data, open_block)
+            delta = data["delta"]
+            assert delta["type"] in DELTAS[open_block["block"]["type"]], (delta, open_block["block"])
+            take_delta(open_block, delta)
+        elif kind == "content_block_stop":
+            assert open_block is not None and data["index"] == len(blocks) - 1, (data, open_block)
+            close_block(open_block)
+            open_block = None
+        elif kind == "message_delta":
+            assert open_block is None and not stopped, (kind, data)
+            stopped = True
+            assert data["delta"]["stop_reason"] in STOP_REASONS, data
+            assert isinstance(data["usage"]["output_tokens"], int), data
+            message["stop_reason"] = data["delta"]["stop_reason"]
+            message["stop_sequence"] = data["delta"].get("stop_sequence")
+        else:
+            assert kind == "message_stop" and stopped, (kind, kinds)
+    message["content"] = blocks
+    for block in blocks:  # a call's arguments parse, unless the answer was cut at its length
+        if block["type"] == "tool_use" and message["stop_reason"] != "max_tokens":
+            assert isinstance(block["input"], dict), block
+    return message
+
+
+def take_delta(open_block: dict, delta: dict) -> None:
+    """A delta into the open block (a thinking block's signature comes last, after its text)."""
+    block = open_block["block"]
+    assert "signature_delta" not in open_block["deltas"], (delta, "after the signature")
+    open_block["deltas"].append(delta["type"])
+    if delta["type"] == "text_delta":
+        block["text"] += delta["text"]
+    elif delta["type"] == "citations_delta":
+        block["citations"] = [*(block.get("citations") or []), delta["citation"]]
+    elif delta["type"] == "input_json_delta":
+        assert isinstance(delta["partial_json"], str), delta
+        open_block["json"] += delta["partial_json"]
+    elif delta["type"] == "thinking_delta":
+        block["thinking"] += delta["thinking"]
+    else:
+        assert isinstance(delta["signature"], str) and delta["signature"], delta
+        block["signature"] = delta["signature"]
+
+
+def close_block(open_block: dict) -> None:
+    """A block whole: a call's joined ``partial_json`` is its input (none: ``{}``), a thinking block is signed."""
+    block = open_block["block"]
+    if block["type"] in ("tool_use", "server_tool_use"):
+        assert block["input"] == {}, block  # its input comes in the deltas
+        try:
+            block["input"] = json.loads(open_block["json"]) if open_block["json"] else {}
+        except ValueError:
+            block["input"] = ("not JSON", open_block["json"])
+    if block["type"] == "thinking":  # signed last; by design unsigned when the provider's reasoning has no signature
+        assert open_block["deltas"][-1:] == ["signature_delta"] or block["signature"] == "", block
+
+
+# --------------------------------------------------------------------------- the chat chunk grammar
+
+
+def check_chat(body: bytes, usage_asked: bool) -> dict:
+    """Hold an OpenAI chat chunk stream to its grammar; return what it built (text, calls, finish, usage)."""
+    events = parsed_events(body)
+    assert events, body
+    if "error" in events[-1][1]:  # a broken stream ends with the error, never a made-up [DONE]
+        assert all(data != "[DONE]" for _, data in events), events
+        chunks, error = [data for _, data in events[:-1]], events[-1][1]["error"]
+    else:
+        assert events[-1][1] == "[DONE]" and all(d != "[DONE]" for _, d in events[:-1]), events
+        chunks, error = [data for _, data in events[:-1]], None
+    assert all(name is None for name, _ in events), events
+    assert len({c["id"] for c in chunks}) <= 1 and len({c["created"] for c in chunks}) <= 1, chunks
+    assert all(c["object"] == "chat.completion.chunk" for c in chunks), chunks
+    built: dict = {"text": "", "reasoning": "", "calls": [], "finish": None, "usage": None, "error": error}
+    for position, chunk in enumerate(chunks):
+        if chunk.get("usage") is not None:
+            assert usage_asked and position == len(chunks) - 1 and chunk["choices"] == [], chunk
+            built["usage"] = chunk["usage"]
+            continue
+        assert [c["index"] for c in chunk["choices"]] == [0], chunk
+        choice = chunk["choices"][0]
+        assert built["finish"] is None, ("a chunk after the finish reason", chunk)
+        take_chat_delta(built, choice["delta"], position == 0)
+        built["finish"] = choice.get("finish_reason")
+    if error is None:
+        assert built["finish"] is not None, chunks
+        assert (built["usage"] is not None) == usage_asked, chunks  # the usage chunk when asked, only then
+    return built
+
+
+def take_chat_delta(built: dict, delta: dict, first: bool) -> None:
+    """One delta: the role first, a new call's index the next one with its id, type and name."""
+    if first:
+        assert delta.get("role") == "assistant", delta
+    else:
+        assert "role" not in delta, delta
+    built["text"] += delta.get("content") or ""
+    built["reasoning"] += delta.get("reasoning_content") or ""
+    for call in delta.get("tool_calls") or []:
+        calls = built["calls"]
+        assert call["index"] in range(len(calls) + 1), (call, len(calls))  # dense from 0
+        if call["index"] == len(calls):
+            assert call["id"] and call["type"] == "function" and call["function"]["name"], call
+            calls.append({"id": call["id"], "name": call["function"]["name"], "arguments": ""})
+        else:
+            assert "id" not in call and "name" not in call.get("function", {}), call
+        calls[call["index"]]["arguments"] += call["function"].get("arguments") or ""
+
+
+# --------------------------------------------------------------------------- routes and answers
+
+
+@dataclass(frozen=True)
+class Route:
+    name: str
+    path: str
+    model: str
+    stream: Callable[[Answer, str], list[str]]  # the provider's stream for an answer
+    body: Callable[[str], dict]  # the client's request for a model
+    check: Callable[[bytes], dict]
+    provider: str  # anthropic | gemini | openai: the shape of its mid-stream error
+
+
+def responses_body(model: str) -> dict:
+    return {"model": model, "input": "Go", "tools": responses_tools(), "store": False, "stream": True}
+
+
+def messages_body(model: str) -> dict:
+    asked = {"model": model, "max_tokens": 256, "messages": [{"role": "user", "content": "Go"}]}
+    return {**asked, "tools": messages_tools(), "stream": True}
+
+
+def chat_body(model: str) -> dict:
+    asked = {"model": model, "messages": [{"role": "user", "content": "Go"}], "tools": chat_tools()}
+    return {**asked, "stream": True, "stream_options": {"include_usage": True}}
+
+
+def chat_check(body: bytes) -> dict:
+    return check_chat(body, usage_asked=True)
+
+
+ROUTES = {
+    r.name: r
+    for r in (
+        Route("responses>claude", "/v1/responses", CLAUDE, anthropic_stream, responses_body, check_responses, "anthropic"),
+        Route("responses>gemini", "/v1/responses", GEMINI, gemini_stream, responses_body, check_responses, "gemini"),
+        Route("responses>groq", "/v1/responses", LLAMA, openai_stream, responses_body, check_responses, "openai"),
+        Route("messages>gpt", "/v1/messages", GPT, openai_stream, messages_body, check_messages, "openai"),
+        Route("messages>gemini", "/v1/messages", GEMINI, gemini_stream, messages_body, check_messages, "gemini"),
+        Route("chat>claude", "/v1/chat/completions", CLAUDE, anthropic_stream, chat_body, chat_check, "anthropic"),
+        Route("chat>gemini", "/v1/chat/completions", GEMINI, gemini_stream, chat_body, chat_check, "gemini"),
+    )
+}
+
+ANSWERS = {
+    "text": Answer(text='Hé€😀 "x" \\ \n', seed=3),
+    "two calls": Answer(
+        text="On it.",
+        calls=[("call_a", "get_weather", {"city": "Zürich"}), ("call_b", "search_docs", {"q": '"é"'})],
+        seed=5,
+    ),
+    "three interleaved calls": Answer(
+        calls=[
+            ("call_a", "get_weather", {"city": "Zürich"}),
+            ("call_b", "write_file", {"path": "/a\\b"}),
+            ("call_c", "search_docs", {}),
+        ],
+        interleave=True,
+        seed=11,
+    ),
+    "thinking, text and calls": Answer(
+        text="Let me see.", thinking="Weigh it é 😀", calls=[("call_a", "get_weather", {"city": "P"})], seed=7
+    ),
+    "thinking with a redacted block": Answer(text="ok", thinking="T", redacted=True, seed=2),
+    "interleaved thinking": Answer(text="a", thinking="T1", late_thinking="T2", calls=[("call_a", "get_weather", {})]),
+    "thinking only its signature": Answer(text="x", omitted_thinking=True),
+    "text after the calls": Answer(text="Before.", calls=[("call_a", "get_weather", {})], text_after_calls="After."),
+    "refusal": Answer(refusal="I can't help with that.", finish="content_filter", seed=4),
+    "content filter": Answer(text="", finish="content_filter"),
+    "length": Answer(text="cut sho", finish="length", seed=2),
+    "arguments cut at the length": Answer(
+        calls=[("call_a", "get_weather", {"city": "Paris", "n": 1})], finish="length", cut_arguments=4
+    ),
+    "nothing": Answer(),
+    "empty text block": Answer(calls=[("call_a", "search_docs", {"q": "x"})], empty_text_block=True),
+}
+
+
+@pytest.fixture(scope="module")
+def server(pyz_path, cache_home, mock, tmp_path_factory):
+    env = mock_env(
+        cache_home,
+        mock,
+        ANTHROPIC_API_KEY=ANTHROPIC_KEY,
+        ANTHROPIC_BASE_URL=mock.url,
+        GEMINI_API_KEY=GEMINI_KEY,
+        GEMINI_BASE_URL=mock.url,
+        GROQ_API_KEY=GROQ_KEY,
+        GROQ_BASE_URL=mock.url + "/v1",
+        STOCKYARD_ADMIN_KEY=ADMIN,
+    )
+    keys = (ANTHROPIC_KEY, GEMINI_KEY, GROQ_KEY)
+    with served(pyz_path, tmp_path_factory, "r42events", env, never_logged=keys) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def key(server) -> str:
+    return new_key(server, ADMIN)[0]
+
+
+def streamed(server: ServerProcess, key: str, route: Route, model: str | None = None) -> bytes:
+    """The route's raw stream for its request (the provider's answer already queued)."""
+    status, headers, body = server.request("POST", route.path, route.body(model or route.model), server.auth(key))
+    assert status == 200 and headers["content-type"].startswith("text/event-stream"), (status, body[:500])
+    return body
+
+
+def ask(server: ServerProcess, mock, key: str, route: Route, events: list[str], **reply: Any) -> bytes:
+    mock.clear_replies()
+    mock.enqueue(Reply(sse=events, **reply))
+    body = streamed(server, key, route)
+    assert mock.pending() == 0
+    return body
+
+
+@pytest.mark.parametrize("case", sorted(ANSWERS))
+@pytest.mark.parametrize("route_name", sorted(ROUTES))
+def test_each_answer_streams_in_its_apis_grammar(server, mock, key, route_name, case):
+    route = ROUTES[route_name]
+    route.check(ask(server, mock, key, route, route.stream(ANSWERS[case], route.model)))
+
+
+# --------------------------------------------------------------------------- the provider fails mid-stream
+
+
+RICH = Answer(
+    text="Let me check é.",
+    thinking="Weigh it.",
+    calls=[("call_a", "get_weather", {"city": "Zürich"}), ("call_b", "search_docs", {"q": "x"})],
+    seed=13,
+)
+PROVIDER_ERRORS = {
+    "anthropic": sse("error", {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}),
+    "gemini": sse(None, {"error": {"code": 503, "message": "The model is overloaded.", "status": "UNAVAILABLE"}}),
+    "openai": sse(None, {"error": {"message": "The server had an error.", "type": "server_error", "code": None}}),
+}
+
+
+def assert_failed(route: Route, body: bytes) -> None:
+    """The stream obeys its grammar and ends failed: ``response.failed``, Anthropic's ``error``, chat's error."""
+    built = route.check(body)
+    if route.check is check_responses:
+        assert built["status"] == "failed", built
+    else:
+        assert built.get("error"), built
+
+
+@pytest.mark.parametrize("route_name", sorted(ROUTES))
+def test_the_providers_error_mid_stream_ends_it_in_grammar(server, mock, key, route_name):
+    """The provider's own error event after each prefix of an answer (in a block, between blocks, in a
+    call's arguments): the client's stream is still well formed, and ends failed."""
+    route = ROUTES[route_name]
+    events = route.stream(RICH, route.model)
+    for cut in range(1, len(events) - 1):
+        assert_failed(route, ask(server, mock, key, route, [*events[:cut], PROVIDER_ERRORS[route.provider]]))
+
+
+@pytest.mark.parametrize("route_name", sorted(ROUTES))
+def test_a_cut_connection_mid_stream_ends_it_in_grammar(server, mock, key, route_name):
+    """The provider's connection closed after each prefix of an answer: well formed, and ended failed."""
+    route = ROUTES[route_name]
+    events = route.stream(RICH, route.model)
+    for cut in range(1, len(events) - 1):
+        assert_failed(route, ask(server, mock, key, route, events, cut_after=cut))
