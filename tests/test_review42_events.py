@@ -566,3 +566,91 @@ def test_a_cut_connection_mid_stream_ends_it_in_grammar(server, mock, key, route
     events = route.stream(RICH, route.model)
     for cut in range(1, len(events) - 1):
         assert_failed(route, ask(server, mock, key, route, events, cut_after=cut))
+
+
+# --------------------------------------------------------------------------- Codex's tools, web search, no usage asked
+
+
+PATCH = "*** Begin Patch\n*** Add File: a.py\n+print('é \"x\"')\n*** End Patch\n"
+CODEX_TOOLS = [
+    {"type": "custom", "name": "apply_patch", "description": "Edit files.", "format": {"type": "text"}},
+    {"type": "function", "name": "shell", "parameters": {"type": "object", "properties": {}}, "strict": False},
+]
+CODEX_ANSWERS = {
+    "a patch": Answer(text="Patching.", calls=[("call_p", "apply_patch", {"input": PATCH})], seed=21),
+    "a patch and a command, interleaved": Answer(
+        calls=[("call_p", "apply_patch", {"input": PATCH}), ("call_s", "shell", {"command": ["ls", "-l"]})],
+        interleave=True,
+        seed=22,
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CODEX_ANSWERS))
+@pytest.mark.parametrize("route_name", ["responses>claude", "responses>gemini", "responses>groq"])
+def test_codex_custom_tool_calls_stream_in_grammar(server, mock, key, route_name, case):
+    """Codex CLI's ``apply_patch`` is a custom tool: its call streams as a ``custom_tool_call`` item
+    (``custom_tool_call_input.delta``/``.done``), its input the patch, next to a function call."""
+    route = ROUTES[route_name]
+    answer = CODEX_ANSWERS[case]
+    mock.clear_replies()
+    mock.enqueue(Reply(sse=route.stream(answer, route.model)))
+    body = {**responses_body(route.model), "tools": CODEX_TOOLS}
+    status, _, raw = server.request("POST", route.path, body, server.auth(key))
+    assert status == 200, raw[:500]
+    response = check_responses(raw)
+    calls = [item for item in response["output"] if item["type"] in ("custom_tool_call", "function_call")]
+    assert [(c["type"], c["name"]) for c in calls][:1] == [("custom_tool_call", "apply_patch")], calls
+    assert calls[0]["input"] == PATCH and len(calls) == len(answer.calls), calls
+
+
+@pytest.mark.parametrize("model", [SEARCHING, SEARCHING + "-pause2"])  # a turn paused twice, continued by Stockyard
+def test_claudes_web_search_streams_in_grammar(server, mock, key, model):
+    """Claude's searches, their results and the citations of its text: ``web_search_call`` items and
+    ``url_citation`` annotations (Responses), ``web_search_calls`` and ``annotations`` (chat)."""
+    mock.clear_replies()
+    asked = {"model": model, "input": "Weather?", "tools": [{"type": "web_search"}], "store": False, "stream": True}
+    status, _, raw = server.request("POST", "/v1/responses", asked, server.auth(key))
+    assert status == 200, raw[:500]
+    response = check_responses(raw)
+    kinds = [item["type"] for item in response["output"]]
+    assert kinds.count("web_search_call") >= 2 and "message" in kinds, kinds
+    cited = [a for item in response["output"] if item["type"] == "message" for p in item["content"] for a in p["annotations"]]
+    assert cited and all(a["type"] == "url_citation" for a in cited), cited
+    asked = {"model": model, "messages": [{"role": "user", "content": "Weather?"}], "web_search_options": {}}
+    asked = {**asked, "stream": True, "stream_options": {"include_usage": True}}
+    status, _, raw = server.request("POST", "/v1/chat/completions", asked, server.auth(key))
+    assert status == 200, raw[:500]
+    built = check_chat(raw, usage_asked=True)
+    assert built["finish"] == "stop" and built["text"], built
+
+
+@pytest.mark.parametrize("route_name", ["chat>claude", "chat>gemini"])
+def test_chat_without_usage_asked_has_no_usage_chunk(server, mock, key, route_name):
+    route = ROUTES[route_name]
+    mock.clear_replies()
+    mock.enqueue(Reply(sse=route.stream(ANSWERS["two calls"], route.model)))
+    body = {k: v for k, v in chat_body(route.model).items() if k != "stream_options"}
+    status, _, raw = server.request("POST", route.path, body, server.auth(key))
+    assert status == 200, raw[:500]
+    built = check_chat(raw, usage_asked=False)
+    assert built["finish"] == "tool_calls" and len(built["calls"]) == 2, built
+
+
+@pytest.mark.parametrize("route_name", sorted(ROUTES))
+def test_a_stream_that_ends_early_ends_in_grammar(server, mock, key, route_name):
+    """The provider's stream ends cleanly after each prefix of an answer, before its end (Claude's
+    ``message_stop``, Gemini's finish reason, chat's ``[DONE]``): the client's stream ended where the
+    provider's did, no terminal event, no error (Responses over Claude and Groq, Messages over GPT,
+    chat over Claude). Now it is well formed and ends failed, and the trace says the stream broke."""
+    route = ROUTES[route_name]
+    events = route.stream(RICH, route.model)
+    for cut in range(1, len(events)):
+        assert_failed(route, ask(server, mock, key, route, events[:cut]))
+    mock.clear_replies()
+    mock.enqueue(Reply(sse=events[:3]))
+    status, headers, body = server.request("POST", route.path, route.body(route.model), server.auth(key))
+    assert status == 200, body
+    assert_failed(route, body)
+    trace = server.trace(headers["x-stockyard-trace-id"])
+    assert trace["outcome"] == "stream_broken" and "incomplete_stream" in trace["error_type"], trace
