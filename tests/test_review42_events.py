@@ -20,10 +20,15 @@ import json
 from dataclasses import dataclass
 from typing import Any, Callable
 
+import pydantic
 import pytest
+from anthropic.types import RawMessageStreamEvent
 from conftest import ServerProcess, mock_env, served
 from mock_upstream import Reply
+from openai.types.chat import ChatCompletionChunk
+from openai.types.responses import ResponseStreamEvent
 from module_helpers import new_key
+from hypothesis import HealthCheck, given, settings
 from test_review41_streams import (
     CLAUDE,
     GEMINI,
@@ -31,6 +36,7 @@ from test_review41_streams import (
     LLAMA,
     Answer,
     anthropic_stream,
+    answers,
     chat_tools,
     gemini_stream,
     messages_tools,
@@ -74,6 +80,22 @@ def parsed_events(body: bytes) -> list[tuple[str | None, dict]]:
     return out
 
 
+# each event as the official SDK's own type for it (its required fields, their types)
+SDK_TYPES = {
+    "responses": pydantic.TypeAdapter(ResponseStreamEvent),
+    "messages": pydantic.TypeAdapter(RawMessageStreamEvent),
+    "chat": pydantic.TypeAdapter(ChatCompletionChunk),
+}
+
+
+def sdk_typed(api: str, data: dict) -> None:
+    """``data`` is one of the SDK's event types for ``api`` (a short message when it is none)."""
+    try:
+        SDK_TYPES[api].validate_python(data)
+    except pydantic.ValidationError as invalid:
+        raise AssertionError(f"not the SDK's {api} event: {data} ({str(invalid)[:300]})") from None
+
+
 # --------------------------------------------------------------------------- the Responses grammar
 
 
@@ -96,6 +118,7 @@ def check_responses(body: bytes) -> dict:
     assert events, body
     for name, data in events:
         assert name == data.get("type"), (name, data)  # the SSE event name is the event's type
+        sdk_typed("responses", data)
     numbers = [data["sequence_number"] for _, data in events]
     assert numbers[0] in (0, 1) and numbers == list(range(numbers[0], numbers[0] + len(events))), numbers
     kinds = [name for name, _ in events]
@@ -203,6 +226,9 @@ def check_item_event(current: OpenItem, kind: str, data: dict) -> None:
         else:
             assert data["input"] == current.arguments, (data, current.arguments)
         return
+    if kind == "response.compaction.compacting":
+        assert item_type == "compaction", (kind, item_type)
+        return
     raise AssertionError(f"an event the checker does not know: {kind} {data}")
 
 
@@ -264,6 +290,8 @@ def check_messages(body: bytes) -> dict:
     assert events, body
     for name, data in events:
         assert name == data.get("type"), (name, data)
+        if name != "error":  # Anthropic's error event is its error body, not a message event
+            sdk_typed("messages", data)
     kinds = [name for name, _ in events]
     assert kinds[0] in ("message_start", "error"), kinds
     ends = [i for i, kind in enumerate(kinds) if kind in ("message_stop", "error")]
@@ -364,6 +392,9 @@ def check_chat(body: bytes, usage_asked: bool) -> dict:
     assert all(name is None for name, _ in events), events
     assert len({c["id"] for c in chunks}) <= 1 and len({c["created"] for c in chunks}) <= 1, chunks
     assert all(c["object"] == "chat.completion.chunk" for c in chunks), chunks
+    for c in chunks:
+        sdk_typed("chat", c)
+    assert len({c["model"] for c in chunks}) <= 1, chunks
     built: dict = {"text": "", "reasoning": "", "calls": [], "finish": None, "usage": None, "error": error}
     for position, chunk in enumerate(chunks):
         if chunk.get("usage") is not None:
@@ -524,6 +555,37 @@ def test_each_answer_streams_in_its_apis_grammar(server, mock, key, route_name, 
     route.check(ask(server, mock, key, route, route.stream(ANSWERS[case], route.model)))
 
 
+@pytest.mark.parametrize("route_name", sorted(ROUTES))
+@settings(
+    max_examples=15,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(answer=answers())
+def test_generated_answers_stream_in_grammar(server, mock, key, route_name, answer):
+    """test_review41_streams' generated answers (text cut anywhere, 0-3 calls, interleaved or not,
+    thinking, images, refusals, every finish reason), each route's stream held to its grammar."""
+    route = ROUTES[route_name]
+    route.check(ask(server, mock, key, route, route.stream(answer, route.model)))
+
+
+@pytest.mark.parametrize("route_name", sorted(ROUTES))
+def test_the_providers_error_as_its_first_event(server, mock, key, route_name):
+    """The provider's error before any answer: an error in the client's API shape (the status, or the
+    stream's own error event once it began), never a stream that ends unsaid."""
+    route = ROUTES[route_name]
+    mock.clear_replies()
+    mock.enqueue(Reply(sse=[PROVIDER_ERRORS[route.provider]]))
+    status, headers, body = server.request("POST", route.path, route.body(route.model), server.auth(key))
+    if status == 200:
+        assert_failed(route, body)
+    else:
+        error = json.loads(body)
+        assert status >= 400 and (error["error"]["message"] if route.path != "/v1/messages" else error["type"] == "error"), body
+
+
 # --------------------------------------------------------------------------- the provider fails mid-stream
 
 
@@ -654,3 +716,19 @@ def test_a_stream_that_ends_early_ends_in_grammar(server, mock, key, route_name)
     assert_failed(route, body)
     trace = server.trace(headers["x-stockyard-trace-id"])
     assert trace["outcome"] == "stream_broken" and "incomplete_stream" in trace["error_type"], trace
+
+
+@pytest.mark.parametrize("route_name", ["responses>claude", "responses>gemini", "responses>groq"])
+def test_a_compaction_streams_in_grammar(server, mock, key, route_name):
+    """Codex CLI's compaction (its input ends with a ``compaction_trigger``): one ``compaction`` item,
+    added, ``response.compaction.compacting`` as the summary comes, done with its token at the end."""
+    route = ROUTES[route_name]
+    mock.clear_replies()
+    mock.enqueue(Reply(sse=route.stream(Answer(text="The user asked for é; done.", seed=5), route.model)))
+    trigger = [{"type": "message", "role": "user", "content": "Go"}, {"type": "compaction_trigger"}]
+    body = {**responses_body(route.model), "input": trigger}
+    status, _, raw = server.request("POST", route.path, body, server.auth(key))
+    assert status == 200, raw[:500]
+    response = check_responses(raw)
+    assert [item["type"] for item in response["output"]] == ["compaction"], response
+    assert response["output"][0]["encrypted_content"], response
