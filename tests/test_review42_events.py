@@ -367,7 +367,7 @@ def close_block(open_block: dict) -> None:
     """A block whole: a call's joined ``partial_json`` is its input (none: ``{}``), a thinking block is signed."""
     block = open_block["block"]
     if block["type"] in ("tool_use", "server_tool_use"):
-        assert block["input"] == {}, block  # its input comes in the deltas
+        assert block["input"] == {} and block["name"] and block["id"], block  # its input comes in the deltas
         try:
             block["input"] = json.loads(open_block["json"]) if open_block["json"] else {}
         except ValueError:
@@ -732,3 +732,57 @@ def test_a_compaction_streams_in_grammar(server, mock, key, route_name):
     response = check_responses(raw)
     assert [item["type"] for item in response["output"]] == ["compaction"], response
     assert response["output"][0]["encrypted_content"], response
+
+
+
+def test_a_failed_compaction_leaves_its_item_undone_by_design(server, mock, key):
+    """By design, the one exception to "every item added is done": a compaction the provider breaks ends
+    ``response.failed`` with no output, its item added (the ``compacting`` events name it) and never done.
+    Done, it would carry an empty token, and Codex keeps every item done in its history to send back."""
+    route = ROUTES["responses>groq"]
+    events = route.stream(Answer(text="The user asked for é; done.", seed=5), route.model)
+    mock.clear_replies()
+    mock.enqueue(Reply(sse=[*events[:3], PROVIDER_ERRORS["openai"]]))
+    trigger = [{"type": "message", "role": "user", "content": "Go"}, {"type": "compaction_trigger"}]
+    status, _, raw = server.request("POST", route.path, {**responses_body(route.model), "input": trigger}, server.auth(key))
+    events = [data for _, data in parsed_events(raw)]
+    for data in events:
+        sdk_typed("responses", data)
+    kinds = [data["type"] for data in events]
+    assert status == 200 and kinds[:3] == ["response.created", "response.in_progress", "response.output_item.added"]
+    assert set(kinds[3:-1]) == {"response.compaction.compacting"} and kinds[-1] == "response.failed", kinds
+    assert events[-1]["response"]["output"] == [] and events[-1]["response"]["error"]["message"], events[-1]
+    assert [data["sequence_number"] for data in events] == list(range(len(events)))
+
+
+def late_named_stream(model: str) -> list[str]:
+    """An OpenAI-compatible chat stream whose call's first delta has its id but not yet its name (the name
+    comes in the next delta, then the arguments), as some servers stream a call's fields one at a time."""
+    head = {"id": "chatcmpl-r42", "object": "chat.completion.chunk", "created": 1, "model": model}
+
+    def chunk(delta: dict, finish: str | None = None) -> str:
+        return sse(None, {**head, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+
+    usage = {"prompt_tokens": 12, "completion_tokens": 9, "total_tokens": 21}
+    return [
+        chunk({"role": "assistant", "content": ""}),
+        chunk({"tool_calls": [{"index": 0, "id": "call_late", "type": "function", "function": {"arguments": ""}}]}),
+        chunk({"tool_calls": [{"index": 0, "function": {"name": "get_weather"}}]}),
+        chunk({"tool_calls": [{"index": 0, "function": {"arguments": '{"city": '}}]}),
+        chunk({"tool_calls": [{"index": 0, "function": {"arguments": '"Paris"}'}}]}),
+        chunk({}, "tool_calls"),
+        sse(None, {**head, "choices": [], "usage": usage}),
+        "data: [DONE]\n\n",
+    ]
+
+
+@pytest.mark.parametrize("route_name", ["messages>gpt", "responses>groq"])
+def test_a_call_named_after_its_first_delta(server, mock, key, route_name):
+    """A call whose name comes after its id: the Messages stream opened its ``tool_use`` block at the
+    first delta, named "" (Claude Code: no such tool); the Responses one waited for the name, as now both do."""
+    route = ROUTES[route_name]
+    built = route.check(ask(server, mock, key, route, late_named_stream(route.model)))
+    calls = built["content"] if "content" in built else built["output"]
+    assert [(c["name"], c.get("input") or json.loads(c["arguments"])) for c in calls] == [
+        ("get_weather", {"city": "Paris"})
+    ], calls
