@@ -17,6 +17,7 @@ Messages → GPT / Gemini, chat → Claude / Gemini. The provider answers are te
 from __future__ import annotations
 
 import json
+import typing
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -80,20 +81,24 @@ def parsed_events(body: bytes) -> list[tuple[str | None, dict]]:
     return out
 
 
+def by_type(union: Any) -> dict[str, Any]:
+    """The SDK's event classes of a union, by the ``type`` each one's Literal names."""
+    members = typing.get_args(typing.get_args(union)[0] if typing.get_origin(union) is typing.Annotated else union)
+    return {name: cls for cls in members for name in typing.get_args(cls.model_fields["type"].annotation)}
+
+
 # each event as the official SDK's own type for it (its required fields, their types)
-SDK_TYPES = {
-    "responses": pydantic.TypeAdapter(ResponseStreamEvent),
-    "messages": pydantic.TypeAdapter(RawMessageStreamEvent),
-    "chat": pydantic.TypeAdapter(ChatCompletionChunk),
-}
+SDK_TYPES = {"responses": by_type(ResponseStreamEvent), "messages": by_type(RawMessageStreamEvent)}
 
 
 def sdk_typed(api: str, data: dict) -> None:
-    """``data`` is one of the SDK's event types for ``api`` (a short message when it is none)."""
+    """``data`` is the SDK's event type for ``api`` its ``type`` names (a short message when it is not)."""
+    cls = ChatCompletionChunk if api == "chat" else SDK_TYPES[api].get(data.get("type"))
+    assert cls is not None, f"no {api} event of the SDK's is {data.get('type')!r}"
     try:
-        SDK_TYPES[api].validate_python(data)
+        cls.model_validate(data)
     except pydantic.ValidationError as invalid:
-        raise AssertionError(f"not the SDK's {api} event: {data} ({str(invalid)[:300]})") from None
+        raise AssertionError(f"not the SDK's {cls.__name__}: {invalid}") from None
 
 
 # --------------------------------------------------------------------------- the Responses grammar
@@ -786,3 +791,43 @@ def test_a_call_named_after_its_first_delta(server, mock, key, route_name):
     assert [(c["name"], c.get("input") or json.loads(c["arguments"])) for c in calls] == [
         ("get_weather", {"city": "Paris"})
     ], calls
+
+
+def gemini_bare_end(model: str, content: dict | None) -> list[str]:
+    """Gemini's text, then its finish in a chunk of its own whose candidate has no parts (or no content)."""
+    text = gemini_stream(Answer(text="Hello é."), model)[0]
+    usage = {"promptTokenCount": 12, "candidatesTokenCount": 9, "totalTokenCount": 21}
+    candidate: dict = {"finishReason": "STOP", "index": 0, **({"content": content} if content is not None else {})}
+    return [text, sse(None, {"candidates": [candidate], "usageMetadata": usage, "modelVersion": model})]
+
+
+BLOCKED = {"promptFeedback": {"blockReason": "SAFETY"}, "usageMetadata": {"promptTokenCount": 12, "totalTokenCount": 12}}
+
+
+@pytest.mark.parametrize("route_name", ["chat>gemini", "messages>gemini", "responses>gemini"])
+def test_geminis_odd_ends_stream_in_grammar(server, mock, key, route_name):
+    """Gemini's finish in a chunk with no parts, or no content at all; a prompt it blocked (no candidates)."""
+    route = ROUTES[route_name]
+    for content in ({"role": "model"}, {"role": "model", "parts": []}, None):
+        route.check(ask(server, mock, key, route, gemini_bare_end(route.model, content)))
+    route.check(ask(server, mock, key, route, [sse(None, BLOCKED)]))
+
+
+
+def test_no_usage_from_the_provider_is_null_by_design(server, mock, key):
+    """By design: a chat provider that sends no usage chunk (it ignored ``stream_options``) gets a
+    ``response.completed`` whose ``usage`` is null (the SDK's type allows it; Codex reads it as an
+    option), as the whole answer's is: the client is told the provider's counts, never an estimate
+    (the trace bills one, marked estimated). Every other event obeys the grammar."""
+    route = ROUTES["responses>groq"]
+    events = [e for e in route.stream(ANSWERS["two calls"], route.model) if '"usage"' not in e]
+    mock.clear_replies()
+    mock.enqueue(Reply(sse=events))
+    status, headers, raw = server.request("POST", route.path, route.body(route.model), server.auth(key))
+    last = parsed_events(raw)[-1][1]
+    assert status == 200 and last["type"] == "response.completed" and last["response"]["usage"] is None, last
+    usage = {"input_tokens": 1, "output_tokens": 1, "total_tokens": 2}
+    usage |= {"input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0}, "output_tokens_details": {"reasoning_tokens": 0}}
+    head, tail = raw.rsplit(b'"usage":null', 1)  # the terminal event's
+    check_responses(head + b'"usage":' + json.dumps(usage).encode() + tail)
+    assert server.trace(headers["x-stockyard-trace-id"])["usage_estimated"] == 1
