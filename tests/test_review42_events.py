@@ -831,3 +831,22 @@ def test_no_usage_from_the_provider_is_null_by_design(server, mock, key):
     head, tail = raw.rsplit(b'"usage":null', 1)  # the terminal event's
     check_responses(head + b'"usage":' + json.dumps(usage).encode() + tail)
     assert server.trace(headers["x-stockyard-trace-id"])["usage_estimated"] == 1
+
+
+@pytest.mark.parametrize(
+    ("route_name", "error", "kind"),
+    [
+        ("messages>gemini", {"code": 503, "message": "The model is overloaded.", "status": "UNAVAILABLE"}, "overloaded_error"),
+        ("messages>gemini", {"code": 429, "message": "Quota exceeded.", "status": "RESOURCE_EXHAUSTED"}, "rate_limit_error"),
+        ("messages>gemini", {"code": 500, "message": "Internal error.", "status": "INTERNAL"}, "api_error"),
+        ("messages>gpt", {"message": "Slow down.", "type": "requests", "code": "rate_limit_exceeded"}, "rate_limit_error"),
+        ("messages>gpt", {"message": "The server had an error.", "type": "server_error", "code": None}, "api_error"),
+    ],
+)
+def test_the_providers_error_mid_stream_keeps_its_kind(server, mock, key, route_name, error, kind):
+    """The Messages ``error`` event says the kind of the provider's error (every one was ``api_error``:
+    Claude Code waits and retries an overloaded or rate-limited answer, and fails on the others)."""
+    route = ROUTES[route_name]
+    events = route.stream(RICH, route.model)
+    message = check_messages(ask(server, mock, key, route, [*events[:3], sse(None, {"error": error})]))
+    assert message["error"]["type"] == kind and message["error"]["message"] == error["message"], message

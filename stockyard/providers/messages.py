@@ -90,7 +90,25 @@ STOP_REASONS = {
     "function_call": "tool_use",
     "content_filter": "refusal",  # a provider's safety stop (Gemini SAFETY, OpenAI's filter)
 }
-ERROR_TYPES = {"rate_limit_exceeded": "rate_limit_error", "server_error": "api_error"}
+# a chat stream's error code or type → the Anthropic error type a Messages client acts on (Claude Code
+# waits and retries an overloaded or rate-limited answer): OpenAI's codes, Gemini's status names
+ERROR_TYPES = {
+    "rate_limit_exceeded": "rate_limit_error",
+    "RESOURCE_EXHAUSTED": "rate_limit_error",
+    "UNAVAILABLE": "overloaded_error",
+    "server_error": "api_error",
+}
+ANTHROPIC_ERROR_TYPES = {
+    "invalid_request_error",
+    "authentication_error",
+    "permission_error",
+    "not_found_error",
+    "request_too_large",
+    "rate_limit_error",
+    "api_error",
+    "overloaded_error",
+    "timeout_error",
+}
 
 
 def unsupported(param: str, what: str) -> ProxyError:
@@ -536,6 +554,17 @@ def error_from_chat(status: int, body: bytes) -> tuple[str, str]:
     if not isinstance(message, str):
         message = f"the provider answered {status}"
     return error_type(ANTHROPIC, status), message
+
+
+def stream_error_type(error: dict) -> str:
+    """The Anthropic error type of a chat stream's error event: by its code, else its type where
+    Anthropic has the same kind, else ``api_error``."""
+    for value in (error.get("code"), error.get("type")):
+        if isinstance(value, str) and value in ERROR_TYPES:
+            return ERROR_TYPES[value]
+        if value in ANTHROPIC_ERROR_TYPES:
+            return str(value)
+    return "api_error"
 
 
 # --------------------------------------------------------------------------- stream

@@ -130,7 +130,7 @@ class MessagesStream(StreamTranslator):
                 message = str(error.get("message") or "the provider failed")
                 if self.ctx.attempt.outcome != "stream_broken":
                     record_stream_error(self.ctx, str(error.get("code") or "api_error"), message)
-                out += self.outer.fail(message)
+                out += self.outer.fail(message, messages.stream_error_type(error))
                 continue
             out += self.outer.feed(obj)
         return out
