@@ -850,3 +850,22 @@ def test_the_providers_error_mid_stream_keeps_its_kind(server, mock, key, route_
     events = route.stream(RICH, route.model)
     message = check_messages(ask(server, mock, key, route, [*events[:3], sse(None, {"error": error})]))
     assert message["error"]["type"] == kind and message["error"]["message"] == error["message"], message
+
+
+RATE_LIMITS = {
+    "responses>claude": sse("error", {"type": "error", "error": {"type": "rate_limit_error", "message": "Slow down."}}),
+    "responses>gemini": sse(None, {"error": {"code": 429, "message": "Slow down.", "status": "RESOURCE_EXHAUSTED"}}),
+    "responses>groq": sse(None, {"error": {"message": "Slow down.", "type": "requests", "code": "rate_limit_exceeded"}}),
+}
+
+
+@pytest.mark.parametrize("route_name", sorted(RATE_LIMITS))
+def test_a_rate_limit_mid_stream_fails_as_one(server, mock, key, route_name):
+    """The provider's rate limit mid-stream: ``response.failed`` with the code ``rate_limit_exceeded``
+    (it was ``server_error``; Codex waits and retries a rate limit), another error ``server_error``."""
+    route = ROUTES[route_name]
+    events = route.stream(RICH, route.model)
+    response = check_responses(ask(server, mock, key, route, [*events[:3], RATE_LIMITS[route_name]]))
+    assert response["error"] == {"code": "rate_limit_exceeded", "message": "Slow down."}, response["error"]
+    response = check_responses(ask(server, mock, key, route, [*events[:3], PROVIDER_ERRORS[route.provider]]))
+    assert response["error"]["code"] == "server_error", response["error"]

@@ -137,6 +137,14 @@ IMAGE_DETAILS = {"auto", "low", "high"}
 INCOMPLETE = {"length": "max_output_tokens", "content_filter": "content_filter"}
 # The codes a Responses ``error`` object may carry; others are reported as server_error.
 ERROR_CODES = {"server_error", "rate_limit_exceeded", "invalid_prompt"}
+RATE_LIMITED = {"rate_limit_exceeded", "rate_limit_error", "RESOURCE_EXHAUSTED"}  # OpenAI's, Anthropic's, Gemini's
+
+
+def stream_error_code(error: dict) -> str:
+    """The ``response.failed`` code of a chat stream's error: ``rate_limit_exceeded`` for a provider's
+    rate limit (Codex waits and retries it), else ``server_error``."""
+    limited = error.get("code") in RATE_LIMITED or error.get("type") in RATE_LIMITED
+    return "rate_limit_exceeded" if limited else "server_error"
 
 
 def unsupported(param: str, what: str) -> ProxyError:

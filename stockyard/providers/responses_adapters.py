@@ -372,7 +372,8 @@ class OverChatStream(StreamTranslator):
             error = chunk_error(obj)
             if error is not None:
                 self.done = True
-                out += self.outer.fail(str(error.get("message") or "the provider failed"), "server_error")
+                message = str(error.get("message") or "the provider failed")
+                out += self.outer.fail(message, responses.stream_error_code(error))
                 continue
             out += self.outer.feed(obj)
         return out
