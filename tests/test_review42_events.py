@@ -400,21 +400,26 @@ def check_chat(body: bytes, usage_asked: bool) -> dict:
     for c in chunks:
         sdk_typed("chat", c)
     assert len({c["model"] for c in chunks}) <= 1, chunks
-    built: dict = {"text": "", "reasoning": "", "calls": [], "finish": None, "usage": None, "error": error}
+    choices: dict[int, dict] = {}  # each choice's text, reasoning, calls and finish reason
+    usage = None
     for position, chunk in enumerate(chunks):
         if chunk.get("usage") is not None:
             assert usage_asked and position == len(chunks) - 1 and chunk["choices"] == [], chunk
-            built["usage"] = chunk["usage"]
+            usage = chunk["usage"]
             continue
-        assert [c["index"] for c in chunk["choices"]] == [0], chunk
-        choice = chunk["choices"][0]
-        assert built["finish"] is None, ("a chunk after the finish reason", chunk)
-        take_chat_delta(built, choice["delta"], position == 0)
-        built["finish"] = choice.get("finish_reason")
+        assert chunk["choices"], chunk
+        for choice in chunk["choices"]:
+            first = choice["index"] not in choices
+            built = choices.setdefault(choice["index"], {"text": "", "reasoning": "", "calls": [], "finish": None})
+            assert built["finish"] is None, ("a chunk after the choice's finish reason", chunk)
+            take_chat_delta(built, choice["delta"], first)
+            built["finish"] = choice.get("finish_reason")
+    assert sorted(choices) == list(range(len(choices))), choices
     if error is None:
-        assert built["finish"] is not None, chunks
-        assert (built["usage"] is not None) == usage_asked, chunks  # the usage chunk when asked, only then
-    return built
+        assert choices and all(c["finish"] is not None for c in choices.values()), chunks
+        assert (usage is not None) == usage_asked, chunks  # the usage chunk when asked, only then
+    first_choice = choices.get(0, {"text": "", "reasoning": "", "calls": [], "finish": None})
+    return {**first_choice, "usage": usage, "error": error, "choices": choices}
 
 
 def take_chat_delta(built: dict, delta: dict, first: bool) -> None:
@@ -870,3 +875,31 @@ def test_a_rate_limit_mid_stream_fails_as_one(server, mock, key, route_name):
     assert response["error"] == {"code": "rate_limit_exceeded", "message": "Slow down."}, response["error"]
     response = check_responses(ask(server, mock, key, route, [*events[:3], PROVIDER_ERRORS[route.provider]]))
     assert response["error"]["code"] == "server_error", response["error"]
+
+
+
+def test_geminis_candidates_number_their_calls_each_from_0(server, mock, key):
+    """``n: 2``: each choice's ``tool_calls`` indexes from 0 (the second choice's began where the first's
+    ended, and a choice without calls finished ``tool_calls`` when another had some)."""
+    route = ROUTES["chat>gemini"]
+    usage = {"promptTokenCount": 12, "candidatesTokenCount": 9, "totalTokenCount": 21}
+
+    def candidate(i: int, parts: list, finish: str | None = None) -> dict:
+        return {"content": {"role": "model", "parts": parts}, "index": i, **({"finishReason": finish} if finish else {})}
+
+    call = {"functionCall": {"id": "c", "name": "get_weather", "args": {"city": "P"}}}
+    events = [
+        sse(None, {"candidates": [candidate(0, [{"text": "a"}]), candidate(1, [{"text": "b"}])], "usageMetadata": usage}),
+        sse(None, {"candidates": [candidate(0, [call], "STOP"), candidate(1, [call, call], "STOP")], "usageMetadata": usage}),
+    ]
+    mock.clear_replies()
+    mock.enqueue(Reply(sse=events))
+    status, _, raw = server.request("POST", route.path, {**chat_body(route.model), "n": 2}, server.auth(key))
+    built = check_chat(raw, usage_asked=True)
+    assert status == 200 and [len(c["calls"]) for c in built["choices"].values()] == [1, 2], built
+    assert [c["finish"] for c in built["choices"].values()] == ["tool_calls"] * 2, built
+    events[1] = sse(None, {"candidates": [candidate(0, [call], "STOP"), candidate(1, [{"text": "c"}], "STOP")]})
+    mock.enqueue(Reply(sse=events))  # the second choice answers text only
+    status, _, raw = server.request("POST", route.path, {**chat_body(route.model), "n": 2}, server.auth(key))
+    built = check_chat(raw, usage_asked=True)
+    assert [c["finish"] for c in built["choices"].values()] == ["tool_calls", "stop"], built
