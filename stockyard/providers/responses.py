@@ -1376,14 +1376,16 @@ class ChatToResponsesStream:
         return self.event(f"response.{status}", response=self._response)
 
     def fail(self, message: str, code: str) -> list[bytes]:
-        """A broken upstream stream: the open item done as it stands (``incomplete``: a client sees every
-        item it was told of added and done, and ``response.output`` is those items), then
-        ``response.failed`` with the output so far."""
+        """A broken upstream stream: ``response.failed`` with the output so far, which is the items done.
+        An open message or reasoning item is done first as it stands (``incomplete``); an open tool call
+        is never done and left out (Codex runs a call once it is done: never half of one)."""
         if self.ended:
             return []
         out = self.start()
         for index in self.open:
             self.output[index]["status"] = "incomplete"
+        if self.open and self.output[self.open[-1]]["type"] not in ("message", "reasoning"):
+            del self.output[self.open.pop()]
         out += self.close("incomplete")
         error = {"code": code if code in ERROR_CODES else "server_error", "message": message}
         self._response = self.snapshot("failed", error)
