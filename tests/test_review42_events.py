@@ -25,19 +25,19 @@ import pydantic
 import pytest
 from anthropic.types import RawMessageStreamEvent
 from conftest import ServerProcess, mock_env, served
+from hypothesis import HealthCheck, given, settings
 from mock_upstream import Reply
+from module_helpers import new_key
 from openai.types.chat import ChatCompletionChunk
 from openai.types.responses import ResponseStreamEvent
-from module_helpers import new_key
-from hypothesis import HealthCheck, given, settings
 from test_review41_streams import (
     CLAUDE,
     GEMINI,
     GPT,
     LLAMA,
     Answer,
-    anthropic_stream,
     answers,
+    anthropic_stream,
     chat_tools,
     gemini_stream,
     messages_tools,
@@ -478,7 +478,9 @@ def chat_check(body: bytes) -> dict:
 ROUTES = {
     r.name: r
     for r in (
-        Route("responses>claude", "/v1/responses", CLAUDE, anthropic_stream, responses_body, check_responses, "anthropic"),
+        Route(
+            "responses>claude", "/v1/responses", CLAUDE, anthropic_stream, responses_body, check_responses, "anthropic"
+        ),
         Route("responses>gemini", "/v1/responses", GEMINI, gemini_stream, responses_body, check_responses, "gemini"),
         Route("responses>groq", "/v1/responses", LLAMA, openai_stream, responses_body, check_responses, "openai"),
         Route("messages>gpt", "/v1/messages", GPT, openai_stream, messages_body, check_messages, "openai"),
@@ -595,7 +597,9 @@ def test_the_providers_error_as_its_first_event(server, mock, key, route_name):
         assert_failed(route, body)
     else:
         error = json.loads(body)
-        assert status >= 400 and (error["error"]["message"] if route.path != "/v1/messages" else error["type"] == "error"), body
+        assert status >= 400 and (
+            error["error"]["message"] if route.path != "/v1/messages" else error["type"] == "error"
+        ), body
 
 
 # --------------------------------------------------------------------------- the provider fails mid-stream
@@ -678,7 +682,9 @@ def test_codex_custom_tool_calls_stream_in_grammar(server, mock, key, route_name
     assert calls[0]["input"] == PATCH and len(calls) == len(answer.calls), calls
 
 
-@pytest.mark.parametrize("model", [SEARCHING, SEARCHING + "-pause2", SEARCHING + "-pause7"])  # paused twice (continued), 7 times (past MAX_CONTINUATIONS: incomplete)
+@pytest.mark.parametrize(
+    "model", [SEARCHING, SEARCHING + "-pause2", SEARCHING + "-pause7"]
+)  # paused twice (continued), 7 times (past MAX_CONTINUATIONS: incomplete)
 def test_claudes_web_search_streams_in_grammar(server, mock, key, model):
     """Claude's searches, their results and the citations of its text: ``web_search_call`` items and
     ``url_citation`` annotations (Responses), ``web_search_calls`` and ``annotations`` (chat)."""
@@ -690,7 +696,9 @@ def test_claudes_web_search_streams_in_grammar(server, mock, key, model):
     assert response["status"] == ("incomplete" if "pause7" in model else "completed"), response["status"]
     kinds = [item["type"] for item in response["output"]]
     assert kinds.count("web_search_call") >= 2 and "message" in kinds, kinds
-    cited = [a for item in response["output"] if item["type"] == "message" for p in item["content"] for a in p["annotations"]]
+    cited = [
+        a for item in response["output"] if item["type"] == "message" for p in item["content"] for a in p["annotations"]
+    ]
     assert cited and all(a["type"] == "url_citation" for a in cited), cited
     asked = {"model": model, "messages": [{"role": "user", "content": "Weather?"}], "web_search_options": {}}
     asked = {**asked, "stream": True, "stream_options": {"include_usage": True}}
@@ -747,7 +755,6 @@ def test_a_compaction_streams_in_grammar(server, mock, key, route_name):
     assert response["output"][0]["encrypted_content"], response
 
 
-
 def test_a_failed_compaction_leaves_its_item_undone_by_design(server, mock, key):
     """By design, as for a tool call cut short: a compaction the provider breaks ends ``response.failed``
     with no output, its item added (the ``compacting`` events name it) and never done. Done, it would
@@ -757,7 +764,9 @@ def test_a_failed_compaction_leaves_its_item_undone_by_design(server, mock, key)
     mock.clear_replies()
     mock.enqueue(Reply(sse=[*events[:3], PROVIDER_ERRORS["openai"]]))
     trigger = [{"type": "message", "role": "user", "content": "Go"}, {"type": "compaction_trigger"}]
-    status, _, raw = server.request("POST", route.path, {**responses_body(route.model), "input": trigger}, server.auth(key))
+    status, _, raw = server.request(
+        "POST", route.path, {**responses_body(route.model), "input": trigger}, server.auth(key)
+    )
     response = check_responses(raw)
     kinds = [data["type"] for _, data in parsed_events(raw)]
     assert status == 200 and kinds[2] == "response.output_item.added" and "response.compaction.compacting" in kinds
@@ -783,8 +792,6 @@ def test_a_stream_broken_mid_call_never_does_the_call(server, mock, key, route_n
     raw = ask(server, mock, key, route, [*events[: text[0] + 1], PROVIDER_ERRORS[route.provider]])
     response = check_responses(raw)
     assert [(i["type"], i["status"]) for i in response["output"]] == [("message", "incomplete")], response["output"]
-
-
 
 
 def late_named_stream(model: str) -> list[str]:
@@ -828,7 +835,10 @@ def gemini_bare_end(model: str, content: dict | None) -> list[str]:
     return [text, sse(None, {"candidates": [candidate], "usageMetadata": usage, "modelVersion": model})]
 
 
-BLOCKED = {"promptFeedback": {"blockReason": "SAFETY"}, "usageMetadata": {"promptTokenCount": 12, "totalTokenCount": 12}}
+BLOCKED = {
+    "promptFeedback": {"blockReason": "SAFETY"},
+    "usageMetadata": {"promptTokenCount": 12, "totalTokenCount": 12},
+}
 
 
 @pytest.mark.parametrize("route_name", ["chat>gemini", "messages>gemini", "responses>gemini"])
@@ -838,7 +848,6 @@ def test_geminis_odd_ends_stream_in_grammar(server, mock, key, route_name):
     for content in ({"role": "model"}, {"role": "model", "parts": []}, None):
         route.check(ask(server, mock, key, route, gemini_bare_end(route.model, content)))
     route.check(ask(server, mock, key, route, [sse(None, BLOCKED)]))
-
 
 
 def test_no_usage_from_the_provider_is_null_by_design(server, mock, key):
@@ -854,7 +863,10 @@ def test_no_usage_from_the_provider_is_null_by_design(server, mock, key):
     last = parsed_events(raw)[-1][1]
     assert status == 200 and last["type"] == "response.completed" and last["response"]["usage"] is None, last
     usage = {"input_tokens": 1, "output_tokens": 1, "total_tokens": 2}
-    usage |= {"input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0}, "output_tokens_details": {"reasoning_tokens": 0}}
+    usage |= {
+        "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
+        "output_tokens_details": {"reasoning_tokens": 0},
+    }
     head, tail = raw.rsplit(b'"usage":null', 1)  # the terminal event's
     check_responses(head + b'"usage":' + json.dumps(usage).encode() + tail)
     assert server.trace(headers["x-stockyard-trace-id"])["usage_estimated"] == 1
@@ -863,10 +875,22 @@ def test_no_usage_from_the_provider_is_null_by_design(server, mock, key):
 @pytest.mark.parametrize(
     ("route_name", "error", "kind"),
     [
-        ("messages>gemini", {"code": 503, "message": "The model is overloaded.", "status": "UNAVAILABLE"}, "overloaded_error"),
-        ("messages>gemini", {"code": 429, "message": "Quota exceeded.", "status": "RESOURCE_EXHAUSTED"}, "rate_limit_error"),
+        (
+            "messages>gemini",
+            {"code": 503, "message": "The model is overloaded.", "status": "UNAVAILABLE"},
+            "overloaded_error",
+        ),
+        (
+            "messages>gemini",
+            {"code": 429, "message": "Quota exceeded.", "status": "RESOURCE_EXHAUSTED"},
+            "rate_limit_error",
+        ),
         ("messages>gemini", {"code": 500, "message": "Internal error.", "status": "INTERNAL"}, "api_error"),
-        ("messages>gpt", {"message": "Slow down.", "type": "requests", "code": "rate_limit_exceeded"}, "rate_limit_error"),
+        (
+            "messages>gpt",
+            {"message": "Slow down.", "type": "requests", "code": "rate_limit_exceeded"},
+            "rate_limit_error",
+        ),
         ("messages>gpt", {"message": "The server had an error.", "type": "server_error", "code": None}, "api_error"),
     ],
 )
@@ -882,7 +906,9 @@ def test_the_providers_error_mid_stream_keeps_its_kind(server, mock, key, route_
 RATE_LIMITS = {
     "responses>claude": sse("error", {"type": "error", "error": {"type": "rate_limit_error", "message": "Slow down."}}),
     "responses>gemini": sse(None, {"error": {"code": 429, "message": "Slow down.", "status": "RESOURCE_EXHAUSTED"}}),
-    "responses>groq": sse(None, {"error": {"message": "Slow down.", "type": "requests", "code": "rate_limit_exceeded"}}),
+    "responses>groq": sse(
+        None, {"error": {"message": "Slow down.", "type": "requests", "code": "rate_limit_exceeded"}}
+    ),
 }
 
 
@@ -898,7 +924,6 @@ def test_a_rate_limit_mid_stream_fails_as_one(server, mock, key, route_name):
     assert response["error"]["code"] == "server_error", response["error"]
 
 
-
 def test_geminis_candidates_number_their_calls_each_from_0(server, mock, key):
     """``n: 2``: each choice's ``tool_calls`` indexes from 0 (the second choice's began where the first's
     ended, and a choice without calls finished ``tool_calls`` when another had some)."""
@@ -906,12 +931,21 @@ def test_geminis_candidates_number_their_calls_each_from_0(server, mock, key):
     usage = {"promptTokenCount": 12, "candidatesTokenCount": 9, "totalTokenCount": 21}
 
     def candidate(i: int, parts: list, finish: str | None = None) -> dict:
-        return {"content": {"role": "model", "parts": parts}, "index": i, **({"finishReason": finish} if finish else {})}
+        return {
+            "content": {"role": "model", "parts": parts},
+            "index": i,
+            **({"finishReason": finish} if finish else {}),
+        }
 
     call = {"functionCall": {"id": "c", "name": "get_weather", "args": {"city": "P"}}}
     events = [
-        sse(None, {"candidates": [candidate(0, [{"text": "a"}]), candidate(1, [{"text": "b"}])], "usageMetadata": usage}),
-        sse(None, {"candidates": [candidate(0, [call], "STOP"), candidate(1, [call, call], "STOP")], "usageMetadata": usage}),
+        sse(
+            None, {"candidates": [candidate(0, [{"text": "a"}]), candidate(1, [{"text": "b"}])], "usageMetadata": usage}
+        ),
+        sse(
+            None,
+            {"candidates": [candidate(0, [call], "STOP"), candidate(1, [call, call], "STOP")], "usageMetadata": usage},
+        ),
     ]
     mock.clear_replies()
     mock.enqueue(Reply(sse=events))
