@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import typing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import pydantic
@@ -115,6 +115,8 @@ class OpenItem:
     parts: list[dict]  # content parts (message) or summary parts (reasoning), as the deltas made them
     part_open: bool = False
     arguments: str = ""  # a function call's joined deltas (or a custom tool call's input)
+    arguments_done: bool = False  # its function_call_arguments.done came
+    steps: list[str] = field(default_factory=list)  # a web search's in_progress, searching, completed
 
 
 def check_responses(body: bytes) -> dict:
@@ -219,12 +221,11 @@ def check_item_event(current: OpenItem, kind: str, data: dict) -> None:
             current.arguments += data["delta"]
         else:
             assert kind.endswith(".done") and data["arguments"] == current.arguments, (data, current.arguments)
-            current.item["arguments done"] = True
+            current.arguments_done = True
         return
     if kind.startswith("response.web_search_call."):
         assert item_type == "web_search_call", (kind, item_type)
-        steps = current.item.setdefault("steps", [])
-        steps.append(kind.rsplit(".", 1)[1])
+        current.steps.append(kind.rsplit(".", 1)[1])
         return
     if kind.startswith("response.custom_tool_call_input."):
         assert item_type == "custom_tool_call", (kind, item_type)
@@ -241,7 +242,7 @@ def check_item_event(current: OpenItem, kind: str, data: dict) -> None:
 
 def check_part_event(part: dict, kind: str, data: dict) -> None:
     """An event of an open message content part: deltas of the part's own type, done with what they made."""
-    field = "refusal" if part["type"] == "refusal" else "text"
+    key = "refusal" if part["type"] == "refusal" else "text"
     if kind == "response.content_part.done":
         assert data["part"] == part, (data["part"], part)
         return
@@ -250,12 +251,12 @@ def check_part_event(part: dict, kind: str, data: dict) -> None:
         assert data["annotation_index"] == len(part["annotations"]), (data, part)
         part["annotations"].append(data["annotation"])
         return
-    assert kind.startswith("response.output_text." if field == "text" else "response.refusal."), (kind, part)
+    assert kind.startswith("response.output_text." if key == "text" else "response.refusal."), (kind, part)
     if kind.endswith(".delta"):
         assert isinstance(data["delta"], str) and data["delta"], data
-        part[field] += data["delta"]
+        part[key] += data["delta"]
     else:
-        assert data[field] == part[field], (data, part)
+        assert data[key] == part[key], (data, part)
 
 
 def check_item_done(current: OpenItem, item: dict) -> None:
@@ -268,11 +269,11 @@ def check_item_done(current: OpenItem, item: dict) -> None:
     elif item["type"] == "reasoning":
         assert item["summary"] == current.parts, (item["summary"], current.parts)
     elif item["type"] == "function_call":
-        assert current.item.get("arguments done"), "function call done without function_call_arguments.done"
+        assert current.arguments_done, "function call done without function_call_arguments.done"
         assert item["arguments"] == current.arguments, (item, current.arguments)
         assert item["call_id"] and item["name"], item
     elif item["type"] == "web_search_call":
-        assert current.item.get("steps") == ["in_progress", "searching", "completed"], current.item
+        assert current.steps == ["in_progress", "searching", "completed"], current
     elif item["type"] == "custom_tool_call":
         assert item["input"] == current.arguments, (item, current.arguments)
 
@@ -958,3 +959,31 @@ def test_geminis_candidates_number_their_calls_each_from_0(server, mock, key):
     status, _, raw = server.request("POST", route.path, {**chat_body(route.model), "n": 2}, server.auth(key))
     built = check_chat(raw, usage_asked=True)
     assert [c["finish"] for c in built["choices"].values()] == ["tool_calls", "stop"], built
+
+
+def mutations(body: bytes) -> dict[str, bytes]:
+    """The stream's events with one broken: each a stream its checker must refuse."""
+    blocks = [b for b in body.split(b"\n\n") if b.strip()]
+    call = next(n for n, b in enumerate(blocks) if b"call_a" in b)  # the first call's opening event
+
+    def joined(kept: list[bytes]) -> bytes:
+        return b"\n\n".join(kept) + b"\n\n"
+
+    return {
+        "the first event dropped": joined(blocks[1:]),
+        "the call's opening twice": joined(blocks[: call + 1] + blocks[call:]),
+        "the last two swapped": joined(blocks[:-2] + blocks[-1:] + blocks[-2:-1]),
+        "the end dropped": joined(blocks[:-1]),
+    }
+
+
+@pytest.mark.parametrize("route_name", sorted(ROUTES))
+def test_each_checker_refuses_a_broken_stream(server, mock, key, route_name):
+    """The checkers are not vacuous: a stream Stockyard wrote, one event dropped, doubled or moved, is refused."""
+    route = ROUTES[route_name]
+    body = ask(server, mock, key, route, route.stream(ANSWERS["two calls"], route.model))
+    route.check(body)
+    for name, broken in mutations(body).items():
+        with pytest.raises((AssertionError, KeyError)):
+            route.check(broken)
+            raise RuntimeError(f"{name}: accepted")  # not an AssertionError: pytest.raises fails on it
