@@ -1104,9 +1104,13 @@ class AnthropicToOpenAIStream(ChunkStream):
         return json_bytes(self.received.answer())
 
     def finish(self) -> list[bytes]:
-        """A paused turn that no follow-up continues ends here, incomplete (``length``)."""
-        if not self.paused or self.failed:
+        """A paused turn that no follow-up continues ends here, incomplete (``length``); a stream that
+        ended before its ``message_stop`` ends with an error, as a broken one does (never a stream
+        that just stops: a client would wait for its end, or take a part for the whole answer)."""
+        if self.failed or self.complete:
             return []
+        if not self.paused:
+            return self.fail(502, "incomplete_stream", "the provider's stream ended before its message_stop")
         self.paused, self.complete = False, True
         return self.ending(paused.PAUSE_TURN) + self.done()
 

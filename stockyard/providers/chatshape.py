@@ -581,6 +581,16 @@ def record_stream_error(ctx: RequestContext, kind: str, message: str) -> None:
     ctx.attempt.error_message = message
 
 
+UNENDED = "the provider's stream ended before its [DONE]"
+
+
+def unended(ctx: RequestContext) -> str:
+    """A chat stream that ended cleanly but without ``[DONE]`` (so maybe mid-answer): the trace says it
+    broke, as for the provider's error event; returns the message for the client's error event."""
+    record_stream_error(ctx, "incomplete_stream", UNENDED)
+    return UNENDED
+
+
 class ChunkStream(StreamTranslator):
     """A provider's stream → OpenAI ``chat.completion.chunk`` events: what every translator shares.
 

@@ -777,7 +777,7 @@ class GeminiStream(ChunkStream):
     def __init__(self, ctx: RequestContext) -> None:
         super().__init__(ctx)
         self.started: set[int] = set()  # choices whose role chunk went out
-        self.calls = 0  # tool calls so far (ids and indices continue)
+        self.calls: dict[int, int] = {}  # choice index → its tool calls so far (each choice's indices from 0)
         self.one_call = one_call_only(ctx.body)
         self.called: set[int] = set()  # choices that made their one call (with one_call)
         self.images: dict[int, int] = {}  # choice index → images sent in it
@@ -820,13 +820,14 @@ class GeminiStream(ChunkStream):
                 self.out({"images": [{"index": first + n, **image} for n, image in enumerate(images)]}, index=index)
             )
         if calls:
-            deltas = [{"index": self.calls + n, **call} for n, call in enumerate(calls)]
-            self.calls += len(calls)
+            first = self.calls.get(index, 0)
+            deltas = [{"index": first + n, **call} for n, call in enumerate(calls)]
+            self.calls[index] = first + len(calls)
             out.append(self.out({"tool_calls": deltas}, index=index))
         reason = candidate.get("finishReason")
         if reason:
             self.complete = True
-            out.append(self.out({}, finish_reason(reason, self.calls > 0), index=index))
+            out.append(self.out({}, finish_reason(reason, self.calls.get(index, 0) > 0), index=index))
         return out
 
     def finish(self) -> list[bytes]:

@@ -90,7 +90,25 @@ STOP_REASONS = {
     "function_call": "tool_use",
     "content_filter": "refusal",  # a provider's safety stop (Gemini SAFETY, OpenAI's filter)
 }
-ERROR_TYPES = {"rate_limit_exceeded": "rate_limit_error", "server_error": "api_error"}
+# a chat stream's error code or type → the Anthropic error type a Messages client acts on (Claude Code
+# waits and retries an overloaded or rate-limited answer): OpenAI's codes, Gemini's status names
+ERROR_TYPES = {
+    "rate_limit_exceeded": "rate_limit_error",
+    "RESOURCE_EXHAUSTED": "rate_limit_error",
+    "UNAVAILABLE": "overloaded_error",
+    "server_error": "api_error",
+}
+ANTHROPIC_ERROR_TYPES = {
+    "invalid_request_error",
+    "authentication_error",
+    "permission_error",
+    "not_found_error",
+    "request_too_large",
+    "rate_limit_error",
+    "api_error",
+    "overloaded_error",
+    "timeout_error",
+}
 
 
 def unsupported(param: str, what: str) -> ProxyError:
@@ -538,6 +556,17 @@ def error_from_chat(status: int, body: bytes) -> tuple[str, str]:
     return error_type(ANTHROPIC, status), message
 
 
+def stream_error_type(error: dict) -> str:
+    """The Anthropic error type of a chat stream's error event: by its code, else its type where
+    Anthropic has the same kind, else ``api_error``."""
+    for value in (error.get("code"), error.get("type")):
+        if isinstance(value, str) and value in ERROR_TYPES:
+            return ERROR_TYPES[value]
+        if value in ANTHROPIC_ERROR_TYPES:
+            return str(value)
+    return "api_error"
+
+
 # --------------------------------------------------------------------------- stream
 
 
@@ -559,6 +588,7 @@ class ChatToMessagesStream:
         self.signed = False  # the open thinking block has its signature
         self.choice: dict = {}
         self.order = CallOrder()  # each call's deltas together, in the order the calls began
+        self.unnamed: dict[Any, dict] = {}  # chat index → a call whose name has not come yet (what came of it)
         self.refused = False  # the answer is a refusal (OpenAI's ``refusal``)
         self.usage: Any = None
         self.input_estimate = 0  # message_start's input_tokens, before the provider's count
@@ -624,22 +654,37 @@ class ChatToMessagesStream:
         return out + self.tool_calls(self.order.take(delta.get("tool_calls")))
 
     def tool_calls(self, calls: list[dict]) -> list[bytes]:
-        """Tool-call deltas, each call's together (``CallOrder``): a block for each call."""
+        """Tool-call deltas, each call's together (``CallOrder``): a block for each call, opened once
+        its name has come (some servers send a call's id first, its name in a later delta)."""
         out: list[bytes] = []
         for call in calls:
             fn = obj(call.get("function"))
             position = call.get("index", 0)
+            arguments = fn.get("arguments") if isinstance(fn.get("arguments"), str) else ""
             if self.open_kind != "tool" or self.open_tool != position:
-                signature = thought_signature(call)
-                ident = call.get("id") or f"toolu_{self.message_id.removeprefix('msg_')}_{self.index + 1}"
-                if signature:
-                    out += self.signature(ident, signature)
-                block: dict = {"type": "tool_use", "id": ident, "name": fn.get("name") or "", "input": {}}
-                out += self.open_block("tool", block)
-                self.open_tool = position
-            arguments = fn.get("arguments")
-            if isinstance(arguments, str) and arguments:
+                waiting = self.unnamed.setdefault(position, {"id": None, "name": None, "arguments": "", "sig": None})
+                waiting["id"] = call.get("id") or waiting["id"]
+                waiting["name"] = fn.get("name") or waiting["name"]
+                waiting["arguments"] += arguments
+                waiting["sig"] = thought_signature(call) or waiting["sig"]
+                if not waiting["name"]:
+                    continue
+                del self.unnamed[position]
+                out += self.open_tool_block(position, waiting)
+                arguments = waiting["arguments"]
+            if arguments:
                 out.append(self.delta({"type": "input_json_delta", "partial_json": arguments}))
+        return out
+
+    def open_tool_block(self, position: Any, call: dict) -> list[bytes]:
+        """A ``tool_use`` block for the chat call at ``position`` (its thought signature first, on a thinking block)."""
+        out: list[bytes] = []
+        ident = call["id"] or f"toolu_{self.message_id.removeprefix('msg_')}_{self.index + 1}"
+        if call["sig"]:
+            out += self.signature(ident, call["sig"])
+        block: dict = {"type": "tool_use", "id": ident, "name": call["name"], "input": {}}
+        out += self.open_block("tool", block)
+        self.open_tool = position
         return out
 
     def signature(self, call_id: str, signature: str) -> list[bytes]:

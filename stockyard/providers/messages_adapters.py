@@ -19,7 +19,7 @@ from ..estimate import text_tokens
 from ..httpio import json_bytes
 from . import Provider, messages
 from .base import Adapter, StreamTranslator, UpstreamCall, loads_object
-from .chatshape import chat_chunks, chunk_error, record_stream_error
+from .chatshape import chat_chunks, chunk_error, record_stream_error, unended
 
 _CHAT_BODY = "messages.chat_body"  # ctx.state: the translated body, made once per request
 ESTIMATE_HEADER = "x-stockyard-token-count"
@@ -108,7 +108,10 @@ class MessagesStream(StreamTranslator):
         return self._convert(self.inner.feed(event))
 
     def finish(self) -> list[bytes]:
-        return self._convert(self.inner.finish())
+        """The inner stream's end; one that never said ``[DONE]`` (nor failed) ends with an ``error``
+        event, never a stream that just stops before its ``message_stop``."""
+        out = self._convert(self.inner.finish())
+        return out if self.outer.ended else out + self.outer.fail(unended(self.ctx))
 
     def failure(self, message: str, code: str) -> list[bytes]:
         return self.outer.fail(message)
@@ -127,7 +130,7 @@ class MessagesStream(StreamTranslator):
                 message = str(error.get("message") or "the provider failed")
                 if self.ctx.attempt.outcome != "stream_broken":
                     record_stream_error(self.ctx, str(error.get("code") or "api_error"), message)
-                out += self.outer.fail(message)
+                out += self.outer.fail(message, messages.stream_error_type(error))
                 continue
             out += self.outer.feed(obj)
         return out

@@ -137,6 +137,14 @@ IMAGE_DETAILS = {"auto", "low", "high"}
 INCOMPLETE = {"length": "max_output_tokens", "content_filter": "content_filter"}
 # The codes a Responses ``error`` object may carry; others are reported as server_error.
 ERROR_CODES = {"server_error", "rate_limit_exceeded", "invalid_prompt"}
+RATE_LIMITED = {"rate_limit_exceeded", "rate_limit_error", "RESOURCE_EXHAUSTED"}  # OpenAI's, Anthropic's, Gemini's
+
+
+def stream_error_code(error: dict) -> str:
+    """The ``response.failed`` code of a chat stream's error: ``rate_limit_exceeded`` for a provider's
+    rate limit (Codex waits and retries it), else ``server_error``."""
+    limited = error.get("code") in RATE_LIMITED or error.get("type") in RATE_LIMITED
+    return "rate_limit_exceeded" if limited else "server_error"
 
 
 def unsupported(param: str, what: str) -> ProxyError:
@@ -1368,13 +1376,17 @@ class ChatToResponsesStream:
         return self.event(f"response.{status}", response=self._response)
 
     def fail(self, message: str, code: str) -> list[bytes]:
-        """A broken upstream stream: ``response.failed`` with the output so far."""
+        """A broken upstream stream: ``response.failed`` with the output so far, which is the items done.
+        An open message or reasoning item is done first as it stands (``incomplete``); an open tool call
+        is never done and left out (Codex runs a call once it is done: never half of one)."""
         if self.ended:
             return []
         out = self.start()
         for index in self.open:
             self.output[index]["status"] = "incomplete"
-        self.open = []
+        if self.open and self.output[self.open[-1]]["type"] not in ("message", "reasoning"):
+            del self.output[self.open.pop()]
+        out += self.close("incomplete")
         error = {"code": code if code in ERROR_CODES else "server_error", "message": message}
         self._response = self.snapshot("failed", error)
         self.ended = True
@@ -1556,10 +1568,10 @@ class ChatToResponsesStream:
         done = self.event("response.custom_tool_call_input.done", **self.at(index), input=item["input"])
         return (delta if item["input"] else []) + [done]
 
-    def close(self) -> list[bytes]:
-        """The done events of the open items; their status follows the finish reason."""
+    def close(self, status: str | None = None) -> list[bytes]:
+        """The done events of the open items; their status follows the finish reason (or ``status``)."""
         out: list[bytes] = []
-        status = status_of(self.finish_reason)
+        status = status or status_of(self.finish_reason)
         for index in self.open:
             item = self.output[index]
             if item["type"] == "reasoning":

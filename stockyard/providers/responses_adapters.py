@@ -38,7 +38,7 @@ from ..pricing import Usage
 from ..toolfees import CallTally
 from . import Provider, compaction, responses
 from .base import Adapter, FollowUp, StreamTranslator, UpstreamCall, loads_object, sse_object
-from .chatshape import chat_chunks, chunk_error, note, record_stream_error
+from .chatshape import chat_chunks, chunk_error, note, record_stream_error, unended
 from .messages_adapters import provider_name
 from .openai import auth_headers, request_body
 from .reasoning import unpack
@@ -347,7 +347,13 @@ class OverChatStream(StreamTranslator):
         return self._convert(self.inner.feed(event))
 
     def finish(self) -> list[bytes]:
-        return self._convert(self.inner.finish())
+        """The inner stream's end; one that never said ``[DONE]`` (nor failed) ends ``response.failed``,
+        never a stream that just stops (Codex would wait for its terminal event, or take a part for all)."""
+        out = self._convert(self.inner.finish())
+        if self.done:
+            return out
+        self.done = True
+        return out + self.outer.fail(unended(self.ctx), "server_error")
 
     def paused_answer(self) -> bytes | None:
         return self.inner.paused_answer()
@@ -369,7 +375,8 @@ class OverChatStream(StreamTranslator):
             error = chunk_error(obj)
             if error is not None:
                 self.done = True
-                out += self.outer.fail(str(error.get("message") or "the provider failed"), "server_error")
+                message = str(error.get("message") or "the provider failed")
+                out += self.outer.fail(message, responses.stream_error_code(error))
                 continue
             out += self.outer.feed(obj)
         return out
