@@ -19,7 +19,7 @@ from ..estimate import text_tokens
 from ..httpio import json_bytes
 from . import Provider, messages
 from .base import Adapter, StreamTranslator, UpstreamCall, loads_object
-from .chatshape import chat_chunks, chunk_error, record_stream_error, unended
+from .chatshape import chat_chunks, chunk_error, done_event, record_stream_error, unended
 
 _CHAT_BODY = "messages.chat_body"  # ctx.state: the translated body, made once per request
 ESTIMATE_HEADER = "x-stockyard-token-count"
@@ -109,9 +109,14 @@ class MessagesStream(StreamTranslator):
 
     def finish(self) -> list[bytes]:
         """The inner stream's end; one that never said ``[DONE]`` (nor failed) ends with an ``error``
-        event, never a stream that just stops before its ``message_stop``."""
+        event, never a stream that just stops before its ``message_stop`` — unless its answer finished
+        (a ``finish_reason`` came: a lax server that sends no ``[DONE]``), which ends as if it had."""
         out = self._convert(self.inner.finish())
-        return out if self.outer.ended else out + self.outer.fail(unended(self.ctx))
+        if self.outer.ended:
+            return out
+        if self.outer.choice.get("finish_reason"):
+            return out + self._convert([done_event()])
+        return out + self.outer.fail(unended(self.ctx))
 
     def failure(self, message: str, code: str) -> list[bytes]:
         return self.outer.fail(message)

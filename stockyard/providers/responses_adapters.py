@@ -38,7 +38,7 @@ from ..pricing import Usage
 from ..toolfees import CallTally
 from . import Provider, compaction, responses
 from .base import Adapter, FollowUp, StreamTranslator, UpstreamCall, loads_object, sse_object
-from .chatshape import chat_chunks, chunk_error, note, record_stream_error, unended
+from .chatshape import chat_chunks, chunk_error, done_event, note, record_stream_error, unended
 from .messages_adapters import provider_name
 from .openai import auth_headers, request_body
 from .reasoning import unpack
@@ -348,10 +348,13 @@ class OverChatStream(StreamTranslator):
 
     def finish(self) -> list[bytes]:
         """The inner stream's end; one that never said ``[DONE]`` (nor failed) ends ``response.failed``,
-        never a stream that just stops (Codex would wait for its terminal event, or take a part for all)."""
+        never a stream that just stops (Codex would wait for its terminal event, or take a part for all)
+        — unless its answer finished (a ``finish_reason`` came), which ends as if ``[DONE]`` had."""
         out = self._convert(self.inner.finish())
         if self.done:
             return out
+        if self.outer.finish_reason:  # the answer finished; only a lax server's [DONE] is missing
+            return out + self._convert([done_event()])
         self.done = True
         return out + self.outer.fail(unended(self.ctx), "server_error")
 
