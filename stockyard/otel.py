@@ -41,7 +41,7 @@ from urllib.parse import urlsplit
 
 from . import __version__
 from .context import Attempt, RequestContext
-from .otel_messages import answer_content, request_body, request_content
+from .otel_messages import PARSE_CAP, answer_content, request_body, request_content
 from .otel_tools import tool_definitions
 
 log = logging.getLogger("stockyard.otel")
@@ -87,6 +87,11 @@ MEDIA_OUTPUTS = {
 }
 OPENAI_API_TYPES = {"chat": "chat_completions", "responses": "responses"}  # openai.api.type
 _FINISH = re.compile(rb'"(?:finish_reason|stop_reason|finishReason)"\s*:\s*"([A-Za-z_]{1,40})"')
+# The Responses API names no finish reason: its answer's status does (a stream's last event's type).
+_RESPONSE_END = re.compile(rb'"type"\s*:\s*"response\.(completed|incomplete|failed)"')
+_INCOMPLETE = re.compile(rb'"incomplete_details"\s*:\s*\{\s*"reason"\s*:\s*"([a-z_]{1,40})"')
+_FUNCTION_CALL = re.compile(rb'"type"\s*:\s*"function_call"')
+INCOMPLETE_REASONS = {"max_output_tokens": "length", "content_filter": "content_filter"}
 
 
 def upstream_headers(ctx: RequestContext, attempt: Attempt, exporting: bool) -> dict[str, str]:
@@ -125,9 +130,32 @@ def _attributes(values: dict[str, Any]) -> list[dict[str, Any]]:
     return [{"key": k, "value": _value(v)} for k, v in values.items() if v is not None and v != []]
 
 
-def finish_reasons(body: bytes | bytearray) -> list[str]:
-    """Finish reasons named in an answer (JSON or an event stream), in order, once each."""
-    return list(dict.fromkeys(m.decode() for m in _FINISH.findall(body)))
+def finish_reasons(body: bytes | bytearray, stream: bool = False) -> list[str]:
+    """Finish reasons named in an answer (JSON or an event stream), in order, once each; a
+    Responses API answer's from its status (:func:`responses_finish`)."""
+    return list(dict.fromkeys(m.decode() for m in _FINISH.findall(body))) or responses_finish(body, stream)
+
+
+def responses_finish(body: bytes | bytearray, stream: bool) -> list[str]:
+    """The finish reason of a Responses API answer, which has a status instead: completed is
+    ``stop`` (``tool_call`` when it calls a function), incomplete its reason (``length`` for
+    ``max_output_tokens``), failed ``error``; nothing when the body is not such an answer."""
+    if stream:
+        ends = _RESPONSE_END.findall(body)
+        status = ends[-1].decode() if ends else None
+    else:
+        try:
+            doc = json.loads(body) if body[:1] == b"{" and len(body) <= PARSE_CAP else None
+        except ValueError:  # cut in the trace, or not JSON
+            return []
+        status = doc.get("status") if isinstance(doc, dict) and doc.get("object") == "response" else None
+    if status == "completed":
+        return ["tool_call" if _FUNCTION_CALL.search(body) else "stop"]
+    if status == "incomplete":
+        found = _INCOMPLETE.search(body)
+        reason = found.group(1).decode() if found else "max_output_tokens"
+        return [INCOMPLETE_REASONS.get(reason, reason)]
+    return ["error"] if status == "failed" else []
 
 
 def provider_name(attempt: Attempt) -> str | None:
@@ -147,12 +175,13 @@ def _common(ctx: RequestContext, a: Attempt) -> dict[str, Any]:
         "gen_ai.request.model": ctx.model,
         "gen_ai.response.model": a.served_model or a.upstream_model,
         "gen_ai.usage.input_tokens": u.prompt_tokens if u else None,
-        "gen_ai.usage.output_tokens": u.completion_tokens if u else None,
+        # an embedding is no generated output: the conventions' embeddings span counts input only
+        "gen_ai.usage.output_tokens": u.completion_tokens if u and ctx.endpoint != "embeddings" else None,
         # parts of the two above, as the provider reported them (zero: not reported, or none)
         "gen_ai.usage.cache_read.input_tokens": (u.cached_tokens or None) if u else None,
         "gen_ai.usage.cache_creation.input_tokens": (u.cache_write_tokens or None) if u else None,
         "gen_ai.usage.reasoning.output_tokens": (u.reasoning_tokens or None) if u else None,
-        "gen_ai.response.finish_reasons": finish_reasons(a.response_body) or None,
+        "gen_ai.response.finish_reasons": finish_reasons(a.response_body, ctx.stream) or None,
         "error.type": a.error_type or (str(a.status) if a.status >= 400 else None),
         "http.response.status_code": a.status or None,
         "stockyard.provider": a.provider.name if a.provider else None,
@@ -203,7 +232,7 @@ def _span(
     span = {
         "traceId": ctx.otel_trace_id,
         "spanId": span_id,
-        "name": f"{OPERATIONS.get(ctx.endpoint, ctx.endpoint)} {ctx.model or ''}".strip(),
+        "name": f"{OPERATIONS.get(ctx.endpoint, ctx.endpoint)} {extra.get('gen_ai.request.model', ctx.model) or ''}".strip(),
         "kind": kind,
         "startTimeUnixNano": str(start_ns),
         "endTimeUnixNano": str(max(start_ns, end_ns)),
@@ -238,11 +267,11 @@ def request_parameters(ctx: RequestContext) -> dict[str, Any]:
     body = ctx.body if isinstance(ctx.body, dict) else {}
     if ctx.endpoint in MEDIA_OUTPUTS:  # an image, speech or a transcript, whatever the format
         return {"gen_ai.output.type": MEDIA_OUTPUTS[ctx.endpoint]}
-    if ctx.endpoint == "embeddings":  # the embeddings span's own settings (OpenAI's body)
+    if ctx.endpoint == "embeddings":  # the embeddings span's own settings (OpenAI's body, or Gemini's)
         fmt = body.get("encoding_format")
         return {
             "gen_ai.request.encoding_formats": [fmt[:64]] if isinstance(fmt, str) and fmt else None,
-            "gen_ai.embeddings.dimension.count": _count(body.get("dimensions")),
+            "gen_ai.embeddings.dimension.count": _count(body.get("dimensions", gemini_dimensions(body))),
         }
     if ctx.dialect == "gemini":
         config = body.get("generationConfig") or body.get("generation_config")
@@ -297,6 +326,14 @@ def request_parameters(ctx: RequestContext) -> dict[str, Any]:
         "gen_ai.request.stream": True if ctx.stream else None,  # unset means not streamed
         "gen_ai.output.type": values["output"],
     }
+
+
+def gemini_dimensions(body: dict) -> Any:
+    """The ``outputDimensionality`` of a Gemini embedContent body, or of a batchEmbedContents
+    body's first request (a batch asks one model, each request may say it again)."""
+    requests = body.get("requests")
+    first = requests[0] if isinstance(requests, list) and requests and isinstance(requests[0], dict) else body
+    return first.get("outputDimensionality")
 
 
 def _asked_media(modalities: Any) -> str | None:
@@ -394,6 +431,8 @@ def spans_for(ctx: RequestContext, *, content: bool, scrub: Callable[[str], str]
             **answer_timing(ctx, a, a.started),
             "gen_ai.response.id": request_extra["gen_ai.response.id"] if a is ctx.attempt else response_id(a, scrub),
         }
+        if a.upstream_model:  # a CLIENT span is one call: the model asked of its provider (a fallback's own)
+            extra["gen_ai.request.model"] = a.upstream_model
         if content and a is not ctx.attempt:  # the last attempt's answer is on the request's span
             extra.update({k: v for k, v in answer_content(ctx, a, scrub).items() if v is not None})
         spans.append(
