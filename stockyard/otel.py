@@ -227,12 +227,13 @@ def _span(
 ) -> dict[str, Any]:
     failed = a.status >= 400 or a.outcome not in ("ok",)
     status: dict[str, Any] = {"code": STATUS_ERROR if failed else STATUS_OK}
+    model = extra.get("gen_ai.request.model", ctx.model)  # an attempt's: the model asked of its provider
     if failed and a.error_type:
         status["message"] = a.error_type
     span = {
         "traceId": ctx.otel_trace_id,
         "spanId": span_id,
-        "name": f"{OPERATIONS.get(ctx.endpoint, ctx.endpoint)} {extra.get('gen_ai.request.model', ctx.model) or ''}".strip(),
+        "name": f"{OPERATIONS.get(ctx.endpoint, ctx.endpoint)} {model or ''}".strip(),
         "kind": kind,
         "startTimeUnixNano": str(start_ns),
         "endTimeUnixNano": str(max(start_ns, end_ns)),
