@@ -87,7 +87,7 @@ def write_old_traces(srv: ServerProcess) -> None:
     key_ids = {r["name"]: r["id"] for r in srv.db_rows("SELECT id, name FROM client_keys")}
     conn = open_database(srv.db)
     try:
-        conn.execute("BEGIN")
+        conn.execute("BEGIN IMMEDIATE")  # a write transaction on either store
         TraceRow.write_many(conn, old_traces(key_ids))
         conn.execute("COMMIT")
     finally:
