@@ -247,7 +247,9 @@ SUMMED = ("requests", "prompt_tokens", "completion_tokens", "cached_tokens", "re
 def traced_rows(server: ServerProcess) -> list[dict]:
     return server.db_rows(
         "SELECT ts, key_id, project, provider, model, served_model, end_user, tags, outcome, parent_id, status, "
-        "prompt_tokens, completion_tokens, cached_tokens, reasoning_tokens, cost_uc, cost_status FROM traces"
+        "prompt_tokens, completion_tokens, cached_tokens, reasoning_tokens, cost_uc, cost_status, "
+        "ts_ms >= ? AS ts_ms_now FROM traces",
+        (NOW_MS,),
     )
 
 
@@ -429,6 +431,14 @@ def test_the_traffic_has_every_kind_the_reports_are_held_to(server, traffic):
     assert len({r["key_id"] for r in rows}) >= 5 and any(r["key_id"] is None for r in rows)
     assert any(r["cost_status"] == "unknown" for r in rows)
     assert {r["provider"] for r in rows} >= {"openai", "groq", "anthropic"}
+    rng = random.Random(4343)  # the generated table again: its end users and tags, by header and by body
+    table = [random_request(rng, i) for i in range(40)]
+    by_body = [b for _, b, h in table if "metadata" in b]
+    assert by_body and [b for _, b, h in table if "x-stockyard-tags" in h]
+    tagged = [r for r in rows if r["tags"] and "team" in json.loads(r["tags"]) and r["ts_ms_now"]]
+    assert len(tagged) >= sum(1 for _, b, h in table if "metadata" in b or "x-stockyard-tags" in h)
+    users = [r for r in rows if r["end_user"] and r["ts_ms_now"]]
+    assert len(users) >= sum(1 for _, b, h in table if "user" in b or "x-stockyard-user" in h)
     assert sum(r["cost_uc"] or 0 for r in rows) < admin(server, "GET", "/api/costs")[1]["total"]["cost_uc"], (
         "retention deleted priced traces whose rollups stay"
     )
