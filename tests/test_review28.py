@@ -199,7 +199,8 @@ def test_a_budgeted_batch_may_ask_for_a_priced_mode_held_at_its_rate(server, moc
     mock.clear()
     with pytest.raises(anthropic.RateLimitError) as refused:
         client.messages.batches.create(requests=[{"custom_id": "us", "params": {**params, "inference_geo": "us"}}])
-    assert refused.value.body["error"]["type"] == "budget_exceeded", refused.value.body
+    error = refused.value.body["error"]  # Anthropic's type for a 429, the reason in details (errors.ANTHROPIC_TYPES)
+    assert (error["type"], error["details"]["error_code"]) == ("rate_limit_error", "budget_exceeded"), error
     assert not [r for r in mock.requests if r.path.startswith("/v1/messages/batches")]
     assert client.messages.batches.create(requests=[{"custom_id": "global", "params": params}]).id
     small = {**params, "max_tokens": 1000, "inference_geo": "us"}

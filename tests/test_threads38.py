@@ -165,7 +165,8 @@ def test_a_continue_is_held_at_its_threads_size(server: ServerProcess, mock: Moc
     before = len(mock.requests)
     with pytest.raises(anthropic.RateLimitError) as failure:
         create(server, "small", BILL_MAX, max_tokens=10, messages=MORE, thread=go_on(first.id))
-    assert error_of(failure)["type"] == "budget_exceeded"
+    error = error_of(failure)  # Anthropic's type for a 429, the reason in details (errors.ANTHROPIC_TYPES)
+    assert (error["type"], error["details"]["error_code"]) == ("rate_limit_error", "budget_exceeded"), error
     assert mock.requests[before:] == []
     unthreaded = server.anthropic("small").messages.create(model=BILL_MAX, max_tokens=10, messages=MORE)
     assert unthreaded.usage.output_tokens == 10
