@@ -206,6 +206,7 @@ def server(pyz_path, cache_home, mock, tmp_path_factory):
         "searcher": ["--budget-usd", "0.30", *day],
         "cacher": ["--budget-usd", "0.16", *day],
         "long": ["--budget-usd", "0.35", *day],
+        "fetcher": ["--budget-usd", "0.40", *day],
     }
     with served(pyz_path, tmp_path_factory, "review44", env, keys, never_logged=(ANTHROPIC_KEY,)) as srv:
         yield srv
@@ -372,6 +373,8 @@ def admitted(server: ServerProcess, mock, who: str, model: str, **extra: object)
     status, data, _ = call(server, "messages", model, False, who=who, **extra)
     if status == 429:
         assert json.loads(data)["error"]["type"] in ("rate_limit_error", "budget_exceeded"), data[:300]
+    if status == 403:
+        assert b"the budget on this key cannot be enforced" in data, data[:300]
     return status
 
 
@@ -383,6 +386,20 @@ def test_a_budget_holds_a_web_search_tools_max_uses_searches(server, mock):
     # $0.30 left: 40 searches may cost $0.40 (tokens: under a cent) → refused; 20 ($0.20) → admitted
     assert admitted(server, mock, "searcher", HAIKU, tools=search_tool(40), max_tokens=100) == 429
     assert admitted(server, mock, "searcher", HAIKU, tools=search_tool(20), max_tokens=100) == 200
+
+
+def fetch_tool(uses: int, tokens: int | None) -> list[dict]:
+    tool = {"type": "web_fetch_20250910", "name": "web_fetch", "max_uses": uses}
+    return [{**tool, "max_content_tokens": tokens}] if tokens else [tool]
+
+
+def test_a_budget_holds_a_web_fetch_tools_pages_as_input_and_refuses_an_unbounded_one(server, mock):
+    # a fetch is free, its pages are input: 4 × 100k tokens at Haiku 4.5's dearest input rate (a
+    # 5-minute write, $1.25/1M) is $0.50, above the $0.40 budget; 2 pages ($0.25) are under it
+    assert admitted(server, mock, "fetcher", HAIKU, tools=fetch_tool(4, 100_000), max_tokens=100) == 429
+    assert admitted(server, mock, "fetcher", HAIKU, tools=fetch_tool(2, 100_000), max_tokens=100) == 200
+    # pages of any size: nothing bounds it (403, permission_error in Anthropic's shape)
+    assert admitted(server, mock, "fetcher", HAIKU, tools=fetch_tool(2, None), max_tokens=100) == 403
 
 
 def cached_prompt(ttl: str | None) -> list[dict]:
