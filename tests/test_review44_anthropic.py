@@ -207,6 +207,7 @@ def server(pyz_path, cache_home, mock, tmp_path_factory):
         "cacher": ["--budget-usd", "0.16", *day],
         "long": ["--budget-usd", "0.35", *day],
         "fetcher": ["--budget-usd", "0.40", *day],
+        "batcher": ["--budget-usd", "0.30", *day],
     }
     with served(pyz_path, tmp_path_factory, "review44", env, keys, never_logged=(ANTHROPIC_KEY,)) as srv:
         yield srv
@@ -423,3 +424,20 @@ def test_a_budget_holds_a_prompt_that_may_pass_200k_at_the_long_context_rates(se
     prompt = [{"role": "user", "content": "word " * 60_000}]
     assert admitted(server, mock, "long", SONNET45, messages=prompt, max_tokens=100) == 429
     assert admitted(server, mock, "long", SONNET46, messages=prompt, max_tokens=100) == 200
+
+
+def test_a_message_batch_is_held_its_requests_searches_whole(server, mock):
+    # a batch halves tokens, not the search fee: 40 searches ($0.40) pass the $0.30 budget, 20 do not
+    def create(uses: int) -> int:
+        params = {"model": HAIKU, "max_tokens": 100, "messages": HELLO, "tools": search_tool(uses)}
+        status, _, data = server.request(
+            "POST",
+            "/v1/messages/batches",
+            {"requests": [{"custom_id": "s", "params": params}]},
+            headers={"x-api-key": server.secret("batcher"), "anthropic-version": "2023-06-01"},
+        )
+        assert status in (200, 429), data[:300]
+        return status
+
+    assert create(40) == 429
+    assert create(20) == 200
