@@ -45,7 +45,7 @@ from .metrics import Metrics
 from .modules.budget import spent_uc
 from .pricing import Price, Usage, cost_numerator, discounted_microcents
 from .providers import Provider, Registry, media
-from .providers.anthropic import thinking_chars, with_thinking
+from .providers.anthropic import message_usage
 from .providers.responses_adapters import upstream_headers
 from .proxy import RequestPath
 from .store import Store
@@ -105,9 +105,10 @@ def openai_line_usage(batch: dict) -> UsageOf:
 
 def anthropic_usage_of(doc: dict) -> tuple[str, Usage, str | None] | None:
     """An Anthropic message batch result line: a ``succeeded`` result's message, its model and
-    usage (cache reads and writes, web searches) and the mode its usage says served it (US-only
-    inference: 1.1x), priced as ``/v1/messages`` prices it. Errored, canceled and expired requests
-    are not billed."""
+    usage read as ``/v1/messages`` reads a whole answer's (``anthropic.message_usage``: cache reads
+    and writes, its thinking, web searches — those its content shows ran too) and the mode its usage
+    says served it (US-only inference: 1.1x), priced as ``/v1/messages`` prices it. Errored, canceled
+    and expired requests are not billed."""
     result = doc.get("result")
     if not isinstance(result, dict) or result.get("type") != "succeeded":
         return None
@@ -116,9 +117,9 @@ def anthropic_usage_of(doc: dict) -> tuple[str, Usage, str | None] | None:
         return None
     named = message.get("model")
     reported = message["usage"]
-    usage = Usage.from_anthropic(reported)
+    usage = message_usage(message) or Usage.from_anthropic(reported)
     mode = claude_mode(reported.get("speed"), reported.get("inference_geo"))
-    return (named if isinstance(named, str) else ""), with_thinking(usage, thinking_chars(message)) or usage, mode
+    return (named if isinstance(named, str) else ""), usage, mode
 
 
 def openai_response_of(doc: dict) -> dict | None:

@@ -850,6 +850,7 @@ class AnthropicChatAdapter(Adapter):
         with shape_errors(502, "the provider answer"):
             last = messages[-1]
             ctx.attempt.serve(last.get("model"), messages[0].get("id"))
+            ctx.attempt.serve_claude(last.get("usage"))  # the speed and geography that served it: its price
             ctx.attempt.usage = message_usage(last)
             return completion(
                 messages[0].get("id") or ctx.trace_id,
