@@ -1,0 +1,354 @@
+"""Budgets and rate limits under concurrent, messy traffic (review 44).
+
+A key with a small ``total`` budget and a key with an rpm limit, each driven by concurrent clients
+sending a seeded random mix over raw HTTP: plain and streamed answers, streams the client leaves
+mid-way, streams and whole answers the provider cuts, read timeouts, upstream 429s, fallbacks from a
+failing model to a dearer and to a cheaper one (after a retry), cache hits, answers billed to their
+cap, two choices, malformed JSON. Run on one process, a ``--workers 2`` group (the parent's ledger)
+and two replicas on one PostgreSQL database (the shared ledger). The mock upstream picks each
+request's behaviour from the words of its message (``MockUpstream.script``), so the mix does not
+depend on which request reaches the mock first.
+
+When everything has settled:
+
+- spend ≤ the limit. The general bound is the limit plus the largest worst case in flight when the
+  limit is crossed (an answer may cost more than its hold where Stockyard cannot know the cost
+  beforehand); in this mix no answer can cost more than its hold (the mock bills at most the caps,
+  12 prompt tokens, and cut or timed-out attempts are billed their input estimate, which the hold
+  counted), so any spend past the limit itself is a hold that did not cover its answer, or a request
+  admitted past the limit;
+- the ledger's spend (read from a refusal of a request too large for any budget, which names the
+  spend and what requests in flight hold) equals the sum of the key's traces' ``cost_uc``, every
+  attempt's row included, exactly, and nothing is held (each hold settled once);
+- the rollups' spend (``GET /api/keys/{id}``) equals it too;
+- the rpm key's admitted requests (traced, not refused) never pass the rpm in any 60 s window of
+  their traces' timestamps, and reach it;
+- every request a client sent has its trace id; each answered one has exactly one root trace row;
+  Stockyard's own refusals beyond the per-key refusal bucket are documented as only counted
+  (``key_refusals_unrecorded_total``, ``tracing.RefusalRecorder``): traced plus counted is every
+  refusal.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import random
+import re
+import socket
+import struct
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Iterator
+
+import pytest
+from conftest import OPENAI_KEY, ServerProcess, base_env, wait_for
+from mock_upstream import MockUpstream, Recorded, Reply
+
+ADMIN = "admin-key-for-review44-race-0123456789"
+LIMIT_UC = 150_000  # $0.0015: about 70 of this mix's answers, so the budget is crossed mid-run
+RPM = 8
+SEED = 44
+BUDGET_CLIENTS, BUDGET_EACH = 10, 10
+RPM_CLIENTS, RPM_EACH = 4, 5
+CAP = 20  # max_tokens of every request (the worst case's output)
+PRICES = {  # USD per 1M tokens (input, output): 100 and 200 µ¢ a token for the plain model
+    "mock-race": ("1", "2"),
+    "mock-race-slow": ("1", "2"),
+    "mock-race-bill-max": ("1", "2"),
+    "mock-race-dear": ("4", "8"),
+    "mock-race-cheap": ("0.5", "1"),
+    "mock-error-500": ("1", "2"),
+    "mock-error-503": ("1", "2"),
+}
+MODULES = {
+    "fallback": {
+        "chains": {
+            "openai/mock-error-500": ["openai/mock-race-dear"],
+            "openai/mock-error-503": ["openai/mock-race-cheap"],
+        },
+        "retries": 1,
+        "backoff_ms": 10,
+        "max_backoff_ms": 20,
+        "breaker_failures": 0,
+    },
+    "timeout": {"models": {"mock-race-slow": 0.5}},
+    "cache": {},
+}
+# kind → (model, stream); what the mock does with it is :func:`reply_for`'s
+KINDS = {
+    "plain": ("mock-race", False),
+    "stream": ("mock-race", True),
+    "leave": ("mock-race", True),  # the client leaves after the first event
+    "cut_stream": ("mock-race", True),  # the provider closes after two events
+    "cut_plain": ("mock-race", False),  # the provider closes inside the body
+    "timeout": ("mock-race-slow", False),  # the provider hangs past the 0.5 s read timeout
+    "upstream_429": ("mock-race", False),
+    "fallback_dear": ("mock-error-500", False),
+    "fallback_cheap": ("mock-error-503", True),
+    "cached": ("mock-race", False),
+    "bill_max": ("mock-race-bill-max", True),
+    "two": ("mock-race", False),  # n=2
+    "bad_json": ("mock-race", False),
+}
+REFUSAL_CODES = ("budget_exceeded", "rate_limit_exceeded")
+
+
+def reply_for(req: Recorded) -> Reply | None:
+    """The mock's behaviour for one request, from the ``do=…`` word its message carries."""
+    body = req.json if isinstance(req.json, dict) else {}
+    messages = body.get("messages") or [{}]
+    found = re.search(r"do=(\w+)", str(messages[0].get("content", "")))
+    kind = found.group(1) if found else ""
+    if kind == "leave":
+        return Reply(sse_delay_ms=40)  # paced, so the client is gone before the end
+    if kind == "cut_stream":
+        return Reply(cut_after=2)
+    if kind == "cut_plain":
+        return Reply(cut_after=30)  # the head and 30 bytes of the body
+    if kind == "timeout":
+        return Reply(hang_s=3)
+    if kind == "upstream_429":
+        return Reply(status=429)
+    if kind in ("plain", "stream", "two", "bill_max"):
+        return Reply(hang_s=0.05)  # in flight together with the others
+    return None
+
+
+@dataclass
+class Sent:
+    """One request a client sent and what came back."""
+
+    key: str
+    kind: str
+    status: int
+    trace_id: str | None
+    code: str | None  # the error code of Stockyard's refusal, if it was one
+
+
+# -- the deployments: one process, a group of two workers, two PostgreSQL replicas -----------------
+@pytest.fixture(scope="module")
+def upstream() -> Iterator[MockUpstream]:
+    """A mock of this file's own (its ``script`` would answer other files' requests)."""
+    with MockUpstream() as mock:
+        mock.script = reply_for
+        yield mock
+
+
+def prepare(server: ServerProcess) -> dict[str, str]:
+    """Prices, modules and the two keys, by the CLI before the start: every worker and replica
+    starts with them. Returns the keys' secrets by name."""
+    for model, (inp, out) in PRICES.items():
+        done = server.cli("prices", "set", model, "--input", inp, "--output", out)
+        assert done.returncode == 0, done.stderr
+    for name, config in MODULES.items():
+        done = server.cli("modules", "set", name, "--config", json.dumps(config))
+        assert done.returncode == 0, done.stderr
+        assert server.cli("modules", "enable", name).returncode == 0
+    budget = f"{Decimal(LIMIT_UC) / 10**8:f}"
+    return server.create_keys(
+        {"budgeted": ["--budget-usd", budget, "--budget-period", "total"], "limited": ["--rpm", str(RPM)]}
+    )
+
+
+@pytest.fixture(params=["process", "workers", "replicas"])
+def deployment(request, pyz_path, cache_home, upstream, tmp_path) -> Iterator[list[ServerProcess]]:
+    env = {
+        **base_env(cache_home),
+        "OPENAI_API_KEY": OPENAI_KEY,
+        "OPENAI_BASE_URL": upstream.url + "/v1",
+        "STOCKYARD_ADMIN_KEY": ADMIN,
+    }
+    if request.param == "replicas":
+        url = request.getfixturevalue("pg_url")
+        servers = [ServerProcess(pyz_path, url, env) for _ in range(2)]  # type: ignore[arg-type]
+    else:
+        args = ["--workers", "2"] if request.param == "workers" else []
+        servers = [ServerProcess(pyz_path, tmp_path / "stockyard.db", env, args)]
+    secrets = prepare(servers[0])
+    for server in servers:
+        server.keys = secrets
+        server.start()
+    yield servers
+    for server in servers:
+        server.stop()
+    for server in servers:
+        assert "Traceback" not in server.log, server.log[-3000:]
+
+
+# -- the clients ------------------------------------------------------------------------------------
+def body_of(kind: str, client: int, i: int) -> bytes:
+    """The request of one kind; a cached one is the same for every client of the key (a hit)."""
+    if kind == "bad_json":
+        return b'{"model": "mock-race", "messages": [{"role": "user", "content": "do=bad_json"'
+    model, stream = KINDS[kind]
+    words = f"r44 do={kind} a{i % 3}" if kind == "cached" else f"r44 do={kind} c{client} i{i}"
+    body: dict = {"model": model, "messages": [{"role": "user", "content": words}], "max_tokens": CAP}
+    if stream:
+        body["stream"] = True
+        body["stream_options"] = {"include_usage": True}
+    if kind == "two":
+        body["n"] = 2
+    return json.dumps(body).encode()
+
+
+def head_of(raw: bytes) -> tuple[int, dict[str, str]]:
+    lines = raw.split(b"\r\n\r\n", 1)[0].decode("latin-1").split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+    return int(lines[0].split()[1]), headers
+
+
+def leave(server: ServerProcess, secret: str, payload: bytes) -> tuple[int, dict[str, str], bytes]:
+    """Send a streamed request over a raw socket and leave (a reset) after its first event, or
+    read a refusal whole."""
+    client = socket.create_connection(("127.0.0.1", server.port), timeout=30)
+    received = b""
+    try:
+        client.sendall(
+            f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {secret}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n".encode()
+            + payload
+        )
+        while b"\r\n\r\n" not in received or (b"data:" not in received and not refusal_read(received)):
+            chunk = client.recv(1 << 16)
+            assert chunk, received[-300:]
+            received += chunk
+    finally:
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        client.close()
+    status, headers = head_of(received)
+    return status, headers, received.split(b"\r\n\r\n", 1)[1]
+
+
+def refusal_read(received: bytes) -> bool:
+    """A whole answer that is not a stream (a refusal): its Content-Length of body arrived."""
+    status, headers = head_of(received)
+    length = headers.get("content-length")
+    return status != 200 and length is not None and len(received.split(b"\r\n\r\n", 1)[1]) >= int(length)
+
+
+def send(server: ServerProcess, key: str, kind: str, client: int, i: int) -> Sent:
+    payload, secret = body_of(kind, client, i), server.secret(key)
+    if kind == "leave":
+        status, headers, data = leave(server, secret, payload)
+    else:
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+        try:
+            auth = {"Authorization": f"Bearer {secret}", "Content-Type": "application/json"}
+            conn.request("POST", "/v1/chat/completions", body=payload, headers=auth)
+            answer = conn.getresponse()
+            status, headers, data = answer.status, {k.lower(): v for k, v in answer.getheaders()}, answer.read()
+        finally:
+            conn.close()
+    code = None
+    if status >= 400 and headers.get("content-type", "").startswith("application/json"):
+        code = (json.loads(data).get("error") or {}).get("code")
+    return Sent(key, kind, status, headers.get("x-stockyard-trace-id"), code)
+
+
+def traffic(servers: list[ServerProcess]) -> list[Sent]:
+    """Every client's seeded mix at once, spread over the servers; what each request got."""
+    plans = [("budgeted", c, BUDGET_EACH) for c in range(BUDGET_CLIENTS)]
+    plans += [("limited", BUDGET_CLIENTS + c, RPM_EACH) for c in range(RPM_CLIENTS)]
+    start = threading.Barrier(len(plans))
+
+    def client(plan: tuple[str, int, int]) -> list[Sent]:
+        key, number, count = plan
+        rng = random.Random(SEED * 1000 + number)
+        start.wait()
+        return [
+            send(servers[(number + i) % len(servers)], key, rng.choice(list(KINDS)), number, i) for i in range(count)
+        ]
+
+    with ThreadPoolExecutor(max_workers=len(plans)) as pool:
+        return [sent for each in pool.map(client, plans) for sent in each]
+
+
+# -- what the servers say afterwards -------------------------------------------------------------
+def to_uc(usd: str) -> int:
+    return int(Decimal(usd) * 10**8)
+
+
+def ledger_of(server: ServerProcess, key: str) -> tuple[int, int]:
+    """(spent, held) of the key's budget in the ledger, from the refusal of a request no budget
+    admits (a cap of a million tokens): it names both (no held part when nothing is held)."""
+    body = {"model": "mock-race", "messages": [{"role": "user", "content": "r44 probe"}], "max_tokens": 1_000_000}
+    status, _, data = server.request("POST", "/v1/chat/completions", body, server.auth(key))
+    message = json.loads(data)["error"]["message"]
+    assert status == 429, data
+    found = re.search(r"allows no more: \$([\d.]+) spent(?:, \$([\d.]+) held by requests in flight)?", message)
+    assert found, message
+    return to_uc(found.group(1)), to_uc(found.group(2) or "0")
+
+
+def rows_of(server: ServerProcess, key_id: str) -> list[dict]:
+    sql = "SELECT id, parent_id, cost_uc, ts_ms, status, error_type, outcome FROM traces WHERE key_id = ?"
+    return server.db_rows(sql, (key_id,))
+
+
+def unrecorded(servers: list[ServerProcess]) -> int:
+    """Refusals of client keys counted but not traced (the refusal bucket), over every process."""
+    total = 0.0
+    for server in servers:
+        status, _, text = server.request("GET", "/metrics", headers={"Authorization": f"Bearer {ADMIN}"})
+        assert status == 200
+        for value in re.findall(rb"^stockyard_key_refusals_unrecorded_total(?:\{[^}]*\})? (\S+)$", text, re.M):
+            total += float(value)
+    return int(total)
+
+
+def most_in_a_minute(stamps: list[int]) -> int:
+    """The most timestamps (ms) in any 60 s window."""
+    stamps = sorted(stamps)
+    return max((sum(1 for t in stamps[i:] if t < s + 60_000) for i, s in enumerate(stamps)), default=0)
+
+
+@pytest.mark.serial
+def test_budget_and_rpm_hold_under_concurrent_messy_traffic(deployment, upstream):
+    servers = deployment
+    ids = {r["name"]: r["id"] for r in servers[0].db_rows("SELECT id, name FROM client_keys")}
+    wait_for(lambda: all(s.requires_keys() for s in servers), what="the keys on every server")
+    sent = traffic(servers)
+    assert all(s.trace_id for s in sent), [s for s in sent if not s.trace_id]
+    kinds_seen = {s.kind for s in sent}
+    assert kinds_seen == set(KINDS), set(KINDS) - kinds_seen
+    assert not [s for s in sent if s.status >= 500 and s.kind not in ("timeout", "cut_plain", "cut_stream")], sent
+
+    refused = [s for s in sent if s.code in REFUSAL_CODES or s.kind == "bad_json" and s.status == 400]
+    answered = {s.trace_id for s in sent if s not in refused}
+    everyone = {s.trace_id for s in sent}
+
+    def stored() -> list[dict] | None:
+        rows = [r for key in ids.values() for r in rows_of(servers[0], key)]
+        roots = {r["id"] for r in rows if r["parent_id"] is None}
+        return rows if answered <= roots else None
+
+    rows = wait_for(stored, timeout=20, what="every answered request's trace")
+    roots = [r["id"] for r in rows if r["parent_id"] is None]
+    assert len(roots) == len(set(roots)), "a request traced twice"
+    assert set(roots) <= everyone, set(roots) - everyone  # nothing but what the clients sent
+    untraced = [s for s in refused if s.trace_id not in set(roots)]
+    assert len(untraced) == unrecorded(servers), (len(untraced), unrecorded(servers))
+
+    spent_by_traces = sum(r["cost_uc"] or 0 for r in rows_of(servers[0], ids["budgeted"]))
+
+    def settled(server: ServerProcess = servers[-1]) -> tuple[int, int] | None:
+        spent, held = ledger_of(server, "budgeted")
+        return (spent, held) if held == 0 else None
+
+    for server in servers:
+        spent, held = wait_for(lambda server=server: settled(server), what="every hold settled")
+        assert spent == spent_by_traces, (spent, spent_by_traces, servers[0].log[-3000:])
+    assert spent_by_traces <= LIMIT_UC, spent_by_traces
+    assert [s for s in sent if s.code == "budget_exceeded"], "the budget was never reached: the test proves little"
+    status, _, data = servers[-1].request(
+        "GET", f"/api/keys/{ids['budgeted']}", headers={"Authorization": f"Bearer {ADMIN}"}
+    )
+    assert status == 200 and json.loads(data)["spend_uc"] == spent_by_traces, data
+
+    limited = [r for r in rows_of(servers[0], ids["limited"]) if r["parent_id"] is None]
+    admitted = [r for r in limited if r["error_type"] != "rate_limit_exceeded" and r["status"] != 400]
+    assert most_in_a_minute([r["ts_ms"] for r in admitted]) == RPM, sorted(r["ts_ms"] for r in admitted)
+    assert [s for s in sent if s.code == "rate_limit_exceeded"]
