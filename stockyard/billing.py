@@ -6,6 +6,7 @@ overrides; swapped whole on reload). Costs are integer micro-cents (``pricing``)
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 from fractions import Fraction
@@ -179,6 +180,13 @@ class Pricer:
             self._price(ctx, a)
         except Exception as exc:  # a pricing bug must not lose the trace
             log.error("pricing failed for %s: %s", ctx.trace_id, exc)
+
+    def cost_of(self, ctx: RequestContext, attempt: Attempt) -> int:
+        """What ``attempt`` would be billed, priced on a copy: a failed attempt is priced once, when
+        it is kept (``proxy.keep_attempt``), but a budget must know its cost before the next one."""
+        priced = copy.copy(attempt)
+        self.price(ctx, priced)
+        return priced.cost_uc or 0
 
     def rollup_model(self, a: Attempt) -> str | None:
         """The model a failed attempt's rollup row goes under when the provider never named the
