@@ -56,7 +56,7 @@ from mock_upstream import MockUpstream, Recorded, Reply
 ADMIN = "admin-key-for-review44-race-0123456789"
 LIMIT_UC = 150_000  # $0.0015: about 60 of this mix's answers, so the budget is crossed mid-run
 RPM = 8
-SEED = int(os.environ.get("R44_SEED", "44"))
+SEED = int(os.environ.get("R44_SEED", "2"))  # a mix that overspent before the retry fix (44 did not)
 BUDGET_CLIENTS, BUDGET_EACH = 10, 10
 RPM_CLIENTS, RPM_EACH = 4, 5
 CAP = 20  # max_tokens of every request (the worst case's output)
@@ -98,7 +98,10 @@ KINDS = {
     "bill_max": ("mock-race-bill-max", True),
     "two": ("mock-race", False),  # n=2
     "bad_json": ("mock-race", False),
+    "timeout_big": ("mock-race-slow", False),  # a long prompt and a cap of 1: the input is most of the hold
+    "cut_big": ("mock-race", False),
 }
+BIG = "x" * 1200  # ~300 tokens: 30,000 µ¢ of input beside 200 µ¢ of output
 # a key without rpm may start batches (a limited key's retrieves, counted in its rpm, may never bill one)
 CLIENT_KINDS = {"budgeted": [*KINDS, "batch"], "limited": list(KINDS)}
 REFUSAL_CODES = ("budget_exceeded", "rate_limit_exceeded")
@@ -114,9 +117,9 @@ def reply_for(req: Recorded) -> Reply | None:
         return Reply(sse_delay_ms=40)  # paced, so the client is gone before the end
     if kind == "cut_stream":
         return Reply(cut_after=2)
-    if kind == "cut_plain":
+    if kind in ("cut_plain", "cut_big"):
         return Reply(cut_after=30)  # the head and 30 bytes of the body
-    if kind == "timeout":
+    if kind in ("timeout", "timeout_big"):
         return Reply(hang_s=3)
     if kind == "upstream_429":
         return Reply(status=429)
@@ -206,7 +209,9 @@ def body_of(kind: str, client: int, i: int) -> bytes:
         return b'{"model": "mock-race", "messages": [{"role": "user", "content": "do=bad_json"'
     model, stream = KINDS[kind]
     words = f"r44 do={kind} a{i % 3}" if kind == "cached" else f"r44 do={kind} c{client} i{i}"
-    body: dict = {"model": model, "messages": [{"role": "user", "content": words}], "max_tokens": CAP}
+    big = kind.endswith("_big")
+    words += f" {BIG}" if big else ""
+    body: dict = {"model": model, "messages": [{"role": "user", "content": words}], "max_tokens": 1 if big else CAP}
     if stream:
         body["stream"] = True
         body["stream_options"] = {"include_usage": True}
@@ -404,7 +409,7 @@ def test_budget_and_rpm_hold_under_concurrent_messy_traffic(deployment, upstream
     kinds_seen = {s.kind for s in sent}
     assert kinds_seen >= {*KINDS, "batch"}, {*KINDS, "batch"} - kinds_seen
     # the provider's failures, passed on (a fallback the budget cannot hold is skipped), never Stockyard's own
-    failing = ("timeout", "cut_plain", "cut_stream", "fallback_dear", "fallback_cheap")
+    failing = ("timeout", "cut_plain", "cut_stream", "fallback_dear", "fallback_cheap", "timeout_big", "cut_big")
     assert not [s for s in sent if s.status >= 500 and s.kind not in failing], sent
 
     refused = [s for s in sent if s.code in REFUSAL_CODES or s.kind == "bad_json" and s.status == 400]
