@@ -15,9 +15,12 @@ When everything has settled:
 - spend ≤ the limit. The general bound is the limit plus the largest worst case in flight when the
   limit is crossed (an answer may cost more than its hold where Stockyard cannot know the cost
   beforehand); in this mix no answer can cost more than its hold (the mock bills at most the caps,
-  12 prompt tokens, and cut or timed-out attempts are billed their input estimate, which the hold
-  counted), so any spend past the limit itself is a hold that did not cover its answer, or a request
-  admitted past the limit;
+  12 prompt tokens; a cut or timed-out attempt is billed its input estimate, which the hold counted,
+  and a retry or fallback after one is held beside that cost, ``proxy.covered_after``), so any spend
+  past the limit itself is a hold that did not cover its answer, or a request admitted past the limit.
+  (Before that fix each retry spent the input again outside any hold: this seed's mix, with long
+  prompts capped at 1 token timing out or cut, spent 155,100 µ¢ of a 150,000 µ¢ budget on all three
+  deployments; ``test_a_retry_after_a_timeout_is_held_beside_what_the_timeout_cost`` pins it alone);
 - the ledger's spend (read from a refusal of a request too large for any budget, which names the
   spend and what requests in flight hold) equals the sum of the key's traces' ``cost_uc``, every
   attempt's row included, exactly, and nothing is held (each hold settled once);
