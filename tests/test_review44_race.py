@@ -104,6 +104,15 @@ KINDS = {
     "timeout_big": ("mock-race-slow", False),  # a long prompt and a cap of 1: the input is most of the hold
     "cut_big": ("mock-race", False),
 }
+LONG_CHUNK = json.dumps(
+    {
+        "id": "c1",
+        "object": "chat.completion.chunk",
+        "created": 1,
+        "model": "mock-race",
+        "choices": [{"index": 0, "delta": {"content": " " * 400}, "finish_reason": None}],
+    }
+)
 BIG = "x" * 1200  # ~300 tokens: 30,000 µ¢ of input beside 200 µ¢ of output
 # a key without rpm may start batches (a limited key's retrieves, counted in its rpm, may never bill one)
 CLIENT_KINDS = {"budgeted": [*KINDS, "batch"], "limited": list(KINDS)}
@@ -122,6 +131,8 @@ def reply_for(req: Recorded) -> Reply | None:
         return Reply(cut_after=2)
     if kind in ("cut_plain", "cut_big"):
         return Reply(cut_after=30)  # the head and 30 bytes of the body
+    if kind == "long_cut":  # one chunk of 400 bytes of text (as 25 tokens of indentation would be), then a cut
+        return Reply(sse=[LONG_CHUNK], cut_after=1)
     if kind in ("timeout", "timeout_big"):
         return Reply(hang_s=3)
     if kind == "upstream_429":
@@ -472,3 +483,18 @@ def test_a_retry_after_a_timeout_is_held_beside_what_the_timeout_cost(alone, ups
     key_id = alone.db_rows("SELECT id FROM client_keys WHERE name = 'budgeted'")[0]["id"]
     assert sum(r["cost_uc"] or 0 for r in rows_of(alone, key_id)) == row["cost_uc"]
     assert ledger_of(alone, "budgeted") == (row["cost_uc"], 0)  # settled before the 504 was sent
+
+
+def test_a_cut_streams_output_is_billed_no_more_than_its_cap_allowed(alone):
+    """A stream cut before its usage is billed the text it relayed at four bytes a token; 400 bytes
+    of indentation (a few real tokens) under ``max_tokens`` 5 were billed 100 output tokens, 20 times
+    what the budget held for them. The estimate stops at what the cap allows."""
+    body = {"model": "mock-race", "messages": [{"role": "user", "content": "r44 do=long_cut"}], "max_tokens": 5}
+    body["stream"] = True
+    status, headers, _ = alone.request("POST", "/v1/chat/completions", body, alone.auth("budgeted"))
+    assert status == 200
+    row = alone.trace(headers["x-stockyard-trace-id"])
+    assert row["outcome"] == "stream_broken" and row["cost_status"] == "estimate", row
+    assert row["completion_tokens"] == 5, row
+    assert row["cost_uc"] == row["prompt_tokens"] * 100 + 5 * 200
+    assert ledger_of(alone, "budgeted") == (row["cost_uc"], 0)
