@@ -18,9 +18,10 @@ When everything has settled:
   12 prompt tokens; a cut or timed-out attempt is billed its input estimate, which the hold counted,
   and a retry or fallback after one is held beside that cost, ``proxy.covered_after``), so any spend
   past the limit itself is a hold that did not cover its answer, or a request admitted past the limit.
-  (Before that fix each retry spent the input again outside any hold: this seed's mix, with long
-  prompts capped at 1 token timing out or cut, spent 155,100 µ¢ of a 150,000 µ¢ budget on all three
-  deployments; ``test_a_retry_after_a_timeout_is_held_beside_what_the_timeout_cost`` pins it alone);
+  (Before that fix each retry spent the input again outside any hold, and a stream cut before its
+  usage was billed its text at four bytes a token past its cap: this seed's mix, with long prompts
+  capped at 1 token timing out or cut, spent up to 155,100 µ¢ of a 150,000 µ¢ budget; the two tests
+  after this one pin each alone);
 - the ledger's spend (read from a refusal of a request too large for any budget, which names the
   spend and what requests in flight hold) equals the sum of the key's traces' ``cost_uc``, every
   attempt's row included, exactly, and nothing is held (each hold settled once);
@@ -103,6 +104,7 @@ KINDS = {
     "bad_json": ("mock-race", False),
     "timeout_big": ("mock-race-slow", False),  # a long prompt and a cap of 1: the input is most of the hold
     "cut_big": ("mock-race", False),
+    "long_cut": ("mock-race", True),  # 400 bytes of indentation in one chunk, then the provider cuts
 }
 LONG_CHUNK = json.dumps(
     {
