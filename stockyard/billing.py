@@ -6,6 +6,7 @@ overrides; swapped whole on reload). Costs are integer micro-cents (``pricing``)
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 from fractions import Fraction
@@ -180,6 +181,13 @@ class Pricer:
         except Exception as exc:  # a pricing bug must not lose the trace
             log.error("pricing failed for %s: %s", ctx.trace_id, exc)
 
+    def cost_of(self, ctx: RequestContext, attempt: Attempt) -> int:
+        """What ``attempt`` would be billed, priced on a copy: a failed attempt is priced once, when
+        it is kept (``proxy.keep_attempt``), but a budget must know its cost before the next one."""
+        priced = copy.copy(attempt)
+        self.price(ctx, priced)
+        return priced.cost_uc or 0
+
     def rollup_model(self, a: Attempt) -> str | None:
         """The model a failed attempt's rollup row goes under when the provider never named the
         model it served: the price table's name for it, else :data:`UNCONFIRMED_MODEL`. The name is
@@ -205,21 +213,21 @@ class Pricer:
         if a.usage is None and (a.input_billed or (a.paused_usage and a.outcome in BILLABLE_WITHOUT_USAGE)):
             # what it was sent (a follow-up: the answers so far too); a follow-up cut mid-stream: what it relayed
             inputs = estimate.input_tokens(ctx) + a.sent_back
-            relayed = 0 if a.input_billed else self._relayed(a)
+            relayed = 0 if a.input_billed else self._relayed(ctx, a)
             a.usage, a.usage_estimated = Usage(prompt_tokens=max(1, inputs), completion_tokens=relayed), True
         if a.usage is None and a.paused_usage:  # a follow-up call that reported nothing
             a.usage = Usage()
         if a.usage is None:
             if a.outcome not in BILLABLE_WITHOUT_USAGE:
                 return
-            relayed = self._relayed(a)
+            relayed = self._relayed(ctx, a)
             relayed += imagegen.IMAGE_OUTPUT_TOKENS * a.own_images  # a chat image model's, as the largest image
             # the body and the conversation it continues (a previous_response_id's history, the
             # items its item_references put in), all of which the provider was sent
             a.usage = Usage(prompt_tokens=max(1, estimate.input_tokens(ctx)), completion_tokens=relayed)
             a.usage_estimated = True
         elif a.usage_partial and a.outcome in BILLABLE_WITHOUT_USAGE:  # its input counted, its output not yet
-            relayed = self._relayed(a)
+            relayed = self._relayed(ctx, a)
             a.usage = dataclasses.replace(a.usage, completion_tokens=max(a.usage.completion_tokens, relayed))
             a.usage_estimated = True
         if a.image_usage is not None or a.image_estimate is not None:
@@ -234,14 +242,16 @@ class Pricer:
         a.usage, a.paused_usage = a.total_usage(), []  # and the usage reported whole
 
     @staticmethod
-    def _relayed(a: Attempt) -> int:
+    def _relayed(ctx: RequestContext, a: Attempt) -> int:
         """Output tokens the current call relayed without saying them (``estimate.relayed_tokens``):
-        a continued turn's follow-up only what came after the calls before it, which are billed."""
+        a continued turn's follow-up only what came after the calls before it, which are billed;
+        never more than the body's cap let the provider write (``estimate.relayed_at_most``)."""
         body, total = a.response_body, a.relayed_text_bytes()
         if a.paused_usage:
             kept, relayed = a.follow_up_from
             body, total = body[kept:], max(0, total - relayed)
-        return estimate.relayed_tokens(body, total)
+        tokens, most = estimate.relayed_tokens(body, total), estimate.relayed_at_most(ctx)
+        return tokens if most is None else min(tokens, most)
 
     def _with_images(self, ctx: RequestContext, a: Attempt) -> None:
         """Add what the image_generation tool's images cost to the answer's usage, as a fee: its

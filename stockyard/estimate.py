@@ -223,6 +223,16 @@ def output_tokens(ctx: RequestContext, default_max_tokens: int) -> int:
     return per_choice * (count or 1)
 
 
+def relayed_at_most(ctx: RequestContext) -> int | None:
+    """The most output tokens an answer relayed without its count can be billed: what the body's cap
+    allows (× choices, a prediction too), None when it sets none (the model's own ceiling bounds it).
+    Text at four bytes a token is a guess: long tokens (indentation, long words) make it many times
+    the tokens the cap let the provider write, past the hold a budget made for them."""
+    if ctx.endpoint in NO_OUTPUT or _largest(ctx.body)[0] is None:
+        return None
+    return output_tokens(ctx, 0)
+
+
 def used_tokens(ctx: RequestContext) -> int | None:
     """Tokens every attempt reported (a failed one the provider billed used tokens too): what a
     tpm window is corrected to once the request ends. The image tool's images count as their own

@@ -446,6 +446,8 @@ def forward(path: RequestPath, reply: Reply, ctx: RequestContext) -> Failure | N
                 skipped.append(breaker)
                 break
             if failure is not None:
+                if not covered_after(path, ctx, provider, model, asked):
+                    return failure
                 keep_attempt(path, ctx, failure)
                 log.info(
                     "%s: attempt %d failed (%s); trying %s/%s%s",
@@ -555,6 +557,24 @@ def counted(path: RequestPath, ctx: RequestContext, provider: Provider, model: s
     if why is None:
         return True
     log.warning("fallback %r for %r skipped: %s and the request is under a budget", name, ctx.model, why)
+    return False
+
+
+def covered_after(path: RequestPath, ctx: RequestContext, provider: Provider, model: str, name: str) -> bool:
+    """Whether the budgets the request holds can hold another attempt (a retry or a fallback) on top
+    of what its failed attempts cost: one that timed out or was reset is billed its input, which the
+    hold counted once, so the next must be held beside it (``budget.Cover``) or not made — else
+    every retry of a large prompt spends its input again past the budget."""
+    if not budgeted(ctx):
+        return True
+    spent = sum(a.cost_uc or 0 for a in ctx.attempts) + path.pricer.cost_of(ctx, ctx.attempt)  # kept, and this one
+    if not spent:
+        return True  # what ``counted`` held for this candidate covers it
+    worst = path.pricer.worst_case(ctx, Route(provider, model), name, path.settings.default_max_tokens)
+    why = uncovered(ctx, None if worst is None else spent + worst)
+    if why is None:
+        return True
+    log.warning("no more attempts for %r: %s beside the %d µ¢ its failed ones cost", ctx.model, why, spent)
     return False
 
 

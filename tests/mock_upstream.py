@@ -18,7 +18,8 @@ and a generateContent naming an unknown file by `fileData.fileUri` is Google's 4
 offering Google Search or Google Maps grounding answers with the candidate's `groundingMetadata` as Google
 sends it — GROUNDING_QUERIES in `webSearchQueries`, on the last chunk of a stream — unless its model's name
 says `ungrounded`) and Azure OpenAI
-(deployments), records every request, and can be scripted with `Reply` objects.
+(deployments), records every request, and can be scripted with `Reply` objects: queued in order, or
+chosen for each request by `mock.script` (a function of the `Recorded` request) when none is queued.
 
 It bills like a provider: every choice (`n`, `best_of`, Gemini `candidateCount`) is in the
 usage, 5 output tokens each — or, with `bill-max` in the model name, every token the
@@ -3803,7 +3804,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         mock = self.server.mock
         req = self._record()
         n = mock._record(req)
-        scripted = mock._next_reply()
+        scripted = mock._next_reply() or (mock.script(req) if mock.script is not None else None)
         try:
             self._answer(req, n, scripted)
         except (ConnectionError, TimeoutError, OSError):
@@ -4262,6 +4263,9 @@ class MockUpstream:
         self.realtime_done: list[dict] = []  # every Realtime response.done sent, oldest first
         self.realtime_asked: list[tuple[str, dict]] = []  # each response begun: its OpenAI-Beta, its ask
         self.threads = MessageThreads()  # Anthropic's message threads
+        # a reply chosen for each request when none is queued (concurrent traffic, where a queue's
+        # order is not the requests' order): by what the request says, None for the route's default
+        self.script: Callable[[Recorded], Reply | None] | None = None
 
     # -- lifecycle
 
