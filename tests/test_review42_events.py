@@ -25,13 +25,12 @@ from typing import Any, Callable
 import pydantic
 import pytest
 from anthropic.types import RawMessageStreamEvent
-from conftest import ServerProcess, mock_env, served
+from conftest import ServerProcess
 from hypothesis import HealthCheck, given, settings
 from mock_upstream import Reply
-from module_helpers import new_key
 from openai.types.chat import ChatCompletionChunk
 from openai.types.responses import ResponseStreamEvent
-from test_review41_streams import (
+from test_review41_streams import (  # noqa: F401 (server, key: the fixtures, the same providers)
     CLAUDE,
     GEMINI,
     GPT,
@@ -41,16 +40,14 @@ from test_review41_streams import (
     anthropic_stream,
     chat_tools,
     gemini_stream,
+    key,
     messages_tools,
     openai_stream,
     responses_tools,
+    server,
     sse,
 )
 
-ADMIN = "admin-key-for-review42-events-0123456789"
-ANTHROPIC_KEY = "sk-ant-test-0123456789REVIEW42EVENTS"
-GEMINI_KEY = "AIza-test-0123456789abcdefREVIEW42"
-GROQ_KEY = "gsk-test-review42-events-0123456789abcdef"
 SEARCHING = "claude-haiku-4-5-websearch"  # the mock's Claude searches twice and cites what it found
 
 
@@ -525,29 +522,6 @@ ANSWERS = {
     "nothing": Answer(),
     "empty text block": Answer(calls=[("call_a", "search_docs", {"q": "x"})], empty_text_block=True),
 }
-
-
-@pytest.fixture(scope="module")
-def server(pyz_path, cache_home, mock, tmp_path_factory):
-    env = mock_env(
-        cache_home,
-        mock,
-        ANTHROPIC_API_KEY=ANTHROPIC_KEY,
-        ANTHROPIC_BASE_URL=mock.url,
-        GEMINI_API_KEY=GEMINI_KEY,
-        GEMINI_BASE_URL=mock.url,
-        GROQ_API_KEY=GROQ_KEY,
-        GROQ_BASE_URL=mock.url + "/v1",
-        STOCKYARD_ADMIN_KEY=ADMIN,
-    )
-    keys = (ANTHROPIC_KEY, GEMINI_KEY, GROQ_KEY)
-    with served(pyz_path, tmp_path_factory, "r42events", env, never_logged=keys) as srv:
-        yield srv
-
-
-@pytest.fixture(scope="module")
-def key(server) -> str:
-    return new_key(server, ADMIN)[0]
 
 
 def streamed(server: ServerProcess, key: str, route: Route, model: str | None = None) -> bytes:
