@@ -38,7 +38,7 @@ from urllib.parse import urlsplit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import PYZ, REPO, Procs, Target, base_env, cpu_seconds, median, quantile, start_proxy  # noqa: E402
+from common import PYZ, REPO, Procs, Target, base_env, cpu_seconds, start_proxy  # noqa: E402
 
 END = b"0\r\n\r\n"  # a chunked answer's last chunk (the mock sends no trailers)
 
@@ -293,36 +293,20 @@ def main() -> None:
     if args.serve:
         serve(args.serve, args.upstream)
         return
-    from streams import burst, raise_file_limit, start_stream_mock  # streams.py starts these relays too
+    from streams import (  # streams.py starts these relays
+        print_bursts,
+        raise_file_limit,
+        rotating_bursts,
+        start_stream_mock,
+    )
 
     raise_file_limit()
     with tempfile.TemporaryDirectory() as tmp, Procs(Path(tmp)) as procs:
         mock = start_stream_mock(procs)
         relays = [start_proxy(procs, args.pyz.resolve(), "stockyard", mock)]
         relays += [start_floor(procs, mode, mock) for mode in ("threads", "relay", "loop")]
-        for t in relays:
-            burst(t, min(args.streams, 50))  # warm-up, not measured
-        targets = [mock, *relays]
-        p50s: dict[str, list[float]] = {t.name: [] for t in targets}
-        cpu = {t.name: 0.0 for t in relays}
-        failed = {t.name: 0 for t in targets}
-        for r in range(args.rounds):
-            k = r % len(targets)
-            for t in targets[k:] + targets[:k]:
-                before = cpu_seconds(t.pid) or 0.0
-                done, errors = burst(t, args.streams)
-                if t is not mock:
-                    cpu[t.name] += (cpu_seconds(t.pid) or 0.0) - before
-                failed[t.name] += errors
-                p50s[t.name].append(quantile(done, 0.5) if done else float("nan"))
-        n = args.streams * args.rounds
-        print(f"{args.streams} streams x {args.rounds} rounds; direct p50 {1000 * median(p50s[mock.name]):.0f} ms")
-        for t in relays:
-            added = median([x - y for x, y in zip(p50s[t.name], p50s[mock.name])])
-            print(
-                f"{t.name}: p50 {1000 * median(p50s[t.name]):.0f} ms, added {1000 * added:+.0f} ms, "
-                f"CPU {1000 * cpu[t.name] / n:.2f} ms/stream, failed {failed[t.name]} of {n}"
-            )
+        got = rotating_bursts(mock, relays, args.streams, args.rounds, lambda t: cpu_seconds(t.pid) or 0.0)
+        print_bursts(got, mock, relays, args.streams, args.rounds)
 
 
 if __name__ == "__main__":

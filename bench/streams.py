@@ -19,7 +19,9 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from common import (
     CHAT_PATH,
@@ -167,6 +169,52 @@ def burst(target: Target, n: int, timeout: float = 120.0) -> tuple[list[float], 
     return done, failed
 
 
+@dataclass
+class Bursts:
+    """What rotating bursts measured, by target name: each burst's p50 time to a stream's end, the
+    CPU seconds each relay spent over its own bursts, and the streams that failed."""
+
+    p50s: dict[str, list[float]]
+    cpu: dict[str, float]
+    failed: dict[str, int]
+
+    def added_ms(self, relay: Target, direct: Target) -> float:
+        """The median over rounds of the relay's p50 minus direct's in the same round, ms."""
+        return 1000 * median([x - y for x, y in zip(self.p50s[relay.name], self.p50s[direct.name])])
+
+
+def rotating_bursts(
+    direct: Target, relays: list[Target], n: int, rounds: int, cpu_of: Callable[[Target], float]
+) -> Bursts:
+    """After a warm-up burst to each relay, bursts of ``n`` streams to ``direct`` and each relay in an
+    order that rotates round after round (no target always first after another's load); ``cpu_of`` reads
+    a relay's CPU seconds so far."""
+    for relay in relays:
+        burst(relay, min(n, 50))  # warm the pool and the threads a little; not measured
+    targets = [direct, *relays]
+    got = Bursts({t.name: [] for t in targets}, {t.name: 0.0 for t in relays}, {t.name: 0 for t in targets})
+    for r in range(rounds):
+        k = r % len(targets)
+        for t in targets[k:] + targets[:k]:
+            before = 0.0 if t is direct else cpu_of(t)
+            done, errors = burst(t, n)
+            if t is not direct:
+                got.cpu[t.name] += cpu_of(t) - before
+            got.failed[t.name] += errors
+            got.p50s[t.name].append(quantile(done, 0.5) if done else float("nan"))
+    return got
+
+
+def print_bursts(got: Bursts, direct: Target, relays: list[Target], n: int, rounds: int) -> None:
+    """The A/B scripts' report of :func:`rotating_bursts`: per relay its p50, added p50 and CPU a stream."""
+    print(f"{n} streams x {rounds} rounds; direct p50 {1000 * median(got.p50s[direct.name]):.0f} ms")
+    for t in relays:
+        print(
+            f"{t.name}: p50 {1000 * median(got.p50s[t.name]):.0f} ms, added {got.added_ms(t, direct):+.0f} ms, "
+            f"CPU {1000 * got.cpu[t.name] / (n * rounds):.2f} ms/stream, failed {got.failed[t.name]} of {n * rounds}"
+        )
+
+
 # --------------------------------------------------------------------------- scenarios
 
 
@@ -192,45 +240,37 @@ def concurrent_streams(b: Bench, n: int, workers: int = 1) -> list[Row]:
     group = workers > 1
     relays = [proxy] if group else [proxy, *stream_floors(b)]
     rounds = 2 if b.args.quick else 3
-    for relay in relays:
-        burst(relay, min(n, 50))  # warm the pool and the threads a little; not measured
-    targets = [direct, *relays]
-    cpu = {t.name: 0.0 for t in relays}
-    failed = {t.name: 0 for t in relays}
-    p50s: dict[str, list[float]] = {t.name: [] for t in targets}
-    for r in range(rounds):
-        k = r % len(targets)
-        for t in targets[k:] + targets[:k]:
-            before = proxy_cpu(t, group and t is proxy)
-            done, errors = burst(t, n)
-            if t is direct:
-                if errors:
-                    raise RuntimeError(f"{errors} of {n} direct streams failed: the client or mock cannot carry {n}")
-            else:
-                cpu[t.name] += proxy_cpu(t, group and t is proxy) - before
-                failed[t.name] += errors
-            p50s[t.name].append(quantile(done, 0.5) if done else float("nan"))
-
-    def added(t: Target) -> float:
-        return 1000 * median([x - y for x, y in zip(p50s[t.name], p50s[direct.name])])
+    got = rotating_bursts(direct, relays, n, rounds, lambda t: proxy_cpu(t, group and t is proxy))
+    if got.failed[direct.name]:
+        raise RuntimeError(
+            f"{got.failed[direct.name]} of {n * rounds} direct streams failed: the client or mock cannot carry {n}"
+        )
 
     def detail(t: Target) -> str:
-        return f"{failed[t.name]} of {n * rounds} failed; CPU {1000 * cpu[t.name] / (n * rounds):.2f} ms/stream"
+        return f"{got.failed[t.name]} of {n * rounds} failed; CPU {1000 * got.cpu[t.name] / (n * rounds):.2f} ms/stream"
 
-    value, limit = added(proxy), STREAMS_ADDED_MS[n]
+    value, limit = got.added_ms(proxy, direct), STREAMS_ADDED_MS[n]
     title = f"{n} concurrent streams ({EVENTS} events, {EVENT_DELAY_MS:g} ms apart)"
     rows = [
         Row(
             title + (f", --workers {workers}" if group else "") + ", added p50",
             f"{value:+.1f} ms",
             "" if group else f"<= {limit:g} ms" + (", all complete" if n >= 1000 else ""),
-            None if group else value <= limit and failed[proxy.name] == 0,
-            f"direct {1000 * median(p50s[direct.name]):.0f} ms, proxy {1000 * median(p50s[proxy.name]):.0f} ms; "
-            + detail(proxy),
+            None if group else value <= limit and got.failed[proxy.name] == 0,
+            f"direct {1000 * median(got.p50s[direct.name]):.0f} ms, "
+            f"proxy {1000 * median(got.p50s[proxy.name]):.0f} ms; " + detail(proxy),
         )
     ]
     for floor in relays[1:]:
-        rows.append(Row(f"{title}, {floor.name} (same rounds)", f"{added(floor):+.1f} ms", "", None, detail(floor)))
+        rows.append(
+            Row(
+                f"{title}, {floor.name} (same rounds)",
+                f"{got.added_ms(floor, direct):+.1f} ms",
+                "",
+                None,
+                detail(floor),
+            )
+        )
     return rows
 
 

@@ -18,8 +18,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import Procs, cpu_seconds, median, quantile, start_proxy  # noqa: E402
-from streams import burst, raise_file_limit, start_stream_mock  # noqa: E402
+from common import Procs, cpu_seconds, start_proxy  # noqa: E402
+from streams import print_bursts, raise_file_limit, rotating_bursts, start_stream_mock  # noqa: E402
 
 
 def main() -> None:
@@ -32,30 +32,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp, Procs(Path(tmp)) as procs:
         mock = start_stream_mock(procs)
         proxies = [start_proxy(procs, pyz.resolve(), chr(ord("A") + i), mock) for i, pyz in enumerate(args.builds)]
-        targets = [mock, *proxies]
-        for t in proxies:
-            burst(t, min(args.streams, 50))  # warm-up, not measured
-        p50s: dict[str, list[float]] = {t.name: [] for t in targets}
-        cpu = {t.name: 0.0 for t in proxies}
-        failed = {t.name: 0 for t in targets}
-        for r in range(args.rounds):
-            k = r % len(targets)
-            for t in targets[k:] + targets[:k]:
-                before = cpu_seconds(t.pid)
-                done, errors = burst(t, args.streams)
-                if t is not mock:
-                    cpu[t.name] += (cpu_seconds(t.pid) or 0.0) - (before or 0.0)
-                failed[t.name] += errors
-                p50s[t.name].append(quantile(done, 0.5) if done else float("nan"))
-        direct = median(p50s[mock.name])
-        n = args.streams * args.rounds
-        print(f"{args.streams} streams x {args.rounds} rounds; direct p50 {1000 * direct:.0f} ms")
-        for t in proxies:
-            added = median([x - y for x, y in zip(p50s[t.name], p50s[mock.name])])
-            print(
-                f"{t.name}: p50 {1000 * median(p50s[t.name]):.0f} ms, added {1000 * added:+.0f} ms, "
-                f"CPU {1000 * cpu[t.name] / n:.2f} ms/stream, failed {failed[t.name]} of {n}"
-            )
+        got = rotating_bursts(mock, proxies, args.streams, args.rounds, lambda t: cpu_seconds(t.pid) or 0.0)
+        print_bursts(got, mock, proxies, args.streams, args.rounds)
 
 
 if __name__ == "__main__":
