@@ -1011,8 +1011,8 @@ class AnthropicToOpenAIStream(ChunkStream):
     def on_content_block_delta(self, payload: dict) -> list[bytes]:
         delta = payload.get("delta") or {}
         thought = self.thoughts.get(payload.get("index", -1))
-        if thinking_delta_chars(delta):
-            self.thinking += thinking_delta_chars(delta)
+        if chars := thinking_delta_chars(delta):
+            self.thinking += chars
             if thought is not None:
                 thought["thinking"] = (thought.get("thinking") or "") + delta["thinking"]
             return [self.out({"reasoning_content": delta["thinking"]})]

@@ -711,6 +711,14 @@ def retry_delay(payload: Any) -> float | None:
     return None
 
 
+def numbered(entries: list[dict], counts: dict[int, int], choice: int) -> list[dict]:
+    """A chunk's list entries (images, tool calls) with their ``index`` in the choice's list, which
+    goes on from the entries ``counts`` says the choice sent before (and now counts these too)."""
+    first = counts.get(choice, 0)
+    counts[choice] = first + len(entries)
+    return [{"index": first + n, **entry} for n, entry in enumerate(entries)]
+
+
 # --------------------------------------------------------------------------- adapter
 
 
@@ -814,16 +822,9 @@ class GeminiStream(ChunkStream):
         if text:
             out.append(self.out({"content": text}, index=index))
         if images:  # numbered, as list entries sent in pieces are: the SDKs' accumulators merge them by index
-            first = self.images.get(index, 0)
-            self.images[index] = first + len(images)
-            out.append(
-                self.out({"images": [{"index": first + n, **image} for n, image in enumerate(images)]}, index=index)
-            )
+            out.append(self.out({"images": numbered(images, self.images, index)}, index=index))
         if calls:
-            first = self.calls.get(index, 0)
-            deltas = [{"index": first + n, **call} for n, call in enumerate(calls)]
-            self.calls[index] = first + len(calls)
-            out.append(self.out({"tool_calls": deltas}, index=index))
+            out.append(self.out({"tool_calls": numbered(calls, self.calls, index)}, index=index))
         reason = candidate.get("finishReason")
         if reason:
             self.complete = True
