@@ -581,6 +581,10 @@ def record_stream_error(ctx: RequestContext, kind: str, message: str) -> None:
     ctx.attempt.error_message = message
 
 
+# A chat stream error's code or type that says the provider rate-limited the call (OpenAI's, Anthropic's,
+# Gemini's): what the Messages and Responses translations tell their clients, who wait and retry it.
+RATE_LIMITED = frozenset({"rate_limit_exceeded", "rate_limit_error", "RESOURCE_EXHAUSTED"})
+
 UNENDED = "the provider's stream ended before its [DONE]"
 
 

@@ -46,10 +46,10 @@ import hashlib
 import json
 from typing import Any
 
-from ..errors import ANTHROPIC, ProxyError, error_type
+from ..errors import ANTHROPIC, ANTHROPIC_TYPES, ProxyError, error_type
 from ..httpio import json_bytes
 from ..pricing import Usage
-from .chatshape import CallOrder, attached_note
+from .chatshape import RATE_LIMITED, CallOrder, attached_note
 from .reasoning import pack, restorable, sign_call, thought_signature, unpack
 from .responses import reasoning_text
 
@@ -93,21 +93,9 @@ STOP_REASONS = {
 # a chat stream's error code or type → the Anthropic error type a Messages client acts on (Claude Code
 # waits and retries an overloaded or rate-limited answer): OpenAI's codes, Gemini's status names
 ERROR_TYPES = {
-    "rate_limit_exceeded": "rate_limit_error",
-    "RESOURCE_EXHAUSTED": "rate_limit_error",
+    **dict.fromkeys(RATE_LIMITED, "rate_limit_error"),
     "UNAVAILABLE": "overloaded_error",
     "server_error": "api_error",
-}
-ANTHROPIC_ERROR_TYPES = {
-    "invalid_request_error",
-    "authentication_error",
-    "permission_error",
-    "not_found_error",
-    "request_too_large",
-    "rate_limit_error",
-    "api_error",
-    "overloaded_error",
-    "timeout_error",
 }
 
 
@@ -562,7 +550,7 @@ def stream_error_type(error: dict) -> str:
     for value in (error.get("code"), error.get("type")):
         if isinstance(value, str) and value in ERROR_TYPES:
             return ERROR_TYPES[value]
-        if value in ANTHROPIC_ERROR_TYPES:
+        if value in ANTHROPIC_TYPES:
             return str(value)
     return "api_error"
 

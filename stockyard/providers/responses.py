@@ -32,7 +32,7 @@ from ..httpio import json_bytes
 from ..pricing import Usage
 from ..toolchoice import allowed_entries
 from . import compaction
-from .chatshape import ALLOWED_MODES, CallOrder, attached_note, invalid_choice
+from .chatshape import ALLOWED_MODES, RATE_LIMITED, CallOrder, attached_note, invalid_choice
 from .reasoning import pack, restorable, sign_call, signatures_of, thinking_blocks, thought_signature, unpack
 
 # Request fields the caller handles (stored state, trace) and that never go upstream.
@@ -137,7 +137,6 @@ IMAGE_DETAILS = {"auto", "low", "high"}
 INCOMPLETE = {"length": "max_output_tokens", "content_filter": "content_filter"}
 # The codes a Responses ``error`` object may carry; others are reported as server_error.
 ERROR_CODES = {"server_error", "rate_limit_exceeded", "invalid_prompt"}
-RATE_LIMITED = {"rate_limit_exceeded", "rate_limit_error", "RESOURCE_EXHAUSTED"}  # OpenAI's, Anthropic's, Gemini's
 
 
 def stream_error_code(error: dict) -> str:
