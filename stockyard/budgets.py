@@ -406,6 +406,19 @@ class Ledger:
                     periods[key] = _Entry(spent)
         return keyed
 
+    def _loaded(self, keyed: list[tuple[Budget, str]]) -> list[_Entry] | None:
+        """Under the lock: the entries :meth:`_ensure` loaded for ``keyed``, or None when one was dropped
+        meanwhile — an idle end user forgotten (:meth:`_prune`), or a period another request's newer
+        period replaced (a request stamped just past midnight beside one stamped just before): the
+        caller loads the spend again."""
+        entries = []
+        for budget, key in keyed:
+            entry = self._entries.get(budget.scope, {}).get(key)
+            if entry is None:
+                return None
+            entries.append(entry)
+        return entries
+
     def reserve(self, budgets: list[Budget], amount: int, ts_ms: int) -> Hold:
         """Reserve ``amount`` µ¢ against every budget, or none of them (BudgetExceeded)."""
         while True:
@@ -413,14 +426,10 @@ class Ledger:
             refused: BudgetExceeded | None = None
             first = False
             with self._lock:
-                entries = [self._entries.get(budget.scope, {}).get(key) for budget, key in keyed]
-                if any(entry is None for entry in entries):
-                    # dropped meanwhile — an idle end user forgotten (_prune), or a period another
-                    # request's newer period replaced (_ensure: a request stamped just past midnight
-                    # beside one stamped just before): load the spend again
+                entries = self._loaded(keyed)
+                if entries is None:
                     continue
                 for (budget, key), entry in zip(keyed, entries):
-                    assert entry is not None
                     if entry.spent + entry.reserved + amount > budget.limit_uc:
                         refused = BudgetExceeded(budget, key, entry.spent, entry.reserved, amount, ts_ms)
                         # Used up — spent, not held by requests in flight, nor one request too large
@@ -433,7 +442,6 @@ class Ledger:
                 else:
                     now = time.monotonic()
                     for entry in entries:
-                        assert entry is not None
                         entry.reserved += amount
                         entry.touched = now
             if refused is not None:
@@ -546,14 +554,13 @@ class Ledger:
         while True:
             keyed = self._ensure(budgets, ts_ms)
             with self._lock:
-                for budget, key in keyed:
-                    entry = self._entries.get(budget.scope, {}).get(key)
-                    if entry is None:  # dropped since it was loaded (as in reserve): load it again
-                        break
+                entries = self._loaded(keyed)
+                if entries is None:
+                    continue
+                for (budget, key), entry in zip(keyed, entries):
                     if entry.spent + entry.reserved >= budget.limit_uc:
                         return BudgetExceeded(budget, key, entry.spent, entry.reserved, 0, ts_ms)
-                else:
-                    return None
+                return None
 
     def tightest(self, budgets: list[Budget], ts_ms: int) -> BudgetExceeded | None:
         """The budget with the least left beyond its spend (:func:`unspent_of`) now, with its holds, as
@@ -562,15 +569,14 @@ class Ledger:
         while True:
             keyed = self._ensure(budgets, ts_ms)
             with self._lock:
-                entries = [self._entries.get(budget.scope, {}).get(key) for budget, key in keyed]
-                if all(entry is not None for entry in entries):
-                    found = [
-                        BudgetExceeded(budget, key, entry.spent, entry.reserved, 0, ts_ms)
-                        for (budget, key), entry in zip(keyed, entries)
-                        if entry is not None
-                    ]
-                    return min(found, key=unspent_of, default=None)
-            # else one was dropped since it was loaded (as in reserve): load it again
+                entries = self._loaded(keyed)
+                if entries is None:
+                    continue
+                found = [
+                    BudgetExceeded(budget, key, entry.spent, entry.reserved, 0, ts_ms)
+                    for (budget, key), entry in zip(keyed, entries)
+                ]
+            return min(found, key=unspent_of, default=None)
 
     def close(self) -> None:
         """Nothing to stop: the shared ledger (PostgreSQL) has a lease keeper to stop."""
