@@ -638,11 +638,6 @@ def budgets_for(key, projects: Mapping[str, Budget]) -> list[Budget]:
     return found
 
 
-def room_of(state: BudgetExceeded) -> int:
-    """What a budget's period has left beyond its spend and its holds, µ¢ (≤ 0: none)."""
-    return state.budget.limit_uc - state.spent - state.reserved
-
-
 def unspent_of(state: BudgetExceeded) -> int:
     """What a budget's period has left beyond its spend, µ¢: all a reservation can have once the
     holds in flight end (a batch's worst case past it cannot start this period, whatever they cost)."""
