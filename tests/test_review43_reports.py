@@ -425,9 +425,11 @@ def test_the_traffic_has_every_kind_the_reports_are_held_to(server, traffic):
     assert sum(refused(r) for r in rows) >= 1  # the rpm refusal (the budget's too when traced)
     assert any(r["parent_id"] for r in rows), "a failed attempt followed by a fallback"
     assert server.db_rows("SELECT count(*) AS n FROM traces WHERE cache_hit = 1")[0]["n"] >= 2
-    assert {r["ts"][:10] for r in rows} >= {
-        time.strftime("%Y-%m-%d", time.gmtime(t / 1000)) for t in (TODAY_MIDNIGHT - 1, TODAY_MIDNIGHT)
-    }, "both sides of a midnight"
+    days = {r["ts"][:10] for r in rows}
+    before = (TODAY_MIDNIGHT - DAY_MS - 1, TODAY_MIDNIGHT - 1)  # the days before yesterday's and today's midnight
+    sides = {time.strftime("%Y-%m-%d", time.gmtime(t / 1000)) for t in before}
+    assert days >= sides and len(sides) == 2, "both sides of yesterday's midnight, and the day before today's"
+    assert max(days) > max(sides), "and the traffic after today's midnight (the day the file was collected, or later)"
     assert len({r["key_id"] for r in rows}) >= 5 and any(r["key_id"] is None for r in rows)
     assert any(r["cost_status"] == "unknown" for r in rows)
     assert {r["provider"] for r in rows} >= {"openai", "groq", "anthropic"}
