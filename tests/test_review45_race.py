@@ -388,3 +388,39 @@ def test_a_background_response_is_found_by_the_next_retrieve_on_any_worker(group
 
     with ThreadPoolExecutor(max_workers=4) as pool:
         assert list(pool.map(create_and_retrieve, range(16))) == [200] * 16
+
+
+# -- the money leftovers ------------------------------------------------------------------------------
+def test_a_budget_set_while_a_batch_is_read_holds_or_refuses_the_batch(alone, upstream):
+    """A batch is priced while its input file is read only when a budget counts its key as the read
+    begins (``App.batch_room``); its reservation then read the budgets again, found the project's
+    budget set meanwhile, and reserved the worst case it had: 0 (not priced). The batch ran held at
+    nothing (billed later, past the limit). Its input file held by the provider after its first byte,
+    the project's budget set and seen by the server, then the file let go: the batch is refused
+    (409 ``budget_changed``: send it again), and sent again it is priced and held."""
+    sdk = alone.openai("late")
+    line = {
+        "custom_id": "late-1",
+        "method": "POST",
+        "url": "/v1/chat/completions",
+        "body": {"model": "gpt-race", "messages": [{"role": "user", "content": "r45 late"}], "max_tokens": CAP},
+    }
+    made = sdk.files.create(file=("b.jsonl", io.BytesIO(json.dumps(line).encode() + b"\n")), purpose="batch")
+    gate, reading = threading.Event(), threading.Event()
+    upstream.enqueue(Reply(held=gate, held_after=1, hang_started=reading))  # the input file's content
+    body = {"input_file_id": made.id, "endpoint": "/v1/chat/completions", "completion_window": "24h"}
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        created = pool.submit(alone.request, "POST", "/v1/batches", body, alone.auth("late"))
+        assert reading.wait(10), "the batch's input file was never read"
+        admin = {"Authorization": f"Bearer {ADMIN}"}
+        status, _, data = alone.request(
+            "PUT", "/api/projects/p45-late/budget", {"budget_usd": "1", "period": "total"}, admin
+        )
+        assert status == 200, data
+        wait_for(lambda: ledger_of(alone, "late")[0] == "project 'p45-late'", what="the project's budget applied")
+        gate.set()
+        status, _, data = created.result(timeout=30)
+    assert status == 409 and json.loads(data)["error"]["code"] == "budget_changed", data
+    batch = sdk.batches.create(input_file_id=made.id, endpoint="/v1/chat/completions", completion_window="24h")
+    (held,) = alone.db_rows("SELECT held_uc FROM owned_objects WHERE id = ?", (batch.id,))
+    assert held["held_uc"] > 0, held
