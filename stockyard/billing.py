@@ -227,7 +227,7 @@ class Pricer:
             a.usage = Usage(prompt_tokens=max(1, estimate.input_tokens(ctx)), completion_tokens=relayed)
             a.usage_estimated = True
         elif a.usage_partial and a.outcome in BILLABLE_WITHOUT_USAGE:  # its input counted, its output not yet
-            relayed = self._relayed(ctx, a)
+            relayed = max(self._relayed(ctx, a), self._past_count(ctx, a))
             a.usage = dataclasses.replace(a.usage, completion_tokens=max(a.usage.completion_tokens, relayed))
             a.usage_estimated = True
         if a.image_usage is not None or a.image_estimate is not None:
@@ -252,6 +252,17 @@ class Pricer:
             body, total = body[kept:], max(0, total - relayed)
         tokens, most = estimate.relayed_tokens(body, total), estimate.relayed_at_most(ctx)
         return tokens if most is None else min(tokens, most)
+
+    @staticmethod
+    def _past_count(ctx: RequestContext, a: Attempt) -> int:
+        """A cut Gemini stream's output: what its usage counted (thoughts reported before any text
+        included) and the answer it relayed past that count (``Attempt.uncounted_chars``, four
+        characters a token), at most what the body's cap allows (never less than the count). The
+        larger of the two alone under-billed a text relayed after a count of thoughts by up to them."""
+        assert a.usage is not None
+        counted, most = a.usage.completion_tokens, estimate.relayed_at_most(ctx)
+        tokens = counted + -(-a.uncounted_chars // 4)
+        return tokens if most is None else max(counted, min(tokens, most))
 
     def _with_images(self, ctx: RequestContext, a: Attempt) -> None:
         """Add what the image_generation tool's images cost to the answer's usage, as a fee: its

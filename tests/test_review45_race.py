@@ -424,3 +424,46 @@ def test_a_budget_set_while_a_batch_is_read_holds_or_refuses_the_batch(alone, up
     batch = sdk.batches.create(input_file_id=made.id, endpoint="/v1/chat/completions", completion_window="24h")
     (held,) = alone.db_rows("SELECT held_uc FROM owned_objects WHERE id = ?", (batch.id,))
     assert held["held_uc"] > 0, held
+
+
+def gemini_cut(thoughts: int, text: str, cap: int) -> list[str]:
+    """A Gemini stream whose first chunk reports ``thoughts`` thought tokens (no output count yet,
+    a thought summary), then ``text`` under the same count; the provider cuts it after those two."""
+    usage = {"promptTokenCount": 12, "thoughtsTokenCount": thoughts, "totalTokenCount": 12 + thoughts}
+    summary = {"content": {"parts": [{"text": "Thinking.", "thought": True}], "role": "model"}, "index": 0}
+    answer = {"content": {"parts": [{"text": text}], "role": "model"}, "index": 0}
+    return [json.dumps({"candidates": [part], "usageMetadata": usage}) for part in (summary, answer)]
+
+
+@pytest.mark.parametrize("cap", [2000, 1200])
+def test_a_cut_gemini_stream_bills_its_thoughts_and_the_text_after_them(alone, upstream, cap):
+    """A Gemini stream reports its thoughts (``thoughtsTokenCount``) before its text; cut before the
+    chunk that counts its output, it was billed the larger of those thoughts and the text relayed
+    (four characters a token), never both: 500 thoughts then 4,000 characters (1,000 tokens) of text
+    billed 1,000 output tokens, not 1,500. Now the thoughts reported and the text relayed past that
+    count, at most what the body's cap allows (1,200) — through the Gemini API and through a chat client."""
+    text = "word " * 800
+    want = min(500 + 1000, cap)
+    key = alone.secret("solo")
+    upstream.enqueue(Reply(sse=gemini_cut(500, text, cap), cut_after=2))
+    body = {
+        "contents": [{"role": "user", "parts": [{"text": "r45 think"}]}],
+        "generationConfig": {"maxOutputTokens": cap},
+    }
+    path = "/v1beta/models/gemini-race:streamGenerateContent?alt=sse"
+    status, headers, raw = alone.request("POST", path, body, {"x-goog-api-key": key})
+    assert status == 200 and raw.count(b"word") == 800, raw[:300]
+    row = alone.trace(headers["x-stockyard-trace-id"])
+    assert (row["outcome"], row["cost_status"], row["completion_tokens"]) == ("stream_broken", "estimate", want), row
+    assert row["cost_uc"] == 12 * 100 + want * 200
+    upstream.enqueue(Reply(sse=gemini_cut(500, text, cap), cut_after=2))
+    chat = {
+        "model": "gemini-race",
+        "messages": [{"role": "user", "content": "r45 think"}],
+        "max_tokens": cap,
+        "stream": True,
+    }
+    status, headers, raw = alone.request("POST", "/v1/chat/completions", chat, alone.auth("solo"))
+    assert status == 200 and raw.count(b"word") == 800, raw[:300]
+    row = alone.trace(headers["x-stockyard-trace-id"])
+    assert (row["outcome"], row["completion_tokens"]) == ("stream_broken", want), row
