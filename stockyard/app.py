@@ -159,7 +159,7 @@ class App:
         self._auth_required: bool | None = None
         self.scrubber = Scrubber()
         self.gate = Gatekeeper(self.store, settings.is_loopback, self.registry)
-        self.pricer = Pricer()
+        self.pricer = Pricer(default_max_tokens=settings.default_max_tokens)
         self.otlp: Exporter | None = None
         telemetry = None
         if settings.otlp_endpoint:

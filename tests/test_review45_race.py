@@ -467,3 +467,37 @@ def test_a_cut_gemini_stream_bills_its_thoughts_and_the_text_after_them(alone, u
     assert status == 200 and raw.count(b"word") == 800, raw[:300]
     row = alone.trace(headers["x-stockyard-trace-id"])
     assert (row["outcome"], row["completion_tokens"]) == ("stream_broken", want), row
+
+
+def test_a_cut_transcription_bills_no_more_text_than_its_hold_counted(alone, upstream):
+    """A streamed transcription cut before its usage is billed its audio and the text it relayed,
+    four bytes a token, with no bound: 25,000 characters (6,250 tokens) were billed past the output
+    its hold counted (a transcription sets no cap: the server's default, 4,096 tokens). The estimate
+    stops there, as a chat answer's stops at its cap."""
+    deltas = [json.dumps({"type": "transcript.text.delta", "delta": "word " * 1000}) for _ in range(5)]
+    upstream.enqueue(Reply(sse=deltas, cut_after=5))
+    audio = b"ID3" + b"\x00" * 4997  # 20 s held at the lowest bitrate
+    form = {"model": "gpt-4o-transcribe", "stream": "true"}
+    conn = http.client.HTTPConnection("127.0.0.1", alone.port, timeout=30)
+    boundary = "r45boundary"
+    parts = [
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode() for k, v in form.items()
+    ]
+    parts.append(
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="a.mp3"\r\n'
+        "Content-Type: audio/mpeg\r\n\r\n".encode()
+        + audio
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    headers = {**alone.auth("solo"), "Content-Type": f"multipart/form-data; boundary={boundary}"}
+    try:
+        conn.request("POST", "/v1/audio/transcriptions", body=b"".join(parts), headers=headers)
+        answer = conn.getresponse()
+        trace_id = answer.getheader("x-stockyard-trace-id")
+        relayed = answer.read()
+    finally:
+        conn.close()
+    assert answer.status == 200 and relayed.count(b"word") == 5000, relayed[:300]
+    row = alone.trace(trace_id)
+    assert (row["outcome"], row["cost_status"]) == ("stream_broken", "estimate"), row
+    assert row["completion_tokens"] == 4096, row
