@@ -11,7 +11,8 @@ provider errors (500, Anthropic's 529), streams the client leaves after the firs
 responses (``background: true`` on ``/v1/responses``: held at their worst case from the create until the
 retrieve that sees them completed bills them). The mock chooses each request's fault by the words of
 its body (``reply_for``), so the mix does not depend on which request reaches it first. Run on one
-process and a ``--workers 2`` group (the parent's ledger).
+process, a ``--workers 2`` group (the parent's ledger) and two replicas on one PostgreSQL database
+(the shared ledger), about 35 s for the whole file.
 
 The bound, for each budget B of limit L_B: the cost of the traces B counts is at most L_B plus the
 largest amount by which one answer in flight when B was crossed cost more than B held for it. In this
@@ -151,15 +152,24 @@ def prepare(server: ServerProcess) -> dict[str, str]:
     )
 
 
-@pytest.fixture(params=["process", "workers"])
+@pytest.fixture(params=["process", "workers", "replicas"])
 def deployment(request, pyz_path, cache_home, upstream, tmp_path) -> Iterator[list[ServerProcess]]:
-    args = ["--workers", "2"] if request.param == "workers" else []
-    server = ServerProcess(pyz_path, tmp_path / "stockyard.db", env_of(cache_home, upstream), args)
-    server.keys = prepare(server)
-    server.start()
-    yield [server]
-    server.stop()
-    assert "Traceback" not in server.log, server.log[-3000:]
+    env = env_of(cache_home, upstream)
+    if request.param == "replicas":
+        url = request.getfixturevalue("pg_url")
+        servers = [ServerProcess(pyz_path, url, env) for _ in range(2)]  # type: ignore[arg-type]
+    else:
+        args = ["--workers", "2"] if request.param == "workers" else []
+        servers = [ServerProcess(pyz_path, tmp_path / "stockyard.db", env, args)]
+    secrets = prepare(servers[0])
+    for server in servers:
+        server.keys = secrets
+        server.start()
+    yield servers
+    for server in servers:
+        server.stop()
+    for server in servers:
+        assert "Traceback" not in server.log, server.log[-3000:]
 
 
 @pytest.fixture(scope="module")
@@ -286,6 +296,7 @@ def ledger_of(server: ServerProcess, key: str, user: str | None = None) -> tuple
 def test_every_budget_holds_under_concurrent_traffic_in_every_dialect(deployment, upstream):
     servers = deployment
     ids = {r["name"]: r["id"] for r in servers[0].db_rows("SELECT id, name FROM client_keys")}
+    wait_for(lambda: all(s.requires_keys() for s in servers), what="the keys on every server")
     sent = traffic(servers)
     started = [s.response_id for s in sent if s.response_id]
     for response_id in started:  # those not completed yet (or retrieved before the mock completed them)
