@@ -30,6 +30,7 @@ from .budgets import (
     BudgetExceeded,
     BudgetRecords,
     Ledger,
+    budget_set_meanwhile,
     budgets_for,
     load_project_budgets,
     scopes_of,
@@ -158,7 +159,7 @@ class App:
         self._auth_required: bool | None = None
         self.scrubber = Scrubber()
         self.gate = Gatekeeper(self.store, settings.is_loopback, self.registry)
-        self.pricer = Pricer()
+        self.pricer = Pricer(default_max_tokens=settings.default_max_tokens)
         self.otlp: Exporter | None = None
         telemetry = None
         if settings.otlp_endpoint:
@@ -299,7 +300,12 @@ class App:
         return past
 
     def check_batch_budget(
-        self, ctx: RequestContext, worst: int | None, what: str = "batch", param: str = "input_file_id"
+        self,
+        ctx: RequestContext,
+        worst: int | None,
+        what: str = "batch",
+        param: str = "input_file_id",
+        priced: bool = True,
     ) -> BatchHold:
         """A key (or its project) whose budget is used up starts no batch (429), nor one naming a
         model without a price (403 ``model_not_priced``; ``worst`` None), nor one whose worst case
@@ -310,8 +316,13 @@ class App:
         after it sees it, across restarts too (``budgets.ledger_spend_uc``) — until the batch is
         billed, when its real cost replaces it (:meth:`batch_spend`). ``end(False)`` gives the
         reservation back. Not when the budget module is off for the key. ``what`` (a batch, a video)
-        and ``param`` name it in the refusals."""
+        and ``param`` name it in the refusals. ``priced`` False: no budget counted the key when the
+        batch was read (:meth:`batch_room` None), so ``worst`` is 0, not its cost; a budget that counts
+        it now (a project's set, the budget module turned on meanwhile) refuses it, to be sent again
+        and priced, or it would run held at nothing."""
         budgets = self.budgets_of(ctx)
+        if budgets and not priced:
+            raise budget_set_meanwhile(what)
         if budgets and worst is None:
             raise unpriced_job_refusal(what, "on this key", param)
         if budgets and worst:

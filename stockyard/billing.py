@@ -24,8 +24,11 @@ UNCONFIRMED_MODEL = "(unconfirmed)"
 
 
 class Pricer:
-    def __init__(self, table: PriceTable | None = None) -> None:
+    def __init__(self, table: PriceTable | None = None, default_max_tokens: int = 4096) -> None:
         self.table = table or PriceTable.load()
+        # the output a request that sets no cap is held at (``Settings.default_max_tokens``): a cut
+        # transcription's estimate stops there, as its hold did (:meth:`_cut_audio_cost`)
+        self.default_max_tokens = default_max_tokens
 
     def use(self, table: PriceTable) -> None:
         self.table = table
@@ -227,7 +230,7 @@ class Pricer:
             a.usage = Usage(prompt_tokens=max(1, estimate.input_tokens(ctx)), completion_tokens=relayed)
             a.usage_estimated = True
         elif a.usage_partial and a.outcome in BILLABLE_WITHOUT_USAGE:  # its input counted, its output not yet
-            relayed = self._relayed(ctx, a)
+            relayed = max(self._relayed(ctx, a), self._past_count(ctx, a))
             a.usage = dataclasses.replace(a.usage, completion_tokens=max(a.usage.completion_tokens, relayed))
             a.usage_estimated = True
         if a.image_usage is not None or a.image_estimate is not None:
@@ -252,6 +255,17 @@ class Pricer:
             body, total = body[kept:], max(0, total - relayed)
         tokens, most = estimate.relayed_tokens(body, total), estimate.relayed_at_most(ctx)
         return tokens if most is None else min(tokens, most)
+
+    @staticmethod
+    def _past_count(ctx: RequestContext, a: Attempt) -> int:
+        """A cut Gemini stream's output: what its usage counted (thoughts reported before any text
+        included) and the answer it relayed past that count (``Attempt.uncounted_chars``, four
+        characters a token), at most what the body's cap allows (never less than the count). The
+        larger of the two alone under-billed a text relayed after a count of thoughts by up to them."""
+        assert a.usage is not None
+        counted, most = a.usage.completion_tokens, estimate.relayed_at_most(ctx)
+        tokens = counted + -(-a.uncounted_chars // 4)
+        return tokens if most is None else max(counted, min(tokens, most))
 
     def _with_images(self, ctx: RequestContext, a: Attempt) -> None:
         """Add what the image_generation tool's images cost to the answer's usage, as a fee: its
@@ -360,7 +374,8 @@ class Pricer:
     def _cut_audio_cost(self, ctx: RequestContext, a: Attempt, price: Price) -> int | None:
         """The estimate of a cut audio answer (:meth:`_audio_cut`): the audio its hold counted
         (``estimate.held_audio_seconds``) by the second, or as audio tokens with the input text and
-        the text that went out; None in another unit."""
+        the text that went out, never more of it than the hold counted (``default_max_tokens``: four
+        bytes a token is a guess, many times the tokens of a text of long ones); None in another unit."""
         seconds = estimate.held_audio_seconds(ctx, a.upstream_model or ctx.model or "")
         a.usage_estimated = True
         if price.unit == "second":
@@ -369,7 +384,8 @@ class Pricer:
         if price.unit != "token":
             return None
         audio = seconds * estimate.AUDIO_TOKENS_PER_S
-        relayed = estimate.relayed_tokens(a.response_body, a.relayed_text_bytes())
+        # the text at four bytes a token, at most the output its hold counted (it sets no cap)
+        relayed = min(estimate.relayed_tokens(a.response_body, a.relayed_text_bytes()), self.default_max_tokens)
         a.usage = Usage(prompt_tokens=estimate.input_tokens(ctx) + audio, completion_tokens=relayed, media_tokens=audio)
         return cost_microcents(price, a.usage)
 

@@ -323,6 +323,19 @@ def unpriced_job_refusal(what: str, whose: str, param: str = "model") -> ProxyEr
     )
 
 
+def budget_set_meanwhile(what: str) -> ProxyError:
+    """The 409 for a batch read while no budget counted its key, which one does at its reservation
+    (``App.check_batch_budget``): it was not priced, so nothing could be held for it. Sent again,
+    it is priced and held (the SDKs send a 409 again by themselves)."""
+    return ProxyError(
+        409,
+        f"a budget began to count this key while the {what} was read, so it was not priced against it; "
+        f"send the {what} again",
+        code="budget_changed",
+        headers={"Retry-After": "0"},
+    )
+
+
 def unpriced_refusal(model: str, whose: str) -> ProxyError:
     """The 403 for a model whose request a budget cannot count: no price, or a price in a unit its
     answer does not report (``Pricer.worst_case`` None). ``whose``: "on this key", "per end user"."""

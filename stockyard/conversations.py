@@ -608,7 +608,9 @@ class Conversations:
         future = self._store.write_later(record.write, queue_wait(ctx), urgent=self._shared)
         future.add_done_callback(lambda _: self._committed(record))  # or failed: it will never be
         ctx.kept_later.append((f"response {response_id} was not kept", future))
-        if response.get("status") not in UNFINISHED:  # a stream's response.created: its end is to come
+        # a stream's response.created: its end is to come; a whole answer still running (a background
+        # response, queued) is the end the client's next retrieve may reach another process with
+        if not ctx.stream or response.get("status") not in UNFINISHED:
             self._before_the_end(ctx, future)
 
     def _before_the_end(self, ctx: RequestContext, future: Future) -> None:

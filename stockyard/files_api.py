@@ -1527,7 +1527,7 @@ class FilesAPI(ProviderCalls):
         path: RequestPath,
         ownership: Ownership,
         on_completed: Callable[[RequestContext, Provider, dict], None],
-        check_budget: Callable[[RequestContext, int | None], BatchHold],
+        check_budget: Callable[..., BatchHold],
         room: Callable[[RequestContext], Callable[[int, int], None] | None],
     ) -> None:
         super().__init__(path, ownership)
@@ -1768,7 +1768,8 @@ class FilesAPI(ProviderCalls):
             )
         _, provider = self._owned(ctx, file_id, "file", not_found("file", file_id, "input_file_id"))
         self._check_budget(ctx, 0)  # used up: refused before the file is read
-        hold = self._check_budget(ctx, self._check_input_file(ctx, provider, file_id))
+        worst, priced = self._check_input_file(ctx, provider, file_id)
+        hold = self._check_budget(ctx, worst, priced=priced)  # a budget set meanwhile: not held at 0
         made = partial(self._batches_of_file, ctx, provider, file_id, body.get("endpoint"))
         terms = json.dumps([file_id, body.get("endpoint")])
         answer, batch = self._create_upstream(ctx, provider, "/batches", raw, "batch", hold, made, terms=terms)
@@ -1790,12 +1791,13 @@ class FilesAPI(ProviderCalls):
             and b.get("endpoint") == endpoint
         ]
 
-    def _check_input_file(self, ctx: RequestContext, provider: Provider, file_id: str) -> int | None:
+    def _check_input_file(self, ctx: RequestContext, provider: Provider, file_id: str) -> tuple[int | None, bool]:
         """A batch's input file, read back from the provider as it streams and checked line by line
         (``_check_batch_lines``): the upload was checked only if it said ``purpose=batch``, and not
-        every provider insists on that purpose. Returns the batch's worst-case cost (None: unpriced)."""
+        every provider insists on that purpose. Returns the batch's worst-case cost (None: unpriced)
+        and whether it was priced (a budget counted the key as its reading began: ``App.batch_room``)."""
         if ctx.key is None:
-            return 0
+            return 0, False
         answer, resp = self._request(ctx, provider, "GET", f"/files/{file_id}/content")
         if answer.status >= 400:
             resp.read_all()
@@ -1806,7 +1808,8 @@ class FilesAPI(ProviderCalls):
                 code="input_file_unreadable",
             )
         try:
-            return self._check_batch_lines(ctx, provider, resp.chunks(), self._room(ctx))
+            past = self._room(ctx)
+            return self._check_batch_lines(ctx, provider, resp.chunks(), past), past is not None
         except UpstreamError as exc:
             raise exc.answer(provider.name, self._path.scrub.text) from None
         except BaseException:

@@ -138,7 +138,7 @@ class MessageBatches(ProviderCalls):
         ownership: Ownership,
         models: Callable[[], Models],
         costs: BatchCosts,
-        check_budget: Callable[[RequestContext, int | None], BatchHold],
+        check_budget: Callable[..., BatchHold],
         room: Callable[[RequestContext, int], Callable[[int, int], None] | None],
         count: Callable[[str], None] = lambda name: None,
         parsing: Callable[[int, int], ContextManager[int]] = lambda values, size: contextlib.nullcontext(
@@ -255,7 +255,7 @@ class MessageBatches(ProviderCalls):
                     past(worst, i + 1)
         assert provider is not None
         ctx.model = ",".join(models)[:200]
-        hold = self._check_budget(ctx, worst)
+        hold = self._check_budget(ctx, worst, priced=budgeted)  # a budget set meanwhile: not held at 0
         sent = json.dumps(body, ensure_ascii=False).encode() if changed else raw
         answer, batch = self._create_upstream(ctx, provider, UPSTREAM, sent, KIND, hold)
         if batch is not None:

@@ -43,8 +43,6 @@ import json
 import os
 import random
 import re
-import socket
-import struct
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -56,6 +54,7 @@ import openai
 import pytest
 from conftest import ServerProcess, mock_env, wait_for
 from mock_upstream import MockUpstream, Recorded, Reply
+from race_helpers import leave, ledger_in, rows_of, unrecorded
 
 ADMIN = "admin-key-for-review44-race-0123456789"
 LIMIT_UC = 150_000  # $0.0015: about 60 of this mix's answers, so the budget is crossed mid-run
@@ -236,45 +235,10 @@ def body_of(kind: str, client: int, i: int) -> bytes:
     return json.dumps(body).encode()
 
 
-def head_of(raw: bytes) -> tuple[int, dict[str, str]]:
-    lines = raw.split(b"\r\n\r\n", 1)[0].decode("latin-1").split("\r\n")
-    headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
-    return int(lines[0].split()[1]), headers
-
-
-def leave(server: ServerProcess, secret: str, payload: bytes) -> tuple[int, dict[str, str], bytes]:
-    """Send a streamed request over a raw socket and leave (a reset) after its first event, or
-    read a refusal whole."""
-    client = socket.create_connection(("127.0.0.1", server.port), timeout=30)
-    received = b""
-    try:
-        client.sendall(
-            f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {secret}\r\n"
-            f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n".encode()
-            + payload
-        )
-        while b"\r\n\r\n" not in received or (b"data:" not in received and not refusal_read(received)):
-            chunk = client.recv(1 << 16)
-            assert chunk, received[-300:]
-            received += chunk
-    finally:
-        client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        client.close()
-    status, headers = head_of(received)
-    return status, headers, received.split(b"\r\n\r\n", 1)[1]
-
-
-def refusal_read(received: bytes) -> bool:
-    """A whole answer that is not a stream (a refusal): its Content-Length of body arrived."""
-    status, headers = head_of(received)
-    length = headers.get("content-length")
-    return status != 200 and length is not None and len(received.split(b"\r\n\r\n", 1)[1]) >= int(length)
-
-
 def send(server: ServerProcess, key: str, kind: str, client: int, i: int) -> Sent:
     payload, secret = body_of(kind, client, i), server.secret(key)
     if kind == "leave":
-        status, headers, data = leave(server, secret, payload)
+        status, headers, data = leave(server, "/v1/chat/completions", {"Authorization": f"Bearer {secret}"}, payload)
     else:
         conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
         try:
@@ -373,36 +337,14 @@ def traffic(servers: list[ServerProcess], started: str) -> list[Sent]:
 
 
 # -- what the servers say afterwards -------------------------------------------------------------
-def to_uc(usd: str) -> int:
-    return int(Decimal(usd) * 10**8)
-
-
 def ledger_of(server: ServerProcess, key: str) -> tuple[int, int]:
     """(spent, held) of the key's budget in the ledger, from the refusal of a request no budget
     admits (a cap of a million tokens): it names both (no held part when nothing is held)."""
     body = {"model": "mock-race", "messages": [{"role": "user", "content": "r44 probe"}], "max_tokens": 1_000_000}
     status, _, data = server.request("POST", "/v1/chat/completions", body, server.auth(key))
-    message = json.loads(data)["error"]["message"]
     assert status == 429, data
-    found = re.search(r"allows no more: \$([\d.]+) spent(?:, \$([\d.]+) held by requests in flight)?", message)
-    assert found, message
-    return to_uc(found.group(1)), to_uc(found.group(2) or "0")
-
-
-def rows_of(server: ServerProcess, key_id: str) -> list[dict]:
-    sql = "SELECT id, parent_id, endpoint, cost_uc, ts_ms, status, error_type, outcome FROM traces WHERE key_id = ?"
-    return server.db_rows(sql, (key_id,))
-
-
-def unrecorded(servers: list[ServerProcess]) -> int:
-    """Refusals of client keys counted but not traced (the refusal bucket), over every process."""
-    total = 0.0
-    for server in servers:
-        status, _, text = server.request("GET", "/metrics", headers={"Authorization": f"Bearer {ADMIN}"})
-        assert status == 200
-        for value in re.findall(rb"^stockyard_key_refusals_unrecorded_total(?:\{[^}]*\})? (\S+)$", text, re.M):
-            total += float(value)
-    return int(total)
+    _, spent, held = ledger_in(json.loads(data)["error"]["message"])
+    return spent, held
 
 
 def most_in_a_minute(stamps: list[int]) -> int:
@@ -437,7 +379,7 @@ def test_budget_and_rpm_hold_under_concurrent_messy_traffic(deployment, upstream
         rows = [r for key in ids.values() for r in rows_of(servers[0], key)]
         roots = {r["id"] for r in rows if r["parent_id"] is None and r["endpoint"] != "batches.usage"}
         untraced = [s for s in refused if s.trace_id not in roots]
-        return rows if answered <= roots and len(untraced) == unrecorded(servers) else None
+        return rows if answered <= roots and len(untraced) == unrecorded(servers, ADMIN) else None
 
     rows = wait_for(stored, timeout=20, what="every request traced, or its refusal counted")
     roots = [r["id"] for r in rows if r["parent_id"] is None and r["endpoint"] != "batches.usage"]

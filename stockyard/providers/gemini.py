@@ -680,6 +680,35 @@ def partial_usage(ctx: RequestContext, complete: bool) -> bool:
     return ctx.attempt.usage is not None and not complete
 
 
+def note_uncounted(ctx: RequestContext, doc: Any) -> None:
+    """Keep count of the answer a stream relayed past its latest output count (``Attempt.uncounted_chars``):
+    a chunk whose usage counts the candidates' tokens counts all of their text so far, its own too;
+    any other chunk's text and calls are not counted yet. Thoughts are not text here: the usage counts
+    them apart (``thoughtsTokenCount``, reported before the text they lead to), and a summary is part
+    of them. A cut stream is billed that count, its thoughts included, and this text beside it."""
+    if not isinstance(doc, dict):
+        return
+    meta = doc.get("usageMetadata")
+    counted = meta.get("candidatesTokenCount") if isinstance(meta, dict) else None
+    if isinstance(counted, int) and counted > 0:
+        ctx.attempt.uncounted_chars = 0
+        return
+    candidates = doc.get("candidates")
+    for candidate in candidates if isinstance(candidates, list) else ():
+        content = candidate.get("content") if isinstance(candidate, dict) else None
+        parts = content.get("parts") if isinstance(content, dict) else None
+        for part in parts if isinstance(parts, list) else ():  # a native stream's are the provider's, unchecked
+            if not isinstance(part, dict) or part.get("thought"):
+                continue
+            if isinstance(part.get("text"), str):
+                ctx.attempt.uncounted_chars += len(part["text"])
+            elif isinstance(part.get("functionCall"), dict):
+                try:
+                    ctx.attempt.uncounted_chars += len(json.dumps(part["functionCall"].get("args") or {}))
+                except RecursionError:  # nested past the encoder's depth: the provider's, uncounted
+                    pass
+
+
 def error_fields(payload: Any) -> tuple[int, str, str] | None:
     """(HTTP code, status name, message) of a Google error object (or a one-item list of them)."""
     if isinstance(payload, list) and payload:
@@ -799,6 +828,7 @@ class GeminiStream(ChunkStream):
         self.identify(doc.get("responseId"), doc.get("modelVersion"))
         if isinstance(doc.get("usageMetadata"), dict):  # cumulative: the latest one counts
             self.ctx.attempt.usage = Usage.from_gemini(doc["usageMetadata"])
+        note_uncounted(self.ctx, doc)
         out: list[bytes] = []
         for position, candidate in enumerate(doc.get("candidates") or []):
             out += self.candidate_events(candidate, candidate.get("index", position))

@@ -30,7 +30,7 @@ from ..toolfees import GroundingTally
 from . import Provider
 from .base import Adapter, StreamTranslator, UpstreamCall, model_segment, sse_data
 from .chatshape import record_stream_error, unreadable_event
-from .gemini import api_path, auth_headers, embedded_tokens, error_fields, partial_usage
+from .gemini import api_path, auth_headers, embedded_tokens, error_fields, note_uncounted, partial_usage
 
 STREAM = "streamGenerateContent"
 JSON_ARRAY = "application/json; charset=UTF-8"
@@ -189,6 +189,7 @@ class NativeStream(StreamTranslator):
             record_stream_error(self.ctx, fields[1], fields[2])
         elif record(self.ctx, doc, self.grounding):
             self.complete = True
+        note_uncounted(self.ctx, doc)
         self.ctx.attempt.usage_partial = partial_usage(self.ctx, self.complete)
         return [event] if self.sse else [self.element(data)]
 
