@@ -51,7 +51,10 @@ def usage(images: int, final: bool = True) -> dict:
         "candidatesTokenCount": text + drawn,
         "totalTokenCount": PROMPT + text + drawn,
         "promptTokensDetails": [{"modality": "TEXT", "tokenCount": PROMPT}],
-        "candidatesTokensDetails": [{"modality": "TEXT", "tokenCount": text}, {"modality": "IMAGE", "tokenCount": drawn}],
+        "candidatesTokensDetails": [
+            {"modality": "TEXT", "tokenCount": text},
+            {"modality": "IMAGE", "tokenCount": drawn},
+        ],
     }
 
 
@@ -147,11 +150,15 @@ def test_an_image_between_the_text_whole_and_streamed(server, mock, key):
     parts = [{"text": "Here is your banana: "}, image(), {"text": "Enjoy."}]
     chunks = [[{"text": "Here is "}], [{"text": "your banana: "}], [image()], [{"text": "Enjoy."}]]
     made, accumulated = both_ways(server, mock, key, parts, chunks)
-    assert summary(accumulated) == summary(made) == [
-        ("message", "completed", ["Here is your banana: "]),
-        ("image", "completed", "png", PNG_BYTES),
-        ("message", "completed", ["Enjoy."]),
-    ]
+    assert (
+        summary(accumulated)
+        == summary(made)
+        == [
+            ("message", "completed", ["Here is your banana: "]),
+            ("image", "completed", "png", PNG_BYTES),
+            ("message", "completed", ["Enjoy."]),
+        ]
+    )
     assert made.output[1].id.startswith("ig_") and made.output_text == "Here is your banana: Enjoy."
     final, _ = raw_stream(server, mock, key, chunks)
     assert [item["type"] for item in final["output"]] == ["message", "image_generation_call", "message"]
@@ -162,11 +169,15 @@ def test_two_images_one_before_the_text_and_one_chunk_holding_text_and_image(ser
     parts = [image(), {"text": "And a second one:"}, image(JPEG, "image/jpeg")]
     chunks = [[image()], [{"text": "And a second one:"}, image(JPEG, "image/jpeg")]]
     made, accumulated = both_ways(server, mock, key, parts, chunks)
-    assert summary(accumulated) == summary(made) == [
-        ("image", "completed", "png", PNG_BYTES),
-        ("message", "completed", ["And a second one:"]),
-        ("image", "completed", "jpeg", JPEG_BYTES),
-    ]
+    assert (
+        summary(accumulated)
+        == summary(made)
+        == [
+            ("image", "completed", "png", PNG_BYTES),
+            ("message", "completed", ["And a second one:"]),
+            ("image", "completed", "jpeg", JPEG_BYTES),
+        ]
+    )
     final, trace = raw_stream(server, mock, key, chunks)
     assert [item.get("output_format") for item in final["output"]] == ["png", None, "jpeg"]
     assert (trace["cost_uc"], trace["cost_status"]) == (cost_uc(2), "exact")
@@ -178,11 +189,15 @@ def test_an_image_and_a_tool_call(server, mock, key):
     parts = [{"text": "A map first."}, image(), call]
     chunks = [[{"text": "A map first."}], [image()], [call]]
     made, accumulated = both_ways(server, mock, key, parts, chunks, tools=TOOLS)
-    assert summary(accumulated) == summary(made) == [
-        ("message", "completed", ["A map first."]),
-        ("image", "completed", "png", PNG_BYTES),
-        ("function_call", "completed", "get_weather", '{"city": "Z\\u00fcrich"}'),
-    ]
+    assert (
+        summary(accumulated)
+        == summary(made)
+        == [
+            ("message", "completed", ["A map first."]),
+            ("image", "completed", "png", PNG_BYTES),
+            ("function_call", "completed", "get_weather", '{"city": "Z\\u00fcrich"}'),
+        ]
+    )
     final, _ = raw_stream(server, mock, key, chunks, tools=TOOLS)
     assert [item["type"] for item in final["output"]] == ["message", "image_generation_call", "function_call"]
 
@@ -260,6 +275,7 @@ def test_an_image_item_sent_to_claude_is_left_out(server, mock, key):
     mock.enqueue(whole([{"text": "Here: "}, image()]))
     first = client.responses.create(model=MODEL, input="Draw a banana", store=False)
     items = [item.model_dump(exclude_none=True) for item in first.output]
+    assert [item["type"] for item in items] == ["message", "image_generation_call"]
     asked = [{"role": "user", "content": "Draw a banana"}, *items, {"role": "user", "content": "Describe it"}]
     answer = client.responses.create(model=CLAUDE, input=asked, store=False)
     assert answer.status == "completed"
@@ -295,3 +311,16 @@ def test_a_messages_client_gets_the_text_and_the_trace_says_the_image_was_left_o
     trace = server.trace(headers["x-stockyard-trace-id"])
     assert "image(s) the model drew left out" in trace["error_message"]
     assert (trace["cost_uc"], trace["status"]) == (cost_uc(1), 200)
+
+
+@pytest.mark.parametrize("named", ["webp", None, ["png"], "tiff"], ids=["webp", "none", "a list", "unknown"])
+def test_an_image_items_format_names_its_media_type(server, mock, key, named):
+    """An image item sent back goes to Gemini as the media type its ``output_format`` names, else PNG
+    (a value that is no format of OpenAI's is not the client's 500)."""
+    item = {"type": "image_generation_call", "id": "ig_x", "status": "completed", "result": PNG, "output_format": named}
+    mock.clear_replies()
+    mock.enqueue(whole([{"text": "Seen."}]))
+    body = {"model": MODEL, "input": [{"role": "user", "content": "Draw"}, item, {"role": "user", "content": "Again"}]}
+    status, _, raw = server.request("POST", "/v1/responses", body, server.auth(key))
+    assert status == 200, raw
+    assert model_turn(server, mock) == [image(PNG, "image/webp" if named == "webp" else "image/png")]

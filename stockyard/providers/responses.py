@@ -140,7 +140,13 @@ TOOL_OUTPUTS = ("function_call_output", "custom_tool_call_output")
 IMAGE_DETAILS = {"auto", "low", "high"}
 IMAGE_CALL = "image_generation_call"
 # an image's media type → the ``output_format`` OpenAI names it by (the SDK's literal), and back
-OUTPUT_FORMATS = {"image/png": "png", "image/jpeg": "jpeg", "image/webp": "webp", "image/gif": "gif", "image/svg+xml": "svg"}
+OUTPUT_FORMATS = {
+    "image/png": "png",
+    "image/jpeg": "jpeg",
+    "image/webp": "webp",
+    "image/gif": "gif",
+    "image/svg+xml": "svg",
+}
 MEDIA_TYPES = {fmt: mime for mime, fmt in OUTPUT_FORMATS.items()}
 # chat finish_reason → Responses incomplete_details.reason
 INCOMPLETE = {"length": "max_output_tokens", "content_filter": "content_filter"}
@@ -399,8 +405,12 @@ def image_message(item: dict, path: str) -> dict:
     result = item.get("result")
     if not isinstance(result, str) or not result:
         raise invalid(f"{path}.result", f"{path}.result must be the image, base64-encoded")
-    mime = MEDIA_TYPES.get(item.get("output_format"), "image/png")
-    return {"role": "assistant", "content": [{"type": "image_url", "image_url": {"url": f"data:{mime};base64,{result}"}}]}
+    named = item.get("output_format")
+    mime = MEDIA_TYPES.get(named, "image/png") if isinstance(named, str) else "image/png"
+    return {
+        "role": "assistant",
+        "content": [{"type": "image_url", "image_url": {"url": f"data:{mime};base64,{result}"}}],
+    }
 
 
 def restore_thinking(message: dict, state: dict | None) -> None:
