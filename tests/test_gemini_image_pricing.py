@@ -160,7 +160,8 @@ def test_a_chat_request_to_an_image_model_gets_its_image_and_is_billed_the_same(
     assert status == 200, raw
     answer = json.loads(raw)
     message = answer["choices"][0]["message"]
-    assert (message["content"], message["images"]) == (TEXT, [CHAT_IMAGE])  # as chat image models send theirs
+    drawn = {**CHAT_IMAGE, "text_offset": len(TEXT)}  # as chat image models send theirs, and where it was drawn
+    assert (message["content"], message["images"]) == (TEXT, [drawn])
     assert answer["usage"]["completion_tokens"] == COMPLETION_TOKENS + FLASH_TOKENS
     trace = server.trace(got["x-stockyard-trace-id"])
     assert (trace["cost_uc"], trace["cost_status"]) == (flash_cost(), "exact")
@@ -169,7 +170,7 @@ def test_a_chat_request_to_an_image_model_gets_its_image_and_is_billed_the_same(
     chunks = [json.loads(line[6:]) for line in raw.decode().split("\n") if line.startswith("data: {")]
     deltas = [c["choices"][0]["delta"] for c in chunks if c.get("choices")]
     assert "".join(d.get("content") or "" for d in deltas) == TEXT
-    assert [d["images"] for d in deltas if "images" in d] == [[{"index": 0, **CHAT_IMAGE}]]  # numbered for the SDKs
+    assert [d["images"] for d in deltas if "images" in d] == [[{"index": 0, **drawn}]]  # numbered for the SDKs
     assert server.trace(got["x-stockyard-trace-id"])["cost_uc"] == flash_cost()
 
 

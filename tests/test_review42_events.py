@@ -114,7 +114,7 @@ class OpenItem:
     part_open: bool = False
     arguments: str = ""  # a function call's joined deltas (or a custom tool call's input)
     arguments_done: bool = False  # its function_call_arguments.done came
-    steps: list[str] = field(default_factory=list)  # a web search's in_progress, searching, completed
+    steps: list[str] = field(default_factory=list)  # a web search's or an image's in_progress, …, completed
 
 
 def check_responses(body: bytes, usage_sent: bool = True) -> dict:
@@ -233,6 +233,10 @@ def check_item_event(current: OpenItem, kind: str, data: dict) -> None:
         else:
             assert data["input"] == current.arguments, (data, current.arguments)
         return
+    if kind.startswith("response.image_generation_call."):
+        assert item_type == "image_generation_call", (kind, item_type)
+        current.steps.append(kind.rsplit(".", 1)[1])
+        return
     if kind == "response.compaction.compacting":
         assert item_type == "compaction", (kind, item_type)
         return
@@ -275,6 +279,9 @@ def check_item_done(current: OpenItem, item: dict) -> None:
         assert current.steps == ["in_progress", "searching", "completed"], current
     elif item["type"] == "custom_tool_call":
         assert item["input"] == current.arguments, (item, current.arguments)
+    elif item["type"] == "image_generation_call":  # an image the model drew: whole when done
+        assert current.steps == ["in_progress", "generating", "completed"], current
+        assert isinstance(item["result"], str) and item["result"], item
 
 
 # --------------------------------------------------------------------------- the Messages grammar

@@ -590,8 +590,10 @@ def first_call_only(ctx: RequestContext, calls: list[dict], made: bool = False) 
     return kept
 
 
-def candidate_message(candidate: dict) -> tuple[str | None, list[dict], str, list[dict]]:
-    """(text, tool_calls, thought summaries, images) of one candidate."""
+def candidate_message(candidate: dict, before: int = 0) -> tuple[str | None, list[dict], str, list[dict]]:
+    """(text, tool_calls, thought summaries, images) of one candidate; each image says where in the
+    text the model drew it (``text_offset``: ``before``, the characters sent earlier, and those of
+    this candidate's text before it), so a translation that keeps the order can (a Responses answer)."""
     texts: list[str] = []
     calls: list[dict] = []
     thoughts: list[str] = []
@@ -601,8 +603,9 @@ def candidate_message(candidate: dict) -> tuple[str | None, list[dict], str, lis
             thoughts.append(part["text"] if isinstance(part.get("text"), str) else "")
         elif isinstance(part.get("text"), str):
             texts.append(part["text"])
+            before += len(part["text"])
         elif (image := drawn_image(part)) is not None:
-            images.append(image)
+            images.append({**image, "text_offset": before})
         elif isinstance(part.get("functionCall"), dict):
             fn = part["functionCall"]
             call = {
@@ -626,6 +629,18 @@ def drawn_image(part: dict) -> dict | None:
     if not isinstance(mime, str) or not mime.startswith("image/") or not isinstance(data, str):
         return None
     return {"type": "image_url", "image_url": {"url": f"data:{mime};base64,{data}"}}
+
+
+def image_runs(parts: list) -> list[list]:
+    """A chunk's parts cut before and after each image part, so its text, images and calls go out
+    in the order the model made them (a chunk's text is one delta, which would go before its images)."""
+    runs: list[list] = [[]]
+    for part in parts:
+        if isinstance(part, dict) and drawn_image(part) is not None:
+            runs += [[part], []]
+        else:
+            runs[-1].append(part)
+    return [run for run in runs if run]
 
 
 def finish_reason(reason: str | None, has_calls: bool) -> str | None:
@@ -818,6 +833,7 @@ class GeminiStream(ChunkStream):
         self.one_call = one_call_only(ctx.body)
         self.called: set[int] = set()  # choices that made their one call (with one_call)
         self.images: dict[int, int] = {}  # choice index → images sent in it
+        self.chars: dict[int, int] = {}  # choice index → characters of its text sent (an image's text_offset)
 
     def translate(self, doc: Any) -> list[bytes]:
         fields = error_fields(doc)
@@ -843,22 +859,30 @@ class GeminiStream(ChunkStream):
         if index not in self.started:
             self.started.add(index)
             out.append(self.out({"role": "assistant", "content": ""}, index=index))
-        text, calls, thoughts, images = candidate_message(candidate)
+        for run in image_runs((candidate.get("content") or {}).get("parts") or []):
+            out += self.run_events(run, index)
+        reason = candidate.get("finishReason")
+        if reason:
+            self.complete = True
+            out.append(self.out({}, finish_reason(reason, self.calls.get(index, 0) > 0), index=index))
+        return out
+
+    def run_events(self, parts: list, index: int) -> list[bytes]:
+        """The chunks of one run of a candidate's parts (:func:`image_runs`) for choice ``index``."""
+        out: list[bytes] = []
+        text, calls, thoughts, images = candidate_message({"content": {"parts": parts}}, self.chars.get(index, 0))
         if self.one_call:
             calls = first_call_only(self.ctx, calls, made=index in self.called)
             self.called.update([index] if calls else [])
         if thoughts:
             out.append(self.out({"reasoning_content": thoughts}, index=index))
         if text:
+            self.chars[index] = self.chars.get(index, 0) + len(text)
             out.append(self.out({"content": text}, index=index))
         if images:  # numbered, as list entries sent in pieces are: the SDKs' accumulators merge them by index
             out.append(self.out({"images": numbered(images, self.images, index)}, index=index))
         if calls:
             out.append(self.out({"tool_calls": numbered(calls, self.calls, index)}, index=index))
-        reason = candidate.get("finishReason")
-        if reason:
-            self.complete = True
-            out.append(self.out({}, finish_reason(reason, self.calls.get(index, 0) > 0), index=index))
         return out
 
     def finish(self) -> list[bytes]:

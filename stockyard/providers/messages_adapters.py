@@ -5,7 +5,8 @@
 request (``messages.to_chat``), the inner adapter builds the call (Gemini translates on to
 generateContent), and its chat answer or chunk stream becomes a Messages answer or event
 stream again. ``count_tokens`` never reaches these providers: :func:`count_estimate`
-answers it here.
+answers it here. An image the model drew (Gemini's image models) has no Messages block: it is
+left out of the answer and said in the trace (:data:`IMAGES_LEFT_OUT`).
 """
 
 from __future__ import annotations
@@ -19,10 +20,21 @@ from ..estimate import text_tokens
 from ..httpio import json_bytes
 from . import Provider, messages
 from .base import Adapter, StreamTranslator, UpstreamCall, loads_object
-from .chatshape import chat_chunks, chunk_error, done_event, record_stream_error, unended
+from .chatshape import chat_chunks, chunk_error, done_event, note, record_stream_error, unended
 
 _CHAT_BODY = "messages.chat_body"  # ctx.state: the translated body, made once per request
 ESTIMATE_HEADER = "x-stockyard-token-count"
+# The trace's note for an answer with images (``images`` of a chat message or delta): Anthropic's API
+# has no block for an image the model made, and text saying so would be sent back as the model's words.
+IMAGES_LEFT_OUT = "image(s) the model drew left out: the Messages API has no image output"
+
+
+def drew(chat: dict, part: str) -> bool:
+    """Whether a chat answer (``part`` ``message``) or chunk (``delta``) carries an image the model drew."""
+    choices = chat.get("choices")
+    first = choices[0] if isinstance(choices, list) and choices and isinstance(choices[0], dict) else {}
+    within = first.get(part)
+    return isinstance(within, dict) and bool(within.get("images"))
 
 
 def message_id(ctx: RequestContext) -> str:
@@ -79,6 +91,8 @@ class MessagesOverChat(Adapter):
 
     def parse(self, ctx: RequestContext, body: bytes) -> bytes:
         chat = loads_object(self.inner.parse(self.chat_ctx(ctx), body))
+        if drew(chat, "message"):
+            note(ctx, IMAGES_LEFT_OUT)
         answer = messages.from_chat(chat, ctx.body, message_id(ctx), provider_name(ctx))
         return json_bytes(answer)
 
@@ -103,6 +117,7 @@ class MessagesStream(StreamTranslator):
 
     def __init__(self, ctx: RequestContext, inner: StreamTranslator, outer: messages.ChatToMessagesStream) -> None:
         self.ctx, self.inner, self.outer = ctx, inner, outer
+        self.drew = False  # an image came (and was left out: the trace says so once)
 
     def feed(self, event: bytes) -> list[bytes]:
         return self._convert(self.inner.feed(event))
@@ -137,5 +152,8 @@ class MessagesStream(StreamTranslator):
                     record_stream_error(self.ctx, str(error.get("code") or "api_error"), message)
                 out += self.outer.fail(message, messages.stream_error_type(error))
                 continue
+            if not self.drew and drew(obj, "delta"):
+                self.drew = True
+                note(self.ctx, IMAGES_LEFT_OUT)
             out += self.outer.feed(obj)
         return out

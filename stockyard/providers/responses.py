@@ -16,6 +16,11 @@ The provider's opaque reasoning state (Anthropic's thinking blocks, Gemini's tho
 ``function_call`` items; a reasoning item that holds Stockyard's state, in ``input`` or in a
 stored conversation, puts it back on the chat messages (``thinking_blocks``, a tool call's
 ``extra_content``) of a request to the provider that made it (:func:`reasoning.restorable`).
+
+An image the model drew (a chat answer's ``images``: Gemini's image models, OpenRouter's) comes back as
+OpenAI's item for a generated image, ``image_generation_call`` (its base64 as ``result``), where the model
+drew it among the text (the image's ``text_offset``); one sent back goes to a Gemini provider as the
+model's own image, and is left out for the others (their chat APIs take no image from the assistant).
 """
 
 from __future__ import annotations
@@ -133,6 +138,16 @@ CUSTOM_PARAMETERS = {
 MESSAGE_ROLES = {"user", "assistant", "system", "developer"}
 TOOL_OUTPUTS = ("function_call_output", "custom_tool_call_output")
 IMAGE_DETAILS = {"auto", "low", "high"}
+IMAGE_CALL = "image_generation_call"
+# an image's media type → the ``output_format`` OpenAI names it by (the SDK's literal), and back
+OUTPUT_FORMATS = {
+    "image/png": "png",
+    "image/jpeg": "jpeg",
+    "image/webp": "webp",
+    "image/gif": "gif",
+    "image/svg+xml": "svg",
+}
+MEDIA_TYPES = {fmt: mime for mime, fmt in OUTPUT_FORMATS.items()}
 # chat finish_reason → Responses incomplete_details.reason
 INCOMPLETE = {"length": "max_output_tokens", "content_filter": "content_filter"}
 # The codes a Responses ``error`` object may carry; others are reported as server_error.
@@ -270,6 +285,11 @@ def chat_messages(items: Any, where: str, provider: str | None = None, provider_
         kind = "item_reference" if is_reference(item) else item.get("type") or "message"
         if kind == "web_search_call":
             continue  # what the search found is in the answer's text; the chat shape has no place for it
+        if kind == IMAGE_CALL:
+            message = image_message(item, path)
+            if provider_kind == "gemini":  # only Gemini takes an image back as the model's own
+                out.append(message)
+            continue
         if attached and kind not in (*TOOL_OUTPUTS, "reasoning"):  # a reasoning item adds no message
             out.append({"role": "user", "content": attached})
             attached = []
@@ -377,6 +397,20 @@ def file_part(part: dict, path: str) -> dict:
     if isinstance(part.get("filename"), str):
         file["filename"] = part["filename"]
     return {"type": "file", "file": file}
+
+
+def image_message(item: dict, path: str) -> dict:
+    """An ``image_generation_call`` item sent back → the assistant message of its image (a data URL
+    of its ``output_format``; PNG when it names none), which Gemini takes as the model's image part."""
+    result = item.get("result")
+    if not isinstance(result, str) or not result:
+        raise invalid(f"{path}.result", f"{path}.result must be the image, base64-encoded")
+    named = item.get("output_format")
+    mime = MEDIA_TYPES.get(named, "image/png") if isinstance(named, str) else "image/png"
+    return {
+        "role": "assistant",
+        "content": [{"type": "image_url", "image_url": {"url": f"data:{mime};base64,{result}"}}],
+    }
 
 
 def restore_thinking(message: dict, state: dict | None) -> None:
@@ -964,6 +998,17 @@ def inside(annotation: dict, offset: int, length: int) -> dict:
     return {**annotation, "start_index": start, "end_index": end}
 
 
+def cited_in(annotations: list[dict], start: int, end: int, last: bool) -> list[dict]:
+    """The citations of the text from ``start`` to ``end`` (one message item's, when images cut the
+    answer's text into several), their indices into it: those that begin there (the last piece also
+    those past the text, the first those before it, whose indices :func:`inside` keeps in the piece)."""
+    return [
+        inside(a, start, end - start)
+        for a in annotations
+        if (start == 0 or a["start_index"] >= start) and (last or a["start_index"] < end)
+    ]
+
+
 def listed(value: Any) -> list:
     return value if isinstance(value, list) else []
 
@@ -1021,6 +1066,30 @@ def sign_before_call(
     state = states.setdefault(len(output) - 1, {})
     state["thought_signatures"] = {**state.get("thought_signatures", {}), **signatures}
     output[-1]["encrypted_content"] = pack(state, provider)
+
+
+def image_item(ident: str, image: Any) -> dict | None:
+    """An image a chat answer carries (an ``images`` entry: a base64 data URL) as OpenAI's output item
+    for a generated image, with its ``output_format`` when its media type is one of OpenAI's (its size is
+    not known); None for an entry that is not such an image."""
+    url = obj(obj(image).get("image_url")).get("url")
+    if not isinstance(url, str) or not url.startswith("data:image/"):
+        return None
+    head, _, data = url.removeprefix("data:").partition(",")
+    mime, _, encoding = head.partition(";")
+    if not data or encoding.lower() != "base64":
+        return None
+    item = {"id": ident, "type": IMAGE_CALL, "status": "completed", "result": data}
+    if mime.lower() in OUTPUT_FORMATS:
+        item["output_format"] = OUTPUT_FORMATS[mime.lower()]
+    return item
+
+
+def text_offset(image: Any, after: int, length: int) -> int:
+    """Where in the answer's text (of ``length`` characters) the model drew an image: its ``text_offset``,
+    not before ``after`` (the image before it) nor past the text; the text's end when it has none."""
+    offset = obj(image).get("text_offset")
+    return min(max(offset, after), length) if type(offset) is int else length
 
 
 def message_item(ident: str, content: list[dict], status: str) -> dict:
@@ -1199,11 +1268,20 @@ def from_chat(
         states[0] = state
     for search in listed(message.get("web_search_calls")):
         output.append(web_search_item(item_id("ws", response_id, len(output)), search, request))
-    content = []
-    if isinstance(message.get("content"), str) and message["content"]:
-        text = message["content"]
-        cited = [inside(a, 0, len(text)) for a in url_citations(message.get("annotations"))]
-        content.append(text_part(text, cited))
+    text = message["content"] if isinstance(message.get("content"), str) else ""
+    annotations = url_citations(message.get("annotations"))
+    start = 0  # where the text not yet in a message item begins
+    for image in listed(message.get("images")):  # each where the model drew it among the text
+        at = text_offset(image, start, len(text))
+        item = image_item("", image)
+        if item is None:
+            continue
+        if at > start:
+            content = [text_part(text[start:at], cited_in(annotations, start, at, False))]
+            output.append(message_item(item_id("msg", response_id, len(output)), content, "completed"))
+            start = at
+        output.append({**item, "id": item_id("ig", response_id, len(output))})
+    content = [text_part(text[start:], cited_in(annotations, start, len(text), True))] if text[start:] else []
     if isinstance(message.get("refusal"), str) and message["refusal"]:
         content.append(refusal_part(message["refusal"]))
     if content:
@@ -1226,8 +1304,8 @@ def from_chat(
         else:
             ident = item_id("fc", response_id, index)
             output.append(call_item(ident, call_id, name, args, "completed", declared.client_names))
-    if output and "status" in output[-1]:
-        output[-1]["status"] = status  # only the last item can have been cut short
+    if output and "status" in output[-1] and output[-1]["type"] != IMAGE_CALL:
+        output[-1]["status"] = status  # only the last item can have been cut short (an image came whole)
     model = chat.get("model") or request.get("model") or ""
     return response_object(
         request, response_id, created_at, model, status, output, responses_usage(chat.get("usage")), finish
@@ -1348,6 +1426,8 @@ class ChatToResponsesStream:
                 out += self.text(kind, delta[kind])
         for annotation in url_citations(delta.get("annotations")):
             out += self.annotate(annotation)
+        for image in listed(delta.get("images")):
+            out += self.image(image)
         for call in self.order.take(delta.get("tool_calls")):
             out += self.tool_call(call)
         if choice.get("finish_reason"):
@@ -1464,6 +1544,21 @@ class ChatToResponsesStream:
         out.append(added)
         for step in ("in_progress", "searching", "completed"):
             out.append(self.event(f"response.web_search_call.{step}", **self.at(index)))
+        self.output[index] = item
+        self.open.remove(index)
+        return out + [self.event("response.output_item.done", output_index=index, item=item)]
+
+    def image(self, image: Any) -> list[bytes]:
+        """An image the model drew (a chat delta's ``images`` entry, whole): an ``image_generation_call``
+        item with the events OpenAI streams for one, from added to done (no partial images: none came)."""
+        item = image_item(item_id("ig", self.response_id, len(self.output)), image)
+        if item is None:
+            return []
+        out = self.close()  # the text so far is one message item; text after the image, another
+        index, added = self.add_item({"id": item["id"], "type": IMAGE_CALL, "status": "in_progress", "result": None})
+        out.append(added)
+        for step in ("in_progress", "generating", "completed"):
+            out.append(self.event(f"response.image_generation_call.{step}", **self.at(index)))
         self.output[index] = item
         self.open.remove(index)
         return out + [self.event("response.output_item.done", output_index=index, item=item)]
