@@ -202,9 +202,13 @@ def limited(pg_cluster):
     name = f"limited{next(_names)}"
     admin.run(f"CREATE ROLE {name} LOGIN PASSWORD 'pw{name}' CONNECTION LIMIT 2")
     admin.run(f"CREATE DATABASE {name} OWNER {name} TEMPLATE template0")
-    admin.close()
     backend = PostgresBackend(parse_postgres(f"postgresql://{name}:pw{name}@127.0.0.1:{pg_cluster.port}/{name}", {}))
     backend.open_and_migrate()
+    # The migration's session counts against the limit until its backend has exited, a moment after
+    # it closed: a test's second session could be refused then (a loaded machine's CI run hung so).
+    sessions = f"SELECT count(*) FROM pg_stat_activity WHERE usename = '{name}'"
+    wait_for(lambda: admin.run(sessions)[0][0] == 0, 30, "the migration's session to end")
+    admin.close()
     return backend
 
 
@@ -213,12 +217,16 @@ _names = itertools.count(1)
 
 def hold_sessions(store: Store, count: int) -> tuple[threading.Event, list[threading.Thread]]:
     """``count`` threads each in a read transaction (a session each) until the event is set."""
-    ready, release = threading.Barrier(count + 1), threading.Event()
+    ready, release = threading.Barrier(count + 1, timeout=30), threading.Event()
 
     def holder() -> None:
-        conn = store.read()
-        conn.execute("BEGIN")
-        conn.execute("SELECT 1")
+        try:
+            conn = store.read()
+            conn.execute("BEGIN")
+            conn.execute("SELECT 1")
+        except BaseException:
+            ready.abort()  # the test fails at its wait below, not waits for ever
+            raise
         ready.wait()
         release.wait()
         conn.execute("COMMIT")
