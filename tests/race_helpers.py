@@ -8,7 +8,10 @@ import re
 import socket
 import struct
 from decimal import Decimal
+from pathlib import Path
+from typing import Callable, Iterator
 
+import pytest
 from conftest import ServerProcess
 
 
@@ -87,3 +90,30 @@ def unrecorded(servers: list[ServerProcess], admin: str) -> int:
         for value in re.findall(rb"^stockyard_key_refusals_unrecorded_total(?:\{[^}]*\})? (\S+)$", text, re.M):
             total += float(value)
     return int(total)
+
+
+def deployed(
+    request: pytest.FixtureRequest,
+    pyz_path: Path,
+    env: dict[str, str],
+    tmp_path: Path,
+    prepare: Callable[[ServerProcess], dict[str, str]],
+) -> Iterator[list[ServerProcess]]:
+    """The servers of a ``deployment`` fixture's param: one process, a ``--workers 2`` group, or two
+    PostgreSQL replicas of one database; ``prepare`` makes the keys (and budgets) on the first before
+    any starts. Stopped after the test, their logs free of tracebacks."""
+    if request.param == "replicas":
+        url = request.getfixturevalue("pg_url")
+        servers = [ServerProcess(pyz_path, url, env) for _ in range(2)]
+    else:
+        args = ["--workers", "2"] if request.param == "workers" else []
+        servers = [ServerProcess(pyz_path, tmp_path / "stockyard.db", env, args)]
+    secrets = prepare(servers[0])
+    for server in servers:
+        server.keys = secrets
+        server.start()
+    yield servers
+    for server in servers:
+        server.stop()
+    for server in servers:
+        assert "Traceback" not in server.log, server.log[-3000:]

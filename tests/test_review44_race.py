@@ -54,7 +54,7 @@ import openai
 import pytest
 from conftest import ServerProcess, mock_env, wait_for
 from mock_upstream import MockUpstream, Recorded, Reply
-from race_helpers import leave, ledger_in, rows_of, unrecorded
+from race_helpers import deployed, leave, ledger_in, rows_of, unrecorded
 
 ADMIN = "admin-key-for-review44-race-0123456789"
 LIMIT_UC = 150_000  # $0.0015: about 60 of this mix's answers, so the budget is crossed mid-run
@@ -187,22 +187,7 @@ def env_of(cache_home: Path, upstream: MockUpstream) -> dict[str, str]:
 
 @pytest.fixture(params=["process", "workers", "replicas"])
 def deployment(request, pyz_path, cache_home, upstream, tmp_path) -> Iterator[list[ServerProcess]]:
-    env = env_of(cache_home, upstream)
-    if request.param == "replicas":
-        url = request.getfixturevalue("pg_url")
-        servers = [ServerProcess(pyz_path, url, env) for _ in range(2)]  # type: ignore[arg-type]
-    else:
-        args = ["--workers", "2"] if request.param == "workers" else []
-        servers = [ServerProcess(pyz_path, tmp_path / "stockyard.db", env, args)]
-    secrets = prepare(servers[0])
-    for server in servers:
-        server.keys = secrets
-        server.start()
-    yield servers
-    for server in servers:
-        server.stop()
-    for server in servers:
-        assert "Traceback" not in server.log, server.log[-3000:]
+    yield from deployed(request, pyz_path, env_of(cache_home, upstream), tmp_path, prepare)
 
 
 @pytest.fixture
