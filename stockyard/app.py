@@ -62,6 +62,8 @@ from .operations import webhooks as webhook_ops
 from .operations.modules import load_rows as load_module_rows
 from .operations.prices import load_overrides
 from .otel import Exporter, Telemetry
+from .otel import resource as otel_resource
+from .otel_metrics import Meter, MetricExporter
 from .pricing import PriceTable, format_usd
 from .providers import Registry, from_env
 from .proxy import RequestPath
@@ -161,10 +163,18 @@ class App:
         self.gate = Gatekeeper(self.store, settings.is_loopback, self.registry)
         self.pricer = Pricer(default_max_tokens=settings.default_max_tokens)
         self.otlp: Exporter | None = None
+        self.otlp_metrics: MetricExporter | None = None
         telemetry = None
         if settings.otlp_endpoint:
-            self.otlp = Exporter(settings.otlp_endpoint, dict(settings.otlp_headers)).start()
-            telemetry = Telemetry(self.otlp, settings.otlp_content, self.scrubber.text)
+            origin = otel_resource(worker)  # one service.instance.id for this process's spans and metrics
+            headers = dict(settings.otlp_headers)
+            self.otlp = Exporter(settings.otlp_endpoint, headers, origin=origin).start()
+            meter = Meter(settings.otlp_metrics_series) if settings.otlp_metrics_interval_s else None
+            if meter is not None:
+                self.otlp_metrics = MetricExporter(
+                    settings.otlp_endpoint, headers, meter, settings.otlp_metrics_interval_s, origin=origin
+                ).start()
+            telemetry = Telemetry(self.otlp, settings.otlp_content, self.scrubber.text, meter)
         self.tracer = Tracer(settings, self.store, self.metrics, self.scrubber, telemetry)
         self.webhooks = Dispatcher(self.store, checks=primary)
         records = BudgetRecords(self.store, lambda: self.ops(audit.ACTOR_SERVER), self.webhooks.emit)
@@ -651,6 +661,8 @@ class App:
             self.snapshots.stop(max(1.0, self.settings.shutdown_grace_s - (time.monotonic() - stop_began)))
         if self.otlp is not None:
             self.otlp.stop()
+        if self.otlp_metrics is not None:  # every request has been traced: the totals a last time
+            self.otlp_metrics.stop()
         self.pool.close()
         self.store.close()
         self.db_lock.release()

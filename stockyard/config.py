@@ -80,6 +80,8 @@ class Settings:
     otlp_endpoint: str | None = None  # OpenTelemetry collector base URL (spans go to {it}/v1/traces)
     otlp_headers: tuple[tuple[str, str], ...] = dataclasses.field(default=(), repr=False)  # secrets
     otlp_content: bool = False  # export prompt and completion text (after redaction)
+    otlp_metrics_interval_s: float = 60.0  # GenAI metrics to {endpoint}/v1/metrics this often; 0: not sent
+    otlp_metrics_series: int = 2000  # attribute sets an OTLP metric keeps; beyond: its overflow series
     metrics_top_keys: int = 20  # /metrics: key names with series of their own; the rest are "other"
     cpu_pin: str = "auto"  # keep each server process on one CPU (stockyard.cpupin), or "off"
     workers: int = 1  # server processes sharing the listening socket (stockyard.workers)
@@ -293,6 +295,10 @@ def load(flags: Mapping[str, object] | None = None, env: Mapping[str, str] | Non
         otlp_endpoint=_otlp_endpoint(env.get("STOCKYARD_OTLP_ENDPOINT")),
         otlp_headers=tuple(parse_otlp_headers(env.get("STOCKYARD_OTLP_HEADERS")).items()),
         otlp_content=_env_bool(env.get("STOCKYARD_OTLP_CONTENT"), False),
+        otlp_metrics_interval_s=_env_duration_or_off(env, "STOCKYARD_OTLP_METRICS_INTERVAL", 60.0),
+        otlp_metrics_series=_positive_int(
+            env.get("STOCKYARD_OTLP_METRICS_MAX_SERIES"), "STOCKYARD_OTLP_METRICS_MAX_SERIES", 2000
+        ),
         metrics_top_keys=_positive_int(env.get("STOCKYARD_METRICS_TOP_KEYS"), "STOCKYARD_METRICS_TOP_KEYS", 20),
         cpu_pin=_cpu_pin(env.get("STOCKYARD_CPU_PIN")),
         workers=_workers(flags.get("workers", env.get("STOCKYARD_WORKERS") or "")),

@@ -488,6 +488,23 @@ def store_gauges(app: "App") -> list[tuple[str, str, str, float]]:
             ),
             ("otlp_queue_depth", "gauge", "Spans waiting for the OpenTelemetry exporter.", otlp.depth),
         ]
+    meter = getattr(app, "otlp_metrics", None)
+    if meter is not None:
+        out += [
+            ("otlp_metric_exports_total", "counter", "OTLP metric exports the collector accepted.", meter.exports),
+            (
+                "otlp_metric_export_failures_total",
+                "counter",
+                "OTLP metric exports that failed (the next one sends the same cumulative totals).",
+                meter.failures,
+            ),
+            (
+                "otlp_metric_overflow_total",
+                "counter",
+                "Measurements put in an OTLP metric's overflow series: its attribute sets were at their cap.",
+                meter.meter.overflowed,
+            ),
+        ]
     snap = getattr(app, "snapshots", None)
     if snap is not None:
         out += [

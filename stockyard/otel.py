@@ -36,6 +36,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+import uuid
 from typing import Any, Callable
 from urllib.parse import urlsplit
 
@@ -165,15 +166,46 @@ def provider_name(attempt: Attempt) -> str | None:
     return PROVIDER_NAMES.get(p.name) or PROVIDER_NAMES.get(p.kind) or p.name
 
 
-def _common(ctx: RequestContext, a: Attempt) -> dict[str, Any]:
-    """Attributes both a request span and an attempt span carry."""
-    u, system = a.usage, provider_name(a)
+def failed(a: Attempt) -> bool:
+    """Whether an attempt (the last one: its request) ended in an error: its span's status, and
+    what gives its spans and metrics an ``error.type``."""
+    return a.status >= 400 or a.outcome != "ok"
+
+
+def error_type(a: Attempt) -> str | None:
+    """``error.type`` of a failed attempt: Stockyard's error code (``upstream_500``, ``budget_exceeded``,
+    a stream's ``upstream_<provider code>``), else the status, else how it ended (``client_disconnected``)."""
+    if a.error_type:
+        return a.error_type[:64]
+    if a.status >= 400:
+        return str(a.status)
+    return a.outcome[:64] if a.outcome != "ok" else None
+
+
+def call_model(ctx: RequestContext, a: Attempt) -> str | None:
+    """The model an upstream call asked of its provider (a fallback's own): an attempt's span's and
+    its metrics' ``gen_ai.request.model``."""
+    return a.upstream_model or ctx.model
+
+
+def identity(ctx: RequestContext, a: Attempt) -> dict[str, Any]:
+    """What was asked of whom and how it ended: the GenAI attributes spans and metrics share (one
+    source for both: the same operation, provider and model names)."""
     return {
         "gen_ai.operation.name": OPERATIONS.get(ctx.endpoint, ctx.endpoint),
-        "gen_ai.provider.name": system,
-        "gen_ai.system": system,  # deprecated (v1.37), still read by older rules and dashboards
+        "gen_ai.provider.name": provider_name(a),
         "gen_ai.request.model": ctx.model,
         "gen_ai.response.model": a.served_model or a.upstream_model,
+        "error.type": error_type(a),
+    }
+
+
+def _common(ctx: RequestContext, a: Attempt) -> dict[str, Any]:
+    """Attributes both a request span and an attempt span carry."""
+    u, named = a.usage, identity(ctx, a)
+    return {
+        **named,
+        "gen_ai.system": named["gen_ai.provider.name"],  # deprecated (v1.37), still read by older rules and dashboards
         "gen_ai.usage.input_tokens": u.prompt_tokens if u else None,
         # an embedding is no generated output: the conventions' embeddings span counts input only
         "gen_ai.usage.output_tokens": u.completion_tokens if u and ctx.endpoint != "embeddings" else None,
@@ -182,7 +214,6 @@ def _common(ctx: RequestContext, a: Attempt) -> dict[str, Any]:
         "gen_ai.usage.cache_creation.input_tokens": (u.cache_write_tokens or None) if u else None,
         "gen_ai.usage.reasoning.output_tokens": (u.reasoning_tokens or None) if u else None,
         "gen_ai.response.finish_reasons": finish_reasons(a.response_body, ctx.stream) or None,
-        "error.type": a.error_type or (str(a.status) if a.status >= 400 else None),
         "http.response.status_code": a.status or None,
         "stockyard.provider": a.provider.name if a.provider else None,
         "stockyard.upstream_model": a.upstream_model,
@@ -190,7 +221,7 @@ def _common(ctx: RequestContext, a: Attempt) -> dict[str, Any]:
         "stockyard.cost_uc": a.cost_uc,
         "stockyard.cost_usd": a.cost_uc / 100_000_000 if a.cost_uc is not None else None,
         "stockyard.cost_status": a.cost_status,
-        **(openai_attributes(ctx, a) if system == "openai" else {}),
+        **(openai_attributes(ctx, a) if named["gen_ai.provider.name"] == "openai" else {}),
     }
 
 
@@ -225,10 +256,10 @@ def _span(
     end_ns: int,
     extra: dict[str, Any],
 ) -> dict[str, Any]:
-    failed = a.status >= 400 or a.outcome not in ("ok",)
-    status: dict[str, Any] = {"code": STATUS_ERROR if failed else STATUS_OK}
+    error = failed(a)
+    status: dict[str, Any] = {"code": STATUS_ERROR if error else STATUS_OK}
     model = extra.get("gen_ai.request.model", ctx.model)  # an attempt's: the model asked of its provider
-    if failed and a.error_type:
+    if error and a.error_type:
         status["message"] = a.error_type
     span = {
         "traceId": ctx.otel_trace_id,
@@ -432,8 +463,7 @@ def spans_for(ctx: RequestContext, *, content: bool, scrub: Callable[[str], str]
             **answer_timing(ctx, a, a.started),
             "gen_ai.response.id": request_extra["gen_ai.response.id"] if a is ctx.attempt else response_id(a, scrub),
         }
-        if a.upstream_model:  # a CLIENT span is one call: the model asked of its provider (a fallback's own)
-            extra["gen_ai.request.model"] = a.upstream_model
+        extra["gen_ai.request.model"] = call_model(ctx, a)  # a CLIENT span is one call (a fallback's own model)
         if content and a is not ctx.attempt:  # the last attempt's answer is on the request's span
             extra.update({k: v for k, v in answer_content(ctx, a, scrub).items() if v is not None})
         spans.append(
@@ -451,11 +481,33 @@ def spans_for(ctx: RequestContext, *, content: bool, scrub: Callable[[str], str]
     return spans
 
 
-def payload(spans: list[dict[str, Any]]) -> bytes:
-    """An OTLP ``ExportTraceServiceRequest`` in JSON."""
-    resource = {"attributes": _attributes({"service.name": "stockyard", "service.version": __version__})}
-    scope = {"name": "stockyard", "version": __version__}
-    body = {"resourceSpans": [{"resource": resource, "scopeSpans": [{"scope": scope, "spans": spans}]}]}
+SCOPE = {"name": "stockyard", "version": __version__}
+
+
+def resource(worker: int | None = None) -> dict[str, Any]:
+    """This process's OTLP resource, for its spans and its metrics alike: a ``service.instance.id`` of
+    its own (a new UUID each start, so each ``--workers`` worker, replica or restart is a series of its
+    own a collector sums, never two processes' cumulative counts mixed), and its worker's index."""
+    return {
+        "attributes": _attributes(
+            {
+                "service.name": "stockyard",
+                "service.version": __version__,
+                "service.instance.id": str(uuid.uuid4()),
+                "stockyard.worker": worker,
+            }
+        )
+    }
+
+
+def payload(spans: list[dict[str, Any]], origin: dict[str, Any] | None = None) -> bytes:
+    """An OTLP ``ExportTraceServiceRequest`` in JSON (``origin``: the process's :func:`resource`)."""
+    body = {"resourceSpans": [{"resource": origin or resource(), "scopeSpans": [{"scope": SCOPE, "spans": spans}]}]}
+    return encode(body)
+
+
+def encode(body: dict[str, Any]) -> bytes:
+    """An OTLP export's JSON body."""
     return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode("utf-8", "replace")
 
 
@@ -500,8 +552,10 @@ class Exporter:
         queue_bytes: int = QUEUE_BYTES,
         retry_delays: tuple[float, ...] = RETRY_DELAYS_S,
         post_timeout_s: float = POST_TIMEOUT_S,
+        origin: dict[str, Any] | None = None,
     ) -> None:
         self.url = endpoint.rstrip("/") + "/v1/traces"
+        self._resource = origin or resource()
         self._post_timeout_s = post_timeout_s
         self._headers = {"Content-Type": "application/json", **headers}
         self._queue: queue.Queue[dict[str, Any]] = queue.Queue(maxsize=queue_spans)
@@ -569,7 +623,7 @@ class Exporter:
                 self._send(batch)
 
     def _send(self, batch: list[dict[str, Any]]) -> None:
-        data = payload(batch)
+        data = payload(batch, self._resource)
         for delay in (*self._retry_delays, None):
             problem = self._post(data)
             if problem is None:
@@ -591,15 +645,21 @@ class Exporter:
 
     def _post(self, data: bytes) -> tuple[bool, str] | None:
         """None when the collector took the batch, else (retryable, why)."""
-        req = urllib.request.Request(self.url, data=data, method="POST", headers=self._headers)
-        try:
-            with _OPENER.open(req, timeout=self._post_timeout_s) as resp:
-                _drain(resp, time.monotonic() + self._post_timeout_s)
-            return None
-        except urllib.error.HTTPError as err:
-            return (err.code == 429 or err.code >= 500, f"HTTP {err.code}")
-        except (OSError, ValueError) as exc:
-            return (True, type(exc).__name__)
+        return post(self.url, data, self._headers, self._post_timeout_s)
+
+
+def post(url: str, data: bytes, headers: dict[str, str], timeout_s: float) -> tuple[bool, str] | None:
+    """POST one OTLP export: None when the collector took it, else (retryable, why). Its redirects are
+    not followed (``_NoRedirects``); its answer is read within ``timeout_s`` (``_drain``)."""
+    req = urllib.request.Request(url, data=data, method="POST", headers=headers)
+    try:
+        with _OPENER.open(req, timeout=timeout_s) as resp:
+            _drain(resp, time.monotonic() + timeout_s)
+        return None
+    except urllib.error.HTTPError as err:
+        return (err.code == 429 or err.code >= 500, f"HTTP {err.code}")
+    except (OSError, ValueError) as exc:
+        return (True, type(exc).__name__)
 
 
 ANSWER_READ_MAX = 64 * 1024  # bytes of a collector's answer read (and dropped) at most
@@ -618,10 +678,12 @@ def _drain(resp: Any, until: float) -> None:
 
 
 class Telemetry:
-    """What the tracer uses: spans built from a request, handed to the exporter (never raises)."""
+    """What the tracer uses: spans built from a request, handed to the exporter, and its metrics
+    recorded in the meter (:class:`stockyard.otel_metrics.Meter`, when they are exported). Never raises."""
 
-    def __init__(self, exporter: Exporter, content: bool, scrub: Callable[[str], str]) -> None:
+    def __init__(self, exporter: Exporter, content: bool, scrub: Callable[[str], str], meter: Any = None) -> None:
         self.exporter = exporter
+        self.meter = meter
         self._content = content
         self._scrub = scrub
 
@@ -630,3 +692,13 @@ class Telemetry:
             self.exporter.submit(spans_for(ctx, content=self._content, scrub=self._scrub))
         except Exception as exc:  # telemetry must never cost a request
             log.error("could not build spans for %s: %s", ctx.trace_id, exc)
+        self.measure(ctx)
+
+    def measure(self, ctx: RequestContext) -> None:
+        """Only the metrics: also of a refusal whose trace and spans are not kept (past its sender's rate)."""
+        if self.meter is None:
+            return
+        try:
+            self.meter.record(ctx)
+        except Exception as exc:  # telemetry must never cost a request
+            log.error("could not record metrics for %s: %s", ctx.trace_id, exc)

@@ -100,6 +100,8 @@ class Tracer:
                 self._metrics.count("key_refusals_unrecorded_total" if ctx.key_id else "refusals_unrecorded_total")
             except Exception as exc:  # metrics must never cost a request
                 log.error("metrics update failed for %s: %s", ctx.trace_id, exc)
+            if self._telemetry is not None:  # counted in the OTLP metrics too, without its spans
+                self._telemetry.measure(ctx)
             return
         shed = False  # a row went without its bodies: the request's other rows do too, without waiting
         for n, attempt in enumerate(ctx.attempts, 1):

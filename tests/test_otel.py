@@ -14,6 +14,7 @@ import pytest
 from conftest import OPENAI_KEY, served, wait_for
 from mock_upstream import Reply
 from module_helpers import ADMIN_KEY, chat, module_env, put_module, start_server
+from otlp_collector import Receiver, attrs
 
 from stockyard import otel
 from stockyard.config import load, parse_otlp_headers
@@ -25,67 +26,6 @@ ANTHROPIC_KEY = "sk-ant-otel-content-0123456789abcdef"
 GEMINI_KEY = "AIza-otel-content-0123456789abcdefSECRET"
 CALLER_SPAN = "00f067aa0ba902b7"
 COLLECTOR_TOKEN = "otlp-secret-token-abcdef123456"
-
-
-class Receiver:
-    """A small OTLP/HTTP collector: decodes each JSON export and keeps its spans and headers."""
-
-    def __init__(self) -> None:
-        self.spans: list[dict] = []
-        self.headers: list[dict] = []
-        self.fail_next = 0  # answer this many posts with 503 first
-        self.posts = 0
-        self.lock = threading.Lock()
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - stdlib name
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                with receiver.lock:
-                    receiver.posts += 1
-                    if receiver.fail_next:
-                        receiver.fail_next -= 1
-                        self.send_response(503)
-                        self.send_header("Content-Length", "0")
-                        self.end_headers()
-                        return
-                    receiver.headers.append({k.lower(): v for k, v in self.headers.items()})
-                    for rs in body["resourceSpans"]:
-                        for ss in rs["scopeSpans"]:
-                            receiver.spans.extend(ss["spans"])
-                self.send_response(200)
-                self.send_header("Content-Length", "2")
-                self.end_headers()
-                self.wfile.write(b"{}")
-
-            def log_message(self, *args) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def of_request(self, trace_id: str) -> list[dict]:
-        """The spans of one Stockyard request: its own and its children (the attempts)."""
-        with self.lock:
-            tops = [s for s in self.spans if s["kind"] == 2 and attrs(s).get("stockyard.trace_id") == trace_id]
-            if not tops:
-                return []
-            top = tops[0]
-            return [top, *(s for s in self.spans if s.get("parentSpanId") == top["spanId"])]
-
-
-def attrs(span: dict) -> dict:
-    out = {}
-    for item in span["attributes"]:
-        value = item["value"]
-        ((kind, v),) = value.items()
-        if kind == "intValue":
-            v = int(v)
-        elif kind == "arrayValue":
-            v = [next(iter(x.values())) for x in v["values"]]
-        out[item["key"]] = v
-    return out
 
 
 @pytest.fixture(scope="module")
