@@ -144,9 +144,11 @@ def test_known_traffic_is_measured_as_the_conventions_say(pyz_path, cache_home, 
         status, headers, _ = chat(srv, model="openai/mock-error-500")
         assert status == 200
         traces.append(headers["x-stockyard-trace-id"])
+        status, _, _ = srv.request("POST", "/v1/chat/completions", {"model": "clients-own-words", "messages": "x"})
+        assert status == 400  # refused by Stockyard itself: counted, its model (the client's word) left out
         wait_for(lambda: all(receiver.of_request(t) for t in traces), 15, "every request's spans")
         wait_for(lambda: len(attempt_spans(receiver, traces)) == 7, 15, "every attempt's span")
-        export = export_with(receiver, len(traces))
+        export = export_with(receiver, len(traces) + 1)
     finally:
         srv.stop()
     assert "Traceback" not in srv.log and COLLECTOR_TOKEN not in srv.log
@@ -186,13 +188,15 @@ def test_known_traffic_is_measured_as_the_conventions_say(pyz_path, cache_home, 
     assert metrics["stockyard.cost_uc"]["sum"]["aggregationTemporality"] == 2
 
     # as the client's server: one duration per request, the failure with its error.type
-    assert count(export, "gen_ai.server.request.duration") == 6
+    assert count(export, "gen_ai.server.request.duration") == 7
+    served = [a for a, _ in points(export, "gen_ai.server.request.duration")]
+    [refused] = [a for a in served if "gen_ai.provider.name" not in a]
+    assert set(refused) == {"gen_ai.operation.name", "error.type"} and refused["error.type"] != "upstream_500"
+    assert "clients-own-words" not in json.dumps(export)
     assert count(export, "gen_ai.server.request.duration", **{"gen_ai.provider.name": "openai"}) == 3
     assert count(export, "gen_ai.server.request.duration", **{"gen_ai.provider.name": "groq"}) == 1
     assert count(export, "gen_ai.server.request.duration", **{"gen_ai.provider.name": "anthropic"}) == 1
-    gemini = [
-        a for a, _ in points(export, "gen_ai.server.request.duration") if a["gen_ai.provider.name"] == "gcp.gemini"
-    ]
+    gemini = [a for a in served if a.get("gen_ai.provider.name") == "gcp.gemini"]
     assert gemini == [
         {
             "gen_ai.operation.name": "generate_content",
@@ -201,10 +205,10 @@ def test_known_traffic_is_measured_as_the_conventions_say(pyz_path, cache_home, 
             "gen_ai.response.model": gemini[0]["gen_ai.response.model"],
         }
     ]
-    [failure] = [a for a, _ in points(export, "gen_ai.server.request.duration") if "error.type" in a]
+    [failure] = [a for a in served if "error.type" in a and "gen_ai.provider.name" in a]
     assert failure["error.type"] == "upstream_500" and failure["gen_ai.provider.name"] == "openai"
-    for a, _ in points(export, "gen_ai.server.request.duration"):
-        assert set(a) - {"error.type"} == SERVER_ONLY, "no server.address on our own server's metrics"
+    for a in served:
+        assert a is refused or set(a) - {"error.type"} == SERVER_ONLY, "no server.address on our own server's metrics"
     # the streamed answer's first token and pace, on it alone
     [(first, first_point)] = points(export, "gen_ai.server.time_to_first_token")
     assert first["gen_ai.provider.name"] == "openai" and "error.type" not in first
