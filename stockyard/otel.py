@@ -22,6 +22,10 @@ conversation (``gen_ai.conversation.id``, :func:`conversation_id`), the provider
 reasoning token counts, the answer's id, a stream's time to its first chunk and OpenAI's own
 ``openai.*`` attributes are sent either way, read from what Stockyard has already parsed.
 
+The GenAI metrics (:mod:`stockyard.otel_metrics`) are read from the same finished request with the
+same attribute code (:func:`identity`, :func:`call_model`, :func:`server_address`) and sent with the
+same :func:`resource` by the same :func:`post`.
+
 ``gen_ai.system`` is still sent beside ``gen_ai.provider.name``, which replaced it (v1.37): the
 same value, for the collectors' rules and dashboards written against the conventions before it.
 """
