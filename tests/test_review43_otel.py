@@ -13,7 +13,7 @@ import pytest
 from conftest import OPENAI_KEY, served, wait_for
 from mock_upstream import Reply
 from module_helpers import ADMIN_KEY, module_env, put_module
-from test_otel import Receiver, attrs
+from otlp_collector import Receiver, attrs
 
 ANTHROPIC_KEY = "sk-ant-r43-otel-0123456789abcdefSECRET"
 GEMINI_KEY = "AIza-r43-otel-0123456789abcdefSECRET"
