@@ -340,7 +340,7 @@ def _same_file(path: Path, database: Path) -> bool:
 
 
 def _otlp_endpoint(value: str | None) -> str | None:
-    """The collector's base URL, http(s) only (spans go to ``{it}/v1/traces``)."""
+    """The collector's base URL, http(s) only (spans go to ``{it}/v1/traces``, metrics to ``{it}/v1/metrics``)."""
     if not value or not value.strip():
         return None
     url = value.strip().rstrip("/")
@@ -351,7 +351,7 @@ def _otlp_endpoint(value: str | None) -> str | None:
         )
     if not re.match(r"^https?://[^/\s]+", url):
         raise ValueError(f"STOCKYARD_OTLP_ENDPOINT must be an http:// or https:// URL, got {url[:100]!r}")
-    return url.removesuffix("/v1/traces")
+    return url.removesuffix("/v1/traces").removesuffix("/v1/metrics")  # either signal's URL names the collector
 
 
 def parse_otlp_headers(text: str | None) -> dict[str, str]:

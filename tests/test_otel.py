@@ -487,6 +487,15 @@ def test_otlp_settings_are_checked():
     assert "b=c" not in repr(settings), "header values are secrets"
     with pytest.raises(ValueError, match="OTLP_ENDPOINT"):
         load({}, {"STOCKYARD_OTLP_ENDPOINT": "collector:4318"})
+    assert load({}, {"STOCKYARD_OTLP_ENDPOINT": "http://c:4318/v1/metrics"}).otlp_endpoint == "http://c:4318"
+    assert (settings.otlp_metrics_interval_s, settings.otlp_metrics_series) == (60.0, 2000)
+    metrics = load({}, {"STOCKYARD_OTLP_METRICS_INTERVAL": "15s", "STOCKYARD_OTLP_METRICS_MAX_SERIES": "50"})
+    assert (metrics.otlp_metrics_interval_s, metrics.otlp_metrics_series) == (15.0, 50)
+    assert load({}, {"STOCKYARD_OTLP_METRICS_INTERVAL": "off"}).otlp_metrics_interval_s == 0
+    with pytest.raises(ValueError, match="STOCKYARD_OTLP_METRICS_INTERVAL"):
+        load({}, {"STOCKYARD_OTLP_METRICS_INTERVAL": "often"})
+    with pytest.raises(ValueError, match="STOCKYARD_OTLP_METRICS_MAX_SERIES"):
+        load({}, {"STOCKYARD_OTLP_METRICS_MAX_SERIES": "0"})
     with pytest.raises(ValueError) as err:
         parse_otlp_headers("novalue-secret")
     assert "secret" not in str(err.value) or "novalue" in str(err.value)
