@@ -215,6 +215,7 @@ class Meter:
 def _metric(instrument: Instrument, points: list[tuple[Attrs, Point]], start: str, now: str) -> dict[str, Any]:
     """One instrument's OTLP metric: a cumulative explicit-bucket histogram, or a cumulative monotonic sum."""
     head = {"name": instrument.name, "unit": instrument.unit, "description": instrument.description}
+    data: list[dict[str, Any]]
     if instrument.bounds is None:
         data = [
             {
