@@ -10,11 +10,15 @@ import copy
 import dataclasses
 import logging
 from fractions import Fraction
+from typing import TYPE_CHECKING, Iterable
 
 from . import estimate, imagegen, pdfpages, toolfees
 from .context import Attempt, RequestContext, Route, claude_mode, openai_mode
 from .pricing import PER, Price, PriceTable, Usage, cost_microcents, unit_cost
 from .providers import Provider, media
+
+if TYPE_CHECKING:
+    from .deployments import Deployment
 
 log = logging.getLogger("stockyard")
 
@@ -100,7 +104,28 @@ class Pricer:
         gemini, walk = provider.kind == "gemini", estimate.put_in(ctx)
         written = estimate.body_written(ctx.body)
         pdfs = pdfpages.held_pdf_tokens(ctx.body, ctx.raw, model, image, gemini, ctx.pdf_pages, walk, written)
-        return estimate.request_cost(ctx, price, default_max_tokens, sent_back, calls, pdfs, written) + fees
+        each = estimate.inline_each(price, provider.kind, model)  # an image sent inline, as one image
+        return estimate.request_cost(ctx, price, default_max_tokens, sent_back, calls, pdfs, written, each) + fees
+
+    def inline_each(self, ctx: RequestContext) -> int | None:
+        """What a key's or an end user's tpm counts an image sent inline at (``estimate.inline_each``;
+        None: its base64 as text): the routed model's largest image once the route is known; before
+        it (a key's tpm is counted first, before aliases) the largest of the model the request names."""
+        model = ctx.routed_model or ctx.model or ""
+        route = ctx.route
+        if route is not None:
+            return estimate.inline_each(self.price_of(route, model), route.provider.kind, route.model)
+        return estimate.inline_each(self.table.lookup(model), None, model)
+
+    def deployed_each(self, deployments: Iterable[Deployment]) -> int | None:
+        """``estimate.inline_each`` for a model served by ``deployments``: the largest of theirs, None
+        (the base64 as text) when one of them has no bound, or there are none."""
+        found = [
+            estimate.inline_each(self.table.lookup(d.upstream_model, name), kind, d.upstream_model)
+            for d in deployments
+            for name, kind in [(d.provider.name, d.provider.kind)]
+        ]
+        return None if not found or None in found else max(f for f in found if f is not None)
 
     def held_call_fees(
         self, ctx: RequestContext, provider: Provider, model: str, price: Price | None = None
