@@ -458,21 +458,28 @@ def image_tokens(
 
 # -- images sent inline ---------------------------------------------------------------------------
 # An image sent inline (a ``data:image/…;base64,`` URL, Anthropic's base64 source, Gemini's
-# ``inlineData``) is billed as one image, not as its base64: OpenAI scales it to fit its tiles and
-# Claude to ~1.15 megapixels, so the model's largest image bounds it however large its file
-# (:func:`inline_each`). Gemini is left at its bytes: Gemini 2.x bills 258 tokens a 768-pixel tile
-# and tiles a large image whole, so no constant bounds it. The image is counted only where a model
-# reads it as an image — a part of a message's ``content`` (a tool result's too), of a Responses
-# item's ``content`` or a function output's ``output``, of a Gemini turn's ``parts`` — never where it
-# is JSON the model reads as text (a tool call's input, a schema), and only when its header reads
-# as a PNG, JPEG, GIF or WebP of some size: else its bytes stay text.
+# ``inlineData``) is billed as an image, not as its base64: a model that scales every image to fit
+# its tiles or pixel budget bills one at most its largest image, however large the file
+# (:func:`inline_each`). Not every model does: Gemini 2.x bills 258 tokens a 768-pixel tile and
+# tiles a large image whole, Gemini 3 by a ``media_resolution`` a part may raise; the newer OpenAI
+# models take ``"detail": "original"`` (up to 10,000 patches) and Claude's high-resolution tier
+# (Opus 4.7 and later, Sonnet 5, Haiku 5.5) ~4,800 tokens an image: their images stay at their bytes.
+# The image is counted only where a model reads it as an image — a part of a message's ``content``
+# (a tool result's too), of a Responses item's ``content`` or a function output's ``output``, of a
+# Gemini turn's ``parts`` — never where it is JSON the model reads as text (a tool call's input, a
+# schema), and only when its header reads as a PNG, JPEG, GIF or WebP of some size.
 INLINE_MARK = b"image/"  # in every inline image's media type; a body without it is not walked
-# Provider kinds whose models bill an image at most their largest image (the price table's
-# ``image_input_tokens``, else IMAGE_INPUT_TOKENS); before the route is known, the model names of
-# those families. Another kind's model (Gemini, an OpenAI-compatible server's) keeps the bytes,
-# unless the price table names its largest image.
+# Provider kinds that serve the models below as themselves (an OpenAI-compatible server's model of
+# the same name may bill an image any way it likes).
 BOUNDED_KINDS = ("openai", "azure", "anthropic")
-BOUNDED_NAMES = ("gpt-", "chatgpt-", "o1", "o3", "o4", "claude-")
+# Models whose documented image rule bills an image at most IMAGE_INPUT_TOKENS: Claude before its
+# high-resolution tier (scaled to ~1,600 tokens), GPT-4o, GPT-4.1, o1, o3 (8 tiles at high detail:
+# 1,445, 1,275), GPT-5 and 5.1 (1,190), dated snapshots too. The patch-billed minis have their own
+# ``image_input_tokens`` in the price table (gpt-4o-mini, gpt-4.1-mini/nano, o4-mini) or are left out.
+SCALED_IMAGES = re.compile(
+    r"(?:claude-3[-.\w]*|claude-(?:opus|sonnet)-4(?:-[0156])?|claude-haiku-4-5"
+    r"|gpt-4o|gpt-4\.1|o1|o3|gpt-5(?:\.1)?(?:-chat-latest|-codex|-pro)?)(?:-\d{4}-\d{2}-\d{2}|-\d{8}|-latest)?"
+)
 JPEG_SEGMENTS = 64  # segments looked through for a JPEG's frame header (EXIF, ICC, XMP come first)
 JPEG_FRAMES = frozenset((0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF))
 
@@ -487,16 +494,17 @@ class Inline:
 
 
 def inline_each(price: Price | None, kind: str | None, model: str) -> int | None:
-    """What one inline image of ``model`` is held at, or None where no constant bounds it (its
-    base64 stays text): the price table's ``image_input_tokens``, else :data:`IMAGE_INPUT_TOKENS`
-    for a provider of :data:`BOUNDED_KINDS` (``kind`` None, before routing: a model name of
-    :data:`BOUNDED_NAMES`). Never for Gemini (tiles: see the section's comment)."""
+    """What one inline image of ``model`` served by a provider of ``kind`` (None: not routed yet)
+    is held at, or None where no constant bounds it (its base64 stays text): the price table's
+    ``image_input_tokens``, else :data:`IMAGE_INPUT_TOKENS` for a model of :data:`SCALED_IMAGES`
+    at a provider of :data:`BOUNDED_KINDS`. Never on Gemini (tiles: see the section's comment)."""
     if kind == "gemini":
         return None
     if price is not None and price.image_input_tokens:
         return price.image_input_tokens
-    bounded = kind in BOUNDED_KINDS if kind is not None else model.lower().startswith(BOUNDED_NAMES)
-    return IMAGE_INPUT_TOKENS if bounded else None
+    if kind is not None and kind not in BOUNDED_KINDS:
+        return None
+    return IMAGE_INPUT_TOKENS if SCALED_IMAGES.fullmatch(model.lower()) else None
 
 
 def inline_held(ctx: RequestContext, each: int | None) -> tuple[int, int]:
