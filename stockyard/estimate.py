@@ -7,7 +7,8 @@ the worst case, so the two can never disagree.
 Input is estimated from the body length (4 bytes a token, rounded up: a deliberate over-estimate for
 English text, and JSON punctuation counts too); the prompt is billed once, however many choices come
 back. For a budget, an image or file the body names by URL or file id (its bytes are not in the
-body) adds the model's largest image, and a web search tool its ``max_uses`` searches at Anthropic's
+body) adds the model's largest image; an image sent inline is held as one such image instead of its
+base64, where the model's rule caps an image (:func:`inline_each`; budgets and tpm alike), and a web search tool its ``max_uses`` searches at Anthropic's
 fee per search (passed through to OpenAI, its search tools' calls at OpenAI's per-call prices:
 ``toolfees.held_fees``); the Responses ``image_generation`` tool the images a response may make with it, each
 at the most the tool's quality and size may cost (``imagegen.held_tokens``). Output is the request's
@@ -351,7 +352,8 @@ def output_ceiling(price: Price, default_max_tokens: int) -> int:
 def referenced_images(body: Any, raw: bytes, walk: bool = False, written: Written | None = None) -> int:
     """Images (and files) the body names by URL or file id rather than carrying them: their
     bytes are not in the body, so the byte count does not see them. Inline ones (a ``data:``
-    URL, base64) are in the body's bytes already. Walked only when it may hold one (:func:`may_hold`;
+    URL, base64) are in the body's bytes already (an inline image is counted apart where its
+    model bounds it: :func:`sent_inline`). Walked only when it may hold one (:func:`may_hold`;
     ``walk``: the body holds what ``raw`` does not, :func:`put_in`; ``written``: :func:`body_written`)."""
     if not may_hold(body, raw, _REFERENCE_MARKS, walk, written):
         return 0
