@@ -8,7 +8,8 @@ Input is estimated from the body length (4 bytes a token, rounded up: a delibera
 English text, and JSON punctuation counts too); the prompt is billed once, however many choices come
 back. For a budget, an image or file the body names by URL or file id (its bytes are not in the
 body) adds the model's largest image; an image sent inline is held as one such image instead of its
-base64, where the model's rule caps an image (:func:`inline_each`; budgets and tpm alike), and a web search tool its ``max_uses`` searches at Anthropic's
+base64, where the model's rule caps an image (:func:`inline_each`; budgets and tpm alike), and a
+web search tool its ``max_uses`` searches at Anthropic's
 fee per search (passed through to OpenAI, its search tools' calls at OpenAI's per-call prices:
 ``toolfees.held_fees``); the Responses ``image_generation`` tool the images a response may make with it, each
 at the most the tool's quality and size may cost (``imagegen.held_tokens``). Output is the request's
@@ -524,10 +525,12 @@ def inline_images(ctx: RequestContext) -> Inline:
     """:func:`sent_inline` of the request's body, read once a request (kept in ``ctx.state``: the
     key's tpm, the end user's and a budget's hold all ask). None when Stockyard put stored items in
     the body (:func:`put_in`): their bytes are counted apart (``history_tokens``), not in ``raw``."""
+    if put_in(ctx):
+        return Inline()
     kept = ctx.state.get(_INLINE)
     if kept is not None and kept[0] is ctx.raw:
         return kept[1]
-    found = Inline() if put_in(ctx) else sent_inline(ctx.body, ctx.raw)
+    found = sent_inline(ctx.body, ctx.raw)
     ctx.state[_INLINE] = (ctx.raw, found)
     return found
 
@@ -549,12 +552,19 @@ def sent_inline(body: Any, raw: bytes) -> Inline:
     return Inline(images, chars)
 
 
+# The turns whose images a model reads (a Responses function output has no role): an image in an
+# assistant's or a system turn may be refused, dropped or sent on as text by a translation.
+_IMAGE_ROLES = frozenset((None, "user", "tool", "function"))
+
+
 def content_parts(body: dict) -> Iterator[dict]:
-    """The content parts of a request body: chat's and Messages' ``messages[].content`` (a Claude
-    tool result's ``content`` too), Responses' ``input[].content`` and a function output's
-    ``output``, Gemini's ``contents[].parts``. Nothing else: JSON a model reads as text (a tool
-    call's input, a schema) may look like a part."""
+    """The content parts of a request body's user and tool turns: chat's and Messages'
+    ``messages[].content`` (a Claude tool result's ``content`` too), Responses' ``input[].content``
+    and a function output's ``output``, Gemini's ``contents[].parts``. Nothing else: JSON a model
+    reads as text (a tool call's input, a schema) may look like a part."""
     for turn in (*_items(body.get("messages")), *_items(body.get("input")), *_items(body.get("contents"))):
+        if turn.get("role") not in _IMAGE_ROLES:
+            continue
         lists = (turn.get("content"), turn.get("parts"))
         if turn.get("type") == "function_call_output":
             lists = (turn.get("output"),)

@@ -359,3 +359,35 @@ def test_a_body_without_an_image_mark_is_not_walked():
     raw = json.dumps(body).encode()
     assert sent_inline(body, raw).images == 1
     assert sent_inline(body, raw.replace(b"image/png", b"image\\/png")).images == 0
+
+
+def test_only_the_images_of_user_and_tool_turns_count():
+    """A user's image, a Claude tool result's, a Responses function output's and a Gemini turn's count;
+    an assistant's or a system turn's, a tool call's input and a schema are text a model (or a
+    translation) may read as text, so their base64 stays at its bytes."""
+    image = {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": SHOT}}
+    shown = {"type": "input_image", "image_url": DATA_URL}
+    counted = {
+        "messages": [
+            {"role": "user", "content": [image]},
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t", "content": [image]}]},
+        ],
+        "input": [{"type": "function_call_output", "call_id": "c", "output": [shown]}],
+        "contents": [{"role": "user", "parts": [{"inlineData": {"mimeType": "image/png", "data": SHOT}}]}],
+    }
+    raw = json.dumps(counted).encode()
+    assert sent_inline(counted, raw).images == 4
+    assert sent_inline(counted, raw).chars == 3 * len(SHOT) + len(DATA_URL)
+    text = {
+        "system": [image],
+        "tools": [{"name": "t", "input_schema": {"examples": [{"content": [image]}]}}],
+        "messages": [
+            {
+                "role": "assistant",
+                "content": [image, {"type": "tool_use", "id": "t", "name": "t", "input": {"content": [image]}}],
+            },
+            {"role": "system", "content": [{"type": "image_url", "image_url": {"url": DATA_URL}}]},
+        ],
+        "input": [{"role": "developer", "content": [shown]}, {"type": "function_call", "arguments": DATA_URL}],
+    }
+    assert sent_inline(text, json.dumps(text).encode()).images == 0
