@@ -225,6 +225,14 @@ class Pricer:
             return None
         return self.table.priced_name(a.upstream_model or "", a.provider.name) or UNCONFIRMED_MODEL
 
+    @staticmethod
+    def _sent_tokens(ctx: RequestContext, a: Attempt, price: Price | None) -> int:
+        """The input an attempt that reported no usage is billed as: ``estimate.input_tokens``, an
+        image sent inline as the one image its hold counted (``estimate.inline_each``: never more than
+        the hold, which the settled cost would pass by its base64)."""
+        kind = a.provider.kind if a.provider is not None else None
+        return estimate.held_input_tokens(ctx, estimate.inline_each(price, kind, a.upstream_model or ""))
+
     def _price(self, ctx: RequestContext, a: Attempt) -> None:
         """An estimate when no usage came back, or only a stream's start's (cut before its output
         count: ``Attempt.usage_partial``); a failed attempt is billed only if usage came back, or
@@ -240,7 +248,7 @@ class Pricer:
             return self._price_media(ctx, a, price)
         if a.usage is None and (a.input_billed or (a.paused_usage and a.outcome in BILLABLE_WITHOUT_USAGE)):
             # what it was sent (a follow-up: the answers so far too); a follow-up cut mid-stream: what it relayed
-            inputs = estimate.input_tokens(ctx) + a.sent_back
+            inputs = self._sent_tokens(ctx, a, price) + a.sent_back
             relayed = 0 if a.input_billed else self._relayed(ctx, a)
             a.usage, a.usage_estimated = Usage(prompt_tokens=max(1, inputs), completion_tokens=relayed), True
         if a.usage is None and a.paused_usage:  # a follow-up call that reported nothing
@@ -252,7 +260,7 @@ class Pricer:
             relayed += imagegen.IMAGE_OUTPUT_TOKENS * a.own_images  # a chat image model's, as the largest image
             # the body and the conversation it continues (a previous_response_id's history, the
             # items its item_references put in), all of which the provider was sent
-            a.usage = Usage(prompt_tokens=max(1, estimate.input_tokens(ctx)), completion_tokens=relayed)
+            a.usage = Usage(prompt_tokens=max(1, self._sent_tokens(ctx, a, price)), completion_tokens=relayed)
             a.usage_estimated = True
         elif a.usage_partial and a.outcome in BILLABLE_WITHOUT_USAGE:  # its input counted, its output not yet
             relayed = max(self._relayed(ctx, a), self._past_count(ctx, a))

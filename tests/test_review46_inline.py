@@ -216,6 +216,21 @@ def test_a_screenshot_is_admitted_held_at_one_image_and_settled_to_its_usage(
     wait_for(lambda: spent(server, key_id) == real, what="the hold settled to the real cost")
 
 
+def test_a_stream_cut_before_its_usage_bills_the_image_as_its_hold_did(server, mock):
+    """A stream cut before its usage is billed an estimate of its input: the screenshot as the one image
+    its hold counted (was its base64, ~350,000 tokens: 88 times the $0.01 the hold let through)."""
+    body = chat(DATA_URL, stream=True)
+    key, key_id = make_key(server, budget_usd="0.01", budget_period="total", tpm=20_000)
+    mock.enqueue(Reply(cut_after=2))  # the role chunk and the first words, then the connection drops
+    status, headers, _ = send(server, "chat", body, key, stream=True)
+    assert status == 200
+    trace = server.trace(headers["x-stockyard-trace-id"])
+    assert trace["usage_estimated"] == 1
+    assert trace["prompt_tokens"] == tokens(body, [DATA_URL], 1, GPT) - CAPS[GPT]
+    assert 0 < trace["cost_uc"] <= hold(body, [DATA_URL], 1, GPT)
+    wait_for(lambda: spent(server, key_id) == trace["cost_uc"], what="the hold settled to the estimate")
+
+
 def spent(server: ServerProcess, key_id: str) -> int:
     """A key's spend this period, as the admin API reports it (µ¢)."""
     status, _, raw = server.request("GET", f"/api/keys/{key_id}", headers={"Authorization": f"Bearer {ADMIN}"})
