@@ -565,9 +565,8 @@ def content_parts(body: dict) -> Iterator[dict]:
     for turn in (*_items(body.get("messages")), *_items(body.get("input")), *_items(body.get("contents"))):
         if turn.get("role") not in _IMAGE_ROLES:
             continue
-        lists = (turn.get("content"), turn.get("parts"))
-        if turn.get("type") == "function_call_output":
-            lists = (turn.get("output"),)
+        output = turn.get("type") == "function_call_output"
+        lists = (turn.get("output"),) if output else (turn.get("content"), turn.get("parts"))
         for part in (part for found in lists for part in _items(found)):
             yield part
             if part.get("type") == "tool_result":
@@ -599,9 +598,9 @@ def inline_image(part: dict) -> tuple[str, str] | None:
         return None
     blob = part.get("inlineData", part.get("inline_data"))
     if isinstance(blob, dict):
-        mime, data = blob.get("mimeType", blob.get("mime_type")), blob.get("data")
-        if isinstance(mime, str) and mime.startswith("image/") and isinstance(data, str):
-            return data, data
+        mime, found = blob.get("mimeType", blob.get("mime_type")), blob.get("data")
+        if isinstance(mime, str) and mime.startswith("image/") and isinstance(found, str):
+            return found, found
     return None
 
 
