@@ -184,7 +184,7 @@ class App:
         self.modules = Modules(
             ModuleServices(settings, self.store, self.ledger, self.pricer, self.project_budgets, self.webhooks.emit),
             failures=self.hook_failures,  # shared by every chain built, across reloads
-            route=RouteStep(self.registry, self.models),
+            route=RouteStep(self.registry, self.models, self.pricer),
         )
         self.ownership = ownership = Ownership(self.store, self.batch_spend)
         ring = lambda: self.gate.ring  # noqa: E731 - the key ring of the moment, for the batch watch

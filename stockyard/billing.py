@@ -10,11 +10,15 @@ import copy
 import dataclasses
 import logging
 from fractions import Fraction
+from typing import TYPE_CHECKING, Iterable
 
 from . import estimate, imagegen, pdfpages, toolfees
 from .context import Attempt, RequestContext, Route, claude_mode, openai_mode
 from .pricing import PER, Price, PriceTable, Usage, cost_microcents, unit_cost
 from .providers import Provider, media
+
+if TYPE_CHECKING:
+    from .deployments import Deployment
 
 log = logging.getLogger("stockyard")
 
@@ -100,7 +104,28 @@ class Pricer:
         gemini, walk = provider.kind == "gemini", estimate.put_in(ctx)
         written = estimate.body_written(ctx.body)
         pdfs = pdfpages.held_pdf_tokens(ctx.body, ctx.raw, model, image, gemini, ctx.pdf_pages, walk, written)
-        return estimate.request_cost(ctx, price, default_max_tokens, sent_back, calls, pdfs, written) + fees
+        each = estimate.inline_each(price, provider.kind, model)  # an image sent inline, as one image
+        return estimate.request_cost(ctx, price, default_max_tokens, sent_back, calls, pdfs, written, each) + fees
+
+    def inline_each(self, ctx: RequestContext) -> int | None:
+        """What a key's or an end user's tpm counts an image sent inline at (``estimate.inline_each``;
+        None: its base64 as text): the routed model's largest image once the route is known; before
+        it (a key's tpm is counted first, before aliases) the largest of the model the request names."""
+        model = ctx.routed_model or ctx.model or ""
+        route = ctx.route
+        if route is not None:
+            return estimate.inline_each(self.price_of(route, model), route.provider.kind, route.model)
+        return estimate.inline_each(self.table.lookup(model), None, model)
+
+    def deployed_each(self, deployments: Iterable[Deployment]) -> int | None:
+        """``estimate.inline_each`` for a model served by ``deployments``: the largest of theirs, None
+        (the base64 as text) when one of them has no bound, or there are none."""
+        found = [
+            estimate.inline_each(self.table.lookup(d.upstream_model, name), kind, d.upstream_model)
+            for d in deployments
+            for name, kind in [(d.provider.name, d.provider.kind)]
+        ]
+        return None if not found or None in found else max(f for f in found if f is not None)
 
     def held_call_fees(
         self, ctx: RequestContext, provider: Provider, model: str, price: Price | None = None
@@ -200,6 +225,14 @@ class Pricer:
             return None
         return self.table.priced_name(a.upstream_model or "", a.provider.name) or UNCONFIRMED_MODEL
 
+    @staticmethod
+    def _sent_tokens(ctx: RequestContext, a: Attempt, price: Price | None) -> int:
+        """The input an attempt that reported no usage is billed as: ``estimate.input_tokens``, an
+        image sent inline as the one image its hold counted (``estimate.inline_each``: never more than
+        the hold, which the settled cost would pass by its base64)."""
+        kind = a.provider.kind if a.provider is not None else None
+        return estimate.held_input_tokens(ctx, estimate.inline_each(price, kind, a.upstream_model or ""))
+
     def _price(self, ctx: RequestContext, a: Attempt) -> None:
         """An estimate when no usage came back, or only a stream's start's (cut before its output
         count: ``Attempt.usage_partial``); a failed attempt is billed only if usage came back, or
@@ -215,7 +248,7 @@ class Pricer:
             return self._price_media(ctx, a, price)
         if a.usage is None and (a.input_billed or (a.paused_usage and a.outcome in BILLABLE_WITHOUT_USAGE)):
             # what it was sent (a follow-up: the answers so far too); a follow-up cut mid-stream: what it relayed
-            inputs = estimate.input_tokens(ctx) + a.sent_back
+            inputs = self._sent_tokens(ctx, a, price) + a.sent_back
             relayed = 0 if a.input_billed else self._relayed(ctx, a)
             a.usage, a.usage_estimated = Usage(prompt_tokens=max(1, inputs), completion_tokens=relayed), True
         if a.usage is None and a.paused_usage:  # a follow-up call that reported nothing
@@ -227,7 +260,7 @@ class Pricer:
             relayed += imagegen.IMAGE_OUTPUT_TOKENS * a.own_images  # a chat image model's, as the largest image
             # the body and the conversation it continues (a previous_response_id's history, the
             # items its item_references put in), all of which the provider was sent
-            a.usage = Usage(prompt_tokens=max(1, estimate.input_tokens(ctx)), completion_tokens=relayed)
+            a.usage = Usage(prompt_tokens=max(1, self._sent_tokens(ctx, a, price)), completion_tokens=relayed)
             a.usage_estimated = True
         elif a.usage_partial and a.outcome in BILLABLE_WITHOUT_USAGE:  # its input counted, its output not yet
             relayed = max(self._relayed(ctx, a), self._past_count(ctx, a))

@@ -7,7 +7,9 @@ the worst case, so the two can never disagree.
 Input is estimated from the body length (4 bytes a token, rounded up: a deliberate over-estimate for
 English text, and JSON punctuation counts too); the prompt is billed once, however many choices come
 back. For a budget, an image or file the body names by URL or file id (its bytes are not in the
-body) adds the model's largest image, and a web search tool its ``max_uses`` searches at Anthropic's
+body) adds the model's largest image; an image sent inline is held as one such image instead of its
+base64, where the model's rule caps an image (:func:`inline_each`; budgets and tpm alike), and a
+web search tool its ``max_uses`` searches at Anthropic's
 fee per search (passed through to OpenAI, its search tools' calls at OpenAI's per-call prices:
 ``toolfees.held_fees``); the Responses ``image_generation`` tool the images a response may make with it, each
 at the most the tool's quality and size may cost (``imagegen.held_tokens``). Output is the request's
@@ -24,10 +26,12 @@ absent. A transcription's or translation's audio is held at the most its upload'
 
 from __future__ import annotations
 
+import binascii
 import json
 import math
 import re
 import struct
+from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
 from .context import Attempt, RequestContext
@@ -179,6 +183,13 @@ def input_tokens(ctx: RequestContext) -> int:
     return text_tokens(ctx.raw) + history + ctx.thread_tokens
 
 
+def held_input_tokens(ctx: RequestContext, each: int | None) -> int:
+    """:func:`input_tokens`, with each image the client sent inline held at ``each`` tokens
+    instead of its base64 at four bytes a token (:func:`inline_held`); ``each`` None: as text."""
+    as_text, held = inline_held(ctx, each)
+    return input_tokens(ctx) - as_text + held
+
+
 def _largest(body: dict) -> tuple[int | None, int | None]:
     """The largest output cap and the largest choice count the body sets (None: none set)."""
     cap = count = None
@@ -273,24 +284,26 @@ def settled_uc(ctx: RequestContext, held: int) -> int:
     return max(billed, held) if unpriced_attempt(ctx) is not None else billed
 
 
-def request_tokens(ctx: RequestContext, default_max_tokens: int) -> int:
-    """Input estimate + every billable output token of the model asked (a deployment's tpm)."""
-    return input_tokens(ctx) + output_tokens(ctx, default_max_tokens)
+def request_tokens(ctx: RequestContext, default_max_tokens: int, each: int | None = None) -> int:
+    """Input estimate + every billable output token of the model asked (a deployment's tpm);
+    ``each``: what an inline image is held at (:func:`inline_each`; None: its base64 as text)."""
+    return held_input_tokens(ctx, each) + output_tokens(ctx, default_max_tokens)
 
 
-def limited_tokens(ctx: RequestContext, default_max_tokens: int) -> tuple[int, int]:
+def limited_tokens(ctx: RequestContext, default_max_tokens: int, each: int | None = None) -> tuple[int, int]:
     """What a key's or an end user's tpm counts at admission: (:func:`request_tokens` + the media,
     the media): a transcription's audio at ``AUDIO_TOKENS_PER_S`` a second for any audio model
     (:func:`held_audio_seconds`; whisper-1's too, priced per second), the image tool's images at
     their held tokens (``imagegen.held_tokens``), as a budget holds them, and the tokens of the Gemini
     context caches it names (:func:`cached_content_tokens`: the provider counts them with the call).
-    No further pass for a request with neither (no upload, no ``tools``)."""
+    No further pass for a request with neither (no upload, no ``tools``). ``each``: an inline
+    image's tokens, as :func:`request_tokens`."""
     media = 0
     if ctx.upload is not None and ctx.endpoint in PRICED_AUDIO_FORMATS:
         media = held_audio_seconds(ctx, ctx.routed_model or ctx.model or "") * AUDIO_TOKENS_PER_S
     elif "tools" in ctx.body:
         media = held_tokens(ctx.body)
-    return request_tokens(ctx, default_max_tokens) + media + cached_content_tokens(ctx), media
+    return request_tokens(ctx, default_max_tokens, each) + media + cached_content_tokens(ctx), media
 
 
 def worst_case_cost(
@@ -340,7 +353,8 @@ def output_ceiling(price: Price, default_max_tokens: int) -> int:
 def referenced_images(body: Any, raw: bytes, walk: bool = False, written: Written | None = None) -> int:
     """Images (and files) the body names by URL or file id rather than carrying them: their
     bytes are not in the body, so the byte count does not see them. Inline ones (a ``data:``
-    URL, base64) are in the body's bytes already. Walked only when it may hold one (:func:`may_hold`;
+    URL, base64) are in the body's bytes already (an inline image is counted apart where its
+    model bounds it: :func:`sent_inline`). Walked only when it may hold one (:func:`may_hold`;
     ``walk``: the body holds what ``raw`` does not, :func:`put_in`; ``written``: :func:`body_written`)."""
     if not may_hold(body, raw, _REFERENCE_MARKS, walk, written):
         return 0
@@ -443,6 +457,217 @@ def image_tokens(
     names (``Conversation.history_images``), each at the model's largest (the price table's
     ``image_input_tokens``, else :data:`IMAGE_INPUT_TOKENS`)."""
     return (referenced_images(body, raw, walk, written) + history) * (price.image_input_tokens or IMAGE_INPUT_TOKENS)
+
+
+# -- images sent inline ---------------------------------------------------------------------------
+# An image sent inline (a ``data:image/…;base64,`` URL, Anthropic's base64 source, Gemini's
+# ``inlineData``) is billed as an image, not as its base64: a model that scales every image to fit
+# its tiles or pixel budget bills one at most its largest image, however large the file
+# (:func:`inline_each`). Not every model does: Gemini 2.x bills 258 tokens a 768-pixel tile and
+# tiles a large image whole, Gemini 3 by a ``media_resolution`` a part may raise; the newer OpenAI
+# models take ``"detail": "original"`` (up to 10,000 patches) and Claude's high-resolution tier
+# (Opus 4.7 and later, Sonnet 5, Haiku 5.5) ~4,800 tokens an image: their images stay at their bytes.
+# The image is counted only where a model reads it as an image — a part of a message's ``content``
+# (a tool result's too), of a Responses item's ``content`` or a function output's ``output``, of a
+# Gemini turn's ``parts`` — never where it is JSON the model reads as text (a tool call's input, a
+# schema), and only when its header reads as a PNG, JPEG, GIF or WebP of some size.
+INLINE_MARK = b"image/"  # in every inline image's media type; a body without it is not walked
+# Provider kinds that serve the models below as themselves (an OpenAI-compatible server's model of
+# the same name may bill an image any way it likes).
+BOUNDED_KINDS = ("openai", "azure", "anthropic")
+# Models whose documented image rule bills an image at most IMAGE_INPUT_TOKENS: Claude before its
+# high-resolution tier (scaled to ~1,600 tokens), GPT-4o, GPT-4.1, o1, o3 (8 tiles at high detail:
+# 1,445, 1,275), GPT-5 and 5.1 (1,190), dated snapshots too. The patch-billed minis have their own
+# ``image_input_tokens`` in the price table (gpt-4o-mini, gpt-4.1-mini/nano, o4-mini) or are left out.
+SCALED_IMAGES = re.compile(
+    r"(?:claude-3[-.\w]*|claude-(?:opus|sonnet)-4(?:-[0156])?|claude-haiku-4-5"
+    r"|gpt-4o|gpt-4\.1|o1|o3|gpt-5(?:\.1)?(?:-chat-latest|-codex|-pro)?)(?:-\d{4}-\d{2}-\d{2}|-\d{8}|-latest)?"
+)
+JPEG_SEGMENTS = 64  # segments looked through for a JPEG's frame header (EXIF, ICC, XMP come first)
+JPEG_FRAMES = frozenset((0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF))
+
+
+@dataclass(frozen=True)
+class Inline:
+    """The images a body sends inline whose header reads: how many, and their base64 characters
+    (never more than their bytes in the body, escaped or not)."""
+
+    images: int = 0
+    chars: int = 0
+
+
+def inline_each(price: Price | None, kind: str | None, model: str) -> int | None:
+    """What one inline image of ``model`` served by a provider of ``kind`` (None: not routed yet)
+    is held at, or None where no constant bounds it (its base64 stays text): the price table's
+    ``image_input_tokens``, else :data:`IMAGE_INPUT_TOKENS` for a model of :data:`SCALED_IMAGES`
+    at a provider of :data:`BOUNDED_KINDS`. Never on Gemini (tiles: see the section's comment)."""
+    if kind == "gemini":
+        return None
+    if price is not None and price.image_input_tokens:
+        return price.image_input_tokens
+    if kind is not None and kind not in BOUNDED_KINDS:
+        return None
+    return IMAGE_INPUT_TOKENS if SCALED_IMAGES.fullmatch(model.lower()) else None
+
+
+def inline_held(ctx: RequestContext, each: int | None) -> tuple[int, int]:
+    """(the tokens the body's inline images count as text in :func:`input_tokens`, what they are
+    held at: ``each`` an image); (0, 0) when ``each`` is None or none was found."""
+    if each is None:
+        return 0, 0
+    found = inline_images(ctx)
+    if not found.images:
+        return 0, 0
+    return text_tokens(ctx.raw) - size_tokens(len(ctx.raw) - found.chars), found.images * each
+
+
+def inline_images(ctx: RequestContext) -> Inline:
+    """:func:`sent_inline` of the request's body, read once a request (kept in ``ctx.state``: the
+    key's tpm, the end user's and a budget's hold all ask). None when Stockyard put stored items in
+    the body (:func:`put_in`): their bytes are counted apart (``history_tokens``), not in ``raw``."""
+    if put_in(ctx):
+        return Inline()
+    kept = ctx.state.get(_INLINE)
+    if kept is not None and kept[0] is ctx.raw:
+        return kept[1]
+    found = sent_inline(ctx.body, ctx.raw)
+    ctx.state[_INLINE] = (ctx.raw, found)
+    return found
+
+
+_INLINE = "estimate.inline_images"
+
+
+def sent_inline(body: Any, raw: bytes) -> Inline:
+    """The images ``body`` (parsed from ``raw``) sends inline, in the places a model reads them as
+    images, whose header reads (:func:`image_size`). Not walked without :data:`INLINE_MARK` in
+    ``raw``: a mark hidden by an escape leaves its image as text, which holds more, never less."""
+    if INLINE_MARK not in raw or not isinstance(body, dict):
+        return Inline()
+    images = chars = 0
+    for part in content_parts(body):
+        found = inline_image(part)
+        if found is not None and image_size(found[1]) is not None:
+            images, chars = images + 1, chars + len(found[0])
+    return Inline(images, chars)
+
+
+# The turns whose images a model reads (a Responses function output has no role): an image in an
+# assistant's or a system turn may be refused, dropped or sent on as text by a translation.
+_IMAGE_ROLES = frozenset((None, "user", "tool", "function"))
+
+
+def content_parts(body: dict) -> Iterator[dict]:
+    """The content parts of a request body's user and tool turns: chat's and Messages'
+    ``messages[].content`` (a Claude tool result's ``content`` too), Responses' ``input[].content``
+    and a function output's ``output``, Gemini's ``contents[].parts``. Nothing else: JSON a model
+    reads as text (a tool call's input, a schema) may look like a part."""
+    for turn in (*_items(body.get("messages")), *_items(body.get("input")), *_items(body.get("contents"))):
+        if turn.get("role") not in _IMAGE_ROLES:
+            continue
+        output = turn.get("type") == "function_call_output"
+        lists = (turn.get("output"),) if output else (turn.get("content"), turn.get("parts"))
+        for part in (part for found in lists for part in _items(found)):
+            yield part
+            if part.get("type") == "tool_result":
+                yield from _items(part.get("content"))
+
+
+def _items(value: Any) -> Iterator[dict]:
+    """The objects in ``value`` when it is a list (nothing otherwise)."""
+    if isinstance(value, list):
+        yield from (item for item in value if isinstance(item, dict))
+
+
+def inline_image(part: dict) -> tuple[str, str] | None:
+    """(the string the part carries its image in, the image's base64) of an image part sent
+    inline: chat ``image_url`` and Responses ``input_image`` with a ``data:image/…;base64,`` URL,
+    Anthropic ``image`` with a base64 source, Gemini ``inlineData`` of an ``image/`` type; else None."""
+    kind = part.get("type")
+    if kind in ("image_url", "input_image"):
+        url = part.get("image_url")
+        url = url.get("url") if isinstance(url, dict) else url
+        if isinstance(url, str) and url.startswith("data:image/"):
+            head, comma, data = url.partition(",")
+            return (url, data) if comma and head.endswith(";base64") else None
+        return None
+    if kind == "image":
+        source = part.get("source")
+        if isinstance(source, dict) and source.get("type") == "base64" and isinstance(source.get("data"), str):
+            return source["data"], source["data"]
+        return None
+    blob = part.get("inlineData", part.get("inline_data"))
+    if isinstance(blob, dict):
+        mime, found = blob.get("mimeType", blob.get("mime_type")), blob.get("data")
+        if isinstance(mime, str) and mime.startswith("image/") and isinstance(found, str):
+            return found, found
+    return None
+
+
+def base64_bytes(data: str, start: int, size: int) -> bytes | None:
+    """``size`` bytes at ``start`` of what ``data`` (standard base64) decodes to, decoding only the
+    characters that carry them; None when they are not there or are not base64."""
+    first, last = start // 3 * 4, -(-(start + size) // 3) * 4
+    try:
+        decoded = binascii.a2b_base64(data[first:last].encode("ascii"), strict_mode=True)
+    except (ValueError, binascii.Error):
+        return None
+    found = decoded[start % 3 : start % 3 + size]
+    return found if len(found) == size else None
+
+
+def image_size(data: str) -> tuple[int, int] | None:
+    """(width, height) an image's header states — PNG, JPEG, GIF or WebP, read from the few bytes
+    of its base64 that carry them, never the whole image — or None (another format, a header that
+    does not read, a size of 0)."""
+    head = base64_bytes(data, 0, 30)
+    if head is None:
+        return None
+    size: tuple[int, int] | None = None
+    if head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR":
+        size = struct.unpack(">II", head[16:24])
+    elif head[:6] in (b"GIF87a", b"GIF89a"):
+        size = struct.unpack("<HH", head[6:10])
+    elif head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        size = _webp_size(head)
+    elif head[:3] == b"\xff\xd8\xff":
+        size = _jpeg_size(data)
+    return size if size is not None and size[0] > 0 and size[1] > 0 else None
+
+
+def _webp_size(head: bytes) -> tuple[int, int] | None:
+    """A WebP's canvas from its first chunk: lossy ``VP8 ``, lossless ``VP8L``, extended ``VP8X``."""
+    chunk = head[12:16]
+    if chunk == b"VP8 " and head[23:26] == b"\x9d\x01\x2a":
+        width, height = struct.unpack("<HH", head[26:30])
+        return width & 0x3FFF, height & 0x3FFF
+    if chunk == b"VP8L" and head[20] == 0x2F:
+        bits = int.from_bytes(head[21:25], "little")
+        return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
+    if chunk == b"VP8X":
+        return int.from_bytes(head[24:27], "little") + 1, int.from_bytes(head[27:30], "little") + 1
+    return None
+
+
+def _jpeg_size(data: str) -> tuple[int, int] | None:
+    """A JPEG's size from its frame header (SOFn), found by stepping over the segments before it
+    (at most :data:`JPEG_SEGMENTS`), each read by its 4-byte marker and length alone."""
+    at = 2
+    for _ in range(JPEG_SEGMENTS):
+        mark = base64_bytes(data, at, 4)
+        if mark is None or mark[0] != 0xFF:
+            return None
+        if mark[1] == 0xFF:  # fill byte before a marker
+            at += 1
+            continue
+        if mark[1] in JPEG_FRAMES:
+            frame = base64_bytes(data, at + 5, 4)
+            return None if frame is None else (frame[2] << 8 | frame[3], frame[0] << 8 | frame[1])
+        if 0xD0 <= mark[1] <= 0xD9 or mark[1] == 0x01:  # markers without a length
+            at += 2
+            continue
+        at += 2 + (mark[2] << 8 | mark[3])
+    return None
 
 
 def put_in(ctx: RequestContext) -> bool:
@@ -552,6 +777,7 @@ def request_cost(
     call_fees: int | None = None,
     media: int = 0,
     written: Written | None = None,
+    each: int | None = None,
 ) -> int:
     """The worst-case cost of the request on ``ctx`` at ``price``: what a budget reserves (the
     Gemini context caches it names, :func:`cached_content_tokens`, included), but for the image
@@ -561,12 +787,14 @@ def request_cost(
     their provider's per-call prices (``Pricer.held_call_fees``), else :func:`web_searches` at
     Anthropic's fee. ``media``: input tokens its media add beyond their bytes (a PDF's pages on
     Gemini: ``pdfpages.held_pdf_tokens``). ``written``: the body written out, if the caller's PDF
-    count has it already (:func:`body_written`)."""
+    count has it already (:func:`body_written`). ``each``: what an image sent inline is held at
+    (:func:`inline_each`; None: its base64 as text)."""
     conv, walk = ctx.conversation, put_in(ctx)
     history = conv.history_images if conv is not None else 0
     written = written or body_written(ctx.body)
-    images = image_tokens(ctx.body, ctx.raw, price, walk, history, written)
-    text = input_tokens(ctx) - ctx.thread_tokens + sent_back  # a thread's size is a count, not bytes: not in text
+    as_text, inline = inline_held(ctx, each)
+    images = image_tokens(ctx.body, ctx.raw, price, walk, history, written) + inline
+    text = input_tokens(ctx) - as_text - ctx.thread_tokens + sent_back  # a thread's size is a count, not bytes
     inputs = text + ctx.thread_tokens + images + fetched_tokens(ctx.body) + media
     outputs = output_tokens(ctx, output_ceiling(price, default_max_tokens))
     long_writes = asks_long_cache(ctx.body, ctx.raw, walk, written)

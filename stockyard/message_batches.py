@@ -383,7 +383,9 @@ class MessageBatches(ProviderCalls):
         one.body, one.raw = params, json.dumps(params, ensure_ascii=False).encode()
         image = price.image_input_tokens or estimate.IMAGE_INPUT_TOKENS
         pdfs = held_pdf_tokens(params, one.raw, route.model, image, False, pages)
-        tokens = estimate.request_cost(one, price, self._path.settings.default_max_tokens, call_fees=0, media=pdfs)
+        each = estimate.inline_each(price, route.provider.kind, route.model)  # an image sent inline, as one image
+        dmt = self._path.settings.default_max_tokens
+        tokens = estimate.request_cost(one, price, dmt, call_fees=0, media=pdfs, each=each)
         part, whole = BATCH_PRICE
         return -(-tokens * part // whole) + estimate.web_searches(params) * WEB_SEARCH_UC  # searches billed whole
 

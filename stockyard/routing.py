@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Callable
 
+from .billing import Pricer
 from .context import RequestContext, Route
 from .deployments import ModelRoute, Models
 from .errors import GEMINI, ProxyError
@@ -46,9 +47,21 @@ class RouteStep:
 
     name = "route"
 
-    def __init__(self, registry: Callable[[], Registry], models: Callable[[], Models] | None = None) -> None:
+    def __init__(
+        self, registry: Callable[[], Registry], models: Callable[[], Models] | None = None, pricer: Pricer | None = None
+    ) -> None:
         self._registry = registry
         self._models = models
+        self._pricer = pricer  # what an image sent inline counts against a deployment's tpm
+
+    def _tokens(self, ctx: RequestContext, route: ModelRoute) -> int:
+        """``request_tokens`` of the request served by ``route``: an image sent inline held as one of
+        its deployments' largest images where each of them bounds it (``Pricer.deployed_each``; on a
+        model without deployments, its route's), else as its base64."""
+        each = None
+        if self._pricer is not None:
+            each = self._pricer.deployed_each(route.deployments) if route.deployments else self._pricer.inline_each(ctx)
+        return request_tokens(ctx, ctx.default_output_cap, each)
 
     def before(self, ctx: RequestContext) -> None:
         name = ctx.routed_model or ctx.model or ""
@@ -67,7 +80,7 @@ class RouteStep:
         ctx.route = Route(provider, model)
         self._check_policy(ctx, name)
         if models is not None and route is not None:  # no deployments: routed as any name, its fallbacks kept
-            ctx.plan = models.plan(route, request_tokens(ctx, ctx.default_output_cap))
+            ctx.plan = models.plan(route, self._tokens(ctx, route))
 
     @staticmethod
     def _check_policy(ctx: RequestContext, name: str) -> None:
@@ -80,11 +93,9 @@ class RouteStep:
         """The deployment the strategy picks; when none is usable, the model's first usable fallback.
         Only claimed: counted against its rpm/tpm once the request goes upstream (``Plan.confirm``),
         never for a cache hit or a wait for an identical request's answer."""
-        tokens = request_tokens(ctx, ctx.default_output_cap)
         try:
-            ctx.plan = models.plan(
-                route, tokens, refused=refused_deployments(ctx, route, ctx.routed_model or ctx.model or ""), claim=True
-            )
+            refused = refused_deployments(ctx, route, ctx.routed_model or ctx.model or "")
+            ctx.plan = models.plan(route, self._tokens(ctx, route), refused=refused, claim=True)
         except ProxyError:
             for name in route.fallbacks:
                 other = models.get(name)
@@ -92,7 +103,8 @@ class RouteStep:
                     continue  # never a model the key may not use
                 try:
                     if other is not None and other.deployments:
-                        ctx.plan = models.plan(other, tokens, refused=refused_deployments(ctx, other, name), claim=True)
+                        refused = refused_deployments(ctx, other, name)
+                        ctx.plan = models.plan(other, self._tokens(ctx, other), refused=refused, claim=True)
                     else:
                         provider, model = self._registry().resolve(name)
                         if ctx.model_policy is not None:

@@ -242,7 +242,10 @@ class RateLimitModule(Module):
         """What the request counts against the key's tpm (the worst case, and the part of it that
         is audio or images: ``estimate.limited_tokens``), (0, 0) when it has none."""
         counted = ctx.key is not None and ctx.key.tpm and ctx.endpoint not in FREE_ENDPOINTS  # counting is not using
-        return estimate.limited_tokens(ctx, self.services.settings.default_max_tokens) if counted else (0, 0)
+        if not counted:
+            return 0, 0
+        services = self.services  # an image sent inline counted as the model's largest (Pricer.inline_each)
+        return estimate.limited_tokens(ctx, services.settings.default_max_tokens, services.pricer.inline_each(ctx))
 
     def admit_call(self, ctx: RequestContext) -> None:
         """A call outside the chain that uses no tokens (files and batches: ``files_api``): one of

@@ -255,7 +255,10 @@ class UserLimitsModule(Module):
     def _tokens(self, ctx: RequestContext, limits: UserLimits) -> tuple[int, int]:
         """What the request counts against the end user's tpm, and the part of it that is audio or
         images (``estimate.limited_tokens``, as the key's ``ratelimit``); (0, 0) without a tpm."""
-        return estimate.limited_tokens(ctx, self.services.settings.default_max_tokens) if limits.tpm else (0, 0)
+        if not limits.tpm:
+            return 0, 0
+        services = self.services  # an image sent inline counted as the model's largest (Pricer.inline_each)
+        return estimate.limited_tokens(ctx, services.settings.default_max_tokens, services.pricer.inline_each(ctx))
 
     def after(self, ctx: RequestContext) -> None:
         cover = ctx.state.pop(COVER, None)
