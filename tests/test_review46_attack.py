@@ -1,0 +1,187 @@
+"""Review 46, an attacker's: this session's changes tried from the port, with a key of one's own.
+
+Each test is one attack on a real server over the mock upstream (raw HTTP and the official SDKs):
+
+- images the model drew (``image_generation_call`` items, a chat answer's ``images``): a provider's
+  malformed, misplaced and countless images, an image item sent back without its image or naming
+  another key's, a Gemini stream of malformed or deeply nested parts;
+- a cut Gemini stream's bill when the client is the one who cuts it;
+- a batch refused 409 ``budget_changed``: whether a client can make the server read its file again
+  and again;
+- the GenAI metrics over OTLP: a client's model names (long, new on each request, not text at all)
+  against the attribute-set cap, refusals, and secrets in the exports.
+
+The attacks that held are pinned as they hold; a defect's fix came with its failing test first.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import time
+from typing import Any
+
+import pytest
+from conftest import ServerProcess, leave_stream, mock_env, served, wait_for
+from mock_upstream import Reply
+from otlp_collector import Receiver, attrs
+from test_review42_events import check_responses
+
+ADMIN = "admin-key-for-review46-attack-0123456789"
+GEMINI_KEY = "AIza-test-0123456789abcdefREVIEW46ATK"
+LOCAL_KEY = "sk-local-review46-attack-0123456789"
+COLLECTOR_TOKEN = "otlp-collector-secret-review46-abcdef"
+IMAGE_MODEL = "gemini-2.5-flash-image"
+FLASH = "gemini-2.5-flash"
+LOCAL = "local-drawer"  # an OpenAI-compatible provider's model: its chat answer's ``images`` are its own
+PNG_BYTES = b"\x89PNG\r\n\x1a\n" + bytes(range(200))
+PNG = base64.b64encode(PNG_BYTES).decode()
+GOOD_URL = f"data:image/png;base64,{PNG}"
+
+
+@pytest.fixture(scope="module")
+def server(pyz_path, cache_home, mock, tmp_path_factory):
+    env = mock_env(
+        cache_home,
+        mock,
+        GEMINI_API_KEY=GEMINI_KEY,
+        GEMINI_BASE_URL=mock.url,
+        STOCKYARD_ADMIN_KEY=ADMIN,
+        STOCKYARD_ENCRYPTION_KEY="review46-attack-encryption-secret-0123456789",
+    )
+    keys = {"alice": [], "bob": [], "budgeted": ["--budget-usd", "5", "--budget-period", "day"]}
+
+    def add_local(srv: ServerProcess) -> None:
+        added = srv.cli(
+            "providers", "add", "local", "--kind", "openai-compatible", "--base-url", mock.url + "/v1",
+            "--models", "local-", "--key-stdin", input=LOCAL_KEY,
+        )  # fmt: skip
+        assert added.returncode == 0, added.stderr
+
+    secrets = (GEMINI_KEY, LOCAL_KEY)
+    with served(pyz_path, tmp_path_factory, "r46attack", env, keys, never_logged=secrets, before_start=add_local) as srv:
+        yield srv
+
+
+def post(server: ServerProcess, who: str, path: str, body: Any) -> tuple[int, dict, bytes]:
+    return server.request("POST", path, body, server.auth(who))
+
+
+# -- a provider's images in a chat answer, to a Responses client ------------------------------------
+def chat_answer(content: str, images: list) -> dict:
+    """An OpenAI-compatible provider's chat answer carrying ``images`` (OpenRouter's shape)."""
+    message = {"role": "assistant", "content": content, "images": images}
+    return {
+        "id": "chatcmpl-r46",
+        "object": "chat.completion",
+        "created": 1,
+        "model": LOCAL,
+        "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 5, "completion_tokens": 7, "total_tokens": 12},
+    }
+
+
+def chat_chunks(deltas: list[dict]) -> list[str]:
+    """A provider's chat stream of these deltas, then its finish and usage."""
+    def chunk(delta: dict, finish: str | None = None) -> str:
+        choice = {"index": 0, "delta": delta, "finish_reason": finish}
+        return json.dumps({"id": "chatcmpl-r46", "object": "chat.completion.chunk", "created": 1, "model": LOCAL,
+                           "choices": [choice]})  # fmt: skip
+
+    usage = {"id": "chatcmpl-r46", "object": "chat.completion.chunk", "created": 1, "model": LOCAL, "choices": [],
+             "usage": {"prompt_tokens": 5, "completion_tokens": 7, "total_tokens": 12}}  # fmt: skip
+    return [chunk({"role": "assistant", "content": ""}), *(chunk(d) for d in deltas), chunk({}, "stop"),
+            json.dumps(usage), "[DONE]"]  # fmt: skip
+
+
+def good(**extra: Any) -> dict:
+    return {"type": "image_url", "image_url": {"url": GOOD_URL}, **extra}
+
+
+# entries that are no image (each left out) and images whose text_offset is no place in the text
+NOT_IMAGES = [
+    5,
+    "data:image/png;base64,AAAA",
+    None,
+    [GOOD_URL],
+    {"image_url": GOOD_URL},
+    {"image_url": {"url": 7}},
+    {"image_url": {"url": "data:image/png;base64,"}},
+    {"image_url": {"url": "data:text/html;base64,PGI+aGk8L2I+"}},
+    {"image_url": {"url": "https://attacker.example/x.png"}},
+    {"image_url": {"url": "data:image/png,notbase64"}},
+    {"image_url": {"url": "data:image/png;base64"}},
+]
+ODD_OFFSETS = [-5, 10**30, 1.5, "3", True, None, [1], {"at": 1}, 2**63, -(2**63)]
+
+
+def test_a_providers_malformed_images_are_left_out_and_odd_offsets_kept_in_the_text(server, mock):
+    """Entries that are no base64 image (a number, a string, an http URL, another media type, an empty
+    or unencoded data URL) are left out; an image's ``text_offset`` that is negative, huge, a float, a
+    string, a bool or a list puts it at the text's start or end: never a 500, never text lost."""
+    images = [*NOT_IMAGES, *(good(text_offset=o) for o in ODD_OFFSETS)]
+    mock.clear_replies()
+    mock.enqueue(Reply(json=chat_answer("Hello world", images)))
+    status, _, raw = post(server, "alice", "/v1/responses", {"model": LOCAL, "input": "Draw", "store": False})
+    assert status == 200, raw[:500]
+    output = json.loads(raw)["output"]
+    kinds = [(o["type"], o.get("content", [{}])[0].get("text") if o["type"] == "message" else None) for o in output]
+    # -5 puts its image before the text; every other odd offset at its end (none goes back before the one
+    # before it: -(2**63), last, stays after the text)
+    image, text = ("image_generation_call", None), ("message", "Hello world")
+    assert kinds == [image, text, *[image] * (len(ODD_OFFSETS) - 1)], kinds
+    images_out = [o for o in output if o["type"] == "image_generation_call"]
+    assert len(images_out) == len(ODD_OFFSETS)
+    assert all(base64.b64decode(o["result"]) == PNG_BYTES and o["output_format"] == "png" for o in images_out)
+    assert "".join(p["text"] for o in output if o["type"] == "message" for p in o["content"]) == "Hello world"
+    assert len({o["id"] for o in output}) == len(output)
+
+
+def test_a_providers_malformed_streamed_images_are_left_out(server, mock):
+    """The same entries in a provider's stream: the raw Responses stream keeps its grammar, the
+    images that are images come as items between the texts, and nothing else of them."""
+    deltas = [{"content": "Hello "}, {"images": [*NOT_IMAGES, good(text_offset=-1)]}, {"content": "world"}]
+    mock.clear_replies()
+    mock.enqueue(Reply(sse=chat_chunks(deltas)))
+    body = {"model": LOCAL, "input": "Draw", "store": False, "stream": True}
+    status, _, raw = post(server, "alice", "/v1/responses", body)
+    assert status == 200, raw[:500]
+    final = check_responses(raw)
+    assert [o["type"] for o in final["output"]] == ["message", "image_generation_call", "message"]
+    assert base64.b64decode(final["output"][1]["result"]) == PNG_BYTES
+
+
+def test_thousands_of_images_cost_the_server_little(server, mock):
+    """A provider's answer of 3,000 images, each with a citation of the text before it (the pieces
+    the images cut the text into each look through the citations): whole and streamed, every image
+    comes out, in a bounded time of the server's CPU."""
+    n = 3000
+    text = "ab" * n
+    images = [good(text_offset=2 * i) for i in range(n)]
+    annotations = [
+        {"type": "url_citation", "url_citation": {"url": f"https://e.example/{i}", "title": "t",
+                                                  "start_index": 2 * i, "end_index": 2 * i + 1}}
+        for i in range(n)
+    ]  # fmt: skip
+    answer = chat_answer(text, images)
+    answer["choices"][0]["message"]["annotations"] = annotations
+    mock.clear_replies()
+    mock.enqueue(Reply(json=answer))
+    before = server.cpu_seconds()
+    status, _, raw = post(server, "alice", "/v1/responses", {"model": LOCAL, "input": "Draw", "store": False})
+    whole_cpu = server.cpu_seconds() - before
+    assert status == 200, raw[:500]
+    output = json.loads(raw)["output"]
+    assert sum(o["type"] == "image_generation_call" for o in output) == n
+    cited = [a for o in output if o["type"] == "message" for p in o["content"] for a in p["annotations"]]
+    assert len(cited) == n and cited[-1]["url"] == f"https://e.example/{n - 1}", cited[-1:]
+    assert whole_cpu < 4, whole_cpu
+    deltas = [d for i in range(n) for d in ({"content": "ab"}, {"images": [good()]})]
+    mock.enqueue(Reply(sse=chat_chunks(deltas)))
+    before = server.cpu_seconds()
+    status, _, raw = post(server, "alice", "/v1/responses", {"model": LOCAL, "input": "Draw", "store": False,
+                                                            "stream": True})  # fmt: skip
+    stream_cpu = server.cpu_seconds() - before
+    assert status == 200 and raw.count(b'"type":"response.image_generation_call.completed"') == n, raw[-300:]
+    assert stream_cpu < 8, stream_cpu
