@@ -185,3 +185,101 @@ def test_thousands_of_images_cost_the_server_little(server, mock):
     stream_cpu = server.cpu_seconds() - before
     assert status == 200 and raw.count(b'"type":"response.image_generation_call.completed"') == n, raw[-300:]
     assert stream_cpu < 8, stream_cpu
+
+
+# -- an image item sent back -------------------------------------------------------------------------
+def gemini_answer(parts: list[dict], model: str = IMAGE_MODEL) -> dict:
+    usage = {"promptTokenCount": 12, "candidatesTokenCount": 9, "totalTokenCount": 21}
+    candidate = {"content": {"parts": parts, "role": "model"}, "index": 0, "finishReason": "STOP"}
+    return {"candidates": [candidate], "usageMetadata": usage, "modelVersion": model, "responseId": "r46"}
+
+
+def model_parts(mock) -> list[dict]:
+    """The model's turns' parts in the last request Gemini was sent."""
+    sent = mock.last(":generateContent").json
+    return [p for c in sent["contents"] if c["role"] == "model" for p in c["parts"]]
+
+
+@pytest.mark.parametrize("model", [IMAGE_MODEL, LOCAL], ids=["gemini", "openai-compatible"])
+@pytest.mark.parametrize("result", [5, ["AAAA"], {"b64": "AAAA"}, "", True, 0], ids=repr)
+def test_an_image_item_whose_result_is_no_image_is_a_clear_400(server, mock, model, result):
+    """``result`` a number, a list, an object, empty, a bool: the 400 names it, to a provider that takes
+    the image back and to one it is left out for alike; no provider is called."""
+    item = {"type": "image_generation_call", "id": "ig_r46", "status": "completed", "result": result}
+    mock.clear()
+    body = {"model": model, "input": [{"role": "user", "content": "Draw"}, item, {"role": "user", "content": "Again"}]}
+    status, _, raw = post(server, "alice", "/v1/responses", body)
+    assert status == 400, raw
+    error = json.loads(raw)["error"]
+    assert error["param"] in ("input[1].result", "input[1].id") and error["type"] == "invalid_request_error", error
+    assert mock.requests == []
+
+
+def test_many_image_items_sent_back_cost_the_server_little(server, mock):
+    """5,000 image items in one body (each an assistant turn to Gemini): answered, in bounded CPU."""
+    item = {"type": "image_generation_call", "id": "ig_r46", "status": "completed", "result": PNG}
+    items = [{"role": "user", "content": "Draw"}, *[item] * 5000, {"role": "user", "content": "Again"}]
+    mock.clear_replies()
+    mock.enqueue(Reply(json=gemini_answer([{"text": "Seen."}])))
+    before = server.cpu_seconds()
+    status, _, raw = post(server, "alice", "/v1/responses", {"model": IMAGE_MODEL, "input": items, "store": False})
+    assert status == 200, raw[:500]
+    assert server.cpu_seconds() - before < 6
+    assert model_parts(mock) == [{"inlineData": {"mimeType": "image/png", "data": PNG}}] * 5000
+
+
+def alices_image(server: ServerProcess, mock) -> str:
+    """The id of an image item of a response alice stored (translated from Gemini's answer)."""
+    mock.clear_replies()
+    mock.enqueue(Reply(json=gemini_answer([{"text": "Here: "}, {"inlineData": {"mimeType": "image/png", "data": PNG}}])))
+    status, _, raw = post(server, "alice", "/v1/responses", {"model": IMAGE_MODEL, "input": "Draw", "store": True})
+    assert status == 200, raw[:500]
+    [ident] = [o["id"] for o in json.loads(raw)["output"] if o["type"] == "image_generation_call"]
+    return ident
+
+
+def test_another_keys_image_item_is_not_read_by_reference_nor_by_id(server, mock):
+    """Bob names alice's stored image item: by ``item_reference``, and as an image item without its
+    image: each a 400, Gemini never sent her image. Alice's own reference puts her image back."""
+    ident = alices_image(server, mock)
+    for item in ({"type": "item_reference", "id": ident}, {"type": "image_generation_call", "id": ident}):
+        mock.clear()
+        body = {"model": IMAGE_MODEL, "input": [{"role": "user", "content": "Draw"}, item]}
+        status, _, raw = post(server, "bob", "/v1/responses", body)
+        assert status == 400 and json.loads(raw)["error"]["param"] in ("input[1].id", "input[1].result"), raw
+        assert PNG.encode() not in raw and mock.requests == []
+    mock.enqueue(Reply(json=gemini_answer([{"text": "Seen."}])))
+    body = {"model": IMAGE_MODEL, "input": [{"role": "user", "content": "Draw"}, {"type": "item_reference", "id": ident}]}
+    status, _, raw = post(server, "alice", "/v1/responses", body)
+    assert status == 200, raw[:500]
+    assert model_parts(mock) == [{"inlineData": {"mimeType": "image/png", "data": PNG}}]
+
+
+def test_another_keys_image_at_openai_is_not_named_by_its_id(server, mock):
+    """An image OpenAI keeps (alice's passed-through response's ``image_generation_call``): bob's image
+    item naming it without its ``result`` is refused before OpenAI, which would read it to the model
+    under the one provider key; alice's goes through."""
+    drawn = {"id": "ig_r46openai_alice", "type": "image_generation_call", "status": "completed", "result": PNG}
+    answer = {
+        "id": "resp_r46openai_alice",
+        "object": "response",
+        "created_at": 1,
+        "status": "completed",
+        "model": "gpt-4o",
+        "output": [drawn],
+        "usage": {"input_tokens": 5, "output_tokens": 5, "total_tokens": 10},
+    }
+    mock.clear_replies()
+    mock.enqueue(Reply(json=answer))
+    status, _, raw = post(server, "alice", "/v1/responses", {"model": "gpt-4o", "input": "Draw", "store": True})
+    assert status == 200, raw[:500]
+    named = {"type": "image_generation_call", "id": drawn["id"]}
+    body = {"model": "gpt-4o", "input": [{"role": "user", "content": "Draw"}, named, {"role": "user", "content": "Again"}]}
+    mock.clear()
+    status, _, raw = post(server, "bob", "/v1/responses", body)
+    assert status == 400 and json.loads(raw)["error"]["param"] == "input[1].id", raw
+    assert mock.requests == []
+    mock.enqueue(Reply(json={**answer, "id": "resp_r46openai_alice2", "output": []}))
+    status, _, raw = post(server, "alice", "/v1/responses", body)
+    assert status == 200, raw[:500]
+    assert mock.last("/v1/responses").json["input"][1] == named
