@@ -355,3 +355,39 @@ def test_a_chunk_of_countless_parts_costs_little(server, mock):
         took = server.cpu_seconds() - before
         assert status == 200, raw[:500]
         assert took < 10, (route, took)
+
+
+# -- a cut Gemini stream's bill, when the client cuts it ---------------------------------------------
+def thoughts_then_text(text: str) -> list[str]:
+    """Gemini's stream: 500 thought tokens counted (no output count yet) with a thought summary, then
+    ``text`` under the same count, then a little more text: none of it counted until the last chunk."""
+    usage = {"promptTokenCount": 12, "thoughtsTokenCount": 500, "totalTokenCount": 512}
+    summary = gemini_chunk([{"text": "Thinking.", "thought": True}])
+    docs = [json.loads(summary), json.loads(gemini_chunk([{"text": text}])), json.loads(gemini_chunk([{"text": "more"}]))]
+    for doc in docs:
+        doc["usageMetadata"] = usage
+    docs.append(json.loads(gemini_chunk([{"text": "."}], "STOP", 1003)))  # what the provider counts in the end
+    return [f"data: {json.dumps(doc)}\n\n" for doc in docs]
+
+
+@pytest.mark.parametrize("route", ["chat", "native"])
+def test_a_client_that_cuts_a_gemini_stream_pays_its_thoughts_and_the_text_it_got(server, mock, route):
+    """The client reads 4,000 characters after 500 thought tokens were counted and closes its socket
+    before the chunk that counts the output: billed the thoughts and the text (1,000 tokens) beside
+    them, 1,500 (one more for the chunk read as the close was found), not the larger of the two."""
+    import threading
+
+    text = "word " * 799 + "ENDS!"
+    gate, hung_up = threading.Event(), threading.Event()
+    mock.clear_replies()
+    mock.enqueue(Reply(sse=thoughts_then_text(text), held=gate, held_after=2, hang_s=60, hang_after=3, hung_up=hung_up))
+    path, body = ROUTES[route]
+    body = {**body, "max_tokens": 2000} if route == "chat" else {**body, "generationConfig": {"maxOutputTokens": 2000}}
+    try:
+        trace_id = leave_stream(server, path, body, b"ENDS!", server.keys["alice"])
+    finally:
+        gate.set()
+    assert hung_up.wait(15), "the provider's connection was closed when the client's was found gone"
+    trace = wait_for(lambda: server.trace(trace_id), 15, "the trace")
+    assert (trace["outcome"], trace["cost_status"]) == ("client_disconnected", "estimate"), trace
+    assert 1500 <= trace["completion_tokens"] <= 1501, trace
