@@ -391,3 +391,30 @@ def test_a_client_that_cuts_a_gemini_stream_pays_its_thoughts_and_the_text_it_go
     trace = wait_for(lambda: server.trace(trace_id), 15, "the trace")
     assert (trace["outcome"], trace["cost_status"]) == ("client_disconnected", "estimate"), trace
     assert 1500 <= trace["completion_tokens"] <= 1501, trace
+
+
+# -- the 409 budget_changed: a batch read again and again? --------------------------------------------
+def batch_file(server: ServerProcess, who: str, lines: int) -> str:
+    line = {"method": "POST", "url": "/v1/chat/completions",
+            "body": {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "r46"}], "max_tokens": 16}}  # fmt: skip
+    data = b"".join(json.dumps({**line, "custom_id": f"r46-{i}"}).encode() + b"\n" for i in range(lines))
+    made = server.openai(who).files.create(file=("b.jsonl", io.BytesIO(data)), purpose="batch")
+    return made.id
+
+
+@pytest.mark.parametrize("who", ["bob", "budgeted"])
+def test_a_batch_is_read_once_a_create_and_never_refused_409_without_a_budget_change(server, mock, who):
+    """The 409 ``budget_changed`` (send the batch again) comes only when a budget begins to count the key
+    while its file is read: a key no budget counts (bob) and a key whose budget counted it all along
+    (budgeted) are never sent it, so no client can make the server read a file over and over for
+    nothing; each create reads the file once. The budgeted key's batch is priced and held."""
+    file_id = batch_file(server, who, 2000)
+    body = {"input_file_id": file_id, "endpoint": "/v1/chat/completions", "completion_window": "24h"}
+    for _ in range(3):
+        mock.clear()
+        status, _, raw = post(server, who, "/v1/batches", body)
+        assert status == 200, raw[:500]
+        reads = [r for r in mock.requests if r.path.endswith(f"/files/{file_id}/content")]
+        assert len(reads) == 1, [r.path for r in mock.requests]
+        held = server.db_rows("SELECT held_uc FROM owned_objects WHERE id = ?", (json.loads(raw)["id"],))
+        assert (held[0]["held_uc"] > 0) == (who == "budgeted"), held
