@@ -418,3 +418,147 @@ def test_a_batch_is_read_once_a_create_and_never_refused_409_without_a_budget_ch
         assert len(reads) == 1, [r.path for r in mock.requests]
         held = server.db_rows("SELECT held_uc FROM owned_objects WHERE id = ?", (json.loads(raw)["id"],))
         assert (held[0]["held_uc"] > 0) == (who == "budgeted"), held
+
+
+# -- the GenAI metrics over OTLP: a client's model names against the collector ------------------------
+SERIES = 4  # STOCKYARD_OTLP_METRICS_MAX_SERIES of the metrics server
+PROMPT_SECRET = "prompt-text-r46-never-an-attribute"
+
+
+@pytest.fixture(scope="module")
+def receiver():
+    r = Receiver()
+    yield r
+    r.server.shutdown()
+
+
+@pytest.fixture(scope="module")
+def metered(pyz_path, cache_home, mock, tmp_path_factory, receiver):
+    env = mock_env(
+        cache_home,
+        mock,
+        GEMINI_API_KEY=GEMINI_KEY,
+        GEMINI_BASE_URL=mock.url,
+        STOCKYARD_OTLP_ENDPOINT=receiver.url,
+        STOCKYARD_OTLP_HEADERS=f"authorization=Bearer {COLLECTOR_TOKEN}",
+        STOCKYARD_OTLP_METRICS_INTERVAL="0.2",
+        STOCKYARD_OTLP_METRICS_MAX_SERIES=str(SERIES),
+    )
+    secrets = (GEMINI_KEY, COLLECTOR_TOKEN)
+    with served(pyz_path, tmp_path_factory, "r46metrics", env, {"mallory": [], "carol": []}, never_logged=secrets) as srv:
+        yield srv
+
+
+def latest_export(receiver: Receiver, requests: int) -> dict:
+    """The first export counting at least ``requests`` requests in all (they are cumulative)."""
+
+    def counted(export: dict) -> int:
+        return sum(int(p["count"]) for _, p in points(export, "gen_ai.server.request.duration"))
+
+    def found():
+        with receiver.lock:
+            exports = list(receiver.metric_exports)
+        return next((e for e in reversed(exports) if counted(e) >= requests), None)
+
+    return wait_for(found, 20, f"an export of {requests} requests")
+
+
+def points(export: dict, name: str) -> list[tuple[dict, dict]]:
+    [rm] = export["resourceMetrics"]
+    [sm] = rm["scopeMetrics"]
+    for metric in sm["metrics"]:
+        if metric["name"] == name:
+            data = metric.get("histogram") or metric["sum"]
+            return [(attrs(p), p) for p in data["dataPoints"]]
+    return []
+
+
+def requests_counted(server: ServerProcess) -> int:
+    """Requests the server has finished, as its /metrics counts them (every status)."""
+    status, _, text = server.request("GET", "/metrics")
+    assert status == 200
+    return sum(
+        int(float(line.rsplit(" ", 1)[1]))
+        for line in text.decode().splitlines()
+        if line.startswith("stockyard_requests_total{")
+    )
+
+
+def test_a_new_model_name_a_request_stays_in_the_attribute_set_cap(metered, mock, receiver):
+    """Mallory sends 40 chat requests, each naming a model of its own (some 250 characters long, near
+    the 256 a model name may have), which the OpenAI route passes on: every instrument keeps at most its cap of attribute sets and one
+    overflow series, each model name at most 100 characters, the overflow counted in /metrics; the
+    requests were answered in their usual time (the meter's work is a few dict updates)."""
+    timings = []
+    for n in range(40):
+        model = f"openai/gpt-r46-{n}-" + ("x" * 230 if n % 4 == 0 else "")
+        body = {"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8}
+        started = time.monotonic()
+        status, _, raw = post(metered, "mallory", "/v1/chat/completions", body)
+        timings.append(time.monotonic() - started)
+        assert status == 200, raw[:300]
+    export = latest_export(receiver, 40)
+    [rm] = export["resourceMetrics"]
+    for metric in rm["scopeMetrics"][0]["metrics"]:
+        series = points(export, metric["name"])
+        # token usage has a series per token type: at most the cap of each (input, output) and one overflow
+        assert len(series) <= SERIES + 1, (metric["name"], len(series))
+        for a, _ in series:
+            for name in ("gen_ai.request.model", "gen_ai.response.model"):
+                assert len(a.get(name, "")) <= 100, a
+    assert sum(int(p["count"]) for a, p in points(export, "gen_ai.server.request.duration")) >= 40
+    status, _, text = metered.request("GET", "/metrics")
+    overflow = next(x for x in text.decode().splitlines() if x.startswith("stockyard_otlp_metric_overflow_total "))
+    assert float(overflow.split()[1]) >= 40 - SERIES
+    assert sorted(timings)[len(timings) // 2] < 1.0, timings
+
+
+@pytest.mark.parametrize("auth", ["none", "unknown key"])
+def test_refusals_name_no_model_in_the_metrics(metered, receiver, auth):
+    """Requests without a key, or with one the server does not know, each naming a model of its own:
+    counted, under no model (the client's word is all there is), so they take no attribute set."""
+    headers = {} if auth == "none" else {"Authorization": "Bearer sk-sy-r46-no-such-key"}
+    before = requests_counted(metered)
+    for n in range(10):
+        body = {"model": f"gpt-r46-refused-{auth}-{n}", "messages": [{"role": "user", "content": "hi"}]}
+        status, _, raw = metered.request("POST", "/v1/chat/completions", body, headers)
+        assert status == 401, raw
+    export = latest_export(receiver, before + 10)
+    for metric in export["resourceMetrics"][0]["scopeMetrics"][0]["metrics"]:
+        for a, _ in points(export, metric["name"]):
+            assert not any("refused" in str(v) for v in a.values()), a
+
+
+@pytest.mark.parametrize(
+    "model", [["gpt-4o-mini"], {"name": "gpt-4o-mini"}, 5, None, "gpt-4o-mini\n\r\u2028", "gpt-\ud800-mini"], ids=repr
+)
+def test_a_model_that_is_no_name_is_a_400_or_measured_and_the_meter_keeps_working(metered, receiver, model):
+    """A model that is a list, an object, a number, null, or a name of line breaks or a lone surrogate:
+    the client gets its answer (a 400 where the name is no string), the meter records the request
+    (never its 'could not record metrics' error), and the export stays JSON the collector reads."""
+    before = requests_counted(metered)
+    body = {"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8}
+    status, _, raw = post(metered, "carol", "/v1/chat/completions", body)
+    assert status in (200, 400, 404), raw
+    if not isinstance(model, str):
+        assert status == 400 and json.loads(raw)["error"]["type"] == "invalid_request_error", raw
+    latest_export(receiver, before + 1)
+    assert "could not record metrics" not in metered.log and "could not build the OTLP metrics" not in metered.log
+
+
+def test_no_secret_or_prompt_reaches_the_metrics(metered, mock, receiver):
+    """What a collector of the metrics is sent names no client key (its secret, id or name), no end
+    user, no prompt text and no provider key; the collector's own token is sent as a header only."""
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": PROMPT_SECRET}], "user": "enduser-r46"}
+    before = requests_counted(metered)
+    status, headers, raw = post(metered, "carol", "/v1/chat/completions", body)
+    assert status == 200, raw[:300]
+    latest_export(receiver, before + 1)
+    with receiver.lock:
+        sent = json.dumps(receiver.metric_exports)
+        auth = {h.get("authorization") for h in receiver.headers}
+    key_ids = [row["id"] for row in metered.db_rows("SELECT id FROM client_keys")]
+    for secret in (*metered.keys.values(), *metered.keys, *key_ids, PROMPT_SECRET, "enduser-r46", GEMINI_KEY,
+                   COLLECTOR_TOKEN):  # fmt: skip
+        assert secret not in sent, secret
+    assert auth == {f"Bearer {COLLECTOR_TOKEN}"}
