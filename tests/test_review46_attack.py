@@ -258,7 +258,8 @@ def test_another_keys_image_item_is_not_read_by_reference_nor_by_id(server, mock
 def test_another_keys_image_at_openai_is_not_named_by_its_id(server, mock):
     """An image OpenAI keeps (alice's passed-through response's ``image_generation_call``): bob's image
     item naming it without its ``result`` is refused before OpenAI, which would read it to the model
-    under the one provider key; alice's goes through."""
+    under the one provider key, and so is the same item kept in bob's conversation (OpenAI's model, or
+    Gemini's, which takes no image without its image); alice's goes through."""
     drawn = {"id": "ig_r46openai_alice", "type": "image_generation_call", "status": "completed", "result": PNG}
     answer = {
         "id": "resp_r46openai_alice",
@@ -279,6 +280,14 @@ def test_another_keys_image_at_openai_is_not_named_by_its_id(server, mock):
     status, _, raw = post(server, "bob", "/v1/responses", body)
     assert status == 400 and json.loads(raw)["error"]["param"] == "input[1].id", raw
     assert mock.requests == []
+    for model in ("gpt-4o", IMAGE_MODEL):  # the item kept in bob's conversation, sent as its history
+        status, _, raw = post(server, "bob", "/v1/conversations", {"items": [named]})
+        assert status == 200, raw  # kept: it is checked when sent
+        conversation = json.loads(raw)["id"]
+        turn = {"model": model, "conversation": conversation, "input": "Again"}
+        status, _, raw = post(server, "bob", "/v1/responses", turn)
+        assert status == 400 and "no item with id 'ig_r46openai_alice'" in json.loads(raw)["error"]["message"], raw
+        assert mock.requests == []
     mock.enqueue(Reply(json={**answer, "id": "resp_r46openai_alice2", "output": []}))
     status, _, raw = post(server, "alice", "/v1/responses", body)
     assert status == 200, raw[:500]
