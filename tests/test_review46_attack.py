@@ -571,3 +571,26 @@ def test_no_secret_or_prompt_reaches_the_metrics(metered, mock, receiver):
                    COLLECTOR_TOKEN):  # fmt: skip
         assert secret not in sent, secret
     assert auth == {f"Bearer {COLLECTOR_TOKEN}"}
+
+
+@pytest.mark.parametrize("route", ["chat", "native"])
+def test_a_cut_gemini_stream_of_non_ascii_text_bills_its_thoughts_and_the_text(server, mock, route):
+    """Thoughts, then text that is not ASCII (the client asked for Chinese), the stream cut before the
+    chunk that counts the output: the text relayed past the count went at four characters a token
+    while everything else here is four bytes a token (a Chinese character is 3 bytes of UTF-8), so
+    the text alone, read as bytes, outweighed thoughts and text read as characters and the thoughts
+    were not billed: 500 thought tokens and 12,000 bytes (3,000 tokens) were billed 3,003, not 3,500."""
+    text = "字" * 4000  # 12,000 bytes of UTF-8, as Google sends it (not \\u-escaped)
+    usage = {"promptTokenCount": 12, "thoughtsTokenCount": 500, "totalTokenCount": 512}
+    docs = [json.loads(gemini_chunk([{"text": "Thinking.", "thought": True}])), json.loads(gemini_chunk([{"text": text}]))]
+    for doc in docs:
+        doc["usageMetadata"] = usage
+    mock.clear_replies()
+    mock.enqueue(Reply(sse=[f"data: {json.dumps(d, ensure_ascii=False)}\n\n" for d in docs], cut_after=2))
+    path, body = ROUTES[route]
+    body = {**body, "max_tokens": 8000} if route == "chat" else {**body, "generationConfig": {"maxOutputTokens": 8000}}
+    status, headers, raw = post(server, "alice", path, body)
+    assert status == 200 and raw.decode().count("字") == 4000, raw[:300]
+    trace = server.trace(headers["x-stockyard-trace-id"])
+    assert (trace["outcome"], trace["cost_status"]) == ("stream_broken", "estimate"), trace
+    assert trace["completion_tokens"] == 500 + 12_000 // 4, trace
