@@ -594,3 +594,24 @@ def test_a_cut_gemini_stream_of_non_ascii_text_bills_its_thoughts_and_the_text(s
     trace = server.trace(headers["x-stockyard-trace-id"])
     assert (trace["outcome"], trace["cost_status"]) == ("stream_broken", "estimate"), trace
     assert trace["completion_tokens"] == 500 + 12_000 // 4, trace
+
+
+# -- a background response's queued answer -----------------------------------------------------------
+def test_a_background_response_is_its_keys_at_once_and_no_one_elses(server, mock):
+    """A background response's queued answer waits for its row's commit: retrieved at once it is found
+    for its key (never a 404 of a row not yet written), and for another key it is a 404 (retrieve,
+    cancel, delete), never its answer; the provider is never asked for it on the other key's behalf."""
+    mock.clear_replies()
+    body = {"model": "gpt-4o-mini", "input": "Hi", "background": True}
+    status, _, raw = post(server, "alice", "/v1/responses", body)
+    assert status == 200, raw[:500]
+    made = json.loads(raw)
+    assert made["status"] in ("queued", "in_progress"), made
+    path = f"/v1/responses/{made['id']}"
+    status, _, raw = server.request("GET", path, None, server.auth("alice"))
+    assert status == 200 and json.loads(raw)["id"] == made["id"], raw
+    mock.clear()
+    for method, suffix in (("GET", ""), ("POST", "/cancel"), ("DELETE", "")):
+        status, _, raw = server.request(method, path + suffix, None, server.auth("bob"))
+        assert status == 404 and json.loads(raw)["error"]["code"] == "not_found", (method, raw)
+    assert [r.path for r in mock.requests if made["id"] in r.path] == []
