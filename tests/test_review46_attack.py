@@ -615,3 +615,37 @@ def test_a_background_response_is_its_keys_at_once_and_no_one_elses(server, mock
         status, _, raw = server.request(method, path + suffix, None, server.auth("bob"))
         assert status == 404 and json.loads(raw)["error"]["code"] == "not_found", (method, raw)
     assert [r.path for r in mock.requests if made["id"] in r.path] == []
+
+
+def peak_rss_mb(server: ServerProcess) -> float:
+    assert server.proc is not None
+    status = open(f"/proc/{server.proc.pid}/status").read()
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:"))) / 1024
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+def test_a_24_mb_image_reaches_a_responses_client_whole(server, mock, stream):
+    """Gemini draws an image of 24 MB of base64 (a provider's answer has no size cap here): the
+    Responses client gets it whole, its bytes intact, in a few seconds of the server's CPU, its peak
+    memory grown by a small multiple of it. Streamed, its one event took 8 s of CPU: each 64 KB read of
+    the socket copied, rewrote and searched all of the event read so far (``upstream._EventSplit``),
+    quadratic in the event's size (a 4K image of Gemini 3 Pro Image is tens of MB)."""
+    data = base64.b64encode(b"\x89PNG" + bytes(18_000_000)).decode()
+    parts = [{"text": "Big: "}, {"inlineData": {"mimeType": "image/png", "data": data}}, {"text": "done."}]
+    mock.clear_replies()
+    if stream:
+        chunks = [gemini_chunk(parts[:1]), gemini_chunk(parts[1:2]), gemini_chunk(parts[2:], "STOP", 30)]
+        mock.enqueue(Reply(sse=[f"data: {c}\n\n" for c in chunks]))
+    else:
+        mock.enqueue(Reply(json=gemini_answer(parts)))
+    before = peak_rss_mb(server)
+    cpu = server.cpu_seconds()
+    body = {"model": IMAGE_MODEL, "input": "Draw", "store": False, "stream": stream}
+    status, _, raw = post(server, "alice", "/v1/responses", body)
+    assert status == 200, raw[:300]
+    final = check_responses(raw) if stream else json.loads(raw)
+    assert [o["type"] for o in final["output"]] == ["message", "image_generation_call", "message"]
+    assert final["output"][1]["result"] == data
+    took, grown = server.cpu_seconds() - cpu, peak_rss_mb(server) - before
+    assert took < 4, took
+    assert grown < 12 * len(data) / 1e6, grown
