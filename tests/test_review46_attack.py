@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import threading
 import time
 from typing import Any
 
@@ -60,7 +61,9 @@ def server(pyz_path, cache_home, mock, tmp_path_factory):
         assert added.returncode == 0, added.stderr
 
     secrets = (GEMINI_KEY, LOCAL_KEY)
-    with served(pyz_path, tmp_path_factory, "r46attack", env, keys, never_logged=secrets, before_start=add_local) as srv:
+    with served(
+        pyz_path, tmp_path_factory, "r46attack", env, keys, never_logged=secrets, before_start=add_local
+    ) as srv:
         yield srv
 
 
@@ -84,6 +87,7 @@ def chat_answer(content: str, images: list) -> dict:
 
 def chat_chunks(deltas: list[dict]) -> list[str]:
     """A provider's chat stream of these deltas, then its finish and usage."""
+
     def chunk(delta: dict, finish: str | None = None) -> str:
         choice = {"index": 0, "delta": delta, "finish_reason": finish}
         return json.dumps({"id": "chatcmpl-r46", "object": "chat.completion.chunk", "created": 1, "model": LOCAL,
@@ -231,7 +235,9 @@ def test_many_image_items_sent_back_cost_the_server_little(server, mock):
 def alices_image(server: ServerProcess, mock) -> str:
     """The id of an image item of a response alice stored (translated from Gemini's answer)."""
     mock.clear_replies()
-    mock.enqueue(Reply(json=gemini_answer([{"text": "Here: "}, {"inlineData": {"mimeType": "image/png", "data": PNG}}])))
+    mock.enqueue(
+        Reply(json=gemini_answer([{"text": "Here: "}, {"inlineData": {"mimeType": "image/png", "data": PNG}}]))
+    )
     status, _, raw = post(server, "alice", "/v1/responses", {"model": IMAGE_MODEL, "input": "Draw", "store": True})
     assert status == 200, raw[:500]
     [ident] = [o["id"] for o in json.loads(raw)["output"] if o["type"] == "image_generation_call"]
@@ -249,7 +255,10 @@ def test_another_keys_image_item_is_not_read_by_reference_nor_by_id(server, mock
         assert status == 400 and json.loads(raw)["error"]["param"] in ("input[1].id", "input[1].result"), raw
         assert PNG.encode() not in raw and mock.requests == []
     mock.enqueue(Reply(json=gemini_answer([{"text": "Seen."}])))
-    body = {"model": IMAGE_MODEL, "input": [{"role": "user", "content": "Draw"}, {"type": "item_reference", "id": ident}]}
+    body = {
+        "model": IMAGE_MODEL,
+        "input": [{"role": "user", "content": "Draw"}, {"type": "item_reference", "id": ident}],
+    }
     status, _, raw = post(server, "alice", "/v1/responses", body)
     assert status == 200, raw[:500]
     assert model_parts(mock) == [{"inlineData": {"mimeType": "image/png", "data": PNG}}]
@@ -275,7 +284,10 @@ def test_another_keys_image_at_openai_is_not_named_by_its_id(server, mock):
     status, _, raw = post(server, "alice", "/v1/responses", {"model": "gpt-4o", "input": "Draw", "store": True})
     assert status == 200, raw[:500]
     named = {"type": "image_generation_call", "id": drawn["id"]}
-    body = {"model": "gpt-4o", "input": [{"role": "user", "content": "Draw"}, named, {"role": "user", "content": "Again"}]}
+    body = {
+        "model": "gpt-4o",
+        "input": [{"role": "user", "content": "Draw"}, named, {"role": "user", "content": "Again"}],
+    }
     mock.clear()
     status, _, raw = post(server, "bob", "/v1/responses", body)
     assert status == 400 and json.loads(raw)["error"]["param"] == "input[1].id", raw
@@ -309,7 +321,11 @@ def gemini_chunk(parts: Any, finish: str | None = None, counted: int | None = No
         candidate["finishReason"] = finish
     doc: dict = {"candidates": [candidate], "modelVersion": FLASH, "responseId": "r46s"}
     if counted is not None:
-        doc["usageMetadata"] = {"promptTokenCount": 12, "candidatesTokenCount": counted, "totalTokenCount": 12 + counted}
+        doc["usageMetadata"] = {
+            "promptTokenCount": 12,
+            "candidatesTokenCount": counted,
+            "totalTokenCount": 12 + counted,
+        }
     return json.dumps(doc)
 
 
@@ -372,7 +388,11 @@ def thoughts_then_text(text: str) -> list[str]:
     ``text`` under the same count, then a little more text: none of it counted until the last chunk."""
     usage = {"promptTokenCount": 12, "thoughtsTokenCount": 500, "totalTokenCount": 512}
     summary = gemini_chunk([{"text": "Thinking.", "thought": True}])
-    docs = [json.loads(summary), json.loads(gemini_chunk([{"text": text}])), json.loads(gemini_chunk([{"text": "more"}]))]
+    docs = [
+        json.loads(summary),
+        json.loads(gemini_chunk([{"text": text}])),
+        json.loads(gemini_chunk([{"text": "more"}])),
+    ]
     for doc in docs:
         doc["usageMetadata"] = usage
     docs.append(json.loads(gemini_chunk([{"text": "."}], "STOP", 1003)))  # what the provider counts in the end
@@ -384,8 +404,6 @@ def test_a_client_that_cuts_a_gemini_stream_pays_its_thoughts_and_the_text_it_go
     """The client reads 4,000 characters after 500 thought tokens were counted and closes its socket
     before the chunk that counts the output: billed the thoughts and the text (1,000 tokens) beside
     them, 1,500 (one more for the chunk read as the close was found), not the larger of the two."""
-    import threading
-
     text = "word " * 799 + "ENDS!"
     gate, hung_up = threading.Event(), threading.Event()
     mock.clear_replies()
@@ -404,8 +422,8 @@ def test_a_client_that_cuts_a_gemini_stream_pays_its_thoughts_and_the_text_it_go
 
 # -- the 409 budget_changed: a batch read again and again? --------------------------------------------
 def batch_file(server: ServerProcess, who: str, lines: int) -> str:
-    line = {"method": "POST", "url": "/v1/chat/completions",
-            "body": {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "r46"}], "max_tokens": 16}}  # fmt: skip
+    asked = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "r46"}], "max_tokens": 16}
+    line = {"method": "POST", "url": "/v1/chat/completions", "body": asked}
     data = b"".join(json.dumps({**line, "custom_id": f"r46-{i}"}).encode() + b"\n" for i in range(lines))
     made = server.openai(who).files.create(file=("b.jsonl", io.BytesIO(data)), purpose="batch")
     return made.id
@@ -454,7 +472,9 @@ def metered(pyz_path, cache_home, mock, tmp_path_factory, receiver):
         STOCKYARD_OTLP_METRICS_MAX_SERIES=str(SERIES),
     )
     secrets = (GEMINI_KEY, COLLECTOR_TOKEN)
-    with served(pyz_path, tmp_path_factory, "r46metrics", env, {"mallory": [], "carol": []}, never_logged=secrets) as srv:
+    with served(
+        pyz_path, tmp_path_factory, "r46metrics", env, {"mallory": [], "carol": []}, never_logged=secrets
+    ) as srv:
         yield srv
 
 
@@ -495,9 +515,11 @@ def requests_counted(server: ServerProcess) -> int:
 
 def test_a_new_model_name_a_request_stays_in_the_attribute_set_cap(metered, mock, receiver):
     """Mallory sends 40 chat requests, each naming a model of its own (some 250 characters long, near
-    the 256 a model name may have), which the OpenAI route passes on: every instrument keeps at most its cap of attribute sets and one
-    overflow series, each model name at most 100 characters, the overflow counted in /metrics; the
-    requests were answered in their usual time (the meter's work is a few dict updates)."""
+    the 256 a model name may have), which the OpenAI route passes on: every instrument keeps at most
+    its cap of attribute sets and one overflow series, each model name at most 100 characters, the
+    overflow counted in /metrics; the requests were answered in their usual time (the meter's work is
+    a few dict updates). Once at the cap, every key's measurements go to the overflow series until
+    the process restarts (as /metrics puts them under model="_other"): bounded, not per tenant."""
     timings = []
     for n in range(40):
         model = f"openai/gpt-r46-{n}-" + ("x" * 230 if n % 4 == 0 else "")
@@ -582,7 +604,10 @@ def test_a_cut_gemini_stream_of_non_ascii_text_bills_its_thoughts_and_the_text(s
     were not billed: 500 thought tokens and 12,000 bytes (3,000 tokens) were billed 3,003, not 3,500."""
     text = "字" * 4000  # 12,000 bytes of UTF-8, as Google sends it (not \\u-escaped)
     usage = {"promptTokenCount": 12, "thoughtsTokenCount": 500, "totalTokenCount": 512}
-    docs = [json.loads(gemini_chunk([{"text": "Thinking.", "thought": True}])), json.loads(gemini_chunk([{"text": text}]))]
+    docs = [
+        json.loads(gemini_chunk([{"text": "Thinking.", "thought": True}])),
+        json.loads(gemini_chunk([{"text": text}])),
+    ]
     for doc in docs:
         doc["usageMetadata"] = usage
     mock.clear_replies()
