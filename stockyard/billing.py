@@ -292,12 +292,12 @@ class Pricer:
     @staticmethod
     def _past_count(ctx: RequestContext, a: Attempt) -> int:
         """A cut Gemini stream's output: what its usage counted (thoughts reported before any text
-        included) and the answer it relayed past that count (``Attempt.uncounted_chars``, four
-        characters a token), at most what the body's cap allows (never less than the count). The
+        included) and the answer it relayed past that count (``Attempt.uncounted_bytes``, four
+        bytes a token), at most what the body's cap allows (never less than the count). The
         larger of the two alone under-billed a text relayed after a count of thoughts by up to them."""
         assert a.usage is not None
         counted, most = a.usage.completion_tokens, estimate.relayed_at_most(ctx)
-        tokens = counted + -(-a.uncounted_chars // 4)
+        tokens = counted + estimate.size_tokens(a.uncounted_bytes)
         return tokens if most is None else max(counted, min(tokens, most))
 
     def _with_images(self, ctx: RequestContext, a: Attempt) -> None:

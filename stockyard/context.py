@@ -228,9 +228,9 @@ class Attempt:
     # The usage so far is a stream's start (Anthropic's message_start: input counted, output 1); the
     # output count comes with message_delta. Still set when the answer ended: it was cut before that.
     usage_partial: bool = False
-    # ... a Gemini stream's: characters of the answer (its text, not thoughts, and its calls' arguments)
+    # ... a Gemini stream's: bytes (UTF-8) of the answer (its text, not thoughts, and its calls' arguments)
     # relayed past the latest output count (``candidatesTokenCount``), which ``usage`` does not count yet
-    uncounted_chars: int = 0
+    uncounted_bytes: int = 0
     # The request went out and no answer that says what it used came back (a timeout, the shutdown,
     # a call ended for its departed client): the provider may bill its input, estimated then.
     input_billed: bool = False

@@ -446,24 +446,37 @@ class UpstreamResponse:
 
 
 class _EventSplit:
-    """Complete SSE events out of body bytes as they come (line ends made ``\\n``)."""
+    """Complete SSE events out of body bytes as they come (line ends made ``\\n``). Each read is
+    looked at once: the bytes of an event not yet complete are kept as the reads that brought them,
+    never joined, rewritten and searched again per read (an image's one event of tens of MB, read
+    64 KB at a time, cost seconds of CPU)."""
 
     def __init__(self) -> None:
-        self._buf = b""
+        self._parts: list[bytes] = []  # an incomplete event's bytes, line ends made \n, no blank line in them
+        self._cr = b""  # a read's last \r, held back: its \n may be the next read's first byte
+        self._nl = False  # the parts end in \n: a next read beginning with \n ends an event
 
     def feed(self, piece: bytes) -> list[bytes]:
         """The events (each ending in a blank line) that ``piece`` completes."""
-        buf = (self._buf + piece).replace(b"\r\n", b"\n")
-        end = buf.rfind(b"\n\n")
-        if end < 0:
-            self._buf = buf
+        piece = self._cr + piece
+        self._cr = b"\r" if piece.endswith(b"\r") else b""
+        piece = piece[: len(piece) - len(self._cr)].replace(b"\r\n", b"\n")
+        if not piece:
             return []
-        done, self._buf = buf[: end + 2], buf[end + 2 :]
+        last = piece.rfind(b"\n\n")
+        cut = last + 2 if last >= 0 else (1 if self._nl and piece.startswith(b"\n") else -1)
+        if cut < 0:
+            self._parts.append(piece)
+            self._nl = piece.endswith(b"\n")
+            return []
+        done, rest = b"".join([*self._parts, piece[:cut]]), piece[cut:]
+        self._parts, self._nl = ([rest] if rest else []), rest.endswith(b"\n")
         return [event + b"\n\n" for event in done[:-2].split(b"\n\n")]
 
     def tail(self) -> list[bytes]:
         """At a clean end: a last event without its blank line, if any."""
-        buf, self._buf = self._buf, b""
+        buf = b"".join(self._parts) + self._cr
+        self._parts, self._cr, self._nl = [], b"", False
         return [buf + b"\n\n"] if buf.strip() else []
 
 

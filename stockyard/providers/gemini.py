@@ -696,17 +696,19 @@ def partial_usage(ctx: RequestContext, complete: bool) -> bool:
 
 
 def note_uncounted(ctx: RequestContext, doc: Any) -> None:
-    """Keep count of the answer a stream relayed past its latest output count (``Attempt.uncounted_chars``):
+    """Keep count of the answer a stream relayed past its latest output count (``Attempt.uncounted_bytes``):
     a chunk whose usage counts the candidates' tokens counts all of their text so far, its own too;
     any other chunk's text and calls are not counted yet. Thoughts are not text here: the usage counts
     them apart (``thoughtsTokenCount``, reported before the text they lead to), and a summary is part
-    of them. A cut stream is billed that count, its thoughts included, and this text beside it."""
+    of them. A cut stream is billed that count, its thoughts included, and this text beside it. Bytes
+    of UTF-8, as every estimate of text here (``estimate.relayed_tokens``): in characters, a text that
+    is not ASCII read as fewer tokens than that estimate of it alone, and its thoughts went unbilled."""
     if not isinstance(doc, dict):
         return
     meta = doc.get("usageMetadata")
     counted = meta.get("candidatesTokenCount") if isinstance(meta, dict) else None
     if isinstance(counted, int) and counted > 0:
-        ctx.attempt.uncounted_chars = 0
+        ctx.attempt.uncounted_bytes = 0
         return
     candidates = doc.get("candidates")
     for candidate in candidates if isinstance(candidates, list) else ():
@@ -716,12 +718,18 @@ def note_uncounted(ctx: RequestContext, doc: Any) -> None:
             if not isinstance(part, dict) or part.get("thought"):
                 continue
             if isinstance(part.get("text"), str):
-                ctx.attempt.uncounted_chars += len(part["text"])
+                ctx.attempt.uncounted_bytes += utf8_size(part["text"])
             elif isinstance(part.get("functionCall"), dict):
                 try:
-                    ctx.attempt.uncounted_chars += len(json.dumps(part["functionCall"].get("args") or {}))
+                    args = json.dumps(part["functionCall"].get("args") or {}, ensure_ascii=False)
                 except RecursionError:  # nested past the encoder's depth: the provider's, uncounted
-                    pass
+                    continue
+                ctx.attempt.uncounted_bytes += utf8_size(args)
+
+
+def utf8_size(text: str) -> int:
+    """Bytes of ``text`` in UTF-8 (a lone surrogate, which JSON may carry and UTF-8 has not, as three)."""
+    return len(text.encode("utf-8", "surrogatepass"))
 
 
 def error_fields(payload: Any) -> tuple[int, str, str] | None:
