@@ -324,3 +324,18 @@ def test_an_image_items_format_names_its_media_type(server, mock, key, named):
     status, _, raw = server.request("POST", "/v1/responses", body, server.auth(key))
     assert status == 200, raw
     assert model_turn(server, mock) == [image(PNG, "image/webp" if named == "webp" else "image/png")]
+
+
+def test_a_tool_outputs_image_goes_before_a_drawn_image_sent_back():
+    """Was: an ``image_generation_call`` item after a function output skipped the flush of that
+    output's attached images, which went after the model's image (out of the turn's order)."""
+    from stockyard.providers.responses import chat_messages
+
+    shot = {"type": "input_image", "image_url": "data:image/png;base64,AAAA"}
+    items = [
+        {"type": "function_call", "call_id": "c1", "name": "look", "arguments": "{}"},
+        {"type": "function_call_output", "call_id": "c1", "output": [shot]},
+        {"type": "image_generation_call", "id": "ig_1", "status": "completed", "result": "QkJCQg=="},
+    ]
+    roles = [m["role"] for m in chat_messages(items, "input", "gemini", "gemini")]
+    assert roles == ["assistant", "tool", "user", "assistant"], roles

@@ -285,14 +285,14 @@ def chat_messages(items: Any, where: str, provider: str | None = None, provider_
         kind = "item_reference" if is_reference(item) else item.get("type") or "message"
         if kind == "web_search_call":
             continue  # what the search found is in the answer's text; the chat shape has no place for it
+        if attached and kind not in (*TOOL_OUTPUTS, "reasoning"):  # a reasoning item adds no message
+            out.append({"role": "user", "content": attached})  # the tool outputs' files, before what follows
+            attached = []
         if kind == IMAGE_CALL:
             message = image_message(item, path)
             if provider_kind == "gemini":  # only Gemini takes an image back as the model's own
                 out.append(message)
             continue
-        if attached and kind not in (*TOOL_OUTPUTS, "reasoning"):  # a reasoning item adds no message
-            out.append({"role": "user", "content": attached})
-            attached = []
         if kind == "message":
             message = chat_message(item, path)
             if message["role"] == "assistant":
