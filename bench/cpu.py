@@ -132,7 +132,7 @@ def big_body_cpu(b: Bench) -> list[Row]:
     for _ in range(b.args.rounds):
         for target in (proxy, floor):
             for name, body in (("small", CHAT_BODY), ("big", big)):
-                per.setdefault((target.name, name), []).append(_cpu_ms(target, body, 40 if name == "big" else 200))
+                per.setdefault((target.name, name), []).append(cpu_ms(target, body, 40 if name == "big" else 200))
     ms = {key: median(values) for key, values in per.items()}
     big_ms, small_ms = ms[(proxy.name, "big")], ms[(proxy.name, "small")]
     per_kb = 1000 * (big_ms - small_ms) / (len(big) / 1000)
@@ -148,7 +148,7 @@ def big_body_cpu(b: Bench) -> list[Row]:
     ]
 
 
-def _cpu_ms(target: Target, body: bytes, count: int) -> float:
+def cpu_ms(target: Target, body: bytes, count: int) -> float:
     """The target's CPU milliseconds per answer over ``count`` requests of ``body`` on one connection."""
     conn = http.client.HTTPConnection("127.0.0.1", target.port, timeout=30)
     headers = {"content-type": "application/json", **target.headers}

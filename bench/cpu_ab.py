@@ -20,6 +20,7 @@ from types import SimpleNamespace
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import Procs, cpu_seconds, load, median, start_mock, start_proxy  # noqa: E402
+from cpu import agent_body, cpu_ms  # noqa: E402
 from harness import key_setup  # noqa: E402
 
 
@@ -29,6 +30,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=2.0)
     parser.add_argument("--clients", type=int, default=64)
+    parser.add_argument(
+        "--agent-body", action="store_true", help="one client sending the ~100 KB agent body (cpu.py), not the load"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp, Procs(Path(tmp)) as procs:
         mock = start_mock(procs, 20)
@@ -39,9 +43,13 @@ def main() -> None:
             for i, pyz in enumerate(args.builds)
         ]
         per_round: dict[str, list[SimpleNamespace]] = {t.name: [] for t in proxies}
+        body = agent_body()
         for r in range(args.rounds):
             k = r % len(proxies)
             for t in proxies[k:] + proxies[:k]:
+                if args.agent_body:
+                    per_round[t.name].append(SimpleNamespace(ms=cpu_ms(t, body, 40), rps=0.0))
+                    continue
                 before = cpu_seconds(t.pid) or 0.0
                 result = load(t, clients=args.clients, processes=2, seconds=args.seconds)
                 used = (cpu_seconds(t.pid) or 0.0) - before
