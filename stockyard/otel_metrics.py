@@ -121,8 +121,8 @@ def measurements(ctx: RequestContext, now: float) -> list[Measurement]:
         out += attempt_measurements(ctx, a, now)
     a = ctx.attempt
     served = identity(ctx, a)
-    if a.provider is None:  # refused, or answered without a provider: its model is only the client's word
-        served["gen_ai.request.model"] = None
+    if not taken(a):  # its model is only the client's word
+        served.update(unnamed(a))
     served = _capped(served)
     took = max(0.0, now - ctx.started)
     out.append((REQUEST_DURATION, _frozen(served), took))
@@ -136,12 +136,30 @@ def measurements(ctx: RequestContext, now: float) -> list[Measurement]:
     return out
 
 
+def taken(a: Any) -> bool:
+    """Whether a provider took the model an attempt asked for: it answered it (or billed for it), or
+    failed otherwise than with a 4xx. Else (refused before a call, a provider's 404 or 400 for a name it
+    does not know) the model is only the client's word, and naming it would let one client make up a
+    series per request until the cap sends every key's measurements to the overflow series."""
+    if a.provider is None:
+        return False
+    return not failed(a) or a.usage is not None or bool(a.served_model) or not 400 <= a.status < 500
+
+
+def unnamed(a: Any) -> dict[str, Any]:
+    """The model attributes of an attempt whose model the provider did not take (:func:`taken`): none
+    asked, and only a model the provider said it served."""
+    return {"gen_ai.request.model": None, "gen_ai.response.model": a.served_model}
+
+
 def attempt_measurements(ctx: RequestContext, a: Any, now: float) -> list[Measurement]:
     """An upstream attempt's: its duration, its tokens (as its span reports them) and its cost."""
     out: list[Measurement] = []
     called = bool(a.ts_ms) and a.provider is not None  # no call was made: refused, or a cache hit
     named = identity(ctx, a)
     named["gen_ai.request.model"] = call_model(ctx, a)
+    if not taken(a):
+        named.update(unnamed(a))
     named = _capped({**named, **server_address(a)}) if called else _capped(named)
     plain = _frozen({**named, "error.type": None})  # tokens and cost are no error's
     if called:

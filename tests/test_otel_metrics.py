@@ -425,3 +425,41 @@ def test_each_worker_of_a_group_exports_its_own_series(pyz_path, cache_home, moc
     assert workers == [0, 1]
     # each worker's last export (its final one, at the stop) holds its own requests: together, all of them
     assert sum(count(e, "gen_ai.server.request.duration") for e in latest.values()) == sent
+
+
+def test_names_the_provider_does_not_know_make_no_series(pyz_path, cache_home, mock, tmp_path_factory, receiver):
+    """Was: each request naming a made-up model (a pass-through route sends it on; the provider's 404
+    comes back) made series of its own, so one client could fill the cap and send every key's
+    measurements to the overflow series. A name the provider did not take is only the client's word:
+    its failures are measured without it (provider and error type kept)."""
+    from mock_upstream import Reply
+
+    srv = start(
+        pyz_path,
+        cache_home,
+        mock,
+        tmp_path_factory,
+        STOCKYARD_OTLP_ENDPOINT=receiver.url,
+        STOCKYARD_OTLP_METRICS_INTERVAL="0.2",
+        STOCKYARD_OTLP_METRICS_MAX_SERIES="4",
+    )
+    unknown = {"error": {"message": "no such model", "type": "invalid_request_error", "code": "model_not_found"}}
+    try:
+        for n in range(6):
+            mock.enqueue(Reply(status=404, body=json.dumps(unknown).encode()))
+            assert chat(srv, model=f"openai/made-up-{n}")[0] == 404
+        assert chat(srv, model="openai/gpt-4o-mini")[0] == 200
+        export = export_with(receiver, 7)
+        _, _, text = srv.request("GET", "/metrics")
+    finally:
+        srv.stop()
+    for name in ("gen_ai.server.request.duration", "gen_ai.client.operation.duration"):
+        series = points(export, name)
+        assert not any(a.get("otel.metric.overflow") for a, _ in series), series
+        assert not any("made-up" in str(a.get("gen_ai.request.model")) for a, _ in series), series
+        failed = [p for a, p in series if a.get("error.type")]
+        assert sum(int(p["count"]) for p in failed) == 6 and len(failed) == 1, series
+        # the one the provider took keeps its name (the client's on the request, the call's on the attempt)
+        assert any(a.get("gen_ai.request.model") in ("openai/gpt-4o-mini", "gpt-4o-mini") for a, _ in series)
+    line = next(x for x in text.decode().splitlines() if x.startswith("stockyard_otlp_metric_overflow_total "))
+    assert float(line.split()[1]) == 0
