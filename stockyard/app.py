@@ -161,7 +161,7 @@ class App:
         self._auth_required: bool | None = None
         self.scrubber = Scrubber()
         self.gate = Gatekeeper(self.store, settings.is_loopback, self.registry)
-        self.pricer = Pricer(default_max_tokens=settings.default_max_tokens)
+        self.pricer = Pricer()
         self.otlp: Exporter | None = None
         self.otlp_metrics: MetricExporter | None = None
         telemetry = None

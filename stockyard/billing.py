@@ -28,11 +28,8 @@ UNCONFIRMED_MODEL = "(unconfirmed)"
 
 
 class Pricer:
-    def __init__(self, table: PriceTable | None = None, default_max_tokens: int = 4096) -> None:
+    def __init__(self, table: PriceTable | None = None) -> None:
         self.table = table or PriceTable.load()
-        # the output a request that sets no cap is held at (``Settings.default_max_tokens``): a cut
-        # transcription's estimate stops there, as its hold did (:meth:`_cut_audio_cost`)
-        self.default_max_tokens = default_max_tokens
 
     def use(self, table: PriceTable) -> None:
         self.table = table
@@ -407,7 +404,7 @@ class Pricer:
     def _cut_audio_cost(self, ctx: RequestContext, a: Attempt, price: Price) -> int | None:
         """The estimate of a cut audio answer (:meth:`_audio_cut`): the audio its hold counted
         (``estimate.held_audio_seconds``) by the second, or as audio tokens with the input text and
-        the text that went out, never more of it than the hold counted (``default_max_tokens``: four
+        the text that went out, never more of it than the hold counted (``ctx.default_output_cap``: four
         bytes a token is a guess, many times the tokens of a text of long ones); None in another unit."""
         seconds = estimate.held_audio_seconds(ctx, a.upstream_model or ctx.model or "")
         a.usage_estimated = True
@@ -418,7 +415,7 @@ class Pricer:
             return None
         audio = seconds * estimate.AUDIO_TOKENS_PER_S
         # the text at four bytes a token, at most the output its hold counted (it sets no cap)
-        relayed = min(estimate.relayed_tokens(a.response_body, a.relayed_text_bytes()), self.default_max_tokens)
+        relayed = min(estimate.relayed_tokens(a.response_body, a.relayed_text_bytes()), ctx.default_output_cap)
         a.usage = Usage(prompt_tokens=estimate.input_tokens(ctx) + audio, completion_tokens=relayed, media_tokens=audio)
         return cost_microcents(price, a.usage)
 
