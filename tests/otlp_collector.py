@@ -72,3 +72,19 @@ def attrs(item: dict) -> dict:
             v = [next(iter(x.values())) for x in v["values"]]
         out[entry["key"]] = v
     return out
+
+
+def metrics_of(export: dict) -> dict[str, dict]:
+    """A metric export's metrics by name (one resource, one scope)."""
+    [rm] = export["resourceMetrics"]
+    [sm] = rm["scopeMetrics"]
+    return {m["name"]: m for m in sm["metrics"]}
+
+
+def points(export: dict, name: str) -> list[tuple[dict, dict]]:
+    """The data points of one metric of an export: (their attributes, the point); none if it is absent."""
+    metric = metrics_of(export).get(name)
+    if metric is None:
+        return []
+    data = metric.get("histogram") or metric["sum"]
+    return [(attrs(p), p) for p in data["dataPoints"]]

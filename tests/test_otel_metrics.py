@@ -16,7 +16,7 @@ import openai
 import pytest
 from conftest import ServerProcess, wait_for
 from module_helpers import HELLO, chat, module_env, put_module
-from otlp_collector import Receiver, attrs
+from otlp_collector import Receiver, attrs, metrics_of, points
 
 from stockyard.otel_metrics import DURATION_BOUNDS, FIRST_TOKEN_BOUNDS, PER_TOKEN_BOUNDS, TOKEN_BOUNDS
 
@@ -58,22 +58,6 @@ def start(pyz_path, cache_home, mock, tmp_path_factory, *args: str, **env: str) 
     return ServerProcess(
         pyz_path, tmp_path_factory.mktemp("otel-metrics") / "stockyard.db", environ, list(args)
     ).start()
-
-
-def metrics_of(export: dict) -> dict[str, dict]:
-    """An export's metrics by name (one resource, one scope)."""
-    [rm] = export["resourceMetrics"]
-    [sm] = rm["scopeMetrics"]
-    return {m["name"]: m for m in sm["metrics"]}
-
-
-def points(export: dict, name: str) -> list[tuple[dict, dict]]:
-    """The data points of one metric: (their attributes, the point)."""
-    metric = metrics_of(export).get(name)
-    if metric is None:
-        return []
-    data = metric.get("histogram") or metric["sum"]
-    return [(attrs(p), p) for p in data["dataPoints"]]
 
 
 def count(export: dict, name: str, **match) -> int:

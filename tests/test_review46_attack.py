@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 from conftest import ServerProcess, leave_stream, mock_env, served, wait_for
 from mock_upstream import Reply
-from otlp_collector import Receiver, attrs
+from otlp_collector import Receiver, attrs, points
 from test_review42_events import check_responses
 
 ADMIN = "admin-key-for-review46-attack-0123456789"
@@ -490,16 +490,6 @@ def latest_export(receiver: Receiver, requests: int) -> dict:
         return next((e for e in reversed(exports) if counted(e) >= requests), None)
 
     return wait_for(found, 20, f"an export of {requests} requests")
-
-
-def points(export: dict, name: str) -> list[tuple[dict, dict]]:
-    [rm] = export["resourceMetrics"]
-    [sm] = rm["scopeMetrics"]
-    for metric in sm["metrics"]:
-        if metric["name"] == name:
-            data = metric.get("histogram") or metric["sum"]
-            return [(attrs(p), p) for p in data["dataPoints"]]
-    return []
 
 
 def requests_counted(server: ServerProcess) -> int:
